@@ -1,0 +1,165 @@
+"""The PromptableSegmenter interface shared by LiteMedSAM, MedSAM ViT-B and plain torch models.
+
+Coordinates on a slice are pixel coordinates of the 2D array: ``x`` is the column, ``y`` the row.
+``embed`` runs the (expensive) image encoder once per image; ``decode`` runs the (cheap) prompt
+encoder and mask decoder and returns logits with the image's shape, so many prompts - and many
+perturbations in the explainers - reuse one embedding.
+"""
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import InputError, PromptError
+
+
+@dataclass(frozen=True)
+class SlicePrompt:
+    """A prompt on one 2D image: a box ``(x0, y0, x1, y1)`` (inclusive pixels) and/or points.
+
+    ``points`` is ``(N, 2)`` as ``(x, y)``; ``labels`` is ``(N,)`` with 1 for positive and 0 for
+    negative points.
+    """
+
+    box: Optional[Tuple[float, float, float, float]] = None
+    points: Optional[Tuple[Tuple[float, float], ...]] = None
+    labels: Optional[Tuple[int, ...]] = None
+
+    def __post_init__(self) -> None:
+        if self.box is None and not self.points:
+            raise PromptError("a prompt needs a box or at least one point")
+        if self.box is not None:
+            if len(self.box) != 4 or not np.all(np.isfinite(self.box)):
+                raise PromptError(f"box {self.box} must be four finite numbers x0, y0, x1, y1")
+            x0, y0, x1, y1 = self.box
+            if x1 < x0 or y1 < y0:
+                raise PromptError(f"box {tuple(self.box)} has x1 < x0 or y1 < y0; expected x0 <= x1 and y0 <= y1")
+        if self.points:
+            labels = self.labels if self.labels is not None else (1,) * len(self.points)
+            if len(labels) != len(self.points):
+                raise PromptError(f"{len(self.points)} points but {len(labels)} labels")
+            if any(lab not in (0, 1) for lab in labels):
+                raise PromptError(f"point labels {labels} must be 1 (positive) or 0 (negative)")
+            if 1 not in labels and self.box is None:
+                raise PromptError("point prompts need at least one positive point")
+            object.__setattr__(self, "labels", tuple(int(v) for v in labels))
+
+    def check_inside(self, shape: Tuple[int, int]) -> None:
+        """Raise :class:`PromptError` if the prompt does not overlap an image of ``shape`` (rows, cols)."""
+        h, w = shape
+        if self.box is not None:
+            x0, y0, x1, y1 = self.box
+            if x1 < 0 or y1 < 0 or x0 > w - 1 or y0 > h - 1:
+                raise PromptError(f"box {tuple(self.box)} lies outside the image of {w} x {h} pixels "
+                                  f"(x in 0..{w - 1}, y in 0..{h - 1})")
+        for (x, y) in self.points or ():
+            if not (0 <= x <= w - 1 and 0 <= y <= h - 1):
+                raise PromptError(f"point ({x}, {y}) lies outside the image of {w} x {h} pixels "
+                                  f"(x in 0..{w - 1}, y in 0..{h - 1})")
+
+    def clipped(self, shape: Tuple[int, int]) -> "SlicePrompt":
+        """The same prompt with the box clipped to the image."""
+        if self.box is None:
+            return self
+        h, w = shape
+        x0, y0, x1, y1 = self.box
+        box = (max(0.0, x0), max(0.0, y0), min(w - 1.0, x1), min(h - 1.0, y1))
+        return SlicePrompt(box, self.points, self.labels)
+
+    def record(self) -> dict:
+        out: dict = {}
+        if self.box is not None:
+            out["box"] = [float(v) for v in self.box]
+        if self.points:
+            out["points"] = [[float(a), float(b)] for a, b in self.points]
+            out["labels"] = list(self.labels or ())
+        return out
+
+
+@dataclass
+class Embedding:
+    """Output of the image encoder for one image plus what ``decode`` needs to map back."""
+
+    features: Any  # torch.Tensor (1, C, h, w) or model-specific
+    image_shape: Tuple[int, int]
+    resized_shape: Tuple[int, int]
+    scale: Any  # float (uniform) or (sx, sy)
+
+    @property
+    def nbytes(self) -> int:
+        f = self.features
+        if hasattr(f, "nelement"):
+            return int(f.element_size() * f.nelement())
+        return int(getattr(f, "nbytes", 0))
+
+
+class PromptableSegmenter(ABC):
+    """Embed an image once, decode many prompts on that embedding."""
+
+    #: Human-readable model name for the run record.
+    name: str = "segmenter"
+    #: SHA-256 of the weights file, or a description of where weights came from.
+    weights_sha256: Optional[str] = None
+    #: Whether ``decode`` uses the prompt (False for plain torch models).
+    uses_prompt: bool = True
+
+    @abstractmethod
+    def embed(self, image: np.ndarray) -> Embedding:
+        """Encode a 2D float image in [0, 1] of shape (H, W)."""
+
+    def embed_batch(self, images: Sequence[np.ndarray]) -> List[Embedding]:
+        """Encode several images; models override this to run one batched forward pass."""
+        return [self.embed(im) for im in images]
+
+    @abstractmethod
+    def decode(self, embedding: Embedding, prompt: SlicePrompt) -> np.ndarray:
+        """Logits of shape (H, W) for ``prompt`` on an image encoded as ``embedding``."""
+
+    def segment(self, image: np.ndarray, prompt: SlicePrompt) -> np.ndarray:
+        """Boolean mask of ``prompt`` on ``image`` (encodes then decodes)."""
+        check_slice(image)
+        prompt.check_inside(image.shape)
+        return self.decode(self.embed(image), prompt.clipped(image.shape)) > 0
+
+    def describe(self) -> dict:
+        """What the run record says about this model."""
+        return {"name": self.name, "weights_sha256": self.weights_sha256}
+
+    # torch plumbing shared by the implementations -------------------------------------------
+    module: Any = None
+    device: str = "cpu"
+
+    def parameters_module(self):
+        return self.module
+
+
+def check_slice(image: np.ndarray) -> None:
+    if image.ndim != 2:
+        raise InputError(f"a 2D slice of shape (H, W) is expected, got shape {image.shape}")
+
+
+def randomized_copy(segmenter: PromptableSegmenter, seed: int = 0, part: Optional[str] = None) -> PromptableSegmenter:
+    """A deep copy of ``segmenter`` whose weights (all, or the submodule named ``part``) are re-drawn.
+
+    This is the model-randomisation sanity check of Adebayo et al.: explanations of the copy must
+    differ from those of the trained model.
+    """
+    import torch
+
+    clone = copy.deepcopy(segmenter)
+    root = clone.module
+    target = root if part is None else getattr(root, part)
+    gen = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        for p in target.parameters():
+            if p.dim() >= 2:
+                fan_in = int(np.prod(p.shape[1:]))
+                p.copy_(torch.randn(p.shape, generator=gen) * (1.0 / np.sqrt(max(1, fan_in))))
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+    clone.weights_sha256 = f"randomized(seed={seed}, part={part or 'all'}) of {segmenter.weights_sha256}"
+    return clone

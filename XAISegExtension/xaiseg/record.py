@@ -1,0 +1,39 @@
+"""The run record attached to every result: what ran, on what, with which settings and seed."""
+from __future__ import annotations
+
+import platform
+import sys
+from datetime import datetime, timezone
+from typing import Any, Dict, Optional
+
+from . import __version__
+
+
+def versions() -> Dict[str, str]:
+    out = {"xaiseg": __version__, "python": sys.version.split()[0], "platform": platform.platform()}
+    for name in ("numpy", "torch", "SimpleITK"):
+        module = sys.modules.get(name)
+        if module is None:
+            try:
+                module = __import__(name)
+            except ImportError:
+                continue
+        out[name] = getattr(module, "__version__", "unknown")
+    return out
+
+
+def run_record(*, model: Dict[str, Any], preprocessing: Dict[str, Any], prompt: Dict[str, Any],
+               settings: Dict[str, Any], seconds: float, evaluations: Dict[str, int],
+               seed: Optional[int] = None, source: Optional[str] = None) -> Dict[str, Any]:
+    return {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "input": source,
+        "model": model,
+        "preprocessing": preprocessing,
+        "prompt": prompt,
+        "settings": settings,
+        "seed": seed,
+        "seconds": round(float(seconds), 3),
+        "evaluations": evaluations,
+        "versions": versions(),
+    }

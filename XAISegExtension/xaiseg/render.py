@@ -1,0 +1,91 @@
+"""PNG figures without a screen: slices in radiological display orientation with mask outlines."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .io import Geometry
+from .volume import in_plane_axes
+
+PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+           (70, 240, 240), (240, 50, 230)]
+
+
+def display_flips(geometry: Geometry, axis: int) -> Tuple[bool, bool]:
+    """Row/column flips that show a slice the way radiologists read it: anterior (or superior) at
+    the top, the patient's right on the image's left."""
+    ras = geometry.direction_matrix * np.array([-1.0, -1.0, 1.0])[:, None]  # columns i, j, k in RAS
+    col_of_axis = {0: 2, 1: 1, 2: 0}  # array axis -> ITK index column
+    r, c = in_plane_axes(axis)
+    row_dir, col_dir = ras[:, col_of_axis[r]], ras[:, col_of_axis[c]]
+    # rows go downwards on screen: flip if increasing row points anterior or superior
+    up = int(np.argmax(np.abs(row_dir)))
+    flip_rows = row_dir[up] > 0 if up in (1, 2) else row_dir[up] < 0
+    # columns go rightwards: patient's left on the right, superior... keep R on the left
+    side = int(np.argmax(np.abs(col_dir)))
+    flip_cols = col_dir[side] > 0 if side == 0 else col_dir[side] < 0
+    return bool(flip_rows), bool(flip_cols)
+
+
+def outline(mask: np.ndarray) -> np.ndarray:
+    """One-pixel boundary of a 2D boolean mask."""
+    m = mask.astype(bool)
+    inner = m.copy()
+    inner[1:, :] &= m[:-1, :]
+    inner[:-1, :] &= m[1:, :]
+    inner[:, 1:] &= m[:, :-1]
+    inner[:, :-1] &= m[:, 1:]
+    return m & ~inner
+
+
+def overlay(image01: np.ndarray, masks: Sequence[Tuple[np.ndarray, Tuple[int, int, int]]],
+            flips: Tuple[bool, bool] = (False, False), zoom: int = 2) -> np.ndarray:
+    """RGB uint8 of a [0, 1] slice with coloured outlines of ``masks``."""
+    g = (np.clip(image01, 0, 1) * 255).astype(np.uint8)
+    rgb = np.repeat(g[..., None], 3, axis=2)
+    if zoom > 1:
+        rgb = rgb.repeat(zoom, 0).repeat(zoom, 1)
+    for mask, colour in masks:
+        m = mask.astype(bool)
+        if zoom > 1:
+            m = m.repeat(zoom, 0).repeat(zoom, 1)
+        rgb[outline(m)] = colour
+    if flips[0]:
+        rgb = rgb[::-1]
+    if flips[1]:
+        rgb = rgb[:, ::-1]
+    return np.ascontiguousarray(rgb)
+
+
+def sheet(tiles: List[np.ndarray], titles: List[str], path, legend: Optional[Iterable[Tuple[str, tuple]]] = None,
+          columns: int = 4) -> Path:
+    """Arrange RGB tiles in a grid with titles and an optional colour legend; write a PNG atomically."""
+    from PIL import Image, ImageDraw
+
+    from .io import write_bytes_atomic
+
+    h = max(t.shape[0] for t in tiles)
+    w = max(t.shape[1] for t in tiles)
+    rows = (len(tiles) + columns - 1) // columns
+    legend = list(legend or [])
+    head, pad, foot = 18, 4, (18 * ((len(legend) + 2) // 3) + 6 if legend else 0)
+    canvas = Image.new("RGB", (columns * (w + pad) + pad, rows * (h + head + pad) + pad + foot), (0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for n, (tile, title) in enumerate(zip(tiles, titles)):
+        x = pad + (n % columns) * (w + pad)
+        y = pad + (n // columns) * (h + head + pad)
+        draw.text((x + 2, y + 2), title, fill=(255, 255, 255))
+        canvas.paste(Image.fromarray(tile), (x, y + head))
+    y0 = rows * (h + head + pad) + pad
+    for n, (name, colour) in enumerate(legend):
+        x = pad + (n % 3) * (canvas.width // 3)
+        y = y0 + (n // 3) * 18
+        draw.rectangle([x, y + 3, x + 10, y + 13], fill=tuple(colour))
+        draw.text((x + 16, y + 2), name, fill=(255, 255, 255))
+    import io as _io
+
+    buf = _io.BytesIO()
+    canvas.save(buf, format="PNG")
+    return write_bytes_atomic(path, buf.getvalue())
