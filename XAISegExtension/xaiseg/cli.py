@@ -95,7 +95,10 @@ def preprocessing_from(args):
     if args.window:
         return Preprocessing(mode="window", window=args.window, clahe=args.clahe)
     if args.level_width:
-        level, width = _floats(args.level_width, "--level-width")[:2]
+        vals = _floats(args.level_width, "--level-width")
+        if len(vals) != 2:
+            raise InputError(f"--level-width {args.level_width!r} must be two numbers level,width (in HU)")
+        level, width = vals
         return Preprocessing(mode="window", level=level, width=width, clahe=args.clahe)
     lo, hi = _pair(args.percentiles, "--percentiles")
     return Preprocessing(mode="percentile", lower=lo, upper=hi, clahe=args.clahe)

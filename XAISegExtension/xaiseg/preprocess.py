@@ -73,6 +73,8 @@ class Preprocessing:
         if fg.size == 0:
             fg = volume.ravel()
         lo, hi = np.percentile(fg, [self.lower, self.upper])
+        if hi <= lo:  # constant foreground (e.g. a two-level image): keep it above the background
+            lo = volume.min()
         return float(lo), float(hi)
 
     def record(self) -> dict:

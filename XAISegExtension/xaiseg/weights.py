@@ -98,6 +98,7 @@ def fetch(url: str, expected_sha256: str, cache_dir, progress: Optional[Progress
         try:
             response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 - user-given URL
         except (urllib.error.URLError, OSError, ValueError) as exc:
+            os.close(fd)
             raise WeightsMissingError(f"could not download {url}: {exc}") from exc
         with response, os.fdopen(fd, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0)
