@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .io import write_text_atomic
+from .io import write_text_atomic, write_volume
 from .pipeline import SegmentConfig, Session
 from .progress import Progress, TqdmProgress
 from .sample_data import DEMO_STRUCTURES, AtlasSample, load_mni_atlas
@@ -44,6 +44,10 @@ class Row:
     encoder_passes: int
     seconds: float
     mask: np.ndarray
+
+    def record(self) -> dict:
+        """The row without its mask, for JSON."""
+        return {k: v for k, v in self.__dict__.items() if k != "mask"}
 
 
 def evaluate(session: Session, sample: AtlasSample, structures: Sequence[str],
@@ -127,15 +131,13 @@ def run_demo(outdir: Path, quiet: bool = False, structures: Sequence[str] = DEMO
     progress.done()
     outdir = Path(outdir)
     for r in rows:
-        from .io import write_volume
-
         write_volume(sample.image, r.mask.astype(np.uint8), outdir / "masks" / f"{r.structure}_{r.mode}.nrrd")
     sheet_path = write_sheet(sample, session, rows, outdir / "sheet.png")
     timings = slice_timings(session)
     summary = {
         "volume": str(sample.image.source), "labels": f"Harvard-Oxford subcortical, probability > {sample.threshold}%",
         "model": session.segmenter.describe(), "preprocessing": session.preprocessing_record(),
-        "rows": [{k: v for k, v in r.__dict__.items() if k != "mask"} for r in rows],
+        "rows": [r.record() for r in rows],
         "timings": timings, "peak_rss_mb": peak_rss_mb(), "total_seconds": time.perf_counter() - t0,
         "encoder_passes": session.slicer.encoder_passes,
     }
