@@ -52,7 +52,7 @@ def test_geometry_round_trip_and_ras_box(tmp_path, capsys, fmt, suffix):
 def test_prompted_mask_follows_the_ras_box(tmp_path):
     path, img = oblique_volume(tmp_path)
     vol = read_volume(path)
-    session = Session(vol, BoxToy())
+    session = Session(vol, BoxToy(gate=True))
     ijk = vol.geometry.ras_to_ijk(vol.geometry.ijk_to_ras_points([[14, 11, 7], [20, 16, 12]]))
     lo, hi = np.round(ijk.min(0)).astype(int)[::-1], np.round(ijk.max(0)).astype(int)[::-1]
     result = session.segment(BoxPrompt(tuple(lo), tuple(hi)), name="toy")

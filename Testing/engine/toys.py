@@ -1,34 +1,131 @@
-"""Known-answer segmenters for tests (toys, named as such - never used as "the model")."""
+"""Known-answer models for the engine tests (fast, deterministic, no weights).
+
+* :class:`Ramp` / :func:`ramp` - a torch module whose single logit channel is ``10 * (x - 0.5)``,
+  so the mask is exactly "normalised intensity above 0.5".  Used through
+  ``--model torch --factory toys:ramp``.
+* :class:`ThreeClass` - three logit channels computed from the intensity, for the multi-class
+  margin logic.
+* :class:`BoxToy` - a :class:`PromptableSegmenter` that answers +1 inside the prompt box (or
+  near positive points) and -1 elsewhere, optionally only where the slice is bright, and counts
+  its encoder/decoder calls.
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
 import numpy as np
 import torch
+from torch import nn
 
 from xaiseg.models.base import Embedding, PromptableSegmenter, SlicePrompt
 
 
+class Ramp(nn.Module):
+    def __init__(self, gain: float = 10.0) -> None:
+        super().__init__()
+        self.gain = gain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gain * (x[:, :1] - 0.5)
+
+
+def ramp(gain: float = 10.0) -> nn.Module:
+    """Factory for ``--factory toys:ramp``."""
+    return Ramp(gain)
+
+
+# Names used by the older tests and by ``--factory toys:threshold_net``.
+Threshold = Ramp
+threshold_net = ramp
+
+
+def conv1x1() -> nn.Module:
+    """A 1x1 convolution (weights come from a checkpoint in the tests)."""
+    return nn.Conv2d(1, 1, kernel_size=1)
+
+
+class ThreeClass(nn.Module):
+    """Channel c peaks where the intensity is near c / 2 (c = 0, 1, 2): three bands of [0, 1]."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = x[:, :1]
+        return torch.cat([-(v - c / 2.0) ** 2 * 20.0 + c * 0.01 for c in range(3)], dim=1)
+
+
+def three_class() -> nn.Module:
+    return ThreeClass()
+
+
 class BoxToy(PromptableSegmenter):
-    """Mask = the prompt box, but only where the image is bright (> 0.5): a known answer."""
+    """+1 inside the prompt box (inclusive pixels), -1 outside; with ``gate`` only where image > 0.5.
+
+    Point prompts give +1 within 1.5 pixels of a positive point (minus negative points' discs).
+    """
 
     name = "box-toy"
-    weights_sha256 = "none (toy)"
+    weights_sha256 = "none (known-answer toy)"
 
-    def embed(self, image):
-        return Embedding(np.asarray(image, dtype=np.float32), image.shape, image.shape, 1.0)
+    def __init__(self, gate: bool = False) -> None:
+        self.gate = gate
+        self.embed_calls = 0
+        self.decode_calls = 0
+        self.embedded_images: List[np.ndarray] = []
+        self.prompts: List[SlicePrompt] = []
 
-    def decode(self, embedding, prompt: SlicePrompt):
-        img = embedding.features
-        out = np.full(img.shape, -1.0, dtype=np.float32)
-        x0, y0, x1, y1 = (int(round(v)) for v in prompt.box)
-        out[y0:y1 + 1, x0:x1 + 1] = 1.0
-        out[img <= 0.5] = -1.0
-        return out
+    def embed(self, image: np.ndarray) -> Embedding:
+        self.embed_calls += 1
+        img = np.array(image, dtype=np.float32, copy=True)
+        self.embedded_images.append(img)
+        return Embedding(img, img.shape, img.shape, 1.0)
+
+    def decode(self, embedding: Embedding, prompt: SlicePrompt) -> np.ndarray:
+        self.decode_calls += 1
+        self.prompts.append(prompt)
+        h, w = embedding.image_shape
+        inside = np.zeros((h, w), dtype=bool)
+        if prompt.box is not None:
+            x0, y0, x1, y1 = (int(round(v)) for v in prompt.box)
+            inside[max(0, y0):y1 + 1, max(0, x0):x1 + 1] = True
+        if prompt.points:
+            yy, xx = np.mgrid[0:h, 0:w]
+            for (x, y), lab in zip(prompt.points, prompt.labels):
+                disc = (xx - x) ** 2 + (yy - y) ** 2 <= 1.5 ** 2
+                inside = inside | disc if lab == 1 else inside & ~disc
+        if self.gate:
+            inside &= embedding.features > 0.5
+        return np.where(inside, 1.0, -1.0).astype(np.float32)
 
 
-class Threshold(torch.nn.Module):
-    """One-channel logits 10 * (x - 0.5): a torch 'model' whose mask is the bright region."""
-
-    def forward(self, x):
-        return 10.0 * (x[:, :1] - 0.5)
+def box_toy(gate: bool = False) -> BoxToy:
+    return BoxToy(gate)
 
 
-def threshold_net():
-    return Threshold()
+def expected_box_mask(shape, lo, hi) -> np.ndarray:
+    """uint8 array of ``shape`` that is 1 on the inclusive (k, j, i) box ``lo..hi``."""
+    out = np.zeros(shape, dtype=np.uint8)
+    out[tuple(slice(int(a), int(b) + 1) for a, b in zip(lo, hi))] = 1
+    return out
+
+
+def rotation(axis: int, degrees: float) -> np.ndarray:
+    """3x3 rotation about coordinate ``axis`` (0 = x, 1 = y, 2 = z)."""
+    t = np.deg2rad(degrees)
+    c, s = np.cos(t), np.sin(t)
+    a, b = [i for i in range(3) if i != axis]
+    r = np.eye(3)
+    r[a, a], r[a, b], r[b, a], r[b, b] = c, -s, s, c
+    return r
+
+
+def make_image(array: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
+               direction: Optional[np.ndarray] = None):
+    """A SimpleITK image of ``array`` (k, j, i) with the given geometry."""
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(array)
+    if array.ndim == 3:
+        img.SetSpacing(tuple(float(v) for v in spacing))
+        img.SetOrigin(tuple(float(v) for v in origin))
+        if direction is not None:
+            img.SetDirection(tuple(float(v) for v in np.asarray(direction, dtype=float).ravel()))
+    return img
