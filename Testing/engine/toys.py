@@ -129,3 +129,58 @@ def make_image(array: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0
         if direction is not None:
             img.SetDirection(tuple(float(v) for v in np.asarray(direction, dtype=float).ravel()))
     return img
+
+
+class SquareEvidence(PromptableSegmenter):
+    """Known answer for explainers: the mask is the prompt box, drawn only while a known square
+    elsewhere on the slice (the evidence) stays bright.
+
+    The decoder is a torch weight map (1 on the square, 0 elsewhere) in ``module.mask_decoder``;
+    logits inside the box are ``gain * (weighted mean of the image - 0.5)``, -5 outside.  Removing
+    the square is the only perturbation that changes the mask, so every faithful saliency map
+    peaks in the square; re-drawing the weights (sanity check) moves the evidence elsewhere.
+    """
+
+    name = "square-evidence toy"
+    weights_sha256 = "none (known-answer toy)"
+
+    def __init__(self, shape=(64, 64), square=(8, 8, 24, 24), gain: float = 20.0) -> None:
+        h, w = shape
+        y0, x0, y1, x1 = square
+        weight = torch.zeros(h, w)
+        weight[y0:y1, x0:x1] = 1.0
+        self.module = nn.Module()
+        self.module.mask_decoder = nn.Module()
+        self.module.mask_decoder.weight = nn.Parameter(weight)
+        self.square = square
+        self.gain = gain
+        self.embed_calls = 0
+
+    def embed(self, image: np.ndarray) -> Embedding:
+        self.embed_calls += 1
+        img = np.array(image, dtype=np.float32, copy=True)
+        return Embedding(img, img.shape, img.shape, 1.0)
+
+    def decode(self, embedding: Embedding, prompt: SlicePrompt) -> np.ndarray:
+        w = self.module.mask_decoder.weight.detach().numpy().astype(np.float64)
+        evidence = float((w * embedding.features).sum() / max(np.abs(w).sum(), 1e-12))
+        out = np.full(embedding.image_shape, -5.0, dtype=np.float32)
+        x0, y0, x1, y1 = (int(round(v)) for v in prompt.box)
+        out[y0:y1 + 1, x0:x1 + 1] = self.gain * (evidence - 0.5)
+        return out
+
+    def square_mask(self) -> np.ndarray:
+        y0, x0, y1, x1 = self.square
+        out = np.zeros(self.module.mask_decoder.weight.shape, bool)
+        out[y0:y1, x0:x1] = True
+        return out
+
+
+def evidence_image(shape=(64, 64), square=(8, 8, 24, 24), seed: int = 0) -> np.ndarray:
+    """A textured slice with a bright square (the evidence) and a bright block where the box is."""
+    rng = np.random.default_rng(seed)
+    img = 0.2 + 0.1 * rng.random(shape)
+    y0, x0, y1, x1 = square
+    img[y0:y1, x0:x1] = 0.9
+    img[36:56, 36:56] = 0.7
+    return img.astype(np.float32)

@@ -6,7 +6,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -107,3 +107,195 @@ class Session:
         )
         record["slices"] = [asdict(r) for r in runs]
         return SegmentResult(name, mask, self.volume, runs, record)
+
+    def explain(self, segmentation: SegmentResult, explainers: Sequence, roi=None,
+                slices: Optional[Sequence[int]] = None, target: Optional[np.ndarray] = None,
+                progress: Optional[Progress] = None, roi_mask: Optional[np.ndarray] = None) -> "ExplainRun":
+        """Explain ``segmentation`` with each explainer on each slice that has a mask (or ``slices``).
+
+        roi: a :class:`~xaiseg.roi.RoiConfig` (default: the embedding ROI); target: a ground-truth
+        3D mask for the localisation metrics; roi_mask: a 3D mask for ``RoiConfig("mask")``.
+        Nothing is written; call :meth:`ExplainRun.write`.
+        """
+        return explain(self, segmentation, explainers, roi, slices, target, progress, roi_mask)
+
+
+@dataclass
+class ExplainRun:
+    """Saliency volumes of one segmentation, per method, and everything needed to write them.
+
+    saliency[method]: float32 on the volume's grid, [0, 1] per explained slice, 0 elsewhere.
+    explanations[method][k]: the per-slice :class:`~xaiseg.explain.Explanation`.
+    roi: uint8 volume of the ROI used on each slice; roi_sources[k]: where it came from.
+    """
+
+    name: str
+    segmentation: SegmentResult
+    axis: int
+    slices: List[int]
+    roi: np.ndarray
+    roi_sources: Dict[int, str]
+    saliency: Dict[str, np.ndarray]
+    explanations: Dict[str, Dict[int, object]]
+    images: Dict[int, np.ndarray]
+    record: Dict
+
+    def metrics(self) -> Dict:
+        """The metrics document (``NAME_metrics.json``) without its file names."""
+        methods = {}
+        for method, per_slice in self.explanations.items():
+            slices = {str(k): dict(ex.metrics, **_extras(ex.extras)) for k, ex in per_slice.items()}
+            methods[method] = {"settings": next(iter(per_slice.values())).settings if per_slice else {},
+                               "slices": slices, "summary": summarise(list(slices.values()))}
+        fallback = sorted(k for k, src in self.roi_sources.items() if "fallback" in src)
+        return {"name": self.name, "input": self.segmentation.volume.source, "axis": self.axis,
+                "slices": list(self.slices), "roi": dict(self.record.get("roi", {}), fallback_slices=fallback,
+                                                         sources={str(k): v for k, v in self.roi_sources.items()}),
+                "methods": methods, "record": self.record}
+
+    def write(self, outdir, fmt: str = "nrrd", threshold: Optional[float] = None, pngs: bool = True) -> Dict[str, Path]:
+        """Write the run's files (docs/explain_contract.md) into ``outdir``.
+
+        Files are written into a hidden staging folder first and moved into place only when all
+        of them exist, so an interrupted write leaves no partial set behind.
+        """
+        import shutil
+        import tempfile
+
+        from .render import display_flips, saliency_panel
+
+        suffix = {"nrrd": ".nrrd", "nifti": ".nii.gz", "nii": ".nii.gz", "mha": ".mha"}.get(fmt)
+        if suffix is None:
+            raise InputError(f"output format {fmt!r} is unknown; expected nrrd, nifti or mha")
+        outdir = Path(outdir)
+        outdir.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".xaiseg-", dir=outdir))
+        vol, n = self.segmentation.volume, self.name
+        try:
+            files = dict(self.segmentation.write(stage, fmt))
+            files["roi"] = write_volume(vol, self.roi.astype(np.uint8), stage / f"{n}_roi{suffix}")
+            doc = self.metrics()
+            flips = display_flips(vol.geometry, self.axis)
+            for method, sal in self.saliency.items():
+                cut = threshold if threshold is not None else self.record["methods"][method].get("threshold", 0.5)
+                entry = {"saliency": f"{n}_{method}_saliency{suffix}", "label": f"{n}_{method}_label{suffix}", "png": []}
+                files[f"{method}_saliency"] = write_volume(vol, sal.astype(np.float32), stage / entry["saliency"])
+                files[f"{method}_label"] = write_volume(vol, (sal >= cut).astype(np.uint8), stage / entry["label"])
+                if pngs:
+                    for k, ex in sorted(self.explanations[method].items()):
+                        png = f"{n}_{method}_k{k:03d}.png"
+                        title = f"{n}  {method}  slice {k}  (green: mask, blue: ROI)"
+                        files[f"{method}_png_{k}"] = saliency_panel(self.images[k], ex.saliency, ex.reference, ex.roi,
+                                                                    stage / png, title, flips)
+                        entry["png"].append(png)
+                doc["methods"][method]["files"] = entry
+            files["metrics"] = write_text_atomic(stage / f"{n}_metrics.json", json.dumps(doc, indent=2, default=_json))
+            final = {}
+            for key, path in files.items():
+                target = outdir / Path(path).name
+                Path(path).replace(target)
+                final[key] = target
+            return final
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _extras(extras: Dict) -> Dict:
+    """Method extras that belong in the metrics table (numbers and flags, not curves)."""
+    return {k: v for k, v in extras.items() if isinstance(v, (bool, int, float, str))}
+
+
+def summarise(rows: List[Dict]) -> Dict:
+    """Mean of every numeric metric over slices (the pointing game as the hit rate)."""
+    out: Dict = {"slices": len(rows)}
+    keys = sorted({k for r in rows for k, v in r.items() if isinstance(v, (bool, int, float)) and not isinstance(v, str)})
+    for k in keys:
+        vals = [float(r[k]) for r in rows if isinstance(r.get(k), (bool, int, float))]
+        if vals:
+            out[k] = round(float(np.mean(vals)), 4)
+    return out
+
+
+def _slice_prompt(record: Dict):
+    from .models.base import SlicePrompt
+
+    points = tuple(tuple(p) for p in record["points"]) if record.get("points") else None
+    return SlicePrompt(tuple(record["box"]) if record.get("box") else None, points,
+                       tuple(record["labels"]) if record.get("labels") else None)
+
+
+def explain(session: "Session", segmentation: SegmentResult, explainers: Sequence, roi=None,
+            slices: Optional[Sequence[int]] = None, target: Optional[np.ndarray] = None,
+            progress: Optional[Progress] = None, roi_mask: Optional[np.ndarray] = None) -> ExplainRun:
+    """Explain ``segmentation`` slice by slice with each explainer (see :meth:`Session.explain`)."""
+    from .explain import Explainer
+    from .progress import ensure
+    from .roi import RoiConfig, RoiFinder
+
+    progress = ensure(progress)
+    roi = roi or RoiConfig()
+    if not explainers:
+        raise InputError("no explanation method given; expected at least one of occlusion, rise, lime, shap")
+    for ex in explainers:
+        if not isinstance(ex, Explainer):
+            raise InputError(f"{ex!r} is not an explainer; build one with xaiseg.explain.make_explainer")
+    vs = session.slicer
+    runs = {r.index: r for r in segmentation.slices}
+    with_mask = [k for k in sorted(runs) if runs[k].voxels > 0]
+    if slices is None:
+        chosen = with_mask
+    else:
+        chosen = sorted({int(k) for k in slices})
+        missing = [k for k in chosen if k not in runs]
+        if missing:
+            raise InputError(f"slice(s) {missing} were not segmented; expected slices among {sorted(runs)}")
+    if not chosen:
+        raise InputError("the segmentation is empty on every slice; there is no mask to explain")
+    for array, what in ((target, "target mask"), (roi_mask, "ROI mask")):
+        if array is not None and array.shape != session.volume.shape:
+            raise InputError(f"{what} of shape {array.shape} does not match the volume's shape {session.volume.shape}")
+    finder = RoiFinder(roi)
+    bound = [ex if ex.segmenter is not None else ex.bind(session.segmenter) for ex in explainers]
+    roi_vol = np.zeros(session.volume.shape, np.uint8)
+    saliency = {ex.name: np.zeros(session.volume.shape, np.float32) for ex in bound}
+    results: Dict[str, Dict[int, object]] = {ex.name: {} for ex in bound}
+    sources: Dict[int, str] = {}
+    images: Dict[int, np.ndarray] = {}
+    t0 = time.perf_counter()
+    enc0 = vs.encoder_passes
+
+    def put(out, k, plane):
+        index = [slice(None)] * 3
+        index[session.axis] = k
+        out[tuple(index)] = plane
+
+    def take(volume, k):
+        return None if volume is None else np.take(volume, k, axis=session.axis).astype(bool)
+
+    for n, k in enumerate(chosen, 1):
+        progress.check()
+        image = vs.slice(k)
+        prompt = _slice_prompt(runs[k].prompt)
+        embedding, _ = vs.embedding(k)
+        mask = session.segmenter.decode(embedding, prompt.clipped(image.shape)) > 0
+        region, source = finder.find(image, prompt, mask, embedding, take(roi_mask, k))
+        put(roi_vol, k, region.astype(np.uint8))
+        sources[k], images[k] = source, image
+        for ex in bound:
+            e = ex.explain(image, prompt, roi=region, roi_source=source, target=take(target, k), progress=progress,
+                           stage=f"{ex.name} slice {k} ({n}/{len(chosen)})", embedding=embedding)
+            results[ex.name][k] = e
+            put(saliency[ex.name], k, e.saliency)
+    seconds = time.perf_counter() - t0
+    evaluations = {ex.name: int(sum(e.n_evaluations for e in results[ex.name].values())) for ex in bound}
+    record = run_record(model=session.segmenter.describe(), preprocessing=session.preprocessing_record(),
+                        prompt=segmentation.record.get("prompt", {}),
+                        settings={"slicing_axis_index": session.axis, "slices": chosen},
+                        seconds=seconds, source=session.volume.source,
+                        evaluations={"perturbed_encoder_passes": evaluations,
+                                     "slice_encoder_passes": vs.encoder_passes - enc0},
+                        seed=bound[0].seed)
+    record["roi"] = roi.record()
+    record["methods"] = {ex.name: ex.settings() for ex in bound}
+    return ExplainRun(segmentation.name, segmentation, session.axis, chosen, roi_vol, sources, saliency, results,
+                      images, record)

@@ -89,3 +89,53 @@ def sheet(tiles: List[np.ndarray], titles: List[str], path, legend: Optional[Ite
     buf = _io.BytesIO()
     canvas.save(buf, format="PNG")
     return write_bytes_atomic(path, buf.getvalue())
+
+
+def colourmap(values01: np.ndarray) -> np.ndarray:
+    """RGB uint8 of a [0, 1] map in the perceptual 'inferno' colour map."""
+    import cv2
+
+    v = (np.clip(values01, 0, 1) * 255).astype(np.uint8)
+    return cv2.applyColorMap(v, cv2.COLORMAP_INFERNO)[..., ::-1]
+
+
+def saliency_panel(image01: np.ndarray, saliency01: np.ndarray, mask: np.ndarray, roi: Optional[np.ndarray],
+                   path, title: str = "", flips: Tuple[bool, bool] = (False, False), zoom: int = 2,
+                   alpha: float = 0.55) -> Path:
+    """PNG of one explained slice: the image; the saliency over it (inside the ROI) with a colour
+    bar; the mask outlined in green and the ROI in blue on both panels."""
+    from PIL import Image, ImageDraw
+
+    from .io import write_bytes_atomic
+
+    outlines = [(mask, (60, 220, 75))] + ([(roi, (0, 130, 255))] if roi is not None else [])
+    left = overlay(image01, outlines, flips, zoom)
+    heat = colourmap(saliency01)
+    grey = np.repeat((np.clip(image01, 0, 1) * 255)[..., None], 3, axis=2)
+    weight = alpha * (saliency01 > 0)[..., None]
+    blend = (grey * (1 - weight) + heat * weight).astype(np.float32)
+    big = blend.repeat(zoom, 0).repeat(zoom, 1).astype(np.uint8) if zoom > 1 else blend.astype(np.uint8)
+    for m, colour in outlines:
+        mm = m.astype(bool).repeat(zoom, 0).repeat(zoom, 1) if zoom > 1 else m.astype(bool)
+        big[outline(mm)] = colour
+    if flips[0]:
+        big = big[::-1]
+    if flips[1]:
+        big = big[:, ::-1]
+    right = np.ascontiguousarray(big)
+    h, w = left.shape[:2]
+    bar_w, pad, head = 14, 6, 18
+    bar = colourmap(np.linspace(1, 0, h)[:, None].repeat(bar_w, 1))
+    canvas = Image.new("RGB", (2 * w + 3 * pad + bar_w + 30, h + head + pad), (0, 0, 0))
+    canvas.paste(Image.fromarray(left), (pad, head))
+    canvas.paste(Image.fromarray(right), (2 * pad + w, head))
+    canvas.paste(Image.fromarray(np.ascontiguousarray(bar)), (3 * pad + 2 * w, head))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((pad, 3), title, fill=(255, 255, 255))
+    draw.text((4 * pad + 2 * w + bar_w - 4, head), "1", fill=(255, 255, 255))
+    draw.text((4 * pad + 2 * w + bar_w - 4, head + h - 12), "0", fill=(255, 255, 255))
+    import io as _io
+
+    buf = _io.BytesIO()
+    canvas.save(buf, format="PNG")
+    return write_bytes_atomic(path, buf.getvalue())

@@ -106,6 +106,9 @@ class PromptableSegmenter(ABC):
     weights_sha256: Optional[str] = None
     #: Whether ``decode`` uses the prompt (False for plain torch models).
     uses_prompt: bool = True
+    #: Longest side of the model's input grid (slices are resized to it), or None for native size.
+    #: Explainers measure patch sizes on this grid (seed 001: 64/32 on the model grid).
+    model_grid: Optional[int] = None
 
     @abstractmethod
     def embed(self, image: np.ndarray) -> Embedding:

@@ -42,6 +42,8 @@ class LiteMedSAM(PromptableSegmenter):
 
     name = "LiteMedSAM"
 
+    model_grid = INPUT_SIZE
+
     def __init__(self, checkpoint: Optional[str] = None, sha256: Optional[str] = None,
                  device: str = "cpu", weights: str = "pretrained", seed: int = 0) -> None:
         import torch

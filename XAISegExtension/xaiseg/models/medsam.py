@@ -71,6 +71,7 @@ class MedSAMViT(PromptableSegmenter):
         self.module = build_sam(arch)
         load_into(self.module, state, checkpoint, sha, "MedSAM checkpoint")
         self.arch = arch
+        self.model_grid = arch.img_size
         self.checkpoint = str(checkpoint)
         self.weights_sha256 = sha
         self.device = device

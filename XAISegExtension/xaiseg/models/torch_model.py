@@ -28,6 +28,7 @@ class TorchSegmenter(PromptableSegmenter):
         self.class_index = int(class_index)
         self.in_channels = int(in_channels)
         self.input_size = input_size
+        self.model_grid = input_size
         self.device = device
         self.name = name or type(module).__name__
         self.weights_sha256 = weights_sha256
