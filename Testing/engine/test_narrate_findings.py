@@ -1,0 +1,219 @@
+"""findings.json from a real run: schema, numbers recomputed independently, labels, template text."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from test_narrate_runs import DICOM_NAME, MNI_NAME, copy_run, dicom_run, mni_run
+from xaiseg.errors import FileFormatError, GeometryError, InputError
+from xaiseg.io import Geometry
+from xaiseg.narrate import ReportOptions, build_findings, build_report, check_text, validate
+from xaiseg.narrate.checker import unsupported
+from xaiseg.narrate.labels import harvard_oxford, load_labelmap, read_name_table
+from xaiseg.narrate.template import render_text
+
+
+def _arr(path):
+    img = sitk.ReadImage(str(path))
+    return sitk.GetArrayFromImage(img), Geometry.of(img)
+
+
+@pytest.fixture(scope="module")
+def ho_findings():
+    run = mni_run()
+    mask, geom = _arr(run / f"{MNI_NAME}_mask.nrrd")
+    labels = harvard_oxford(geom)
+    findings = build_findings(run, labels=labels)
+    return run, findings
+
+
+def test_findings_from_a_real_run_validate_and_match_the_files(ho_findings):
+    run, f = ho_findings
+    validate(f)  # the schema shipped in the package
+    mask, geom = _arr(run / f"{MNI_NAME}_mask.nrrd")
+    m = mask > 0
+    # volume in mL from the spacing, slice range, bounding box in RAS from the geometry
+    assert f["mask"]["voxels"] == int(m.sum()) > 50
+    assert f["mask"]["volume_ml"] == pytest.approx(m.sum() * np.prod(geom.spacing) / 1000, abs=1e-3)
+    k = int(np.nonzero(m.any(axis=(1, 2)))[0][0])
+    assert f["mask"]["slices"] == {"first": k, "last": k, "count": 1}
+    kji = np.argwhere(m)
+    ras = geom.ijk_to_ras_points(kji[:, ::-1])
+    assert f["mask"]["bbox_ras_mm"]["min"] == pytest.approx(ras.min(axis=0).round(1).tolist())
+    assert f["mask"]["bbox_ras_mm"]["max"] == pytest.approx(ras.max(axis=0).round(1).tolist())
+    # MNI152 is LAS on disk: the left caudate has negative x (left) in RAS
+    assert f["mask"]["bbox_ras_mm"]["max"][0] < 0
+    # saliency mass inside the mask and the ROI, recomputed from the files
+    sal, _ = _arr(run / f"{MNI_NAME}_occlusion_saliency.nrrd")
+    roi, _ = _arr(run / f"{MNI_NAME}_roi.nrrd")
+    mass = f["methods"]["occlusion"]["saliency_mass"]
+    assert mass["in_mask"] == pytest.approx(sal[m].sum() / sal.sum(), abs=1e-3)
+    assert mass["in_roi"] == pytest.approx(sal[roi > 0].sum() / sal.sum(), abs=1e-3)
+    assert mass["in_mask"] + mass["outside_mask"] == pytest.approx(1.0, abs=2e-4)
+    # the strongest peak is the saliency maximum, at its RAS position
+    p = f["methods"]["occlusion"]["peaks"][0]
+    assert p["value"] == pytest.approx(float(sal.max()), abs=1e-3)
+    assert sal[tuple(p["ijk"][::-1])] == pytest.approx(sal.max())
+    assert p["ras_mm"] == pytest.approx(geom.ijk_to_ras_points([p["ijk"]])[0].round(1).tolist())
+    assert p["in_mask"] == bool(m[tuple(p["ijk"][::-1])])
+    # metrics come through from NAME_metrics.json
+    metrics = json.loads((run / f"{MNI_NAME}_metrics.json").read_text())
+    summary = metrics["methods"]["occlusion"]["summary"]
+    assert f["methods"]["occlusion"]["summary"]["deletion_auc"] == pytest.approx(summary["deletion_auc"], abs=1e-4)
+    assert f["leading_method"]["method"] == "occlusion"
+    assert f["record"]["explanation"]["model"]["name"] == "LiteMedSAM"
+
+
+def test_harvard_oxford_names_the_caudate(ho_findings):
+    _, f = ho_findings
+    top = f["mask"]["labels"][0]
+    assert top["name"] == "Left_Caudate" and top["fraction"] > 0.8, f["mask"]["labels"]
+    assert f["labels"]["kind"] == "atlas"
+    for c in f["methods"]["occlusion"]["clusters"]:
+        assert c["labels"], "every high-saliency cluster gets its label composition"
+        assert abs(sum(s["fraction"] for s in c["labels"]) - 1) < 0.35
+
+
+def test_template_text_is_grounded(ho_findings):
+    _, f = ho_findings
+    text = render_text(f)
+    occ = f["methods"]["occlusion"]
+    assert MNI_NAME in text
+    assert f"{f['mask']['volume_ml']:.2f} mL" in text
+    assert f"deletion AUC {occ['summary']['deletion_auc']:.2f}" in text
+    assert f"insertion AUC {occ['summary']['insertion_auc']:.2f}" in text
+    assert f"{100 * occ['saliency_mass']['in_mask']:.0f}% of it lies inside the mask" in text
+    assert "Left_Caudate" in text
+    assert "Limits:" in text and "not where disease is" in text
+    claims = check_text(text, f)
+    assert len([c for c in claims if c.kind == "number"]) >= 8
+    assert unsupported(claims) == [], [c.text for c in unsupported(claims)]
+    assert len(text.split()) < 200, "a radiologist reads it in ten seconds"
+
+
+def test_template_is_deterministic(ho_findings):
+    _, f = ho_findings
+    assert render_text(f) == render_text(json.loads(json.dumps(f)))
+
+
+def test_checker_marks_what_findings_do_not_contain(ho_findings):
+    _, f = ho_findings
+    vol = f["mask"]["volume_ml"]
+    text = (f"The left caudate measures {vol:.2f} mL. The right caudate and the liver are 3.7 mL; "
+            f"{100 * f['methods']['occlusion']['saliency_mass']['in_mask']:.0f}% lies inside, 97.3% outside.")
+    claims = {c.text: c.supported for c in check_text(text, f)}
+    assert claims["left caudate"] is True
+    assert claims[f"{vol:.2f}"] is True
+    assert claims["right caudate"] is False
+    assert claims["liver"] is False
+    assert claims["3.7"] is False
+    assert claims["97.3%"] is False
+    assert any(t.endswith("%") and ok for t, ok in claims.items())
+
+
+def test_schema_rejects_broken_findings(ho_findings):
+    _, f = ho_findings
+    broken = json.loads(json.dumps(f))
+    del broken["mask"]["volume_ml"]
+    with pytest.raises(InputError, match="mask.*volume_ml"):
+        validate(broken)
+    broken = json.loads(json.dumps(f))
+    broken["methods"]["occlusion"]["saliency_mass"]["in_mask"] = 1.7
+    with pytest.raises(InputError, match="methods/occlusion/saliency_mass/in_mask"):
+        validate(broken)
+
+
+def test_user_label_map_with_csv_names(tmp_path):
+    """A label volume on another grid plus a CSV name table (TotalSegmentator / Slicer export style)."""
+    from xaiseg.sample_data import load_mni_atlas
+
+    atlas = load_mni_atlas(("Left_Caudate", "Right_Caudate", "Left_Putamen"))
+    img = atlas.image.to_sitk(atlas.labels.array)
+    coarse = sitk.Resample(img, [91, 109, 91], sitk.Transform(), sitk.sitkNearestNeighbor, img.GetOrigin(),
+                           [2.0, 2.0, 2.0], img.GetDirection(), 0, img.GetPixelID())
+    sitk.WriteImage(coarse, str(tmp_path / "labels.nii.gz"))
+    with open(tmp_path / "names.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["label_value", "name"])
+        for name, value in atlas.label_values.items():
+            w.writerow([value, name.lower().replace("_", " ")])
+    run = copy_run(mni_run(), tmp_path / "run")
+    paths = build_report(run, ReportOptions(labels=str(tmp_path / "labels.nii.gz"),
+                                            label_names=str(tmp_path / "names.csv")))
+    f = json.loads(paths["findings"].read_text())
+    assert f["labels"]["kind"] == "labelmap"
+    assert f["mask"]["labels"][0]["name"] == "left caudate" and f["mask"]["labels"][0]["fraction"] > 0.7
+    report = json.loads(paths["report_json"].read_text())
+    assert "left caudate" in report["narrative"]["text"]
+
+
+def test_slicer_segmentation_names_and_name_tables(tmp_path):
+    arr = np.zeros((4, 5, 6), np.uint8)
+    arr[1:3, 1:4, 1:5] = 3
+    arr[0, 0, 0] = 7
+    img = sitk.GetImageFromArray(arr)
+    for key, value in {"Segment0_Name": "liver", "Segment0_LabelValue": "3", "Segment0_Layer": "0",
+                       "Segment1_Name": "spleen", "Segment1_LabelValue": "7", "Segment1_Layer": "0"}.items():
+        img.SetMetaData(key, value)
+    path = tmp_path / "organs.seg.nrrd"
+    sitk.WriteImage(img, str(path))
+    lm = load_labelmap(path)
+    assert lm.kind == "segmentation" and lm.names == {3: "liver", 7: "spleen"}
+    assert lm.at((1, 1, 1)) == "liver" and lm.at((0, 0, 0)) == "spleen" and lm.at((3, 4, 5)) is None
+    assert lm.nearest((3, 4, 5), radius_mm=5.0) == ("liver", pytest.approx(np.sqrt(3.0)))
+    # colour table and JSON name tables
+    (tmp_path / "ct.txt").write_text("# Slicer colour table\n0 Background 0 0 0 0\n3 liver 200 0 0 255\n")
+    assert read_name_table(tmp_path / "ct.txt") == {3: "liver"}
+    (tmp_path / "n.json").write_text('{"1": "spleen", "2": "kidney_right"}')
+    assert read_name_table(tmp_path / "n.json") == {1: "spleen", 2: "kidney_right"}
+    (tmp_path / "bad.csv").write_text("value,name\nthree,liver\n")
+    with pytest.raises(FileFormatError, match="'three' is not an integer"):
+        read_name_table(tmp_path / "bad.csv")
+    sitk.WriteImage(img, str(tmp_path / "plain.nrrd"))
+    with pytest.raises(InputError, match="--label-names"):
+        load_labelmap(tmp_path / "plain.nrrd")
+
+
+def test_atlas_refuses_a_volume_outside_mni_space():
+    import SimpleITK as sitk
+
+    from pydicom.data import get_testdata_file
+
+    from xaiseg.io import read_image
+
+    geom = Geometry.of(read_image(get_testdata_file("CT_small.dcm")))
+    with pytest.raises(GeometryError, match="MNI152"):
+        harvard_oxford(geom)
+
+
+def test_segmentation_only_run(tmp_path):
+    """The mask and run record of a run that was not explained still give valid findings and text."""
+    run = tmp_path / "seg"
+    run.mkdir()
+    for suffix in ("_mask.nrrd", "_run.json"):
+        (run / f"{DICOM_NAME}{suffix}").write_bytes((dicom_run() / f"{DICOM_NAME}{suffix}").read_bytes())
+    f = build_findings(run)
+    validate(f)
+    assert f["methods"] == {} and f["run"]["explained"] is False and f["mask"]["voxels"] > 0
+    text = render_text(f)
+    assert "not explained" in text and DICOM_NAME in text
+    assert unsupported(check_text(text, f)) == []
+
+
+def test_bad_run_directories_name_the_problem(tmp_path):
+    with pytest.raises(FileFormatError, match="does not exist"):
+        build_findings(tmp_path / "nope")
+    with pytest.raises(FileFormatError, match=r"no \*_run.json"):
+        build_findings(tmp_path)
+    two = tmp_path / "two"
+    copy_run(mni_run(), two)
+    (two / "other_run.json").write_text("{}")
+    (two / "other_metrics.json").write_text("{}")
+    with pytest.raises(InputError, match="several runs.*--name"):
+        build_findings(two)
+    assert re.search("left_caudate", build_findings(two, name=MNI_NAME)["structure"]["name"])

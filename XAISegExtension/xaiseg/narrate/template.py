@@ -1,0 +1,152 @@
+"""The default narrator: offline and deterministic, every number and name copied from findings."""
+from __future__ import annotations
+
+import time
+from typing import List, Optional, Sequence
+
+from .base import Narrative, Narrator, ReportImage
+
+METHOD_TITLES = {"occlusion": "Occlusion", "rise": "RISE", "lime": "LIME", "shap": "SHAP",
+                 "embedding": "Embedding similarity"}
+
+
+def _pct(fraction: float) -> str:
+    return f"{100.0 * float(fraction):.0f}%"
+
+
+def _num(v, nd: int = 2) -> str:
+    return f"{float(v):.{nd}f}"
+
+
+def _ras(p: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{float(v):.1f}" for v in p) + ") mm"
+
+
+def _slices(ks: List[int]) -> str:
+    if not ks:
+        return "no slices"
+    if len(ks) == 1:
+        return f"slice {ks[0]}"
+    if ks == list(range(ks[0], ks[-1] + 1)):
+        return f"slices {ks[0]}-{ks[-1]}"
+    return "slices " + ", ".join(str(k) for k in ks)
+
+
+def _where(entry: dict, prefix: str = "") -> str:
+    label = entry.get(prefix + "label")
+    if label and label != "unlabelled":
+        return f"in {label}"
+    near = entry.get(prefix + "nearest_label")
+    if near:
+        return f"{float(near['distance_mm']):.1f} mm from {near['name']}"
+    return ""
+
+
+def _prompt(prompt: dict) -> str:
+    kind = prompt.get("type")
+    return {"box": "a box prompt", "points": "point prompts", "labelmap-boxes": "boxes from a label map"}.get(
+        kind, "a prompt")
+
+
+def _metrics(summary: dict) -> str:
+    parts = []
+    for key, title in (("deletion_auc", "deletion AUC"), ("insertion_auc", "insertion AUC"),
+                       ("dice_drop", "Dice drop"), ("roi_ratio", "ROI ratio")):
+        v = summary.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            parts.append(f"{title} {_num(v)}")
+    for key, title in (("energy_in_target", "energy in the reference mask"), ("iou_target", "IoU with the reference")):
+        v = summary.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            parts.append(f"{title} {_num(v)}")
+    pg = summary.get("pointing_game")
+    if isinstance(pg, bool):
+        parts.append("pointing game " + ("hit" if pg else "missed"))
+    elif isinstance(pg, (int, float)):
+        parts.append(f"pointing game hit on {_pct(pg)} of slices")
+    return ", ".join(parts)
+
+
+def render_text(findings: dict) -> str:
+    """The template narrative: a few sentences, each figure taken from ``findings``."""
+    st, mask, vol = findings["structure"], findings["mask"], findings["volume"]
+    name = st["name"]
+    model = (st.get("model") or {}).get("name") or "the segmenter"
+    out: List[str] = []
+    if mask["voxels"] == 0:
+        out.append(f"{name}: {model} found no voxels from {_prompt(st.get('prompt') or {})}; the mask is empty.")
+    else:
+        sl = mask["slices"]
+        bb = mask["bbox_ras_mm"]
+        out.append(
+            f"{name} was segmented by {model} from {_prompt(st.get('prompt') or {})}: "
+            f"{float(mask['volume_ml']):.2f} mL ({mask['voxels']} voxels) on {vol['plane']} "
+            + (f"slice {sl['first']}" if sl['count'] == 1 else f"slices {sl['first']}-{sl['last']} ({sl['count']} slices)")
+            + f", RAS bounding box x {bb['min'][0]:.1f} to "
+            f"{bb['max'][0]:.1f}, y {bb['min'][1]:.1f} to {bb['max'][1]:.1f}, z {bb['min'][2]:.1f} to "
+            f"{bb['max'][2]:.1f} mm.")
+        shares = [s for s in mask.get("labels") or [] if s["fraction"] >= 0.05]
+        if shares:
+            src = (findings.get("labels") or {}).get("source", "the label map")
+            out.append(f"By {src}, the mask lies " +
+                       ", ".join(f"{_pct(s['fraction'])} in {s['name']}" for s in shares) + ".")
+    methods = findings.get("methods") or {}
+    lead = (findings.get("leading_method") or {}).get("method")
+    if not methods or lead is None:
+        out.append("This run was not explained: there is no saliency to report, only the mask.")
+    else:
+        info = methods[lead]
+        title = METHOD_TITLES.get(lead, lead)
+        mass = info["saliency_mass"]
+        ks = findings.get("explained_slices") or []
+        sent = f"{title} saliency on {_slices(ks)}: {_pct(mass['in_mask'])} of it lies inside the mask"
+        if "mask_share_of_roi" in mass:
+            sent += f", which covers {_pct(mass['mask_share_of_roi'])} of the region that was perturbed"
+        if mass.get("outside_roi", 0) >= 0.005:
+            sent += f"; {_pct(mass['outside_roi'])} lies outside that region"
+        out.append(sent + ".")
+        figures = _metrics(info.get("summary") or {})
+        if figures:
+            out.append(f"Faithfulness of the {title} map: {figures}.")
+        if info["peaks"]:
+            p = info["peaks"][0]
+            where = _where(p)
+            out.append(f"Its strongest peak ({_num(p['value'])}) is at {_ras(p['ras_mm'])} on slice {p['slice']}, "
+                       f"{'inside' if p['in_mask'] else 'outside'} the mask{', ' + where if where else ''}.")
+        if info["clusters"]:
+            c = info["clusters"][0]
+            top = (c.get("labels") or [{}])[0]
+            lab = f", mostly {top['name']}" if top.get("name") and top["name"] != "unlabelled" else ""
+            out.append(f"The largest high-saliency cluster holds {_pct(c['saliency_share'])} of the saliency "
+                       f"over {c['area_mm2']:.1f} mm2 and lies {_pct(c['in_mask_fraction'])} inside the mask{lab}.")
+        others = [m for m in methods if m != lead]
+        if others:
+            bits = []
+            for m in others:
+                s = methods[m]
+                fig = _metrics({k: s["summary"].get(k) for k in ("deletion_auc", "insertion_auc")})
+                bits.append(f"{METHOD_TITLES.get(m, m)} {_pct(s['saliency_mass']['in_mask'])} inside the mask"
+                            + (f" ({fig})" if fig else ""))
+            out.append("Other methods: " + "; ".join(bits) + f" ({title} leads: "
+                       f"{findings['leading_method']['basis']}).")
+        out.append(f"Limits: {info['limits']}.")
+    n, total = findings.get("explained_slice_count", 0), mask["slices"]["count"]
+    if methods and n < total:
+        out.append(f"Only {n} of the mask's {total} slices were explained. Saliency shows what changes this "
+                   "model's mask, not where disease is.")
+    else:
+        out.append("Saliency shows what changes this model's mask, not where disease is.")
+    return " ".join(out)
+
+
+class TemplateNarrator(Narrator):
+    """Deterministic sentences from findings; nothing is generated, so nothing is unsupported."""
+
+    name = "template"
+    model_written = False
+
+    def narrate(self, findings: dict, images: Sequence[ReportImage] = ()) -> Narrative:
+        t0 = time.perf_counter()
+        text = render_text(findings)
+        return self.finish(text, findings, model={"name": "template", "version": "1"},
+                           seconds=time.perf_counter() - t0)
