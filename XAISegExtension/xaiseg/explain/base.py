@@ -230,14 +230,16 @@ class Explainer:
                             "evaluations": {"perturbed_encoder_passes": evaluations}})
 
     def sanity_similarity(self, image, prompt, roi, saliency, progress, stage) -> float:
-        """|Spearman| over the ROI between this map and the map of a copy with a re-drawn decoder
-        (Adebayo et al.'s model-randomisation check: a faithful map must change, so low is good)."""
+        """Spearman rank correlation over the ROI between this map and the map of a copy whose decoder
+        weights are re-drawn (Adebayo et al.'s model-randomisation check).  A map that explains the
+        model must change, so low (or negative: the evidence moved or flipped) is good; near 1 means
+        the map shows the image, not the model."""
         part = "mask_decoder" if self.segmenter.module is not None and hasattr(self.segmenter.module, "mask_decoder") else None
         other = copy.copy(self)
         other.segmenter = randomized_copy(self.segmenter, seed=self.seed + 1, part=part)
         other.sanity, other.metric_steps = False, 0
         again = other.explain(image, prompt, roi=roi, progress=progress, stage=f"{stage} sanity")
-        return abs(spearman(saliency, again.saliency, roi))
+        return spearman(saliency, again.saliency, roi)
 
 
 def localisation(saliency: np.ndarray, target: np.ndarray) -> Dict[str, Any]:
