@@ -48,13 +48,15 @@ def _prompt(prompt: dict) -> str:
         kind, "a prompt")
 
 
-def _metrics(summary: dict) -> str:
+def _metrics(summary: dict, hints: bool = True) -> str:
     parts = []
-    for key, title in (("deletion_auc", "deletion AUC"), ("insertion_auc", "insertion AUC"),
-                       ("dice_drop", "Dice drop"), ("roi_ratio", "ROI ratio")):
+    for key, title, hint in (("deletion_auc", "deletion AUC", " (lower is better)"),
+                             ("insertion_auc", "insertion AUC", " (higher is better)"),
+                             ("dice_drop", "Dice drop", " when its high-saliency region is removed"),
+                             ("roi_ratio", "ROI ratio", "")):
         v = summary.get(key)
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            parts.append(f"{title} {_num(v)}")
+            parts.append(f"{title} {_num(v)}{hint if hints else ''}")
     for key, title in (("energy_in_target", "energy in the reference mask"), ("iou_target", "IoU with the reference")):
         v = summary.get(key)
         if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -124,7 +126,7 @@ def render_text(findings: dict) -> str:
             bits = []
             for m in others:
                 s = methods[m]
-                fig = _metrics({k: s["summary"].get(k) for k in ("deletion_auc", "insertion_auc")})
+                fig = _metrics({k: s["summary"].get(k) for k in ("deletion_auc", "insertion_auc")}, hints=False)
                 bits.append(f"{METHOD_TITLES.get(m, m)} {_pct(s['saliency_mass']['in_mask'])} inside the mask"
                             + (f" ({fig})" if fig else ""))
             out.append("Other methods: " + "; ".join(bits) + f" ({title} leads: "
