@@ -228,3 +228,48 @@ def test_clip_roi_without_weights_says_how_to_configure():
     with pytest.raises(errors.WeightsMissingError, match="not a local folder"):
         RoiFinder(RoiConfig("clip", clip_model="/nonexistent/clip", clip_prompts=("caudate",))).find(
             evidence_image(), PROMPT, np.zeros((64, 64), bool))
+
+
+# --- the command line ------------------------------------------------------------------------------
+
+def write_toy_volume(path):
+    vol = toy_volume()
+    sitk.WriteImage(vol.to_sitk(), str(path))
+    return path
+
+
+def test_cli_explain_writes_every_method_and_prints_a_summary(tmp_path, monkeypatch, capsys):
+    from xaiseg.cli import main
+
+    monkeypatch.setattr("xaiseg.cli.segmenter_from", lambda args: SquareEvidence())
+    src = write_toy_volume(tmp_path / "toy.nrrd")
+    out = tmp_path / "out"
+    rc = main(["explain", str(src), "--box", "36,36,1,55,55,1", "--method", "all", "--roi", "box",
+               "--roi-margin", "40", "--patch", "32", "--stride", "16", "--masks", "100", "--samples", "40",
+               "--shap-budget", "64", "--metric-steps", "2", "--percentiles", "0,100", "-q", "-o", str(out)])
+    assert rc == 0
+    doc = json.loads((out / "toy_metrics.json").read_text())
+    assert set(doc["methods"]) == {"occlusion", "rise", "lime", "shap"} and doc["slices"] == [1]
+    for method in doc["methods"]:
+        assert (out / f"toy_{method}_saliency.nrrd").exists() and (out / f"toy_{method}_k001.png").exists()
+    assert doc["methods"]["rise"]["settings"]["n_masks"] == 100
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "gradcam"], "'gradcam' is unknown"),
+    (["--slices", "a-b"], "--slices 'a-b'"),
+    (["--slices", "9"], "slice(s) [9] were not segmented"),
+    (["--roi", "clip"], "--clip-model"),
+    (["--threshold", "2"], "threshold 2.0"),
+])
+def test_cli_explain_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, argv, message):
+    from xaiseg.cli import main
+
+    monkeypatch.setattr("xaiseg.cli.segmenter_from", lambda args: SquareEvidence())
+    src = write_toy_volume(tmp_path / "toy.nrrd")
+    out = tmp_path / "out"
+    rc = main(["explain", str(src), "--box", "36,36,1,55,55,1", "-q", "-o", str(out)] + argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not out.exists()

@@ -9,9 +9,13 @@ from pathlib import Path
 from .io import write_text_atomic
 
 
-def run_bench(what: str, outdir: Path, quick: bool = False) -> dict:
+def run_bench(what: str, outdir: Path, quick: bool = False, parts=("occlusion", "rise")) -> dict:
     if what == "segmentation":
         return bench_segmentation(Path(outdir), quick)
+    if what == "explain":
+        from .bench_explain import bench_explain
+
+        return bench_explain(Path(outdir), quick, parts=parts)
     raise ValueError(f"unknown benchmark {what!r}")
 
 

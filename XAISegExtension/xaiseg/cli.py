@@ -319,7 +319,8 @@ def cmd_demo(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import run_bench
 
-    run_bench(args.what, Path(args.output), quick=args.quick)
+    run_bench(args.what, Path(args.output), quick=args.quick,
+              parts=tuple(p.strip() for p in args.parts.split(",") if p.strip()))
     return 0
 
 
@@ -386,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks; writes a markdown table and JSON",
                        description="Measure accuracy, time and memory and write docs-ready tables.")
-    b.add_argument("what", choices=["segmentation"], help="which benchmark")
+    b.add_argument("what", choices=["segmentation", "explain"], help="which benchmark")
+    b.add_argument("--parts", default="occlusion,rise", help="explain: occlusion, rise or both (default both)")
     b.add_argument("-o", "--output", default="docs/benchmarks", help="folder for the tables (default docs/benchmarks)")
     b.add_argument("--quick", action="store_true", help="one structure only (a smoke run)")
     b.set_defaults(func=cmd_bench)

@@ -126,18 +126,28 @@ class PerturbationEngine:
         several rounds).
         """
         keeps = list(keeps)
+        return self.score_images(keeps, total, perturb=True)
+
+    def score_images(self, images: Sequence[np.ndarray], total: Optional[int] = None,
+                     perturb: bool = False) -> np.ndarray:
+        """Scores of whole images (or of keep maps with ``perturb``), batched, with progress and cancel.
+
+        Also the entry point for other libraries' perturbation loops (MONAI, Captum in the bench),
+        so that every encoder pass is counted the same way.
+        """
         if total is None:
-            total = len(keeps)
+            total = len(images)
         if total:
             self.progress.stage(self.stage, total)
         out: List[float] = []
-        for start in range(0, len(keeps), self.batch_size):
+        for start in range(0, len(images), self.batch_size):
             self.progress.check()
-            images = [self.perturb(k) for k in keeps[start:start + self.batch_size]]
-            embeddings = self.segmenter.embed_batch(images)
+            chunk = images[start:start + self.batch_size]
+            images_ = [self.perturb(k) for k in chunk] if perturb else [np.asarray(k, np.float32) for k in chunk]
+            embeddings = self.segmenter.embed_batch(images_)
             out.extend(self.score_logits(self.segmenter.decode(e, self.prompt)) for e in embeddings)
-            self.evaluations += len(images)
-            self.progress.step(len(images), evaluations=self.evaluations)
+            self.evaluations += len(images_)
+            self.progress.step(len(images_), evaluations=self.evaluations)
         return np.asarray(out, dtype=np.float64)
 
 
