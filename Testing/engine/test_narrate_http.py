@@ -223,3 +223,19 @@ def test_report_command_line(server, tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert f"{DICOM_NAME}_report.html" in out
     assert json.loads((run / f"{DICOM_NAME}_report.json").read_text())["narrative"]["narrator"] == "openai"
+
+
+def test_explain_report_hook(tmp_path):
+    """What ``xaiseg explain --report`` calls after ``run.write``: the options and report_after_explain."""
+    from xaiseg.narrate.cli import add_explain_report_options, report_after_explain
+
+    run = copy_run(dicom_run(), tmp_path / "run")
+    (run / "other_run.json").write_text("{}")  # a second run in the folder: the name must be passed on
+    parser = argparse.ArgumentParser(prog="xaiseg explain")
+    parser.add_argument("--name")
+    add_explain_report_options(parser)
+    args = parser.parse_args(["--report"])
+    assert args.report is True and args.narrator == "template"
+    paths = report_after_explain(args, run, DICOM_NAME)
+    assert sorted(paths) == ["findings", "html", "report_json"]
+    assert json.loads(paths["findings"].read_text())["structure"]["name"] == DICOM_NAME

@@ -1,4 +1,4 @@
-"""``xaiseg report RUN_DIR``: argparse wiring (added to the main parser by :mod:`xaiseg.cli`).
+"""``xaiseg report RUN_DIR`` and ``xaiseg explain --report``: argparse wiring used by :mod:`xaiseg.cli`.
 
 ``add_report_parser(subparsers)`` adds the ``report`` command; ``add_report_options(parser)``
 adds the narrator and label options alone, for ``xaiseg explain --report``; and
@@ -7,6 +7,8 @@ adds the narrator and label options alone, for ``xaiseg explain --report``; and
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Dict
 
 from .report import NARRATORS, ReportOptions, build_report
 
@@ -96,3 +98,18 @@ def cmd_report(args: argparse.Namespace) -> int:
         for key, path in paths.items():
             print(f"{key}: {path}")
     return 0
+
+
+def add_explain_report_options(p: argparse.ArgumentParser) -> None:
+    """``--report`` plus the narrator and label options, for ``xaiseg explain``."""
+    p.add_argument("--report", action="store_true", help="after the run, write NAME_findings.json, "
+                   "NAME_report.json and NAME_report.html (see 'xaiseg report --help')")
+    add_report_options(p)
+
+
+def report_after_explain(args: argparse.Namespace, run_dir, name: str) -> Dict[str, Path]:
+    """Build the report of the run just written to ``run_dir`` under ``name`` (``explain --report``)."""
+    options = options_from_args(args)
+    options.name = name
+    options.output = None
+    return build_report(run_dir, options)

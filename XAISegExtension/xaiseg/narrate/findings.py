@@ -156,15 +156,25 @@ def _slice_sel(axis: int, k: int):
 
 def _peaks_2d(sal: np.ndarray, spacing_rc: Tuple[float, float], n: int, min_mm: float,
               floor: float) -> List[Tuple[int, int, float]]:
-    """Up to ``n`` local maxima of a 2D map, at least ``min_mm`` apart, above ``floor`` (greedy NMS)."""
-    work = sal.astype(float).copy()
+    """Up to ``n`` local maxima of a 2D map, at least ``min_mm`` apart, above ``floor`` (greedy NMS).
+
+    Peaks are picked on the map smoothed over about 2 mm, so a plateau (occlusion patches, LIME
+    superpixels) yields its centre of mass rather than its first pixel; values are the raw map's.
+    """
+    import cv2
+
+    sigma = (2.0 / max(spacing_rc[1], 1e-6), 2.0 / max(spacing_rc[0], 1e-6))
+    work = cv2.GaussianBlur(sal.astype(np.float64), (0, 0), sigmaX=sigma[0], sigmaY=sigma[1])
+    high = (sal >= floor).astype(np.uint8)
+    if high.any():  # near-ties (plateaus) go to the point deepest inside the high-saliency region
+        work = work + 1e-5 * cv2.distanceTransform(high, cv2.DIST_L2, 3)
+    work[sal < floor] = -np.inf
     rr, cc = np.mgrid[0:sal.shape[0], 0:sal.shape[1]]
     out = []
     for _ in range(n):
         flat = int(np.argmax(work))
         r, c = np.unravel_index(flat, work.shape)
-        v = float(work[r, c])
-        if not np.isfinite(v) or v < floor:
+        if not np.isfinite(work[r, c]):
             break
         out.append((int(r), int(c), float(sal[r, c])))
         near = ((rr - r) * spacing_rc[0]) ** 2 + ((cc - c) * spacing_rc[1]) ** 2 <= min_mm ** 2
@@ -223,8 +233,8 @@ def _analyse_method(run: RunDir, method: str, info: dict, mask: np.ndarray, roi:
     sp_kji = np.asarray(geometry.spacing, dtype=float)[::-1]
     cands = []
     for k in slices:
-        for (rr, cc, v) in _peaks_2d(np.take(sal, k, axis=axis), (sp_kji[r_ax], sp_kji[c_ax]), n_peaks, 10.0,
-                                     threshold):
+        plane = np.take(sal, k, axis=axis)
+        for (rr, cc, v) in _peaks_2d(plane, (sp_kji[r_ax], sp_kji[c_ax]), n_peaks, 10.0, threshold):
             kji = [0, 0, 0]
             kji[axis], kji[r_ax], kji[c_ax] = int(k), rr, cc
             cands.append((v, kji))
@@ -357,8 +367,9 @@ def build_findings(run_dir, name: Optional[str] = None, labels: Optional[LabelMa
     roi = None
     roi_info: Optional[dict] = None
     if run.metrics is not None:
-        roi_path = run.path / f"{run.name}_roi.nrrd"
-        if roi_path.is_file():
+        roi_path = next((p for p in (run.path / f"{run.name}_roi{sfx}" for sfx in (".nrrd", ".nii.gz", ".mha"))
+                         if p.is_file()), None)
+        if roi_path is not None:
             roi = _read_array(roi_path, "ROI")[0] > 0
         roi_meta = metrics.get("roi") or {}
         roi_info = {"source": roi_meta.get("source"), "fallback_slices": list(roi_meta.get("fallback_slices") or []),
@@ -373,7 +384,7 @@ def build_findings(run_dir, name: Optional[str] = None, labels: Optional[LabelMa
     prompt = (record_seg.get("prompt") or (metrics.get("record") or {}).get("prompt") or {})
     model = (record_seg.get("model") or (metrics.get("record") or {}).get("model") or {})
     limits = list(GENERAL_LIMITS)
-    if slices:
+    if slices and len(slices) < mask_info["slices"]["count"]:
         limits.append(f"saliency was computed on {len(slices)} of the mask's {mask_info['slices']['count']} slices; "
                       "other slices were not explained")
     for mth in methods:

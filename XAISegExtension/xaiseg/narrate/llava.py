@@ -42,7 +42,8 @@ class LlavaNarrator(Narrator):
     def load(self):
         if self._model is None:
             transformers = require("transformers", "llava", "the LLaVA narrator")
-            torch = require("torch", "llava", "the LLaVA narrator")
+            import torch
+
             try:
                 self._processor = transformers.AutoProcessor.from_pretrained(str(self.model_path))
                 kwargs = {"dtype": getattr(torch, self.dtype)} if self.dtype else {}
@@ -65,7 +66,8 @@ class LlavaNarrator(Narrator):
         from PIL import Image
         import io
 
-        torch = require("torch", "llava", "the LLaVA narrator")
+        import torch
+
         if not images:
             raise ModelError("the LLaVA narrator needs an overlay image of the run; the run directory has no PNG")
         model, processor = self.load()

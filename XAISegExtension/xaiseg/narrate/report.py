@@ -31,6 +31,9 @@ from .openai_http import NarratorError
 from .template import METHOD_TITLES, TemplateNarrator
 
 NARRATORS = ("template", "llava", "openai")
+#: metrics shown in the HTML table (every other figure is in findings.json and the run record)
+TABLE_METRICS = ("deletion_auc", "insertion_auc", "dice_drop", "roi_ratio", "pointing_game", "energy_in_target",
+                 "iou_target", "sanity_similarity", "evaluations", "seconds")
 
 
 @dataclass
@@ -196,9 +199,9 @@ def _fmt(v) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, float):
-        return f"{v:.3f}"
+        return str(int(v)) if v.is_integer() and abs(v) >= 1 else f"{v:.3f}"
     if isinstance(v, list):
-        return "(" + ", ".join(_fmt(x) for x in v) + ")"
+        return "(" + ", ".join(f"{x:.1f}" if isinstance(x, float) else _fmt(x) for x in v) + ")"
     return html.escape(str(v))
 
 
@@ -253,19 +256,15 @@ def render_html(findings: dict, narrative: Narrative, images: List[ReportImage],
 
     if methods:
         parts.append("<h2>Saliency and faithfulness</h2>")
-        keys = []
-        for info in methods.values():
-            for k in info["summary"]:
-                if k not in keys and not isinstance(info["summary"][k], (dict, list, str)):
-                    keys.append(k)
-        mass_keys = ["in_mask", "outside_mask", "in_roi", "outside_roi", "mask_share_of_roi"]
+        keys = [k for k in TABLE_METRICS if any(k in info["summary"] for info in methods.values())]
+        mass_keys = ["in_mask", "outside_mask", "in_roi", "mask_share_of_roi"]
         rows = []
         for m, info in methods.items():
             row = [METHOD_TITLES.get(m, m) + (" (leading)" if m == lead else "")]
             row += [info["saliency_mass"].get(k) for k in mass_keys]
             row += [info["summary"].get(k) for k in keys]
             rows.append(row)
-        parts.append('<div id="metrics">' + _table(["method"] + ["mass " + k.replace("_", " ") for k in mass_keys] +
+        parts.append('<div id="metrics">' + _table(["method", "saliency in mask", "outside mask", "in ROI", "mask share of ROI"] +
                                                    [k.replace("_", " ") for k in keys], rows) + "</div>")
         parts.append(f'<div class="sub">leading method: {html.escape(str(lead))} '
                      f'({html.escape(findings["leading_method"]["basis"])}); saliency mass = share of the saliency '

@@ -52,20 +52,19 @@ def _metrics(summary: dict, hints: bool = True) -> str:
     parts = []
     for key, title, hint in (("deletion_auc", "deletion AUC", " (lower is better)"),
                              ("insertion_auc", "insertion AUC", " (higher is better)"),
-                             ("dice_drop", "Dice drop", " when its high-saliency region is removed"),
-                             ("roi_ratio", "ROI ratio", "")):
+                             ("dice_drop", "Dice drop", " when its high-saliency region is removed")):
         v = summary.get(key)
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             parts.append(f"{title} {_num(v)}{hint if hints else ''}")
-    for key, title in (("energy_in_target", "energy in the reference mask"), ("iou_target", "IoU with the reference")):
-        v = summary.get(key)
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            parts.append(f"{title} {_num(v)}")
+    v = summary.get("energy_in_target")
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        parts.append(f"{_pct(v)} of the saliency in the reference mask")
     pg = summary.get("pointing_game")
     if isinstance(pg, bool):
         parts.append("pointing game " + ("hit" if pg else "missed"))
     elif isinstance(pg, (int, float)):
-        parts.append(f"pointing game hit on {_pct(pg)} of slices")
+        parts.append(f"pointing game hit on {_pct(pg)} of slices" if summary.get("slices", 2) != 1
+                     else "pointing game " + ("hit" if pg >= 0.5 else "missed"))
     return ", ".join(parts)
 
 
