@@ -217,3 +217,48 @@ def test_bad_run_directories_name_the_problem(tmp_path):
     with pytest.raises(InputError, match="several runs.*--name"):
         build_findings(two)
     assert re.search("left_caudate", build_findings(two, name=MNI_NAME)["structure"]["name"])
+
+
+def test_two_methods_lead_by_faithfulness_and_stay_grounded(tmp_path):
+    """Occlusion and RISE on the DICOM slice (box toy): the leading method is the one with the larger
+    insertion minus deletion AUC, and the template's 'other methods' sentence is grounded too."""
+    from pydicom.data import get_testdata_file
+    from toys import BoxToy
+
+    from xaiseg.explain import make_explainer
+    from xaiseg.io import read_volume
+    from xaiseg.pipeline import Session
+    from xaiseg.roi import RoiConfig
+    from xaiseg.volume import BoxPrompt
+
+    session = Session(read_volume(get_testdata_file("CT_small.dcm")), BoxToy(gate=True))
+    seg = session.segment(BoxPrompt((0, 40, 40), (0, 90, 90)), name="two")
+    run = session.explain(seg, [make_explainer("occlusion", seed=0, patch=16, stride=8, metric_steps=4),
+                                make_explainer("rise", seed=0, n_masks=64, cells=4, early_stop=False,
+                                               metric_steps=4)], roi=RoiConfig("box"))
+    run.write(tmp_path)
+    f = build_findings(tmp_path)
+    validate(f)
+    assert set(f["methods"]) == {"occlusion", "rise"}
+    gap = {m: f["methods"][m]["summary"]["insertion_auc"] - f["methods"][m]["summary"]["deletion_auc"]
+           for m in f["methods"]}
+    assert f["leading_method"] == {"method": max(gap, key=gap.get),
+                                   "basis": "largest insertion AUC minus deletion AUC"}
+    text = render_text(f)
+    assert "Other methods:" in text
+    assert unsupported(check_text(text, f)) == [], [c.text for c in unsupported(check_text(text, f))]
+
+
+def test_model_context_withholds_paths_and_dates(ho_findings):
+    """What a model sees: the figures and names, not the checkpoint path, input path or timestamps."""
+    from xaiseg.narrate import model_context
+
+    _, f = ho_findings
+    assert f["structure"]["model"]["checkpoint"].startswith("/")  # LiteMedSAM records where its weights are
+    ctx = model_context(f)
+    text = json.dumps(ctx)
+    assert "checkpoint" not in text and "created" not in text and "record" not in ctx
+    assert str(mni_run()) not in text and '"/' not in text and "site-packages" not in text
+    assert ctx["mask"]["volume_ml"] == f["mask"]["volume_ml"]
+    assert ctx["methods"]["occlusion"]["peaks"] == f["methods"]["occlusion"]["peaks"]
+    assert "per_slice" not in ctx["methods"]["occlusion"]

@@ -132,6 +132,18 @@ def test_request_holds_image_and_findings_and_no_patient_data(server, tmp_path):
     for value in PRIVATE:
         assert value not in without_images, f"{value!r} was sent to the narrator endpoint"
     assert str(run) not in without_images and "/tmp" not in without_images
+
+    def strings(v):
+        if isinstance(v, dict):
+            for x in v.values():
+                yield from strings(x)
+        elif isinstance(v, list):
+            for x in v:
+                yield from strings(x)
+        elif isinstance(v, str):
+            yield v
+
+    assert not [s for s in strings(context) if s.startswith("/") or ":\\" in s], "no file path may be sent"
     # the answer is checked: the invented volume and organ are marked, the run's name is not
     report = json.loads(paths["report_json"].read_text())
     assert sorted(report["narrative"]["unsupported"]) == ["9.99", "liver"]

@@ -438,7 +438,12 @@ def validate(findings: dict) -> None:
 
 
 #: record keys never sent to a model: paths and timestamps may identify a patient
-_PRIVATE_KEYS = {"input", "directory", "created", "platform", "outputs", "files", "labelmap", "images"}
+_PRIVATE_KEYS = {"input", "directory", "created", "platform", "outputs", "files", "labelmap", "images", "checkpoint",
+                 "weights_sha256", "url", "cache_dir", "torchscript", "clip_model", "device"}
+
+
+def _looks_like_path(value: str) -> bool:
+    return value.startswith(("/", "~", "\\", "./", "../")) or bool(re.match(r"^[A-Za-z]:[\\/]", value))
 
 
 def model_context(findings: dict) -> dict:
@@ -448,6 +453,8 @@ def model_context(findings: dict) -> dict:
             return {k: strip(x) for k, x in v.items() if k not in _PRIVATE_KEYS}
         if isinstance(v, list):
             return [strip(x) for x in v]
+        if isinstance(v, str) and _looks_like_path(v):
+            return "(path withheld)"
         return v
 
     ctx = {k: strip(findings[k]) for k in ("structure", "volume", "mask", "roi", "explained_slices",
