@@ -180,8 +180,6 @@ def test_slicer_segmentation_names_and_name_tables(tmp_path):
 
 
 def test_atlas_refuses_a_volume_outside_mni_space():
-    import SimpleITK as sitk
-
     from pydicom.data import get_testdata_file
 
     from xaiseg.io import read_image

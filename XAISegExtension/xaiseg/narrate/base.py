@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from ..errors import XAISegError
 from .checker import Claim, check_text
 
 SYSTEM_PROMPT = (
@@ -22,6 +23,10 @@ SYSTEM_PROMPT = (
     "the method's limits. Use ONLY numbers and anatomical names that appear in FINDINGS; copy numbers exactly. "
     "Do not diagnose and do not describe anything FINDINGS does not state."
 )
+
+
+class NarratorError(XAISegError):
+    """A narrator could not produce text (endpoint down, timeout, HTTP error, bad answer)."""
 
 
 @dataclass(frozen=True)

@@ -18,17 +18,13 @@ import urllib.request
 from typing import List, Optional, Sequence
 from urllib.parse import urlparse
 
-from ..errors import InputError, XAISegError
-from .base import SYSTEM_PROMPT, Narrative, Narrator, ReportImage, user_prompt
+from ..errors import InputError
+from .base import SYSTEM_PROMPT, Narrative, Narrator, NarratorError, ReportImage, user_prompt
 from .findings import model_context
 
 ENV_BASE_URL = "XAISEG_OPENAI_BASE_URL"
 ENV_MODEL = "XAISEG_OPENAI_MODEL"
 ENV_KEY = "XAISEG_OPENAI_API_KEY"
-
-
-class NarratorError(XAISegError):
-    """A narrator could not produce text (endpoint down, timeout, HTTP error, bad answer)."""
 
 
 class OpenAINarrator(Narrator):

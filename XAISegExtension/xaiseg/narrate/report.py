@@ -24,10 +24,9 @@ import numpy as np
 
 from ..errors import InputError, XAISegError
 from ..io import write_bytes_atomic, write_text_atomic
-from .base import Narrative, Narrator, ReportImage
+from .base import Narrative, Narrator, NarratorError, ReportImage
 from .findings import RunDir, build_findings, validate
 from .labels import LabelMap, harvard_oxford, load_labelmap
-from .openai_http import NarratorError
 from .template import METHOD_TITLES, TemplateNarrator
 
 NARRATORS = ("template", "llava", "openai")

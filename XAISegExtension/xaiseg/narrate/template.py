@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 from .base import Narrative, Narrator, ReportImage
 
