@@ -30,6 +30,7 @@ from XAISegExtensionLib.logic import CANCELLED, FAILED, RUNNING, SUCCEEDED, RunS
 
 SEGMENTERS = ("litemedsam", "medsam", "torch")
 ROI_SOURCES = ("box", "mask", "embedding", "clip")
+NARRATORS = ("template", "llava", "")
 PROMPT_BOX, PROMPT_POINTS, PROMPT_SEGMENT = 0, 1, 2
 
 
@@ -94,6 +95,7 @@ class XAISegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.promptTypeComboBox.connect("currentIndexChanged(int)", self.updateGUI)
         self.ui.segmenterComboBox.connect("currentIndexChanged(int)", self.updateGUI)
         self.ui.roiSourceComboBox.connect("currentIndexChanged(int)", self.updateGUI)
+        self.ui.narratorComboBox.connect("currentIndexChanged(int)", self.updateGUI)
         self.ui.allSlicesCheckBox.connect("toggled(bool)", self.updateGUI)
         self.ui.useReferenceCheckBox.connect("toggled(bool)", self.updateGUI)
         for box in (self.ui.occlusionCheckBox, self.ui.riseCheckBox, self.ui.limeCheckBox, self.ui.shapCheckBox,
@@ -167,13 +169,16 @@ class XAISegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             except ValueError:
                 raise ValueError(_("Explain slices '{text}' must be slice numbers separated by commas").format(text=text))
         segmenter = SEGMENTERS[self.ui.segmenterComboBox.currentIndex]
+        narrator = NARRATORS[self.ui.narratorComboBox.currentIndex]
+        reportOptions = {"llava_model": self.ui.llavaPathLineEdit.currentPath} if narrator == "llava" else {}
         return RunSettings(
             name=self.ui.structureNameLineEdit.text.strip(), segmenter=segmenter,
             checkpoint=self.ui.checkpointPathLineEdit.currentPath if segmenter != "litemedsam" else "",
             url=self.ui.checkpointUrlLineEdit.text.strip() if segmenter == "medsam" else "",
             sha256=self.ui.sha256LineEdit.text.strip(), device=self.ui.deviceComboBox.currentText,
             methods=self.methods(), method_settings={m: method_settings[m] for m in self.methods()},
-            roi=roi, slice_range=sliceRange, explain_slices=explainSlices, seed=self.ui.seedSpinBox.value)
+            roi=roi, slice_range=sliceRange, explain_slices=explainSlices, seed=self.ui.seedSpinBox.value,
+            narrator=narrator, report_options=reportOptions)
 
     def target(self):
         if not self.ui.useReferenceCheckBox.checked or self.ui.referenceSegmentSelector.currentNode() is None:
@@ -207,6 +212,7 @@ class XAISegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.clipPromptsLineEdit.enabled = clip
         self.ui.clipWeightsPathLineEdit.enabled = clip
         self.ui.referenceSegmentSelector.enabled = self.ui.useReferenceCheckBox.checked
+        self.ui.llavaPathLineEdit.enabled = NARRATORS[self.ui.narratorComboBox.currentIndex] == "llava"
         self.ui.sliceRangeWidget.enabled = not self.ui.allSlicesCheckBox.checked
         for section in (self.ui.inputsCollapsibleButton, self.ui.segmenterCollapsibleButton,
                         self.ui.explainCollapsibleButton, self.ui.slicesCollapsibleButton):
@@ -247,7 +253,8 @@ class XAISegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def ensureDependencies(self) -> bool:
         """Check the worker's packages on first use and offer to install what is missing."""
         settings = self.settings()
-        missing = dependencies.missing(settings.segmenter, settings.methods, settings.roi.get("source", "box"))
+        missing = dependencies.missing(settings.segmenter, list(settings.methods) + [settings.narrator],
+                                       settings.roi.get("source", "box"))
         if not missing:
             self._dependenciesChecked = True
             return True

@@ -107,11 +107,18 @@ def test_nodes_live_in_one_folder_named_after_input_and_method(run):
     names = sorted(n.GetName() for n in result.nodes())
     assert names == sorted(["MNI152 left caudate segmentation", "MNI152 left caudate explained ROI",
                             "MNI152 left caudate occlusion saliency", "MNI152 left caudate occlusion label",
-                            "MNI152 left caudate metrics", "MNI152 left caudate run record"])
+                            "MNI152 left caudate metrics", "MNI152 left caudate run record",
+                            "MNI152 left caudate narrative"])
     for node in result.nodes():
         assert sh.GetItemParent(sh.GetItemByDataNode(node)) == result.folder_item
-    # exactly the result nodes (plus their display nodes and the colour table) were added
-    assert result.narrative is None  # no narrator was asked for
+
+
+def test_narrative_is_grounded_in_the_run(run):
+    """The template narrator (the default, offline) writes text from the findings of this run."""
+    text = run["result"].narrative.GetText()
+    mask = mrml.segmentation_mask(run["result"].segmentation, run["volume"])
+    assert "LiteMedSAM" in text and "Occlusion" in text
+    assert f"{mask.sum()} voxels" in text and f"slice {run['centre']}" in text
 
 
 def test_metrics_table_holds_segmentation_and_explanation_figures(run):

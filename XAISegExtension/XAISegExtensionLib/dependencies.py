@@ -40,6 +40,7 @@ BY_FEATURE = {
              Requirement("sklearn", "scikit-learn>=1.2", "LIME's ridge surrogate")),
     "shap": (Requirement("shap", "shap>=0.44", "SHAP"), Requirement("skimage", "scikit-image>=0.20", "SHAP's superpixels")),
     "clip": (Requirement("transformers", "transformers>=4.38", "the CLIP ROI"),),
+    "llava": (Requirement("transformers", "transformers>=4.38", "the LLaVA narrator"),),
 }
 
 

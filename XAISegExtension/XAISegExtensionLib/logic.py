@@ -55,6 +55,8 @@ class RunSettings:
     preprocessing: Dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     threads: Optional[int] = None
+    narrator: str = "template"  # "" for no narrative; "template" is offline and instant
+    report_options: Dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
         if self.segmenter not in SEGMENTERS:
@@ -239,6 +241,7 @@ class XAISegLogic:
                             for m in settings.methods],
                 "roi": roi, "slices": settings.explain_slices, "seed": settings.seed,
                 "target": "target.nrrd" if "target.nrrd" in arrays else None,
+                "report": dict(settings.report_options, narrator=settings.narrator) if settings.narrator else None,
             }
         workdir = Path(tempfile.mkdtemp(prefix="xaiseg-run-")) if write else Path(tempfile.gettempdir())
         if write:
@@ -442,6 +445,9 @@ class XAISegLogic:
         narrative = files.get("narrative")
         if isinstance(narrative, dict):
             narrative = narrative.get("text")
+        report = _read_json(outdir / f"{name}_report.json") or {}
+        if not narrative and isinstance(report.get("narrative"), dict):
+            narrative = report["narrative"].get("text")
         for candidate in (f"{name}_narrative.md", f"{name}_narrative.txt"):
             if not narrative and (outdir / candidate).is_file():
                 narrative = (outdir / candidate).read_text(encoding="utf-8")

@@ -156,7 +156,10 @@ def parse_request(data: Any, base: Path) -> Dict[str, Any]:
             if not isinstance(slices, list) or not all(isinstance(s, int) for s in slices):
                 raise InputError(f"explain.slices {slices!r} must be a list of slice indices or null")
         target = explain.get("target")
-        req["explain"] = {"methods": parsed, "roi": dict(explain.get("roi") or {"source": "box"}),
+        report = explain.get("report")
+        if report is not None and not isinstance(report, dict):
+            raise InputError(f"explain.report {report!r} must be an object of report options or null")
+        req["explain"] = {"methods": parsed, "roi": dict(explain.get("roi") or {"source": "box"}), "report": report,
                           "slices": slices, "seed": int(explain.get("seed", 0)),
                           "target": str(_path(target, base, "explain.target")) if target else None}
     else:
@@ -294,6 +297,7 @@ def run_segment_explain(req: Dict[str, Any], outdir: Path, emit: Callable[[dict]
     from .io import read_labelmap, read_volume
     from .pipeline import SegmentConfig, Session
     from .preprocess import Preprocessing
+    from .volume import slicing_axis
 
     volume = read_volume(req["input"])
     emit({"event": "log", "message": f"read {req['input'].name}: {volume.shape[::-1]} voxels (i, j, k), "
@@ -303,10 +307,11 @@ def run_segment_explain(req: Dict[str, Any], outdir: Path, emit: Callable[[dict]
     except TypeError as exc:
         raise InputError(f"preprocessing {req['preprocessing']} has an unknown field ({exc})") from None
     config = SegmentConfig(axis=req["axis"], preprocessing=prep, margin=req["margin"])
+    # the prompt is checked before the model is loaded, so a bad box fails in a second
+    prompt = build_prompt(req["prompt"], volume, slicing_axis(volume.geometry, req["axis"]), req["slice_range"])
     segmenter = build_segmenter(req["segmenter"], progress)
     emit({"event": "log", "message": f"segmenter: {segmenter.describe().get('name', req['segmenter']['kind'])}"})
     session = Session(volume, segmenter, config)
-    prompt = build_prompt(req["prompt"], volume, session.axis, req["slice_range"])
     seg = session.segment(prompt, name=req["name"], progress=progress)
     if not seg.mask.any():
         emit({"event": "log", "message": "the segmentation is empty: the model found nothing inside the prompt"})
@@ -345,8 +350,10 @@ def run_segment_explain(req: Dict[str, Any], outdir: Path, emit: Callable[[dict]
         roi_mask = (read_labelmap(path, reference=volume).array > 0).astype("uint8")
     run = session.explain(seg, explainers, roi=roi, slices=explain["slices"], target=target, progress=progress,
                           roi_mask=roi_mask)
-    paths = run.write(outdir)
-    for key, value in dict(paths).items():
+    paths = dict(run.write(outdir))
+    if explain.get("report") is not None:
+        paths.update(_write_report(outdir, req["name"], explain["report"], emit))
+    for key, value in paths.items():
         if isinstance(value, (list, tuple)):
             files[key] = [Path(v).name for v in value]
         elif isinstance(value, dict):
@@ -356,6 +363,21 @@ def run_segment_explain(req: Dict[str, Any], outdir: Path, emit: Callable[[dict]
             files[key] = Path(value).name
     return {"files": files, "axis": session.axis, "voxels": seg.voxel_count,
             "slices": sorted(int(s.index) for s in seg.slices)}
+
+
+def _write_report(outdir: Path, name: str, options: Dict[str, Any], emit: Callable[[dict], None]) -> Dict[str, Any]:
+    """Findings, narrative and report of the run (xaiseg.narrate); a failing narrator is logged,
+    not fatal, so the explanation the user waited for is kept."""
+    from .narrate import ReportOptions, build_report
+
+    try:
+        paths = build_report(outdir, ReportOptions(name=name, **options))
+    except TypeError as exc:
+        raise InputError(f"report options {sorted(options)} are invalid: {exc}") from None
+    except XAISegError as exc:
+        emit({"event": "log", "message": f"the narrative could not be written: {exc}"})
+        return {}
+    return {f"report_{k}" if not k.startswith("report") else k: v for k, v in paths.items()}
 
 
 # --------------------------------------------------------------------------- process plumbing
