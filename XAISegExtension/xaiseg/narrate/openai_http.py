@@ -59,6 +59,13 @@ class OpenAINarrator(Narrator):
         self.max_tokens = int(max_tokens)
         self.temperature = float(temperature)
 
+    def _opener(self):
+        """Loopback endpoints never go through an HTTP proxy from the environment."""
+        host = (urlparse(self.url).hostname or "").lower()
+        if host in ("localhost", "127.0.0.1", "::1") or host.startswith("127."):
+            return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        return urllib.request.build_opener()
+
     @property
     def url(self) -> str:
         return self.base_url + "/chat/completions"
@@ -84,7 +91,7 @@ class OpenAINarrator(Narrator):
         t0 = time.perf_counter()
         where = f"narrator endpoint {self.url}"
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with self._opener().open(req, timeout=self.timeout) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read(300).decode("utf-8", "replace").strip().replace("\n", " ") if exc.fp else ""
