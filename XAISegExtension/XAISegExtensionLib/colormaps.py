@@ -37,18 +37,23 @@ def saliency_color_node(scene):
     existing = scene.GetFirstNodeByName("Inferno")
     if existing is not None and existing.IsA("vtkMRMLColorNode"):
         return existing
-    existing = scene.GetFirstNodeByName(NODE_NAME)
+    return _table_node(scene, NODE_NAME, [(f"inferno{i}", (r, g, b, 1.0)) for i, (r, g, b) in enumerate(inferno(256))])
+
+
+def _table_node(scene, name: str, entries) -> object:
+    """The scene's colour table called ``name``, or a new one with ``entries`` of (name, rgba)."""
+    existing = scene.GetFirstNodeByName(name)
     if existing is not None:
         return existing
     import slicer
 
     node = slicer.vtkMRMLColorTableNode()
-    node.SetName(NODE_NAME)
+    node.SetName(name)
     node.SetTypeToUser()
-    node.SetNumberOfColors(256)
-    node.GetLookupTable().SetTableRange(0, 255)
-    for i, (r, g, b) in enumerate(inferno(256)):
-        node.SetColor(i, f"inferno{i}", r, g, b, 1.0)
+    node.SetNumberOfColors(len(entries))
+    node.GetLookupTable().SetTableRange(0, len(entries) - 1)
+    for i, (label, rgba) in enumerate(entries):
+        node.SetColor(i, label, *rgba)
     node.SetAttribute("Category", "XAISeg")
     scene.AddNode(node)
     return node
@@ -62,18 +67,5 @@ def label_color_node(scene):
     node = scene.GetNodeByID("vtkMRMLColorTableNodeLabels")
     if node is not None:
         return node
-    existing = scene.GetFirstNodeByName(LABEL_NODE_NAME)
-    if existing is not None:
-        return existing
-    import slicer
-
-    node = slicer.vtkMRMLColorTableNode()
-    node.SetName(LABEL_NODE_NAME)
-    node.SetTypeToUser()
-    node.SetNumberOfColors(4)
-    node.GetLookupTable().SetTableRange(0, 3)
-    for i, (name, rgba) in enumerate((("background", (0, 0, 0, 0)), ("mask", (0.3, 0.9, 0.45, 1)),
-                                      ("roi", (0.25, 0.6, 1.0, 1)), ("other", (1.0, 0.85, 0.2, 1)))):
-        node.SetColor(i, name, *rgba)
-    scene.AddNode(node)
-    return node
+    return _table_node(scene, LABEL_NODE_NAME, [("background", (0, 0, 0, 0)), ("mask", (0.3, 0.9, 0.45, 1)),
+                                                ("roi", (0.25, 0.6, 1.0, 1)), ("other", (1.0, 0.85, 0.2, 1))])
