@@ -86,7 +86,8 @@ class TqdmProgress(Progress):
         from tqdm import tqdm
 
         self.done()
-        self._bar = tqdm(total=total, desc=name, file=self._file, unit="slice", leave=True,
+        unit = "slice" if name.startswith("segment") else "eval"  # explainers count model evaluations
+        self._bar = tqdm(total=total, desc=name, file=self._file, unit=unit, leave=True,
                          dynamic_ncols=True)
 
     def step(self, n: int = 1, **info) -> None:
