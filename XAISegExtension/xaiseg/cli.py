@@ -233,7 +233,8 @@ def add_explain_options(e: argparse.ArgumentParser) -> None:
     r = e.add_argument_group("region of interest")
     r.add_argument("--roi", choices=["embedding", "box", "mask", "clip"], default="embedding",
                    help="where perturbations act: MedSAM embedding similarity (default), prompt box, mask, or CLIP")
-    r.add_argument("--roi-margin", type=int, default=8, help="pixels added around the ROI (default 8)")
+    r.add_argument("--roi-margin", type=int, help="pixels added around the ROI (default 8 for box and mask, 0 for "
+                                                  "embedding and clip)")
     r.add_argument("--roi-mask", help="--roi mask: a label map to use instead of the segmentation (non-zero voxels)")
     r.add_argument("--clip-model", help="--roi clip: local folder or cached Hugging Face name of a CLIP model")
     r.add_argument("--clip-prompts", help="--roi clip: text prompts separated by ';' (default: --name)")

@@ -1,6 +1,7 @@
 """Where perturbations may act: the region of interest (ROI) of one slice.
 
-``RoiConfig.source``: ``embedding`` (default; MedSAM prototype similarity, no extra weights),
+``RoiConfig.source``: ``embedding`` (default; MedSAM prototype similarity, no extra weights; its
+similarity window already adds context, so its margin defaults to 0),
 ``box`` (prompt box + margin), ``mask`` (the unperturbed mask, or a given one, dilated by margin),
 ``clip`` (CLIP patch-text similarity; needs weights).  An empty ROI falls back to the box with
 margin, and the result says so (seed 001's error table).
@@ -17,12 +18,13 @@ from ..models.base import Embedding, SlicePrompt
 from .fallback import box_roi, dilate, embedding_roi, prompt_box
 
 SOURCES = ("embedding", "box", "mask", "clip")
+DEFAULT_MARGIN = {"embedding": 0, "box": 8, "mask": 8, "clip": 0}
 
 
 @dataclass(frozen=True)
 class RoiConfig:
     source: str = "embedding"
-    margin: int = 8
+    margin: Optional[int] = None  # pixels; None: 0 for embedding and clip, 8 for box and mask
     threshold: float = 0.5
     sigma: float = 2.0
     clip_model: Optional[str] = None
@@ -31,6 +33,8 @@ class RoiConfig:
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise InputError(f"ROI source {self.source!r} is unknown; expected one of {', '.join(SOURCES)}")
+        if self.margin is None:
+            object.__setattr__(self, "margin", DEFAULT_MARGIN[self.source])
         if int(self.margin) < 0:
             raise InputError(f"ROI margin {self.margin} must be 0 or more pixels")
         if not 0.0 < float(self.threshold) < 1.0:
