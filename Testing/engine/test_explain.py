@@ -96,6 +96,17 @@ def test_occlusion_evaluates_only_patches_that_touch_the_roi():
     assert toy.embed_calls == 1 + 9 + 1  # unperturbed slice, 9 patches, the Dice-drop check
 
 
+def test_roi_occlusion_equals_full_image_occlusion_inside_the_roi():
+    toy = SquareEvidence()
+    roi = np.zeros((64, 64), bool)
+    roi[4:20, 4:20] = True
+    occ = make_explainer("occlusion", toy, patch=16, stride=8, grid="image", score="logit", metric_steps=0)
+    part = occ.explain(evidence_image(), PROMPT, roi=roi)
+    full = occ.explain(evidence_image(), PROMPT)
+    np.testing.assert_allclose(part.raw[roi], full.raw[roi], rtol=1e-6)
+    assert part.n_evaluations < full.n_evaluations
+
+
 def test_occlusion_patch_is_measured_on_the_model_grid():
     toy = SquareEvidence()
     toy.model_grid = 32  # a 64-pixel slice is shown to the model at 32: patch 8 on the model is 16 here

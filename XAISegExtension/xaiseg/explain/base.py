@@ -10,7 +10,8 @@ score is explicit (``score``):
 
 A perturbation is a *keep map* ``k`` in [0, 1] (1 = original pixel): the engine shows the model
 ``image * k' + fill * (1 - k')`` with ``k' = 1 - (1 - k) * roi``, so pixels outside the ROI are
-never changed (seed 001: multiplier 1.0 outside the ROI).  ``fill`` is ``zero``, ``mean`` (of the
+never changed (seed 001: multiplier 1.0 outside the ROI) - except for occlusion, where the ROI
+picks the patches and each chosen patch is removed whole, as in seed 001's occlusion.  ``fill`` is ``zero``, ``mean`` (of the
 slice) or ``blur`` (Gaussian, sigma 5 pixels).
 
 The engine encodes the unperturbed slice once, keeps that embedding and the prompt, evaluates
@@ -114,23 +115,28 @@ class PerturbationEngine:
         return float(logits[where].mean())
 
     # perturbation and evaluation ------------------------------------------------------------
-    def perturb(self, keep: np.ndarray) -> np.ndarray:
-        k = 1.0 - (1.0 - np.asarray(keep, dtype=np.float32)) * self.roi
+    def perturb(self, keep: np.ndarray, restrict: bool = True) -> np.ndarray:
+        """The image with ``keep`` applied; with ``restrict`` only inside the ROI."""
+        k = np.asarray(keep, dtype=np.float32)
+        if restrict:
+            k = 1.0 - (1.0 - k) * self.roi
         return self.image * k + self.fill * (1.0 - k)
 
-    def scores(self, keeps: Iterable[np.ndarray], total: Optional[int] = None) -> np.ndarray:
+    def scores(self, keeps: Iterable[np.ndarray], total: Optional[int] = None, restrict: bool = True) -> np.ndarray:
         """Scores of the perturbed images, one per keep map, in order.
 
         Opens a progress stage of ``total`` steps (the number of keep maps when it is a sequence)
         unless ``total`` is 0, which continues the current stage (for methods that evaluate in
-        several rounds).
+        several rounds).  ``restrict=False`` applies keep maps outside the ROI too (occlusion: the
+        ROI chooses which patches are evaluated, each patch is removed whole, as in seed 001).
         """
         keeps = list(keeps)
-        return self.score_images(keeps, total, perturb=True)
+        return self.score_images(keeps, total, perturb="roi" if restrict else "all")
 
     def score_images(self, images: Sequence[np.ndarray], total: Optional[int] = None,
-                     perturb: bool = False) -> np.ndarray:
-        """Scores of whole images (or of keep maps with ``perturb``), batched, with progress and cancel.
+                     perturb: Optional[str] = None) -> np.ndarray:
+        """Scores of whole images (or of keep maps with ``perturb`` "roi" or "all"), batched, with
+        progress and cancel.
 
         Also the entry point for other libraries' perturbation loops (MONAI, Captum in the bench),
         so that every encoder pass is counted the same way.
@@ -143,7 +149,8 @@ class PerturbationEngine:
         for start in range(0, len(images), self.batch_size):
             self.progress.check()
             chunk = images[start:start + self.batch_size]
-            images_ = [self.perturb(k) for k in chunk] if perturb else [np.asarray(k, np.float32) for k in chunk]
+            images_ = ([self.perturb(k, perturb == "roi") for k in chunk] if perturb
+                       else [np.asarray(k, np.float32) for k in chunk])
             embeddings = self.segmenter.embed_batch(images_)
             out.extend(self.score_logits(self.segmenter.decode(e, self.prompt)) for e in embeddings)
             self.evaluations += len(images_)
