@@ -9,17 +9,18 @@ from pathlib import Path
 from .io import write_text_atomic
 
 
-def run_bench(what: str, outdir: Path, quick: bool = False, parts=("occlusion", "rise")) -> dict:
+def run_bench(what: str, outdir: Path, quick: bool = False, parts=("occlusion", "rise"),
+              device: str = "cpu") -> dict:
     if what == "segmentation":
-        return bench_segmentation(Path(outdir), quick)
+        return bench_segmentation(Path(outdir), quick, device=device)
     if what == "explain":
         from .bench_explain import bench_explain
 
-        return bench_explain(Path(outdir), quick, parts=parts)
+        return bench_explain(Path(outdir), quick, parts=parts, device=device)
     raise ValueError(f"unknown benchmark {what!r}")
 
 
-def bench_segmentation(outdir: Path, quick: bool = False) -> dict:
+def bench_segmentation(outdir: Path, quick: bool = False, device: str = "cpu") -> dict:
     """Dice per structure for both prompting modes, trained vs randomised weights, seconds per
     slice for embedding and decoding, and peak memory, on the MNI152 template."""
     from .demo import evaluate, markdown_table, peak_rss_mb, slice_timings
@@ -31,10 +32,10 @@ def bench_segmentation(outdir: Path, quick: bool = False) -> dict:
     structures = DEMO_STRUCTURES[:1] if quick else DEMO_STRUCTURES
     t0 = time.perf_counter()
     sample = load_mni_atlas(structures)
-    session = Session(sample.image, LiteMedSAM(), SegmentConfig())
+    session = Session(sample.image, LiteMedSAM(device=device), SegmentConfig())
     rows = evaluate(session, sample, structures, progress=TqdmProgress())
     timings = slice_timings(session)
-    random_session = Session(sample.image, LiteMedSAM(weights="random", seed=0), SegmentConfig())
+    random_session = Session(sample.image, LiteMedSAM(weights="random", seed=0, device=device), SegmentConfig())
     random_rows = evaluate(random_session, sample, structures[:1], modes=("boxes",), progress=TqdmProgress())
     result = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(),

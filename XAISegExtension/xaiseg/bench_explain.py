@@ -20,6 +20,16 @@ import numpy as np
 from .io import write_text_atomic
 
 
+def machine(device: str = "cpu") -> Dict:
+    """Where a benchmark ran: platform, torch threads, and the accelerator when one was used."""
+    import torch
+
+    info = {"platform": platform.platform(), "threads": torch.get_num_threads(), "device": device}
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        info["accelerator"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
 def caudate_slices(sample, count: int) -> List[int]:
     """``count`` axial slices around the middle of the left caudate."""
     mask = sample.mask("Left_Caudate")
@@ -169,60 +179,100 @@ def rise_convergence(session, seg, k: int, reference: int, budget: int, seed: in
 
 
 def bench_explain(outdir: Path, quick: bool = False, parts=("occlusion", "rise"), slices: int = 2,
-                  rise_reference: int = 2000, rise_budget: int = 500, steps: int = 8) -> Dict:
+                  rise_reference: int = 2000, rise_budget: int = 500, steps: int = 8, device: str = "cpu") -> Dict:
+    """Run the chosen ``parts`` and write explain.json/explain.md into ``outdir``.
+
+    Each part is stored with the machine it ran on; a part not run this time is kept from an
+    existing explain.json, so the slow parts can be measured separately (or on another device).
+    """
     from .models.litemedsam import LiteMedSAM
     from .pipeline import Session
     from .sample_data import load_mni_atlas
     from .volume import LabelBoxPrompt
 
-    t0 = time.perf_counter()
+    outdir = Path(outdir)
     sample = load_mni_atlas(["Left_Caudate"])
-    session = Session(sample.image, LiteMedSAM())
+    session = Session(sample.image, LiteMedSAM(device=device))
     ks = caudate_slices(sample, 1 if quick else slices)
     labels = sample.mask("Left_Caudate").astype(np.uint8)
     labels[[k for k in range(labels.shape[0]) if k not in ks]] = 0  # segment only the benchmark slices
     seg = session.segment(LabelBoxPrompt(labels, 1, 0, "atlas"), name="left_caudate")
-    result: Dict = {"machine": {"platform": platform.platform(),
-                                "threads": __import__("torch").get_num_threads()}, "slices": ks}
+    result = previous_results(outdir / "explain.json") if not quick else {}
     if "occlusion" in parts:
+        t0 = time.perf_counter()
         rows = [r for k in ks for r in occlusion_rows(session, seg, k, 4 if quick else steps)]
-        result["occlusion"] = rows
+        result["occlusion"] = {"machine": machine(device), "slices": ks, "rows": rows,
+                               "seconds": time.perf_counter() - t0}
     if "rise" in parts:
+        t0 = time.perf_counter()
         ref = 100 if quick else rise_reference
-        partial = Path(outdir) / "explain_rise_partial.json"
-        result["rise"] = rise_convergence(session, seg, ks[0], ref, min(rise_budget, ref),
-                                          on_update=lambda r: write_text_atomic(partial, json.dumps(r, indent=2)))
-    result["seconds"] = time.perf_counter() - t0
-    outdir = Path(outdir)
+        partial = outdir / "explain_rise_partial.json"
+        done: List[Dict] = []
+
+        def update(r):
+            write_text_atomic(partial, json.dumps(done + [r], indent=2))
+
+        for k in ks:
+            done.append(rise_convergence(session, seg, k, ref, min(rise_budget, ref), on_update=update))
+        result["rise"] = {"machine": machine(device), "slices": ks, "rows": done,
+                          "seconds": time.perf_counter() - t0}
+        partial.unlink(missing_ok=True)
     write_text_atomic(outdir / "explain.json", json.dumps(result, indent=2))
     write_text_atomic(outdir / "explain.md", markdown(result, quick))
     return result
 
 
+def previous_results(path: Path) -> Dict:
+    """Parts of an earlier run (converted from the first layout, which had one machine for all)."""
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    if isinstance(old.get("occlusion"), list):
+        old = {"occlusion": {"machine": old["machine"], "slices": old["slices"], "rows": old["occlusion"],
+                             "seconds": old.get("seconds")}}
+    return {k: v for k, v in old.items() if k in ("occlusion", "rise")}
+
+
+def where(m: Dict) -> str:
+    text = f"{m['platform']}, {m['threads']} torch threads"
+    return text + (f", LiteMedSAM on {m['accelerator']}" if m.get("accelerator") else "")
+
+
 def markdown(result: Dict, quick: bool) -> str:
     lines = ["# Explanation benchmark (LiteMedSAM, MNI152 1 mm, left caudate, axial slices)", "",
-             f"Produced by `xaiseg bench explain`{' --quick' if quick else ''} on {result['machine']['platform']}, "
-             f"{result['machine']['threads']} torch threads; slices {result['slices']}. Occlusion patch 64 and "
-             "stride 32 on LiteMedSAM's 256 grid for all three implementations, zero fill, score = Dice against "
-             "the unperturbed mask. Deletion AUC over the embedding ROI (lower is better).", ""]
+             f"Produced by `xaiseg bench explain`{' --quick' if quick else ''}. Score = Dice of the perturbed mask "
+             "against the unperturbed mask, zero fill. Every model evaluation goes through the same perturbation "
+             "engine, so encoder passes are counted one way for all methods.", ""]
     if "occlusion" in result:
-        lines += ["| slice | method | encoder passes | seconds | deletion AUC |", "|---|---|---|---|---|"]
-        for r in result["occlusion"]:
+        occ = result["occlusion"]
+        lines += ["## ROI occlusion against full-image occlusion", "",
+                  f"On {where(occ['machine'])}; slices {occ['slices']}. Patch 64 and stride 32 on LiteMedSAM's "
+                  "256 grid for all three implementations. Deletion AUC over the embedding ROI (lower is better).", "",
+                  "| slice | method | encoder passes | seconds | deletion AUC |", "|---|---|---|---|---|"]
+        for r in occ["rows"]:
             lines.append(f"| {r['slice']} | {r['method']} | {r['encoder_passes']} | {r['seconds']:.1f} | "
                          f"{r['deletion_auc']:.3f} |")
-        ours = [r for r in result["occlusion"] if r["method"].startswith("XAISeg ROI occlusion (embedding")]
+        ours = [r for r in occ["rows"] if r["method"].startswith("XAISeg ROI occlusion (embedding")]
         for name in ("MONAI", "Captum"):
-            theirs = [r for r in result["occlusion"] if r["method"].startswith(name)]
+            theirs = [r for r in occ["rows"] if r["method"].startswith(name)]
             if ours and theirs:
                 passes = sum(r["encoder_passes"] for r in theirs) / sum(r["encoder_passes"] for r in ours)
                 secs = sum(r["seconds"] for r in theirs) / sum(r["seconds"] for r in ours)
                 lines.append(f"\n{name} / XAISeg (embedding ROI): {passes:.1f}x the encoder passes, {secs:.1f}x the time.")
+        lines.append("")
     if "rise" in result:
-        r = result["rise"]
-        lines += ["", f"RISE on slice {r['slice']}: Spearman over the ROI against a {r['reference_masks']}-mask "
-                  f"reference (another seed), by number of masks: " + ", ".join(f"{n}: {v}" for n, v in r["curve"]),
-                  "", f"Masks to reach 0.9: {r['masks_to_0_9']}; the default early stop (Spearman >= 0.95 between "
-                  f"checks 50 masks apart, twice in a row, at least 100 masks) ends at {r['early_stop_at']} masks, where "
-                  f"the map has Spearman {r['early_stop_spearman_vs_reference']} with the reference. The reference took "
-                  f"{r['seconds_per_mask']} s per mask."]
+        rise = result["rise"]
+        lines += ["## RISE convergence", "",
+                  f"On {where(rise['machine'])}. 7x7 cells, p = 0.5, masks applied inside the embedding ROI. "
+                  "Spearman over the ROI between the map after n masks and a reference map from an independent "
+                  "stream (another seed); the default early stop is Spearman >= 0.95 between checks 50 masks apart, "
+                  "twice in a row, after at least 100 masks.", "",
+                  "| slice | reference masks | masks to Spearman 0.9 | early stop at | Spearman there | s per mask |",
+                  "|---|---|---|---|---|---|"]
+        for r in rise["rows"]:
+            lines.append(f"| {r['slice']} | {r['reference_masks']} | {r['masks_to_0_9']} | {r['early_stop_at']} | "
+                         f"{r['early_stop_spearman_vs_reference']} | {r['seconds_per_mask']} |")
+        for r in rise["rows"]:
+            lines += ["", f"Slice {r['slice']}, Spearman by number of masks: "
+                      + ", ".join(f"{n}: {v}" for n, v in r["curve"])]
     return "\n".join(lines) + "\n"

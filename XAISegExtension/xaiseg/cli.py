@@ -324,7 +324,7 @@ def cmd_bench(args) -> int:
     from .bench import run_bench
 
     run_bench(args.what, Path(args.output), quick=args.quick,
-              parts=tuple(p.strip() for p in args.parts.split(",") if p.strip()))
+              parts=tuple(p.strip() for p in args.parts.split(",") if p.strip()), device=args.device)
     return 0
 
 
@@ -397,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--parts", default="occlusion,rise", help="explain: occlusion, rise or both (default both)")
     b.add_argument("-o", "--output", default="docs/benchmarks", help="folder for the tables (default docs/benchmarks)")
     b.add_argument("--quick", action="store_true", help="one structure only (a smoke run)")
+    b.add_argument("--device", default="cpu", help="torch device for LiteMedSAM, e.g. cpu or cuda (default cpu)")
     b.set_defaults(func=cmd_bench)
     return p
 
