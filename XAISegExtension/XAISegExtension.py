@@ -99,7 +99,7 @@ class XAISegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.allSlicesCheckBox.connect("toggled(bool)", self.updateGUI)
         self.ui.useReferenceCheckBox.connect("toggled(bool)", self.updateGUI)
         for box in (self.ui.occlusionCheckBox, self.ui.riseCheckBox, self.ui.limeCheckBox, self.ui.shapCheckBox,
-                    self.ui.sanityCheckBox):
+                    self.ui.layersCheckBox, self.ui.sanityCheckBox):
             box.connect("toggled(bool)", self.updateGUI)
         for spin in (self.ui.occlusionPatchSpinBox, self.ui.occlusionStrideSpinBox, self.ui.riseMasksSpinBox,
                      self.ui.limeSamplesSpinBox, self.ui.shapBudgetSpinBox, self.ui.metricStepsSpinBox,
@@ -141,7 +141,7 @@ class XAISegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def methods(self):
         boxes = (("occlusion", self.ui.occlusionCheckBox), ("rise", self.ui.riseCheckBox),
-                 ("lime", self.ui.limeCheckBox), ("shap", self.ui.shapCheckBox))
+                 ("lime", self.ui.limeCheckBox), ("shap", self.ui.shapCheckBox), ("layers", self.ui.layersCheckBox))
         return tuple(name for name, box in boxes if box.checked)
 
     def settings(self) -> RunSettings:
@@ -152,6 +152,7 @@ class XAISegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "rise": dict(common, n_masks=self.ui.riseMasksSpinBox.value),
             "lime": dict(common, n_samples=self.ui.limeSamplesSpinBox.value),
             "shap": dict(common, budget=self.ui.shapBudgetSpinBox.value),
+            "layers": dict(common, metric_steps=0),  # one encoder pass per slice; curves would cost more
         }
         source = ROI_SOURCES[self.ui.roiSourceComboBox.currentIndex]
         roi = {"source": source, "margin": self.ui.roiMarginSpinBox.value}

@@ -9,7 +9,7 @@ import SimpleITK as sitk
 
 from toys import SquareEvidence, evidence_image
 from xaiseg import errors
-from xaiseg.explain import METHODS, make_explainer
+from xaiseg.explain import PERTURBATION_METHODS as METHODS, make_explainer
 from xaiseg.explain.base import PerturbationEngine, keep_from_segments, superpixels
 from xaiseg.explain.shap import exact_shapley
 from xaiseg.io import Geometry, Volume

@@ -27,6 +27,9 @@ def method_evaluations(name: str, settings: Dict[str, Any], roi_extent=None) -> 
     roi_extent: (rows, columns) of the ROI on the model's 256 grid, when known (occlusion only
     evaluates patches that overlap it)."""
     s = settings or {}
+    if name == "layers":  # one hooked encoder pass; faithfulness curves only when asked for
+        steps = int(s.get("metric_steps", 0))
+        return (2 if s.get("sanity") else 1) + (2 * steps if steps else 0)
     steps = int(s.get("metric_steps", 8))
     metrics = 2 * steps if steps else 1
     if name == "occlusion":

@@ -203,7 +203,8 @@ def cmd_segment(args) -> int:
 def add_explain_options(e: argparse.ArgumentParser) -> None:
     g = e.add_argument_group("explanation")
     g.add_argument("--method", default="occlusion",
-                   help="occlusion, rise, lime, shap, a comma-separated list, or all (default occlusion)")
+                   help="occlusion, rise, lime, shap, layers, a comma-separated list, or all (the four perturbation "
+                        "methods; default occlusion)")
     g.add_argument("--slices", help="explain only these slice indices along the slicing axis, e.g. '80,82' or "
                                     "'80-84' (default: every slice with a mask)")
     g.add_argument("--score", choices=["dice", "logit"], default="dice",
@@ -214,10 +215,12 @@ def add_explain_options(e: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
     g.add_argument("--batch-size", type=int, default=8, help="perturbed images per model call (default 8)")
     g.add_argument("--threshold", type=float, default=0.5, help="saliency level of the label map (default 0.5)")
-    g.add_argument("--metric-steps", type=int, default=8,
-                   help="points on the deletion/insertion curves, one model evaluation each (0: skip; default 8)")
-    g.add_argument("--sanity", action="store_true", help="also explain with re-drawn decoder weights and report "
-                                                         "the maps' similarity (doubles the cost)")
+    g.add_argument("--metric-steps", type=int, default=None,
+                   help="points on the deletion/insertion curves, one model evaluation each (0: skip; default 8, "
+                        "and 0 for layers, whose maps cost one encoder pass)")
+    g.add_argument("--sanity", action="store_true", help="also explain with re-drawn weights (the decoder; the "
+                                                         "encoder for layers) and report the maps' similarity "
+                                                         "(doubles the cost)")
     g.add_argument("--ground-truth", help="label map with the true structure, for pointing game, energy and IoU")
     g.add_argument("--ground-truth-label", type=int, default=1, help="label value in --ground-truth (default 1)")
     g.add_argument("--no-png", action="store_true", help="do not write a PNG per explained slice")
@@ -230,6 +233,11 @@ def add_explain_options(e: argparse.ArgumentParser) -> None:
     m.add_argument("--samples", type=int, default=300, help="LIME: perturbation samples (default 300)")
     m.add_argument("--shap-budget", type=int, default=256, help="SHAP: model evaluations (default 256)")
     m.add_argument("--shap-algorithm", choices=["kernel", "permutation"], default="kernel")
+    m.add_argument("--layer-stage", type=int, choices=[1, 2, 3], default=1,
+                   help="layers (seed 002): 1 prototype similarity, 2 + prompt embedding, 3 four components with "
+                        "spatial weighting (default 1)")
+    m.add_argument("--layers", default="all",
+                   help="layers: all, blocks, stages, or comma-separated layer names (default all)")
     r = e.add_argument_group("region of interest")
     r.add_argument("--roi", choices=["embedding", "box", "mask", "clip"], default="embedding",
                    help="where perturbations act: MedSAM embedding similarity (default), prompt box, mask, or CLIP")
@@ -241,15 +249,18 @@ def add_explain_options(e: argparse.ArgumentParser) -> None:
 
 
 def explainers_from(args):
-    from .explain import METHODS, make_explainer
+    from .explain import PERTURBATION_METHODS, make_explainer
 
-    names = list(METHODS) if args.method == "all" else [m.strip() for m in args.method.split(",") if m.strip()]
+    names = list(PERTURBATION_METHODS) if args.method == "all" else [m.strip() for m in args.method.split(",") if m.strip()]
     common = dict(score=args.score, fill=args.fill, seed=args.seed, batch_size=args.batch_size,
-                  metric_steps=args.metric_steps, threshold=args.threshold, sanity=args.sanity)
+                  threshold=args.threshold, sanity=args.sanity)
+    if args.metric_steps is not None:
+        common["metric_steps"] = args.metric_steps
     per = {"occlusion": dict(patch=args.patch, stride=args.stride),
            "rise": dict(n_masks=args.masks, cells=args.cells, early_stop=not args.no_early_stop),
            "lime": dict(n_samples=args.samples),
-           "shap": dict(budget=args.shap_budget, algorithm=args.shap_algorithm)}
+           "shap": dict(budget=args.shap_budget, algorithm=args.shap_algorithm),
+           "layers": dict(stage=args.layer_stage, layers=args.layers)}
     return [make_explainer(n, **common, **per.get(n, {})) for n in names]
 
 
@@ -394,7 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmarks; writes a markdown table and JSON",
                        description="Measure accuracy, time and memory and write docs-ready tables.")
     b.add_argument("what", choices=["segmentation", "explain"], help="which benchmark")
-    b.add_argument("--parts", default="occlusion,rise", help="explain: occlusion, rise or both (default both)")
+    b.add_argument("--parts", default="occlusion,rise",
+                   help="explain: occlusion, rise, layers, comma-separated (default occlusion,rise)")
     b.add_argument("-o", "--output", default="docs/benchmarks", help="folder for the tables (default docs/benchmarks)")
     b.add_argument("--quick", action="store_true", help="one structure only (a smoke run)")
     b.add_argument("--device", default="cpu", help="torch device for LiteMedSAM, e.g. cpu or cuda (default cpu)")

@@ -139,6 +139,8 @@ class ExplainRun:
     explanations: Dict[str, Dict[int, object]]
     images: Dict[int, np.ndarray]
     record: Dict
+    #: layer maps (method ``layers``): layer name -> float32 volume like ``saliency``
+    layer_saliency: Dict[str, Dict[str, np.ndarray]] = field(default_factory=dict)
 
     def metrics(self) -> Dict:
         """The metrics document (``NAME_metrics.json``) without its file names."""
@@ -147,6 +149,11 @@ class ExplainRun:
             slices = {str(k): dict(ex.metrics, **_extras(ex.extras)) for k, ex in per_slice.items()}
             methods[method] = {"settings": next(iter(per_slice.values())).settings if per_slice else {},
                                "slices": slices, "summary": summarise(list(slices.values()))}
+            tables = {str(k): ex.extras["layer_table"] for k, ex in per_slice.items() if "layer_table" in ex.extras}
+            if tables:
+                for k, table in tables.items():
+                    slices[k]["layers"] = table
+                methods[method]["layer_summary"] = layer_summary(list(tables.values()))
         fallback = sorted(k for k, src in self.roi_sources.items() if "fallback" in src)
         return {"name": self.name, "input": self.segmentation.volume.source, "axis": self.axis,
                 "slices": list(self.slices), "roi": dict(self.record.get("roi", {}), fallback_slices=fallback,
@@ -162,7 +169,7 @@ class ExplainRun:
         import shutil
         import tempfile
 
-        from .render import display_flips, saliency_panel
+        from .render import display_flips, layer_sheet, saliency_panel
 
         suffix = {"nrrd": ".nrrd", "nifti": ".nii.gz", "nii": ".nii.gz", "mha": ".mha"}.get(fmt)
         if suffix is None:
@@ -188,6 +195,21 @@ class ExplainRun:
                         files[f"{method}_png_{k}"] = saliency_panel(self.images[k], ex.saliency, ex.reference, ex.roi,
                                                                     stage / png, title, flips)
                         entry["png"].append(png)
+                layers = self.layer_saliency.get(method, {})
+                if layers:
+                    entry["layers"] = {}
+                    for layer, lsal in layers.items():
+                        fname = f"{n}_{method}_{_safe(layer)}_saliency{suffix}"
+                        files[f"{method}_{layer}_saliency"] = write_volume(vol, lsal.astype(np.float32), stage / fname)
+                        entry["layers"][layer] = fname
+                    if pngs:
+                        entry["layer_png"] = []
+                        for k, ex in sorted(self.explanations[method].items()):
+                            png = f"{n}_{method}_layers_k{k:03d}.png"
+                            files[f"{method}_layers_png_{k}"] = layer_sheet(
+                                self.images[k], ex.extras["layer_maps"], ex.reference, stage / png, flips,
+                                target=ex.extras.get("target"))
+                            entry["layer_png"].append(png)
                 doc["methods"][method]["files"] = entry
             files["metrics"] = write_text_atomic(stage / f"{n}_metrics.json", json.dumps(doc, indent=2, default=_json))
             final = {}
@@ -203,6 +225,27 @@ class ExplainRun:
 def _extras(extras: Dict) -> Dict:
     """Method extras that belong in the metrics table (numbers and flags, not curves)."""
     return {k: v for k, v in extras.items() if isinstance(v, (bool, int, float, str))}
+
+
+def _safe(name: str) -> str:
+    """A layer name as a file-name part (letters, digits, '.', '-', '_')."""
+    return "".join(c if c.isalnum() or c in ".-_" else "_" for c in str(name))
+
+
+def layer_summary(tables: List[List[Dict]]) -> Dict:
+    """Per layer over slices: pointing-game hit rate, mean IoU at the target's size and mean energy
+    inside it; ``best_layer`` has the highest mean IoU (ties: the higher hit rate)."""
+    rows: Dict[str, List[Dict]] = {}
+    for table in tables:
+        for r in table:
+            rows.setdefault(r["layer"], []).append(r)
+    out = {name: {"slices": len(rs),
+                  "pointing_game": round(float(np.mean([bool(r["pointing_game"]) for r in rs])), 4),
+                  "iou_target": round(float(np.mean([r["iou_target"] for r in rs])), 4),
+                  "energy_in_target": round(float(np.mean([r["energy_in_target"] for r in rs])), 4)}
+           for name, rs in rows.items()}
+    best = max(out, key=lambda n: (out[n]["iou_target"], out[n]["pointing_game"])) if out else None
+    return {"layers": out, "best_layer": best}
 
 
 def summarise(rows: List[Dict]) -> Dict:
@@ -235,7 +278,7 @@ def explain(session: "Session", segmentation: SegmentResult, explainers: Sequenc
     progress = ensure(progress)
     roi = roi or RoiConfig()
     if not explainers:
-        raise InputError("no explanation method given; expected at least one of occlusion, rise, lime, shap")
+        raise InputError("no explanation method given; expected at least one of occlusion, rise, lime, shap, layers")
     for ex in explainers:
         if not isinstance(ex, Explainer):
             raise InputError(f"{ex!r} is not an explainer; build one with xaiseg.explain.make_explainer")
@@ -261,6 +304,7 @@ def explain(session: "Session", segmentation: SegmentResult, explainers: Sequenc
     results: Dict[str, Dict[int, object]] = {ex.name: {} for ex in bound}
     sources: Dict[int, str] = {}
     images: Dict[int, np.ndarray] = {}
+    layer_saliency: Dict[str, Dict[str, np.ndarray]] = {}
     t0 = time.perf_counter()
     enc0 = vs.encoder_passes
 
@@ -286,6 +330,11 @@ def explain(session: "Session", segmentation: SegmentResult, explainers: Sequenc
                            stage=f"{ex.name} slice {k} ({n}/{len(chosen)})", embedding=embedding)
             results[ex.name][k] = e
             put(saliency[ex.name], k, e.saliency)
+            for layer, plane in e.extras.get("layer_maps", {}).items():
+                vols = layer_saliency.setdefault(ex.name, {})
+                if layer not in vols:
+                    vols[layer] = np.zeros(session.volume.shape, np.float32)
+                put(vols[layer], k, plane)
     seconds = time.perf_counter() - t0
     evaluations = {ex.name: int(sum(e.n_evaluations for e in results[ex.name].values())) for ex in bound}
     record = run_record(model=session.segmenter.describe(), preprocessing=session.preprocessing_record(),
@@ -298,4 +347,4 @@ def explain(session: "Session", segmentation: SegmentResult, explainers: Sequenc
     record["roi"] = roi.record()
     record["methods"] = {ex.name: ex.settings() for ex in bound}
     return ExplainRun(segmentation.name, segmentation, session.axis, chosen, roi_vol, sources, saliency, results,
-                      images, record)
+                      images, record, layer_saliency)

@@ -99,17 +99,9 @@ def colourmap(values01: np.ndarray) -> np.ndarray:
     return cv2.applyColorMap(v, cv2.COLORMAP_INFERNO)[..., ::-1]
 
 
-def saliency_panel(image01: np.ndarray, saliency01: np.ndarray, mask: np.ndarray, roi: Optional[np.ndarray],
-                   path, title: str = "", flips: Tuple[bool, bool] = (False, False), zoom: int = 2,
-                   alpha: float = 0.55) -> Path:
-    """PNG of one explained slice: the image; the saliency over it (inside the ROI) with a colour
-    bar; the mask outlined in green and the ROI in blue on both panels."""
-    from PIL import Image, ImageDraw
-
-    from .io import write_bytes_atomic
-
-    outlines = [(mask, (60, 220, 75))] + ([(roi, (0, 130, 255))] if roi is not None else [])
-    left = overlay(image01, outlines, flips, zoom)
+def heat_tile(image01: np.ndarray, saliency01: np.ndarray, outlines, flips: Tuple[bool, bool] = (False, False),
+              zoom: int = 2, alpha: float = 0.55) -> np.ndarray:
+    """RGB uint8 of a [0, 1] saliency map blended over the slice where it is > 0, with outlines."""
     heat = colourmap(saliency01)
     grey = np.repeat((np.clip(image01, 0, 1) * 255)[..., None], 3, axis=2)
     weight = alpha * (saliency01 > 0)[..., None]
@@ -122,7 +114,31 @@ def saliency_panel(image01: np.ndarray, saliency01: np.ndarray, mask: np.ndarray
         big = big[::-1]
     if flips[1]:
         big = big[:, ::-1]
-    right = np.ascontiguousarray(big)
+    return np.ascontiguousarray(big)
+
+
+def layer_sheet(image01: np.ndarray, maps, mask: np.ndarray, path, flips: Tuple[bool, bool] = (False, False),
+                columns: int = 6, target: Optional[np.ndarray] = None) -> Path:
+    """PNG grid of per-layer maps (in forward order, titled by layer) over the slice, the mask
+    outlined in green and, when given, the ground truth in yellow."""
+    outlines = [(mask, (60, 220, 75))] + ([(target, (255, 225, 25))] if target is not None else [])
+    names = list(maps)
+    tiles = [heat_tile(image01, np.asarray(maps[n]), outlines, flips, zoom=1, alpha=0.7) for n in names]
+    return sheet(tiles, names, path, columns=min(columns, len(tiles)))
+
+
+def saliency_panel(image01: np.ndarray, saliency01: np.ndarray, mask: np.ndarray, roi: Optional[np.ndarray],
+                   path, title: str = "", flips: Tuple[bool, bool] = (False, False), zoom: int = 2,
+                   alpha: float = 0.55) -> Path:
+    """PNG of one explained slice: the image; the saliency over it (inside the ROI) with a colour
+    bar; the mask outlined in green and the ROI in blue on both panels."""
+    from PIL import Image, ImageDraw
+
+    from .io import write_bytes_atomic
+
+    outlines = [(mask, (60, 220, 75))] + ([(roi, (0, 130, 255))] if roi is not None else [])
+    left = overlay(image01, outlines, flips, zoom)
+    right = heat_tile(image01, saliency01, outlines, flips, zoom, alpha)
     h, w = left.shape[:2]
     bar_w, pad, head = 14, 6, 18
     bar = colourmap(np.linspace(1, 0, h)[:, None].repeat(bar_w, 1))

@@ -58,15 +58,24 @@ def feature_grid(embedding: Embedding) -> np.ndarray:
         f = f[None]
     if f.ndim != 3:
         raise InputError(f"encoder features of shape {f.shape} are not a (C, h, w) grid")
+    fh, fw = slice_extent(f.shape[1:], embedding)
+    return f[:, :fh, :fw]
+
+
+def slice_extent(grid: Tuple[int, int], embedding: Embedding) -> Tuple[int, int]:
+    """Rows and columns of a feature grid of shape ``grid`` that hold the slice.
+
+    A model that pads the resized slice to a square (LiteMedSAM) has features for the padding
+    too; they are cut off here.  Models that stretch the slice (MedSAM) or take it as it is cover
+    the whole grid.
+    """
+    gh, gw = int(grid[0]), int(grid[1])
     rh, rw = embedding.resized_shape
     ih, iw = embedding.image_shape
-    if (rh, rw) != (ih, iw) and f.shape[1] != ih:
-        # features cover the padded model input: keep the part that holds the slice
-        side = max(rh, rw)
-        fh = int(round(f.shape[1] * rh / side)) or 1
-        fw = int(round(f.shape[2] * rw / side)) or 1
-        f = f[:, :fh, :fw]
-    return f
+    if (rh, rw) == (ih, iw) or gh == ih or rh == rw:
+        return gh, gw
+    side = max(rh, rw)
+    return (int(round(gh * rh / side)) or 1), (int(round(gw * rw / side)) or 1)
 
 
 def to_image(grid_map: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
