@@ -204,3 +204,16 @@ def test_axis_codes_and_slicing_axis_for_permuted_oblique_direction(tmp_path):
     assert np.array_equal(result.mask, expected_box_mask(shape, (2, 3, 4), (9, 10, 8)))
     assert {im.shape for im in toy.embedded_images} == {(16, 14)}  # slices are (k, j) planes
     assert sorted(r.index for r in result.slices) == [4, 5, 6, 7, 8]
+
+
+def test_written_files_get_the_usual_permissions_not_the_temporary_files_0600(tmp_path):
+    import os
+    import stat
+
+    from xaiseg.io import FILE_MODE, write_text_atomic
+
+    path = write_text_atomic(tmp_path / "a.json", "{}")
+    assert stat.S_IMODE(os.stat(path).st_mode) == FILE_MODE
+    mask = os.umask(0)
+    os.umask(mask)
+    assert FILE_MODE == 0o666 & ~mask  # as open() would create it; tempfile's 0600 would hide it from others

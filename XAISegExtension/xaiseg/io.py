@@ -193,13 +193,29 @@ def write_image(image: sitk.Image, path: PathLike, compress: bool = True) -> Pat
     os.close(fd)
     try:
         sitk.WriteImage(image, tmp, compress)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         for leftover in (tmp, tmp[: -len(suffix)] + ".raw"):
             if os.path.exists(leftover):
                 os.unlink(leftover)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: permissions of written files: what ``open()`` would give (temporary files are created 0600)
+FILE_MODE = 0o666 & ~_umask()
+
+
+def _publish(tmp: str, path: Path) -> None:
+    """Give a finished temporary file the usual permissions and rename it to ``path``."""
+    os.chmod(tmp, FILE_MODE)
+    os.replace(tmp, path)
 
 
 def write_volume(volume: Volume, array: np.ndarray, path: PathLike) -> Path:
@@ -219,7 +235,7 @@ def write_bytes_atomic(path: PathLike, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
