@@ -208,7 +208,7 @@ class ExplainRun:
                             png = f"{n}_{method}_layers_k{k:03d}.png"
                             files[f"{method}_layers_png_{k}"] = layer_sheet(
                                 self.images[k], ex.extras["layer_maps"], ex.reference, stage / png, flips,
-                                target=ex.extras.get("target"))
+                                target=ex.extras.get("target"), focus=ex.roi if not ex.roi.all() else None)
                             entry["layer_png"].append(png)
                 doc["methods"][method]["files"] = entry
             files["metrics"] = write_text_atomic(stage / f"{n}_metrics.json", json.dumps(doc, indent=2, default=_json))
@@ -321,13 +321,14 @@ def explain(session: "Session", segmentation: SegmentResult, explainers: Sequenc
         image = vs.slice(k)
         prompt = _slice_prompt(runs[k].prompt)
         embedding, _ = vs.embedding(k)
-        mask = session.segmenter.decode(embedding, prompt.clipped(image.shape)) > 0
+        logits = session.segmenter.decode(embedding, prompt.clipped(image.shape))  # decoded once, shared
+        mask = logits > 0
         region, source = finder.find(image, prompt, mask, embedding, take(roi_mask, k))
         put(roi_vol, k, region.astype(np.uint8))
         sources[k], images[k] = source, image
         for ex in bound:
             e = ex.explain(image, prompt, roi=region, roi_source=source, target=take(target, k), progress=progress,
-                           stage=f"{ex.name} slice {k} ({n}/{len(chosen)})", embedding=embedding)
+                           stage=f"{ex.name} slice {k} ({n}/{len(chosen)})", embedding=embedding, logits=logits)
             results[ex.name][k] = e
             put(saliency[ex.name], k, e.saliency)
             for layer, plane in e.extras.get("layer_maps", {}).items():

@@ -118,12 +118,23 @@ def heat_tile(image01: np.ndarray, saliency01: np.ndarray, outlines, flips: Tupl
 
 
 def layer_sheet(image01: np.ndarray, maps, mask: np.ndarray, path, flips: Tuple[bool, bool] = (False, False),
-                columns: int = 6, target: Optional[np.ndarray] = None) -> Path:
+                columns: int = 6, target: Optional[np.ndarray] = None, focus: Optional[np.ndarray] = None,
+                margin: int = 16, zoom: int = 3) -> Path:
     """PNG grid of per-layer maps (in forward order, titled by layer) over the slice, the mask
-    outlined in green and, when given, the ground truth in yellow."""
+    outlined in green and, when given, the ground truth in yellow.  With ``focus`` (e.g. the ROI)
+    each tile shows only the box around it grown by ``margin`` pixels, magnified ``zoom`` times."""
     outlines = [(mask, (60, 220, 75))] + ([(target, (255, 225, 25))] if target is not None else [])
+    window = (slice(None), slice(None))
+    if focus is not None and np.any(focus):
+        rows, cols = np.nonzero(focus)
+        h, w = image01.shape
+        window = (slice(max(0, rows.min() - margin), min(h, rows.max() + margin + 1)),
+                  slice(max(0, cols.min() - margin), min(w, cols.max() + margin + 1)))
+    else:
+        zoom = 1
+    cut = [(np.asarray(m)[window], colour) for m, colour in outlines]
     names = list(maps)
-    tiles = [heat_tile(image01, np.asarray(maps[n]), outlines, flips, zoom=1, alpha=0.7) for n in names]
+    tiles = [heat_tile(image01[window], np.asarray(maps[n])[window], cut, flips, zoom=zoom, alpha=0.7) for n in names]
     return sheet(tiles, names, path, columns=min(columns, len(tiles)))
 
 

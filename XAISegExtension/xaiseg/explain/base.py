@@ -77,7 +77,8 @@ class PerturbationEngine:
 
     def __init__(self, segmenter: PromptableSegmenter, image: np.ndarray, prompt: SlicePrompt, roi: np.ndarray,
                  *, score: str = "dice", fill: str = "zero", batch_size: int = 8,
-                 progress: Optional[Progress] = None, stage: str = "explain", embedding=None) -> None:
+                 progress: Optional[Progress] = None, stage: str = "explain", embedding=None,
+                 logits: Optional[np.ndarray] = None) -> None:
         check_slice(image)
         if score not in SCORES:
             raise InputError(f"score {score!r} is unknown; expected one of {', '.join(SCORES)}")
@@ -100,7 +101,8 @@ class PerturbationEngine:
         self.evaluations = 0
         # the unperturbed slice's embedding: reused when the caller has it cached
         self.embedding = embedding if embedding is not None else segmenter.embed(self.image)
-        self.logits = segmenter.decode(self.embedding, self.prompt)
+        # and its logits for the prompt, when the caller has decoded them already
+        self.logits = logits if logits is not None else segmenter.decode(self.embedding, self.prompt)
         self.reference = self.logits > 0
         self.region = self.roi | self.reference
         self.baseline = self.score_logits(self.logits)
@@ -208,11 +210,13 @@ class Explainer:
 
     def explain(self, image: np.ndarray, prompt: SlicePrompt, *, roi: Optional[np.ndarray] = None,
                 roi_source: str = "image", target: Optional[np.ndarray] = None,
-                progress: Optional[Progress] = None, stage: Optional[str] = None, embedding=None) -> Explanation:
+                progress: Optional[Progress] = None, stage: Optional[str] = None, embedding=None,
+                logits: Optional[np.ndarray] = None) -> Explanation:
         """Explain the mask that ``prompt`` gives on ``image`` (2D, in [0, 1]).
 
         roi: where perturbations may act (default: the whole slice); target: a ground-truth mask
-        for the localisation metrics; embedding: the unperturbed slice's cached embedding, if any.
+        for the localisation metrics; embedding: the unperturbed slice's cached embedding, if any,
+        and logits: its decoded logits for ``prompt`` (clipped to the slice), if already computed.
         """
         if self.segmenter is None:
             raise ModelError(f"{self.name}: no segmenter to explain; pass one to the constructor or use bind()")
@@ -225,7 +229,8 @@ class Explainer:
         stage = stage or self.name
         t0 = time.perf_counter()
         engine = PerturbationEngine(self.segmenter, image, prompt, roi, score=self.score, fill=self.fill,
-                                    batch_size=self.batch_size, progress=progress, stage=stage, embedding=embedding)
+                                    batch_size=self.batch_size, progress=progress, stage=stage, embedding=embedding,
+                                    logits=logits)
         raw, extras = self.attribute(engine)
         seconds = time.perf_counter() - t0
         evaluations = engine.evaluations

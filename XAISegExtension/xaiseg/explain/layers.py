@@ -153,12 +153,16 @@ def capture(segmenter, image: np.ndarray, layers: Sequence[EncoderLayer]) -> Tup
 
 # similarity maps ----------------------------------------------------------------------------------
 
-def _cos(f, ref):
-    """Cosine similarity of every position of ``f`` (C, h, w) with ``ref`` (C,)."""
+def _unit(f):
+    """``f`` (C, h, w) with every position's feature vector scaled to length 1 (0 stays 0)."""
+    return f / (f.norm(dim=0, keepdim=True) + 1e-8)
+
+
+def _cos(unit, ref):
+    """Cosine similarity of every position of ``unit`` (C, h, w, unit vectors) with ``ref`` (C,)."""
     import torch
 
-    num = torch.einsum("chw,c->hw", f, ref)
-    return num / (f.norm(dim=0) * ref.norm() + 1e-8)
+    return torch.einsum("chw,c->hw", unit, ref / (ref.norm() + 1e-8))
 
 
 def _resize(t, shape):
@@ -257,13 +261,14 @@ def layer_map(f, box, image_shape, embedding: Embedding, stage: int, weights: La
     fh, fw = slice_extent(tuple(f.shape[1:]), embedding)
     f = f[:, :fh, :fw]
     inside = torch.from_numpy(_grid_box((fh, fw), box, image_shape)).to(f.device)
+    unit = _unit(f)
     proto = f[:, inside].mean(dim=1)
-    m = _cos(f, proto)
+    m = _cos(unit, proto)
     if stage >= 2:
         a = _resize(torch.as_tensor(prompt_weights, dtype=torch.float32, device=f.device), (fh, fw)).clamp_min(0)
         a = a / (a.sum() + 1e-12)
         ref = torch.einsum("chw,hw->c", f, a)
-        q = _cos(f, ref)
+        q = _cos(unit, ref)
         if stage == 2:
             m = (1 - weights.prompt) * m + weights.prompt * q
         else:
@@ -271,8 +276,8 @@ def layer_map(f, box, image_shape, embedding: Embedding, stage: int, weights: La
             ring = torch.from_numpy(dilate(inside.cpu().numpy(), side)).to(f.device) & ~inside
             if not ring.any():
                 ring = ~inside if (~inside).any() else inside
-            g = _cos(f, f.reshape(f.shape[0], -1).mean(dim=1))
-            b = _cos(f, f[:, ring].mean(dim=1))
+            g = _cos(unit, f.reshape(f.shape[0], -1).mean(dim=1))
+            b = _cos(unit, f[:, ring].mean(dim=1))
             m = weights.prototype3 * m + weights.prompt3 * q - weights.global3 * g - weights.context3 * b
     out = _resize(m, image_shape).cpu().numpy()
     if stage == 3:
@@ -318,14 +323,15 @@ class LayerMaps(Explainer):
         return dict(super().settings(), stage=self.stage, layers=layers, weights=asdict(self.weights))
 
     def maps(self, image: np.ndarray, prompt: SlicePrompt, progress: Optional[Progress] = None,
-             stage: Optional[str] = None):
-        """(fused map, {layer: map}, embedding, model mask, box) for one slice."""
+             stage: Optional[str] = None, logits: Optional[np.ndarray] = None):
+        """(fused map, {layer: map}, embedding, model mask, box) for one slice; ``logits``: the
+        model's logits for ``prompt`` when already decoded (else they are decoded here)."""
         progress = ensure(progress)
         chosen = select_layers(encoder_layers(self.segmenter), self.layers)
         progress.check()
         progress.stage(stage or self.name, 1)
         embedding, grids = capture(self.segmenter, image, chosen)
-        mask = self.segmenter.decode(embedding, prompt.clipped(image.shape)) > 0
+        mask = (logits if logits is not None else self.segmenter.decode(embedding, prompt.clipped(image.shape))) > 0
         box = prompt_box(prompt, mask)
         if box is None:
             raise InputError("layer maps need a box, a positive point or a non-empty mask for the prototype")
@@ -345,7 +351,8 @@ class LayerMaps(Explainer):
 
     def explain(self, image: np.ndarray, prompt: SlicePrompt, *, roi: Optional[np.ndarray] = None,
                 roi_source: str = "image", target: Optional[np.ndarray] = None,
-                progress: Optional[Progress] = None, stage: Optional[str] = None, embedding=None) -> Explanation:
+                progress: Optional[Progress] = None, stage: Optional[str] = None, embedding=None,
+                logits: Optional[np.ndarray] = None) -> Explanation:
         if self.segmenter is None:
             raise ModelError(f"{self.name}: no segmenter to explain; pass one to the constructor or use bind()")
         image = np.asarray(image, dtype=np.float32)
@@ -358,7 +365,7 @@ class LayerMaps(Explainer):
         progress = ensure(progress)
         stage = stage or self.name
         t0 = time.perf_counter()
-        fused, per_layer, own, mask, box = self.maps(image, prompt, progress, stage)
+        fused, per_layer, own, mask, box = self.maps(image, prompt, progress, stage, logits)
         if not roi.all():  # like every method, the maps live in the ROI (normalised there, 0 elsewhere)
             per_layer = {name: normalise01(m, roi) for name, m in per_layer.items()}
             fused = normalise01(np.mean(np.stack(list(per_layer.values())), axis=0), roi)
@@ -373,7 +380,7 @@ class LayerMaps(Explainer):
         if self.metric_steps:
             engine = PerturbationEngine(self.segmenter, image, prompt, roi, score=self.score, fill=self.fill,
                                         batch_size=self.batch_size, progress=progress, stage=stage,
-                                        embedding=embedding if embedding is not None else own)
+                                        embedding=embedding if embedding is not None else own, logits=logits)
             metrics.update(faithfulness(engine, normalise01(fused, roi), self.metric_steps, self.threshold,
                                         stage=f"{stage} metrics"))
             metrics["evaluations"] = engine.evaluations

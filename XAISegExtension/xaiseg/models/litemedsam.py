@@ -77,7 +77,7 @@ class LiteMedSAM(PromptableSegmenter):
             padded, resized, scale = resize_longest(im.astype(np.float32), INPUT_SIZE)
             batch.append(padded)
             metas.append((tuple(im.shape), resized, scale))
-        x = torch.from_numpy(np.stack(batch))[:, None].repeat(1, 3, 1, 1).to(self.device)
+        x = torch.from_numpy(np.stack(batch)).to(self.device)[:, None].repeat(1, 3, 1, 1)
         return x, metas
 
     def embed(self, image: np.ndarray) -> Embedding:

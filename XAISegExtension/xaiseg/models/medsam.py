@@ -101,7 +101,7 @@ class MedSAMViT(PromptableSegmenter):
         for im in images:
             check_slice(im)
             batch.append(cv2.resize(im.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR))
-        x = torch.from_numpy(np.clip(np.stack(batch), 0, 1))[:, None].repeat(1, 3, 1, 1).to(self.device)
+        x = torch.from_numpy(np.clip(np.stack(batch), 0, 1)).to(self.device)[:, None].repeat(1, 3, 1, 1)
         with torch.inference_mode():
             feats = self.module.image_encoder(x)
         return [Embedding(feats[i:i + 1], tuple(im.shape), (size, size),
