@@ -184,8 +184,8 @@ def test_litemedsam_and_sam_vit_layers_are_all_hooked_in_one_pass(litemedsam):
     image[40:80, 30:60] = 1.0
     embedding, grids = capture(litemedsam, image, layers)
     assert set(grids) == set(names)
-    assert tuple(grids["patch_embed"].shape) == (64, 256, 256) and tuple(grids["stage1"].shape) == (160, 64, 64)
-    assert torch.equal(grids["neck"][None], embedding.features)  # the neck is the image embedding
+    assert tuple(grids["patch_embed"].shape) == (256, 256, 64) and tuple(grids["stage1"].shape) == (64, 64, 160)
+    assert torch.equal(grids["neck"].permute(2, 0, 1)[None], embedding.features)  # the neck is the image embedding
     assert all(not m._forward_hooks for m in litemedsam.module.modules())
 
     from xaiseg.models.medsam import SamArch, build_sam
@@ -211,7 +211,7 @@ def test_litemedsam_and_sam_vit_layers_are_all_hooked_in_one_pass(litemedsam):
     assert [lay.name for lay in vit] == ["patch_embed", "block0", "block1", "neck"]
     assert {lay.layout for lay in vit} == {"nhwc", "nchw"}
     _, vgrids = capture(sam, np.random.default_rng(0).random((64, 64)).astype(np.float32), vit)
-    assert tuple(vgrids["block1"].shape) == (32, 8, 8) and tuple(vgrids["neck"].shape) == (32, 8, 8)
+    assert tuple(vgrids["block1"].shape) == (8, 8, 32) and tuple(vgrids["neck"].shape) == (8, 8, 32)
     # stage 2 reads SAM's prompt encoder: it runs on the tiny model
     ex = LayerMaps(sam, stage=2).explain(np.random.default_rng(0).random((64, 64)).astype(np.float32),
                                          SlicePrompt((10.0, 10.0, 40.0, 40.0)))

@@ -2,7 +2,7 @@
 
 One forward pass of the image encoder per slice, with forward hooks on every stage and block
 (removed again in a ``finally``, also when the pass fails).  For each hooked layer the output is
-read as a (C, h, w) feature grid over the slice, and each position is compared by cosine
+read as an (h, w, C) feature grid over the slice, and each position is compared by cosine
 similarity with reference features:
 
 stage 1 ("prototype")
@@ -113,25 +113,26 @@ def select_layers(layers: Sequence[EncoderLayer], which) -> List[EncoderLayer]:
 
 
 def grid_of(output, layout: str):
-    """A hooked output as a (C, h, w) float tensor (first item of the batch)."""
+    """A hooked output as an (h, w, C) float tensor (first item of the batch): a view where the
+    layout allows, so the hooks copy nothing."""
     t = output[0] if isinstance(output, (tuple, list)) else output
     if not hasattr(t, "dim"):
         raise ModelError(f"a hooked layer returned {type(t).__name__}; expected a tensor")
     t = t.detach().float()
     if layout == "nchw" and t.dim() == 4:
-        return t[0]
+        return t[0].permute(1, 2, 0)
     if layout == "nhwc" and t.dim() == 4:
-        return t[0].permute(2, 0, 1)
+        return t[0]
     if layout == "nlc" and t.dim() == 3:
         n = int(round(t.shape[1] ** 0.5))
         if n * n != t.shape[1]:
             raise ModelError(f"tokens of shape {tuple(t.shape)} do not form a square grid")
-        return t[0].transpose(0, 1).reshape(t.shape[2], n, n)
+        return t[0].reshape(n, n, t.shape[2])
     raise ModelError(f"a hooked layer returned shape {tuple(t.shape)}, which is not {layout}")
 
 
 def capture(segmenter, image: np.ndarray, layers: Sequence[EncoderLayer]) -> Tuple[Embedding, Dict[str, Any]]:
-    """Encode ``image`` once with forward hooks on ``layers``; their outputs as (C, h, w) tensors.
+    """Encode ``image`` once with forward hooks on ``layers``; their outputs as (h, w, C) tensors.
 
     The hooks are removed afterwards, also when the forward pass raises."""
     grids: Dict[str, Any] = {}
@@ -152,18 +153,6 @@ def capture(segmenter, image: np.ndarray, layers: Sequence[EncoderLayer]) -> Tup
 
 
 # similarity maps ----------------------------------------------------------------------------------
-
-def _unit(f):
-    """``f`` (C, h, w) with every position's feature vector scaled to length 1 (0 stays 0)."""
-    return f / (f.norm(dim=0, keepdim=True) + 1e-8)
-
-
-def _cos(unit, ref):
-    """Cosine similarity of every position of ``unit`` (C, h, w, unit vectors) with ``ref`` (C,)."""
-    import torch
-
-    return torch.einsum("chw,c->hw", unit, ref / (ref.norm() + 1e-8))
-
 
 def _resize(t, shape):
     import torch.nn.functional as F
@@ -253,35 +242,47 @@ class LayerWeights:
 
 
 def layer_map(f, box, image_shape, embedding: Embedding, stage: int, weights: LayerWeights,
-              prompt_weights: Optional[np.ndarray]) -> np.ndarray:
-    """One layer's map on the slice grid, [0, 1].  ``f``: (C, gh, gw) tensor over the model grid;
-    ``prompt_weights``: attention over the slice (any grid) for the prompt reference."""
+              prompt_weights: Optional[np.ndarray], spatial: Optional[np.ndarray] = None) -> np.ndarray:
+    """One layer's map on the slice grid, [0, 1].  ``f``: (gh, gw, C) tensor over the model grid;
+    ``prompt_weights``: attention over the slice (any grid) for the prompt reference; ``spatial``:
+    stage 3's weighting on the slice grid (computed from the box when not given).
+
+    Every reference is a weighted mean of the layer's features (prototype: uniform inside the box;
+    prompt: the attention; global: uniform; context: uniform on the ring), so all of them come from
+    one matrix product, and all similarities from a second one.
+    """
     import torch
 
-    fh, fw = slice_extent(tuple(f.shape[1:]), embedding)
-    f = f[:, :fh, :fw]
-    inside = torch.from_numpy(_grid_box((fh, fw), box, image_shape)).to(f.device)
-    unit = _unit(f)
-    proto = f[:, inside].mean(dim=1)
-    m = _cos(unit, proto)
+    fh, fw = slice_extent(tuple(f.shape[:2]), embedding)
+    flat = f[:fh, :fw].reshape(fh * fw, f.shape[2])  # (positions, C), contiguous
+    inside_np = _grid_box((fh, fw), box, image_shape)
+    rows = [inside_np.astype(np.float32)]
     if stage >= 2:
         a = _resize(torch.as_tensor(prompt_weights, dtype=torch.float32, device=f.device), (fh, fw)).clamp_min(0)
-        a = a / (a.sum() + 1e-12)
-        ref = torch.einsum("chw,hw->c", f, a)
-        q = _cos(unit, ref)
-        if stage == 2:
-            m = (1 - weights.prompt) * m + weights.prompt * q
-        else:
-            side = max(1, int(round(weights.ring * max(inside.sum(0).max().item(), inside.sum(1).max().item()))))
-            ring = torch.from_numpy(dilate(inside.cpu().numpy(), side)).to(f.device) & ~inside
-            if not ring.any():
-                ring = ~inside if (~inside).any() else inside
-            g = _cos(unit, f.reshape(f.shape[0], -1).mean(dim=1))
-            b = _cos(unit, f[:, ring].mean(dim=1))
-            m = weights.prototype3 * m + weights.prompt3 * q - weights.global3 * g - weights.context3 * b
+        rows.append(a.cpu().numpy())
+    if stage == 3:
+        side = max(1, int(round(weights.ring * max(inside_np.sum(0).max(), inside_np.sum(1).max()))))
+        ring = dilate(inside_np, side) & ~inside_np
+        if not ring.any():
+            ring = ~inside_np if (~inside_np).any() else inside_np
+        rows += [np.ones((fh, fw), np.float32), ring.astype(np.float32)]
+    w = torch.as_tensor(np.stack([r.reshape(-1) for r in rows]), dtype=flat.dtype, device=flat.device)
+    w = w / (w.sum(dim=1, keepdim=True) + 1e-12)
+    refs = w @ flat  # (k, C): prototype[, prompt[, global, context]]
+    sims = (flat @ refs.T) / (flat.norm(dim=1, keepdim=True) * refs.norm(dim=1) + 1e-8)  # (positions, k)
+    sims = sims.T.reshape(len(rows), fh, fw)
+    if stage == 1:
+        m = sims[0]
+    elif stage == 2:
+        m = (1 - weights.prompt) * sims[0] + weights.prompt * sims[1]
+    else:
+        m = (weights.prototype3 * sims[0] + weights.prompt3 * sims[1] - weights.global3 * sims[2]
+             - weights.context3 * sims[3])
     out = _resize(m, image_shape).cpu().numpy()
     if stage == 3:
-        out = normalise01(out) * spatial_weight(tuple(image_shape), box, weights.floor)
+        if spatial is None:
+            spatial = spatial_weight(tuple(image_shape), box, weights.floor)
+        out = normalise01(out) * spatial
     return normalise01(out)
 
 
@@ -340,10 +341,11 @@ class LayerMaps(Explainer):
             att = prompt_attention(self.segmenter, embedding, prompt)
             if att is None:
                 att = _location_weights(prompt, box, image.shape)
+        spatial = spatial_weight(image.shape, box, self.weights.floor) if self.stage == 3 else None
         per_layer = {}
         for lay in chosen:
             per_layer[lay.name] = layer_map(grids.pop(lay.name), box, image.shape, embedding, self.stage,
-                                            self.weights, att)
+                                            self.weights, att, spatial)
         progress.step(1, layers=len(per_layer))
         progress.check()
         fused = normalise01(np.mean(np.stack(list(per_layer.values())), axis=0))
