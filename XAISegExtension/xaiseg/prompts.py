@@ -1,0 +1,454 @@
+"""SHAP-guided prompts for MedSAM (seed 000): a classifier's evidence becomes point prompts.
+
+1. A torch image classifier scores the slice (the softmax probability of ``class_index``).
+2. shap's partition explainer with an image masker that blurs the masked parts attributes that
+   probability to the slice's pixels, within ``budget`` classifier evaluations.
+3. The ``k`` highest positive places at least ``min_distance`` pixels apart become positive
+   points; optionally the ``negative`` most negative places become negative points.
+4. The segmenter decodes one candidate per number of positive points (the best point alone, the
+   best two, ...; every candidate keeps the negative points) and the candidate with the highest
+   stability score is kept: the IoU of its mask thresholded at logit +1 and at logit -1, the
+   model-agnostic confidence SAM uses to rank masks.
+5. With a ground truth, Dice and IoU of the kept mask are reported.
+
+Nothing here is specific to the classifier: any torch module mapping (N, C, H, W) in [0, 1] to
+(N, K) logits works (a TorchScript file, or MONAI's DenseNet121 built here).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import InputError, ModelError, require
+from .models.base import SlicePrompt, check_slice
+from .progress import Progress, ensure
+
+MARKUPS_SCHEMA = ("https://raw.githubusercontent.com/slicer/slicer/main/Modules/Loadable/Markups/Resources/Schema/"
+                  "markups-schema-v1.0.3.json#")
+
+
+class Classifier:
+    """A torch classifier as a function of slices: (N, H, W) in [0, 1] -> (N,) probability of
+    ``class_index`` (softmax over the K outputs; sigmoid when K == 1)."""
+
+    def __init__(self, module, class_index: int = 1, in_channels: int = 1, input_size: Optional[int] = None,
+                 device: str = "cpu", name: Optional[str] = None, weights: str = "unknown") -> None:
+        if input_size is not None and int(input_size) < 8:
+            raise InputError(f"classifier input size {input_size} is too small; expected at least 8 pixels")
+        self.module = module.eval().to(device)
+        self.class_index = int(class_index)
+        self.in_channels = int(in_channels)
+        self.input_size = None if input_size is None else int(input_size)
+        self.device = device
+        self.name = name or type(module).__name__
+        self.weights = weights
+        self.evaluations = 0
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        import cv2
+        import torch
+
+        x = np.asarray(images, dtype=np.float32)
+        if x.ndim == 2:
+            x = x[None]
+        if self.input_size:
+            x = np.stack([cv2.resize(im, (self.input_size, self.input_size), interpolation=cv2.INTER_LINEAR)
+                          for im in x])
+        t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)[:, None].repeat(1, self.in_channels, 1, 1)
+        with torch.inference_mode():
+            out = self.module(t)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        if out.dim() != 2:
+            raise ModelError(f"classifier {self.name} returned shape {tuple(out.shape)}; expected (N, K) logits")
+        k = out.shape[1]
+        if not 0 <= self.class_index < max(k, 2):
+            raise ModelError(f"class index {self.class_index} is outside the classifier's {k} output(s)")
+        prob = torch.sigmoid(out[:, 0]) if k == 1 else torch.softmax(out.float(), dim=1)[:, self.class_index]
+        self.evaluations += len(x)
+        return prob.float().cpu().numpy().astype(np.float64)
+
+    def describe(self) -> Dict[str, Any]:
+        return {"name": self.name, "weights": self.weights, "class_index": self.class_index,
+                "in_channels": self.in_channels, "input_size": self.input_size, "device": self.device}
+
+
+def load_classifier(spec: str, checkpoint: Optional[str] = None, sha256: Optional[str] = None, classes: int = 2,
+                    class_index: int = 1, input_size: Optional[int] = 96, device: str = "cpu",
+                    seed: int = 0) -> Classifier:
+    """``monai-densenet121`` (MONAI's 2D DenseNet121, 1 input channel, ``classes`` outputs; random
+    weights drawn with ``seed`` unless ``checkpoint``, a state dict verified against ``sha256`` and
+    loaded with ``weights_only=True``), or a TorchScript file (verified when ``sha256`` is given)."""
+    import torch
+
+    from .weights import load_into, load_state_dict, verify
+
+    if int(classes) < 1:
+        raise InputError(f"classes {classes} must be at least 1")
+    if not 0 <= int(class_index) < max(int(classes), 2):
+        raise InputError(f"class index {class_index} is outside 0..{max(int(classes), 2) - 1}")
+    if spec == "monai-densenet121":
+        nets = require("monai.networks.nets", "monai", "the MONAI DenseNet121 classifier")
+        with torch.random.fork_rng(devices=[]):  # the same seed, the same random network; global RNG untouched
+            torch.manual_seed(int(seed))
+            module = nets.DenseNet121(spatial_dims=2, in_channels=1, out_channels=int(classes))
+        weights = f"random init (seed {int(seed)}, no checkpoint): a plumbing check, not a trained classifier"
+        if checkpoint:
+            state, sha = load_state_dict(checkpoint, sha256, "classifier checkpoint")
+            load_into(module, state, checkpoint, sha, "classifier checkpoint")
+            weights = f"{checkpoint} (SHA-256 {sha})"
+        return Classifier(module, class_index, 1, input_size, device, "monai DenseNet121 (2D)", weights)
+    path = Path(spec)
+    if not path.is_file():
+        raise InputError(f"--classifier {spec!r} is neither 'monai-densenet121' nor an existing TorchScript file")
+    sha = verify(path, sha256, "TorchScript classifier")
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - torch raises several types for a bad archive
+        raise ModelError(f"{path} (SHA-256 {sha}) is not a TorchScript model: {str(exc).splitlines()[0]}") from exc
+    return Classifier(module, class_index, 1, input_size, device, f"torchscript:{path.name}", f"SHA-256 {sha}")
+
+
+def shap_map(classifier: Classifier, image: np.ndarray, budget: int = 256, blur: int = 16, batch_size: int = 16,
+             progress: Optional[Progress] = None, stage: str = "shap") -> np.ndarray:
+    """SHAP values (H, W) of ``classifier``'s probability on ``image``: shap's partition explainer,
+    masked parts blurred with a ``blur`` x ``blur`` kernel, at most ``budget`` evaluations.
+    The explainer is deterministic: the same input gives the same map."""
+    from .explain.shap_import import import_shap
+
+    image = np.asarray(image, dtype=np.float32)
+    check_slice(image)
+    if int(budget) < 8:
+        raise InputError(f"SHAP budget {budget} is too small; expected at least 8 classifier evaluations")
+    if int(blur) < 1:
+        raise InputError(f"blur kernel {blur} must be at least 1 pixel")
+    if not np.isfinite(image).all() or float(image.max() - image.min()) <= 0:
+        raise InputError("the slice is constant or not finite; SHAP needs an image with some contrast")
+    shap = import_shap()
+    progress = ensure(progress)
+    h, w = image.shape
+    progress.stage(stage, int(budget))
+
+    def f(x):
+        progress.check()
+        p = classifier(np.asarray(x, dtype=np.float32).reshape(len(x), h, w))
+        progress.step(len(x), evaluations=classifier.evaluations)
+        return p[:, None]
+
+    masker = shap.maskers.Image(f"blur({int(blur)},{int(blur)})", (h, w, 1))
+    explainer = shap.Explainer(f, masker, output_names=["target"])
+    values = explainer(image[None, :, :, None], max_evals=int(budget), batch_size=int(batch_size), silent=True)
+    return np.asarray(values.values, dtype=np.float64).reshape(h, w)
+
+
+def points_from_map(values: np.ndarray, k: int = 3, min_distance: float = 10.0, negative: int = 0,
+                    smooth: float = 1.5) -> Tuple[List[Tuple[float, float]], List[int]]:
+    """The ``k`` highest positive places of ``values`` at least ``min_distance`` pixels apart as
+    (x, y) = (column, row) with label 1, then the ``negative`` lowest negative places (also apart
+    from every chosen point) with label 0.  The map is smoothed with a Gaussian of ``smooth``
+    pixels first; on a plateau (partition SHAP gives rectangles) the point goes to its most
+    interior pixel."""
+    import cv2
+
+    if int(k) < 1:
+        raise InputError(f"number of positive points {k} must be at least 1")
+    if float(min_distance) < 0:
+        raise InputError(f"minimum distance {min_distance} must be >= 0 pixels")
+    if int(negative) < 0:
+        raise InputError(f"number of negative points {negative} must be >= 0")
+    v = np.asarray(values, dtype=np.float32)
+    if v.ndim != 2 or not np.isfinite(v).all():
+        raise InputError(f"a finite 2D map is expected, got shape {v.shape}")
+    if smooth > 0:
+        v = cv2.GaussianBlur(v, (0, 0), sigmaX=float(smooth))
+    chosen: List[Tuple[float, float]] = []
+    labels: List[int] = []
+    rr, cc = np.mgrid[0:v.shape[0], 0:v.shape[1]]
+    allowed = np.ones(v.shape, bool)
+
+    def pick(count, sign, label):
+        nonlocal allowed
+        for _ in range(count):
+            vals = np.where(allowed, sign * v, -np.inf)
+            top = float(vals.max())
+            if not np.isfinite(top) or top <= 0:
+                return
+            # the top level set may be a plateau: take its most interior pixel, not its first one
+            level = (vals >= top - 1e-6 * abs(top)).astype(np.uint8)
+            depth = cv2.distanceTransform(np.pad(level, 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
+            r, c = np.unravel_index(int(np.argmax(np.where(level > 0, depth, -1))), v.shape)
+            chosen.append((float(c), float(r)))
+            labels.append(label)
+            allowed &= (rr - r) ** 2 + (cc - c) ** 2 >= float(min_distance) ** 2
+
+    pick(int(k), 1.0, 1)
+    if not labels:
+        raise InputError("the SHAP map has no positive value: the classifier's score does not rise anywhere, "
+                         "so there is no place to prompt")
+    pick(int(negative), -1.0, 0)
+    return chosen, labels
+
+
+def stability_score(logits: np.ndarray, offset: float = 1.0) -> float:
+    """IoU of the mask at logit > +offset with the mask at logit > -offset (SAM's stability score)."""
+    hi, lo = logits > offset, logits > -offset
+    union = int(lo.sum())
+    return 0.0 if union == 0 else float(int(hi.sum()) / union)
+
+
+@dataclass(frozen=True)
+class ShapPrompts:
+    """What the SHAP-to-SAM loop found on one slice."""
+
+    shap: np.ndarray  # (H, W) SHAP values of the classifier's probability
+    points: Tuple[Tuple[float, float], ...]  # (x, y) = (column, row)
+    labels: Tuple[int, ...]  # 1 positive, 0 negative
+    mask: np.ndarray  # (H, W) bool: the kept candidate
+    candidates: Tuple[Dict[str, Any], ...]  # per candidate: positive points used, stability, voxels
+    chosen: int  # index into candidates
+    probability: float  # the classifier's probability on the unmasked slice
+    metrics: Dict[str, Any] = field(default_factory=dict)  # dice, iou with the truth; seconds; evaluations
+    record: Dict[str, Any] = field(default_factory=dict)
+
+
+def shap_prompts(classifier: Classifier, segmenter, image: np.ndarray, *, k: int = 3, min_distance: float = 10.0,
+                 negative: int = 0, budget: int = 256, blur: int = 16, truth: Optional[np.ndarray] = None,
+                 progress: Optional[Progress] = None, embedding=None) -> ShapPrompts:
+    """Run the whole loop on one slice (2D, in [0, 1]); ``embedding``: the slice's cached one."""
+    from .metrics import dice, iou
+
+    image = np.asarray(image, dtype=np.float32)
+    check_slice(image)
+    if truth is not None and np.asarray(truth).shape != image.shape:
+        raise InputError(f"ground truth of shape {np.asarray(truth).shape} does not match the slice's {image.shape}")
+    progress = ensure(progress)
+    t0 = time.perf_counter()
+    before = classifier.evaluations
+    probability = float(classifier(image[None])[0])
+    values = shap_map(classifier, image, budget, blur, progress=progress)
+    points, labels = points_from_map(values, k, min_distance, negative)
+    progress.check()
+    emb = embedding if embedding is not None else segmenter.embed(image)
+    pos = [p for p, lab in zip(points, labels) if lab == 1]
+    neg = [p for p, lab in zip(points, labels) if lab == 0]
+    candidates, masks = [], []
+    for n in range(1, len(pos) + 1):
+        use = pos[:n] + neg
+        prompt = SlicePrompt(points=tuple(use), labels=tuple([1] * n + [0] * len(neg)))
+        logits = segmenter.decode(emb, prompt)
+        masks.append(logits > 0)
+        candidates.append({"positive_points": n, "negative_points": len(neg),
+                           "stability": round(stability_score(logits), 4), "voxels": int(masks[-1].sum())})
+    nonempty = [i for i, c in enumerate(candidates) if c["voxels"] > 0] or list(range(len(candidates)))
+    best = max(nonempty, key=lambda i: (candidates[i]["stability"], -i))
+    metrics: Dict[str, Any] = {"seconds": round(time.perf_counter() - t0, 3),
+                               "classifier_evaluations": classifier.evaluations - before,
+                               "encoder_passes": 0 if embedding is not None else 1, "decoder_passes": len(candidates)}
+    if truth is not None:
+        t = np.asarray(truth, bool)
+        metrics.update(dice=dice(masks[best], t), iou=iou(masks[best], t),
+                       positive_points_in_truth=sum(bool(t[int(y), int(x)]) for x, y in pos))
+    record = {"classifier": classifier.describe(), "segmenter": segmenter.describe(),
+              "settings": {"points": int(k), "min_distance": float(min_distance), "negative": int(negative),
+                           "budget": int(budget), "blur": int(blur), "score": "stability (IoU of logit>1 and logit>-1)"}}
+    return ShapPrompts(values.astype(np.float32), tuple(points), tuple(labels), masks[best], tuple(candidates), best,
+                       probability, metrics, record)
+
+
+# writing ------------------------------------------------------------------------------------------
+
+def markups_json(points_kji: Sequence[Sequence[float]], labels: Sequence[int], geometry, values: Sequence[float],
+                 name: str) -> Dict[str, Any]:
+    """A Slicer markups (point list) document in LPS millimetres for voxel positions (k, j, i)."""
+    ijk = np.asarray([[p[2], p[1], p[0]] for p in points_kji], dtype=float)
+    lps = (geometry.ijk_to_lps @ np.c_[ijk, np.ones(len(ijk))].T).T[:, :3] if len(ijk) else np.zeros((0, 3))
+    control = []
+    npos = nneg = 0
+    for n, (pt, lab, val) in enumerate(zip(lps, labels, values), 1):
+        if lab == 1:
+            npos += 1
+            label, kind = f"{name}-pos-{npos}", "positive"
+        else:
+            nneg += 1
+            label, kind = f"{name}-neg-{nneg}", "negative"
+        control.append({"id": str(n), "label": label, "description": f"{kind} SAM prompt; SHAP value {val:.6g}",
+                        "associatedNodeID": "", "position": [round(float(v), 4) for v in pt],
+                        "orientation": [-1.0, -0.0, -0.0, -0.0, -1.0, -0.0, 0.0, 0.0, 1.0],
+                        "selected": bool(lab == 1), "locked": False, "visibility": True,
+                        "positionStatus": "defined"})
+    return {"@schema": MARKUPS_SCHEMA,
+            "markups": [{"type": "Fiducial", "coordinateSystem": "LPS", "coordinateUnits": "mm", "locked": False,
+                         "fixedNumberOfControlPoints": False, "labelFormat": "%N-%d",
+                         "lastUsedControlPointNumber": len(control), "controlPoints": control, "measurements": []}]}
+
+
+def shap_panel(image01: np.ndarray, values: np.ndarray, mask: np.ndarray, points, labels, path, title: str,
+               flips=(False, False), truth: Optional[np.ndarray] = None, zoom: int = 2) -> Path:
+    """PNG: the slice with the positive SHAP values over it, the kept mask (green), the truth
+    (yellow), positive points (green crosses) and negative points (red crosses)."""
+    import io as _io
+
+    from PIL import Image, ImageDraw
+
+    from .io import write_bytes_atomic
+    from .metrics import normalise01
+    from .render import heat_tile
+
+    outlines = [(mask, (60, 220, 75))] + ([(truth, (255, 225, 25))] if truth is not None else [])
+    positive = normalise01(np.clip(values, 0, None))
+    tile = heat_tile(image01, positive, outlines, flips, zoom)
+    canvas = Image.new("RGB", (tile.shape[1] + 8, tile.shape[0] + 24), (0, 0, 0))
+    canvas.paste(Image.fromarray(tile), (4, 20))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 3), title, fill=(255, 255, 255))
+    h, w = image01.shape
+    for (x, y), lab in zip(points, labels):
+        px = (w - 1 - x if flips[1] else x) * zoom + zoom / 2 + 4
+        py = (h - 1 - y if flips[0] else y) * zoom + zoom / 2 + 20
+        colour = (60, 255, 90) if lab == 1 else (255, 60, 60)
+        draw.line([(px - 5, py), (px + 5, py)], fill=colour, width=2)
+        draw.line([(px, py - 5), (px, py + 5)], fill=colour, width=2)
+    buf = _io.BytesIO()
+    canvas.save(buf, format="PNG")
+    return write_bytes_atomic(path, buf.getvalue())
+
+
+def add_parser(sub) -> None:
+    """The ``prompt-from-shap`` subcommand."""
+    from .cli import add_preprocess_options
+
+    p = sub.add_parser(
+        "prompt-from-shap", help="SHAP of a classifier on a slice -> point prompts -> MedSAM mask (seed 000)",
+        description="Explain a torch image classifier's probability on one slice with SHAP, turn the top places into "
+                    "point prompts, segment with them and keep the most stable mask. Writes the points as a Slicer "
+                    "markups file, the mask, the SHAP map, a PNG and a JSON summary.")
+    p.add_argument("volume", help="NIfTI, NRRD, MHA file or a DICOM series folder")
+    p.add_argument("-o", "--output", required=True, help="output folder (created if needed)")
+    c = p.add_argument_group("classifier")
+    c.add_argument("--classifier", required=True, help="monai-densenet121 or a TorchScript file ((N,1,H,W) -> (N,K))")
+    c.add_argument("--classifier-checkpoint", help="monai-densenet121: state dict to load (default: random weights)")
+    c.add_argument("--classifier-sha256", help="expected SHA-256 of the checkpoint or TorchScript file")
+    c.add_argument("--classes", type=int, default=2, help="monai-densenet121: number of outputs (default 2)")
+    c.add_argument("--class-index", type=int, default=1, help="class whose probability is explained (default 1)")
+    c.add_argument("--input-size", type=int, default=96, help="slices are resized to this square size (default 96)")
+    c.add_argument("--seed", type=int, default=0, help="monai-densenet121 without a checkpoint: seed of its random "
+                                                       "weights (default 0)")
+    s = p.add_argument_group("SHAP and points")
+    s.add_argument("--budget", type=int, default=256, help="classifier evaluations for SHAP (default 256)")
+    s.add_argument("--blur", type=int, default=16, help="blur kernel of the masker in pixels (default 16)")
+    s.add_argument("--points", type=int, default=3, help="positive points (default 3)")
+    s.add_argument("--min-distance", type=float, default=10.0, help="pixels between points (default 10)")
+    s.add_argument("--negative", type=int, default=0, help="negative points from the most negative SHAP (default 0)")
+    g = p.add_argument_group("slice, segmenter and truth")
+    g.add_argument("--slice", type=int, help="slice index along --axis (default: the truth's largest slice, else the "
+                                              "middle one)")
+    g.add_argument("--axis", default="axial", help="slicing plane (default axial)")
+    g.add_argument("--model", choices=["litemedsam", "medsam"], default="litemedsam", help="segmenter (default litemedsam)")
+    g.add_argument("--checkpoint", help="--model medsam: MedSAM ViT-B checkpoint")
+    g.add_argument("--sha256", help="--model medsam: its SHA-256")
+    g.add_argument("--truth", help="label map of the true structure, for Dice and IoU")
+    g.add_argument("--truth-label", type=int, default=1, help="label value in --truth (default 1)")
+    g.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    g.add_argument("--series", help="DICOM SeriesInstanceUID when the folder holds several series")
+    g.add_argument("--name", help="output name prefix (default: the input file's name)")
+    g.add_argument("--format", choices=["nrrd", "nifti", "mha"], default="nrrd", help="volume format (default nrrd)")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    add_preprocess_options(p)
+    p.set_defaults(func=cmd_prompt_from_shap)
+
+
+def cmd_prompt_from_shap(args) -> int:
+    import shutil
+    import tempfile
+
+    from .cli import _stem, preprocessing_from
+    from .io import read_labelmap, read_volume, write_text_atomic, write_volume
+    from .models import load_segmenter
+    from .pipeline import SegmentConfig, Session
+    from .progress import TqdmProgress
+    from .render import display_flips
+
+    classifier = load_classifier(args.classifier, args.classifier_checkpoint, args.classifier_sha256, args.classes,
+                                 args.class_index, args.input_size, args.device, args.seed)
+    for value, what in ((args.points, "--points"), (args.budget, "--budget")):
+        if value < 1:
+            raise InputError(f"{what} {value} must be at least 1")
+    volume = read_volume(args.volume, args.series)
+    segmenter = (load_segmenter("litemedsam", device=args.device) if args.model == "litemedsam" else
+                 load_segmenter("medsam", checkpoint=args.checkpoint, sha256=args.sha256, device=args.device))
+    session = Session(volume, segmenter, SegmentConfig(axis=args.axis, preprocessing=preprocessing_from(args)))
+    axis = session.axis
+    truth = None
+    if args.truth:
+        truth = read_labelmap(args.truth, reference=volume).array == args.truth_label
+        if not truth.any():
+            raise InputError(f"--truth {args.truth} has no voxel with label {args.truth_label}")
+    n = volume.shape[axis]
+    if args.slice is None:
+        k = int(np.argmax(truth.sum(axis=tuple(a for a in range(3) if a != axis)))) if truth is not None else n // 2
+    else:
+        k = int(args.slice)
+        if not 0 <= k < n:
+            raise InputError(f"--slice {k} is outside 0..{n - 1} along the {args.axis} axis")
+    name = args.name or _stem(args.volume)
+    progress = Progress() if args.quiet else TqdmProgress()
+    image = session.slicer.slice(k)
+    embedding, _ = session.slicer.embedding(k)
+    t2d = None if truth is None else np.take(truth, k, axis=axis)
+    result = shap_prompts(classifier, segmenter, image, k=args.points, min_distance=args.min_distance,
+                          negative=args.negative, budget=args.budget, blur=args.blur, truth=t2d, progress=progress,
+                          embedding=embedding)
+    progress.done()
+
+    def volume_of(plane, dtype):
+        out = np.zeros(volume.shape, dtype)
+        index = [slice(None)] * 3
+        index[axis] = k
+        out[tuple(index)] = plane
+        return out
+
+    rows, cols = [a for a in range(3) if a != axis]
+    kji = []
+    for x, y in result.points:
+        v = [0.0, 0.0, 0.0]
+        v[axis], v[rows], v[cols] = float(k), float(y), float(x)
+        kji.append(v)
+    suffix = {"nrrd": ".nrrd", "nifti": ".nii.gz", "mha": ".mha"}[args.format]
+    outdir = Path(args.output)
+    outdir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".xaiseg-", dir=outdir))
+    try:
+        files = {
+            "points": write_text_atomic(stage / f"{name}_shap_points.mrk.json", json.dumps(markups_json(
+                kji, result.labels, volume.geometry, [float(result.shap[int(y), int(x)]) for x, y in result.points],
+                name), indent=2)),
+            "mask": write_volume(volume, volume_of(result.mask, np.uint8), stage / f"{name}_shap_mask{suffix}"),
+            "shap": write_volume(volume, volume_of(result.shap, np.float32), stage / f"{name}_shap_map{suffix}"),
+            "png": shap_panel(image, result.shap, result.mask, result.points, result.labels,
+                              stage / f"{name}_shap_k{k:03d}.png", f"{name} slice {k}: SHAP of {classifier.name}",
+                              display_flips(volume.geometry, axis), t2d),
+        }
+        summary = {"name": name, "input": str(args.volume), "slice": k, "axis": args.axis,
+                   "probability": result.probability,
+                   "points": [{"x": x, "y": y, "kji": p, "label": lab} for (x, y), p, lab in
+                              zip(result.points, kji, result.labels)],
+                   "candidates": list(result.candidates), "chosen": result.chosen, "metrics": result.metrics,
+                   "record": dict(result.record, preprocessing=session.preprocessing_record()),
+                   "files": {key: Path(v).name for key, v in files.items()}}
+        files["summary"] = write_text_atomic(stage / f"{name}_shap_prompts.json", json.dumps(summary, indent=2))
+        for path in files.values():
+            Path(path).replace(outdir / Path(path).name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    if not args.quiet:
+        m = result.metrics
+        extra = f", Dice {m['dice']:.3f}, IoU {m['iou']:.3f}" if "dice" in m else ""
+        print(f"{name} slice {k}: p={result.probability:.3f}, {len(result.points)} point(s), kept candidate "
+              f"{result.chosen + 1}/{len(result.candidates)} ({int(result.mask.sum())} px){extra} -> "
+              f"{outdir / (name + '_shap_prompts.json')}")
+    return 0
