@@ -137,3 +137,12 @@ def test_metric_known_answers():
     assert metrics.peak(plateau) == (2, 2)
     with pytest.raises(InputError, match="shapes"):
         metrics.dice(a, np.zeros((2, 2)))
+
+
+def test_top_region_takes_the_highest_pixels_and_breaks_ties_by_position():
+    from xaiseg.metrics import top_region
+
+    s = np.array([[1.0, 3.0, 2.0], [3.0, 0.0, 2.0]])
+    assert top_region(s, 1).tolist() == [[False, True, False], [False, False, False]]  # first of the two 3s
+    assert top_region(s, 3).tolist() == [[False, True, True], [True, False, False]]  # 3, 3, then the first 2
+    assert top_region(s, 0).sum() == 0 and top_region(s, 99).all()
