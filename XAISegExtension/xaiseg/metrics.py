@@ -80,12 +80,8 @@ def top_region(saliency: np.ndarray, size: int) -> np.ndarray:
     """Boolean mask of the ``size`` highest-saliency pixels (ties broken by position)."""
     flat = np.asarray(saliency, dtype=np.float64).ravel()
     out = np.zeros(flat.shape, bool)
-    size = min(int(size), flat.size)
-    if size > 0:  # linear time: the size-th value by partition, then ties in position order
-        cut = np.partition(flat, flat.size - size)[flat.size - size]
-        out[flat > cut] = True
-        ties = np.flatnonzero(flat == cut)
-        out[ties[: size - int(out.sum())]] = True
+    if size > 0:
+        out[np.argsort(-flat, kind="stable")[:size]] = True
     return out.reshape(np.shape(saliency))
 
 
