@@ -1,6 +1,7 @@
 """The logic end to end on real data: the MNI152 template as a scalar volume node, a markups ROI on
 the left caudate, segmentation of five slices and an occlusion map of the central one, all through
-the worker the GUI starts.  One run is shared by the tests here (about 11 encoder passes)."""
+the worker the GUI starts, with layer maps beside it.  One run is shared by the tests here (about 12
+encoder passes)."""
 import json
 
 import numpy as np
@@ -25,8 +26,9 @@ def run(atlas, caudate_box, tmp_path_factory):
     logic = XAISegLogic(scene)
     logic.keepFiles = True
     settings = RunSettings(name="left caudate", slice_range=(centre - SLICES, centre + SLICES),
-                           methods=("occlusion",), explain_slices=[centre], roi={"source": "box", "margin": 8},
-                           method_settings={"occlusion": {"patch": 128, "stride": 128, "metric_steps": 2}},
+                           methods=("occlusion", "layers"), explain_slices=[centre], roi={"source": "box", "margin": 8},
+                           method_settings={"occlusion": {"patch": 128, "stride": 128, "metric_steps": 2},
+                                            "layers": {"metric_steps": 0, "layers": "stages"}},
                            threads=2)
     progress = []
     logic.progressCallback = lambda state: progress.append((state.status, state.stage, state.done, state.total))
@@ -47,6 +49,19 @@ def test_run_succeeds_and_reports_progress(run):
     assert any(s.startswith("segment") for s in stages) and any(s.startswith("occlusion") for s in stages)
     seg_steps = [p for p in run["progress"] if p[1].startswith("segment")]
     assert max(p[2] for p in seg_steps) == 2 * SLICES + 1 == seg_steps[-1][3]
+
+
+def test_layer_maps_arrive_as_one_volume_per_layer(run):
+    result, centre = run["result"], run["centre"]
+    names = ["patch_embed", "stage0", "stage1", "stage2", "stage3", "neck"]
+    fused = mrml.volume_array(result.saliency["layers"])
+    assert fused[centre].max() == 1.0 and not np.delete(fused, centre, axis=0).any()
+    layer_nodes = {n.GetName(): n for n in result.extra_volumes if "layers_" in n.GetName()}
+    assert sorted(layer_nodes) == sorted(f"MNI152 left caudate layers_{n}_saliency" for n in names), sorted(layer_nodes)
+    expected = mrml.ijk_to_ras(run["volume"])
+    for node in layer_nodes.values():
+        assert np.array_equal(mrml.ijk_to_ras(node), expected)
+        assert mrml.volume_array(node)[centre].max() == 1.0
 
 
 def test_result_nodes_share_the_input_geometry(run):
@@ -103,12 +118,15 @@ def test_roi_is_the_box_on_the_explained_slice(run, caudate_box):
 def test_nodes_live_in_one_folder_named_after_input_and_method(run):
     scene, result = run["scene"], run["result"]
     sh = mrml.subject_hierarchy(scene)
-    assert sh.GetItemName(result.folder_item) == "XAISeg MNI152 left caudate - occlusion"
+    assert sh.GetItemName(result.folder_item) == "XAISeg MNI152 left caudate - occlusion+layers"
     names = sorted(n.GetName() for n in result.nodes())
     assert names == sorted(["MNI152 left caudate segmentation", "MNI152 left caudate explained ROI",
                             "MNI152 left caudate occlusion saliency", "MNI152 left caudate occlusion label",
+                            "MNI152 left caudate layers saliency", "MNI152 left caudate layers label",
                             "MNI152 left caudate metrics", "MNI152 left caudate run record",
-                            "MNI152 left caudate narrative"])
+                            "MNI152 left caudate narrative"]
+                           + [f"MNI152 left caudate layers_{n}_saliency"
+                              for n in ("patch_embed", "stage0", "stage1", "stage2", "stage3", "neck")])
     for node in result.nodes():
         assert sh.GetItemParent(sh.GetItemByDataNode(node)) == result.folder_item
 
@@ -155,7 +173,7 @@ def test_loading_the_same_run_again_replaces_its_nodes(run):
     assert scene.GetNumberOfNodes() == count
     assert old.segmentation.GetScene() is None and again.segmentation.GetScene() is scene
     sh = mrml.subject_hierarchy(scene)
-    assert sh.GetItemName(again.folder_item) == "XAISeg MNI152 left caudate - occlusion"
+    assert sh.GetItemName(again.folder_item) == "XAISeg MNI152 left caudate - occlusion+layers"
     assert mrml.find_run_folder(scene, logic.job.run_key) == again.folder_item
     run["result"] = again
 
@@ -173,7 +191,7 @@ def test_scene_round_trips_through_mrb(run, tmp_path):
     assert any(n.endswith(".seg.nrrd") for n in names) and any(n.endswith(".mrml") for n in names)
     mrml_text = next((tmp_path / "bundle").rglob("*.mrml")).read_text(errors="replace")
     assert "MNI152 left caudate occlusion saliency" in mrml_text and "XAISeg.weightsSHA256" in mrml_text
-    assert "XAISeg MNI152 left caudate - occlusion" in mrml_text  # the subject-hierarchy folder
+    assert "XAISeg MNI152 left caudate - occlusion+layers" in mrml_text  # the subject-hierarchy folder
 
 
 def test_slice_logic_renders_volume_saliency_and_mask(run, tmp_path):
