@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import InputError, ModelError, require
-from .models.base import SlicePrompt, check_slice
+from .models.base import SlicePrompt, check_slice, forward_slices
 from .progress import Progress, ensure
 
 MARKUPS_SCHEMA = ("https://raw.githubusercontent.com/slicer/slicer/main/Modules/Loadable/Markups/Resources/Schema/"
@@ -50,20 +50,12 @@ class Classifier:
         self.evaluations = 0
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        import cv2
         import torch
 
         x = np.asarray(images, dtype=np.float32)
         if x.ndim == 2:
             x = x[None]
-        if self.input_size:
-            x = np.stack([cv2.resize(im, (self.input_size, self.input_size), interpolation=cv2.INTER_LINEAR)
-                          for im in x])
-        t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)[:, None].repeat(1, self.in_channels, 1, 1)
-        with torch.inference_mode():
-            out = self.module(t)
-        if isinstance(out, (tuple, list)):
-            out = out[0]
+        out = forward_slices(self.module, x, self.input_size, self.in_channels, self.device)
         if out.dim() != 2:
             raise ModelError(f"classifier {self.name} returned shape {tuple(out.shape)}; expected (N, K) logits")
         k = out.shape[1]

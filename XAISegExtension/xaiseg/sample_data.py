@@ -8,7 +8,6 @@ the subcortical probability maps into a label map on the template's grid.
 from __future__ import annotations
 
 import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Sequence

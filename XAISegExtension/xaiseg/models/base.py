@@ -145,6 +145,22 @@ def check_slice(image: np.ndarray) -> None:
         raise InputError(f"a 2D slice of shape (H, W) is expected, got shape {image.shape}")
 
 
+def forward_slices(module, images: np.ndarray, input_size: Optional[int], in_channels: int, device: str):
+    """Run a plain torch ``module`` on slices (N, H, W) in [0, 1]: resized to ``input_size``
+    squared when given, repeated over ``in_channels``, without gradients.  Returns the output
+    tensor (the first one when the module returns several)."""
+    import cv2
+    import torch
+
+    x = np.asarray(images, dtype=np.float32)
+    if input_size:
+        x = np.stack([cv2.resize(im, (int(input_size), int(input_size)), interpolation=cv2.INTER_LINEAR) for im in x])
+    t = torch.from_numpy(np.ascontiguousarray(x)).to(device)[:, None].repeat(1, int(in_channels), 1, 1)
+    with torch.inference_mode():
+        out = module(t)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
 def randomized_copy(segmenter: PromptableSegmenter, seed: int = 0, part: Optional[str] = None) -> PromptableSegmenter:
     """A deep copy of ``segmenter`` whose weights (all, or the submodule named ``part``) are re-drawn.
 

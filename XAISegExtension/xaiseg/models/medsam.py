@@ -8,7 +8,7 @@ the same way, and the 256 x 256 low-resolution logits are resized back to the sl
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import partial
 from typing import List, Optional, Sequence, Tuple
 

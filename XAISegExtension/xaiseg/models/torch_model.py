@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import InputError, ModelError, WeightsMissingError
 from ..weights import load_into, load_state_dict, verify
-from .base import Embedding, PromptableSegmenter, SlicePrompt, check_slice
+from .base import Embedding, PromptableSegmenter, SlicePrompt, check_slice, forward_slices
 
 
 class TorchSegmenter(PromptableSegmenter):
@@ -73,14 +73,7 @@ class TorchSegmenter(PromptableSegmenter):
 
         check_slice(image)
         h, w = image.shape
-        x = image.astype(np.float32)
-        if self.input_size:
-            x = cv2.resize(x, (self.input_size, self.input_size), interpolation=cv2.INTER_LINEAR)
-        t = torch.from_numpy(np.ascontiguousarray(x))[None, None].repeat(1, self.in_channels, 1, 1).to(self.device)
-        with torch.inference_mode():
-            out = self.module(t)
-        if isinstance(out, (tuple, list)):
-            out = out[0]
+        out = forward_slices(self.module, image[None], self.input_size, self.in_channels, self.device)
         if out.dim() != 4:
             raise ModelError(f"{self.name} returned shape {tuple(out.shape)}; expected (1, K, H, W) logits")
         k = out.shape[1]
