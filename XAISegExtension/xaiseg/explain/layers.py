@@ -293,8 +293,9 @@ class LayerMaps(Explainer):
 
     stage: 1 (prototype; the default), 2 (+ prompt embedding) or 3 (four components, spatially
     weighted).  Stage 3's weighting towards the box centre localises a structure in a tight box on
-    its own, whatever the encoder says (docs/benchmarks/layers.md compares it with the weighting
-    alone and with a re-drawn encoder), so the default shows the encoder's evidence unweighted.
+    its own, whatever the encoder says (docs/layers.md and the benchmark compare it with the
+    weighting alone and with a re-drawn encoder), so the default shows the encoder's evidence
+    unweighted.
     roi: as for every method, the maps are normalised inside the ROI and 0 outside it.
     layers: ``all``, ``blocks``, ``stages`` or layer names; the fused map averages them.
     metric_steps: 0 by default (faithfulness curves cost perturbed encoder passes; the layer maps
@@ -400,14 +401,14 @@ class LayerMaps(Explainer):
                                             "perturbed_encoder_passes": int(metrics["evaluations"])}})
 
     def sanity_similarity(self, image, prompt, roi, saliency, progress, stage) -> float:
-        """Spearman over the slice between this fused map and the fused map of a copy whose image
+        """Spearman over the ROI between this fused map and the fused map of a copy whose image
         encoder is re-drawn (the layer maps read the encoder, so that is what is randomised)."""
         module = self.segmenter.module
         part = "image_encoder" if module is not None and hasattr(module, "image_encoder") else None
         other = copy.copy(self)
         other.segmenter = randomized_copy(self.segmenter, seed=self.seed + 1, part=part)
         fused = other.maps(image, prompt, progress, f"{stage} sanity")[0]
-        return spearman(saliency, fused)
+        return spearman(saliency, fused, roi)  # over the ROI, where this map lives
 
     def attribute(self, engine: PerturbationEngine) -> tuple:  # pragma: no cover - explain() is overridden
         raise NotImplementedError("layer maps do not perturb; call explain()")
