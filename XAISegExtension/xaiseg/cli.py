@@ -309,7 +309,8 @@ def cmd_explain(args) -> int:
             s = entry["summary"]
             figures = ", ".join(f"{k} {s[k]:.3g}" for k in ("evaluations", "seconds", "deletion_auc", "insertion_auc",
                                                              "pointing_game", "sanity_similarity") if k in s)
-            print(f"{name} {method}: {s['slices']} slice(s), {figures}")
+            best = entry.get("layer_summary", {}).get("best_layer")
+            print(f"{name} {method}: {s['slices']} slice(s), {figures}" + (f", best layer {best}" if best else ""))
         print(f"-> {paths['metrics']}")
     if args.report:
         paths.update(report_after_explain(args, args.output, name))

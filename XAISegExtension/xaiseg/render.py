@@ -100,11 +100,14 @@ def colourmap(values01: np.ndarray) -> np.ndarray:
 
 
 def heat_tile(image01: np.ndarray, saliency01: np.ndarray, outlines, flips: Tuple[bool, bool] = (False, False),
-              zoom: int = 2, alpha: float = 0.55) -> np.ndarray:
-    """RGB uint8 of a [0, 1] saliency map blended over the slice where it is > 0, with outlines."""
+              zoom: int = 2, alpha: float = 0.55, where: Optional[np.ndarray] = None) -> np.ndarray:
+    """RGB uint8 of a [0, 1] saliency map blended over the slice inside ``where`` (default: where
+    the map is > 0), with outlines.  Pass the ROI as ``where`` so the map's minimum, which is 0,
+    is coloured too instead of showing the image through."""
     heat = colourmap(saliency01)
     grey = np.repeat((np.clip(image01, 0, 1) * 255)[..., None], 3, axis=2)
-    weight = alpha * (saliency01 > 0)[..., None]
+    inside = (saliency01 > 0) if where is None else (np.asarray(where, bool) | (saliency01 > 0))
+    weight = alpha * inside[..., None]
     blend = (grey * (1 - weight) + heat * weight).astype(np.float32)
     big = blend.repeat(zoom, 0).repeat(zoom, 1).astype(np.uint8) if zoom > 1 else blend.astype(np.uint8)
     for m, colour in outlines:
@@ -134,7 +137,9 @@ def layer_sheet(image01: np.ndarray, maps, mask: np.ndarray, path, flips: Tuple[
         zoom = 1
     cut = [(np.asarray(m)[window], colour) for m, colour in outlines]
     names = list(maps)
-    tiles = [heat_tile(image01[window], np.asarray(maps[n])[window], cut, flips, zoom=zoom, alpha=0.7) for n in names]
+    where = (np.ones(image01.shape, bool) if focus is None else np.asarray(focus, bool))[window]
+    tiles = [heat_tile(image01[window], np.asarray(maps[n])[window], cut, flips, zoom=zoom, alpha=0.7, where=where)
+             for n in names]
     return sheet(tiles, names, path, columns=min(columns, len(tiles)))
 
 
@@ -149,7 +154,7 @@ def saliency_panel(image01: np.ndarray, saliency01: np.ndarray, mask: np.ndarray
 
     outlines = [(mask, (60, 220, 75))] + ([(roi, (0, 130, 255))] if roi is not None else [])
     left = overlay(image01, outlines, flips, zoom)
-    right = heat_tile(image01, saliency01, outlines, flips, zoom, alpha)
+    right = heat_tile(image01, saliency01, outlines, flips, zoom, alpha, where=roi)
     h, w = left.shape[:2]
     bar_w, pad, head = 14, 6, 18
     bar = colourmap(np.linspace(1, 0, h)[:, None].repeat(bar_w, 1))
