@@ -5,6 +5,9 @@ square B, so SHAP must put its positive evidence (and the positive points) in A 
 evidence in B; the real path runs MONAI's DenseNet121 with random weights and LiteMedSAM with its
 shipped weights on an MNI152 slice."""
 import json
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -113,6 +116,34 @@ def mni_files(tmp_path_factory):
     return sample, src, lab
 
 
+def read_markups_with_slicer(path):
+    """The control points as Slicer's markups JSON storage node reads them (slicer-core, in a
+    separate process as in test_explain_deps), or None when slicer-core is not installed."""
+    code = textwrap.dedent(f"""
+        import json, sys
+        try:
+            import slicer
+            node, storage = slicer.vtkMRMLMarkupsFiducialNode(), slicer.vtkMRMLMarkupsJsonStorageNode()
+        except (ImportError, AttributeError):
+            print(json.dumps(None)); sys.exit(0)
+        scene = slicer.vtkMRMLScene()
+        scene.AddNode(node); scene.AddNode(storage)
+        node.SetAndObserveStorageNodeID(storage.GetID())
+        storage.SetFileName({str(path)!r})
+        assert storage.ReadData(node) == 1, "Slicer could not read the markups file"
+        points = []
+        for n in range(node.GetNumberOfControlPoints()):
+            ras = [0.0, 0.0, 0.0]
+            node.GetNthControlPointPosition(n, ras)
+            points.append({{"label": node.GetNthControlPointLabel(n), "ras": ras,
+                           "selected": bool(node.GetNthControlPointSelected(n))}})
+        print(json.dumps(points))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def test_monai_densenet121_with_random_weights_through_shap_to_sam_on_mni152(mni_files, tmp_path, litemedsam,
                                                                             monkeypatch):
     from xaiseg.cli import main
@@ -135,16 +166,34 @@ def test_monai_densenet121_with_random_weights_through_shap_to_sam_on_mni152(mni
     assert 0.0 <= m["iou"] <= m["dice"] <= 1.0 and 8 <= m["classifier_evaluations"] <= 64 + 3
     assert m["encoder_passes"] == 0 and m["decoder_passes"] == len(summary["candidates"])
     assert 0 <= summary["chosen"] < len(summary["candidates"])
+    rec = summary["record"]  # the run record: segmenter, classifier with its seed, settings, versions
+    assert rec["seed"] == 0 and rec["classifier"]["seed"] == 0 and rec["versions"]["shap"] and rec["versions"]["monai"]
+    assert rec["model"]["weights_sha256"] == litemedsam.describe()["weights_sha256"] and rec["preprocessing"]
+    assert rec["evaluations"]["classifier_evaluations"] == m["classifier_evaluations"]
+    assert rec["settings"]["budget"] == 64 and rec["prompt"]["labels"] == [p["label"] for p in summary["points"]]
     # the markups file: Slicer's schema, LPS millimetres that map back onto the chosen voxels
     doc = json.loads((out / "lc_shap_points.mrk.json").read_text())
     assert doc["@schema"].endswith("markups-schema-v1.0.3.json#")
     mk = doc["markups"][0]
     assert mk["type"] == "Fiducial" and mk["coordinateSystem"] == "LPS"
     geo = sample.image.geometry
+    import SimpleITK as sitk
+
+    reader_lps = sitk.ReadImage(str(src))
     for cp, pt in zip(mk["controlPoints"], summary["points"]):
         ijk = np.linalg.solve(geo.ijk_to_lps, np.r_[cp["position"], 1.0])[:3]
         assert np.allclose(ijk[::-1], pt["kji"], atol=1e-3)
         assert cp["label"].startswith("lc-pos-" if pt["label"] == 1 else "lc-neg-")
+        # and SimpleITK, reading the file we wrote, puts the voxel at the same LPS point
+        i, j, kk = (float(v) for v in pt["kji"][::-1])
+        assert np.allclose(cp["position"], reader_lps.TransformContinuousIndexToPhysicalPoint((i, j, kk)), atol=1e-3)
+    # Slicer's own markups reader (slicer-core) loads it: same points in RAS, positives selected
+    loaded = read_markups_with_slicer(out / "lc_shap_points.mrk.json")
+    if loaded is not None:
+        assert [p["label"] for p in loaded] == [cp["label"] for cp in mk["controlPoints"]]
+        for p, cp, pt in zip(loaded, mk["controlPoints"], summary["points"]):
+            lps = np.asarray(cp["position"])
+            assert np.allclose(p["ras"], [-lps[0], -lps[1], lps[2]], atol=1e-3) and p["selected"] == (pt["label"] == 1)
     # the mask and the SHAP map: the input's geometry, only the explained slice filled
     mask = read_volume(out / "lc_shap_mask.nrrd")
     assert mask.array.shape == sample.image.shape and np.allclose(mask.geometry.origin, geo.origin)

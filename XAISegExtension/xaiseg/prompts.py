@@ -37,7 +37,8 @@ class Classifier:
     ``class_index`` (softmax over the K outputs; sigmoid when K == 1)."""
 
     def __init__(self, module, class_index: int = 1, in_channels: int = 1, input_size: Optional[int] = None,
-                 device: str = "cpu", name: Optional[str] = None, weights: str = "unknown") -> None:
+                 device: str = "cpu", name: Optional[str] = None, weights: str = "unknown",
+                 seed: Optional[int] = None) -> None:
         if input_size is not None and int(input_size) < 8:
             raise InputError(f"classifier input size {input_size} is too small; expected at least 8 pixels")
         self.module = module.eval().to(device)
@@ -47,6 +48,7 @@ class Classifier:
         self.device = device
         self.name = name or type(module).__name__
         self.weights = weights
+        self.seed = seed  # the seed of random weights; None for trained ones
         self.evaluations = 0
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -67,7 +69,8 @@ class Classifier:
 
     def describe(self) -> Dict[str, Any]:
         return {"name": self.name, "weights": self.weights, "class_index": self.class_index,
-                "in_channels": self.in_channels, "input_size": self.input_size, "device": self.device}
+                "in_channels": self.in_channels, "input_size": self.input_size, "device": self.device,
+                "seed": self.seed}
 
 
 def load_classifier(spec: str, checkpoint: Optional[str] = None, sha256: Optional[str] = None, classes: int = 2,
@@ -90,11 +93,12 @@ def load_classifier(spec: str, checkpoint: Optional[str] = None, sha256: Optiona
             torch.manual_seed(int(seed))
             module = nets.DenseNet121(spatial_dims=2, in_channels=1, out_channels=int(classes))
         weights = f"random init (seed {int(seed)}, no checkpoint): a plumbing check, not a trained classifier"
+        weights_seed: Optional[int] = int(seed)
         if checkpoint:
             state, sha = load_state_dict(checkpoint, sha256, "classifier checkpoint")
             load_into(module, state, checkpoint, sha, "classifier checkpoint")
-            weights = f"{checkpoint} (SHA-256 {sha})"
-        return Classifier(module, class_index, 1, input_size, device, "monai DenseNet121 (2D)", weights)
+            weights, weights_seed = f"{checkpoint} (SHA-256 {sha})", None
+        return Classifier(module, class_index, 1, input_size, device, "monai DenseNet121 (2D)", weights, weights_seed)
     path = Path(spec)
     if not path.is_file():
         raise InputError(f"--classifier {spec!r} is neither 'monai-densenet121' nor an existing TorchScript file")
@@ -210,9 +214,12 @@ class ShapPrompts:
 
 def shap_prompts(classifier: Classifier, segmenter, image: np.ndarray, *, k: int = 3, min_distance: float = 10.0,
                  negative: int = 0, budget: int = 256, blur: int = 16, truth: Optional[np.ndarray] = None,
-                 progress: Optional[Progress] = None, embedding=None) -> ShapPrompts:
-    """Run the whole loop on one slice (2D, in [0, 1]); ``embedding``: the slice's cached one."""
+                 progress: Optional[Progress] = None, embedding=None,
+                 preprocessing: Optional[Dict[str, Any]] = None) -> ShapPrompts:
+    """Run the whole loop on one slice (2D, in [0, 1]); ``embedding``: the slice's cached one;
+    ``preprocessing``: how the slice was made, for the run record."""
     from .metrics import dice, iou
+    from .record import run_record
 
     image = np.asarray(image, dtype=np.float32)
     check_slice(image)
@@ -245,11 +252,25 @@ def shap_prompts(classifier: Classifier, segmenter, image: np.ndarray, *, k: int
         t = np.asarray(truth, bool)
         metrics.update(dice=dice(masks[best], t), iou=iou(masks[best], t),
                        positive_points_in_truth=sum(bool(t[int(y), int(x)]) for x, y in pos))
-    record = {"classifier": classifier.describe(), "segmenter": segmenter.describe(),
-              "settings": {"points": int(k), "min_distance": float(min_distance), "negative": int(negative),
-                           "budget": int(budget), "blur": int(blur), "score": "stability (IoU of logit>1 and logit>-1)"}}
+    settings = {"points": int(k), "min_distance": float(min_distance), "negative": int(negative),
+                "budget": int(budget), "blur": int(blur), "score": "stability (IoU of logit>1 and logit>-1)",
+                "explainer": "shap PartitionExplainer, Image masker blur (deterministic)"}
+    prompt = {"points": [list(p) for p in points], "labels": list(labels), "candidate": best}
+    record = run_record(model=segmenter.describe(), preprocessing=dict(preprocessing or {}), prompt=prompt,
+                        settings=settings, seconds=metrics["seconds"], seed=classifier.seed,
+                        evaluations={key: metrics[key] for key in
+                                     ("classifier_evaluations", "encoder_passes", "decoder_passes")})
+    record["classifier"] = classifier.describe()  # "model" is the segmenter, as in every run record
+    record["versions"].update(_versions("shap", "monai"))
     return ShapPrompts(values.astype(np.float32), tuple(points), tuple(labels), masks[best], tuple(candidates), best,
                        probability, metrics, record)
+
+
+def _versions(*names: str) -> Dict[str, str]:
+    """Versions of the optional packages that are loaded."""
+    import sys
+
+    return {n: str(getattr(sys.modules[n], "__version__", "unknown")) for n in names if n in sys.modules}
 
 
 # writing ------------------------------------------------------------------------------------------
@@ -394,7 +415,7 @@ def cmd_prompt_from_shap(args) -> int:
     t2d = None if truth is None else np.take(truth, k, axis=axis)
     result = shap_prompts(classifier, segmenter, image, k=args.points, min_distance=args.min_distance,
                           negative=args.negative, budget=args.budget, blur=args.blur, truth=t2d, progress=progress,
-                          embedding=embedding)
+                          embedding=embedding, preprocessing=session.preprocessing_record())
     progress.done()
 
     def volume_of(plane, dtype):
@@ -430,7 +451,7 @@ def cmd_prompt_from_shap(args) -> int:
                    "points": [{"x": x, "y": y, "kji": p, "label": lab} for (x, y), p, lab in
                               zip(result.points, kji, result.labels)],
                    "candidates": list(result.candidates), "chosen": result.chosen, "metrics": result.metrics,
-                   "record": dict(result.record, preprocessing=session.preprocessing_record()),
+                   "record": dict(result.record, input=str(args.volume), slice={"axis": args.axis, "index": k}),
                    "files": {key: Path(v).name for key, v in files.items()}}
         files["summary"] = write_text_atomic(stage / f"{name}_shap_prompts.json", json.dumps(summary, indent=2))
         for path in files.values():
