@@ -8,15 +8,18 @@ rename it into place.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import DimensionError, EmptyImageError, FileFormatError, GeometryError, NonFiniteImageError
+from .errors import (DimensionError, EmptyImageError, FileFormatError, GeometryError, InputError,
+                     NonFiniteImageError)
 
 PathLike = Union[str, "os.PathLike[str]"]
 _LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
@@ -216,6 +219,39 @@ def _publish(tmp: str, path: Path) -> None:
     """Give a finished temporary file the usual permissions and rename it to ``path``."""
     os.chmod(tmp, FILE_MODE)
     os.replace(tmp, path)
+
+
+#: volume formats of the writers: format name -> file suffix
+VOLUME_SUFFIXES = {"nrrd": ".nrrd", "nifti": ".nii.gz", "nii": ".nii.gz", "mha": ".mha"}
+
+
+def volume_suffix(fmt: str) -> str:
+    """The file suffix of output format ``fmt``."""
+    suffix = VOLUME_SUFFIXES.get(fmt)
+    if suffix is None:
+        raise InputError(f"output format {fmt!r} is unknown; expected nrrd, nifti or mha")
+    return suffix
+
+
+@contextmanager
+def staged(outdir: PathLike) -> Iterator[Path]:
+    """A hidden folder inside ``outdir`` (created if needed) to write a set of files into; it is
+    removed on the way out, with whatever :func:`move_into` did not take."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".xaiseg-", dir=outdir))
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def move_into(files: Dict[str, PathLike], outdir: PathLike) -> Dict[str, Path]:
+    """Move finished files (a staged set) into ``outdir``; their new paths, by the same keys."""
+    final = {}
+    for key, path in files.items():
+        final[key] = Path(path).replace(Path(outdir) / Path(path).name)
+    return final
 
 
 def write_volume(volume: Volume, array: np.ndarray, path: PathLike) -> Path:

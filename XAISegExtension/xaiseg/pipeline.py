@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from .errors import InputError
-from .io import Volume, check_intensities, write_text_atomic, write_volume
+from .io import Volume, check_intensities, move_into, staged, volume_suffix, write_text_atomic, write_volume
 from .models.base import PromptableSegmenter
 from .preprocess import Preprocessing, normalise
 from .progress import Progress
@@ -53,9 +53,7 @@ class SegmentResult:
 
     def write(self, outdir, fmt: str = "nrrd") -> Dict[str, Path]:
         """Write ``<name>_mask.<fmt>`` and ``<name>_run.json`` into ``outdir`` (atomically)."""
-        suffix = {"nrrd": ".nrrd", "nifti": ".nii.gz", "nii": ".nii.gz", "mha": ".mha"}.get(fmt)
-        if suffix is None:
-            raise InputError(f"output format {fmt!r} is unknown; expected nrrd, nifti or mha")
+        suffix = volume_suffix(fmt)
         outdir = Path(outdir)
         mask_path = write_volume(self.volume, self.mask.astype(np.uint8), outdir / f"{self.name}_mask{suffix}")
         rec = dict(self.record, outputs={"mask": mask_path.name})
@@ -166,19 +164,11 @@ class ExplainRun:
         Files are written into a hidden staging folder first and moved into place only when all
         of them exist, so an interrupted write leaves no partial set behind.
         """
-        import shutil
-        import tempfile
-
         from .render import display_flips, layer_sheet, saliency_panel
 
-        suffix = {"nrrd": ".nrrd", "nifti": ".nii.gz", "nii": ".nii.gz", "mha": ".mha"}.get(fmt)
-        if suffix is None:
-            raise InputError(f"output format {fmt!r} is unknown; expected nrrd, nifti or mha")
-        outdir = Path(outdir)
-        outdir.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=".xaiseg-", dir=outdir))
+        suffix = volume_suffix(fmt)
         vol, n = self.segmentation.volume, self.name
-        try:
+        with staged(outdir) as stage:
             files = dict(self.segmentation.write(stage, fmt))
             files["roi"] = write_volume(vol, self.roi.astype(np.uint8), stage / f"{n}_roi{suffix}")
             doc = self.metrics()
@@ -212,14 +202,7 @@ class ExplainRun:
                             entry["layer_png"].append(png)
                 doc["methods"][method]["files"] = entry
             files["metrics"] = write_text_atomic(stage / f"{n}_metrics.json", json.dumps(doc, indent=2, default=_json))
-            final = {}
-            for key, path in files.items():
-                target = outdir / Path(path).name
-                Path(path).replace(target)
-                final[key] = target
-            return final
-        finally:
-            shutil.rmtree(stage, ignore_errors=True)
+            return move_into(files, outdir)
 
 
 def _extras(extras: Dict) -> Dict:

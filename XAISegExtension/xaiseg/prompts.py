@@ -376,15 +376,13 @@ def add_parser(sub) -> None:
 
 
 def cmd_prompt_from_shap(args) -> int:
-    import shutil
-    import tempfile
-
     from .cli import _stem, preprocessing_from
-    from .io import read_labelmap, read_volume, write_text_atomic, write_volume
+    from .io import move_into, read_labelmap, read_volume, staged, volume_suffix, write_text_atomic, write_volume
     from .models import load_segmenter
     from .pipeline import SegmentConfig, Session
     from .progress import TqdmProgress
     from .render import display_flips
+    from .volume import in_plane_axes
 
     classifier = load_classifier(args.classifier, args.classifier_checkpoint, args.classifier_sha256, args.classes,
                                  args.class_index, args.input_size, args.device, args.seed)
@@ -425,17 +423,15 @@ def cmd_prompt_from_shap(args) -> int:
         out[tuple(index)] = plane
         return out
 
-    rows, cols = [a for a in range(3) if a != axis]
+    rows, cols = in_plane_axes(axis)
     kji = []
     for x, y in result.points:
         v = [0.0, 0.0, 0.0]
         v[axis], v[rows], v[cols] = float(k), float(y), float(x)
         kji.append(v)
-    suffix = {"nrrd": ".nrrd", "nifti": ".nii.gz", "mha": ".mha"}[args.format]
+    suffix = volume_suffix(args.format)
     outdir = Path(args.output)
-    outdir.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".xaiseg-", dir=outdir))
-    try:
+    with staged(outdir) as stage:
         files = {
             "points": write_text_atomic(stage / f"{name}_shap_points.mrk.json", json.dumps(markups_json(
                 kji, result.labels, volume.geometry, [float(result.shap[int(y), int(x)]) for x, y in result.points],
@@ -454,10 +450,7 @@ def cmd_prompt_from_shap(args) -> int:
                    "record": dict(result.record, input=str(args.volume), slice={"axis": args.axis, "index": k}),
                    "files": {key: Path(v).name for key, v in files.items()}}
         files["summary"] = write_text_atomic(stage / f"{name}_shap_prompts.json", json.dumps(summary, indent=2))
-        for path in files.values():
-            Path(path).replace(outdir / Path(path).name)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        move_into(files, outdir)
     if not args.quiet:
         m = result.metrics
         extra = f", Dice {m['dice']:.3f}, IoU {m['iou']:.3f}" if "dice" in m else ""
