@@ -242,10 +242,12 @@ class LayerWeights:
 
 
 def layer_map(f, box, image_shape, embedding: Embedding, stage: int, weights: LayerWeights,
-              prompt_weights: Optional[np.ndarray], spatial: Optional[np.ndarray] = None) -> np.ndarray:
-    """One layer's map on the slice grid, [0, 1].  ``f``: (gh, gw, C) tensor over the model grid;
-    ``prompt_weights``: attention over the slice (any grid) for the prompt reference; ``spatial``:
-    stage 3's weighting on the slice grid (computed from the box when not given).
+              prompt_weights: Optional[np.ndarray], spatial: Optional[np.ndarray] = None,
+              where: Optional[np.ndarray] = None) -> np.ndarray:
+    """One layer's map on the slice grid, [0, 1] inside ``where`` (default: the whole slice) and 0
+    outside.  ``f``: (gh, gw, C) tensor over the model grid; ``prompt_weights``: attention over the
+    slice (any grid) for the prompt reference; ``spatial``: stage 3's weighting on the slice grid
+    (computed from the box when not given).
 
     Every reference is a weighted mean of the layer's features (prototype: uniform inside the box;
     prompt: the attention; global: uniform; context: uniform on the ring), so all of them come from
@@ -283,7 +285,7 @@ def layer_map(f, box, image_shape, embedding: Embedding, stage: int, weights: La
         if spatial is None:
             spatial = spatial_weight(tuple(image_shape), box, weights.floor)
         out = normalise01(out) * spatial
-    return normalise01(out)
+    return normalise01(out, where)
 
 
 # the explainer ----------------------------------------------------------------------------------
@@ -325,9 +327,10 @@ class LayerMaps(Explainer):
         return dict(super().settings(), stage=self.stage, layers=layers, weights=asdict(self.weights))
 
     def maps(self, image: np.ndarray, prompt: SlicePrompt, progress: Optional[Progress] = None,
-             stage: Optional[str] = None, logits: Optional[np.ndarray] = None):
+             stage: Optional[str] = None, logits: Optional[np.ndarray] = None, roi: Optional[np.ndarray] = None):
         """(fused map, {layer: map}, embedding, model mask, box) for one slice; ``logits``: the
-        model's logits for ``prompt`` when already decoded (else they are decoded here)."""
+        model's logits for ``prompt`` when already decoded (else they are decoded here); ``roi``:
+        where the maps live (normalised there, 0 elsewhere; default the whole slice)."""
         progress = ensure(progress)
         chosen = select_layers(encoder_layers(self.segmenter), self.layers)
         progress.check()
@@ -346,10 +349,10 @@ class LayerMaps(Explainer):
         per_layer = {}
         for lay in chosen:
             per_layer[lay.name] = layer_map(grids.pop(lay.name), box, image.shape, embedding, self.stage,
-                                            self.weights, att, spatial)
+                                            self.weights, att, spatial, roi)
         progress.step(1, layers=len(per_layer))
         progress.check()
-        fused = normalise01(np.mean(np.stack(list(per_layer.values())), axis=0))
+        fused = normalise01(np.mean(np.stack(list(per_layer.values())), axis=0), roi)
         return fused, per_layer, embedding, mask, box
 
     def explain(self, image: np.ndarray, prompt: SlicePrompt, *, roi: Optional[np.ndarray] = None,
@@ -368,10 +371,8 @@ class LayerMaps(Explainer):
         progress = ensure(progress)
         stage = stage or self.name
         t0 = time.perf_counter()
-        fused, per_layer, own, mask, box = self.maps(image, prompt, progress, stage, logits)
-        if not roi.all():  # like every method, the maps live in the ROI (normalised there, 0 elsewhere)
-            per_layer = {name: normalise01(m, roi) for name, m in per_layer.items()}
-            fused = normalise01(np.mean(np.stack(list(per_layer.values())), axis=0), roi)
+        # like every method's, the maps live in the ROI (normalised there, 0 elsewhere)
+        fused, per_layer, own, mask, box = self.maps(image, prompt, progress, stage, logits, roi)
         seconds = time.perf_counter() - t0
         against = np.asarray(target, bool) if target is not None and np.any(target) else mask
         table = [dict(layer=name, **localisation(m, against)) for name, m in per_layer.items()]
@@ -407,8 +408,8 @@ class LayerMaps(Explainer):
         part = "image_encoder" if module is not None and hasattr(module, "image_encoder") else None
         other = copy.copy(self)
         other.segmenter = randomized_copy(self.segmenter, seed=self.seed + 1, part=part)
-        fused = other.maps(image, prompt, progress, f"{stage} sanity")[0]
-        return spearman(saliency, fused, roi)  # over the ROI, where this map lives
+        fused = other.maps(image, prompt, progress, f"{stage} sanity", roi=roi)[0]
+        return spearman(saliency, fused, roi)  # both maps made in the same ROI
 
     def attribute(self, engine: PerturbationEngine) -> tuple:  # pragma: no cover - explain() is overridden
         raise NotImplementedError("layer maps do not perturb; call explain()")
