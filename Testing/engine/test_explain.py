@@ -9,8 +9,11 @@ import SimpleITK as sitk
 
 from toys import SquareEvidence, evidence_image
 from xaiseg import errors
-from xaiseg.explain import PERTURBATION_METHODS as METHODS, make_explainer
-from xaiseg.explain.base import PerturbationEngine, keep_from_segments, superpixels
+from xaiseg.explain import make_explainer, methods
+
+METHODS = methods(perturbation_only=True)
+from xaiseg.explain.base import PerturbationEngine
+from xaiseg.explain.superpixels import keep_from_segments, superpixels
 from xaiseg.explain.shap import exact_shapley
 from xaiseg.io import Geometry, Volume
 from xaiseg.metrics import peak, spearman
@@ -77,10 +80,10 @@ def test_another_seed_changes_the_rise_map():
 
 def test_rise_stops_early_and_says_so():
     stopped = explain("rise", n_masks=2000, score="logit")
-    assert stopped.extras["converged"] is True
-    assert stopped.n_evaluations == stopped.extras["stopped_at"] < 2000
+    assert stopped.details["converged"] is True
+    assert stopped.n_evaluations == stopped.details["stopped_at"] < 2000
     full = explain("rise", n_masks=300, early_stop=False, score="logit")
-    assert full.n_evaluations == 300 and full.extras["converged"] is False
+    assert full.n_evaluations == 300 and full.details["converged"] is False
 
 
 def test_occlusion_evaluates_only_patches_that_touch_the_roi():
@@ -89,8 +92,8 @@ def test_occlusion_evaluates_only_patches_that_touch_the_roi():
     roi[8:24, 8:24] = True
     ex = make_explainer("occlusion", toy, patch=16, stride=8, grid="image", metric_steps=0).explain(
         evidence_image(), PROMPT, roi=roi)
-    assert ex.extras["patches_full"] == 49
-    assert ex.n_evaluations == ex.extras["patches_evaluated"] == 9  # 3 x 3 starts overlap rows/cols 8..23
+    assert ex.details["patches_full"] == 49
+    assert ex.n_evaluations == ex.details["patches_evaluated"] == 9  # 3 x 3 starts overlap rows/cols 8..23
     assert ex.metrics["roi_ratio"] == pytest.approx(9 / 49)
     assert not ex.saliency[~roi].any()
     assert toy.embed_calls == 1 + 9 + 1  # unperturbed slice, 9 patches, the Dice-drop check
@@ -132,7 +135,7 @@ def test_shap_equals_exact_shapley_values_with_few_superpixels():
 
 def test_lime_reports_its_surrogate_fit():
     ex = explain("lime")
-    assert 0.0 <= ex.extras["r2"] <= 1.0 and ex.extras["superpixels"] >= 2
+    assert 0.0 <= ex.details["r2"] <= 1.0 and ex.details["superpixels"] >= 2
 
 
 def test_bad_settings_name_the_value():
@@ -252,7 +255,7 @@ def write_toy_volume(path):
 def test_cli_explain_writes_every_method_and_prints_a_summary(tmp_path, monkeypatch, capsys):
     from xaiseg.cli import main
 
-    monkeypatch.setattr("xaiseg.cli.segmenter_from", lambda args: SquareEvidence())
+    monkeypatch.setattr("xaiseg.models.load_segmenter", lambda kind, **kw: SquareEvidence())
     src = write_toy_volume(tmp_path / "toy.nrrd")
     out = tmp_path / "out"
     rc = main(["explain", str(src), "--box", "36,36,1,55,55,1", "--method", "all", "--roi", "box",
@@ -277,7 +280,7 @@ def test_cli_explain_writes_every_method_and_prints_a_summary(tmp_path, monkeypa
 def test_cli_explain_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, argv, message):
     from xaiseg.cli import main
 
-    monkeypatch.setattr("xaiseg.cli.segmenter_from", lambda args: SquareEvidence())
+    monkeypatch.setattr("xaiseg.models.load_segmenter", lambda kind, **kw: SquareEvidence())
     src = write_toy_volume(tmp_path / "toy.nrrd")
     out = tmp_path / "out"
     rc = main(["explain", str(src), "--box", "36,36,1,55,55,1", "-q", "-o", str(out)] + argv)

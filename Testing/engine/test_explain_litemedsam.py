@@ -28,11 +28,11 @@ def test_roi_occlusion_on_the_caudate(caudate_run):
     run = session.explain(seg, [make_explainer("occlusion", metric_steps=2)], roi=RoiConfig("box"), target=truth)
     ex = run.explanations["occlusion"][k]
     # seed 001: 64 / 32 on LiteMedSAM's 256 model grid, scaled to the slice's longest side
-    side = max(session.slicer.slice_shape)
-    assert (ex.extras["patch_px"], ex.extras["stride_px"]) == (round(64 * side / 256), round(32 * side / 256))
+    side = max(session.volume_segmenter.slice_shape)
+    assert (ex.details["patch_px"], ex.details["stride_px"]) == (round(64 * side / 256), round(32 * side / 256))
     # the ROI around one caudate needs a fraction of the full image's patches (DESIGN: 10-17 of ~50)
-    assert ex.extras["patches_evaluated"] <= ex.extras["patches_full"] / 3
-    assert ex.n_evaluations == ex.extras["patches_evaluated"]
+    assert ex.details["patches_evaluated"] <= ex.details["patches_full"] / 3
+    assert ex.n_evaluations == ex.details["patches_evaluated"]
     assert not ex.saliency[~ex.roi].any() and ex.saliency.max() == pytest.approx(1.0)
     # removing the patches over the caudate destroys the mask; the curves say the map ranks well
     assert ex.metrics["dice_drop"] > 0.5
@@ -46,12 +46,12 @@ def test_roi_occlusion_on_the_caudate(caudate_run):
 
 def test_embedding_roi_hugs_the_caudate(caudate_run):
     session, seg, truth, k = caudate_run
-    from xaiseg.pipeline import _slice_prompt
+    from xaiseg.explain_volume import slice_prompt as _slice_prompt
     from xaiseg.roi import RoiFinder
 
-    image = session.slicer.slice(k)
+    image = session.volume_segmenter.slice(k)
     prompt = _slice_prompt(seg.slices[0].prompt)
-    embedding, _ = session.slicer.embedding(k)
+    embedding, _ = session.volume_segmenter.embedding(k)
     mask = seg.mask[k].astype(bool)
     roi, source = RoiFinder(RoiConfig("embedding")).find(image, prompt, mask, embedding)
     assert source == "embedding"

@@ -89,12 +89,12 @@ def test_every_stage_finds_the_marked_square_and_a_redrawn_encoder_loses_it(stag
     ex = LayerMaps(toy, stage=stage).explain(image, SlicePrompt(BOX), target=truth)
     assert ex.reference.sum() == truth.sum() and (ex.reference == truth).all()  # the toy's mask is the square
     assert truth[peak(ex.saliency)], "the fused map must peak in the marked square"
-    table = {r["layer"]: r for r in ex.extras["layer_table"]}
+    table = {r["layer"]: r for r in ex.component_table}
     assert list(table) == ["embed", "mark", "head"]
     # the marker enters at 'mark': from there on the layers point at the square; 'embed' only sees noise
     assert table["mark"]["pointing_game"] and table["head"]["pointing_game"]
     assert table["mark"]["iou_target"] > 0.8 and table["embed"]["iou_target"] < 0.3
-    assert ex.extras["best_layer"] in ("mark", "head")
+    assert ex.best_component in ("mark", "head")
     assert ex.metrics["localised_against"] == "target" and ex.metrics["pointing_game"]
     assert ex.n_evaluations == 0 and ex.record["evaluations"]["hooked_encoder_passes"] == 1
 
@@ -108,7 +108,7 @@ def test_every_stage_finds_the_marked_square_and_a_redrawn_encoder_loses_it(stag
     # stage 3 weights towards the box centre: that weighting alone is the floor a blind map reaches
     prior = contrast(normalise01(spatial_weight(truth.shape, BOX, 0.3))) if stage == 3 else 0.0
     assert contrast(ex.saliency) > contrast(lost.saliency) + 0.2 and abs(contrast(lost.saliency)) < prior + 0.1
-    assert max(r["iou_target"] for r in lost.extras["layer_table"]) < 0.3
+    assert max(r["iou_target"] for r in lost.component_table) < 0.3
 
 
 def test_same_input_same_maps_and_the_sanity_score_is_low():
@@ -116,8 +116,8 @@ def test_same_input_same_maps_and_the_sanity_score_is_low():
     a = LayerMaps(toy, stage=2, sanity=True).explain(image, SlicePrompt(BOX))
     b = LayerMaps(toy, stage=2).explain(image, SlicePrompt(BOX))
     assert np.array_equal(a.saliency, b.saliency)
-    for name in a.extras["layer_maps"]:
-        assert np.array_equal(a.extras["layer_maps"][name], b.extras["layer_maps"][name])
+    for name in a.components:
+        assert np.array_equal(a.components[name], b.components[name])
     # without a target the table is measured against the model's own mask (the square here)
     assert a.metrics["localised_against"] == "model mask" and a.metrics["pointing_game"]
     assert a.metrics["sanity_similarity"] < 0.5
@@ -131,7 +131,7 @@ def test_maps_live_in_the_roi():
     roi[4:40, 20:60] = True
     ex = LayerMaps(toy).explain(image, SlicePrompt(BOX), roi=roi)
     assert not ex.saliency[~roi].any() and ex.saliency[roi].max() == pytest.approx(1.0)
-    for m in ex.extras["layer_maps"].values():
+    for m in ex.components.values():
         assert not m[~roi].any()
 
 
@@ -215,7 +215,7 @@ def test_litemedsam_and_sam_vit_layers_are_all_hooked_in_one_pass(litemedsam):
     # stage 2 reads SAM's prompt encoder: it runs on the tiny model
     ex = LayerMaps(sam, stage=2).explain(np.random.default_rng(0).random((64, 64)).astype(np.float32),
                                          SlicePrompt((10.0, 10.0, 40.0, 40.0)))
-    assert set(ex.extras["layer_maps"]) == {"patch_embed", "block0", "block1", "neck"}
+    assert set(ex.components) == {"patch_embed", "block0", "block1", "neck"}
 
 
 def test_an_explicit_layer_list_on_any_segmenter():
@@ -224,7 +224,7 @@ def test_an_explicit_layer_list_on_any_segmenter():
             return [EncoderLayer("only", self.module.image_encoder.mark, "nchw")]
 
     ex = make_explainer("layers", Own(), layers="all").explain(noise(), SlicePrompt(BOX))
-    assert list(ex.extras["layer_maps"]) == ["only"]
+    assert list(ex.components) == ["only"]
     assert json.loads(json.dumps(ex.settings))["method"] == "layers"
 
 
@@ -250,7 +250,7 @@ def caudate_layers(litemedsam):
 
 
 def test_the_best_layer_points_at_the_caudate_on_80_percent_of_slices(caudate_layers):
-    from xaiseg.pipeline import _slice_prompt
+    from xaiseg.explain_volume import slice_prompt as _slice_prompt
 
     session, seg, run, truth, ks = caudate_layers
     assert run.slices == ks and len(ks) == 10
@@ -264,9 +264,9 @@ def test_the_best_layer_points_at_the_caudate_on_80_percent_of_slices(caudate_la
     runs = {r.index: r for r in seg.slices}
     lost = []
     for k in ks:
-        ex = redrawn.explain(session.slicer.slice(k), _slice_prompt(runs[k].prompt), roi=run.roi[k].astype(bool),
+        ex = redrawn.explain(session.volume_segmenter.slice(k), _slice_prompt(runs[k].prompt), roi=run.roi[k].astype(bool),
                              target=truth[k])
-        lost.append(next(r["pointing_game"] for r in ex.extras["layer_table"] if r["layer"] == best))
+        lost.append(next(r["pointing_game"] for r in ex.component_table if r["layer"] == best))
     assert np.mean(lost) <= hit[best] - 0.4, (best, lost)
     assert run.record["evaluations"]["perturbed_encoder_passes"]["layers"] == 0
 
@@ -279,7 +279,7 @@ def test_cli_layers_writes_each_layer_and_the_table(caudate_layers, tmp_path, li
     vol = session.volume
     src = write_volume(vol, vol.array, tmp_path / "mni.nii.gz")
     lab = write_volume(vol, truth.astype(np.uint8), tmp_path / "caudate.nii.gz")
-    monkeypatch.setattr("xaiseg.cli.segmenter_from", lambda args: litemedsam)
+    monkeypatch.setattr("xaiseg.models.load_segmenter", lambda kind, **kw: litemedsam)
     out = tmp_path / "out"
     k = ks[4]
     rc = main(["explain", str(src), "--box-from", str(lab), "--label", "1", "--method", "layers", "--layers", "stages",

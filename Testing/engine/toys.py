@@ -3,8 +3,6 @@
 * :class:`Ramp` / :func:`ramp` - a torch module whose single logit channel is ``10 * (x - 0.5)``,
   so the mask is exactly "normalised intensity above 0.5".  Used through
   ``--model torch --factory toys:ramp``.
-* :class:`ThreeClass` - three logit channels computed from the intensity, for the multi-class
-  margin logic.
 * :class:`BoxToy` - a :class:`PromptableSegmenter` that answers +1 inside the prompt box (or
   near positive points) and -1 elsewhere, optionally only where the slice is bright, and counts
   its encoder/decoder calls.
@@ -32,28 +30,6 @@ class Ramp(nn.Module):
 def ramp(gain: float = 10.0) -> nn.Module:
     """Factory for ``--factory toys:ramp``."""
     return Ramp(gain)
-
-
-# Names used by the older tests and by ``--factory toys:threshold_net``.
-Threshold = Ramp
-threshold_net = ramp
-
-
-def conv1x1() -> nn.Module:
-    """A 1x1 convolution (weights come from a checkpoint in the tests)."""
-    return nn.Conv2d(1, 1, kernel_size=1)
-
-
-class ThreeClass(nn.Module):
-    """Channel c peaks where the intensity is near c / 2 (c = 0, 1, 2): three bands of [0, 1]."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        v = x[:, :1]
-        return torch.cat([-(v - c / 2.0) ** 2 * 20.0 + c * 0.01 for c in range(3)], dim=1)
-
-
-def three_class() -> nn.Module:
-    return ThreeClass()
 
 
 class BoxToy(PromptableSegmenter):

@@ -1,9 +1,11 @@
 """The run record attached to every result: what ran, on what, with which settings and seed."""
 from __future__ import annotations
 
+import json
 import platform
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Dict, Optional
 
 from . import __version__
@@ -37,3 +39,23 @@ def run_record(*, model: Dict[str, Any], preprocessing: Dict[str, Any], prompt: 
         "evaluations": evaluations,
         "versions": versions(),
     }
+
+
+def json_default(value: Any) -> Any:
+    """``json.dumps(default=...)`` for NumPy scalars and arrays and paths (the one encoder)."""
+    import numpy as np
+
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, (np.floating, np.bool_)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def dumps(document: Any, indent: Optional[int] = 2) -> str:
+    """A JSON document with NumPy values."""
+    return json.dumps(document, indent=indent, default=json_default)

@@ -43,6 +43,19 @@ def in_plane_axes(axis: int) -> Tuple[int, int]:
     return rows, cols
 
 
+def plane_index(axis: int, k: Union[int, slice]) -> tuple:
+    """The index of plane ``k`` (or a ``slice`` of planes) along ``axis`` of a 3D array."""
+    index: List[Union[int, slice]] = [slice(None)] * 3
+    index[axis] = k if isinstance(k, slice) else int(k)
+    return tuple(index)
+
+
+def put_plane(out: np.ndarray, axis: int, k: int, plane: np.ndarray) -> np.ndarray:
+    """Write the 2D ``plane`` into ``out`` as plane ``k`` along ``axis``; returns ``out``."""
+    out[plane_index(axis, k)] = plane
+    return out
+
+
 @dataclass(frozen=True)
 class BoxPrompt:
     """An inclusive voxel box ``lo..hi`` in array order; one slice thick means a 2D box."""
@@ -206,11 +219,6 @@ class VolumeSegmenter:
         r, c = in_plane_axes(self.axis)
         return self.image.shape[r], self.image.shape[c]
 
-    def _put(self, out: np.ndarray, k: int, mask2d: np.ndarray) -> None:
-        index = [slice(None)] * 3
-        index[self.axis] = k
-        out[tuple(index)] = mask2d
-
     def run_slices(self, prompts: Dict[int, SlicePrompt], progress: Optional[Progress] = None,
                    stage: str = "segment") -> Tuple[np.ndarray, List[SliceRun]]:
         """Segment each slice that has a prompt; other slices stay empty."""
@@ -224,7 +232,7 @@ class VolumeSegmenter:
         for k in sorted(prompts):
             progress.check()
             mask, run = self.segment_slice(k, prompts[k])
-            self._put(out, k, mask)
+            put_plane(out, self.axis, k, mask)
             runs.append(run)
             progress.step(slice=int(k), voxels=run.voxels)
         progress.done()
@@ -245,7 +253,7 @@ class VolumeSegmenter:
         progress.stage(stage, hi - lo + 1)
         progress.check()
         first, run = self.segment_slice(centre, SlicePrompt(box=box.slice_box(a)))
-        self._put(out, centre, first)
+        put_plane(out, self.axis, centre, first)
         runs.append(run)
         progress.step(slice=centre, voxels=run.voxels)
         h, w = self.slice_shape
@@ -261,7 +269,7 @@ class VolumeSegmenter:
                 prompt = SlicePrompt(box=(max(0, x0 - margin), max(0, y0 - margin),
                                           min(w - 1, x1 + margin), min(h - 1, y1 + margin)))
                 prev, run = self.segment_slice(k, prompt)
-                self._put(out, k, prev)
+                put_plane(out, self.axis, k, prev)
                 runs.append(run)
                 progress.step(slice=int(k), voxels=run.voxels)
                 k += direction

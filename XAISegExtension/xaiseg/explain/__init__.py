@@ -1,34 +1,21 @@
 """Gradient-free explainers of a segmentation mask, all on one perturbation engine (base.py).
 
-``make_explainer(name, segmenter=None, **settings)`` builds one by name; see docs/explain.md.
+Each method is one module whose :class:`~.base.Explainer` subclass describes it completely and is
+registered by name (:mod:`.registry`).  ``make_explainer(name, segmenter=None, **settings)`` builds
+one by name; see docs/explain.md and docs/architecture.md.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Type
+from .base import Attribution, CommonSettings, Explainer, Explanation, PerturbationEngine
+from .registry import EXPLAINERS, explainer_class, expand, limits_of, make_explainer, methods, register, title_of
 
-from ..errors import InputError
-from .base import Explainer, Explanation, PerturbationEngine
-from .layers import LayerMaps
-from .lime import LIME
-from .occlusion import Occlusion
-from .rise import RISE
-from .shap import SHAP
+# the built-in methods register themselves on import, in this order
+from .occlusion import Occlusion  # noqa: E402
+from .rise import RISE  # noqa: E402
+from .lime import LIME  # noqa: E402
+from .shap import SHAP  # noqa: E402
+from .layers import LayerMaps  # noqa: E402
 
-EXPLAINERS: Dict[str, Type[Explainer]] = {"occlusion": Occlusion, "rise": RISE, "lime": LIME, "shap": SHAP,
-                                          "layers": LayerMaps}
-METHODS = tuple(EXPLAINERS)
-#: what ``--method all`` means: the four perturbation methods (layers is asked for by name)
-PERTURBATION_METHODS = ("occlusion", "rise", "lime", "shap")
-
-
-def make_explainer(name: str, segmenter=None, **settings: Any) -> Explainer:
-    """The explainer called ``name`` (occlusion, rise, lime, shap, layers) with ``settings``."""
-    try:
-        cls = EXPLAINERS[name]
-    except KeyError:
-        raise InputError(f"explanation method {name!r} is unknown; expected one of {', '.join(METHODS)}") from None
-    return cls(segmenter, **settings)
-
-
-__all__ = ["EXPLAINERS", "METHODS", "PERTURBATION_METHODS", "Explainer", "Explanation", "PerturbationEngine", "make_explainer",
+__all__ = ["EXPLAINERS", "Attribution", "CommonSettings", "Explainer", "Explanation", "PerturbationEngine",
+           "explainer_class", "expand", "limits_of", "make_explainer", "methods", "register", "title_of",
            "Occlusion", "RISE", "LIME", "SHAP", "LayerMaps"]

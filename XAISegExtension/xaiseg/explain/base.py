@@ -1,7 +1,12 @@
 """The explainer interface and the one perturbation engine every perturbation method runs on.
 
-An explainer explains the mask a segmenter draws for one prompt on one 2D slice.  The explained
-score is explicit (``score``):
+An explainer explains the mask a segmenter draws for one prompt on one 2D slice.  Its class is
+the one description of its method: ``name``, ``title``, ``limits`` (what the map cannot show),
+``requirements`` (optional packages), ``Settings`` (a frozen dataclass of typed fields with
+defaults and help), and :meth:`Explainer.cost` (encoder passes per slice).  The registry, the
+command line, the cost estimate, the narrators and the Slicer panel read these.
+
+The explained score is explicit (``score``):
 
 * ``"dice"`` (default, seed 001): Dice of the perturbed image's mask against the unperturbed mask,
   counted inside the ROI together with the unperturbed mask (so a perturbation that shrinks the
@@ -11,38 +16,88 @@ score is explicit (``score``):
 A perturbation is a *keep map* ``k`` in [0, 1] (1 = original pixel): the engine shows the model
 ``image * k' + fill * (1 - k')`` with ``k' = 1 - (1 - k) * roi``, so pixels outside the ROI are
 never changed (seed 001: multiplier 1.0 outside the ROI) - except for occlusion, where the ROI
-picks the patches and each chosen patch is removed whole, as in seed 001's occlusion.  ``fill`` is ``zero``, ``mean`` (of the
-slice) or ``blur`` (Gaussian, sigma 5 pixels).
+picks the patches and each chosen patch is removed whole, as in seed 001's occlusion.  ``fill`` is
+``zero``, ``mean`` (of the slice) or ``blur`` (Gaussian, sigma 5 pixels).
 
-The engine encodes the unperturbed slice once, keeps that embedding and the prompt, evaluates
-keep maps in batches of ``batch_size`` through ``embed_batch`` + ``decode``, reports progress per
-batch and checks for cancellation between batches; it counts every perturbed encoder pass.
+The engine encodes the unperturbed slice once (or reuses the caller's cached embedding), keeps it
+and the prompt, evaluates keep maps in batches of ``batch_size`` through ``embed_batch`` +
+``decode``, reports progress per batch and checks for cancellation between batches; it counts
+every perturbed encoder pass.  Attribution is the one step a method implements
+(:meth:`Explainer.attribute`); the metrics are a stage of their own (:mod:`.measure`).
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, ClassVar, Dict, Iterable, List, Optional, Sequence, Tuple, Type
 
 import numpy as np
 
 from ..errors import InputError, ModelError
-from ..metrics import (curve_auc, energy_inside, normalise01, pointing_game, spearman, thresholded_iou)
-from ..models.base import PromptableSegmenter, SlicePrompt, check_slice, randomized_copy
+from ..metrics import normalise01
+from ..models.base import PromptableSegmenter, SlicePrompt, check_slice
 from ..progress import Progress, ensure
+from ..requirements import Requirement
+from ..settings import as_dict, build, setting
 
 SCORES = ("dice", "logit")
 FILLS = ("zero", "mean", "blur")
 
 
 @dataclass(frozen=True)
+class CommonSettings:
+    """Settings every method has; a method's ``Settings`` extends this class."""
+
+    score: str = setting("dice", "explained score: Dice of the perturbed mask against the unperturbed one inside "
+                                 "the ROI, or the mean logit in the mask", choices=SCORES)
+    fill: str = setting("zero", "what removed pixels become", choices=FILLS)
+    batch_size: int = setting(8, "perturbed images per model call", minimum=1)
+    seed: int = setting(0, "seed of every random draw")
+    metric_steps: int = setting(8, "points on the deletion/insertion curves, one encoder pass each (0: skip)",
+                                minimum=0)
+    threshold: float = setting(0.5, "saliency level of the label map and of the Dice-drop region")
+    sanity: bool = setting(False, "also explain with re-drawn weights and report the maps' similarity (doubles "
+                                  "the cost)")
+
+    def __post_init__(self) -> None:
+        if self.metric_steps == 1:
+            raise InputError(f"metric steps {self.metric_steps} must be 0 (off) or at least 2")
+        if not 0.0 < float(self.threshold) < 1.0:
+            raise InputError(f"saliency threshold {self.threshold} must lie strictly between 0 and 1")
+        self.check()
+
+    def check(self) -> None:
+        """Checks across fields (a method's Settings overrides this)."""
+
+
+COMMON_FIELDS = tuple(f.name for f in dataclasses.fields(CommonSettings))
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """What a method's :meth:`~Explainer.attribute` returns.
+
+    raw: the map in the method's units (slice shape); details: scalars and small lists for the
+    metrics table (e.g. ``masks_used``); components: named sub-maps (layer maps: one per encoder
+    layer, [0, 1] in the ROI); passes: encoder passes the engine did not count (e.g. a hooked pass).
+    """
+
+    raw: np.ndarray
+    details: Dict[str, Any] = field(default_factory=dict)
+    components: Dict[str, np.ndarray] = field(default_factory=dict)
+    passes: Dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Explanation:
     """A saliency map of one slice and how it was made.
 
-    saliency: float32, the slice's shape, min-max to [0, 1] over the ROI (0 outside it) unless the
-    explainer was asked for raw scores.  raw: the unnormalised scores (method units).
-    metrics: faithfulness and, with a target, localisation figures (see :func:`faithfulness`).
+    saliency: float32, the slice's shape, min-max to [0, 1] over the ROI (0 outside it).  raw: the
+    unnormalised map (method units).  reference: the unperturbed mask.  details: the method's own
+    figures.  components: named sub-maps (layer maps) and component_table their localisation rows,
+    best_component the best of them.  metrics: the metrics stage's figures (:mod:`.measure`).
     """
 
     saliency: np.ndarray
@@ -55,8 +110,12 @@ class Explanation:
     roi_source: str
     reference: np.ndarray
     metrics: Dict[str, Any] = field(default_factory=dict)
-    extras: Dict[str, Any] = field(default_factory=dict)
+    details: Dict[str, Any] = field(default_factory=dict)
     record: Dict[str, Any] = field(default_factory=dict)
+    components: Dict[str, np.ndarray] = field(default_factory=dict)
+    component_table: List[Dict[str, Any]] = field(default_factory=list)
+    best_component: Optional[str] = None
+    target: Optional[np.ndarray] = None
 
 
 def fill_image(image: np.ndarray, fill: str) -> np.ndarray:
@@ -73,7 +132,11 @@ def fill_image(image: np.ndarray, fill: str) -> np.ndarray:
 
 
 class PerturbationEngine:
-    """Evaluates keep maps of one slice, prompt and ROI through a segmenter (see module docs)."""
+    """Evaluates keep maps of one slice, prompt and ROI through a segmenter (see module docs).
+
+    The unperturbed embedding and logits are computed when first needed unless the caller passes
+    them (the volume pipeline does: its cached embedding, its decoded logits).
+    """
 
     def __init__(self, segmenter: PromptableSegmenter, image: np.ndarray, prompt: SlicePrompt, roi: np.ndarray,
                  *, score: str = "dice", fill: str = "zero", batch_size: int = 8,
@@ -99,18 +162,50 @@ class PerturbationEngine:
         self.progress = ensure(progress)
         self.stage = stage
         self.evaluations = 0
-        # the unperturbed slice's embedding: reused when the caller has it cached
-        self.embedding = embedding if embedding is not None else segmenter.embed(self.image)
-        # and its logits for the prompt, when the caller has decoded them already
-        self.logits = logits if logits is not None else segmenter.decode(self.embedding, self.prompt)
-        self.reference = self.logits > 0
-        self.region = self.roi | self.reference
-        self.baseline = self.score_logits(self.logits)
+        self._embedding = embedding
+        self._logits = logits
+        self._baseline: Optional[float] = None
+
+    # the unperturbed slice -------------------------------------------------------------------
+    @property
+    def embedding(self):
+        if self._embedding is None:
+            self._embedding = self.segmenter.embed(self.image)
+        return self._embedding
+
+    def offer_embedding(self, embedding) -> None:
+        """Use ``embedding`` (e.g. from a hooked pass) for the unperturbed slice if none is known yet."""
+        if self._embedding is None:
+            self._embedding = embedding
+
+    @property
+    def logits(self) -> np.ndarray:
+        if self._logits is None:
+            self._logits = self.segmenter.decode(self.embedding, self.prompt)
+        return self._logits
+
+    @property
+    def reference(self) -> np.ndarray:
+        """The unperturbed mask."""
+        return self.logits > 0
+
+    @property
+    def region(self) -> np.ndarray:
+        """Where the Dice score counts: the ROI and the unperturbed mask."""
+        return self.roi | self.reference
+
+    @property
+    def baseline(self) -> float:
+        """The explained score of the unperturbed slice."""
+        if self._baseline is None:
+            self._baseline = self.score_logits(self.logits)
+        return self._baseline
 
     # the explained score -------------------------------------------------------------------
     def score_logits(self, logits: np.ndarray) -> float:
         if self.score_name == "dice":
-            a, b = (logits > 0) & self.region, self.reference & self.region
+            region, reference = self.region, self.reference
+            a, b = (logits > 0) & region, reference & region
             total = int(a.sum()) + int(b.sum())
             return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
         where = self.reference if self.reference.any() else self.roi
@@ -143,6 +238,7 @@ class PerturbationEngine:
         Also the entry point for other libraries' perturbation loops (MONAI, Captum in the bench),
         so that every encoder pass is counted the same way.
         """
+        self.baseline  # the reference is decoded before the first perturbed pass  # noqa: B018
         if total is None:
             total = len(images)
         if total:
@@ -163,34 +259,32 @@ class PerturbationEngine:
 class Explainer:
     """Base of every explainer: settings in the constructor, data in :meth:`explain`.
 
-    segmenter: the model explained (a :class:`Session` binds its own when this is None).
-    score, fill, batch_size, seed: see the module docs; ``seed`` fixes every random draw.
-    metric_steps: points on the deletion/insertion curves (0 skips them; each point is one
-    encoder pass).  threshold: saliency level of the high-saliency region (label map, Dice drop).
-    sanity: also explain with the decoder's weights re-drawn and report the maps' similarity.
+    A subclass is the one description of its method (see the module docs) and implements
+    :meth:`attribute`.  ``segmenter``: the model explained (a session binds its own when None).
     """
 
-    name = "explainer"
+    #: the method's key (``--method NAME``), its display title and what its maps cannot show
+    name: ClassVar[str] = "explainer"
+    title: ClassVar[str] = "Explainer"
+    limits: ClassVar[str] = ""
+    #: optional packages the method needs (checked by the Slicer module, imported where used)
+    requirements: ClassVar[Tuple[Requirement, ...]] = ()
+    #: typed settings with defaults; subclasses extend :class:`CommonSettings`
+    Settings: ClassVar[Type[CommonSettings]] = CommonSettings
+    #: a perturbation method (part of ``--method all``; faithfulness is always measured)
+    perturbs: ClassVar[bool] = True
+    #: the part of the model the sanity check re-draws (None: all of it)
+    randomise: ClassVar[Optional[str]] = "mask_decoder"
+    #: what a component is called in the metrics (``"layer"``: per-layer table, ``best_layer``)
+    component_kind: ClassVar[str] = "component"
+    #: localise against the model's own mask when no ground truth is given
+    localise_against_mask: ClassVar[bool] = False
 
-    def __init__(self, segmenter: Optional[PromptableSegmenter] = None, *, score: str = "dice",
-                 fill: str = "zero", batch_size: int = 8, seed: int = 0, metric_steps: int = 8,
-                 threshold: float = 0.5, sanity: bool = False) -> None:
-        if score not in SCORES:
-            raise InputError(f"score {score!r} is unknown; expected one of {', '.join(SCORES)}")
-        if fill not in FILLS:
-            raise InputError(f"fill {fill!r} is unknown; expected one of {', '.join(FILLS)}")
-        if not 0.0 < float(threshold) < 1.0:
-            raise InputError(f"saliency threshold {threshold} must lie strictly between 0 and 1")
-        if int(metric_steps) < 0 or int(metric_steps) == 1:
-            raise InputError(f"metric steps {metric_steps} must be 0 (off) or at least 2")
+    def __init__(self, segmenter: Optional[PromptableSegmenter] = None, **settings: Any) -> None:
         self.segmenter = segmenter
-        self.score = score
-        self.fill = fill
-        self.batch_size = int(batch_size)
-        self.seed = int(seed)
-        self.metric_steps = int(metric_steps)
-        self.threshold = float(threshold)
-        self.sanity = bool(sanity)
+        self.config = build(self.Settings, settings, f"{self.name} settings")
+        for f in dataclasses.fields(self.config):
+            setattr(self, f.name, getattr(self.config, f.name))
 
     def bind(self, segmenter: PromptableSegmenter) -> "Explainer":
         """A copy of this explainer that explains ``segmenter``."""
@@ -198,21 +292,47 @@ class Explainer:
         other.segmenter = segmenter
         return other
 
-    def settings(self) -> Dict[str, Any]:
-        """The settings, for the run record (subclasses add their own)."""
-        return {"method": self.name, "score": self.score, "fill": self.fill, "batch_size": self.batch_size,
-                "seed": self.seed, "metric_steps": self.metric_steps, "threshold": self.threshold,
-                "sanity": self.sanity}
+    def replace(self, **changes: Any) -> "Explainer":
+        """A copy with some settings changed."""
+        return type(self)(self.segmenter, **dict(as_dict(self.config), **changes))
 
-    def attribute(self, engine: PerturbationEngine) -> tuple:
-        """Raw saliency (H, W) and a dict of method extras; the one thing a method implements."""
+    def settings(self) -> Dict[str, Any]:
+        """The settings, for the run record."""
+        return dict(method=self.name, **as_dict(self.config))
+
+    @classmethod
+    def method_fields(cls) -> List[dataclasses.Field]:
+        """The settings fields of this method beyond the common ones."""
+        return [f for f in dataclasses.fields(cls.Settings) if f.name not in COMMON_FIELDS]
+
+    # cost ----------------------------------------------------------------------------------
+    def cost(self, roi_extent: Optional[Tuple[float, float]] = None, grid: int = 256) -> int:
+        """Encoder passes of attribution on one slice (an upper bound where the method may stop
+        early).  roi_extent: the ROI's (rows, columns) on the model's ``grid`` when known."""
+        raise NotImplementedError
+
+    def metric_cost(self) -> int:
+        """Encoder passes of the metrics stage per slice (:func:`.measure.measure`)."""
+        from .measure import metric_passes
+
+        return metric_passes(self)
+
+    def total_cost(self, roi_extent: Optional[Tuple[float, float]] = None, grid: int = 256) -> int:
+        """Attribution, metrics and (with ``sanity``) the re-drawn model's attribution, per slice."""
+        n = self.cost(roi_extent, grid)
+        return n * (2 if self.sanity else 1) + self.metric_cost()
+
+    # the template ----------------------------------------------------------------------------
+    def attribute(self, engine: PerturbationEngine) -> Attribution:
+        """The raw map of one slice; the one thing a method implements."""
         raise NotImplementedError
 
     def explain(self, image: np.ndarray, prompt: SlicePrompt, *, roi: Optional[np.ndarray] = None,
                 roi_source: str = "image", target: Optional[np.ndarray] = None,
                 progress: Optional[Progress] = None, stage: Optional[str] = None, embedding=None,
-                logits: Optional[np.ndarray] = None) -> Explanation:
-        """Explain the mask that ``prompt`` gives on ``image`` (2D, in [0, 1]).
+                logits: Optional[np.ndarray] = None, measure: bool = True) -> Explanation:
+        """Explain the mask that ``prompt`` gives on ``image`` (2D, in [0, 1]): attribution, then
+        the metrics stage (unless ``measure`` is False).
 
         roi: where perturbations may act (default: the whole slice); target: a ground-truth mask
         for the localisation metrics; embedding: the unperturbed slice's cached embedding, if any,
@@ -225,132 +345,28 @@ class Explainer:
         roi = np.ones(image.shape, bool) if roi is None else np.asarray(roi, bool)
         if not roi.any():
             raise InputError("the ROI is empty; expected at least one pixel where perturbations may act")
+        if target is not None and np.asarray(target).shape != image.shape:
+            raise InputError(f"target mask of shape {np.asarray(target).shape} does not match the slice's shape "
+                             f"{image.shape}")
         progress = ensure(progress)
         stage = stage or self.name
-        t0 = time.perf_counter()
         engine = PerturbationEngine(self.segmenter, image, prompt, roi, score=self.score, fill=self.fill,
                                     batch_size=self.batch_size, progress=progress, stage=stage, embedding=embedding,
                                     logits=logits)
-        raw, extras = self.attribute(engine)
+        t0 = time.perf_counter()
+        attribution = self.attribute(engine)
         seconds = time.perf_counter() - t0
-        evaluations = engine.evaluations
-        raw = np.where(roi, raw, 0.0).astype(np.float32)
-        saliency = normalise01(raw, roi)
-        metrics = faithfulness(engine, saliency, self.metric_steps, self.threshold, stage=f"{stage} metrics")
-        metrics.update(seconds=round(seconds, 3), evaluations=evaluations)
-        metrics["roi_ratio"] = extras.pop("roi_ratio", float(roi.mean()))
-        metrics["roi_fraction"] = float(roi.mean())
-        if target is not None:
-            metrics.update(localisation(saliency, target))
-        if self.sanity:
-            metrics["sanity_similarity"] = self.sanity_similarity(image, prompt, roi, saliency, progress, stage)
+        raw = np.where(roi, attribution.raw, 0.0).astype(np.float32)
         settings = self.settings()
-        return Explanation(saliency, raw, self.name, settings, evaluations, seconds, roi, roi_source,
-                           engine.reference, metrics, extras,
-                           {"model": self.segmenter.describe(), "settings": settings, "seed": self.seed,
-                            "prompt": prompt.record(), "seconds": round(seconds, 3),
-                            "evaluations": {"perturbed_encoder_passes": evaluations}})
+        passes = dict(perturbed_encoder_passes=engine.evaluations, **attribution.passes)
+        explanation = Explanation(
+            normalise01(raw, roi), raw, self.name, settings, engine.evaluations, seconds, roi, roi_source,
+            engine.reference, details=dict(attribution.details), components=dict(attribution.components),
+            target=None if target is None else np.asarray(target, bool),
+            record={"model": self.segmenter.describe(), "settings": settings, "seed": self.seed,
+                    "prompt": prompt.record(), "seconds": round(seconds, 3), "evaluations": passes})
+        if not measure:
+            return explanation
+        from .measure import measure as measure_stage
 
-    def sanity_similarity(self, image, prompt, roi, saliency, progress, stage) -> float:
-        """Spearman rank correlation over the ROI between this map and the map of a copy whose decoder
-        weights are re-drawn (Adebayo et al.'s model-randomisation check).  A map that explains the
-        model must change, so low (or negative: the evidence moved or flipped) is good; near 1 means
-        the map shows the image, not the model."""
-        part = "mask_decoder" if self.segmenter.module is not None and hasattr(self.segmenter.module, "mask_decoder") else None
-        other = copy.copy(self)
-        other.segmenter = randomized_copy(self.segmenter, seed=self.seed + 1, part=part)
-        other.sanity, other.metric_steps = False, 0
-        again = other.explain(image, prompt, roi=roi, progress=progress, stage=f"{stage} sanity")
-        return spearman(saliency, again.saliency, roi)
-
-
-def localisation(saliency: np.ndarray, target: np.ndarray) -> Dict[str, Any]:
-    """Pointing game, energy inside the target and IoU at the target's size."""
-    target = np.asarray(target, bool)
-    if target.shape != saliency.shape:
-        raise InputError(f"target mask of shape {target.shape} does not match the slice's shape {saliency.shape}")
-    return {"pointing_game": pointing_game(saliency, target), "energy_in_target": energy_inside(saliency, target),
-            "iou_target": thresholded_iou(saliency, target)}
-
-
-def faithfulness(engine: PerturbationEngine, saliency: np.ndarray, steps: int, threshold: float,
-                 stage: str = "metrics") -> Dict[str, Any]:
-    """Dice drop of the high-saliency region and deletion / insertion AUC over the ROI.
-
-    Dice drop: baseline score minus the score with every ROI pixel of saliency >= ``threshold``
-    removed.  Deletion: ROI pixels are removed in order of decreasing saliency, the score read
-    at ``steps`` + 1 evenly spaced fractions; a faithful map drops fast (low AUC).  Insertion:
-    starting from the fully removed ROI, pixels come back in the same order (high AUC is good).
-    Scores are divided by the baseline score, so both curves start or end at 1.
-    """
-    roi = engine.roi
-    top = (saliency >= threshold) & roi
-    keeps = [np.where(top, 0.0, 1.0)]
-    fractions: List[float] = []
-    if steps:
-        order = np.argsort(-saliency[roi], kind="stable")
-        coords = np.argwhere(roi)[order]
-        n = len(coords)
-        fractions = list(np.linspace(0.0, 1.0, steps + 1))
-        for f in fractions[1:]:
-            k = np.ones(saliency.shape, np.float32)
-            c = coords[: int(round(f * n))]
-            k[c[:, 0], c[:, 1]] = 0.0
-            keeps.append(k)  # deletion at fraction f
-        for f in fractions[1:-1]:
-            k = np.zeros(saliency.shape, np.float32)
-            c = coords[: int(round(f * n))]
-            k[c[:, 0], c[:, 1]] = 1.0
-            keeps.append(k)  # insertion at fraction f
-    engine.stage = stage
-    scores = engine.scores(keeps)
-    base = engine.baseline if abs(engine.baseline) > 1e-12 else 1.0
-    out: Dict[str, Any] = {"baseline_score": float(engine.baseline), "dice_drop": float(engine.baseline - scores[0]),
-                           "high_saliency_fraction": float(top.sum() / max(1, roi.sum()))}
-    if steps:
-        deletion = [engine.baseline] + list(scores[1:steps + 1])
-        removed_all = scores[steps]
-        insertion = [removed_all] + list(scores[steps + 1:]) + [engine.baseline]
-        out["deletion_auc"] = curve_auc(fractions, np.asarray(deletion) / base)
-        out["insertion_auc"] = curve_auc(fractions, np.asarray(insertion) / base)
-        out["deletion_curve"] = [round(float(v), 4) for v in deletion]
-        out["insertion_curve"] = [round(float(v), 4) for v in insertion]
-    return out
-
-
-def superpixels(image: np.ndarray, roi: np.ndarray, scale: float = 100.0, sigma: float = 0.5,
-                min_size: int = 50, min_overlap: float = 0.1) -> List[np.ndarray]:
-    """Felzenszwalb superpixels of ``image`` that have at least ``min_overlap`` of their area in
-    the ROI (seed 001: scale 100, sigma 0.5, min size 50; 10 % overlap), as boolean masks.
-
-    When none reaches the overlap, every superpixel that touches the ROI is used.
-    """
-    from ..errors import require
-
-    segmentation = require("skimage.segmentation", "explain", "LIME and SHAP superpixels")
-    labels = segmentation.felzenszwalb(np.asarray(image, dtype=np.float64), scale=float(scale),
-                                       sigma=float(sigma), min_size=int(min_size), channel_axis=None)
-    roi = np.asarray(roi, bool)
-    ids, area = np.unique(labels, return_counts=True)
-    inside = np.bincount(labels[roi].ravel(), minlength=int(ids.max()) + 1)[ids]
-    chosen = ids[inside / area >= float(min_overlap)]
-    if chosen.size == 0:
-        chosen = ids[inside > 0]
-    return [labels == i for i in chosen]
-
-
-def keep_from_segments(segments: Sequence[np.ndarray], on: np.ndarray) -> np.ndarray:
-    """Keep map that removes the superpixels whose entry of ``on`` is 0."""
-    keep = np.ones(segments[0].shape, np.float32)
-    for seg, flag in zip(segments, on):
-        if not flag:
-            keep[seg] = 0.0
-    return keep
-
-
-def paint(segments: Sequence[np.ndarray], values: Sequence[float]) -> np.ndarray:
-    """A map that is ``values[i]`` on superpixel ``i``."""
-    out = np.zeros(segments[0].shape, np.float64)
-    for seg, v in zip(segments, values):
-        out[seg] = v
-    return out
+        return measure_stage(self, explanation, engine, progress, stage)

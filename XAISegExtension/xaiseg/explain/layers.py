@@ -26,19 +26,20 @@ so it needs no perturbations at all.
 """
 from __future__ import annotations
 
-import copy
-import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import InputError, ModelError
-from ..metrics import normalise01, spearman
-from ..models.base import Embedding, SlicePrompt, check_slice, randomized_copy
-from ..progress import Progress, ensure
-from ..roi.fallback import box_roi, dilate, prompt_box, slice_extent
-from .base import Explainer, Explanation, PerturbationEngine, faithfulness, localisation
+from ..metrics import normalise01
+from ..models.base import Embedding, SlicePrompt
+from ..settings import setting
+from ..roi.geometry import dilate, grid_box, prompt_box
+from ..roi.similarity import resize as _resize
+from ..roi.similarity import similarities, slice_extent
+from .base import Attribution, CommonSettings, Explainer, PerturbationEngine
+from .registry import register
 
 STAGES = (1, 2, 3)
 LAYOUTS = ("nchw", "nhwc", "nlc")
@@ -154,18 +155,6 @@ def capture(segmenter, image: np.ndarray, layers: Sequence[EncoderLayer]) -> Tup
 
 # similarity maps ----------------------------------------------------------------------------------
 
-def _resize(t, shape):
-    import torch.nn.functional as F
-
-    return F.interpolate(t[None, None], size=tuple(int(v) for v in shape), mode="bilinear", align_corners=False)[0, 0]
-
-
-def _grid_box(grid: Tuple[int, int], box, image_shape) -> np.ndarray:
-    gh, gw = grid
-    ih, iw = image_shape
-    return box_roi((gh, gw), (box[0] * gw / iw, box[1] * gh / ih, box[2] * gw / iw, box[3] * gh / ih))
-
-
 def prompt_attention(segmenter, embedding: Embedding, prompt: SlicePrompt) -> Optional[np.ndarray]:
     """Where the prompt encoder's sparse embeddings point on the image embedding's grid: softmax
     over positions of token . (feature + positional encoding) / sqrt(C), averaged over the tokens,
@@ -256,8 +245,8 @@ def layer_map(f, box, image_shape, embedding: Embedding, stage: int, weights: La
     import torch
 
     fh, fw = slice_extent(tuple(f.shape[:2]), embedding)
-    flat = f[:fh, :fw].reshape(fh * fw, f.shape[2])  # (positions, C), contiguous
-    inside_np = _grid_box((fh, fw), box, image_shape)
+    f = f[:fh, :fw]
+    inside_np = grid_box((fh, fw), box, image_shape)
     rows = [inside_np.astype(np.float32)]
     if stage >= 2:
         a = _resize(torch.as_tensor(prompt_weights, dtype=torch.float32, device=f.device), (fh, fw)).clamp_min(0)
@@ -268,11 +257,7 @@ def layer_map(f, box, image_shape, embedding: Embedding, stage: int, weights: La
         if not ring.any():
             ring = ~inside_np if (~inside_np).any() else inside_np
         rows += [np.ones((fh, fw), np.float32), ring.astype(np.float32)]
-    w = torch.as_tensor(np.stack([r.reshape(-1) for r in rows]), dtype=flat.dtype, device=flat.device)
-    w = w / (w.sum(dim=1, keepdim=True) + 1e-12)
-    refs = w @ flat  # (k, C): prototype[, prompt[, global, context]]
-    sims = (flat @ refs.T) / (flat.norm(dim=1, keepdim=True) * refs.norm(dim=1) + 1e-8)  # (positions, k)
-    sims = sims.T.reshape(len(rows), fh, fw)
+    sims = similarities(f, rows)  # prototype[, prompt[, global, context]]
     if stage == 1:
         m = sims[0]
     elif stage == 2:
@@ -290,6 +275,24 @@ def layer_map(f, box, image_shape, embedding: Embedding, stage: int, weights: La
 
 # the explainer ----------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class LayerSettings(CommonSettings):
+    stage: int = setting(1, "layers (seed 002): 1 prototype similarity, 2 + prompt embedding, 3 four components with "
+                            "spatial weighting", choices=STAGES, flag="--layer-stage")
+    layers: str = setting("all", "layers: all, blocks, stages, or comma-separated layer names", flag="--layers")
+    weights: LayerWeights = setting(None, "stage 2 and 3 weights", cli=False, default_factory=LayerWeights)
+    metric_steps: int = setting(0, "points on the deletion/insertion curves, one encoder pass each (0: skip; "
+                                   "the layer maps themselves cost one encoder pass)", minimum=0)
+
+    def check(self) -> None:
+        if not self.layers.strip():
+            raise InputError("layers is empty; expected all, blocks, stages or layer names")
+        w = self.weights
+        if not 0.0 <= w.floor <= 1.0 or not 0.0 <= w.prompt <= 1.0:
+            raise InputError(f"layer weights {w}: floor and prompt must lie in [0, 1]")
+
+
+@register
 class LayerMaps(Explainer):
     """Similarity maps of every encoder layer and their fusion (seed 002); no perturbations.
 
@@ -297,47 +300,37 @@ class LayerMaps(Explainer):
     weighted).  Stage 3's weighting towards the box centre localises a structure in a tight box on
     its own, whatever the encoder says (docs/layers.md and the benchmark compare it with the
     weighting alone and with a re-drawn encoder), so the default shows the encoder's evidence
-    unweighted.
-    roi: as for every method, the maps are normalised inside the ROI and 0 outside it.
-    layers: ``all``, ``blocks``, ``stages`` or layer names; the fused map averages them.
-    metric_steps: 0 by default (faithfulness curves cost perturbed encoder passes; the layer maps
-    themselves cost one pass); the localisation table is always computed, against ``target`` when
-    given and otherwise against the model's own mask.
+    unweighted.  As for every method, the maps are normalised inside the ROI and 0 outside it.
+    layers: ``all``, ``blocks``, ``stages`` or layer names; the fused map averages them; each
+    layer's map is a component of the explanation, with its localisation row (against the
+    target when given, else against the model's own mask).
     """
 
     name = "layers"
+    title = "Layer maps"
+    limits = ("layer maps show where MedSAM's encoder features resemble the structure's prototype, layer by layer; "
+              "similarity is not causation: they do not show what changed the mask")
+    Settings = LayerSettings
+    perturbs = False
+    randomise = "image_encoder"
+    component_kind = "layer"
+    localise_against_mask = True
 
-    def __init__(self, segmenter=None, *, stage: int = 1, layers="all", weights: LayerWeights = LayerWeights(),
-                 metric_steps: int = 0, **common) -> None:
-        super().__init__(segmenter, metric_steps=metric_steps, **common)
-        if int(stage) not in STAGES:
-            raise InputError(f"layer-map stage {stage!r} is unknown; expected 1, 2 or 3")
-        if not isinstance(weights, LayerWeights):
-            raise InputError(f"weights {weights!r} must be a LayerWeights")
-        if not 0.0 <= weights.floor <= 1.0 or not 0.0 <= weights.prompt <= 1.0:
-            raise InputError(f"layer weights {weights}: floor and prompt must lie in [0, 1]")
-        self.stage, self.layers, self.weights = int(stage), layers, weights
-        if isinstance(layers, str) and layers not in SELECTIONS and not layers.strip():
-            raise InputError("layers is empty; expected all, blocks, stages or layer names")
+    def cost(self, roi_extent: Optional[Tuple[float, float]] = None, grid: int = 256) -> int:
+        return 1  # one hooked encoder pass
 
-    def settings(self) -> Dict[str, Any]:
-        from dataclasses import asdict
+    def chosen_layers(self) -> List[EncoderLayer]:
+        which = self.layers if self.layers in SELECTIONS else [n for n in self.layers.split(",") if n.strip()]
+        return select_layers(encoder_layers(self.segmenter), which)
 
-        layers = self.layers if isinstance(self.layers, str) else list(self.layers)
-        return dict(super().settings(), stage=self.stage, layers=layers, weights=asdict(self.weights))
-
-    def maps(self, image: np.ndarray, prompt: SlicePrompt, progress: Optional[Progress] = None,
-             stage: Optional[str] = None, logits: Optional[np.ndarray] = None, roi: Optional[np.ndarray] = None):
-        """(fused map, {layer: map}, embedding, model mask, box) for one slice; ``logits``: the
-        model's logits for ``prompt`` when already decoded (else they are decoded here); ``roi``:
-        where the maps live (normalised there, 0 elsewhere; default the whole slice)."""
-        progress = ensure(progress)
-        chosen = select_layers(encoder_layers(self.segmenter), self.layers)
+    def attribute(self, engine: PerturbationEngine) -> Attribution:
+        image, prompt, roi, progress = engine.image, engine.prompt, engine.roi, engine.progress
+        chosen = self.chosen_layers()
         progress.check()
-        progress.stage(stage or self.name, 1)
+        progress.stage(engine.stage, 1)
         embedding, grids = capture(self.segmenter, image, chosen)
-        mask = (logits if logits is not None else self.segmenter.decode(embedding, prompt.clipped(image.shape))) > 0
-        box = prompt_box(prompt, mask)
+        engine.offer_embedding(embedding)
+        box = prompt_box(prompt, engine.reference)
         if box is None:
             raise InputError("layer maps need a box, a positive point or a non-empty mask for the prototype")
         att = None
@@ -353,63 +346,4 @@ class LayerMaps(Explainer):
         progress.step(1, layers=len(per_layer))
         progress.check()
         fused = normalise01(np.mean(np.stack(list(per_layer.values())), axis=0), roi)
-        return fused, per_layer, embedding, mask, box
-
-    def explain(self, image: np.ndarray, prompt: SlicePrompt, *, roi: Optional[np.ndarray] = None,
-                roi_source: str = "image", target: Optional[np.ndarray] = None,
-                progress: Optional[Progress] = None, stage: Optional[str] = None, embedding=None,
-                logits: Optional[np.ndarray] = None) -> Explanation:
-        if self.segmenter is None:
-            raise ModelError(f"{self.name}: no segmenter to explain; pass one to the constructor or use bind()")
-        image = np.asarray(image, dtype=np.float32)
-        check_slice(image)
-        prompt.check_inside(image.shape)
-        roi = np.ones(image.shape, bool) if roi is None else np.asarray(roi, bool)
-        if target is not None and np.asarray(target).shape != image.shape:
-            raise InputError(f"target mask of shape {np.asarray(target).shape} does not match the slice's "
-                             f"shape {image.shape}")
-        progress = ensure(progress)
-        stage = stage or self.name
-        t0 = time.perf_counter()
-        # like every method's, the maps live in the ROI (normalised there, 0 elsewhere)
-        fused, per_layer, own, mask, box = self.maps(image, prompt, progress, stage, logits, roi)
-        seconds = time.perf_counter() - t0
-        against = np.asarray(target, bool) if target is not None and np.any(target) else mask
-        table = [dict(layer=name, **localisation(m, against)) for name, m in per_layer.items()]
-        best = max(table, key=lambda r: (r["iou_target"], r["energy_in_target"]))["layer"] if table else None
-        metrics: Dict[str, Any] = {"seconds": round(seconds, 3), "evaluations": 0, "roi_ratio": 1.0,
-                                   "roi_fraction": float(roi.mean()), "layers": len(per_layer),
-                                   "localised_against": "target" if against is not mask else "model mask"}
-        metrics.update(localisation(fused, against))
-        if self.metric_steps:
-            engine = PerturbationEngine(self.segmenter, image, prompt, roi, score=self.score, fill=self.fill,
-                                        batch_size=self.batch_size, progress=progress, stage=stage,
-                                        embedding=embedding if embedding is not None else own, logits=logits)
-            metrics.update(faithfulness(engine, normalise01(fused, roi), self.metric_steps, self.threshold,
-                                        stage=f"{stage} metrics"))
-            metrics["evaluations"] = engine.evaluations
-        if self.sanity:
-            metrics["sanity_similarity"] = self.sanity_similarity(image, prompt, roi, fused, progress, stage)
-        settings = self.settings()
-        extras = {"best_layer": best, "layer_table": table, "layer_maps": per_layer, "stage": self.stage}
-        if target is not None:
-            extras["target"] = np.asarray(target, bool)
-        return Explanation(fused, fused, self.name, settings, int(metrics["evaluations"]), seconds, roi, roi_source,
-                           mask, metrics, extras,
-                           {"model": self.segmenter.describe(), "settings": settings, "seed": self.seed,
-                            "prompt": prompt.record(), "seconds": round(seconds, 3),
-                            "evaluations": {"hooked_encoder_passes": 1,
-                                            "perturbed_encoder_passes": int(metrics["evaluations"])}})
-
-    def sanity_similarity(self, image, prompt, roi, saliency, progress, stage) -> float:
-        """Spearman over the ROI between this fused map and the fused map of a copy whose image
-        encoder is re-drawn (the layer maps read the encoder, so that is what is randomised)."""
-        module = self.segmenter.module
-        part = "image_encoder" if module is not None and hasattr(module, "image_encoder") else None
-        other = copy.copy(self)
-        other.segmenter = randomized_copy(self.segmenter, seed=self.seed + 1, part=part)
-        fused = other.maps(image, prompt, progress, f"{stage} sanity", roi=roi)[0]
-        return spearman(saliency, fused, roi)  # both maps made in the same ROI
-
-    def attribute(self, engine: PerturbationEngine) -> tuple:  # pragma: no cover - explain() is overridden
-        raise NotImplementedError("layer maps do not perturb; call explain()")
+        return Attribution(fused, {"stage": self.stage}, components=per_layer, passes={"hooked_encoder_passes": 1})

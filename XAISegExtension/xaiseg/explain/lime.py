@@ -5,34 +5,50 @@ unperturbed pattern (width 0.25, as LIME's image explainer).  The surrogate's we
 reported: a low R^2 means the linear story does not describe the model here."""
 from __future__ import annotations
 
-from typing import Any, Dict
+import importlib
+from dataclasses import dataclass
+from typing import Optional, Tuple
 
 import numpy as np
 
-from ..errors import InputError, require
-from .base import Explainer, PerturbationEngine, keep_from_segments, paint, superpixels
+from ..errors import InputError
+from ..requirements import SKIMAGE, SKLEARN
+from ..settings import setting
+from .base import Attribution, CommonSettings, Explainer, PerturbationEngine
+from .registry import register
+from .superpixels import keep_from_segments, paint, superpixels
 
 
+@dataclass(frozen=True)
+class LimeSettings(CommonSettings):
+    n_samples: int = setting(300, "LIME: perturbation samples", minimum=2, flag="--samples")
+    scale: float = setting(100.0, "superpixels: Felzenszwalb scale", cli=False)
+    sigma: float = setting(0.5, "superpixels: Felzenszwalb sigma", cli=False)
+    min_size: int = setting(50, "superpixels: Felzenszwalb minimum size", minimum=1, cli=False)
+    min_overlap: float = setting(0.1, "superpixels: least share of a superpixel inside the ROI", cli=False)
+    kernel_width: float = setting(0.25, "LIME: width of the exponential kernel on the cosine distance", cli=False)
+    alpha: float = setting(1.0, "LIME: Ridge regularisation", minimum=0.0, cli=False)
+
+    def check(self) -> None:
+        if self.kernel_width <= 0:
+            raise InputError(f"LIME kernel width {self.kernel_width} must be positive")
+
+
+@register
 class LIME(Explainer):
     name = "lime"
+    title = "LIME"
+    limits = ("LIME fits a linear model over superpixels; the map follows the superpixel borders, not the anatomy, "
+              "and can change with the segmentation of superpixels")
+    requirements = (SKIMAGE, SKLEARN)
+    Settings = LimeSettings
 
-    def __init__(self, segmenter=None, *, n_samples: int = 300, scale: float = 100.0, sigma: float = 0.5,
-                 min_size: int = 50, min_overlap: float = 0.1, kernel_width: float = 0.25, alpha: float = 1.0,
-                 **common) -> None:
-        super().__init__(segmenter, **common)
-        if int(n_samples) < 2 or float(kernel_width) <= 0 or float(alpha) < 0:
-            raise InputError(f"LIME needs n_samples >= 2, kernel_width > 0, alpha >= 0; got {n_samples}, "
-                             f"{kernel_width}, {alpha}")
-        self.n_samples, self.scale, self.sigma, self.min_size = int(n_samples), float(scale), float(sigma), int(min_size)
-        self.min_overlap, self.kernel_width, self.alpha = float(min_overlap), float(kernel_width), float(alpha)
+    def cost(self, roi_extent: Optional[Tuple[float, float]] = None, grid: int = 256) -> int:
+        return self.n_samples
 
-    def settings(self) -> Dict[str, Any]:
-        return dict(super().settings(), n_samples=self.n_samples, scale=self.scale, sigma=self.sigma,
-                    min_size=self.min_size, min_overlap=self.min_overlap, kernel_width=self.kernel_width,
-                    alpha=self.alpha)
-
-    def attribute(self, engine: PerturbationEngine):
-        linear = require("sklearn.linear_model", "explain", "LIME's Ridge surrogate")
+    def attribute(self, engine: PerturbationEngine) -> Attribution:
+        SKLEARN.load()
+        linear = importlib.import_module("sklearn.linear_model")
         segments = superpixels(engine.image, engine.roi, self.scale, self.sigma, self.min_size, self.min_overlap)
         m = len(segments)
         rng = np.random.default_rng(self.seed)
@@ -45,5 +61,5 @@ class LIME(Explainer):
         ridge = linear.Ridge(alpha=self.alpha, random_state=self.seed)
         ridge.fit(z, scores, sample_weight=weights)
         r2 = float(ridge.score(z, scores, sample_weight=weights)) if np.ptp(scores) > 0 else 0.0
-        return paint(segments, ridge.coef_), {"superpixels": m, "r2": r2,
-                                              "intercept": float(ridge.intercept_)}
+        return Attribution(paint(segments, ridge.coef_), {"superpixels": m, "r2": r2,
+                                                          "intercept": float(ridge.intercept_)})

@@ -1,14 +1,18 @@
 """ROI-guided occlusion sensitivity (seed 001): square patches slide over the slice; only patches
 that overlap the ROI are evaluated (each removed whole), and a patch's score is the drop of the
-explained score when it is removed.  Patch and stride are measured on the model's input grid (64 / 32 on LiteMedSAM's 256)."""
+explained score when it is removed.  Patch and stride are measured on the model's input grid (64 / 32
+on LiteMedSAM's 256)."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Tuple
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
 
 import numpy as np
 
-from ..errors import InputError
-from .base import Explainer, PerturbationEngine
+from ..settings import setting
+from .base import Attribution, CommonSettings, Explainer, PerturbationEngine
+from .registry import register
 
 
 def positions(length: int, patch: int, stride: int) -> List[int]:
@@ -21,21 +25,24 @@ def positions(length: int, patch: int, stride: int) -> List[int]:
     return starts
 
 
+@dataclass(frozen=True)
+class OcclusionSettings(CommonSettings):
+    patch: int = setting(64, "occlusion patch, on the model grid (or the slice, see --occlusion-grid)", minimum=1,
+                         flag="--patch")
+    stride: int = setting(32, "occlusion stride, on the same grid as the patch", minimum=1, flag="--stride")
+    grid: str = setting("model", "what patch and stride are measured on: the model's input grid or the slice's "
+                                 "pixels", choices=("model", "image"), flag="--occlusion-grid")
+
+
+@register
 class Occlusion(Explainer):
     """patch, stride: pixels on the model grid (``grid="model"``) or on the slice (``grid="image"``)."""
 
     name = "occlusion"
-
-    def __init__(self, segmenter=None, *, patch: int = 64, stride: int = 32, grid: str = "model", **common) -> None:
-        super().__init__(segmenter, **common)
-        if int(patch) < 1 or int(stride) < 1:
-            raise InputError(f"occlusion patch {patch} and stride {stride} must be positive integers")
-        if grid not in ("model", "image"):
-            raise InputError(f"occlusion grid {grid!r} is unknown; expected 'model' or 'image'")
-        self.patch, self.stride, self.grid = int(patch), int(stride), grid
-
-    def settings(self) -> Dict[str, Any]:
-        return dict(super().settings(), patch=self.patch, stride=self.stride, grid=self.grid)
+    title = "Occlusion"
+    limits = ("occlusion shows which patches change the mask when they are blanked out; its resolution is the "
+              "patch size and it misses evidence spread over several patches")
+    Settings = OcclusionSettings
 
     def pixel_sizes(self, shape: Tuple[int, int]) -> Tuple[int, int]:
         """Patch and stride in slice pixels."""
@@ -47,7 +54,14 @@ class Occlusion(Explainer):
         p, s = self.pixel_sizes(shape)
         return [(y, x, p) for y in positions(shape[0], p, s) for x in positions(shape[1], p, s)]
 
-    def attribute(self, engine: PerturbationEngine):
+    def cost(self, roi_extent: Optional[Tuple[float, float]] = None, grid: int = 256) -> int:
+        per_axis = len(positions(grid, self.patch, self.stride))
+        if roi_extent is None:
+            return per_axis * per_axis
+        counts = [min(per_axis, int(math.ceil((e + self.patch - 1) / self.stride))) for e in roi_extent]
+        return max(1, counts[0] * counts[1])
+
+    def attribute(self, engine: PerturbationEngine) -> Attribution:
         shape = engine.image.shape
         every = self.patches(shape)
         chosen = [(y, x, p) for (y, x, p) in every if engine.roi[y:y + p, x:x + p].any()]
@@ -66,5 +80,5 @@ class Occlusion(Explainer):
             count[y:y + p, x:x + p] += 1
         raw = np.divide(total, count, out=np.zeros(shape), where=count > 0)
         p, s = self.pixel_sizes(shape)
-        return raw, {"patches_evaluated": len(chosen), "patches_full": len(every), "patch_px": p, "stride_px": s,
-                     "roi_ratio": len(chosen) / len(every)}
+        return Attribution(raw, {"patches_evaluated": len(chosen), "patches_full": len(every), "patch_px": p,
+                                 "stride_px": s, "roi_ratio": len(chosen) / len(every)})

@@ -10,13 +10,16 @@ records how many masks it used and whether it converged.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from dataclasses import dataclass
+from typing import Optional, Tuple
 
 import numpy as np
 
 from ..errors import InputError
 from ..metrics import spearman
-from .base import Explainer, PerturbationEngine
+from ..settings import setting
+from .base import Attribution, CommonSettings, Explainer, PerturbationEngine
+from .registry import register
 
 
 def rise_masks(rng: np.random.Generator, n: int, shape: Tuple[int, int], cells: int, p: float) -> np.ndarray:
@@ -35,29 +38,38 @@ def rise_masks(rng: np.random.Generator, n: int, shape: Tuple[int, int], cells: 
     return out
 
 
+@dataclass(frozen=True)
+class RiseSettings(CommonSettings):
+    n_masks: int = setting(2000, "RISE: most masks (stops early on convergence)", minimum=2, flag="--masks")
+    cells: int = setting(7, "RISE: mask grid cells per side", minimum=1, flag="--cells")
+    p: float = setting(0.5, "RISE: probability that a cell is kept", flag="--keep-probability")
+    early_stop: bool = setting(True, "RISE: stop when the map has converged (--no-early-stop: always use --masks "
+                                        "masks)", flag="--no-early-stop")
+    check_every: int = setting(50, "RISE: masks between convergence checks", minimum=1, cli=False)
+    min_masks: int = setting(100, "RISE: masks before the first possible stop", minimum=0, cli=False)
+    converge: float = setting(0.95, "RISE: Spearman between checks that counts as converged", cli=False)
+    patience: int = setting(2, "RISE: converged checks in a row before stopping", minimum=1, cli=False)
+    batch_size: int = setting(16, "perturbed images per model call", minimum=1)
+
+    def check(self) -> None:
+        if not 0.0 < self.p < 1.0:
+            raise InputError(f"RISE keep probability {self.p} must lie strictly between 0 and 1")
+        if not 0.0 < self.converge <= 1.0:
+            raise InputError(f"RISE convergence level {self.converge} must lie in (0, 1]")
+
+
+@register
 class RISE(Explainer):
     name = "rise"
+    title = "RISE"
+    limits = ("RISE weights random coarse masks by the score they keep; the map is blurry at the mask grid's scale "
+              "and varies with the seed and the number of masks")
+    Settings = RiseSettings
 
-    def __init__(self, segmenter=None, *, n_masks: int = 2000, cells: int = 7, p: float = 0.5,
-                 early_stop: bool = True, check_every: int = 50, min_masks: int = 100, converge: float = 0.95,
-                 patience: int = 2, **common) -> None:
-        common.setdefault("batch_size", 16)
-        super().__init__(segmenter, **common)
-        if int(n_masks) < 2 or int(cells) < 1 or not 0.0 < float(p) < 1.0:
-            raise InputError(f"RISE needs n_masks >= 2, cells >= 1 and 0 < p < 1; got {n_masks}, {cells}, {p}")
-        if int(check_every) < 1 or not 0.0 < float(converge) <= 1.0 or int(patience) < 1:
-            raise InputError(f"RISE early stop needs check_every >= 1, 0 < converge <= 1, patience >= 1; "
-                             f"got {check_every}, {converge}, {patience}")
-        self.n_masks, self.cells, self.p = int(n_masks), int(cells), float(p)
-        self.early_stop, self.check_every, self.min_masks = bool(early_stop), int(check_every), int(min_masks)
-        self.converge, self.patience = float(converge), int(patience)
+    def cost(self, roi_extent: Optional[Tuple[float, float]] = None, grid: int = 256) -> int:
+        return self.n_masks
 
-    def settings(self) -> Dict[str, Any]:
-        return dict(super().settings(), n_masks=self.n_masks, cells=self.cells, p=self.p,
-                    early_stop=self.early_stop, check_every=self.check_every, min_masks=self.min_masks,
-                    converge=self.converge, patience=self.patience)
-
-    def attribute(self, engine: PerturbationEngine):
+    def attribute(self, engine: PerturbationEngine) -> Attribution:
         rng = np.random.default_rng(self.seed)
         shape = engine.image.shape
         kept_sum = np.zeros(shape, np.float64)    # sum of s_i * m_i
@@ -84,8 +96,8 @@ class RISE(Explainer):
                     break
             previous = current
         engine.progress.done()
-        return current, {"masks_used": used, "stopped_at": used, "converged": converged,
-                         "convergence": history}
+        return Attribution(current, {"masks_used": used, "stopped_at": used, "converged": converged,
+                                     "convergence": history})
 
     @staticmethod
     def _map(kept_sum, kept_w, score_sum, n):

@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import itertools
 from math import factorial
-from typing import Any, Callable, Dict
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 
 from ..errors import InputError
-from .base import Explainer, PerturbationEngine, keep_from_segments, paint, superpixels
+from ..requirements import SHAP as SHAP_PACKAGE
+from ..requirements import SKIMAGE
+from ..settings import setting
+from .base import Attribution, CommonSettings, Explainer, PerturbationEngine
+from .registry import register
 from .shap_import import import_shap
+from .superpixels import keep_from_segments, paint, superpixels
 
 
 def exact_shapley(value: Callable[[np.ndarray], np.ndarray], m: int) -> np.ndarray:
@@ -39,24 +45,30 @@ def exact_shapley(value: Callable[[np.ndarray], np.ndarray], m: int) -> np.ndarr
     return phi
 
 
+@dataclass(frozen=True)
+class ShapSettings(CommonSettings):
+    budget: int = setting(256, "SHAP: model evaluations", minimum=4, flag="--shap-budget")
+    algorithm: str = setting("kernel", "SHAP: shap's kernel or permutation explainer",
+                             choices=("kernel", "permutation"), flag="--shap-algorithm")
+    scale: float = setting(100.0, "superpixels: Felzenszwalb scale", cli=False)
+    sigma: float = setting(0.5, "superpixels: Felzenszwalb sigma", cli=False)
+    min_size: int = setting(50, "superpixels: Felzenszwalb minimum size", minimum=1, cli=False)
+    min_overlap: float = setting(0.1, "superpixels: least share of a superpixel inside the ROI", cli=False)
+
+
+@register
 class SHAP(Explainer):
     name = "shap"
+    title = "SHAP"
+    limits = ("SHAP (Kernel SHAP over superpixels) estimates each region's share of the score from a sample of "
+              "coalitions; the estimate has sampling error and assumes regions act additively")
+    requirements = (SHAP_PACKAGE, SKIMAGE)
+    Settings = ShapSettings
 
-    def __init__(self, segmenter=None, *, budget: int = 256, algorithm: str = "kernel", scale: float = 100.0,
-                 sigma: float = 0.5, min_size: int = 50, min_overlap: float = 0.1, **common) -> None:
-        super().__init__(segmenter, **common)
-        if algorithm not in ("kernel", "permutation"):
-            raise InputError(f"SHAP algorithm {algorithm!r} is unknown; expected 'kernel' or 'permutation'")
-        if int(budget) < 4:
-            raise InputError(f"SHAP budget {budget} is too small; expected at least 4 model evaluations")
-        self.budget, self.algorithm = int(budget), algorithm
-        self.scale, self.sigma, self.min_size, self.min_overlap = float(scale), float(sigma), int(min_size), float(min_overlap)
+    def cost(self, roi_extent: Optional[Tuple[float, float]] = None, grid: int = 256) -> int:
+        return self.budget
 
-    def settings(self) -> Dict[str, Any]:
-        return dict(super().settings(), budget=self.budget, algorithm=self.algorithm, scale=self.scale,
-                    sigma=self.sigma, min_size=self.min_size, min_overlap=self.min_overlap)
-
-    def attribute(self, engine: PerturbationEngine):
+    def attribute(self, engine: PerturbationEngine) -> Attribution:
         shap = import_shap()
         segments = superpixels(engine.image, engine.roi, self.scale, self.sigma, self.min_size, self.min_overlap)
         m = len(segments)
@@ -80,4 +92,5 @@ class SHAP(Explainer):
         finally:
             np.random.set_state(state)
         engine.progress.done()
-        return paint(segments, values), {"superpixels": m, "shap_version": getattr(shap, "__version__", "?")}
+        return Attribution(paint(segments, values), {"superpixels": m,
+                                                     "shap_version": getattr(shap, "__version__", "?")})

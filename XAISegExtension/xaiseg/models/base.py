@@ -136,9 +136,6 @@ class PromptableSegmenter(ABC):
     module: Any = None
     device: str = "cpu"
 
-    def parameters_module(self):
-        return self.module
-
 
 def check_slice(image: np.ndarray) -> None:
     if image.ndim != 2:

@@ -15,7 +15,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..models.base import Embedding, SlicePrompt
-from .fallback import box_roi, dilate, embedding_roi, prompt_box
+from .embedding import embedding_roi
+from .geometry import box_roi, dilate, prompt_box
 
 SOURCES = ("embedding", "box", "mask", "clip")
 DEFAULT_MARGIN = {"embedding": 0, "box": 8, "mask": 8, "clip": 0}

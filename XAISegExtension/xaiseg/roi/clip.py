@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import InputError, ModelError, WeightsMissingError, require
 from ..metrics import normalise01
-from .fallback import to_image
+from .similarity import to_image
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's image normalisation
 STD = (0.26862954, 0.26130258, 0.27577711)
