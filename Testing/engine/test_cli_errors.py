@@ -11,7 +11,7 @@ from xaiseg import errors
 from xaiseg.cli import main
 from xaiseg.io import read_volume
 
-TOY = ["--model", "torch", "--factory", "toys:threshold_net", "--class-index", "0"]
+TOY = ["--model", "torch", "--factory", "toys:ramp", "--class-index", "0"]
 
 
 def write(tmp_path, array, name="vol.nrrd", spacing=(1.0, 1.0, 1.0)):

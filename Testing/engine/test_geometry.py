@@ -143,7 +143,7 @@ def test_prompted_toy_maps_a_ras_box_to_the_right_voxels(tmp_path, oblique):
 def test_cli_ras_box_with_prompted_toy(tmp_path, oblique, monkeypatch):
     path, img = oblique
     toy = BoxToy()
-    monkeypatch.setattr("xaiseg.cli.segmenter_from", lambda args: toy)
+    monkeypatch.setattr("xaiseg.models.load_segmenter", lambda kind, **kw: toy)
     ras = np.array([ras_of_index(img, (30.4, 20.0, 16.0)), ras_of_index(img, (21.0, 2.6, 9.0))])
     expected, lo, hi = expected_from_ras(img, ras)
     assert tuple(lo) == (9, 3, 21) and tuple(hi) == (16, 20, 30)

@@ -35,7 +35,7 @@ def test_geometry_round_trip_and_ras_box(tmp_path, capsys, fmt, suffix):
     box = ",".join(f"{v:.4f}" for v in corners.ravel())
     out = tmp_path / "out"
     args = ["segment", str(path), "-o", str(out), "--coords", "ras", f"--box={box}", "--format", fmt, "-q",
-            "--model", "torch", "--factory", "toys:threshold_net", "--class-index", "0"]
+            "--model", "torch", "--factory", "toys:ramp", "--class-index", "0"]
     assert main(args) == 0
     written = sitk.ReadImage(str(out / f"oblique_mask{suffix}"))
     assert written.GetSize() == img.GetSize()

@@ -114,7 +114,7 @@ def test_request_holds_image_and_findings_and_no_patient_data(server, tmp_path):
     texts = [c["text"] for c in user if c["type"] == "text"]
     urls = [c["image_url"]["url"] for c in user if c["type"] == "image_url"]
     # the findings are in the request ...
-    findings = json.loads(paths["findings"].read_text())
+    findings = json.loads(paths["report_findings"].read_text())
     context = json.loads(texts[0].split("FINDINGS (JSON):\n", 1)[1].split("\n\n", 1)[0])
     assert context["mask"]["volume_ml"] == findings["mask"]["volume_ml"]
     assert context["methods"]["occlusion"]["saliency_mass"] == findings["methods"]["occlusion"]["saliency_mass"]
@@ -238,8 +238,12 @@ def test_report_command_line(server, tmp_path, monkeypatch, capsys):
 
 
 def test_explain_report_hook(tmp_path):
-    """What ``xaiseg explain --report`` calls after ``run.write``: the options and report_after_explain."""
-    from xaiseg.narrate.cli import add_explain_report_options, report_after_explain
+    """What ``xaiseg explain --report`` does after the explanation is written: the report options become
+    the request's report object and pipeline.write_report builds the report under the run's name."""
+    import dataclasses
+
+    from xaiseg.narrate.cli import add_explain_report_options, options_from_args
+    from xaiseg.pipeline import write_report
 
     run = copy_run(dicom_run(), tmp_path / "run")
     (run / "other_run.json").write_text("{}")  # a second run in the folder: the name must be passed on
@@ -248,6 +252,9 @@ def test_explain_report_hook(tmp_path):
     add_explain_report_options(parser)
     args = parser.parse_args(["--report"])
     assert args.report is True and args.narrator == "template"
-    paths = report_after_explain(args, run, DICOM_NAME)
-    assert sorted(paths) == ["findings", "html", "report_json"]
-    assert json.loads(paths["findings"].read_text())["structure"]["name"] == DICOM_NAME
+    options = {k: v for k, v in dataclasses.asdict(options_from_args(args)).items() if k not in ("name", "output")}
+    notes = []
+    paths = write_report(run, DICOM_NAME, options, notes.append)
+    assert notes == []
+    assert sorted(paths) == ["report_findings", "report_html", "report_json"]
+    assert json.loads(paths["report_findings"].read_text())["structure"]["name"] == DICOM_NAME

@@ -86,15 +86,15 @@ def test_medsam_download_into_cache(tiny_checkpoint, tmp_path):
 
 
 def test_torchscript_and_factory_segment_known_square(tmp_path):
-    from toys import Threshold
+    from toys import Ramp
     from xaiseg.models.torch_model import TorchSegmenter
 
     image = np.zeros((32, 32), np.float32)
     image[8:16, 10:20] = 1.0
     ts = tmp_path / "toy.pt"
-    torch.jit.script(Threshold()).save(str(ts))
+    torch.jit.script(Ramp()).save(str(ts))
     for seg in (TorchSegmenter.from_options(torchscript=str(ts), class_index=0),
-                TorchSegmenter.from_options(factory="toys:threshold_net", class_index=0)):
+                TorchSegmenter.from_options(factory="toys:ramp", class_index=0)):
         mask = seg.segment(image, SlicePrompt(box=(0, 0, 31, 31)))
         assert np.array_equal(mask, image > 0.5)
 

@@ -198,7 +198,7 @@ def test_cancel_after_two_steps_raises_and_writes_nothing(tmp_path, monkeypatch)
     sitk.WriteImage(sitk.GetImageFromArray(volume().array), str(img))
     writes = []
     monkeypatch.setattr(SegmentResult, "write", lambda self, *a, **k: writes.append(a))
-    monkeypatch.setattr("xaiseg.cli.segmenter_from", lambda args: BoxToy())
+    monkeypatch.setattr("xaiseg.models.load_segmenter", lambda kind, **kw: BoxToy())
     monkeypatch.setattr("xaiseg.progress.Progress", CancelAfter)
     out = tmp_path / "out"
     assert main(["segment", str(img), "-o", str(out), "--box", "1,1,1,10,10,10", "-q"]) == 130
@@ -208,7 +208,7 @@ def test_cancel_after_two_steps_raises_and_writes_nothing(tmp_path, monkeypatch)
 def test_cli_cancel_message_and_no_output(tmp_path, capsys, monkeypatch):
     img = tmp_path / "v.nrrd"
     sitk.WriteImage(sitk.GetImageFromArray(volume().array), str(img))
-    monkeypatch.setattr("xaiseg.cli.segmenter_from", lambda args: BoxToy())
+    monkeypatch.setattr("xaiseg.models.load_segmenter", lambda kind, **kw: BoxToy())
     monkeypatch.setattr("xaiseg.progress.Progress", CancelAfter)
     out = tmp_path / "out"
     assert main(["segment", str(img), "-o", str(out), "--points", "1,1,1;2,2,2;3,3,3;4,4,4", "-q"]) == 130

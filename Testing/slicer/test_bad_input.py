@@ -114,14 +114,14 @@ def test_roi_partly_outside_is_clipped_with_a_note(scene, small):
     volume, roi = small
     roi.SetSize(200.0, 30.0, 8.0)
     job = XAISegLogic(scene).buildJob(volume, roi, write=False)
-    assert job.request["prompt"]["lo_kji"][2] == 0 and job.request["prompt"]["hi_kji"][2] == 39
+    assert job.request.to_dict()["prompt"]["lo_kji"][2] == 0 and job.request.to_dict()["prompt"]["hi_kji"][2] == 39
     assert any("clipped" in n for n in job.notes)
 
 
 def test_roi_becomes_the_right_voxel_box(scene, small):
     volume, roi = small
     job = XAISegLogic(scene).buildJob(volume, roi, write=False)
-    assert job.request["prompt"] == {"type": "box", "lo_kji": [4, 12, 12], "hi_kji": [7, 27, 27]}
+    assert job.request.to_dict()["prompt"] == {"type": "box", "lo_kji": [4, 12, 12], "hi_kji": [7, 27, 27]}
 
 
 def test_linear_transform_is_followed(scene, small):
@@ -138,4 +138,4 @@ def test_linear_transform_is_followed(scene, small):
     c = roi.GetCenter()
     roi.SetCenter(c[0] + 50.0, c[1], c[2])  # follow the volume in world space
     job = XAISegLogic(scene).buildJob(volume, roi, write=False)
-    assert job.request["prompt"]["lo_kji"] == [4, 12, 12] and job.request["prompt"]["hi_kji"] == [7, 27, 27]
+    assert job.request.to_dict()["prompt"]["lo_kji"] == [4, 12, 12] and job.request.to_dict()["prompt"]["hi_kji"] == [7, 27, 27]

@@ -39,16 +39,20 @@ def test_library_is_free_of_qt_ctk_slicer_app_and_scripted_module():
 
 def test_cost_counts_segmentation_and_occlusion_passes(scene):
     import slicer
-    from XAISegExtensionLib.cost import method_evaluations
+    from xaiseg.explain import make_explainer
     from XAISegExtensionLib.logic import RunSettings, XAISegLogic
     from XAISegExtensionLib.selftest import roi_from_kji
 
+    def passes(name, **settings):  # what each method states it costs per slice (the cost estimate's source)
+        return make_explainer(name, **settings).total_cost()
+
     # occlusion on the 256 grid with 64/32 patches: 7 positions per axis, all 49 without an ROI
-    assert method_evaluations("occlusion", {"metric_steps": 0}) == 49 + 1
-    assert method_evaluations("occlusion", {"patch": 128, "stride": 128, "metric_steps": 2}) == 4 + 4
-    assert method_evaluations("rise", {"n_masks": 500, "metric_steps": 8}) == 500 + 16
-    assert method_evaluations("lime", {}) == 300 + 16
-    assert method_evaluations("shap", {"budget": 64, "sanity": True, "metric_steps": 0}) == 128 + 1
+    assert passes("occlusion", metric_steps=0) == 49 + 1
+    assert passes("occlusion", patch=128, stride=128, metric_steps=2) == 4 + 4
+    assert passes("rise", n_masks=500, metric_steps=8) == 500 + 16
+    assert passes("lime") == 300 + 16
+    assert passes("shap", budget=64, sanity=True, metric_steps=0) == 128 + 1
+    assert passes("layers") == 1 and passes("layers", metric_steps=2, sanity=True) == 2 + 4
     volume = slicer.util.addVolumeFromArray(np.random.rand(20, 100, 100).astype(np.float32), name="v")
     roi = roi_from_kji(scene, volume, (5, 40, 40), (9, 59, 59))
     before = scene.GetNumberOfNodes()

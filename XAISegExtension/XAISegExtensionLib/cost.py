@@ -1,100 +1,69 @@
 """Cost estimate shown before Apply: how many model evaluations a run needs and how long they take.
 
-The encoder dominates (DESIGN.md: about 1.5 s per pass for LiteMedSAM on two CPU cores, 65 ms
-per decoder pass), so the estimate counts encoder passes: one per segmented slice, plus one per
-perturbed image of every explained slice.  Seconds come from a calibration on this machine
+The encoder dominates (about 1.5 s per pass for LiteMedSAM on two CPU cores, 65 ms per decoder
+pass), so the estimate counts encoder passes: one per segmented slice, plus what each method
+states it needs per explained slice (:meth:`xaiseg.explain.Explainer.total_cost`: attribution, the
+metrics stage and the sanity check).  Seconds come from a calibration on this machine
 (:meth:`XAISegLogic.calibrate`) when available, else from those reference figures.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, Optional, Sequence
 
 DEFAULT_SECONDS = {"seconds_encoder": 1.5, "seconds_decoder": 0.065, "seconds_load": 3.0}
 MODEL_GRID = 256
 
 
-def _positions(length: int, patch: int, stride: int) -> int:
-    if patch >= length:
-        return 1
-    n = len(range(0, length - patch + 1, stride))
-    return n + (0 if (n - 1) * stride == length - patch else 1)
-
-
-def method_evaluations(name: str, settings: Dict[str, Any], roi_extent=None) -> int:
-    """Perturbed images one slice needs for ``name`` with ``settings`` (each is one encoder pass),
-    including the deletion/insertion curves (``metric_steps`` points each) and the Dice drop.
-    roi_extent: (rows, columns) of the ROI on the model's 256 grid, when known (occlusion only
-    evaluates patches that overlap it)."""
-    s = settings or {}
-    if name == "layers":  # one hooked encoder pass; faithfulness curves only when asked for
-        steps = int(s.get("metric_steps", 0))
-        return (2 if s.get("sanity") else 1) + (2 * steps if steps else 0)
-    steps = int(s.get("metric_steps", 8))
-    metrics = 2 * steps if steps else 1
-    if name == "occlusion":
-        patch, stride = int(s.get("patch", 64)), int(s.get("stride", 32))
-        per_axis = _positions(MODEL_GRID, patch, stride)
-        counts = [per_axis, per_axis]
-        if roi_extent is not None:
-            counts = [min(per_axis, int(math.ceil((e + patch - 1) / stride))) for e in roi_extent]
-        n = max(1, counts[0] * counts[1])
-    elif name == "rise":
-        n = int(s.get("n_masks", 2000))
-    elif name == "lime":
-        n = int(s.get("n_samples", 300))
-    elif name == "shap":
-        n = int(s.get("budget", 256))
+def _segmented_slices(request, shape: Sequence[int], axis: int):
+    """(first, last, count) of the slices the prompt segments, and the ROI extent on the model grid."""
+    prompt = request.prompt
+    roi_extent = None
+    if prompt.type == "box" and prompt.coords == "kji":
+        lo, hi = prompt.lo, prompt.hi
+        first, last = int(min(lo[axis], hi[axis])), int(max(lo[axis], hi[axis]))
+        rows = [a for a in range(3) if a != axis]
+        scale = MODEL_GRID / float(max(shape[a] for a in rows))
+        margin = request.explain.roi.margin if request.explain else 0
+        roi_extent = [(abs(hi[a] - lo[a]) + 1 + 2 * margin) * scale for a in rows]
+        ks = None
+    elif prompt.type == "points" and prompt.coords == "kji":
+        ks = sorted({int(round(p[axis])) for p, lab in zip(prompt.points, prompt.labels) if lab == 1})
+        first, last = (ks[0], ks[-1]) if ks else (0, -1)
+    elif prompt.type == "slice_box":
+        first = last = int(prompt.slice)
+        ks = None
     else:
-        n = int(s.get("n_evaluations", 100))
-    if s.get("sanity"):
-        n *= 2
-    return n + metrics
+        first, last, ks = 0, shape[axis] - 1, None  # a label map (or RAS) prompt: at most every slice
+    if request.slice_range:
+        first, last = max(first, request.slice_range[0]), min(last, request.slice_range[1])
+    count = len([k for k in ks if first <= k <= last]) if ks is not None else max(0, last - first + 1)
+    return count, roi_extent
 
 
-def estimate(request: Dict[str, Any], shape: Sequence[int], geometry, calibration: Optional[Dict[str, float]] = None
+def estimate(request, shape: Sequence[int], geometry, calibration: Optional[Dict[str, float]] = None
              ) -> Dict[str, Any]:
-    """Encoder/decoder passes and seconds of a worker request on a volume of ``shape`` (k, j, i)."""
+    """Encoder/decoder passes and seconds of a :class:`~xaiseg.request.RunRequest` on a volume of
+    ``shape`` (k, j, i)."""
     from xaiseg.volume import slicing_axis
 
     cal = dict(DEFAULT_SECONDS, **(calibration or {}))
-    axis = slicing_axis(geometry, request.get("axis", "axial"))
-    prompt = request["prompt"]
-    if prompt["type"] == "box":
-        first, last = prompt["lo_kji"][axis], prompt["hi_kji"][axis]
-        rows = [a for a in range(3) if a != axis]
-        scale = MODEL_GRID / float(max(shape[a] for a in rows))
-        margin = int((request.get("explain") or {}).get("roi", {}).get("margin", 8))
-        roi_extent = [(prompt["hi_kji"][a] - prompt["lo_kji"][a] + 1 + 2 * margin) * scale for a in rows]
-    elif prompt["type"] == "points":
-        ks = sorted({int(round(p[axis])) for p, lab in zip(prompt["points_kji"], prompt["labels"]) if lab == 1})
-        first, last = (ks[0], ks[-1]) if ks else (0, -1)
-        roi_extent = None
-    else:
-        first, last = 0, shape[axis] - 1  # a label map prompt: at most every slice
-        roi_extent = None
-    sr = request.get("slice_range")
-    if sr:
-        first, last = max(first, sr[0]), min(last, sr[1])
-    if prompt["type"] == "points":
-        seg_slices = len([k for k in ks if first <= k <= last])
-    else:
-        seg_slices = max(0, last - first + 1)
-    encoder = seg_slices
-    decoder = seg_slices
-    per_method = {}
-    explain = request.get("explain")
-    if explain:
-        n_explained = len(explain["slices"]) if explain.get("slices") else seg_slices
-        for m in explain["methods"]:
-            n = method_evaluations(m["name"], m.get("settings") or {}, roi_extent) * n_explained
-            per_method[m["name"]] = n
+    axis = slicing_axis(geometry, request.axis)
+    seg_slices, roi_extent = _segmented_slices(request, shape, axis)
+    encoder = decoder = seg_slices
+    per_method: Dict[str, int] = {}
+    if request.explain:
+        n_explained = len(request.explain.slices) if request.explain.slices else seg_slices
+        for m in request.explain.methods:
+            n = m.explainer().total_cost(roi_extent, MODEL_GRID) * n_explained
+            per_method[m.name] = n
             encoder += n
             decoder += n + n_explained
     seconds = cal["seconds_load"] + encoder * cal["seconds_encoder"] + decoder * cal["seconds_decoder"]
+    device = request.segmenter.device
     text = (f"{seg_slices} slice(s) to segment; {encoder} encoder and {decoder} decoder passes; "
-            f"about {seconds / 60:.1f} min")
+            f"about {seconds / 60:.1f} min on {device}")
     if per_method:
         text += " (" + ", ".join(f"{k}: {v} evaluations" for k, v in per_method.items()) + ")"
     return {"slices": seg_slices, "encoder_passes": encoder, "decoder_passes": decoder, "per_method": per_method,
-            "seconds": seconds, "minutes": seconds / 60.0, "calibrated": calibration is not None, "text": text}
+            "seconds": seconds, "minutes": seconds / 60.0, "calibrated": calibration is not None, "device": device,
+            "text": text}

@@ -1,27 +1,18 @@
 """Python packages the worker needs, checked on first use (never at import) and installed on request.
 
+Each explanation method states its own requirements (``Explainer.requirements``); the segmenter,
+CLIP ROI and narrator requirements are listed here.
+
 Checking uses ``importlib.util.find_spec`` so nothing heavy is imported into Slicer's process.
 Installing uses PyTorchUtils for torch (it picks the wheel that fits the GPU and driver), then
 ``slicer.pydeps.pip_ensure`` where Slicer has it (5.11+) or ``slicer.util.pip_install``.
 """
 from __future__ import annotations
 
-import importlib.util
-from dataclasses import dataclass
 from typing import Callable, Iterable, List, Optional, Sequence
 
-
-@dataclass(frozen=True)
-class Requirement:
-    module: str        # import name checked with find_spec
-    spec: str          # pip requirement
-    purpose: str
-
-    def installed(self) -> bool:
-        try:
-            return importlib.util.find_spec(self.module) is not None
-        except (ImportError, ValueError):
-            return False
+from xaiseg import requirements as engine
+from xaiseg.requirements import Requirement
 
 
 TORCH = Requirement("torch", "torch>=2.0", "runs the segmentation models")
@@ -34,28 +25,34 @@ CORE = (
     Requirement("PIL", "pillow>=9", "the per-slice PNG figures"),
     Requirement("tqdm", "tqdm>=4.60", "progress bars of the command line"),
 )
+#: features that are not explanation methods (each method lists its own requirements)
 BY_FEATURE = {
-    "medsam": (Requirement("segment_anything", "segment-anything>=1.0", "full MedSAM ViT-B"),),
-    "lime": (Requirement("skimage", "scikit-image>=0.20", "LIME's superpixels"),
-             Requirement("sklearn", "scikit-learn>=1.2", "LIME's ridge surrogate")),
-    "shap": (Requirement("shap", "shap>=0.44", "SHAP"), Requirement("skimage", "scikit-image>=0.20", "SHAP's superpixels")),
-    "clip": (Requirement("transformers", "transformers>=4.38", "the CLIP ROI"),),
-    "llava": (Requirement("transformers", "transformers>=4.38", "the LLaVA narrator"),),
+    "medsam": (engine.SEGMENT_ANYTHING,),
+    "clip": (engine.TRANSFORMERS_CLIP,),
+    "llava": (engine.TRANSFORMERS_LLAVA,),
 }
 
 
-def required(segmenter: str = "litemedsam", methods: Iterable[str] = (), roi_source: str = "box") -> List[Requirement]:
+def feature_requirements(feature: str) -> Sequence[Requirement]:
+    """What ``feature`` needs: an explanation method's own ``requirements``, or BY_FEATURE's entry."""
+    from xaiseg.explain import EXPLAINERS
+
+    cls = EXPLAINERS.get(feature)
+    return tuple(cls.requirements) if cls is not None else BY_FEATURE.get(feature, ())
+
+
+def required(segmenter: str = "litemedsam", methods: Iterable[str] = (), roi_source: str = "embedding") -> List[Requirement]:
     """Every requirement of a run with this segmenter, these methods and this ROI source."""
     reqs = list(CORE)
     for feature in [segmenter, roi_source, *methods]:
-        reqs += BY_FEATURE.get(feature, ())
+        reqs += feature_requirements(feature)
     unique = {}
     for r in reqs:
         unique.setdefault(r.module, r)
     return list(unique.values())
 
 
-def missing(segmenter: str = "litemedsam", methods: Iterable[str] = (), roi_source: str = "box") -> List[Requirement]:
+def missing(segmenter: str = "litemedsam", methods: Iterable[str] = (), roi_source: str = "embedding") -> List[Requirement]:
     return [r for r in required(segmenter, methods, roi_source) if not r.installed()]
 
 

@@ -12,9 +12,9 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -22,74 +22,142 @@ from . import mrml
 from .mrml import InputError
 from .process import WorkerProcess
 
-SEGMENTERS = ("litemedsam", "medsam", "torch")
-ROI_SOURCES = ("box", "mask", "embedding", "clip")
 IDLE, RUNNING, SUCCEEDED, FAILED, CANCELLED = "idle", "running", "succeeded", "failed", "cancelled"
+
+
+def _segmenter_default(name: str):
+    from xaiseg.request import SegmenterSpec
+    from xaiseg.settings import defaults
+
+    return defaults(SegmenterSpec)[name]
 
 
 @dataclass
 class RunSettings:
-    """Everything the panel sets besides the input nodes.
+    """Everything the panel sets besides the input nodes; :meth:`request` turns it into the
+    engine's typed :class:`~xaiseg.request.RunRequest`, whose parser checks every value.
 
+    Empty or None fields take the request's defaults (``xaiseg.request`` and each method's
+    ``Settings``), so the panel and the command line share one set of defaults.
     segmenter: ``litemedsam`` (built in), ``medsam`` (ViT-B ``checkpoint`` or ``url`` + ``sha256``)
     or ``torch`` (a TorchScript ``checkpoint`` file).  methods: explanation methods to run after
-    segmenting (empty: segment only), with per-method keyword settings in ``method_settings``.
-    roi: ``{"source": "box"|"mask"|"embedding"|"clip", ...}`` for the explainers.  slice_range:
-    ``(first, last)`` array indices along the slicing axis, or None for every slice the prompt
-    covers.  explain_slices: which slices to explain (None: every segmented slice in the range).
+    segmenting (empty: segment only); ``common``: settings every method shares (seed,
+    metric_steps, threshold, sanity, ...); ``method_settings``: per-method settings.  roi: fields of
+    :class:`xaiseg.roi.RoiConfig` (empty: the embedding ROI).  slice_range: ``(first, last)`` array
+    indices along the slicing axis, or None for every slice the prompt covers.  explain_slices:
+    which slices to explain (a list, or text such as ``"80,82"`` / ``"80-84"``; None: every
+    segmented slice in the range).
     """
 
     name: str = ""
-    segmenter: str = "litemedsam"
+    segmenter: str = field(default_factory=lambda: _segmenter_default("kind"))
     checkpoint: str = ""
     sha256: str = ""
     url: str = ""
-    device: str = "cpu"
+    device: str = field(default_factory=lambda: _segmenter_default("device"))
+    class_index: Optional[int] = None
     methods: Tuple[str, ...] = ()
+    common: Dict[str, Any] = field(default_factory=dict)
     method_settings: Dict[str, Dict[str, Any]] = field(default_factory=dict)
-    roi: Dict[str, Any] = field(default_factory=lambda: {"source": "box"})
+    roi: Dict[str, Any] = field(default_factory=dict)
     slice_range: Optional[Tuple[int, int]] = None
-    explain_slices: Optional[List[int]] = None
+    explain_slices: Any = None
     axis: str = "axial"
     margin: int = 0
     preprocessing: Dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
+    seed: Optional[int] = None
     threads: Optional[int] = None
     narrator: str = "template"  # "" for no narrative; "template" is offline and instant
     report_options: Dict[str, Any] = field(default_factory=dict)
 
-    def check(self) -> None:
-        if self.segmenter not in SEGMENTERS:
-            raise InputError(f"segmenter {self.segmenter!r} is unknown; expected one of {', '.join(SEGMENTERS)}")
-        if self.segmenter == "medsam" and not (self.checkpoint or self.url):
-            raise InputError("MedSAM ViT-B needs a checkpoint file (medsam_vit_b.pth) or a download URL with "
-                             "its SHA-256")
-        if self.segmenter == "medsam" and self.url and not self.sha256:
-            raise InputError(f"downloading {self.url} needs the file's SHA-256 so it can be verified")
-        if self.segmenter == "torch" and not self.checkpoint:
-            raise InputError("a custom model needs a TorchScript file (.pt) that maps a (1, C, H, W) slice to logits")
-        if self.checkpoint and not Path(self.checkpoint).is_file():
-            raise InputError(f"checkpoint {self.checkpoint} does not exist; expected a model file")
-        source = (self.roi or {}).get("source", "box")
-        if source not in ROI_SOURCES:
-            raise InputError(f"ROI source {source!r} is unknown; expected one of {', '.join(ROI_SOURCES)}")
-        if self.slice_range is not None:
-            first, last = self.slice_range
-            if first > last:
-                raise InputError(f"slice range {first}..{last} is empty; expected first <= last")
-
     def segmenter_options(self) -> Dict[str, Any]:
-        if self.segmenter == "torch":
-            return {"kind": "torch", "torchscript": self.checkpoint, "sha256": self.sha256 or None,
-                    "device": self.device, "class_index": 0}
-        opts = {"kind": self.segmenter, "checkpoint": self.checkpoint or None, "sha256": self.sha256 or None,
-                "device": self.device}
+        """The request's ``segmenter`` object (only what the panel set)."""
+        opts: Dict[str, Any] = {"kind": self.segmenter, "device": self.device}
+        key = "torchscript" if self.segmenter == "torch" else "checkpoint"
+        for k, v in ((key, self.checkpoint), ("sha256", self.sha256), ("class_index", self.class_index)):
+            if v not in (None, ""):
+                opts[k] = v
         if self.segmenter == "medsam" and self.url:
             opts["url"] = self.url
         return opts
 
+    def explain_options(self) -> Optional[Dict[str, Any]]:
+        """The request's ``explain`` object, or None when no method is chosen."""
+        if not self.methods:
+            return None
+        common = dict(self.common)
+        if self.seed is not None:
+            common.setdefault("seed", self.seed)
+        return {"methods": [{"name": m, "settings": dict(self.method_settings.get(m, {}))} for m in self.methods],
+                "common": common, "roi": dict(self.roi), "slices": self.explain_slices,
+                "report": dict(self.report_options, narrator=self.narrator) if self.narrator else None}
+
+    def request_dict(self, input_file: str, output_dir: str, prompt: Dict[str, Any], name: str) -> Dict[str, Any]:
+        """The JSON form of the run request (what the worker reads)."""
+        data: Dict[str, Any] = {"input": input_file, "output_dir": output_dir, "name": name, "prompt": prompt,
+                                "segmenter": self.segmenter_options(), "preprocessing": dict(self.preprocessing),
+                                "axis": self.axis, "margin": self.margin, "slice_range": self.slice_range,
+                                "threads": self.threads}
+        explain = self.explain_options()
+        if explain:
+            data["explain"] = explain
+        return data
+
+    def request(self, input_file: str, output_dir: str, prompt: Dict[str, Any], name: str, base=None):
+        """The typed :class:`~xaiseg.request.RunRequest` (raises :class:`InputError` naming a bad value)."""
+        return parse_request(self.request_dict(input_file, output_dir, prompt, name), base)
+
+    def check(self) -> None:
+        """Check the settings alone (no volume or prompt yet), the ROI too when no method is chosen."""
+        self.request("input.nrrd", "output", {"type": "box", "lo_kji": [0, 0, 0], "hi_kji": [0, 0, 0]}, "check")
+        if not self.methods:
+            from xaiseg.errors import XAISegError
+            from xaiseg.roi import RoiConfig
+            from xaiseg.settings import build
+
+            try:
+                build(RoiConfig, self.roi, "roi")
+            except XAISegError as exc:
+                raise InputError(str(exc)) from None
+
     def method_label(self) -> str:
         return "+".join(self.methods) if self.methods else "segmentation"
+
+
+def parse_request(data: Dict[str, Any], base=None):
+    """The engine's one parser, with its errors raised as the panel's :class:`InputError`."""
+    from xaiseg.errors import XAISegError
+    from xaiseg.request import RunRequest
+
+    try:
+        return RunRequest.from_dict(data, base)
+    except XAISegError as exc:
+        raise InputError(str(exc)) from None
+
+
+def available_methods() -> List[Dict[str, Any]]:
+    """Every registered explanation method as the panel lists it: name, title, limits, whether it
+    perturbs, its requirements and its own settings (name, type, default, help, choices)."""
+    import dataclasses
+
+    from xaiseg.explain import EXPLAINERS
+    from xaiseg.settings import hints
+
+    out = []
+    for name, cls in EXPLAINERS.items():
+        types = hints(cls.Settings)
+        fields = []
+        for f in cls.method_fields():
+            meta = f.metadata or {}
+            if not meta.get("cli", True):
+                continue
+            fields.append({"name": f.name, "type": getattr(types[f.name], "__name__", str(types[f.name])),
+                           "default": None if f.default is dataclasses.MISSING else f.default,
+                           "help": meta.get("help", ""), "choices": meta.get("choices"),
+                           "minimum": meta.get("minimum"), "maximum": meta.get("maximum")})
+        out.append({"name": name, "title": cls.title, "limits": cls.limits, "perturbs": cls.perturbs,
+                    "requirements": [r.spec for r in cls.requirements], "settings": fields})
+    return out
 
 
 @dataclass
@@ -106,10 +174,6 @@ class RunState:
     error: str = ""
     seconds: float = 0.0
 
-    @property
-    def fraction(self) -> float:
-        return self.done / self.total if self.total else 0.0
-
     def describe(self) -> str:
         """``slice i of n, method`` for the progress bar."""
         if not self.stage:
@@ -125,7 +189,7 @@ class RunState:
 class Job:
     """One run: its request, files and the nodes it was started from."""
 
-    request: Dict[str, Any]
+    request: Any  # xaiseg.request.RunRequest
     workdir: Path
     input_node_id: str
     run_key: str
@@ -196,7 +260,6 @@ class XAISegLogic:
         target: optional ``(segmentationNode, segmentId)`` ground truth for pointing-game metrics.
         """
         settings = settings or RunSettings()
-        settings.check()
         mrml.check_input_volume(inputVolume)
         mrml.world_to_local(inputVolume)  # refuses non-linear transforms early
         notes: List[str] = []
@@ -216,10 +279,6 @@ class XAISegLogic:
                              "a markups point list or a segment")
         if target is not None and settings.methods:
             arrays["target.nrrd"] = mrml.segment_labelmap(target[0], target[1], inputVolume)
-        roi = dict(settings.roi or {"source": "box"})
-        if roi.get("source") == "clip" and settings.methods and not roi.get("clip_model"):
-            raise InputError("the CLIP ROI needs a local CLIP/BiomedCLIP weights folder (none can be downloaded "
-                             "here); choose it or use the box, mask or embedding ROI")
         shape = mrml.volume_array_shape(inputVolume)
         if settings.slice_range is not None:
             if settings.slice_range[1] < 0 or settings.slice_range[0] > max(shape) - 1:
@@ -227,32 +286,22 @@ class XAISegLogic:
                                  f"the volume's slices (shape k, j, i = {shape})")
         base = inputVolume.GetName() + (f" {settings.name}" if settings.name else "")
         run_key = f"{inputVolume.GetID()}|{settings.name}|{settings.method_label()}"
-        request: Dict[str, Any] = {
-            "version": 1, "task": "run", "input": "input.nrrd", "output_dir": "output",
-            "name": _file_stem(base), "prompt": prompt_spec,
-            "segmenter": settings.segmenter_options(), "preprocessing": dict(settings.preprocessing),
-            "axis": settings.axis, "margin": settings.margin,
-            "slice_range": list(settings.slice_range) if settings.slice_range is not None else None,
-            "threads": settings.threads, "cancel_file": "cancel", "explain": None,
-        }
-        if settings.methods:
-            request["explain"] = {
-                "methods": [{"name": m, "settings": dict(settings.method_settings.get(m, {}))}
-                            for m in settings.methods],
-                "roi": roi, "slices": settings.explain_slices, "seed": settings.seed,
-                "target": "target.nrrd" if "target.nrrd" in arrays else None,
-                "report": dict(settings.report_options, narrator=settings.narrator) if settings.narrator else None,
-            }
         workdir = Path(tempfile.mkdtemp(prefix="xaiseg-run-")) if write else Path(tempfile.gettempdir())
-        if write:
-            try:
+        try:
+            data = settings.request_dict("input.nrrd", "output", prompt_spec, base)
+            if data.get("explain") and "target.nrrd" in arrays:
+                data["explain"]["target"] = "target.nrrd"
+            request = parse_request(data, workdir)
+            if write:
                 mrml.write_volume_file(inputVolume, workdir / "input.nrrd")
                 for fname, array in arrays.items():
                     mrml.write_volume_file(inputVolume, workdir / fname, array)
-                (workdir / "request.json").write_text(json.dumps(request, indent=2), encoding="utf-8")
-            except BaseException:
+                doc = dict(request.to_dict(), task="run", cancel_file="cancel")
+                (workdir / "request.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
+        except BaseException:
+            if write:
                 shutil.rmtree(workdir, ignore_errors=True)
-                raise
+            raise
         return Job(request, workdir, inputVolume.GetID(), run_key, base, settings, notes)
 
     # ------------------------------------------------------------------ running
@@ -387,7 +436,7 @@ class XAISegLogic:
         input_node = scene.GetNodeByID(job.input_node_id)
         if input_node is None:
             raise InputError(f"the input volume ({job.input_node_id}) was removed from the scene during the run")
-        name = job.request["name"]
+        name = job.request.name
         files = _read_json(outdir / f"{name}_metrics.json") or {}
         seg_record = _read_json(outdir / f"{name}_run.json") or {}
         record = dict(files.get("record") or seg_record)
@@ -448,15 +497,12 @@ class XAISegLogic:
         report = _read_json(outdir / f"{name}_report.json") or {}
         if not narrative and isinstance(report.get("narrative"), dict):
             narrative = report["narrative"].get("text")
-        for candidate in (f"{name}_narrative.md", f"{name}_narrative.txt"):
-            if not narrative and (outdir / candidate).is_file():
-                narrative = (outdir / candidate).read_text(encoding="utf-8")
         if narrative:
             result.narrative = mrml.add_text(scene, f"{job.base_name} narrative", str(narrative))
         result.table = mrml.add_metrics_table(scene, f"{job.base_name} metrics",
                                               metric_rows(mask, input_node, seg_record, files, final))
         result.record_text = mrml.add_text(scene, f"{job.base_name} run record",
-                                           json.dumps({"request": job.request, "record": record,
+                                           json.dumps({"request": job.request.to_dict(), "record": record,
                                                        "metrics": files}, indent=2, default=str))
         for node in result.nodes():
             mrml.place_in_folder(scene, folder, node)
@@ -475,7 +521,7 @@ class XAISegLogic:
             return self.calibration[key]
         workdir = Path(tempfile.mkdtemp(prefix="xaiseg-calibrate-"))
         try:
-            req = {"version": 1, "task": "calibrate", "segmenter": settings.segmenter_options(),
+            req = {"task": "calibrate", "segmenter": settings.segmenter_options(),
                    "threads": settings.threads}
             (workdir / "request.json").write_text(json.dumps(req), encoding="utf-8")
             proc = WorkerProcess(workdir / "request.json", python=self.python)

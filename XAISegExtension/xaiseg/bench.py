@@ -44,8 +44,8 @@ def bench_segmentation(outdir: Path, quick: bool = False, device: str = "cpu") -
         "rows": [r.record() for r in rows],
         "random_weights": [r.record() for r in random_rows],
         "timings": timings,
-        "embeddings_computed": session.slicer.encoder_passes,
-        "prompts_decoded": session.slicer.decoder_passes,
+        "embeddings_computed": session.volume_segmenter.encoder_passes,
+        "prompts_decoded": session.volume_segmenter.decoder_passes,
         "peak_rss_mb": peak_rss_mb(),
         "seconds": time.perf_counter() - t0,
     }

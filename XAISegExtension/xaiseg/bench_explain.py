@@ -55,12 +55,12 @@ class _Scorer:
 
 def slice_setup(session, seg, k: int):
     """Slice ``k`` of a segmentation: image, prompt, cached embedding, mask and embedding ROI."""
-    from .pipeline import _slice_prompt
+    from .explain_volume import slice_prompt as _slice_prompt
     from .roi import RoiConfig, RoiFinder
 
-    image = session.slicer.slice(k)
+    image = session.volume_segmenter.slice(k)
     prompt = _slice_prompt(next(r.prompt for r in seg.slices if r.index == k))
-    embedding, _ = session.slicer.embedding(k)
+    embedding, _ = session.volume_segmenter.embedding(k)
     mask = session.segmenter.decode(embedding, prompt.clipped(image.shape)) > 0
     region, _ = RoiFinder(RoiConfig("embedding")).find(image, prompt, mask, embedding)
     return image, prompt, embedding, mask, region
@@ -71,7 +71,8 @@ def occlusion_rows(session, seg, k: int, steps: int) -> List[Dict]:
     import torch
 
     from .explain import make_explainer
-    from .explain.base import PerturbationEngine, faithfulness
+    from .explain.base import PerturbationEngine
+    from .explain.measure import faithfulness
     from .metrics import normalise01
     from .roi import RoiConfig, RoiFinder
 
@@ -183,10 +184,11 @@ def layers_part(sample, segmenter, stride: int = 3, quick: bool = False) -> Dict
     the same slices, and the per-layer localisation table for the three stages, beside the
     spatial weighting alone and a re-drawn encoder."""
     from .explain.layers import LayerMaps, spatial_weight
-    from .explain.base import localisation
+    from .explain.measure import localisation
     from .metrics import normalise01
     from .models.base import randomized_copy
-    from .pipeline import Session, _slice_prompt, layer_summary
+    from .explain_volume import component_summary, slice_prompt as _slice_prompt
+    from .pipeline import Session
     from .volume import LabelBoxPrompt
 
     truth = sample.mask("Left_Caudate")
@@ -205,7 +207,7 @@ def layers_part(sample, segmenter, stride: int = 3, quick: bool = False) -> Dict
     per_slice: Dict[int, List] = {1: [], 2: [], 3: []}
     rois = {}
     for n, k in enumerate(ks):
-        image, p = session.slicer.slice(k), _slice_prompt(runs[k].prompt)
+        image, p = session.volume_segmenter.slice(k), _slice_prompt(runs[k].prompt)
         jobs = [0, 1, 2, 3]  # 0: segmentation, 1-3: the stages; the order rotates from slice to slice
         for job in jobs[n % 4:] + jobs[:n % 4]:
             t0 = time.perf_counter()
@@ -221,7 +223,7 @@ def layers_part(sample, segmenter, stride: int = 3, quick: bool = False) -> Dict
     mean = lambda rows, key: round(float(np.mean([float(r[key]) for r in rows])), 4)  # noqa: E731
     stages, tables = {}, {}
     for stage, exs in per_slice.items():
-        summary = layer_summary([e.extras["layer_table"] for e in exs])
+        summary = component_summary([e.component_table for e in exs], "layer")
         stages[stage] = {"seconds": seconds[stage], "ratio_to_segmentation": seconds[stage] / seg_seconds,
                          "best_layer": summary["best_layer"],
                          "fused": {key: mean([e.metrics for e in exs], key) for key in keys}}
@@ -229,9 +231,9 @@ def layers_part(sample, segmenter, stride: int = 3, quick: bool = False) -> Dict
     redrawn = LayerMaps(randomized_copy(segmenter, seed=1, part="image_encoder"))
     prior, random_rows = [], {}
     for k in ks:
-        image, p = session.slicer.slice(k), _slice_prompt(runs[k].prompt)
+        image, p = session.volume_segmenter.slice(k), _slice_prompt(runs[k].prompt)
         prior.append(localisation(normalise01(spatial_weight(image.shape, p.box, 0.3), rois[k]), truth[k]))
-        for r in redrawn.explain(image, p, roi=rois[k], target=truth[k]).extras["layer_table"]:
+        for r in redrawn.explain(image, p, roi=rois[k], target=truth[k]).component_table:
             random_rows.setdefault(r["layer"], []).append(r)
     return {"slices": ks, "segmentation_seconds": seg_seconds, "stages": stages, "tables": tables,
             "spatial_weighting_alone": {k: mean(prior, k) for k in keys},

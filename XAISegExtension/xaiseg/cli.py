@@ -1,4 +1,4 @@
-"""Command line: ``xaiseg segment | demo | bench``.
+"""Command line: ``xaiseg segment | explain | report | prompt-from-shap | demo | bench``.
 
 Errors the user can fix are printed as one line (``xaiseg: error: ...``) with exit status 2 and
 no traceback; Ctrl-C stops between slices with status 130.  Outputs are written only when a run
@@ -7,15 +7,15 @@ finished, each to a temporary name first, so no partial file is left behind.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
-from .errors import Cancelled, InputError, PromptError, XAISegError
-from .narrate.cli import add_explain_report_options, add_report_parser, report_after_explain
+from .cli_options import add_explain_options, add_segment_options, request_from_args
+from .errors import Cancelled, XAISegError
+from .narrate.cli import add_explain_report_options, add_report_parser
 
 EPILOG_SEGMENT = """\
 coordinates:
@@ -44,285 +44,46 @@ examples:
 """
 
 
-def _floats(text: str, what: str) -> List[float]:
-    try:
-        return [float(v) for v in text.replace(" ", "").split(",") if v != ""]
-    except ValueError:
-        raise PromptError(f"{what} {text!r} must be comma-separated numbers") from None
-
-
-def _pair(text: str, what: str):
-    vals = _floats(text, what)
-    if len(vals) != 2 or vals[0] >= vals[1]:
-        raise InputError(f"{what} {text!r} must be two numbers low,high with low < high")
-    return vals
-
-
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("segmenter")
-    g.add_argument("--model", choices=["litemedsam", "medsam", "torch"], default="litemedsam",
-                   help="litemedsam: built in, offline (default); medsam: MedSAM ViT-B from --checkpoint or "
-                        "--url with --sha256; torch: your own model, a TorchScript file or a factory")
-    g.add_argument("--checkpoint", help="checkpoint file (MedSAM ViT-B, LiteMedSAM, or the torch model's state dict)")
-    g.add_argument("--sha256", help="expected SHA-256 of the checkpoint; a different file is refused")
-    g.add_argument("--url", help="download the MedSAM checkpoint from this URL into --cache-dir (needs --sha256)")
-    g.add_argument("--cache-dir", help="where downloaded checkpoints are kept (default ~/.cache/xaiseg or $XAISEG_CACHE)")
-    g.add_argument("--torchscript", help="--model torch: a TorchScript file mapping (B,C,H,W) to logits")
-    g.add_argument("--factory", help="--model torch: 'package.module:callable' that builds the network, "
-                                     "e.g. monai.networks.nets:BasicUNet")
-    g.add_argument("--factory-kwargs", default="{}", help="--model torch: JSON keyword arguments for --factory")
-    g.add_argument("--class-index", type=int, default=1, help="--model torch: output channel to segment (default 1; "
-                                                               "0 for single-channel models)")
-    g.add_argument("--in-channels", type=int, default=1, help="--model torch: input channels (slice repeated)")
-    g.add_argument("--input-size", type=int, help="--model torch: resize slices to this square size")
-    g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
-
-
-def add_preprocess_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("preprocessing")
-    g.add_argument("--percentiles", default="0.5,99.5",
-                   help="clip to these percentiles of the foreground voxels, then scale to [0, 1] (default 0.5,99.5)")
-    g.add_argument("--window", help="CT window preset instead of percentiles: brain, subdural, stroke, soft-tissue, "
-                                    "abdomen, liver, mediastinum, lung, bone")
-    g.add_argument("--level-width", help="explicit CT window 'level,width' in HU")
-    g.add_argument("--clahe", action="store_true", help="apply CLAHE (clip 2.0, 8x8 tiles) to each slice (seed 001)")
-
-
-def preprocessing_from(args):
-    from .preprocess import Preprocessing
-
-    if args.window and args.level_width:
-        raise InputError("give --window or --level-width, not both")
-    if args.window:
-        return Preprocessing(mode="window", window=args.window, clahe=args.clahe)
-    if args.level_width:
-        vals = _floats(args.level_width, "--level-width")
-        if len(vals) != 2:
-            raise InputError(f"--level-width {args.level_width!r} must be two numbers level,width (in HU)")
-        level, width = vals
-        return Preprocessing(mode="window", level=level, width=width, clahe=args.clahe)
-    lo, hi = _pair(args.percentiles, "--percentiles")
-    return Preprocessing(mode="percentile", lower=lo, upper=hi, clahe=args.clahe)
-
-
-def segmenter_from(args):
-    from .models import load_segmenter
-
-    if args.model == "litemedsam":
-        return load_segmenter("litemedsam", checkpoint=args.checkpoint, sha256=args.sha256, device=args.device)
-    if args.model == "medsam":
-        return load_segmenter("medsam", checkpoint=args.checkpoint, sha256=args.sha256, url=args.url,
-                              cache_dir=args.cache_dir, device=args.device)
-    try:
-        kwargs = json.loads(args.factory_kwargs)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"--factory-kwargs {args.factory_kwargs!r} is not valid JSON ({exc.msg})") from None
-    return load_segmenter("torch", torchscript=args.torchscript, factory=args.factory, factory_kwargs=kwargs,
-                          checkpoint=args.checkpoint, sha256=args.sha256, class_index=args.class_index,
-                          in_channels=args.in_channels, input_size=args.input_size, device=args.device)
-
-
-def prompt_from(args, volume, axis: int):
-    """Build the volume prompt from --box / --points / --box-from (array order k, j, i)."""
-    from .io import read_labelmap
-    from .volume import BoxPrompt, LabelBoxPrompt, PointsPrompt, in_plane_axes
-
-    given = [name for name in ("box", "points", "box_from") if getattr(args, name)]
-    if len(given) != 1:
-        raise PromptError("give exactly one prompt: --box, --points or --box-from "
-                          f"(got {', '.join('--' + g.replace('_', '-') for g in given) or 'none'})")
-    geom = volume.geometry
-
-    def to_kji(xyz: np.ndarray) -> np.ndarray:
-        ijk = geom.ras_to_ijk(xyz) if args.coords == "ras" else np.atleast_2d(xyz)
-        return ijk[:, ::-1]
-
-    if args.box:
-        if "@" in args.box:
-            if args.coords != "ijk":
-                raise PromptError("a 2D box X0,Y0,X1,Y1@S is given in voxel coordinates; use a 6-number box with "
-                                  "--coords ras")
-            coords, _, s = args.box.partition("@")
-            vals = _floats(coords, "--box")
-            if len(vals) != 4:
-                raise PromptError(f"--box {args.box!r} must be X0,Y0,X1,Y1@S (four numbers and a slice index)")
-            try:
-                k = int(s)
-            except ValueError:
-                raise PromptError(f"slice index {s!r} in --box {args.box!r} is not an integer") from None
-            r, c = in_plane_axes(axis)
-            lo, hi = [0, 0, 0], [0, 0, 0]
-            lo[axis] = hi[axis] = k
-            lo[c], lo[r], hi[c], hi[r] = (int(round(v)) for v in vals)
-            return BoxPrompt(tuple(lo), tuple(hi)).check(volume.shape)
-        vals = _floats(args.box, "--box")
-        if len(vals) != 6:
-            raise PromptError(f"--box {args.box!r} must have 6 numbers (two corners) or be X0,Y0,X1,Y1@S")
-        kji = to_kji(np.array([vals[:3], vals[3:]]))
-        lo = np.floor(np.minimum(kji[0], kji[1]) + 0.5).astype(int)
-        hi = np.floor(np.maximum(kji[0], kji[1]) + 0.5).astype(int)
-        return BoxPrompt(tuple(int(v) for v in lo), tuple(int(v) for v in hi)).check(volume.shape)
-    if args.points:
-        pts, labels = [], []
-        for text, label in ((args.points, 1), (args.negative_points or "", 0)):
-            for item in filter(None, (t.strip() for t in text.split(";"))):
-                vals = _floats(item, "point")
-                if len(vals) != 3:
-                    raise PromptError(f"point {item!r} must have three coordinates")
-                pts.append(to_kji(np.array(vals))[0])
-                labels.append(label)
-        return PointsPrompt(tuple(tuple(float(v) for v in p) for p in pts), tuple(labels)).check(volume.shape)
-    if args.label is None:
-        raise PromptError("--box-from needs --label N (the label value to box)")
-    labels = read_labelmap(args.box_from, reference=volume)
-    return LabelBoxPrompt(labels.array, int(args.label), int(args.box_margin), str(args.box_from))
+def _print_explain_summary(outcome) -> None:
+    doc = outcome.explanation.metrics()
+    name = outcome.segmentation.name
+    for method, entry in doc["methods"].items():
+        s = entry["summary"]
+        figures = ", ".join(f"{k} {s[k]:.3g}" for k in ("evaluations", "seconds", "deletion_auc", "insertion_auc",
+                                                         "pointing_game", "sanity_similarity") if k in s)
+        bests = [f"best {k[:-len('_summary')]} {v[f'best_' + k[:-len('_summary')]]}" for k, v in entry.items()
+                 if k.endswith("_summary") and v.get(f"best_{k[:-len('_summary')]}")]
+        print(f"{name} {method}: {s['slices']} slice(s), {figures}" + "".join(f", {b}" for b in bests))
+    print(f"-> {outcome.files['metrics']}")
 
 
 def cmd_segment(args) -> int:
-    from .io import read_volume
-    from .pipeline import SegmentConfig, Session
-    from .progress import Progress, TqdmProgress
+    from .pipeline import run
 
-    prep = preprocessing_from(args)
-    volume = read_volume(args.volume, args.series)
-    config = SegmentConfig(axis=args.axis, preprocessing=prep, margin=args.margin)
-    segmenter = segmenter_from(args)
-    session = Session(volume, segmenter, config)
-    prompt = prompt_from(args, volume, session.axis)
-    name = args.name or _stem(args.volume)
-    progress = Progress() if args.quiet else TqdmProgress()
-    result = session.segment(prompt, name=name, progress=progress)
-    paths = result.write(args.output, args.format)
+    request = request_from_args(args)  # every value is checked before any work
+    outcome = run(request, _progress(args))
     if not args.quiet:
-        spacing = np.prod(volume.geometry.spacing)
-        print(f"{name}: {result.voxel_count} voxels ({result.voxel_count * spacing / 1000:.2f} mL) on "
-              f"{sum(1 for s in result.slices if s.voxels)} slices -> {paths['mask']}")
+        seg = outcome.segmentation
+        spacing = np.prod(seg.volume.geometry.spacing)
+        print(f"{seg.name}: {seg.voxel_count} voxels ({seg.voxel_count * spacing / 1000:.2f} mL) on "
+              f"{sum(1 for s in seg.slices if s.voxels)} slices -> {outcome.files['mask']}")
     return 0
-
-
-def add_explain_options(e: argparse.ArgumentParser) -> None:
-    g = e.add_argument_group("explanation")
-    g.add_argument("--method", default="occlusion",
-                   help="occlusion, rise, lime, shap, layers, a comma-separated list, or all (the four perturbation "
-                        "methods; default occlusion)")
-    g.add_argument("--slices", help="explain only these slice indices along the slicing axis, e.g. '80,82' or "
-                                    "'80-84' (default: every slice with a mask)")
-    g.add_argument("--score", choices=["dice", "logit"], default="dice",
-                   help="explained score: Dice of the perturbed mask against the unperturbed one inside the ROI "
-                        "(default), or the mean logit in the mask")
-    g.add_argument("--fill", choices=["zero", "mean", "blur"], default="zero", help="what removed pixels become "
-                                                                                       "(default zero)")
-    g.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
-    g.add_argument("--batch-size", type=int, default=8, help="perturbed images per model call (default 8)")
-    g.add_argument("--threshold", type=float, default=0.5, help="saliency level of the label map (default 0.5)")
-    g.add_argument("--metric-steps", type=int, default=None,
-                   help="points on the deletion/insertion curves, one model evaluation each (0: skip; default 8, "
-                        "and 0 for layers, whose maps cost one encoder pass)")
-    g.add_argument("--sanity", action="store_true", help="also explain with re-drawn weights (the decoder; the "
-                                                         "encoder for layers) and report the maps' similarity "
-                                                         "(doubles the cost)")
-    g.add_argument("--ground-truth", help="label map with the true structure, for pointing game, energy and IoU")
-    g.add_argument("--ground-truth-label", type=int, default=1, help="label value in --ground-truth (default 1)")
-    g.add_argument("--no-png", action="store_true", help="do not write a PNG per explained slice")
-    m = e.add_argument_group("method settings (seed 001 defaults)")
-    m.add_argument("--patch", type=int, default=64, help="occlusion patch on the model grid (default 64)")
-    m.add_argument("--stride", type=int, default=32, help="occlusion stride on the model grid (default 32)")
-    m.add_argument("--masks", type=int, default=2000, help="RISE: most masks (default 2000; stops early on convergence)")
-    m.add_argument("--cells", type=int, default=7, help="RISE: mask grid cells per side (default 7)")
-    m.add_argument("--no-early-stop", action="store_true", help="RISE: always use --masks masks")
-    m.add_argument("--samples", type=int, default=300, help="LIME: perturbation samples (default 300)")
-    m.add_argument("--shap-budget", type=int, default=256, help="SHAP: model evaluations (default 256)")
-    m.add_argument("--shap-algorithm", choices=["kernel", "permutation"], default="kernel")
-    m.add_argument("--layer-stage", type=int, choices=[1, 2, 3], default=1,
-                   help="layers (seed 002): 1 prototype similarity, 2 + prompt embedding, 3 four components with "
-                        "spatial weighting (default 1)")
-    m.add_argument("--layers", default="all",
-                   help="layers: all, blocks, stages, or comma-separated layer names (default all)")
-    r = e.add_argument_group("region of interest")
-    r.add_argument("--roi", choices=["embedding", "box", "mask", "clip"], default="embedding",
-                   help="where perturbations act: MedSAM embedding similarity (default), prompt box, mask, or CLIP")
-    r.add_argument("--roi-margin", type=int, help="pixels added around the ROI (default 8 for box and mask, 0 for "
-                                                  "embedding and clip)")
-    r.add_argument("--roi-mask", help="--roi mask: a label map to use instead of the segmentation (non-zero voxels)")
-    r.add_argument("--clip-model", help="--roi clip: local folder or cached Hugging Face name of a CLIP model")
-    r.add_argument("--clip-prompts", help="--roi clip: text prompts separated by ';' (default: --name)")
-
-
-def explainers_from(args):
-    from .explain import PERTURBATION_METHODS, make_explainer
-
-    names = list(PERTURBATION_METHODS) if args.method == "all" else [m.strip() for m in args.method.split(",") if m.strip()]
-    common = dict(score=args.score, fill=args.fill, seed=args.seed, batch_size=args.batch_size,
-                  threshold=args.threshold, sanity=args.sanity)
-    if args.metric_steps is not None:
-        common["metric_steps"] = args.metric_steps
-    per = {"occlusion": dict(patch=args.patch, stride=args.stride),
-           "rise": dict(n_masks=args.masks, cells=args.cells, early_stop=not args.no_early_stop),
-           "lime": dict(n_samples=args.samples),
-           "shap": dict(budget=args.shap_budget, algorithm=args.shap_algorithm),
-           "layers": dict(stage=args.layer_stage, layers=args.layers)}
-    return [make_explainer(n, **common, **per.get(n, {})) for n in names]
-
-
-def _slices(text: Optional[str]):
-    if not text:
-        return None
-    out = []
-    for part in text.split(","):
-        a, sep, b = part.strip().partition("-")
-        try:
-            out.extend(range(int(a), int(b) + 1) if sep else [int(a)])
-        except ValueError:
-            raise InputError(f"--slices {text!r} must list slice indices like '80,82' or '80-84'") from None
-    return out
 
 
 def cmd_explain(args) -> int:
-    from .io import read_labelmap, read_volume
-    from .pipeline import SegmentConfig, Session
-    from .progress import Progress, TqdmProgress
-    from .roi import RoiConfig
+    from .pipeline import run
 
-    explainers = explainers_from(args)  # settings are checked before any work
-    prep = preprocessing_from(args)
-    volume = read_volume(args.volume, args.series)
-    name = args.name or _stem(args.volume)
-    prompts = tuple(p.strip() for p in (args.clip_prompts or name.replace("_", " ")).split(";") if p.strip())
-    roi = RoiConfig(args.roi, args.roi_margin, clip_model=args.clip_model, clip_prompts=prompts)
-    target = roi_mask = None
-    if args.ground_truth:
-        target = read_labelmap(args.ground_truth, reference=volume).array == args.ground_truth_label
-    if args.roi_mask:
-        roi_mask = read_labelmap(args.roi_mask, reference=volume).array > 0
-    session = Session(volume, segmenter_from(args), SegmentConfig(axis=args.axis, preprocessing=prep,
-                                                                  margin=args.margin))
-    prompt = prompt_from(args, volume, session.axis)
-    progress = Progress() if args.quiet else TqdmProgress()
-    seg = session.segment(prompt, name=name, progress=progress)
-    run = session.explain(seg, explainers, roi=roi, slices=_slices(args.slices), target=target, progress=progress,
-                          roi_mask=roi_mask)
-    progress.done()
-    paths = run.write(args.output, args.format, pngs=not args.no_png)
+    request = request_from_args(args, explain=True)  # every value is checked before any work
+    outcome = run(request, _progress(args))
     if not args.quiet:
-        doc = run.metrics()
-        for method, entry in doc["methods"].items():
-            s = entry["summary"]
-            figures = ", ".join(f"{k} {s[k]:.3g}" for k in ("evaluations", "seconds", "deletion_auc", "insertion_auc",
-                                                             "pointing_game", "sanity_similarity") if k in s)
-            best = entry.get("layer_summary", {}).get("best_layer")
-            print(f"{name} {method}: {s['slices']} slice(s), {figures}" + (f", best layer {best}" if best else ""))
-        print(f"-> {paths['metrics']}")
-    if args.report:
-        paths.update(report_after_explain(args, args.output, name))
+        _print_explain_summary(outcome)
     return 0
 
 
-def _stem(path: str) -> str:
-    name = Path(path.rstrip("/")).name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+def _progress(args):
+    from .progress import Progress, TqdmProgress
+
+    return Progress() if args.quiet else TqdmProgress()
 
 
 def cmd_demo(args) -> int:
@@ -348,30 +109,6 @@ EPILOG_EXPLAIN = """examples:
 """
 
 
-def add_segment_options(s: argparse.ArgumentParser) -> None:
-    """Input, prompt, slicing, output, model and preprocessing options (segment and explain)."""
-    s.add_argument("volume", help="NIfTI, NRRD, MHA file or a DICOM series folder")
-    s.add_argument("-o", "--output", required=True, help="output folder (created if needed)")
-    pg = s.add_argument_group("prompt")
-    pg.add_argument("--box", help="I0,J0,K0,I1,J1,K1 (3D box) or X0,Y0,X1,Y1@S (2D box on slice S)")
-    pg.add_argument("--points", help="positive points 'I,J,K;I,J,K'")
-    pg.add_argument("--negative-points", help="negative points 'I,J,K;...' (with --points)")
-    pg.add_argument("--box-from", help="label map file: a tight box per slice around --label")
-    pg.add_argument("--label", type=int, help="label value for --box-from")
-    pg.add_argument("--box-margin", type=int, default=0, help="pixels added around --box-from boxes (default 0)")
-    pg.add_argument("--coords", choices=["ijk", "ras"], default="ijk", help="coordinates of --box/--points "
-                                                                          "(default ijk voxels)")
-    s.add_argument("--axis", default="axial", help="slicing plane: axial (default), coronal, sagittal, or array "
-                                                   "axis 0/1/2")
-    s.add_argument("--margin", type=int, default=0, help="pixels added around propagated boxes (default 0)")
-    s.add_argument("--series", help="DICOM SeriesInstanceUID when the folder holds several series")
-    s.add_argument("--name", help="output name prefix (default: the input file's name)")
-    s.add_argument("--format", choices=["nrrd", "nifti", "mha"], default="nrrd", help="mask file format (default nrrd)")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
-    add_model_options(s)
-    add_preprocess_options(s)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xaiseg", description="Segment structures in medical volumes with MedSAM "
                                 "and explain the masks.")
@@ -385,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_segment_options(s)
     s.set_defaults(func=cmd_segment)
 
-    e = sub.add_parser("explain", help="segment, then explain the mask with occlusion, RISE, LIME and/or SHAP",
+    from .explain import methods
+
+    e = sub.add_parser("explain", help=f"segment, then explain the mask ({', '.join(methods())})",
                        description="Segment one structure in VOLUME as `xaiseg segment` does, then explain the mask on "
                                    "every slice that has one (or --slices) with gradient-free methods restricted to a "
                                    "region of interest. Writes saliency volumes, label maps, PNGs and NAME_metrics.json.",
@@ -395,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_explain_report_options(e)
     e.set_defaults(func=cmd_explain)
     add_report_parser(sub)
-    from .prompts import add_parser as add_prompt_parser
+    from .prompts_cli import add_parser as add_prompt_parser
 
     add_prompt_parser(sub)
 

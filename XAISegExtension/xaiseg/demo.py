@@ -67,7 +67,7 @@ def evaluate(session: Session, sample: AtlasSample, structures: Sequence[str],
 
 def slice_timings(session: Session) -> Dict[str, float]:
     """Mean seconds per slice for the encoder (embedding) and the decoder, measured directly."""
-    seg, vs = session.segmenter, session.slicer
+    seg, vs = session.segmenter, session.volume_segmenter
     idx = [vs.n_slices // 2 + d for d in (-2, 0, 2)]
     t0 = time.perf_counter()
     embs = [seg.embed(vs.slice(k)) for k in idx]
@@ -109,7 +109,7 @@ def write_sheet(sample: AtlasSample, session: Session, rows: List[Row], path: Pa
     flips = display_flips(sample.image.geometry, axis)
     tiles, titles = [], []
     for k in picks:
-        img = session.slicer.slice(k)
+        img = session.volume_segmenter.slice(k)
         masks = [(np.take(r.mask, k, axis=axis), PALETTE[n % len(PALETTE)]) for n, r in enumerate(boxes)]
         tiles.append(overlay(img, masks, flips))
         titles.append(f"axial slice k={k}")
@@ -139,7 +139,7 @@ def run_demo(outdir: Path, quiet: bool = False, structures: Sequence[str] = DEMO
         "model": session.segmenter.describe(), "preprocessing": session.preprocessing_record(),
         "rows": [r.record() for r in rows],
         "timings": timings, "peak_rss_mb": peak_rss_mb(), "total_seconds": time.perf_counter() - t0,
-        "encoder_passes": session.slicer.encoder_passes,
+        "encoder_passes": session.volume_segmenter.encoder_passes,
     }
     table = markdown_table(rows)
     write_text_atomic(outdir / "summary.json", json.dumps(summary, indent=2))
@@ -147,7 +147,7 @@ def run_demo(outdir: Path, quiet: bool = False, structures: Sequence[str] = DEMO
     say("")
     say(table)
     say(f"\nembedding {timings['embed_s_per_slice']:.2f} s/slice, decoding {timings['decode_s_per_slice'] * 1000:.0f} "
-        f"ms/slice, {session.slicer.encoder_passes} slices embedded once and reused; peak memory "
+        f"ms/slice, {session.volume_segmenter.encoder_passes} slices embedded once and reused; peak memory "
         f"{summary['peak_rss_mb']:.0f} MB; total {summary['total_seconds']:.0f} s")
     say(f"masks in {outdir / 'masks'}, slice sheet {sheet_path}")
     return summary

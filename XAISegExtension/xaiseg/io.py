@@ -233,17 +233,36 @@ def volume_suffix(fmt: str) -> str:
     return suffix
 
 
+INPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+
+
+def file_stem(path: PathLike) -> str:
+    """An input's name without its image suffix (``t1.nii.gz`` -> ``t1``; a DICOM folder keeps its name)."""
+    name = Path(str(path).rstrip("/\\")).name
+    for suffix in INPUT_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 @contextmanager
 def staged(outdir: PathLike) -> Iterator[Path]:
     """A hidden folder inside ``outdir`` (created if needed) to write a set of files into; it is
-    removed on the way out, with whatever :func:`move_into` did not take."""
+    removed on the way out, with whatever :func:`move_into` did not take (and ``outdir`` too when
+    this call created it and nothing was moved in)."""
     outdir = Path(outdir)
+    created = not outdir.exists()
     outdir.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".xaiseg-", dir=outdir))
     try:
         yield stage
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+        if created:
+            try:
+                outdir.rmdir()  # only succeeds when nothing was moved in (a failed or cancelled run)
+            except OSError:
+                pass
 
 
 def move_into(files: Dict[str, PathLike], outdir: PathLike) -> Dict[str, Path]:

@@ -7,10 +7,11 @@ adds the narrator and label options alone, for ``xaiseg explain --report``; and
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-from typing import Dict
 
+from ..settings import defaults
 from .report import NARRATORS, ReportOptions, build_report
+
+D = defaults(ReportOptions)  # the defaults live in ReportOptions
 
 EPILOG = """\
 narrators:
@@ -46,33 +47,39 @@ examples:
 def add_report_options(p: argparse.ArgumentParser) -> None:
     """Narrator and label options (shared by ``report`` and ``explain --report``)."""
     g = p.add_argument_group("report: narrator")
-    g.add_argument("--narrator", choices=NARRATORS, default="template",
+    g.add_argument("--narrator", choices=NARRATORS, default=D["narrator"],
                    help="who writes the text: template (default, offline), llava, openai")
     g.add_argument("--llava-model", metavar="FOLDER", help="--narrator llava: local model + processor folder")
-    g.add_argument("--llava-device", default="cpu", help="--narrator llava: torch device (default cpu)")
-    g.add_argument("--max-new-tokens", type=int, default=200, help="--narrator llava: tokens to generate (200)")
+    g.add_argument("--llava-device", default=D["device"], help=f"--narrator llava: torch device (default {D['device']})")
+    g.add_argument("--max-new-tokens", type=int, default=D["max_new_tokens"],
+                   help=f"--narrator llava: tokens to generate ({D['max_new_tokens']})")
     g.add_argument("--openai-base-url", metavar="URL", help="--narrator openai: e.g. http://127.0.0.1:11434/v1")
     g.add_argument("--openai-model", help="--narrator openai: model name, e.g. llava")
-    g.add_argument("--openai-timeout", type=float, default=120.0, help="--narrator openai: seconds (default 120)")
-    g.add_argument("--openai-max-images", type=int, default=2, help="--narrator openai: slices sent (default 2)")
+    g.add_argument("--openai-timeout", type=float, default=D["timeout"],
+                   help=f"--narrator openai: seconds (default {D['timeout']:g})")
+    g.add_argument("--openai-max-images", type=int, default=D["max_images"],
+                   help=f"--narrator openai: slices sent (default {D['max_images']})")
     lg = p.add_argument_group("report: anatomical labels")
     lg.add_argument("--labels", metavar="LABELMAP", help="label volume or .seg.nrrd in the run's space")
     lg.add_argument("--label-names", metavar="TABLE", help="names of --labels values: CSV value,name / colour "
                                                             "table / JSON")
     lg.add_argument("--atlas", choices=["harvard-oxford"], help="atlas labels for volumes in MNI152 space")
-    lg.add_argument("--atlas-threshold", type=float, default=25.0,
-                    help="--atlas: minimum probability in percent for a label (default 25)")
+    lg.add_argument("--atlas-threshold", type=float, default=D["atlas_threshold"],
+                    help=f"--atlas: minimum probability in percent for a label (default {D['atlas_threshold']:g})")
 
 
 def options_from_args(args: argparse.Namespace) -> ReportOptions:
-    get = lambda k, d=None: getattr(args, k, d)  # noqa: E731
+    def get(key: str, field: str):
+        return getattr(args, key, D[field])
+
     return ReportOptions(
-        name=get("name"), narrator=get("narrator", "template"), labels=get("labels"),
-        label_names=get("label_names"), atlas=get("atlas"), atlas_threshold=get("atlas_threshold", 25.0),
-        llava_model=get("llava_model"), device=get("llava_device", "cpu"),
-        max_new_tokens=get("max_new_tokens", 200), openai_base_url=get("openai_base_url"),
-        openai_model=get("openai_model"), timeout=get("openai_timeout", 120.0),
-        max_images=get("openai_max_images", 2), output=get("report_output"), html=not get("no_html", False))
+        name=get("name", "name"), narrator=get("narrator", "narrator"), labels=get("labels", "labels"),
+        label_names=get("label_names", "label_names"), atlas=get("atlas", "atlas"),
+        atlas_threshold=get("atlas_threshold", "atlas_threshold"), llava_model=get("llava_model", "llava_model"),
+        device=get("llava_device", "device"), max_new_tokens=get("max_new_tokens", "max_new_tokens"),
+        openai_base_url=get("openai_base_url", "openai_base_url"), openai_model=get("openai_model", "openai_model"),
+        timeout=get("openai_timeout", "timeout"), max_images=get("openai_max_images", "max_images"),
+        output=get("report_output", "output"), html=not getattr(args, "no_html", False))
 
 
 def add_report_parser(subparsers) -> argparse.ArgumentParser:
@@ -105,11 +112,3 @@ def add_explain_report_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", action="store_true", help="after the run, write NAME_findings.json, "
                    "NAME_report.json and NAME_report.html (see 'xaiseg report --help')")
     add_report_options(p)
-
-
-def report_after_explain(args: argparse.Namespace, run_dir, name: str) -> Dict[str, Path]:
-    """Build the report of the run just written to ``run_dir`` under ``name`` (``explain --report``)."""
-    options = options_from_args(args)
-    options.name = name
-    options.output = None
-    return build_report(run_dir, options)

@@ -16,7 +16,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import FileFormatError, InputError
+from ..explain import limits_of
 from ..io import Geometry, axis_codes, read_image
+from ..volume import in_plane_axes, plane_index, put_plane
 from .labels import UNLABELLED, LabelMap
 
 SCHEMA_VERSION = "1.0"
@@ -24,19 +26,6 @@ SCHEMA_PATH = Path(__file__).with_name("findings.schema.json")
 AXIS_NAMES = {"S": "axial", "I": "axial", "A": "coronal", "P": "coronal", "L": "sagittal", "R": "sagittal"}
 METRIC_KEYS = ("roi_ratio", "dice_drop", "deletion_auc", "insertion_auc", "pointing_game", "energy_in_target",
                "iou_target", "sanity_similarity", "seconds", "evaluations")
-#: what each method can and cannot show, stated plainly (used in findings["limits"] and the text)
-METHOD_LIMITS = {
-    "occlusion": "occlusion shows which patches change the mask when they are blanked out; its resolution is the "
-                 "patch size and it misses evidence spread over several patches",
-    "rise": "RISE weights random coarse masks by the score they keep; the map is blurry at the mask grid's scale "
-            "and varies with the seed and the number of masks",
-    "lime": "LIME fits a linear model over superpixels; the map follows the superpixel borders, not the anatomy, "
-            "and can change with the segmentation of superpixels",
-    "shap": "SHAP (Kernel SHAP over superpixels) estimates each region's share of the score from a sample of "
-            "coalitions; the estimate has sampling error and assumes regions act additively",
-    "embedding": "embedding-similarity maps show where MedSAM's features resemble the masked region, not what "
-                 "caused the mask",
-}
 GENERAL_LIMITS = [
     "saliency shows which image regions change this model's mask when perturbed; it does not show where disease is "
     "and is not a diagnosis",
@@ -146,12 +135,6 @@ def _bbox_ras(geometry: Geometry, mask: np.ndarray) -> Optional[dict]:
     return {"min": _r(mn), "max": _r(mx), "size": _r(mx - mn)}
 
 
-def _slice_sel(axis: int, k: int):
-    index: List[Any] = [slice(None)] * 3
-    index[axis] = int(k)
-    return tuple(index)
-
-
 # --- saliency analysis -------------------------------------------------------------------------
 
 def _peaks_2d(sal: np.ndarray, spacing_rc: Tuple[float, float], n: int, min_mm: float,
@@ -194,42 +177,42 @@ def _label_entry(labels: Optional[LabelMap], kji: Sequence[int]) -> dict:
     return out
 
 
-def _analyse_method(run: RunDir, method: str, info: dict, mask: np.ndarray, roi: Optional[np.ndarray],
-                    geometry: Geometry, axis: int, slices: List[int], labels: Optional[LabelMap],
-                    n_peaks: int, n_clusters: int) -> dict:
-    import cv2
-
+def _read_saliency(run: RunDir, method: str, info: dict, shape) -> Tuple[np.ndarray, np.ndarray, float]:
+    """A method's saliency volume, its high-saliency label map and the threshold that made it."""
     files = info.get("files") or {}
     sal_path = run.file(files.get("saliency") or f"{run.name}_{method}_saliency.nrrd")
-    sal, sgeom = _read_array(sal_path, f"{method} saliency")
-    if sal.shape != mask.shape:
-        raise FileFormatError(f"{sal_path.name} has shape {sal.shape}, the mask {mask.shape}; expected one grid")
+    sal, _ = _read_array(sal_path, f"{method} saliency")
+    if sal.shape != shape:
+        raise FileFormatError(f"{sal_path.name} has shape {sal.shape}, the mask {shape}; expected one grid")
     sal = np.nan_to_num(sal.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
     settings = info.get("settings") or {}
-    threshold = float(settings.get("threshold", 0.5)) if isinstance(settings.get("threshold", 0.5), (int, float)) \
-        else 0.5
+    threshold = settings.get("threshold", 0.5)
+    threshold = float(threshold) if isinstance(threshold, (int, float)) else 0.5
     label_path = run.file(files.get("label") or f"{run.name}_{method}_label.nrrd")
     high = (_read_array(label_path, f"{method} label")[0] > 0) if label_path.is_file() else (sal >= threshold)
+    return sal, high, threshold
 
-    explained = np.zeros(mask.shape, dtype=bool)
-    for k in slices:
-        explained[_slice_sel(axis, k)] = True
-    s = np.where(explained, sal, 0.0)
+
+def _saliency_mass(s: np.ndarray, mask: np.ndarray, roi: Optional[np.ndarray], explained: np.ndarray) -> dict:
+    """Shares of the explained slices' saliency inside and outside the mask and the ROI."""
     total = float(s.sum())
-    m = mask.astype(bool)
 
     def share(region: np.ndarray) -> float:
         return round(float(s[region].sum()) / total, 4) if total > 0 else 0.0
 
-    mass = {"in_mask": share(m), "outside_mask": share(~m)}
+    mass = {"in_mask": share(mask), "outside_mask": share(~mask)}
     if roi is not None:
         r = roi.astype(bool)
-        mass.update({"in_roi": share(r), "outside_roi": share(~r), "in_mask_within_roi": share(r & m)})
+        mass.update({"in_roi": share(r), "outside_roi": share(~r), "in_mask_within_roi": share(r & mask)})
         roi_px = int((r & explained).sum())
-        mass["mask_share_of_roi"] = round(int((r & m & explained).sum()) / roi_px, 4) if roi_px else 0.0
+        mass["mask_share_of_roi"] = round(int((r & mask & explained).sum()) / roi_px, 4) if roi_px else 0.0
+    return mass
 
-    # peaks: per explained slice (greedy non-maximum suppression), then the strongest overall
-    r_ax, c_ax = [a for a in (0, 1, 2) if a != axis]
+
+def _peaks(sal: np.ndarray, mask: np.ndarray, roi: Optional[np.ndarray], geometry: Geometry, axis: int,
+           slices: List[int], labels: Optional[LabelMap], n_peaks: int, threshold: float) -> List[dict]:
+    """The strongest peaks: per explained slice (greedy non-maximum suppression), then overall."""
+    r_ax, c_ax = in_plane_axes(axis)
     sp_kji = np.asarray(geometry.spacing, dtype=float)[::-1]
     cands = []
     for k in slices:
@@ -242,29 +225,34 @@ def _analyse_method(run: RunDir, method: str, info: dict, mask: np.ndarray, roi:
     peaks = []
     for rank, (v, kji) in enumerate(cands[:n_peaks], start=1):
         entry = {"rank": rank, "slice": int(kji[axis]), "value": round(v, 3), "ijk": [int(x) for x in kji[::-1]],
-                 "ras_mm": _r(_kji_to_ras(geometry, kji)[0]), "in_mask": bool(m[tuple(kji)])}
+                 "ras_mm": _r(_kji_to_ras(geometry, kji)[0]), "in_mask": bool(mask[tuple(kji)])}
         if roi is not None:
             entry["in_roi"] = bool(roi[tuple(kji)])
         entry.update(_label_entry(labels, kji))
         peaks.append(entry)
+    return peaks
 
-    # high-saliency clusters: 8-connected components of the label map on each explained slice
+
+def _clusters(s: np.ndarray, high: np.ndarray, mask: np.ndarray, geometry: Geometry, axis: int, slices: List[int],
+              labels: Optional[LabelMap], n_clusters: int) -> List[dict]:
+    """High-saliency clusters: 8-connected components of the label map on each explained slice,
+    ranked by their share of the saliency."""
+    import cv2
+
+    total = float(s.sum())
+    r_ax, c_ax = in_plane_axes(axis)
+    sp_kji = np.asarray(geometry.spacing, dtype=float)[::-1]
     clusters = []
     for k in slices:
-        hi2d = np.take(high & explained, k, axis=axis).astype(np.uint8)
-        count, comp = cv2.connectedComponents(hi2d, connectivity=8)
-        sal2d = np.take(s, k, axis=axis)
-        m2d = np.take(m, k, axis=axis)
+        count, comp = cv2.connectedComponents(np.take(high, k, axis=axis).astype(np.uint8), connectivity=8)
+        sal2d, m2d = np.take(s, k, axis=axis), np.take(mask, k, axis=axis)
         for c in range(1, count):
             px = comp == c
-            region = np.zeros(mask.shape, dtype=bool)
-            region[_slice_sel(axis, k)] = px
             rows, cols = np.nonzero(px)
             w = sal2d[px]
             j = int(np.argmax(w))
-            pk = [0, 0, 0]
+            pk, cen = [0, 0, 0], [0.0, 0.0, 0.0]
             pk[axis], pk[r_ax], pk[c_ax] = int(k), int(rows[j]), int(cols[j])
-            cen = [0.0, 0.0, 0.0]
             cen[axis], cen[r_ax], cen[c_ax] = float(k), float(rows.mean()), float(cols.mean())
             entry = {"slice": int(k), "pixels": int(px.sum()),
                      "area_mm2": round(float(px.sum() * sp_kji[r_ax] * sp_kji[c_ax]), 1),
@@ -274,29 +262,38 @@ def _analyse_method(run: RunDir, method: str, info: dict, mask: np.ndarray, roi:
                      "centroid_ras_mm": _r(_kji_to_ras(geometry, cen)[0]),
                      "in_mask_fraction": round(float(m2d[px].mean()), 4)}
             if labels is not None:
-                entry["labels"] = labels.composition(region)
+                entry["labels"] = labels.composition(put_plane(np.zeros(mask.shape, bool), axis, k, px))
                 entry.update({f"peak_{k2}": v2 for k2, v2 in _label_entry(labels, pk).items()})
             clusters.append(entry)
     clusters.sort(key=lambda d: -d["saliency_share"])
     clusters = clusters[:n_clusters]
     for i, c in enumerate(clusters, start=1):
         c["rank"] = i
+    return clusters
 
-    per_slice = {}
-    for key, vals in (info.get("slices") or {}).items():
-        per_slice[str(key)] = _clean_metrics(vals)
-    out = {
-        "settings": _jsonable(settings),
+
+def _analyse_method(run: RunDir, method: str, info: dict, mask: np.ndarray, roi: Optional[np.ndarray],
+                    geometry: Geometry, axis: int, slices: List[int], labels: Optional[LabelMap],
+                    n_peaks: int, n_clusters: int) -> dict:
+    """What findings.json says about one method: its figures, where its saliency lies, its peaks
+    and clusters, its images and its limits."""
+    sal, high, threshold = _read_saliency(run, method, info, mask.shape)
+    explained = np.zeros(mask.shape, dtype=bool)
+    for k in slices:
+        explained[plane_index(axis, k)] = True
+    s = np.where(explained, sal, 0.0)
+    m = mask.astype(bool)
+    return {
+        "settings": _jsonable(info.get("settings") or {}),
         "threshold": threshold,
         "summary": _clean_metrics(info.get("summary") or {}),
-        "per_slice": per_slice,
-        "saliency_mass": mass,
-        "peaks": peaks,
-        "clusters": clusters,
+        "per_slice": {str(key): _clean_metrics(vals) for key, vals in (info.get("slices") or {}).items()},
+        "saliency_mass": _saliency_mass(s, m, roi, explained),
+        "peaks": _peaks(sal, m, roi, geometry, axis, slices, labels, n_peaks, threshold),
+        "clusters": _clusters(s, high & explained, m, geometry, axis, slices, labels, n_clusters),
         "images": [{"slice": k, "file": p.name} for k, p in run.pngs(method)],
-        "limits": METHOD_LIMITS.get(method.split("_")[0], f"{method}: no stated limits for this method"),
+        "limits": limits_of(method),  # stated by the method's explainer class
     }
-    return out
 
 
 def _clean_metrics(values: dict) -> Dict[str, Any]:

@@ -27,7 +27,8 @@ from ..io import write_bytes_atomic, write_text_atomic
 from .base import Narrative, Narrator, NarratorError, ReportImage
 from .findings import RunDir, build_findings, validate
 from .labels import LabelMap, harvard_oxford, load_labelmap
-from .template import METHOD_TITLES, TemplateNarrator
+from ..explain import title_of
+from .template import TemplateNarrator
 
 NARRATORS = ("template", "llava", "openai")
 #: metrics shown in the HTML table (every other figure is in findings.json and the run record)
@@ -107,7 +108,7 @@ def report_images(findings: dict, run: RunDir) -> List[ReportImage]:
         imgs = sorted(info["images"], key=lambda d: (d["slice"] != peak_slice, d["slice"]))
         for d in imgs:
             out.append(ReportImage(run.file(d["file"]), m, d["slice"],
-                                   f"{METHOD_TITLES.get(m, m)}, slice {d['slice']}"))
+                                   f"{title_of(m)}, slice {d['slice']}"))
     if not out:
         im = _mask_overlay(findings, run)
         if im is not None:
@@ -211,20 +212,8 @@ def _table(header: List[str], rows: List[List[Any]], left: int = 1) -> str:
     return f"<table><tr>{th}</tr>{body}</table>"
 
 
-def render_html(findings: dict, narrative: Narrative, images: List[ReportImage],
-                fallback_note: Optional[str] = None) -> str:
-    st, mask, vol = findings["structure"], findings["mask"], findings["volume"]
-    methods = findings.get("methods") or {}
-    lead = (findings.get("leading_method") or {}).get("method")
-    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-             f"<title>XAISeg report: {html.escape(st['name'])}</title><style>{_CSS}</style></head><body>"]
-    parts.append(f"<h1>XAISeg report: {html.escape(st['name'])}</h1>")
-    model = (st.get("model") or {}).get("name", "")
-    parts.append(f'<div class="sub">segmenter {html.escape(str(model))} &middot; {html.escape(vol["plane"])} slices'
-                 f' &middot; {len(methods)} explanation method(s) &middot; narrative: '
-                 f'{html.escape(narrative.narrator)}</div>')
-
-    parts.append("<h2>Narrative</h2>")
+def _html_narrative(narrative: Narrative, fallback_note: Optional[str]) -> List[str]:
+    parts = ["<h2>Narrative</h2>"]
     if fallback_note:
         parts.append(f'<div class="err">{html.escape(fallback_note)}</div>')
     if narrative.model_written:
@@ -233,16 +222,21 @@ def render_html(findings: dict, narrative: Narrative, images: List[ReportImage],
                      f'{n} number(s) or anatomical name(s) that the findings do not contain are '
                      f'<mark class="unsupported">marked</mark>; do not read them as fact.</div>')
     parts.append(f'<div class="narrative" id="narrative">{marked_html(narrative.text, narrative)}</div>')
+    return parts
 
-    if images:
-        parts.append("<h2>Overlay images</h2><div>")
-        for im in images:
-            data = base64.b64encode(im.png_bytes()).decode("ascii")
-            parts.append(f'<figure><img alt="{html.escape(im.caption)}" src="data:image/png;base64,{data}">'
-                         f"<figcaption>{html.escape(im.caption)}</figcaption></figure>")
-        parts.append("</div>")
 
-    parts.append("<h2>Mask</h2>")
+def _html_images(images: List[ReportImage]) -> List[str]:
+    if not images:
+        return []
+    parts = ["<h2>Overlay images</h2><div>"]
+    for im in images:
+        data = base64.b64encode(im.png_bytes()).decode("ascii")
+        parts.append(f'<figure><img alt="{html.escape(im.caption)}" src="data:image/png;base64,{data}">'
+                     f"<figcaption>{html.escape(im.caption)}</figcaption></figure>")
+    return parts + ["</div>"]
+
+
+def _html_mask(mask: dict, vol: dict) -> List[str]:
     bb = mask.get("bbox_ras_mm") or {}
     rows = [["volume", f"{mask['volume_ml']:.3f} mL ({mask['voxels']} voxels)"],
             ["slices", f"{mask['slices']['first']}-{mask['slices']['last']} ({mask['slices']['count']})"],
@@ -251,49 +245,71 @@ def render_html(findings: dict, narrative: Narrative, images: List[ReportImage],
             ["spacing (mm)", vol["spacing_mm"]]]
     for s in mask.get("labels") or []:
         rows.append([f"label share: {s['name']}", f"{100 * s['fraction']:.1f}%"])
-    parts.append(_table(["", "value"], rows, left=2))
+    return ["<h2>Mask</h2>", _table(["", "value"], rows, left=2)]
 
-    if methods:
-        parts.append("<h2>Saliency and faithfulness</h2>")
-        keys = [k for k in TABLE_METRICS if any(k in info["summary"] for info in methods.values())]
-        mass_keys = ["in_mask", "outside_mask", "in_roi", "mask_share_of_roi"]
-        rows = []
-        for m, info in methods.items():
-            row = [METHOD_TITLES.get(m, m) + (" (leading)" if m == lead else "")]
-            row += [info["saliency_mass"].get(k) for k in mass_keys]
-            row += [info["summary"].get(k) for k in keys]
-            rows.append(row)
-        parts.append('<div id="metrics">' + _table(["method", "saliency in mask", "outside mask", "in ROI", "mask share of ROI"] +
-                                                   [k.replace("_", " ") for k in keys], rows) + "</div>")
-        parts.append(f'<div class="sub">leading method: {html.escape(str(lead))} '
-                     f'({html.escape(findings["leading_method"]["basis"])}); saliency mass = share of the saliency '
-                     f'summed over explained slices {html.escape(str(findings["explained_slices"]))}</div>')
-        prow, crow = [], []
-        for m, info in methods.items():
-            for p in info["peaks"]:
-                prow.append([m, p["rank"], p["slice"], p["value"], p["ras_mm"], p["in_mask"],
-                             p.get("label", "-"), (p.get("nearest_label") or {}).get("name", "-")])
-            for c in info["clusters"]:
-                lab = ", ".join(f"{s['name']} {100 * s['fraction']:.0f}%" for s in c.get("labels") or [])
-                crow.append([m, c["rank"], c["slice"], c["area_mm2"], c["saliency_share"], c["in_mask_fraction"],
-                             c["peak_ras_mm"], lab or "-"])
-        if prow:
-            parts.append("<h2>Saliency peaks</h2>" + _table(["method", "rank", "slice", "value", "RAS (mm)", "in mask",
-                                                              "label", "nearest label"], prow))
-        if crow:
-            parts.append("<h2>High-saliency clusters</h2>" + _table(
-                ["method", "rank", "slice", "area (mm2)", "saliency share", "in mask", "peak RAS (mm)", "labels"],
-                crow))
 
-    parts.append("<h2>Limits</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in findings["limits"]) + "</ul>")
+def _html_methods(findings: dict, methods: dict, lead: Optional[str]) -> List[str]:
+    """The metrics table of every method, then their saliency peaks and high-saliency clusters."""
+    keys = [k for k in TABLE_METRICS if any(k in info["summary"] for info in methods.values())]
+    mass_keys = ["in_mask", "outside_mask", "in_roi", "mask_share_of_roi"]
+    rows = [[title_of(m) + (" (leading)" if m == lead else "")] + [info["saliency_mass"].get(k) for k in mass_keys]
+            + [info["summary"].get(k) for k in keys] for m, info in methods.items()]
+    parts = ["<h2>Saliency and faithfulness</h2>",
+             '<div id="metrics">' + _table(["method", "saliency in mask", "outside mask", "in ROI", "mask share of ROI"]
+                                           + [k.replace("_", " ") for k in keys], rows) + "</div>",
+             f'<div class="sub">leading method: {html.escape(str(lead))} '
+             f'({html.escape(findings["leading_method"]["basis"])}); saliency mass = share of the saliency '
+             f'summed over explained slices {html.escape(str(findings["explained_slices"]))}</div>']
+    prow, crow = [], []
+    for m, info in methods.items():
+        for p in info["peaks"]:
+            prow.append([m, p["rank"], p["slice"], p["value"], p["ras_mm"], p["in_mask"],
+                         p.get("label", "-"), (p.get("nearest_label") or {}).get("name", "-")])
+        for c in info["clusters"]:
+            lab = ", ".join(f"{s['name']} {100 * s['fraction']:.0f}%" for s in c.get("labels") or [])
+            crow.append([m, c["rank"], c["slice"], c["area_mm2"], c["saliency_share"], c["in_mask_fraction"],
+                         c["peak_ras_mm"], lab or "-"])
+    if prow:
+        parts.append("<h2>Saliency peaks</h2>" + _table(["method", "rank", "slice", "value", "RAS (mm)", "in mask",
+                                                          "label", "nearest label"], prow))
+    if crow:
+        parts.append("<h2>High-saliency clusters</h2>" + _table(
+            ["method", "rank", "slice", "area (mm2)", "saliency share", "in mask", "peak RAS (mm)", "labels"], crow))
+    return parts
+
+
+def _html_limits_and_record(findings: dict, narrative: Narrative) -> List[str]:
+    parts = ["<h2>Limits</h2><ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in findings["limits"]) + "</ul>"]
     if findings.get("labels"):
         lab = findings["labels"]
         parts.append(f'<div class="sub">labels: {html.escape(lab["source"])} ({html.escape(lab["kind"])}) '
                      f'{html.escape(lab.get("note") or "")}</div>')
+    record = {"record": findings["record"], "narrator": {
+        k: v for k, v in narrative.as_dict().items() if k not in ("text", "claims", "prompt")}}
     parts.append("<h2>Run record</h2><details><summary>segmentation and explanation records, narrator</summary><pre>" +
-                 html.escape(json.dumps({"record": findings["record"], "narrator": {
-                     k: v for k, v in narrative.as_dict().items() if k not in ("text", "claims", "prompt")}},
-                     indent=2)) + "</pre></details>")
+                 html.escape(json.dumps(record, indent=2)) + "</pre></details>")
+    return parts
+
+
+def render_html(findings: dict, narrative: Narrative, images: List[ReportImage],
+                fallback_note: Optional[str] = None) -> str:
+    """The self-contained HTML report: narrative, images, mask, methods, limits and run record."""
+    st, vol = findings["structure"], findings["volume"]
+    methods = findings.get("methods") or {}
+    lead = (findings.get("leading_method") or {}).get("method")
+    model = (st.get("model") or {}).get("name", "")
+    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+             f"<title>XAISeg report: {html.escape(st['name'])}</title><style>{_CSS}</style></head><body>",
+             f"<h1>XAISeg report: {html.escape(st['name'])}</h1>",
+             f'<div class="sub">segmenter {html.escape(str(model))} &middot; {html.escape(vol["plane"])} slices'
+             f' &middot; {len(methods)} explanation method(s) &middot; narrative: '
+             f'{html.escape(narrative.narrator)}</div>']
+    parts += _html_narrative(narrative, fallback_note)
+    parts += _html_images(images)
+    parts += _html_mask(findings["mask"], vol)
+    if methods:
+        parts += _html_methods(findings, methods, lead)
+    parts += _html_limits_and_record(findings, narrative)
     parts.append("</body></html>")
     return "\n".join(parts)
 

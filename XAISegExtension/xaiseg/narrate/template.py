@@ -4,10 +4,8 @@ from __future__ import annotations
 import time
 from typing import List, Sequence
 
+from ..explain import title_of
 from .base import Narrative, Narrator, ReportImage
-
-METHOD_TITLES = {"occlusion": "Occlusion", "rise": "RISE", "lime": "LIME", "shap": "SHAP",
-                 "embedding": "Embedding similarity"}
 
 
 def _pct(fraction: float) -> str:
@@ -97,7 +95,7 @@ def render_text(findings: dict) -> str:
         out.append("This run was not explained: there is no saliency to report, only the mask.")
     else:
         info = methods[lead]
-        title = METHOD_TITLES.get(lead, lead)
+        title = title_of(lead)
         mass = info["saliency_mass"]
         ks = findings.get("explained_slices") or []
         sent = f"{title} saliency on {_slices(ks)}: {_pct(mass['in_mask'])} of it lies inside the mask"
@@ -126,7 +124,7 @@ def render_text(findings: dict) -> str:
             for m in others:
                 s = methods[m]
                 fig = _metrics({k: s["summary"].get(k) for k in ("deletion_auc", "insertion_auc")}, hints=False)
-                bits.append(f"{METHOD_TITLES.get(m, m)} {_pct(s['saliency_mass']['in_mask'])} inside the mask"
+                bits.append(f"{title_of(m)} {_pct(s['saliency_mass']['in_mask'])} inside the mask"
                             + (f" ({fig})" if fig else ""))
             out.append("Other methods: " + "; ".join(bits) + f" ({title} leads: "
                        f"{findings['leading_method']['basis']}).")

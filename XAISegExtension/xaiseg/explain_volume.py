@@ -1,0 +1,250 @@
+"""Explaining a segmented volume slice by slice, and the files that result.
+
+:func:`explain_volume` runs each explainer on each explained slice (one ROI per slice, the
+slice's logits decoded once and shared), stacks the maps back into volumes on the input's grid
+and returns an :class:`ExplainRun`; :meth:`ExplainRun.write` writes the files of
+docs/explain_contract.md.  Nothing here knows a method by name: what a method needs (its settings,
+its components such as layer maps) comes from its explainer class.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .errors import InputError
+from .io import move_into, staged, volume_suffix, write_text_atomic, write_volume
+from .models.base import SlicePrompt
+from .progress import Progress, ensure
+from .record import dumps, run_record
+from .volume import put_plane
+
+
+@dataclass
+class ExplainRun:
+    """Saliency volumes of one segmentation, per method, and everything needed to write them.
+
+    saliency[method]: float32 on the volume's grid, [0, 1] per explained slice, 0 elsewhere.
+    explanations[method][k]: the per-slice :class:`~xaiseg.explain.Explanation`.
+    components[method][name]: float32 volumes of a method's components (layer maps), like saliency.
+    roi: uint8 volume of the ROI used on each slice; roi_sources[k]: where it came from.
+    """
+
+    name: str
+    segmentation: Any
+    axis: int
+    slices: List[int]
+    roi: np.ndarray
+    roi_sources: Dict[int, str]
+    saliency: Dict[str, np.ndarray]
+    explanations: Dict[str, Dict[int, Any]]
+    images: Dict[int, np.ndarray]
+    record: Dict
+    components: Dict[str, Dict[str, np.ndarray]] = field(default_factory=dict)
+    kinds: Dict[str, str] = field(default_factory=dict)  # method -> what its components are ("layer")
+
+    def metrics(self) -> Dict:
+        """The metrics document (``NAME_metrics.json``) without its file names."""
+        methods = {}
+        for method, per_slice in self.explanations.items():
+            slices = {str(k): dict(ex.metrics, **_scalars(ex.details)) for k, ex in per_slice.items()}
+            entry = {"settings": next(iter(per_slice.values())).settings if per_slice else {},
+                     "slices": slices, "summary": summarise(list(slices.values()))}
+            tables = {str(k): ex.component_table for k, ex in per_slice.items() if ex.component_table}
+            if tables:
+                kind = self.kinds.get(method, "component")
+                for k, table in tables.items():
+                    slices[k][f"{kind}s"] = table
+                entry[f"{kind}_summary"] = component_summary(list(tables.values()), kind)
+            methods[method] = entry
+        fallback = sorted(k for k, src in self.roi_sources.items() if "fallback" in src)
+        return {"name": self.name, "input": self.segmentation.volume.source, "axis": self.axis,
+                "slices": list(self.slices), "roi": dict(self.record.get("roi", {}), fallback_slices=fallback,
+                                                         sources={str(k): v for k, v in self.roi_sources.items()}),
+                "methods": methods, "record": self.record}
+
+    def write(self, outdir, fmt: str = "nrrd", threshold: Optional[float] = None, pngs: bool = True) -> Dict[str, Path]:
+        """Write the run's files (docs/explain_contract.md) into ``outdir``.
+
+        Files are written into a hidden staging folder first and moved into place only when all
+        of them exist, so an interrupted write leaves no partial set behind.
+        """
+        with staged(outdir) as stage:
+            files = dict(self.segmentation.write(stage, fmt))
+            suffix = volume_suffix(fmt)
+            files["roi"] = write_volume(self.segmentation.volume, self.roi.astype(np.uint8),
+                                        stage / f"{self.name}_roi{suffix}")
+            doc = self.metrics()
+            for method in self.saliency:
+                entry, written = self._write_method(method, stage, suffix, threshold, pngs)
+                files.update(written)
+                doc["methods"][method]["files"] = entry
+            files["metrics"] = write_text_atomic(stage / f"{self.name}_metrics.json", dumps(doc))
+            return move_into(files, outdir)
+
+    def _write_method(self, method: str, stage: Path, suffix: str, threshold: Optional[float], pngs: bool):
+        """One method's saliency and label volumes, PNGs and component volumes/sheets."""
+        from .render import display_flips, layer_sheet, saliency_panel
+
+        vol, n = self.segmentation.volume, self.name
+        flips = display_flips(vol.geometry, self.axis)
+        sal = self.saliency[method]
+        per_slice = sorted(self.explanations[method].items())
+        cut = threshold if threshold is not None else self.record["methods"][method].get("threshold", 0.5)
+        entry: Dict[str, Any] = {"saliency": f"{n}_{method}_saliency{suffix}", "label": f"{n}_{method}_label{suffix}",
+                                 "png": []}
+        files: Dict[str, Path] = {
+            f"{method}_saliency": write_volume(vol, sal.astype(np.float32), stage / entry["saliency"]),
+            f"{method}_label": write_volume(vol, (sal >= cut).astype(np.uint8), stage / entry["label"])}
+        if pngs:
+            for k, ex in per_slice:
+                png = f"{n}_{method}_k{k:03d}.png"
+                title = f"{n}  {method}  slice {k}  (green: mask, blue: ROI)"
+                files[f"{method}_png_{k}"] = saliency_panel(self.images[k], ex.saliency, ex.reference, ex.roi,
+                                                            stage / png, title, flips)
+                entry["png"].append(png)
+        components = self.components.get(method, {})
+        if components:
+            kind = self.kinds.get(method, "component")
+            entry[f"{kind}s"] = {}
+            for part, volume in components.items():
+                fname = f"{n}_{method}_{_safe(part)}_saliency{suffix}"
+                files[f"{method}_{part}_saliency"] = write_volume(vol, volume.astype(np.float32), stage / fname)
+                entry[f"{kind}s"][part] = fname
+            if pngs:
+                entry[f"{kind}_png"] = []
+                for k, ex in per_slice:
+                    png = f"{n}_{method}_{kind}s_k{k:03d}.png"
+                    files[f"{method}_{kind}s_png_{k}"] = layer_sheet(
+                        self.images[k], ex.components, ex.reference, stage / png, flips, target=ex.target,
+                        focus=ex.roi if not ex.roi.all() else None)
+                    entry[f"{kind}_png"].append(png)
+        return entry, files
+
+
+def _scalars(details: Dict) -> Dict:
+    """Method details that belong in the metrics table (numbers and flags, not curves)."""
+    return {k: v for k, v in details.items() if isinstance(v, (bool, int, float, str))}
+
+
+def _safe(name: str) -> str:
+    """A component name as a file-name part (letters, digits, '.', '-', '_')."""
+    return "".join(c if c.isalnum() or c in ".-_" else "_" for c in str(name))
+
+
+def component_summary(tables: List[List[Dict]], kind: str = "layer") -> Dict:
+    """Per component over slices: pointing-game hit rate, mean IoU at the target's size and mean
+    energy inside it; ``best_<kind>`` has the highest mean IoU (ties: the higher hit rate)."""
+    rows: Dict[str, List[Dict]] = {}
+    for table in tables:
+        for r in table:
+            rows.setdefault(r[kind], []).append(r)
+    out = {name: {"slices": len(rs),
+                  "pointing_game": round(float(np.mean([bool(r["pointing_game"]) for r in rs])), 4),
+                  "iou_target": round(float(np.mean([r["iou_target"] for r in rs])), 4),
+                  "energy_in_target": round(float(np.mean([r["energy_in_target"] for r in rs])), 4)}
+           for name, rs in rows.items()}
+    best = max(out, key=lambda n: (out[n]["iou_target"], out[n]["pointing_game"])) if out else None
+    return {f"{kind}s": out, f"best_{kind}": best}
+
+
+def summarise(rows: List[Dict]) -> Dict:
+    """Mean of every numeric metric over slices (the pointing game as the hit rate)."""
+    out: Dict = {"slices": len(rows)}
+    keys = sorted({k for r in rows for k, v in r.items() if isinstance(v, (bool, int, float)) and not isinstance(v, str)})
+    for k in keys:
+        vals = [float(r[k]) for r in rows if isinstance(r.get(k), (bool, int, float))]
+        if vals:
+            out[k] = round(float(np.mean(vals)), 4)
+    return out
+
+
+def slice_prompt(record: Dict) -> SlicePrompt:
+    """A slice's prompt from its record in the segmentation's run record."""
+    points = tuple(tuple(p) for p in record["points"]) if record.get("points") else None
+    return SlicePrompt(tuple(record["box"]) if record.get("box") else None, points,
+                       tuple(record["labels"]) if record.get("labels") else None)
+
+
+# ----------------------------------------------------------------------------------------- the loop
+
+def _chosen_slices(segmentation, slices: Optional[Sequence[int]]) -> List[int]:
+    runs = {r.index: r for r in segmentation.slices}
+    if slices is None:
+        chosen = [k for k in sorted(runs) if runs[k].voxels > 0]
+    else:
+        chosen = sorted({int(k) for k in slices})
+        missing = [k for k in chosen if k not in runs]
+        if missing:
+            raise InputError(f"slice(s) {missing} were not segmented; expected slices among {sorted(runs)}")
+    if not chosen:
+        raise InputError("the segmentation is empty on every slice; there is no mask to explain")
+    return chosen
+
+
+def _check_explainers(explainers: Sequence) -> None:
+    from .explain import Explainer, methods
+
+    if not explainers:
+        raise InputError(f"no explanation method given; expected at least one of {', '.join(methods())}")
+    for ex in explainers:
+        if not isinstance(ex, Explainer):
+            raise InputError(f"{ex!r} is not an explainer; build one with xaiseg.explain.make_explainer")
+
+
+def explain_volume(session, segmentation, explainers: Sequence, roi=None, slices: Optional[Sequence[int]] = None,
+                   target: Optional[np.ndarray] = None, progress: Optional[Progress] = None,
+                   roi_mask: Optional[np.ndarray] = None) -> ExplainRun:
+    """Explain ``segmentation`` slice by slice with each explainer (see :meth:`Session.explain`)."""
+    from .roi import RoiConfig, RoiFinder
+
+    progress = ensure(progress)
+    roi = roi or RoiConfig()
+    _check_explainers(explainers)
+    chosen = _chosen_slices(segmentation, slices)
+    shape = session.volume.shape
+    for array, what in ((target, "target mask"), (roi_mask, "ROI mask")):
+        if array is not None and array.shape != shape:
+            raise InputError(f"{what} of shape {array.shape} does not match the volume's shape {shape}")
+    finder = RoiFinder(roi)
+    vs, axis = session.volume_segmenter, session.axis
+    bound = [ex if ex.segmenter is not None else ex.bind(session.segmenter) for ex in explainers]
+    prompts = {r.index: slice_prompt(r.prompt) for r in segmentation.slices}
+    run = ExplainRun(segmentation.name, segmentation, axis, chosen, np.zeros(shape, np.uint8), {},
+                     {ex.name: np.zeros(shape, np.float32) for ex in bound}, {ex.name: {} for ex in bound}, {}, {},
+                     kinds={ex.name: ex.component_kind for ex in bound})
+    t0, enc0 = time.perf_counter(), vs.encoder_passes
+
+    def take(volume, k):
+        return None if volume is None else np.take(volume, k, axis=axis).astype(bool)
+
+    for n, k in enumerate(chosen, 1):
+        progress.check()
+        image, prompt = vs.slice(k), prompts[k]
+        embedding, _ = vs.embedding(k)
+        logits = session.segmenter.decode(embedding, prompt.clipped(image.shape))  # decoded once, shared
+        region, source = finder.find(image, prompt, logits > 0, embedding, take(roi_mask, k))
+        put_plane(run.roi, axis, k, region.astype(np.uint8))
+        run.roi_sources[k], run.images[k] = source, image
+        for ex in bound:
+            e = ex.explain(image, prompt, roi=region, roi_source=source, target=take(target, k), progress=progress,
+                           stage=f"{ex.name} slice {k} ({n}/{len(chosen)})", embedding=embedding, logits=logits)
+            run.explanations[ex.name][k] = e
+            put_plane(run.saliency[ex.name], axis, k, e.saliency)
+            for part, plane in e.components.items():
+                volumes = run.components.setdefault(ex.name, {})
+                put_plane(volumes.setdefault(part, np.zeros(shape, np.float32)), axis, k, plane)
+    evaluations = {ex.name: int(sum(e.n_evaluations for e in run.explanations[ex.name].values())) for ex in bound}
+    run.record = run_record(model=session.segmenter.describe(), preprocessing=session.preprocessing_record(),
+                            prompt=segmentation.record.get("prompt", {}),
+                            settings={"slicing_axis_index": axis, "slices": chosen},
+                            seconds=time.perf_counter() - t0, source=session.volume.source,
+                            evaluations={"perturbed_encoder_passes": evaluations,
+                                         "slice_encoder_passes": vs.encoder_passes - enc0},
+                            seed=bound[0].seed)
+    run.record["roi"] = roi.record()
+    run.record["methods"] = {ex.name: ex.settings() for ex in bound}
+    return run
