@@ -92,6 +92,14 @@ def check_consistent(slices: Sequence[SliceInfo], folder: Path) -> None:
                               f"where {ref.label} is {ref.rows}x{ref.columns} (rows x columns); expected one size")
 
 
+def _common_step(steps: np.ndarray) -> float:
+    """The step most slices share (ties: the smallest); a gap is a whole multiple of it."""
+    tol = np.maximum(0.05 * steps, 0.01)
+    support = (np.abs(steps[None, :] - steps[:, None]) <= tol[:, None]).sum(axis=1)
+    best = steps[support == support.max()].min()
+    return float(np.median(steps[np.abs(steps - best) <= max(0.05 * best, 0.01)]))
+
+
 def check_positions(slices: Sequence[SliceInfo], normal: Sequence[float], folder: Path,
                     allow_gaps: bool = False) -> dict:
     """Check that the slices (in stacking order) are evenly spaced along ``normal``.
@@ -109,10 +117,11 @@ def check_positions(slices: Sequence[SliceInfo], normal: Sequence[float], folder
     for i, step in enumerate(steps):
         if step <= 1e-3:
             a, b = slices[i], slices[i + 1]
-            raise SeriesError(f"DICOM series in {folder} has {a.label} and {b.label} at the same position "
-                              f"{_fmt(a.position)} (or out of order, {step:.3f} mm apart); expected one slice "
-                              "per position")
-    spacing = float(steps.min())
+            where = (f"at the same position {_fmt(a.position)}" if step > -1e-3 else
+                     f"out of order ({a.label} is {-step:.3f} mm past {b.label} along the slice normal)")
+            raise SeriesError(f"DICOM series in {folder} has {a.label} and {b.label} {where}; expected one "
+                              "slice per position")
+    spacing = _common_step(steps)
     tol = max(0.05 * spacing, 0.01)
     gaps = []
     for i, step in enumerate(steps):
@@ -128,7 +137,7 @@ def check_positions(slices: Sequence[SliceInfo], normal: Sequence[float], folder
                          "missing_slices": whole - 1})
             continue
         raise SeriesError(f"DICOM series in {folder} is unevenly spaced: {a.label} and {b.label} are "
-                          f"{step:.3f} mm apart along the slice normal where the closest slices are "
+                          f"{step:.3f} mm apart along the slice normal where the other slices are "
                           f"{spacing:.3f} mm apart; expected evenly spaced slices")
     record.update(checked=["orientation", "pixel spacing", "size", "slice positions"],
                   slice_spacing_mm=round(spacing, 6), gaps=gaps)
