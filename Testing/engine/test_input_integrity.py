@@ -305,22 +305,22 @@ def test_dicom_gap_allowed_keeps_every_slice_where_it_was(tmp_path):
     assert full.integrity["gaps"] == [] and "slice positions" in full.integrity["checked"]
 
 
-@pytest.mark.parametrize("z,expect", [
-    ([0, 5, 15], "gap"),  # two steps: the smaller is the spacing, the other a whole multiple
-    ([0, 2.5, 5, 7.5, 15, 17.5], "gap"),
-    ([0, 5, 10, 17, 20, 25], "uneven"),
-    ([0, 5.01, 9.99, 15, 20.02], "ok"),  # rounding in the files is not a gap
+@pytest.mark.parametrize("z,expect,missing", [
+    ([0, 5, 15], "gap", 1),  # two steps: the smaller is the spacing, the other a whole multiple
+    ([0, 2.5, 5, 7.5, 15, 17.5], "gap", 2),
+    ([0, 5, 10, 17, 20, 25], "uneven", 0),
+    ([0, 5.01, 9.99, 15, 20.02], "ok", 0),  # rounding in the files is not a gap
 ])
-def test_slice_positions(z, expect):
+def test_slice_positions(z, expect, missing):
     from xaiseg.dicom_series import SliceInfo, check_positions
 
     slices = [SliceInfo(f"s{i}.dcm", i + 1, (1.0, 2.0, v), (1, 0, 0, 0, 1, 0), (1, 1), 8, 8) for i, v in enumerate(z)]
     if expect == "ok":
         assert check_positions(slices, (0, 0, 1), Path("f"))["gaps"] == []
     elif expect == "gap":
-        with pytest.raises(errors.SliceGapError, match=r"1 gap\(s\), 1 missing slice"):
+        with pytest.raises(errors.SliceGapError, match=rf"1 gap\(s\), {missing} missing slice"):
             check_positions(slices, (0, 0, 1), Path("f"))
-        assert check_positions(slices, (0, 0, 1), Path("f"), allow_gaps=True)["gaps"][0]["missing_slices"] == 1
+        assert check_positions(slices, (0, 0, 1), Path("f"), allow_gaps=True)["gaps"][0]["missing_slices"] == missing
     else:
         with pytest.raises(errors.SeriesError, match="instance 3 .* and instance 4 .* 7.000 mm apart"):
             check_positions(slices, (0, 0, 1), Path("f"))
