@@ -22,7 +22,7 @@ from .errors import CorruptFileError
 
 PathLike = Union[str, "os.PathLike[str]"]
 CHUNK = 1 << 20  # bytes read from the file at a time
-_OUT_CAP = 8 << 20  # most decompressed bytes produced by one call
+_OUT_CAP = 1 << 20  # most decompressed bytes produced by one call
 _MAGIC = {"gzip": b"\x1f\x8b", "bzip2": b"BZh"}
 
 
@@ -217,16 +217,27 @@ class NonFiniteScan:
         self.counts = {"nan": 0, "posinf": 0, "neginf": 0}
         self.masks: List[Tuple[int, int, bytes, bytes, bytes]] = []
 
-    def __call__(self, piece: bytes) -> None:
+    def __call__(self, piece) -> None:
         view = memoryview(piece)
         if self.skip:
             cut = min(self.skip, len(view))
             view, self.skip = view[cut:], self.skip - cut
+        if self.rest and len(view) and self.left > 0:  # complete the voxel split across pieces
+            take = self.dtype.itemsize - len(self.rest)
+            self.rest += bytes(view[:take])
+            view = view[take:]
+            if len(self.rest) == self.dtype.itemsize:
+                self._scan(self.rest)
+                self.rest = b""
         if not len(view) or self.left <= 0:
             return
-        data = self.rest + bytes(view) if self.rest else view
-        n = min(len(data) // self.dtype.itemsize, self.left)
-        arr = np.frombuffer(data, self.dtype, count=n)
+        n = min(len(view) // self.dtype.itemsize, self.left)
+        self._scan(view[: n * self.dtype.itemsize])
+        self.rest = bytes(view[n * self.dtype.itemsize:]) if self.left > 0 else b""
+
+    def _scan(self, data) -> None:
+        arr = np.frombuffer(data, self.dtype)
+        n = arr.size
         if not np.isfinite(arr).all():
             nan, pos, neg = np.isnan(arr), arr == np.inf, arr == -np.inf
             for key, m in (("nan", nan), ("posinf", pos), ("neginf", neg)):
@@ -234,7 +245,6 @@ class NonFiniteScan:
             self.masks.append((self.index, n, np.packbits(nan).tobytes(), np.packbits(pos).tobytes(),
                                np.packbits(neg).tobytes()))
         self.index, self.left = self.index + n, self.left - n
-        self.rest = bytes(data[n * self.dtype.itemsize:]) if self.left > 0 else b""
 
     def record(self) -> dict:
         return dict(self.counts) if self.masks else {}
@@ -263,10 +273,13 @@ class _NiftiSink:
 
     def __call__(self, piece: bytes) -> None:
         if self.header is None:
-            self.head += piece
-            if len(self.head) >= 544:
-                self.finish()
-        elif self.scan is not None:
+            take = 544 - len(self.head)
+            self.head += piece[:take]
+            if len(self.head) < 544:
+                return
+            self.finish()
+            piece = memoryview(piece)[take:]
+        if self.scan is not None and len(piece):
             self.scan(piece)
 
     def finish(self) -> Dict[str, object]:
