@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import gzip
-import os
 from pathlib import Path
 
 import numpy as np

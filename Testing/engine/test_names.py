@@ -12,7 +12,8 @@ HOSTILE = [
     "../escaped", "../../etc/cron.d/x", "/etc/passwd", "a\\b", "..\\..\\win", "CON", "con.txt", "Com1.nii",
     "LPT9", "aux.", "nul ", "x\x00y", "..", ".", "...", "", "   ", ".hidden", "-rf", "a/../../b",
     "tab\there", "line\nbreak", "\x1b[31mred", "\u202egnp.exe", "name.", "name. . .", "C:\\Windows\\x",
-    "~/x", "$HOME", "a" * 300, "\u00e9" * 300, "\u8133" * 120, "Gehirn \u00e4\u00f6\u00fc", "\u0939\u093f\u0928\u094d\u0926\u0940",
+    "~/x", "$HOME", "a" * 300, "\u00e9" * 300, "\u8133" * 120, "Gehirn \u00e4\u00f6\u00fc",
+    "\u0939\u093f\u0928\u094d\u0926\u0940",
     "\udcff\udcfe", "*?<>|\"", None,
 ]
 
