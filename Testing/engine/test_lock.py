@@ -54,11 +54,12 @@ def test_second_run_is_refused_then_goes_after_the_first(tmp_path, mode):
                                           f"(pid {holder.proc.pid})")
     finally:
         holder.release()
-    assert os.listdir(outdir) == []  # the lock file went with the first run
+    assert not outdir.exists()  # the first run made the folder and left it empty: lock file and folder gone
     with output_lock(outdir, use_os_lock=mode == "os") as lock:
         assert lock.name == LOCK_NAME and is_internal(lock.name)
         assert int(lock.read_text().split()[0]) == os.getpid()
-    assert os.listdir(outdir) == []
+        (outdir / "x_mask.nrrd").write_text("an output")
+    assert os.listdir(outdir) == ["x_mask.nrrd"]  # the lock is never left among the outputs
 
 
 def test_same_process_twice_is_refused(tmp_path):
@@ -82,11 +83,13 @@ def test_lock_left_by_a_dead_run_is_taken_over(tmp_path):
 
 def test_lock_released_when_the_run_fails(tmp_path):
     with pytest.raises(RuntimeError, match="stage failed"):
-        with output_lock(tmp_path / "out"):
+        with output_lock(tmp_path / "runs" / "out"):
             raise RuntimeError("stage failed")
-    assert os.listdir(tmp_path / "out") == []
-    with output_lock(tmp_path / "out"):
+    assert os.listdir(tmp_path) == []  # neither the lock file nor the folders it made
+    (tmp_path / "kept").mkdir()
+    with output_lock(tmp_path / "kept"):
         pass
+    assert os.listdir(tmp_path) == ["kept"]  # a folder that was there stays
 
 
 def test_internal_names():

@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 from typing import Sequence, Union
 
+from typing import List
+
 import numpy as np
 
 from .errors import DiskFullError
@@ -66,3 +68,22 @@ def disk_full_error(folder: PathLike, name: str, bytes_needed: int) -> DiskFullE
     return DiskFullError(f"output folder {folder} is full: writing {name} needs up to {human(bytes_needed)} "
                          f"({bytes_needed} bytes) and {human(free)} ({free} bytes) are free; nothing was written. "
                          "Free some space or choose another output folder")
+
+
+def missing_folders(folder: PathLike) -> List[Path]:
+    """``folder`` and its ancestors that do not exist yet, innermost first (what a mkdir would create)."""
+    missing = []
+    for p in [Path(folder), *Path(folder).parents]:
+        if p.exists():
+            break
+        missing.append(p)
+    return missing
+
+
+def remove_empty(folders: Sequence[Path]) -> None:
+    """Remove ``folders`` (innermost first) while they are empty, so a failed run leaves no folder."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return

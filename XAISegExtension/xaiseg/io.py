@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .dicom_series import read_series
-from .diskspace import HEADER_BYTES, disk_full_error, free_bytes, is_disk_full
+from .diskspace import HEADER_BYTES, disk_full_error, free_bytes, is_disk_full, missing_folders, remove_empty
 from .errors import (CorruptFileError, DimensionError, EmptyImageError, FileFormatError, GeometryError, InputError,
                      NonFiniteImageError, OutputError)
 from .integrity import check_file, restore_nonfinite
@@ -338,16 +338,12 @@ def staged(outdir: PathLike) -> Iterator[Path]:
     removed on the way out, with whatever :func:`move_into` did not take.  If the block fails,
     the folders this created are removed too (when they are empty)."""
     outdir = Path(outdir)
-    created = []
-    for parent in [outdir, *outdir.parents]:
-        if parent.exists():
-            break
-        created.append(parent)
+    created = missing_folders(outdir)
     try:
         outdir.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=".xaiseg-", dir=outdir))
     except OSError as exc:
-        _remove_empty(created)
+        remove_empty(created)
         raise _write_error(exc, outdir / ".xaiseg-stage", 0) from exc
     done = False
     try:
@@ -356,15 +352,7 @@ def staged(outdir: PathLike) -> Iterator[Path]:
     finally:
         shutil.rmtree(stage, ignore_errors=True)
         if not done:
-            _remove_empty(created)
-
-
-def _remove_empty(folders: Sequence[Path]) -> None:
-    for folder in folders:  # innermost first
-        try:
-            folder.rmdir()
-        except OSError:
-            return
+            remove_empty(created)
 
 
 def move_into(files: Dict[str, PathLike], outdir: PathLike) -> Dict[str, Path]:

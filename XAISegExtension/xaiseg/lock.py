@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
+from .diskspace import missing_folders, remove_empty
 from .errors import OutputBusyError, OutputError
 
 try:  # POSIX
@@ -146,17 +147,25 @@ def _excl_lock(outdir: Path, path: Path) -> None:
 @contextmanager
 def output_lock(outdir: PathLike, use_os_lock: bool = True) -> Iterator[Path]:
     """Hold ``outdir`` (created if needed) for this run; :class:`OutputBusyError` if another holds it.
+    Folders it created are removed on the way out if the run left them empty.
 
     ``use_os_lock=False`` forces the ``O_EXCL`` fallback (for tests and file systems without locks)."""
     outdir = Path(outdir)
+    created = missing_folders(outdir)
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create output folder {outdir}: {exc.strerror or exc}") from exc
     path = outdir / LOCK_NAME
-    fd = _os_lock(outdir, path) if use_os_lock else None
-    if fd is None:
-        _excl_lock(outdir, path)
+    try:
+        fd = _os_lock(outdir, path) if use_os_lock else None
+        if fd is None:
+            _excl_lock(outdir, path)
+    except OutputBusyError:
+        raise
+    except OSError as exc:
+        remove_empty(created)
+        raise OutputError(f"cannot create the lock file {path}: {exc.strerror or exc}") from exc
     try:
         yield path
     finally:
@@ -169,6 +178,7 @@ def output_lock(outdir: PathLike, use_os_lock: bool = True) -> Iterator[Path]:
                 _release_os_lock(fd)
                 os.close(fd)
             _remove(path)
+        remove_empty(created)
 
 
 def _remove(path: Path) -> None:
