@@ -2,8 +2,10 @@
 
 Arrays are in SimpleITK/numpy order ``(k, j, i)`` (slice, row, column).  Physical coordinates in
 SimpleITK are LPS; the CLI and Slicer speak RAS, so :class:`Volume` converts both ways.
-Writers never leave a half-written file: they write to a temporary name beside the target and
-rename it into place.
+Readers check first that a file is whole (:mod:`xaiseg.integrity`; DICOM series in
+:mod:`xaiseg.dicom_series`) and say what they checked in ``volume.integrity``.  Writers never leave
+a half-written file: they write to a temporary name beside the target, check it, and rename it
+into place; a full disk is one :class:`~xaiseg.errors.DiskFullError`.
 """
 from __future__ import annotations
 
