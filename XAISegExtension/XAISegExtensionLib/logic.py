@@ -602,11 +602,6 @@ def _flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return out
 
 
-def _file_stem(text: str) -> str:
-    keep = "".join(c if c.isalnum() or c in "-_" else "_" for c in text.strip())
-    return keep.strip("_") or "volume"
-
-
 def _read_json(path: Path) -> Optional[Dict[str, Any]]:
     if not path.is_file():
         return None

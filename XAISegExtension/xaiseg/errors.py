@@ -26,6 +26,18 @@ class NonFiniteImageError(InputError):
     """The image contains NaN or infinite values."""
 
 
+class CorruptFileError(FileFormatError):
+    """A file is truncated or damaged: a checksum fails or its data are shorter than its header says."""
+
+
+class SeriesError(FileFormatError):
+    """A DICOM series is inconsistent: a missing slice, or mixed orientations, spacings or sizes."""
+
+
+class SliceGapError(SeriesError):
+    """A DICOM series has a gap in its slice positions (a missing slice)."""
+
+
 class DimensionError(InputError):
     """The image has the wrong number of dimensions (2D where 3D is needed, 4D, ...)."""
 
@@ -56,6 +68,22 @@ class WeightsCorruptError(WeightsError):
 
 class ModelError(XAISegError):
     """The model failed or produced output of an unexpected shape."""
+
+
+class OutputError(XAISegError):
+    """The outputs cannot be written: the folder is in use, full, or a name would leave it."""
+
+
+class OutputBusyError(OutputError):
+    """Another xaiseg run is writing into the same output folder."""
+
+
+class DiskFullError(OutputError):
+    """There is not enough free space in the output folder."""
+
+
+class UnsafePathError(OutputError):
+    """An output path would lie outside the output folder."""
 
 
 class DependencyError(XAISegError, ImportError):

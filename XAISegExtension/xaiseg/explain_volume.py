@@ -18,6 +18,7 @@ import numpy as np
 from .errors import InputError
 from .io import move_into, staged, volume_suffix, write_text_atomic, write_volume
 from .models.base import SlicePrompt
+from .names import safe_name
 from .progress import Progress, ensure
 from .record import dumps, run_record
 from .volume import put_plane
@@ -111,7 +112,7 @@ class ExplainRun:
             kind = self.kinds.get(method, "component")
             entry[f"{kind}s"] = {}
             for part, volume in components.items():
-                fname = f"{n}_{method}_{_safe(part)}_saliency{suffix}"
+                fname = f"{n}_{method}_{safe_name(part)}_saliency{suffix}"
                 files[f"{method}_{part}_saliency"] = write_volume(vol, volume.astype(np.float32), stage / fname)
                 entry[f"{kind}s"][part] = fname
             if pngs:
@@ -128,11 +129,6 @@ class ExplainRun:
 def _scalars(details: Dict) -> Dict:
     """Method details that belong in the metrics table (numbers and flags, not curves)."""
     return {k: v for k, v in details.items() if isinstance(v, (bool, int, float, str))}
-
-
-def _safe(name: str) -> str:
-    """A component name as a file-name part (letters, digits, '.', '-', '_')."""
-    return "".join(c if c.isalnum() or c in ".-_" else "_" for c in str(name))
 
 
 def component_summary(tables: List[List[Dict]], kind: str = "layer") -> Dict:

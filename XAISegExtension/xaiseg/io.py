@@ -2,8 +2,10 @@
 
 Arrays are in SimpleITK/numpy order ``(k, j, i)`` (slice, row, column).  Physical coordinates in
 SimpleITK are LPS; the CLI and Slicer speak RAS, so :class:`Volume` converts both ways.
-Writers never leave a half-written file: they write to a temporary name beside the target and
-rename it into place.
+Readers check first that a file is whole (:mod:`xaiseg.integrity`; DICOM series in
+:mod:`xaiseg.dicom_series`) and say what they checked in ``volume.integrity``.  Writers never leave
+a half-written file: they write to a temporary name beside the target, check it, and rename it
+into place; a full disk is one :class:`~xaiseg.errors.DiskFullError`.
 """
 from __future__ import annotations
 
@@ -18,8 +20,11 @@ from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import (DimensionError, EmptyImageError, FileFormatError, GeometryError, InputError,
-                     NonFiniteImageError)
+from .dicom_series import read_series
+from .diskspace import HEADER_BYTES, disk_full_error, free_bytes, is_disk_full, missing_folders, remove_empty
+from .errors import (CorruptFileError, DimensionError, EmptyImageError, FileFormatError, GeometryError, InputError,
+                     NonFiniteImageError, OutputError)
+from .integrity import check_file, restore_nonfinite
 
 PathLike = Union[str, "os.PathLike[str]"]
 _LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
@@ -91,6 +96,11 @@ class Volume:
     meta: dict = field(default_factory=dict)
 
     @property
+    def integrity(self) -> dict:
+        """What was checked when the file was read (format, checks, DICOM gaps), for the run record."""
+        return self.meta.get("integrity", {})
+
+    @property
     def shape(self) -> Tuple[int, int, int]:
         return tuple(self.array.shape)  # type: ignore[return-value]
 
@@ -112,71 +122,134 @@ class Volume:
         return cls(sitk.GetArrayFromImage(image), Geometry.of(image), source)
 
 
-def _dicom_series(folder: Path, series_uid: Optional[str]) -> sitk.Image:
-    reader = sitk.ImageSeriesReader()
-    uids = reader.GetGDCMSeriesIDs(str(folder))
-    if not uids:
-        raise FileFormatError(f"{folder} is a folder without a DICOM series; expected a folder of "
-                              "DICOM files or an image file (.nii, .nii.gz, .nrrd, .mha)")
-    if series_uid is None:
-        if len(uids) > 1:
-            raise FileFormatError(f"{folder} holds {len(uids)} DICOM series ({', '.join(uids)}); "
-                                  "choose one with --series UID")
-        series_uid = uids[0]
-    elif series_uid not in uids:
-        raise FileFormatError(f"DICOM series {series_uid} is not in {folder}; it holds {', '.join(uids)}")
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), series_uid))
-    return reader.Execute()
-
-
-def read_image(path: PathLike, series_uid: Optional[str] = None) -> sitk.Image:
-    """Read a NIfTI, NRRD, MHA/MHD, single DICOM file or DICOM series folder."""
+def read_image_checked(path: PathLike, series_uid: Optional[str] = None,
+                       allow_gaps: bool = False) -> Tuple[sitk.Image, dict]:
+    """Read a NIfTI, NRRD, MHA/MHD, single DICOM file or DICOM series folder after checking that
+    it is whole (:mod:`xaiseg.integrity`, :mod:`xaiseg.dicom_series`); the image and what was checked."""
     p = Path(path)
     if not p.exists():
         raise FileFormatError(f"{p} does not exist; expected an image file or a DICOM folder")
     if p.is_dir():
-        return _dicom_series(p, series_uid)
+        return read_series(p, series_uid, allow_gaps)
+    record = check_file(p)
     try:
-        return sitk.ReadImage(str(p))
+        return sitk.ReadImage(str(p)), record
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown error"
         raise FileFormatError(f"{p} could not be read as an image ({first}); expected NIfTI, NRRD, "
                               "MHA or DICOM") from exc
 
 
+def read_image(path: PathLike, series_uid: Optional[str] = None, allow_gaps: bool = False) -> sitk.Image:
+    """Read a NIfTI, NRRD, MHA/MHD, single DICOM file or DICOM series folder (checked first)."""
+    return read_image_checked(path, series_uid, allow_gaps)[0]
+
+
+def _voxels(flat_indices: np.ndarray, shape: Tuple[int, ...]) -> str:
+    """Array positions as voxel indices: (i, j, k) for a (k, j, i) volume."""
+    rows = np.stack(np.unravel_index(flat_indices, shape), axis=1)[:, ::-1]
+    return ", ".join("(" + ", ".join(str(int(v)) for v in r) + ")" for r in rows)
+
+
+def _first_nonfinite(finite: np.ndarray, count: int = 5) -> np.ndarray:
+    flat, found, step = finite.reshape(-1), [], 1 << 20
+    for start in range(0, flat.size, step):
+        hits = np.flatnonzero(~flat[start:start + step])[: count - len(found)]
+        found.extend(int(h) + start for h in hits)
+        if len(found) >= count:
+            break
+    return np.asarray(found, dtype=np.int64)
+
+
+def nonfinite_counts(array: np.ndarray) -> Dict[str, int]:
+    """How many voxels are NaN, +inf and -inf (all 0 for integer arrays)."""
+    if array.dtype.kind not in "fc":
+        return {"nan": 0, "posinf": 0, "neginf": 0}
+    return {"nan": int(np.count_nonzero(np.isnan(array))), "posinf": int(np.count_nonzero(array == np.inf)),
+            "neginf": int(np.count_nonzero(array == -np.inf))}
+
+
 def check_intensities(array: np.ndarray, name: str = "image") -> None:
-    """Raise if the image is empty, constant, or holds NaN/inf."""
+    """Raise if the image is empty, all or partly NaN/inf, or constant."""
     if array.size == 0:
         raise EmptyImageError(f"{name} has no voxels (shape {array.shape})")
     if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
         raise FileFormatError(f"{name} has voxel type {array.dtype}; a real-valued scalar image is expected")
-    finite = np.isfinite(array)
-    if not finite.all():
-        bad = int(array.size - finite.sum())
-        raise NonFiniteImageError(f"{name} contains {bad} NaN or infinite voxel(s) of {array.size}; "
-                                  "expected finite intensities")
+    if array.dtype.kind == "f":
+        finite = np.isfinite(array)
+        n_finite = int(np.count_nonzero(finite))
+        if n_finite < array.size:
+            c = nonfinite_counts(array)
+            kinds = f"{c['nan']} NaN, {c['posinf']} +inf, {c['neginf']} -inf"
+            if c["nan"] == array.size:
+                raise NonFiniteImageError(f"{name}: every voxel is NaN ({array.size} voxels); expected an image "
+                                          "with finite intensities")
+            if n_finite == 0:
+                raise NonFiniteImageError(f"{name}: every voxel is NaN or infinite ({kinds}); expected an "
+                                          "image with finite intensities")
+            where = _voxels(_first_nonfinite(finite), array.shape)
+            label = "voxel (i, j, k)" if array.ndim == 3 else "index"
+            raise NonFiniteImageError(
+                f"{name} contains {array.size - n_finite} NaN or infinite voxel(s) of {array.size} ({kinds}), "
+                f"first at {label} {where}; expected finite intensities, or replace them with a value "
+                "(--replace-nonfinite VALUE)")
+        del finite
     lo, hi = array.min(), array.max()
     if lo == hi:
         raise EmptyImageError(f"{name} is constant (every voxel is {lo}); expected an image with contrast")
 
 
-def read_volume(path: PathLike, series_uid: Optional[str] = None) -> Volume:
-    """Read a 3D scalar volume and check it is usable (not empty, constant or non-finite)."""
-    image = read_image(path, series_uid)
+def replace_nonfinite(volume_or_array: Union["Volume", np.ndarray], value: float,
+                      inplace: bool = False) -> Tuple[np.ndarray, dict]:
+    """The array with every NaN/inf voxel set to ``value``, and a record for the run record
+    ``{"replaced": n, "value": v, "nan": .., "posinf": .., "neginf": ..}``.  Integer arrays come back as they are."""
+    array = volume_or_array.array if isinstance(volume_or_array, Volume) else np.asarray(volume_or_array)
+    try:
+        fill = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"replacement value {value!r} is not a number; expected a finite number") from None
+    if not np.isfinite(fill):
+        raise InputError(f"replacement value {value!r} is not finite; expected a finite number")
+    counts = nonfinite_counts(array)
+    record = {"replaced": sum(counts.values()), "value": fill, **counts}
+    if record["replaced"] == 0:
+        return array, record
+    if not np.isfinite(np.asarray(fill, dtype=array.dtype)):
+        raise InputError(f"replacement value {value!r} does not fit voxel type {array.dtype}")
+    out = array if inplace else array.copy()
+    out[~np.isfinite(out)] = fill
+    return out, record
+
+
+def read_volume(path: PathLike, series_uid: Optional[str] = None, allow_gaps: bool = False,
+                check: bool = True) -> Volume:
+    """Read a 3D scalar volume after checking the file is whole; then check it is usable (not empty,
+    constant or non-finite) unless ``check`` is False.  What was checked is in ``volume.integrity``;
+    with ``allow_gaps`` a DICOM series with missing slices is read with the gaps filled and listed there."""
+    image, record = read_image_checked(path, series_uid, allow_gaps)
+    masks = record.pop("_nonfinite_masks", None)
     vol = Volume.from_sitk(image, str(path))
-    check_intensities(vol.array, str(path))
+    del image
+    if masks:
+        if vol.array.dtype.kind != "f":
+            vol.array = vol.array.astype(np.float32)
+        restore_nonfinite(vol.array, masks)
+    vol.meta["integrity"] = record
+    if check:
+        check_intensities(vol.array, str(path))
     return vol
 
 
 def read_labelmap(path: PathLike, reference: Optional[Volume] = None) -> Volume:
     """Read a label map; if ``reference`` is given and the grids differ, resample it (nearest neighbour)."""
-    image = read_image(path)
+    image, record = read_image_checked(path)
+    record.pop("_nonfinite_masks", None)
     if image.GetDimension() != 3:
         raise DimensionError(f"label map {path} has {image.GetDimension()} dimensions; expected 3")
     if reference is not None and not Geometry.of(image).same_grid(reference.geometry):
         ref = reference.to_sitk()
         image = sitk.Resample(image, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0, image.GetPixelID())
-    return Volume(sitk.GetArrayFromImage(image), Geometry.of(image), str(path))
+    return Volume(sitk.GetArrayFromImage(image), Geometry.of(image), str(path), {"integrity": record})
 
 
 def output_suffix(path: PathLike) -> str:
@@ -187,20 +260,48 @@ def output_suffix(path: PathLike) -> str:
     raise FileFormatError(f"cannot write {path}: the name must end in one of {', '.join(WRITE_SUFFIXES)}")
 
 
+def _remove_written(tmp: str, suffix: str) -> None:
+    """Remove a temporary image and any data file its writer put beside it (.raw, .raw.gz, .zraw)."""
+    folder, stem = os.path.split(tmp[: -len(suffix)])
+    for name in os.listdir(folder or "."):
+        if name == os.path.basename(tmp) or name.startswith(stem + "."):
+            try:
+                os.unlink(os.path.join(folder, name))
+            except OSError:
+                pass
+
+
+def _write_error(exc: BaseException, path: Path, needed: int) -> OutputError:
+    """One clear error for a failed write: the disk is full, or why else it failed."""
+    if is_disk_full(exc) or (needed and free_bytes(path.parent) < needed):
+        return disk_full_error(path.parent, path.name, needed)
+    text = getattr(exc, "strerror", None) or str(exc).strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return OutputError(f"cannot write {path}: {lines[-1] if lines else type(exc).__name__}")
+
+
 def write_image(image: sitk.Image, path: PathLike, compress: bool = True) -> Path:
-    """Write ``image`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    """Write ``image`` to ``path`` atomically (temporary file in the same folder, checked, then
+    renamed); a full disk gives :class:`DiskFullError` and leaves nothing behind."""
     path = Path(path)
     suffix = output_suffix(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=str(path.parent))
-    os.close(fd)
+    needed = sitk.GetArrayViewFromImage(image).nbytes + HEADER_BYTES
     try:
-        sitk.WriteImage(image, tmp, compress)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=str(path.parent))
+        os.close(fd)
+    except OSError as exc:
+        raise _write_error(exc, path, needed) from exc
+    try:
+        try:
+            sitk.WriteImage(image, tmp, compress)
+            check_file(tmp)  # ITK's NIfTI writer reports no error when the disk fills
+        except (RuntimeError, OSError, CorruptFileError) as exc:
+            _remove_written(tmp, suffix)
+            raise _write_error(exc, path, needed) from exc
         _publish(tmp, path)
     except BaseException:
-        for leftover in (tmp, tmp[: -len(suffix)] + ".raw"):
-            if os.path.exists(leftover):
-                os.unlink(leftover)
+        _remove_written(tmp, suffix)
         raise
     return path
 
@@ -233,36 +334,27 @@ def volume_suffix(fmt: str) -> str:
     return suffix
 
 
-INPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
-
-
-def file_stem(path: PathLike) -> str:
-    """An input's name without its image suffix (``t1.nii.gz`` -> ``t1``; a DICOM folder keeps its name)."""
-    name = Path(str(path).rstrip("/\\")).name
-    for suffix in INPUT_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 @contextmanager
 def staged(outdir: PathLike) -> Iterator[Path]:
     """A hidden folder inside ``outdir`` (created if needed) to write a set of files into; it is
-    removed on the way out, with whatever :func:`move_into` did not take (and ``outdir`` too when
-    this call created it and nothing was moved in)."""
+    removed on the way out, with whatever :func:`move_into` did not take.  If the block fails,
+    the folders this created are removed too (when they are empty)."""
     outdir = Path(outdir)
-    created = not outdir.exists()
-    outdir.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".xaiseg-", dir=outdir))
+    created = missing_folders(outdir)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".xaiseg-", dir=outdir))
+    except OSError as exc:
+        remove_empty(created)
+        raise _write_error(exc, outdir / ".xaiseg-stage", 0) from exc
+    done = False
     try:
         yield stage
+        done = True
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-        if created:
-            try:
-                outdir.rmdir()  # only succeeds when nothing was moved in (a failed or cancelled run)
-            except OSError:
-                pass
+        if not done:
+            remove_empty(created)
 
 
 def move_into(files: Dict[str, PathLike], outdir: PathLike) -> Dict[str, Path]:
@@ -283,17 +375,23 @@ def write_text_atomic(path: PathLike, text: str) -> Path:
 
 
 def write_bytes_atomic(path: PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
+    """Write ``data`` to a temporary file beside ``path`` and rename it into place; a full disk
+    gives :class:`DiskFullError` and leaves nothing behind."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=str(path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=str(path.parent))
+    except OSError as exc:
+        raise _write_error(exc, path, len(data)) from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         _publish(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _write_error(exc, path, len(data)) from exc
         raise
     return path
 

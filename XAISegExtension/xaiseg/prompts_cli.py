@@ -8,6 +8,7 @@ import numpy as np
 
 from .cli_options import add_preprocess_options, preprocessing_from
 from .errors import InputError
+from .names import safe_name, stem_name
 from . import prompts
 from .prompts import load_classifier, markups_json, shap_panel
 
@@ -55,7 +56,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_prompt_from_shap(args) -> int:
-    from .io import file_stem, move_into, read_labelmap, read_volume, staged, volume_suffix, write_text_atomic
+    from .io import move_into, read_labelmap, read_volume, staged, volume_suffix, write_text_atomic
     from .io import write_volume
     from .models import load_segmenter
     from .pipeline import SegmentConfig, Session
@@ -85,7 +86,7 @@ def cmd_prompt_from_shap(args) -> int:
         k = int(args.slice)
         if not 0 <= k < n:
             raise InputError(f"--slice {k} is outside 0..{n - 1} along the {args.axis} axis")
-    name = args.name or file_stem(args.volume)
+    name = safe_name(args.name) if args.name else stem_name(args.volume)
     progress = Progress() if args.quiet else TqdmProgress()
     image = session.volume_segmenter.slice(k)
     embedding, _ = session.volume_segmenter.embedding(k)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import InputError, PromptError
+from .names import safe_name, stem_name
 from .preprocess import Preprocessing
 from .settings import as_dict, build, coerce, setting
 
@@ -381,8 +382,6 @@ class RunRequest:
     @classmethod
     def from_dict(cls, data: Any, base: Optional[Path] = None) -> "RunRequest":
         """The request from its JSON form; relative paths are taken from ``base``."""
-        from .io import file_stem
-
         if not isinstance(data, Mapping):
             raise InputError(f"the request must be a JSON object, got {type(data).__name__}")
         version = data.get("version", REQUEST_VERSION)
@@ -398,7 +397,7 @@ class RunRequest:
         output = _path(data.get("output_dir"), base)
         if not output:
             raise InputError(f"output_dir {data.get('output_dir')!r} must be a folder path")
-        name = safe_name(str(data.get("name") or file_stem(source)))
+        name = safe_name(data.get("name")) if data.get("name") else stem_name(source)
         segmenter = dict(data.get("segmenter") or {})
         for key in ("checkpoint", "torchscript", "cache_dir"):
             if segmenter.get(key):
@@ -447,14 +446,6 @@ def _nonnegative(value: Any, what: str) -> int:
     if v < 0:
         raise InputError(f"{what} {value!r} must be 0 or more")
     return v
-
-
-def safe_name(text: str, fallback: str = "volume") -> str:
-    """A run name usable as a file-name prefix inside the output folder (letters, digits, '-', '_',
-    '.'; no path separators, no leading dots)."""
-    keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text).strip())
-    keep = keep.strip("._")
-    return keep[:100] or fallback
 
 
 @dataclass(frozen=True)
