@@ -96,7 +96,8 @@ def test_occlusion_evaluates_only_patches_that_touch_the_roi():
     assert ex.n_evaluations == ex.details["patches_evaluated"] == 9  # 3 x 3 starts overlap rows/cols 8..23
     assert ex.metrics["roi_ratio"] == pytest.approx(9 / 49)
     assert not ex.saliency[~roi].any()
-    assert toy.embed_calls == 1 + 9 + 1  # unperturbed slice, 9 patches, the Dice-drop check
+    # unperturbed slice, 9 patches, the Dice-drop check, the two jittered copies that set the noise level
+    assert toy.embed_calls == 1 + 9 + 1 + 2
 
 
 def test_roi_occlusion_equals_full_image_occlusion_inside_the_roi():
@@ -175,7 +176,7 @@ def test_session_explains_every_masked_slice_and_writes_the_contract(tmp_path):
     paths = run.write(tmp_path)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == sorted(["toy_mask.nrrd", "toy_run.json", "toy_roi.nrrd", "toy_occlusion_saliency.nrrd",
-                            "toy_occlusion_label.nrrd", "toy_metrics.json"]
+                            "toy_occlusion_label.nrrd", "toy_occlusion_raw.nrrd", "toy_metrics.json"]
                            + [f"toy_occlusion_k{k:03d}.png" for k in range(3)])
     sal = sitk.ReadImage(str(paths["occlusion_saliency"]))
     assert sal.GetSpacing() == pytest.approx((0.8, 0.8, 2.0)) and sal.GetOrigin() == pytest.approx((10.0, -5.0, 3.0))

@@ -73,7 +73,6 @@ def occlusion_rows(session, seg, k: int, steps: int) -> List[Dict]:
     from .explain import make_explainer
     from .explain.base import PerturbationEngine
     from .explain.measure import faithfulness
-    from .metrics import normalise01
     from .roi import RoiConfig, RoiFinder
 
     image, prompt, embedding, mask, region = slice_setup(session, seg, k)
@@ -83,7 +82,7 @@ def occlusion_rows(session, seg, k: int, steps: int) -> List[Dict]:
 
     def deletion(saliency):
         engine = PerturbationEngine(session.segmenter, image, prompt, region, embedding=embedding)
-        return faithfulness(engine, normalise01(saliency, region), steps, 0.5)["deletion_auc"]
+        return faithfulness(engine, saliency, steps)["deletion_auc"]
 
     for label, roi in (("XAISeg ROI occlusion (embedding ROI, the default)", region),
                        ("XAISeg ROI occlusion (box ROI, margin 8)",

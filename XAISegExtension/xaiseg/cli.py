@@ -96,8 +96,15 @@ def cmd_demo(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import run_bench
 
-    run_bench(args.what, Path(args.output), quick=args.quick,
-              parts=tuple(p.strip() for p in args.parts.split(",") if p.strip()), device=args.device)
+    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip()) if args.parts else None
+    if args.what == "faithfulness":
+        from .bench_faithfulness import bench_faithfulness
+
+        structures = [s.strip() for s in args.structures.split(",")] if args.structures else None
+        bench_faithfulness(Path(args.output), quick=args.quick, device=args.device, structures=structures,
+                           pairs=args.pairs or None, masks=args.masks, parts=parts or ("maps", "cascade", "fills"))
+        return 0
+    run_bench(args.what, Path(args.output), quick=args.quick, parts=parts or ("occlusion", "rise"), device=args.device)
     return 0
 
 
@@ -147,9 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks; writes a markdown table and JSON",
                        description="Measure accuracy, time and memory and write docs-ready tables.")
-    b.add_argument("what", choices=["segmentation", "explain"], help="which benchmark")
-    b.add_argument("--parts", default="occlusion,rise",
-                   help="explain: occlusion, rise, layers, comma-separated (default occlusion,rise)")
+    b.add_argument("what", choices=["segmentation", "explain", "faithfulness"], help="which benchmark")
+    b.add_argument("--parts", help="explain: occlusion, rise, layers (default occlusion,rise); faithfulness: maps, "
+                                   "cascade, fills (default all three)")
+    b.add_argument("--structures", help="faithfulness: Harvard-Oxford structures, comma-separated (default: the six "
+                                        "demo structures)")
+    b.add_argument("--pairs", type=int, default=1, help="faithfulness: pairs of adjacent slices per structure (0: "
+                                                        "every slice; default 1)")
+    b.add_argument("--masks", type=int, default=300, help="faithfulness: most RISE masks per slice (default 300)")
     b.add_argument("-o", "--output", default="docs/benchmarks", help="folder for the tables (default docs/benchmarks)")
     b.add_argument("--quick", action="store_true", help="one structure only (a smoke run)")
     b.add_argument("--device", default="cpu", help="torch device for LiteMedSAM, e.g. cpu or cuda (default cpu)")

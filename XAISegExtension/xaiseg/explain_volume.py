@@ -46,6 +46,15 @@ class ExplainRun:
     record: Dict
     components: Dict[str, Dict[str, np.ndarray]] = field(default_factory=dict)
     kinds: Dict[str, str] = field(default_factory=dict)  # method -> what its components are ("layer")
+    consistency: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # method -> adjacent-slice Spearman
+
+    def raw(self, method: str) -> np.ndarray:
+        """The method's raw maps (score units: the explained score lost when a region is removed) as a
+        volume on the input's grid, 0 off the explained slices."""
+        out = np.zeros(self.roi.shape, np.float32)
+        for k, ex in self.explanations[method].items():
+            put_plane(out, self.axis, k, ex.raw)
+        return out
 
     def metrics(self) -> Dict:
         """The metrics document (``NAME_metrics.json``) without its file names."""
@@ -54,6 +63,10 @@ class ExplainRun:
             slices = {str(k): dict(ex.metrics, **_scalars(ex.details)) for k, ex in per_slice.items()}
             entry = {"settings": next(iter(per_slice.values())).settings if per_slice else {},
                      "slices": slices, "summary": summarise(list(slices.values()))}
+            entry["summary"].update(self.consistency.get(method, {}))
+            entry["summary"]["no_evidence_slices"] = sorted(int(k) for k, v in slices.items()
+                                                             if v.get("evidence") is False)
+            entry["display_scale"] = self.record.get("display_scale", {}).get(method)
             tables = {str(k): ex.component_table for k, ex in per_slice.items() if ex.component_table}
             if tables:
                 kind = self.kinds.get(method, "component")
@@ -96,14 +109,17 @@ class ExplainRun:
         per_slice = sorted(self.explanations[method].items())
         cut = threshold if threshold is not None else self.record["methods"][method].get("threshold", 0.5)
         entry: Dict[str, Any] = {"saliency": f"{n}_{method}_saliency{suffix}", "label": f"{n}_{method}_label{suffix}",
-                                 "png": []}
+                                 "raw": f"{n}_{method}_raw{suffix}", "png": []}
         files: Dict[str, Path] = {
             f"{method}_saliency": write_volume(vol, sal.astype(np.float32), stage / entry["saliency"]),
-            f"{method}_label": write_volume(vol, (sal >= cut).astype(np.uint8), stage / entry["label"])}
+            f"{method}_label": write_volume(vol, (sal >= cut).astype(np.uint8), stage / entry["label"]),
+            f"{method}_raw": write_volume(vol, self.raw(method), stage / entry["raw"])}
         if pngs:
             for k, ex in per_slice:
                 png = f"{n}_{method}_k{k:03d}.png"
                 title = f"{n}  {method}  slice {k}  (green: mask, blue: ROI)"
+                if ex.metrics.get("evidence") is False:
+                    title = f"{n}  {method}  slice {k}  NO EVIDENCE: no change above the noise"
                 files[f"{method}_png_{k}"] = saliency_panel(self.images[k], ex.saliency, ex.reference, ex.roi,
                                                             stage / png, title, flips)
                 entry["png"].append(png)
@@ -191,10 +207,53 @@ def _check_explainers(explainers: Sequence) -> None:
             raise InputError(f"{ex!r} is not an explainer; build one with xaiseg.explain.make_explainer")
 
 
+def structure_scale(raws: Dict[int, np.ndarray], rois: Dict[int, np.ndarray]) -> float:
+    """The largest raw value inside the ROIs of every explained slice: the one scale of a structure."""
+    peaks = [float(raw[rois[k]].max()) for k, raw in raws.items() if rois[k].any()]
+    return max(peaks) if peaks else 0.0
+
+
+def display_map(raw: np.ndarray, roi: np.ndarray, scale: Optional[float]) -> np.ndarray:
+    """What is painted: ``raw / scale`` clipped to [0, 1] inside the ROI (evidence against the
+    mask, below 0, is not painted; the raw volume keeps it), or per-slice min-max when ``scale``
+    is None."""
+    from .metrics import normalise01
+
+    if scale is None:
+        return normalise01(raw, roi)
+    if scale <= 0:
+        return np.zeros(raw.shape, np.float32)
+    return np.where(roi, np.clip(raw / scale, 0.0, 1.0), 0.0).astype(np.float32)
+
+
+def adjacent_consistency(explanations: Dict[int, Any]) -> Dict[str, Any]:
+    """Spearman between the raw maps of adjacent explained slices (k, k + 1) over their common ROI:
+    how much a method's map flickers through the volume."""
+    from .metrics import spearman
+
+    pairs = []
+    for k in sorted(explanations):
+        if k + 1 in explanations:
+            a, b = explanations[k], explanations[k + 1]
+            common = a.roi & b.roi
+            if common.sum() >= 2:
+                pairs.append(spearman(a.raw, b.raw, common))
+    return {"adjacent_pairs": len(pairs), "adjacent_spearman": round(float(np.mean(pairs)), 4) if pairs else None,
+            "adjacent_spearman_min": round(float(np.min(pairs)), 4) if pairs else None}
+
+
 def explain_volume(session, segmentation, explainers: Sequence, roi=None, slices: Optional[Sequence[int]] = None,
                    target: Optional[np.ndarray] = None, progress: Optional[Progress] = None,
                    roi_mask: Optional[np.ndarray] = None) -> ExplainRun:
-    """Explain ``segmentation`` slice by slice with each explainer (see :meth:`Session.explain`)."""
+    """Explain ``segmentation`` slice by slice with each explainer (see :meth:`Session.explain`).
+
+    Three passes: attribution on every explained slice (one ROI per slice, the slice's logits
+    decoded once and shared), then one display scale per method over the whole structure (or per
+    slice, as the method's ``scaling`` says), then the metrics stage on every slice - with the
+    noise level and the trivial maps shared by the methods on a slice - and the consistency of
+    adjacent slices.
+    """
+    from .explain.measure import SliceShared, measure
     from .roi import RoiConfig, RoiFinder
 
     progress = ensure(progress)
@@ -217,17 +276,37 @@ def explain_volume(session, segmentation, explainers: Sequence, roi=None, slices
     def take(volume, k):
         return None if volume is None else np.take(volume, k, axis=axis).astype(bool)
 
-    for n, k in enumerate(chosen, 1):
+    def stage(ex, n, k):
+        return f"{ex.name} slice {k} ({n}/{len(chosen)})"
+
+    logits: Dict[int, np.ndarray] = {}
+    for n, k in enumerate(chosen, 1):  # 1. attribution
         progress.check()
         image, prompt = vs.slice(k), prompts[k]
         embedding, _ = vs.embedding(k)
-        logits = session.segmenter.decode(embedding, prompt.clipped(image.shape))  # decoded once, shared
-        region, source = finder.find(image, prompt, logits > 0, embedding, take(roi_mask, k))
+        logits[k] = session.segmenter.decode(embedding, prompt.clipped(image.shape))  # decoded once, shared
+        region, source = finder.find(image, prompt, logits[k] > 0, embedding, take(roi_mask, k))
         put_plane(run.roi, axis, k, region.astype(np.uint8))
         run.roi_sources[k], run.images[k] = source, image
         for ex in bound:
-            e = ex.explain(image, prompt, roi=region, roi_source=source, target=take(target, k), progress=progress,
-                           stage=f"{ex.name} slice {k} ({n}/{len(chosen)})", embedding=embedding, logits=logits)
+            run.explanations[ex.name][k] = ex.explain(image, prompt, roi=region, roi_source=source,
+                                                      target=take(target, k), progress=progress, stage=stage(ex, n, k),
+                                                      embedding=embedding, logits=logits[k], measure=False)
+    rois = {k: np.take(run.roi, k, axis=axis).astype(bool) for k in chosen}
+    scales = {}
+    for ex in bound:  # 2. one display scale per structure
+        per_slice = run.explanations[ex.name]
+        scale = structure_scale({k: e.raw for k, e in per_slice.items()}, rois) if ex.scaling == "structure" else None
+        scales[ex.name] = scale
+        for k, e in per_slice.items():
+            per_slice[k] = _with_saliency(e, display_map(e.raw, e.roi, scale))
+    for n, k in enumerate(chosen, 1):  # 3. metrics, shared per slice
+        shared = SliceShared()
+        embedding, _ = vs.embedding(k)
+        for ex in bound:
+            e = run.explanations[ex.name][k]
+            engine = _engine(ex, e, run.images[k], prompts[k], embedding, logits[k], progress, stage(ex, n, k))
+            e = measure(ex, e, engine, progress, stage(ex, n, k), shared)
             run.explanations[ex.name][k] = e
             put_plane(run.saliency[ex.name], axis, k, e.saliency)
             for part, plane in e.components.items():
@@ -243,4 +322,20 @@ def explain_volume(session, segmentation, explainers: Sequence, roi=None, slices
                             seed=bound[0].seed)
     run.record["roi"] = roi.record()
     run.record["methods"] = {ex.name: ex.settings() for ex in bound}
+    run.record["display_scale"] = {name: scale for name, scale in scales.items()}
+    run.consistency = {ex.name: adjacent_consistency(run.explanations[ex.name]) for ex in bound}
     return run
+
+
+def _with_saliency(explanation, saliency: np.ndarray):
+    import dataclasses
+
+    return dataclasses.replace(explanation, saliency=saliency)
+
+
+def _engine(explainer, explanation, image, prompt, embedding, logits, progress, stage: str):
+    from .explain.base import PerturbationEngine
+
+    return PerturbationEngine(explainer.segmenter, image, prompt, explanation.roi, score=explainer.score,
+                              fill=explainer.fill, batch_size=explainer.batch_size, progress=progress, stage=stage,
+                              embedding=embedding, logits=logits)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from .errors import CorruptFileError
-from .integrity import short_data_error, inflate
+from .streams import inflate, short_data_error
 
 _HEADER_LIMIT = 1 << 20
 _TYPE_GROUPS = {

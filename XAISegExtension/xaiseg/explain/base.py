@@ -44,6 +44,7 @@ from ..settings import as_dict, build, setting
 
 SCORES = ("dice", "logit")
 FILLS = ("zero", "mean", "blur")
+SCALINGS = ("structure", "slice")
 
 
 @dataclass(frozen=True)
@@ -53,19 +54,34 @@ class CommonSettings:
     score: str = setting("dice", "explained score: Dice of the perturbed mask against the unperturbed one inside "
                                  "the ROI, or the mean logit in the mask", choices=SCORES)
     fill: str = setting("zero", "what removed pixels become", choices=FILLS)
-    batch_size: int = setting(8, "perturbed images per model call", minimum=1)
+    batch_size: int = setting(0, "perturbed images per model call (0: chosen from the device - 1 on a CPU, "
+                                 "where larger batches cost more per image, 8 on a GPU)", minimum=0)
     seed: int = setting(0, "seed of every random draw")
     metric_steps: int = setting(8, "points on the deletion/insertion curves, one encoder pass each (0: skip)",
                                 minimum=0)
     threshold: float = setting(0.5, "saliency level of the label map and of the Dice-drop region")
+    scaling: str = setting("structure", "display scaling of the maps: once per structure over every explained "
+                                        "slice (comparable across slices), or per slice", choices=SCALINGS)
+    noise_passes: int = setting(2, "encoder passes on jittered copies of the unperturbed slice; a slice whose "
+                                   "largest score change stays within that noise shows no evidence (0: off)",
+                                minimum=0)
+    baselines: bool = setting(False, "also measure the trivial maps (blurred mask, box centre, random) on the same "
+                                     "engine and ROI and report each method's gain over the best of them "
+                                     "(6 x metric steps encoder passes per slice, shared by the methods)")
     sanity: bool = setting(False, "also explain with re-drawn weights and report the maps' similarity (doubles "
                                   "the cost)")
+    cascade: bool = setting(False, "cascading randomisation: re-draw the decoder, then the encoder stages from "
+                                   "the top, one at a time, and report the similarity after each (one attribution "
+                                   "per step)")
 
     def __post_init__(self) -> None:
         if self.metric_steps == 1:
             raise InputError(f"metric steps {self.metric_steps} must be 0 (off) or at least 2")
         if not 0.0 < float(self.threshold) < 1.0:
             raise InputError(f"saliency threshold {self.threshold} must lie strictly between 0 and 1")
+        if self.baselines and not self.metric_steps:
+            raise InputError("baselines are compared on the deletion/insertion curves; metric steps must be at "
+                             "least 2 (got 0)")
         self.check()
 
     def check(self) -> None:
@@ -131,6 +147,14 @@ def fill_image(image: np.ndarray, fill: str) -> np.ndarray:
     raise InputError(f"fill {fill!r} is unknown; expected one of {', '.join(FILLS)}")
 
 
+def preferred_batch(segmenter) -> int:
+    """Perturbed images per model call when the user did not choose: 1 on a CPU (where a batch of 8
+    costs about twice as much per image as single passes on LiteMedSAM, docs/benchmarks/speed.md),
+    8 on an accelerator."""
+    device = str(getattr(segmenter, "device", "cpu") or "cpu")
+    return 1 if device.startswith("cpu") else 8
+
+
 class PerturbationEngine:
     """Evaluates keep maps of one slice, prompt and ROI through a segmenter (see module docs).
 
@@ -139,14 +163,14 @@ class PerturbationEngine:
     """
 
     def __init__(self, segmenter: PromptableSegmenter, image: np.ndarray, prompt: SlicePrompt, roi: np.ndarray,
-                 *, score: str = "dice", fill: str = "zero", batch_size: int = 8,
+                 *, score: str = "dice", fill: str = "zero", batch_size: int = 0,
                  progress: Optional[Progress] = None, stage: str = "explain", embedding=None,
                  logits: Optional[np.ndarray] = None) -> None:
         check_slice(image)
         if score not in SCORES:
             raise InputError(f"score {score!r} is unknown; expected one of {', '.join(SCORES)}")
-        if int(batch_size) < 1:
-            raise InputError(f"batch size {batch_size} must be at least 1")
+        if int(batch_size) < 0:
+            raise InputError(f"batch size {batch_size} must be 0 (chosen from the device) or more")
         roi = np.asarray(roi, bool)
         if roi.shape != image.shape:
             raise InputError(f"ROI of shape {roi.shape} does not match the slice's shape {image.shape}")
@@ -158,7 +182,7 @@ class PerturbationEngine:
         self.score_name = score
         self.fill_name = fill
         self.fill = fill_image(self.image, fill)
-        self.batch_size = int(batch_size)
+        self.batch_size = int(batch_size) or preferred_batch(segmenter)
         self.progress = ensure(progress)
         self.stage = stage
         self.evaluations = 0
@@ -312,15 +336,25 @@ class Explainer:
         raise NotImplementedError
 
     def metric_cost(self) -> int:
-        """Encoder passes of the metrics stage per slice (:func:`.measure.measure`)."""
+        """Encoder passes of the metrics stage per slice for this method alone (:func:`.measure.measure`)."""
         from .measure import metric_passes
 
         return metric_passes(self)
 
-    def total_cost(self, roi_extent: Optional[Tuple[float, float]] = None, grid: int = 256) -> int:
-        """Attribution, metrics and (with ``sanity``) the re-drawn model's attribution, per slice."""
+    def shared_cost(self) -> int:
+        """Encoder passes per slice of what the methods on one slice share (noise level, trivial
+        baselines): counted once per slice, not per method."""
+        from .measure import shared_passes
+
+        return shared_passes(self)
+
+    def total_cost(self, roi_extent: Optional[Tuple[float, float]] = None, grid: int = 256,
+                   cascade_steps: int = 7) -> int:
+        """Attribution, metrics and the randomisation checks of this method, per slice (the shared
+        passes not included)."""
         n = self.cost(roi_extent, grid)
-        return n * (2 if self.sanity else 1) + self.metric_cost()
+        redraws = (1 if self.sanity else 0) + (cascade_steps if self.cascade else 0)
+        return n * (1 + redraws) + self.metric_cost()
 
     # the template ----------------------------------------------------------------------------
     def attribute(self, engine: PerturbationEngine) -> Attribution:

@@ -2,68 +2,168 @@
 
 * faithfulness (:func:`faithfulness`): Dice drop of the high-saliency region and deletion /
   insertion AUC over the ROI, through the same perturbation engine (perturbation methods always;
-  other methods when ``metric_steps`` asks for curves);
+  other methods when ``metric_steps`` asks for curves).  Pixels are ranked by the raw map, so the
+  display scaling cannot change the curves;
+* trivial baselines (``baselines``): the same curves for a blurred copy of the mask, a Gaussian at
+  the box centre and a random map (:mod:`.baselines`), and each method's gain over the best of
+  them: ``deletion_gain`` = best trivial deletion AUC minus the method's (positive: the method
+  is better), ``insertion_gain`` = the method's insertion AUC minus the best trivial one;
+* evidence: the largest score change a perturbation method found (``signal``) against the noise
+  of the model on jittered copies of the unperturbed slice (``noise_level``); a slice whose signal
+  stays within twice the noise shows ``evidence: false`` and is not painted;
 * localisation (:func:`localisation`): pointing game, energy and IoU against a ground truth, or
   against the model's own mask for methods that declare ``localise_against_mask``;
 * components (layer maps): the localisation table of every component and the best one;
-* sanity (``sanity=True``): Spearman between the map and the map of a copy of the model whose
-  ``randomise`` part is re-drawn (Adebayo et al.).
+* sanity (``sanity``): Spearman between the map and the map of a copy of the model whose
+  ``randomise`` part is re-drawn; ``cascade``: the same after re-drawing the model's parts one
+  after another from the output back (:func:`xaiseg.models.base.randomisation_cascade`).
+
+What the methods explained on one slice share (the noise level, the trivial maps' curves) is
+computed once per slice and kept in a :class:`SliceShared`.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ..errors import InputError
 from ..metrics import curve_auc, energy_inside, pointing_game, spearman, thresholded_iou
-from ..models.base import randomized_copy
+from ..models.base import randomisation_cascade, randomized_copy
+from . import baselines as trivial
+
+NOISE_SIGMA = 0.02  # jitter of the unperturbed slice, in [0, 1] intensity units
+MIN_SIGNAL = 0.01  # a score change below 1 % of the unperturbed score is no evidence, whatever the noise
 
 
 def metric_passes(explainer) -> int:
-    """Encoder passes :func:`measure` spends on one slice for ``explainer``'s settings."""
+    """Encoder passes :func:`measure` spends on one slice for ``explainer`` alone."""
     steps = int(explainer.metric_steps)
     if steps:
         return 2 * steps
     return 1 if explainer.perturbs else 0
 
 
-def measure(explainer, explanation, engine, progress=None, stage: Optional[str] = None):
+def shared_passes(explainer) -> int:
+    """Encoder passes per slice shared by the methods measured there: noise and trivial maps."""
+    noise = int(explainer.noise_passes) if explainer.perturbs else 0
+    return noise + (len(trivial.NAMES) * 2 * int(explainer.metric_steps) if explainer.baselines else 0)
+
+
+@dataclasses.dataclass
+class SliceShared:
+    """Figures of one slice that every method measured there shares, keyed by what they depend on."""
+
+    noise: Dict[Tuple, float] = dataclasses.field(default_factory=dict)
+    trivial: Dict[Tuple, Dict[str, Dict[str, float]]] = dataclasses.field(default_factory=dict)
+
+
+def measure(explainer, explanation, engine, progress=None, stage: Optional[str] = None,
+            shared: Optional[SliceShared] = None):
     """``explanation`` with its metrics filled in (see the module docs)."""
     stage = stage or explainer.name
+    shared = shared if shared is not None else SliceShared()
     metrics: Dict[str, Any] = {"seconds": round(explanation.seconds, 3), "evaluations": explanation.n_evaluations}
     roi = explanation.roi
+    before = engine.evaluations
+    high = (explanation.saliency >= explainer.threshold) & roi
     if explainer.metric_steps or explainer.perturbs:
-        before = engine.evaluations
-        metrics.update(faithfulness(engine, explanation.saliency, explainer.metric_steps, explainer.threshold,
-                                    stage=f"{stage} metrics"))
-        metrics["metric_evaluations"] = engine.evaluations - before
+        metrics.update(faithfulness(engine, explanation.raw, explainer.metric_steps, high, stage=f"{stage} metrics"))
+    if explainer.baselines and explainer.metric_steps:
+        metrics.update(_against_trivial(explainer, engine, explanation, metrics, shared, stage))
+    if explainer.perturbs and explainer.noise_passes:
+        metrics.update(_evidence(explainer, engine, explanation, shared, stage))
+    metrics["metric_evaluations"] = engine.evaluations - before
     details = dict(explanation.details)
     metrics["roi_ratio"] = details.pop("roi_ratio", float(roi.mean()))
     metrics["roi_fraction"] = float(roi.mean())
-    against = explanation.target if explanation.target is not None and explanation.target.any() else None
-    if against is None and explainer.localise_against_mask:
-        against = explanation.reference
-        metrics["localised_against"] = "model mask"
-    elif against is not None:
-        metrics["localised_against"] = "target"
-    if explanation.target is not None or explainer.localise_against_mask:
-        metrics.update(localisation(explanation.saliency,
-                                    against if against is not None else np.zeros(roi.shape, bool)))
-    table: List[Dict[str, Any]] = []
-    best = None
-    if explanation.components:
-        metrics[f"{explainer.component_kind}s"] = len(explanation.components)
-        truth = against if against is not None else explanation.reference
-        table = [dict({explainer.component_kind: name}, **localisation(m, truth))
-                 for name, m in explanation.components.items()]
-        best = max(table, key=lambda r: (r["iou_target"], r["energy_in_target"]))[explainer.component_kind]
+    metrics.update(_localise(explainer, explanation))
+    table, best = _components(explainer, explanation)
+    if table:
+        metrics[f"{explainer.component_kind}s"] = len(table)
     if explainer.sanity:
         metrics["sanity_similarity"] = sanity_similarity(explainer, engine, explanation, progress, stage)
-    return dataclasses.replace(explanation, metrics=metrics, details=details, component_table=table,
-                               best_component=best)
+    if explainer.cascade:
+        steps = cascading_randomisation(explainer, engine, explanation, progress, stage)
+        metrics["cascade"] = steps
+        if steps:
+            metrics["cascade_final_similarity"] = steps[-1]["similarity"]
+    saliency = explanation.saliency
+    if metrics.get("evidence") is False:
+        saliency = np.zeros_like(saliency)  # no evidence: not painted
+    return dataclasses.replace(explanation, saliency=saliency, metrics=metrics, details=details,
+                               component_table=table, best_component=best)
+
+
+def _localise(explainer, explanation) -> Dict[str, Any]:
+    roi = explanation.roi
+    against = explanation.target if explanation.target is not None and explanation.target.any() else None
+    out: Dict[str, Any] = {}
+    if against is None and explainer.localise_against_mask:
+        against = explanation.reference
+        out["localised_against"] = "model mask"
+    elif against is not None:
+        out["localised_against"] = "target"
+    if explanation.target is not None or explainer.localise_against_mask:
+        out.update(localisation(explanation.saliency, against if against is not None else np.zeros(roi.shape, bool)))
+    return out
+
+
+def _components(explainer, explanation) -> Tuple[List[Dict[str, Any]], Optional[str]]:
+    if not explanation.components:
+        return [], None
+    against = explanation.target if explanation.target is not None and explanation.target.any() else None
+    truth = against if against is not None else explanation.reference
+    kind = explainer.component_kind
+    table = [dict({kind: name}, **localisation(m, truth)) for name, m in explanation.components.items()]
+    best = max(table, key=lambda r: (r["iou_target"], r["energy_in_target"]))[kind]
+    return table, best
+
+
+def _against_trivial(explainer, engine, explanation, metrics, shared: SliceShared, stage: str) -> Dict[str, Any]:
+    """The trivial maps' curves (once per slice and score) and the method's gain over the best."""
+    key = (engine.score_name, engine.fill_name, int(explainer.metric_steps), explainer.seed)
+    if key not in shared.trivial:
+        from ..roi.geometry import prompt_box
+
+        box = prompt_box(engine.prompt, engine.reference)
+        maps = trivial.trivial_maps(engine.reference, box, explainer.seed, engine.roi)
+        shared.trivial[key] = {}
+        for name, m in maps.items():
+            f = faithfulness(engine, m, explainer.metric_steps, None, stage=f"{stage} baseline {name}")
+            shared.trivial[key][name] = {"deletion_auc": f["deletion_auc"], "insertion_auc": f["insertion_auc"]}
+    figures = shared.trivial[key]
+    best_del = min(v["deletion_auc"] for v in figures.values())
+    best_ins = max(v["insertion_auc"] for v in figures.values())
+    return {"trivial": {k: dict(v) for k, v in figures.items()},
+            "best_trivial_deletion_auc": best_del, "best_trivial_insertion_auc": best_ins,
+            "deletion_gain": best_del - metrics["deletion_auc"], "insertion_gain": metrics["insertion_auc"] - best_ins,
+            "beats_trivial_deletion": bool(metrics["deletion_auc"] < min(v["deletion_auc"] for v in figures.values())),
+            "beats_trivial_insertion": bool(metrics["insertion_auc"] > max(v["insertion_auc"] for v in figures.values()))}
+
+
+def noise_level(engine, passes: int, seed: int = 0, stage: str = "noise") -> float:
+    """The largest change of the explained score when the unperturbed slice is re-evaluated with
+    a small jitter (Gaussian, sigma ``NOISE_SIGMA``) inside the ROI: what a perturbation must beat."""
+    rng = np.random.default_rng(seed)
+    roi = engine.roi.astype(np.float32)
+    images = [np.clip(engine.image + rng.normal(0.0, NOISE_SIGMA, engine.image.shape).astype(np.float32) * roi, 0, 1)
+              for _ in range(int(passes))]
+    engine.stage = stage
+    scores = engine.score_images(images)
+    return float(np.max(np.abs(scores - engine.baseline))) if len(scores) else 0.0
+
+
+def _evidence(explainer, engine, explanation, shared: SliceShared, stage: str) -> Dict[str, Any]:
+    key = (engine.score_name, int(explainer.noise_passes), explainer.seed)
+    if key not in shared.noise:
+        shared.noise[key] = noise_level(engine, explainer.noise_passes, explainer.seed, f"{stage} noise")
+    noise = shared.noise[key]
+    signal = float(np.max(explanation.raw[explanation.roi])) if explanation.roi.any() else 0.0
+    floor = max(2.0 * noise, MIN_SIGNAL * max(abs(engine.baseline), 1e-12))
+    return {"noise_level": noise, "signal": signal, "evidence": bool(signal > floor)}
 
 
 def localisation(saliency: np.ndarray, target: np.ndarray) -> Dict[str, Any]:
@@ -75,58 +175,80 @@ def localisation(saliency: np.ndarray, target: np.ndarray) -> Dict[str, Any]:
             "iou_target": thresholded_iou(saliency, target)}
 
 
+def _redrawn_map(explainer, engine, explanation, parts, progress, stage: str) -> np.ndarray:
+    other = copy.copy(explainer)
+    other.segmenter = randomized_copy(explainer.segmenter, seed=explainer.seed + 1, part=parts)
+    again = other.explain(engine.image, engine.prompt, roi=explanation.roi, progress=progress, stage=stage,
+                          measure=False)
+    return again.raw
+
+
 def sanity_similarity(explainer, engine, explanation, progress, stage: str) -> float:
     """Spearman rank correlation over the ROI between the map and the map of a copy whose
     ``explainer.randomise`` part is re-drawn.  A map that explains the model must change, so low
     (or negative) is good; near 1 means the map shows the image, not the model."""
-    segmenter = explainer.segmenter
-    module = getattr(segmenter, "module", None)
+    module = getattr(explainer.segmenter, "module", None)
     part = explainer.randomise if module is not None and explainer.randomise and hasattr(module, explainer.randomise) \
         else None
-    other = copy.copy(explainer)
-    other.segmenter = randomized_copy(segmenter, seed=explainer.seed + 1, part=part)
-    again = other.explain(engine.image, engine.prompt, roi=explanation.roi, progress=progress,
-                          stage=f"{stage} sanity", measure=False)
-    return spearman(explanation.saliency, again.saliency, explanation.roi)
+    redrawn = _redrawn_map(explainer, engine, explanation, part, progress, f"{stage} sanity")
+    return spearman(explanation.raw, redrawn, explanation.roi)
 
 
-def faithfulness(engine, saliency: np.ndarray, steps: int, threshold: float, stage: str = "metrics") -> Dict[str, Any]:
+def cascading_randomisation(explainer, engine, explanation, progress, stage: str) -> List[Dict[str, Any]]:
+    """Re-draw the model's parts one after another, from the output back to the input, keeping
+    the earlier ones re-drawn; the map's Spearman similarity to the trained model's after each step
+    (Adebayo et al.).  A faithful method's similarity falls as more of the model is re-drawn."""
+    parts = randomisation_cascade(explainer.segmenter)
+    out = []
+    for i in range(len(parts)):
+        redrawn = _redrawn_map(explainer, engine, explanation, parts[:i + 1], progress,
+                               f"{stage} cascade {i + 1}/{len(parts)}")
+        out.append({"redrawn": parts[i], "similarity": round(spearman(explanation.raw, redrawn, explanation.roi), 4)})
+    return out
+
+
+def faithfulness(engine, ranking: np.ndarray, steps: int, high: Optional[np.ndarray] = None,
+                 stage: str = "metrics") -> Dict[str, Any]:
     """Dice drop of the high-saliency region and deletion / insertion AUC over the ROI.
 
-    Dice drop: baseline score minus the score with every ROI pixel of saliency >= ``threshold``
-    removed.  Deletion: ROI pixels are removed in order of decreasing saliency, the score read
-    at ``steps`` + 1 evenly spaced fractions; a faithful map drops fast (low AUC).  Insertion:
-    starting from the fully removed ROI, pixels come back in the same order (high AUC is good).
-    Scores are divided by the baseline score, so both curves start or end at 1.
+    ranking: the map whose order decides which ROI pixels go first (the raw map); high: the
+    high-saliency region removed for the Dice drop (skipped when None).  Deletion: ROI pixels are
+    removed in order of decreasing ``ranking``, the score read at ``steps`` + 1 evenly spaced
+    fractions; a faithful map drops fast (low AUC).  Insertion: starting from the fully removed
+    ROI, pixels come back in the same order (high AUC is good).  Scores are divided by the
+    baseline score, so both curves start or end at 1.
     """
     roi = engine.roi
-    top = (saliency >= threshold) & roi
-    keeps = [np.where(top, 0.0, 1.0)]
+    keeps = [] if high is None else [np.where(np.asarray(high, bool) & roi, 0.0, 1.0)]
     fractions: List[float] = []
     if steps:
-        order = np.argsort(-saliency[roi], kind="stable")
+        order = np.argsort(-np.asarray(ranking)[roi], kind="stable")
         coords = np.argwhere(roi)[order]
         n = len(coords)
         fractions = list(np.linspace(0.0, 1.0, steps + 1))
         for f in fractions[1:]:
-            k = np.ones(saliency.shape, np.float32)
+            k = np.ones(roi.shape, np.float32)
             c = coords[: int(round(f * n))]
             k[c[:, 0], c[:, 1]] = 0.0
             keeps.append(k)  # deletion at fraction f
         for f in fractions[1:-1]:
-            k = np.zeros(saliency.shape, np.float32)
+            k = np.zeros(roi.shape, np.float32)
             c = coords[: int(round(f * n))]
             k[c[:, 0], c[:, 1]] = 1.0
             keeps.append(k)  # insertion at fraction f
     engine.stage = stage
     scores = engine.scores(keeps)
     base = engine.baseline if abs(engine.baseline) > 1e-12 else 1.0
-    out: Dict[str, Any] = {"baseline_score": float(engine.baseline), "dice_drop": float(engine.baseline - scores[0]),
-                           "high_saliency_fraction": float(top.sum() / max(1, roi.sum()))}
+    out: Dict[str, Any] = {"baseline_score": float(engine.baseline)}
+    first = 0
+    if high is not None:
+        out["dice_drop"] = float(engine.baseline - scores[0])
+        out["high_saliency_fraction"] = float((np.asarray(high, bool) & roi).sum() / max(1, roi.sum()))
+        first = 1
     if steps:
-        deletion = [engine.baseline] + list(scores[1:steps + 1])
-        removed_all = scores[steps]
-        insertion = [removed_all] + list(scores[steps + 1:]) + [engine.baseline]
+        deletion = [engine.baseline] + list(scores[first:first + steps])
+        removed_all = scores[first + steps - 1]
+        insertion = [removed_all] + list(scores[first + steps:]) + [engine.baseline]
         out["deletion_auc"] = curve_auc(fractions, np.asarray(deletion) / base)
         out["insertion_auc"] = curve_auc(fractions, np.asarray(insertion) / base)
         out["deletion_curve"] = [round(float(v), 4) for v in deletion]

@@ -1,7 +1,11 @@
 """ROI-guided occlusion sensitivity (seed 001): square patches slide over the slice; only patches
 that overlap the ROI are evaluated (each removed whole), and a patch's score is the drop of the
-explained score when it is removed.  Patch and stride are measured on the model's input grid (64 / 32
-on LiteMedSAM's 256)."""
+explained score when it is removed.
+
+Patch size: by default sized from the structure - a third of the prompt box's shorter side, stride
+half the patch, within ``[MIN_PATCH, 64]`` model-grid pixels - so the map can be finer than the
+structure.  ``--patch 64 --stride 32`` gives seed 001's fixed size, measured on the model's input
+grid (``grid="model"``, LiteMedSAM's 256) or on the slice's pixels (``grid="image"``)."""
 from __future__ import annotations
 
 import math
@@ -25,11 +29,17 @@ def positions(length: int, patch: int, stride: int) -> List[int]:
     return starts
 
 
+MIN_PATCH = 4  # model-grid pixels: the smallest structure-sized patch
+STRUCTURE_FRACTION = 1.0 / 3.0  # structure-sized patch: this share of the box's shorter side
+
+
 @dataclass(frozen=True)
 class OcclusionSettings(CommonSettings):
-    patch: int = setting(64, "occlusion patch, on the model grid (or the slice, see --occlusion-grid)", minimum=1,
+    patch: int = setting(0, "occlusion patch, on the model grid (or the slice, see --occlusion-grid); 0: a third of "
+                            "the prompt box's shorter side (64 with --stride 32 is seed 001's fixed size)", minimum=0,
                          flag="--patch")
-    stride: int = setting(32, "occlusion stride, on the same grid as the patch", minimum=1, flag="--stride")
+    stride: int = setting(0, "occlusion stride, on the same grid as the patch; 0: half the patch", minimum=0,
+                          flag="--stride")
     grid: str = setting("model", "what patch and stride are measured on: the model's input grid or the slice's "
                                  "pixels", choices=("model", "image"), flag="--occlusion-grid")
 
@@ -44,26 +54,43 @@ class Occlusion(Explainer):
               "patch size and it misses evidence spread over several patches")
     Settings = OcclusionSettings
 
-    def pixel_sizes(self, shape: Tuple[int, int]) -> Tuple[int, int]:
-        """Patch and stride in slice pixels."""
+    def grid_sizes(self, short_side: Optional[float], grid: int = 256) -> Tuple[float, float]:
+        """Patch and stride on the grid they are measured on; ``short_side``: the prompt box's shorter
+        side on that grid (for the structure-sized patch)."""
+        patch = float(self.patch)
+        if not patch:
+            side = short_side if short_side else grid / 4.0
+            patch = float(min(64.0, max(MIN_PATCH, round(side * STRUCTURE_FRACTION))))
+        stride = float(self.stride) if self.stride else max(1.0, round(patch / 2.0))
+        return patch, stride
+
+    def pixel_sizes(self, shape: Tuple[int, int], box=None) -> Tuple[int, int]:
+        """Patch and stride in slice pixels (``box``: the prompt box, for the structure-sized patch)."""
         grid = getattr(self.segmenter, "model_grid", None)
         f = max(shape) / float(grid) if self.grid == "model" and grid else 1.0
-        return max(1, int(round(self.patch * f))), max(1, int(round(self.stride * f)))
+        short = None if box is None else min(box[2] - box[0] + 1, box[3] - box[1] + 1) / f
+        p, s = self.grid_sizes(short, int(grid or max(shape)))
+        return max(1, int(round(p * f))), max(1, int(round(s * f)))
 
-    def patches(self, shape: Tuple[int, int]) -> List[Tuple[int, int, int]]:
-        p, s = self.pixel_sizes(shape)
+    def patches(self, shape: Tuple[int, int], box=None) -> List[Tuple[int, int, int]]:
+        p, s = self.pixel_sizes(shape, box)
         return [(y, x, p) for y in positions(shape[0], p, s) for x in positions(shape[1], p, s)]
 
     def cost(self, roi_extent: Optional[Tuple[float, float]] = None, grid: int = 256) -> int:
-        per_axis = len(positions(grid, self.patch, self.stride))
+        short = min(roi_extent) / 1.5 if roi_extent is not None else None  # the ROI is about the box plus context
+        patch, stride = self.grid_sizes(short, grid)
+        per_axis = len(positions(grid, int(round(patch)), int(round(stride))))
         if roi_extent is None:
             return per_axis * per_axis
-        counts = [min(per_axis, int(math.ceil((e + self.patch - 1) / self.stride))) for e in roi_extent]
+        counts = [min(per_axis, int(math.ceil((e + patch - 1) / stride))) for e in roi_extent]
         return max(1, counts[0] * counts[1])
 
     def attribute(self, engine: PerturbationEngine) -> Attribution:
+        from ..roi.geometry import prompt_box
+
         shape = engine.image.shape
-        every = self.patches(shape)
+        box = prompt_box(engine.prompt, engine.reference) if not self.patch else None
+        every = self.patches(shape, box)
         chosen = [(y, x, p) for (y, x, p) in every if engine.roi[y:y + p, x:x + p].any()]
         keeps = []
         for y, x, p in chosen:
@@ -79,6 +106,6 @@ class Occlusion(Explainer):
             total[y:y + p, x:x + p] += d
             count[y:y + p, x:x + p] += 1
         raw = np.divide(total, count, out=np.zeros(shape), where=count > 0)
-        p, s = self.pixel_sizes(shape)
+        p, s = self.pixel_sizes(shape, box)
         return Attribution(raw, {"patches_evaluated": len(chosen), "patches_full": len(every), "patch_px": p,
                                  "stride_px": s, "roi_ratio": len(chosen) / len(every)})

@@ -1,5 +1,7 @@
 """RISE restricted to the ROI (seed 001: N = 2000 masks of 7 x 7 cells kept with p = 0.5, upsampled
-bilinearly with a random shift).  Each pixel's saliency is the mean explained score of the masks
+bilinearly with a random shift; by default the cells are sized from the structure instead - half
+the prompt box's shorter side, laid over the ROI's bounding box - so the map resolves the structure
+whatever its size on the slice; ``cells=7`` gives the seed's grid over the whole slice).  Each pixel's saliency is the mean explained score of the masks
 that kept it minus the mean score of those that removed it (the masks' correlation with the score,
 which is the RISE estimate with its baseline removed).
 
@@ -38,10 +40,14 @@ def rise_masks(rng: np.random.Generator, n: int, shape: Tuple[int, int], cells: 
     return out
 
 
+CELL_FRACTION = 0.5  # structure-sized cells: this share of the prompt box's shorter side
+
+
 @dataclass(frozen=True)
 class RiseSettings(CommonSettings):
     n_masks: int = setting(2000, "RISE: most masks (stops early on convergence)", minimum=2, flag="--masks")
-    cells: int = setting(7, "RISE: mask grid cells per side", minimum=1, flag="--cells")
+    cells: int = setting(0, "RISE: mask grid cells per side over the whole slice (7 is seed 001); 0: cells of half "
+                            "the prompt box's shorter side over the ROI's bounding box", minimum=0, flag="--cells")
     p: float = setting(0.5, "RISE: probability that a cell is kept", flag="--keep-probability")
     early_stop: bool = setting(True, "RISE: stop when the map has converged (--no-early-stop: always use --masks "
                                         "masks)", flag="--no-early-stop")
@@ -49,7 +55,6 @@ class RiseSettings(CommonSettings):
     min_masks: int = setting(100, "RISE: masks before the first possible stop", minimum=0, cli=False)
     converge: float = setting(0.95, "RISE: Spearman between checks that counts as converged", cli=False)
     patience: int = setting(2, "RISE: converged checks in a row before stopping", minimum=1, cli=False)
-    batch_size: int = setting(16, "perturbed images per model call", minimum=1)
 
     def check(self) -> None:
         if not 0.0 < self.p < 1.0:
@@ -69,9 +74,31 @@ class RISE(Explainer):
     def cost(self, roi_extent: Optional[Tuple[float, float]] = None, grid: int = 256) -> int:
         return self.n_masks
 
+    def mask_maker(self, engine: PerturbationEngine):
+        """``make(rng, n)``: n keep maps of the slice - seed 001's grid over the whole slice, or (cells 0)
+        a grid of structure-sized cells over the ROI's bounding box, 1 outside it."""
+        shape = engine.image.shape
+        if self.cells:
+            return (lambda rng, n: rise_masks(rng, n, shape, self.cells, self.p)), self.cells
+        from ..roi.geometry import prompt_box
+
+        box = prompt_box(engine.prompt, engine.reference) or (0, 0, shape[1] - 1, shape[0] - 1)
+        cell = max(2.0, CELL_FRACTION * min(box[2] - box[0] + 1, box[3] - box[1] + 1))
+        ys, xs = np.nonzero(engine.roi)
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        cells = max(2, int(np.ceil(max(y1 - y0, x1 - x0) / cell)))
+
+        def make(rng, n):
+            out = np.ones((n,) + shape, np.float32)
+            out[:, y0:y1, x0:x1] = rise_masks(rng, n, (int(y1 - y0), int(x1 - x0)), cells, self.p)
+            return out
+
+        return make, cells
+
     def attribute(self, engine: PerturbationEngine) -> Attribution:
         rng = np.random.default_rng(self.seed)
         shape = engine.image.shape
+        make, cells = self.mask_maker(engine)
         kept_sum = np.zeros(shape, np.float64)    # sum of s_i * m_i
         kept_w = np.zeros(shape, np.float64)      # sum of m_i
         score_sum = 0.0
@@ -80,7 +107,7 @@ class RISE(Explainer):
         engine.progress.stage(engine.stage, self.n_masks)
         while used < self.n_masks:
             n = min(self.check_every, self.n_masks - used)
-            masks = rise_masks(rng, n, shape, self.cells, self.p)
+            masks = make(rng, n)
             scores = engine.scores(masks, total=0)
             kept_sum += np.tensordot(scores, masks, axes=1)
             kept_w += masks.sum(axis=0)
@@ -97,7 +124,7 @@ class RISE(Explainer):
             previous = current
         engine.progress.done()
         return Attribution(current, {"masks_used": used, "stopped_at": used, "converged": converged,
-                                     "convergence": history})
+                                     "convergence": history, "cells": cells})
 
     @staticmethod
     def _map(kept_sum, kept_w, score_sum, n):

@@ -158,8 +158,16 @@ def forward_slices(module, images: np.ndarray, input_size: Optional[int], in_cha
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def randomized_copy(segmenter: PromptableSegmenter, seed: int = 0, part: Optional[str] = None) -> PromptableSegmenter:
-    """A deep copy of ``segmenter`` whose weights (all, or the submodule named ``part``) are re-drawn.
+def _submodule(root, dotted: str):
+    target = root
+    for part in dotted.split("."):
+        target = target[int(part)] if part.isdigit() else getattr(target, part)
+    return target
+
+
+def randomized_copy(segmenter: PromptableSegmenter, seed: int = 0, part=None) -> PromptableSegmenter:
+    """A deep copy of ``segmenter`` whose weights (all, or the submodule(s) named by ``part``: a
+    dotted name such as ``image_encoder.layers.3`` or a list of them) are re-drawn.
 
     This is the model-randomisation sanity check of Adebayo et al.: explanations of the copy must
     differ from those of the trained model.
@@ -168,14 +176,42 @@ def randomized_copy(segmenter: PromptableSegmenter, seed: int = 0, part: Optiona
 
     clone = copy.deepcopy(segmenter)
     root = clone.module
-    target = root if part is None else getattr(root, part)
+    parts = [None] if part is None else ([part] if isinstance(part, str) else list(part))
     gen = torch.Generator().manual_seed(int(seed))
     with torch.no_grad():
-        for p in target.parameters():
-            if p.dim() >= 2:
-                fan_in = int(np.prod(p.shape[1:]))
-                p.copy_(torch.randn(p.shape, generator=gen) * (1.0 / np.sqrt(max(1, fan_in))))
-            else:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
-    clone.weights_sha256 = f"randomized(seed={seed}, part={part or 'all'}) of {segmenter.weights_sha256}"
+        for name in parts:
+            target = root if name is None else _submodule(root, name)
+            for p in target.parameters():
+                if p.dim() >= 2:
+                    fan_in = int(np.prod(p.shape[1:]))
+                    p.copy_(torch.randn(p.shape, generator=gen) * (1.0 / np.sqrt(max(1, fan_in))))
+                else:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+    label = "all" if part is None else "+".join(str(n) for n in parts)
+    clone.weights_sha256 = f"randomized(seed={seed}, part={label}) of {segmenter.weights_sha256}"
     return clone
+
+
+def randomisation_cascade(segmenter: PromptableSegmenter) -> List[str]:
+    """The parts re-drawn one after another in the cascading randomisation check (Adebayo et al.),
+    from the output back to the input: the mask decoder and prompt encoder, then the image
+    encoder's neck, its stages from the last to the first, and its patch embedding.  Models
+    without that structure: their top-level sub-modules in reverse order."""
+    root = getattr(segmenter, "module", None)
+    if root is None:
+        return []
+    out: List[str] = [n for n in ("mask_decoder", "prompt_encoder") if hasattr(root, n)]
+    enc = getattr(root, "image_encoder", None)
+    if enc is not None:
+        for name in ("neck",):
+            if hasattr(enc, name):
+                out.append(f"image_encoder.{name}")
+        stages = getattr(enc, "layers", None) if hasattr(enc, "layers") else getattr(enc, "blocks", None)
+        key = "layers" if hasattr(enc, "layers") else "blocks"
+        if stages is not None:
+            out += [f"image_encoder.{key}.{i}" for i in reversed(range(len(stages)))]
+        if hasattr(enc, "patch_embed"):
+            out.append("image_encoder.patch_embed")
+    if not out:
+        out = [n for n, _ in reversed(list(root.named_children()))]
+    return out

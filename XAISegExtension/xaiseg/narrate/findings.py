@@ -29,8 +29,8 @@ METRIC_KEYS = ("roi_ratio", "dice_drop", "deletion_auc", "insertion_auc", "point
 GENERAL_LIMITS = [
     "saliency shows which image regions change this model's mask when perturbed; it does not show where disease is "
     "and is not a diagnosis",
-    "each explained slice is min-max scaled on its own, so saliency values compare regions within a slice, not "
-    "across slices or runs",
+    "saliency is scaled once per structure over the explained slices (unless per-slice scaling was asked for), so "
+    "values compare regions and slices of this run, not different runs; the raw volume holds the score changes",
 ]
 
 

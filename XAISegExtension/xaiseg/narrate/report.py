@@ -32,8 +32,10 @@ from .template import TemplateNarrator
 
 NARRATORS = ("template", "llava", "openai")
 #: metrics shown in the HTML table (every other figure is in findings.json and the run record)
-TABLE_METRICS = ("deletion_auc", "insertion_auc", "dice_drop", "roi_ratio", "pointing_game", "energy_in_target",
-                 "iou_target", "sanity_similarity", "evaluations", "seconds")
+TABLE_METRICS = ("deletion_auc", "insertion_auc", "best_trivial_deletion_auc", "deletion_gain",
+                 "beats_trivial_deletion", "evidence", "adjacent_spearman", "dice_drop", "roi_ratio", "pointing_game",
+                 "energy_in_target", "iou_target", "sanity_similarity", "cascade_final_similarity", "evaluations",
+                 "seconds")
 
 
 @dataclass

@@ -66,6 +66,35 @@ def _metrics(summary: dict, hints: bool = True) -> str:
     return ", ".join(parts)
 
 
+def _trust(summary: dict, title: str) -> List[str]:
+    """Sentences on whether the map can be trusted: against trivial maps, noise, flicker, randomisation."""
+    out = []
+    share = summary.get("beats_trivial_deletion")
+    if isinstance(share, (int, float)) and not isinstance(share, bool):
+        gain = summary.get("deletion_gain")
+        gain_text = f" (mean deletion-AUC gain {_num(gain, 3)})" if isinstance(gain, (int, float)) else ""
+        if share >= 0.5:
+            out.append(f"Against trivial maps (the mask blurred, a blob at the box centre, a random map), the {title} "
+                       f"map removes the mask faster on {_pct(share)} of the explained slices{gain_text}.")
+        else:
+            out.append(f"The {title} map does not beat the trivial maps (the mask blurred, a blob at the box centre, "
+                       f"a random map): it removes the mask faster than all of them on only {_pct(share)} of the "
+                       f"explained slices{gain_text}, so it shows little more than where the structure is.")
+    quiet = summary.get("no_evidence_slices")
+    if isinstance(quiet, list) and quiet:
+        out.append(f"On {_slices([int(k) for k in quiet])}, {title} found no score change above the model's noise: "
+                   "no evidence is shown there.")
+    rho = summary.get("adjacent_spearman")
+    if isinstance(rho, (int, float)) and not isinstance(rho, bool):
+        out.append(f"Maps of adjacent slices agree with a mean Spearman of {_num(rho)}"
+                   + (" (they flicker from slice to slice)." if rho < 0.5 else "."))
+    final = summary.get("cascade_final_similarity")
+    if isinstance(final, (int, float)) and not isinstance(final, bool):
+        out.append(f"With the whole model re-drawn, the map's similarity to the trained model's is {_num(final)}"
+                   + (" - it depends on the image more than on the model." if final >= 0.3 else "."))
+    return out
+
+
 def render_text(findings: dict) -> str:
     """The template narrative: a few sentences, each figure taken from ``findings``."""
     st, mask, vol = findings["structure"], findings["mask"], findings["volume"]
@@ -107,6 +136,7 @@ def render_text(findings: dict) -> str:
         figures = _metrics(info.get("summary") or {})
         if figures:
             out.append(f"Faithfulness of the {title} map: {figures}.")
+        out += _trust(info.get("summary") or {}, title)
         if info["peaks"]:
             p = info["peaks"][0]
             where = _where(p)
