@@ -10,8 +10,6 @@ import SimpleITK as sitk
 from toys import SquareEvidence, evidence_image
 from xaiseg import errors
 from xaiseg.explain import make_explainer, methods
-
-METHODS = methods(perturbation_only=True)
 from xaiseg.explain.base import PerturbationEngine
 from xaiseg.explain.superpixels import keep_from_segments, superpixels
 from xaiseg.explain.shap import exact_shapley
@@ -23,6 +21,7 @@ from xaiseg.progress import CallbackProgress, CancelToken
 from xaiseg.roi import RoiConfig, RoiFinder
 from xaiseg.volume import BoxPrompt
 
+METHODS = methods(perturbation_only=True)
 PROMPT = SlicePrompt(box=(36, 36, 55, 55))
 FAST = {
     "occlusion": dict(patch=16, stride=8, grid="image"),
