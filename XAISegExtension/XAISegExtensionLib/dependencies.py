@@ -152,7 +152,7 @@ def install(reqs: Sequence[Requirement], log: Optional[Callable[[str], None]] = 
         log("installing " + ", ".join(specs) + f" (held: {constraints.read_text().splitlines()[1:]})")
         packaging = packaging_module() if pip_install is None else None
         if packaging is not None:
-            packaging.pip_ensure(specs, constraints=str(constraints), requester="XAISeg")
+            packaging.pip_ensure(specs, constraints=str(constraints), prompt_install=False, requester="XAISeg")
         else:
             if pip_install is None:
                 import slicer

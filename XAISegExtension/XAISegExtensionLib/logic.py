@@ -322,35 +322,40 @@ class XAISegLogic(ReadingMixin):
         for event in proc.poll():
             self._handle(event)
         if proc.finished and self.state.status == RUNNING:
-            final = proc.final or {}
-            kind = final.get("event")
             self.state.seconds = time.monotonic() - proc.started
-            if kind == "result" and proc.returncode == 0:
-                try:
-                    self.result = self.loadResults(job, Path(final["output_dir"]), final, **job.load_options)
-                    self.state.status = SUCCEEDED
-                    self.state.message = f"done in {self.state.seconds:.0f} s"
-                except Exception as exc:  # noqa: BLE001 - reported to the panel
-                    self.state.status = FAILED
-                    self.state.error = f"loading the results failed: {exc}"
-            elif kind == "cancelled":
-                self.state.status = CANCELLED
-                self.state.message = "cancelled; the scene was not changed"
-            else:
-                self.state.status = FAILED
-                self.state.error_type = str(final.get("error") or self.state.error_type)
-                self.state.error = final.get("message") or (
-                    f"the worker exited with status {proc.returncode}: {proc.stderr_tail(8)}")
-                if device.is_out_of_memory(self.state.error_type, self.state.error):
-                    self.state.out_of_memory = True
-                    self.state.error = (f"the GPU ran out of memory ({job.settings.device}): {self.state.error}. "
-                                        "Retry on the CPU (slower), or explain fewer slices or a smaller batch")
-            if self.state.error:
-                self._log("ERROR: " + self.state.error)
+            self._conclude(job, proc.final or {}, proc.returncode)
             proc.close()
             self._cleanup(job)
         self._notify()
         return self.state
+
+    def _conclude(self, job: Job, final: Dict[str, Any], returncode: Optional[int]) -> None:
+        """The run's end from the worker's last event: load the results, or say why not (a GPU
+        out of memory gets its own message and :meth:`retryOnCpu`)."""
+        kind = final.get("event")
+        if kind == "result" and returncode == 0:
+            try:
+                self.result = self.loadResults(job, Path(final["output_dir"]), final, **job.load_options)
+                self.state.status = SUCCEEDED
+                self.state.message = f"done in {self.state.seconds:.0f} s"
+            except Exception as exc:  # noqa: BLE001 - reported to the panel
+                self.state.status = FAILED
+                self.state.error = f"loading the results failed: {exc}"
+        elif kind == "cancelled":
+            self.state.status = CANCELLED
+            self.state.message = "cancelled; the scene was not changed"
+        else:
+            self.state.status = FAILED
+            self.state.error_type = str(final.get("error") or self.state.error_type)
+            self.state.error = final.get("message") or (
+                f"the worker exited with status {returncode}: {job.process.stderr_tail(8) if job.process else ''}")
+            if device.is_out_of_memory(self.state.error_type, self.state.error):
+                self.state.out_of_memory = True
+                self.state.error = (f"the GPU ran out of memory (device {job.settings.device}). Retry on the CPU "
+                                    "(slower), or explain fewer slices at a time. The worker said: "
+                                    f"{self.state.error}")
+        if self.state.error:
+            self._log("ERROR: " + self.state.error)
 
     def wait(self, timeout: float = 600.0, interval: float = 0.1) -> RunState:
         """Poll until the run ends (tests, the self-test and scripts); cancels it after ``timeout``."""
