@@ -4,6 +4,7 @@ use it; a GPU out-of-memory failure gets its own message and a CPU retry."""
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,21 @@ def test_auto_picks_cpu_when_cuda_is_absent(info):
     assert logic.resolveDevice("auto") == "cpu"
     logic.forceCpu = True
     assert logic.resolveDevice("cuda") == "cpu"
+
+
+def test_the_panel_asks_without_waiting(info):
+    device._CACHE.pop(sys.executable, None)
+    logic = XAISegLogic(python=sys.executable)
+    answers = []
+    logic.deviceCallback = answers.append
+    logic.startDeviceProbe()
+    assert logic.busy and answers == [], "the probe must answer through poll(), not block the caller"
+    while not answers:
+        logic.poll()
+        time.sleep(0.05)
+    assert answers[0] == info and not logic.busy
+    logic.startDeviceProbe()  # known now: answered at once
+    assert answers == [info, info]
 
 
 def test_the_preference_order_is_cuda_then_mps_then_cpu():

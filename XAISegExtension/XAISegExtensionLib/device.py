@@ -77,24 +77,44 @@ def torch_installed() -> bool:
         return False
 
 
+def cached(python: Optional[str] = None) -> Optional[TorchInfo]:
+    return _CACHE.get(python or python_executable())
+
+
+def begin_probe(python: Optional[str] = None) -> Optional[subprocess.Popen]:
+    """Start the probe without waiting (None when torch is not even installed here)."""
+    if python is None and not torch_installed():
+        _CACHE[python_executable()] = TorchInfo(error="torch is not installed")
+        return None
+    return subprocess.Popen([python or python_executable(), "-c", PROBE], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=worker_environment())
+
+
+def end_probe(proc: Optional[subprocess.Popen], python: Optional[str] = None, timeout: float = 120.0) -> TorchInfo:
+    """Wait for a probe started by :func:`begin_probe` (returns at once when it has ended) and cache its answer."""
+    exe = python or python_executable()
+    if proc is None:
+        return _CACHE.get(exe) or TorchInfo(error="torch is not installed")
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    try:
+        data = json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        data = {"torch": None, "error": f"the probe failed (exit {proc.returncode}): {err.strip()[-400:]}"}
+    info = TorchInfo(**{k: v for k, v in data.items() if k in TorchInfo.__dataclass_fields__})
+    _CACHE[exe] = info
+    return info
+
+
 def probe(python: Optional[str] = None, refresh: bool = False, timeout: float = 120.0) -> TorchInfo:
     """Ask the worker's interpreter what torch sees (cached per interpreter)."""
     exe = python or python_executable()
     if not refresh and exe in _CACHE:
         return _CACHE[exe]
-    if python is None and not torch_installed():
-        info = TorchInfo(error="torch is not installed")
-    else:
-        done = subprocess.run([exe, "-c", PROBE], capture_output=True, text=True, timeout=timeout,
-                              env=worker_environment(), stdin=subprocess.DEVNULL)
-        try:
-            data = json.loads(done.stdout.strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            data = {"torch": None, "error": f"the probe failed (exit {done.returncode}): {done.stderr.strip()[-400:]}"}
-        known = {k: v for k, v in data.items() if k in TorchInfo.__dataclass_fields__}
-        info = TorchInfo(**known)
-    _CACHE[exe] = info
-    return info
+    return end_probe(begin_probe(python), python, timeout)
 
 
 def resolve(requested: str = "auto", info: Optional[TorchInfo] = None, force_cpu: bool = False,

@@ -172,6 +172,7 @@ class XAISegLogic(ReadingMixin):
         self.progressCallback: Optional[Callable[[RunState], None]] = None
         self.logCallback: Optional[Callable[[str], None]] = None
         self.calibrationCallback: Optional[Callable[[CalibrationJob], None]] = None
+        self.deviceCallback: Optional[Callable[[device.TorchInfo], None]] = None
         self.keepFiles = False
         self.forceCpu = False
         self.stopGrace = 0.5
@@ -182,6 +183,7 @@ class XAISegLogic(ReadingMixin):
         self.calibrationJob: Optional[CalibrationJob] = None
         self._stopping: List[Any] = []
         self._lastStart: Optional[Tuple[tuple, Dict[str, Any]]] = None
+        self._probe: Optional[Any] = None
 
     @property
     def scene(self):
@@ -271,11 +273,31 @@ class XAISegLogic(ReadingMixin):
     @property
     def busy(self) -> bool:
         """A run, a calibration or a cancelled worker that is still being stopped: keep polling."""
-        return self.running or bool(self._stopping) or self.calibrationJob is not None
+        return self.running or bool(self._stopping) or self.calibrationJob is not None or self._probe is not None
+
+    def startDeviceProbe(self) -> None:
+        """Ask the worker's interpreter what torch sees, without waiting; :meth:`poll` calls
+        ``deviceCallback(info)`` with the answer (at once when it is already known)."""
+        info = device.cached(self.python)
+        if info is not None:
+            if self.deviceCallback is not None:
+                self.deviceCallback(info)
+        elif self._probe is None:
+            self._probe = device.begin_probe(self.python) or False
+
+    def _advanceProbe(self, wait: bool = False) -> None:
+        if self._probe is None or (not wait and self._probe is not False and self._probe.poll() is None):
+            return
+        info = device.end_probe(self._probe or None, self.python)
+        self._probe = None
+        if self.deviceCallback is not None:
+            self.deviceCallback(info)
 
     def resolveDevice(self, requested: str) -> str:
         """The device a run will use (``auto``: CUDA, then MPS, then CPU; ``forceCpu`` wins); raises
         :class:`device.DeviceError` naming the fix when the chosen one cannot work."""
+        if self._probe is not None and not self.forceCpu and (requested or "").strip().lower() != "cpu":
+            self._advanceProbe(wait=True)
         return device.resolve(requested, force_cpu=self.forceCpu, python=self.python)
 
     def start(self, inputVolume, prompt, settings: Optional[RunSettings] = None, negativePoints=None,
@@ -315,6 +337,7 @@ class XAISegLogic(ReadingMixin):
         cancelled workers towards their end and finishes calibrations."""
         self._advanceStopping()
         self._advanceCalibration()
+        self._advanceProbe()
         job = self.job
         if job is None or job.process is None or self.state.status != RUNNING:
             return self.state
