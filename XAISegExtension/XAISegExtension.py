@@ -7,7 +7,6 @@ on slicer-core) and the self-test (XAISegExtensionLib.selftest, which runs the r
 from __future__ import annotations
 
 import logging
-import os
 
 import qt
 import slicer
@@ -145,6 +144,8 @@ class XAISegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.onInputVolumeChanged(self.ui.inputVolumeSelector.currentNode())
+        self.updateDeviceInfo()
+        self.updateReview()
         self.logic.startDeviceProbe()  # answered through the timer; nothing waits for it
         self.timer.start()
         self.updateGUI()
