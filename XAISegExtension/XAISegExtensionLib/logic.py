@@ -23,6 +23,7 @@ import numpy as np
 
 from . import device, mrml
 from .mrml import InputError
+from .calibration import CalibrationJob, CalibrationMixin
 from .process import WorkerProcess
 from .reading import ReadingMixin
 from .results import RunResult, load_results, metric_rows  # noqa: F401 - metric_rows re-exported
@@ -144,19 +145,7 @@ class Job:
     load_options: Dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class CalibrationJob:
-    """A calibration running in the worker (the panel stays responsive)."""
-
-    key: str
-    workdir: Path
-    process: WorkerProcess
-    result: Optional[Dict[str, float]] = None
-    error: str = ""
-    timeout_at: float = 0.0
-
-
-class XAISegLogic(ReadingMixin):
+class XAISegLogic(ReadingMixin, CalibrationMixin):
     """Runs segmentation and explanation through the worker and turns results into nodes.
 
     ``scene``: the MRML scene (default ``slicer.mrmlScene``); ``python``: the interpreter for the
@@ -490,86 +479,6 @@ class XAISegLogic(ReadingMixin):
         return result
 
     # ------------------------------------------------------------------ cost
-
-    def calibrationKey(self, settings: Optional[RunSettings] = None) -> str:
-        return json.dumps((settings or RunSettings()).segmenter_options(), sort_keys=True)
-
-    def startCalibration(self, settings: Optional[RunSettings] = None, timeout: float = 300.0) -> CalibrationJob:
-        """Time one encoder and one decoder pass of the chosen segmenter in the worker, without
-        blocking; :meth:`poll` finishes it (``calibrationCallback(job)``; result in :attr:`calibration`)."""
-        if self.calibrationJob is not None:
-            return self.calibrationJob
-        settings = settings or RunSettings()
-        key = self.calibrationKey(settings)
-        resolved = self.resolveDevice(settings.device)
-        if resolved != settings.device:
-            settings = dataclasses.replace(settings, device=resolved)
-        workdir = Path(tempfile.mkdtemp(prefix="xaiseg-calibrate-"))
-        try:
-            req = {"version": 1, "task": "calibrate", "segmenter": settings.segmenter_options(),
-                   "threads": settings.threads, "cancel_file": "cancel"}
-            (workdir / "request.json").write_text(json.dumps(req), encoding="utf-8")
-            proc = WorkerProcess(workdir / "request.json", python=self.python)
-        except BaseException:
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise
-        self.calibrationJob = CalibrationJob(key, workdir, proc,
-                                             timeout_at=time.monotonic() + timeout)
-        return self.calibrationJob
-
-    def _advanceCalibration(self) -> None:
-        cal = self.calibrationJob
-        if cal is None:
-            return
-        cal.process.poll()
-        if not cal.process.finished:
-            if time.monotonic() > cal.timeout_at:
-                cal.error = "calibration did not finish in time and was stopped"
-                self.cancelCalibration()
-                self._finishCalibration(cal)
-            return
-        cal.process.poll()
-        final = cal.process.final or {}
-        cal.process.close()
-        shutil.rmtree(cal.workdir, ignore_errors=True)
-        if final.get("event") == "result":
-            cal.result = {k: float(final[k]) for k in ("seconds_encoder", "seconds_decoder", "seconds_load")}
-            self.calibration[cal.key] = cal.result
-        else:
-            cal.error = final.get("message") or cal.process.stderr_tail(8) or "the calibration worker failed"
-        self._finishCalibration(cal)
-
-    def _finishCalibration(self, cal: CalibrationJob) -> None:
-        self.calibrationJob = None
-        if self.calibrationCallback is not None:
-            self.calibrationCallback(cal)
-
-    def cancelCalibration(self) -> None:
-        cal = self.calibrationJob
-        if cal is None:
-            return
-        cal.process.terminate(self.stopGrace)
-        self._stopping.append(cal)
-        self.calibrationJob = None
-
-    def calibrate(self, settings: Optional[RunSettings] = None, timeout: float = 300.0) -> Dict[str, float]:
-        """Calibrate and wait (scripts and tests; the panel uses :meth:`startCalibration`)."""
-        key = self.calibrationKey(settings)
-        if key in self.calibration:
-            return self.calibration[key]
-        done: List[CalibrationJob] = []
-        previous = self.calibrationCallback
-        self.calibrationCallback = done.append
-        try:
-            self.startCalibration(settings, timeout)
-            while not done:
-                self.poll()
-                time.sleep(0.05)
-        finally:
-            self.calibrationCallback = previous
-        if done[0].result is None:
-            raise RuntimeError(done[0].error)
-        return done[0].result
 
     def estimateCost(self, inputVolume, prompt, settings: Optional[RunSettings] = None, negativePoints=None,
                      calibration: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
