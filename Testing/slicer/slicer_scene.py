@@ -1,5 +1,7 @@
 """A slicer-core scene set up the way the 3D Slicer application sets up its own: default colour
-tables (Grey for scalar volumes, Labels for label maps) present, and slicer.mrmlScene pointing at it."""
+tables (Grey for scalar volumes, Labels for label maps) present, and slicer.mrmlScene pointing at it;
+:func:`add_app_views` adds the default slice views (Red, Yellow, Green) as the application's slice
+widgets do."""
 import slicer
 
 
@@ -10,3 +12,25 @@ def new_scene():
     colors.SetMRMLScene(scene)  # adds the default colour nodes (it logs that it has no colour files)
     colors.SetMRMLScene(None)
     return scene
+
+
+def add_app_views(scene, size=(512, 512)):
+    """Red (axial), Yellow (sagittal) and Green (coronal) slice nodes with their composite nodes,
+    made by vtkMRMLSliceLogic as each slice widget of the application makes them; returns the
+    slice logics (keep them while the views are used)."""
+    import vtk
+
+    logics = []
+    for name, orientation in (("Red", "Axial"), ("Yellow", "Sagittal"), ("Green", "Coronal")):
+        logic = slicer.vtkMRMLSliceLogic()
+        logic.SetMRMLScene(scene)
+        node = logic.AddSliceNode(name)
+        for preset in ("Axial", "Sagittal", "Coronal"):  # the application registers these presets
+            if not node.HasSliceOrientationPreset(preset):
+                matrix = vtk.vtkMatrix3x3()
+                getattr(slicer.vtkMRMLSliceNode, f"Get{preset}SliceToRASMatrix")(matrix)
+                node.AddSliceOrientationPreset(preset, matrix)
+        node.SetOrientation(orientation)
+        node.SetDimensions(size[0], size[1], 1)
+        logics.append(logic)
+    return logics

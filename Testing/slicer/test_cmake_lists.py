@@ -84,6 +84,45 @@ def test_top_level_cmake_has_every_extension_field():
     assert (ROOT / "LICENSE").read_text().lstrip().startswith("Apache License")
 
 
+# The Slicer extensions catalog entry schema (v1.0.2): its required and allowed keys, and the
+# categories the index's checker accepts for an extension like this one.
+CATALOG_REQUIRED = {"$schema", "category", "scm_url"}
+CATALOG_ALLOWED = CATALOG_REQUIRED | {"scm_revision", "scm_type", "build_dependencies", "dicom_support_rule",
+                                      "build_subdirectory", "enabled", "tier"}
+CATALOG_SCHEMA = "https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json#"
+
+
+def test_contributors_are_listed_as_the_index_asks():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    contributors = [c.strip() for c in cmake_set(text, "EXTENSION_CONTRIBUTORS").split(",")]
+    for c in contributors:
+        assert re.fullmatch(r"[^(),]+ \([^()]+\)", c), f"contributor {c!r} is not 'Name (Organization)'"
+    module = (MODULE / "XAISegExtension.py").read_text()
+    assert f"self.parent.contributors = {contributors!r}".replace("'", '"') in module, \
+        "the module's contributors differ from the extension's"
+
+
+def test_catalog_entry_for_the_extensions_index():
+    import json
+
+    text = (ROOT / "CMakeLists.txt").read_text()
+    project = re.search(r"project\(\s*([^\s)]+)", text).group(1)
+    path = ROOT / f"{project}.json"
+    assert path.is_file(), f"the index's entry is named after project(): {path.name}"
+    raw = path.read_bytes()
+    assert b"\r" not in raw, "the index accepts LF line endings only"
+    entry = json.loads(raw)
+    assert CATALOG_REQUIRED <= set(entry) <= CATALOG_ALLOWED, sorted(entry)
+    assert entry["$schema"] == CATALOG_SCHEMA
+    assert entry["category"] == cmake_set(text, "EXTENSION_CATEGORY") == "Segmentation"
+    assert entry["scm_url"].startswith("https://github.com/") and not entry["scm_url"].endswith("/")
+    assert cmake_set(text, "EXTENSION_HOMEPAGE").startswith(entry["scm_url"])
+    assert entry["build_dependencies"] == cmake_set(text, "EXTENSION_DEPENDS").split()
+    assert isinstance(entry["tier"], int) and 1 <= entry["tier"] <= 5 and entry["scm_revision"]
+    screenshots = cmake_set(text, "EXTENSION_SCREENSHOTURLS").split()
+    assert any("compare_layout" in u for u in screenshots) and len(screenshots) >= 2
+
+
 def test_cmake_list_parser_reads_what_cmake_reads():
     text = "set(MODULE_PYTHON_SCRIPTS\n  ${MODULE_NAME}.py  # main\n  a/b.py\n  )\n"
     assert cmake_list(text, "MODULE_PYTHON_SCRIPTS") == ["XAISegExtension.py", "a/b.py"]

@@ -1,7 +1,7 @@
 """The logic end to end on real data: the MNI152 template as a scalar volume node, a markups ROI on
-the left caudate, segmentation of five slices and an occlusion map of the central one, all through
-the worker the GUI starts, with layer maps beside it.  One run is shared by the tests here (about 12
-encoder passes)."""
+the left caudate, segmentation of three slices and an occlusion map of the central one, all through
+the worker the GUI starts, with the encoder's layer maps beside it.  One run (conftest.mni_run, about
+12 encoder passes) is shared by these tests and those of test_reading_mni.py."""
 import json
 
 import numpy as np
@@ -9,37 +9,18 @@ import pytest
 
 import slicer
 from XAISegExtensionLib import mrml
-from XAISegExtensionLib.logic import CANCELLED, SUCCEEDED, RunSettings, XAISegLogic
-from XAISegExtensionLib.selftest import roi_from_kji
+from XAISegExtensionLib.logic import SUCCEEDED
 
-SLICES = 1  # slices either side of the caudate's central slice
+SLICES = 1  # slices either side of the caudate's central slice (conftest.MNI_SLICES)
+
+LAYERS = 18  # LiteMedSAM's encoder: patch_embed, 16 blocks and stage outputs, neck
 
 
-@pytest.fixture(scope="module")
-def run(atlas, caudate_box, tmp_path_factory):
-    from slicer_scene import new_scene
-
-    scene = new_scene()
-    volume = slicer.util.addVolumeFromArray(atlas.image.array, atlas.image.geometry.ijk_to_ras, name="MNI152")
-    lo, hi, centre = caudate_box
-    roi = roi_from_kji(scene, volume, lo, hi, "left caudate box")
-    logic = XAISegLogic(scene)
-    logic.keepFiles = True
-    settings = RunSettings(name="left caudate", slice_range=(centre - SLICES, centre + SLICES),
-                           methods=("occlusion", "layers"), explain_slices=[centre], roi={"source": "box", "margin": 8},
-                           method_settings={"occlusion": {"patch": 128, "stride": 128, "metric_steps": 2},
-                                            "layers": {"metric_steps": 0, "layers": "stages"}},
-                           threads=2)
-    progress = []
-    logic.progressCallback = lambda state: progress.append((state.status, state.stage, state.done, state.total))
-    nodes_before = scene.GetNumberOfNodes()
-    result = logic.run(volume, roi, settings, timeout=900)
-    yield {"scene": scene, "volume": volume, "roi": roi, "logic": logic, "result": result, "settings": settings,
-           "progress": progress, "nodes_before": nodes_before, "centre": centre}
-    import shutil
-
-    shutil.rmtree(logic.job.workdir, ignore_errors=True)
-    scene.Clear(1)
+@pytest.fixture
+def run(mni_run):
+    """The session's shared run (conftest.mni_run)."""
+    assert mni_run["slices"] == SLICES
+    return mni_run
 
 
 def test_run_succeeds_and_reports_progress(run):
@@ -51,17 +32,27 @@ def test_run_succeeds_and_reports_progress(run):
     assert max(p[2] for p in seg_steps) == 2 * SLICES + 1 == seg_steps[-1][3]
 
 
-def test_layer_maps_arrive_as_one_volume_per_layer(run):
+def test_layer_maps_arrive_as_one_sequence_with_the_input_geometry(run):
+    """Per-layer maps: one sequence of 18 items (patch_embed to neck, in encoder order) with a
+    browser, not 18 loose volumes; every item lies on the input's grid."""
     result, centre = run["result"], run["centre"]
-    names = ["patch_embed", "stage0", "stage1", "stage2", "stage3", "neck"]
     fused = mrml.volume_array(result.saliency["layers"])
     assert fused[centre].max() == 1.0 and not np.delete(fused, centre, axis=0).any()
-    layer_nodes = {n.GetName(): n for n in result.extra_volumes if "layers_" in n.GetName()}
-    assert sorted(layer_nodes) == sorted(f"MNI152 left caudate layers_{n}_saliency" for n in names), sorted(layer_nodes)
+    seq = result.layers
+    assert seq.IsA("vtkMRMLSequenceNode") and seq.GetNumberOfDataNodes() == LAYERS
+    names = result.layer_names()
+    assert names[0] == "patch_embed" and names[-1] == "neck" and len(set(names)) == LAYERS
+    assert {"stage0", "stage1", "stage2", "stage3"} <= set(names)
+    assert not [n for n in result.extra_volumes if "layers_" in n.GetName()], "layer maps also arrived as volumes"
     expected = mrml.ijk_to_ras(run["volume"])
-    for node in layer_nodes.values():
-        assert np.array_equal(mrml.ijk_to_ras(node), expected)
-        assert mrml.volume_array(node)[centre].max() == 1.0
+    shape = mrml.volume_array_shape(run["volume"])
+    for i in range(seq.GetNumberOfDataNodes()):
+        item = seq.GetNthDataNode(i)
+        assert np.array_equal(mrml.ijk_to_ras(item), expected), names[i]
+        array = slicer.util.arrayFromVolume(item)
+        assert array.shape == shape and array[centre].max() == 1.0 and not np.delete(array, centre, axis=0).any()
+    browser = result.layer_browser
+    assert browser.GetMasterSequenceNode() is seq and browser.GetProxyNode(seq) is result.layer_proxy
 
 
 def test_result_nodes_share_the_input_geometry(run):
@@ -124,9 +115,8 @@ def test_nodes_live_in_one_folder_named_after_input_and_method(run):
                             "MNI152 left caudate occlusion saliency", "MNI152 left caudate occlusion label",
                             "MNI152 left caudate layers saliency", "MNI152 left caudate layers label",
                             "MNI152 left caudate metrics", "MNI152 left caudate run record",
-                            "MNI152 left caudate narrative"]
-                           + [f"MNI152 left caudate layers_{n}_saliency"
-                              for n in ("patch_embed", "stage0", "stage1", "stage2", "stage3", "neck")])
+                            "MNI152 left caudate narrative", "MNI152 left caudate layers layer maps",
+                            "MNI152 left caudate layers layer browser", "MNI152 left caudate layers layer map"])
     for node in result.nodes():
         assert sh.GetItemParent(sh.GetItemByDataNode(node)) == result.folder_item
 

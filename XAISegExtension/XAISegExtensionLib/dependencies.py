@@ -4,18 +4,27 @@ Each explanation method states its own requirements (``Explainer.requirements``)
 CLIP ROI and narrator requirements are listed here.
 
 Checking uses ``importlib.util.find_spec`` so nothing heavy is imported into Slicer's process.
-Installing uses PyTorchUtils for torch (it picks the wheel that fits the GPU and driver), then
-``slicer.pydeps.pip_ensure`` where Slicer has it (5.11+) or ``slicer.util.pip_install``.
+Installing: torch through PyTorchUtils (it picks the wheel that fits the GPU and driver) with the
+version XAISeg needs; the rest with ``slicer.packaging.pip_ensure`` where Slicer has it (5.12+),
+else with ``slicer.util.pip_install``.  Either way a constraints file (``-c``) pins the installed
+numpy, SimpleITK and torch, so installing XAISeg's packages never upgrades them as a side effect.
+The panel can run the same pip command (:func:`pip_command`) in a non-blocking process to show its
+progress.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, List, Optional, Sequence
+import tempfile
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+TORCH_VERSION_REQUIREMENT = ">=2.0"
+PINNED = ("numpy", "SimpleITK", "torch")  # distributions held at their installed versions
 
 from xaiseg import requirements as engine
 from xaiseg.requirements import Requirement
 
 
-TORCH = Requirement("torch", "torch>=2.0", "runs the segmentation models")
+TORCH = Requirement("torch", "torch" + TORCH_VERSION_REQUIREMENT, "runs the segmentation models")
 CORE = (
     TORCH,
     Requirement("SimpleITK", "SimpleITK>=2.3", "reads and writes the volumes the worker exchanges"),
@@ -60,41 +69,95 @@ def describe(reqs: Sequence[Requirement]) -> str:
     return "\n".join(f"- {r.spec}: {r.purpose}" for r in reqs)
 
 
-def install(reqs: Sequence[Requirement], log: Optional[Callable[[str], None]] = None) -> None:
-    """Install ``reqs`` into Slicer's Python (torch through PyTorchUtils).  Needs the Slicer application."""
+def installed_versions(names: Sequence[str] = PINNED) -> Dict[str, str]:
+    """Installed versions of these distributions (read from their metadata, nothing imported)."""
+    from importlib import metadata
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def write_constraints(folder=None, versions: Optional[Dict[str, str]] = None) -> Path:
+    """A pip constraints file pinning the installed numpy, SimpleITK and torch (those installed)."""
+    versions = installed_versions() if versions is None else versions
+    folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="xaiseg-pip-"))
+    path = folder / "constraints.txt"
+    lines = ["# written by XAISeg: keep these at their installed versions"]
+    lines += [f"{name}=={version}" for name, version in sorted(versions.items())]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def pip_arguments(specs: Sequence[str], constraints: Path) -> List[str]:
+    """What follows ``pip install``: the requirements, then ``-c constraints.txt``."""
+    return [*specs, "-c", str(constraints)]
+
+
+def pip_command(specs: Sequence[str], constraints: Path, python: Optional[str] = None) -> List[str]:
+    """The full command (Slicer's Python) the panel runs in a non-blocking process to show progress."""
+    from .process import python_executable
+
+    return [python or python_executable(), "-m", "pip", "install", *pip_arguments(specs, constraints)]
+
+
+def install_torch(log: Callable[[str], None] = lambda text: None, askConfirmation: bool = False) -> None:
+    """torch through PyTorchUtils, with XAISeg's version requirement."""
+    try:
+        import PyTorchUtils  # the PyTorch extension, a dependency of XAISeg
+    except ImportError as exc:
+        raise RuntimeError("torch is missing and the PyTorch extension is not installed; install 'PyTorch' "
+                           "from the Extension Manager, restart Slicer and try again") from exc
+    log(f"installing torch{TORCH_VERSION_REQUIREMENT} with PyTorchUtils")
+    torch_logic = PyTorchUtils.PyTorchUtilsLogic()
+    if not torch_logic.torchInstalled():
+        if torch_logic.installTorch(askConfirmation=askConfirmation,
+                                    torchVersionRequirement=TORCH_VERSION_REQUIREMENT) is None:
+            raise RuntimeError("PyTorchUtils could not install torch; see the Python console for pip's output")
+
+
+def packaging_module():
+    """``slicer.packaging`` where it offers ``pip_ensure`` (Slicer 5.12+), else None."""
     import importlib
 
-    import slicer
+    try:
+        module = importlib.import_module("slicer.packaging")
+    except ImportError:
+        return None
+    return module if hasattr(module, "pip_ensure") else None
+
+
+def install(reqs: Sequence[Requirement], log: Optional[Callable[[str], None]] = None,
+            pip_install: Optional[Callable] = None) -> Optional[Path]:
+    """Install ``reqs`` into Slicer's Python (torch through PyTorchUtils); returns the constraints
+    file used.  ``pip_install`` replaces ``slicer.util.pip_install`` in the fallback (the panel
+    passes a runner that shows progress)."""
+    import importlib
 
     log = log or (lambda text: None)
-    rest = [r for r in reqs if r is not TORCH and r.module != "torch"]
     if any(r.module == "torch" for r in reqs):
-        try:
-            import PyTorchUtils  # the PyTorch extension, a dependency of XAISeg
-        except ImportError as exc:
-            raise RuntimeError("torch is missing and the PyTorch extension is not installed; install 'PyTorch' "
-                               "from the Extension Manager, restart Slicer and try again") from exc
-        log("installing torch with PyTorchUtils")
-        torch_logic = PyTorchUtils.PyTorchUtilsLogic()
-        if not torch_logic.torchInstalled():
-            if torch_logic.installTorch(askConfirmation=False) is None:
-                raise RuntimeError("PyTorchUtils could not install torch; see the Python console for pip's output")
+        install_torch(log)
+    rest = [r for r in reqs if r.module != "torch"]
+    constraints = None
     if rest:
         specs = [r.spec for r in rest]
-        log("installing " + ", ".join(specs))
-        pydeps = None
-        try:
-            pydeps = importlib.import_module("slicer.pydeps")
-        except ImportError:
-            pass
-        if pydeps is not None and hasattr(pydeps, "pip_ensure"):
-            from packaging.requirements import Requirement as PipRequirement
-
-            pydeps.pip_ensure([PipRequirement(s) for s in specs], skip_packages=["torch", "SimpleITK", "numpy"],
-                              requester="XAISeg")
+        constraints = write_constraints()
+        log("installing " + ", ".join(specs) + f" (held: {constraints.read_text().splitlines()[1:]})")
+        packaging = packaging_module() if pip_install is None else None
+        if packaging is not None:
+            packaging.pip_ensure(specs, constraints=str(constraints), prompt_install=False, requester="XAISeg")
         else:
-            slicer.util.pip_install(specs)
+            if pip_install is None:
+                import slicer
+
+                pip_install = slicer.util.pip_install
+            pip_install(pip_arguments(specs, constraints))
     importlib.invalidate_caches()
     still = [r.spec for r in reqs if not r.installed()]
     if still:
         raise RuntimeError(f"these packages are still missing after installing: {', '.join(still)}")
+    return constraints

@@ -2,12 +2,15 @@
 
 It checks the inputs (adding no node when they are bad), writes the input volume and prompt for
 the worker, starts the worker, turns its JSON-line progress into a :class:`RunState`, and when
-the worker succeeded turns its files into nodes in one subject-hierarchy folder per run.  A run
-with the same input, structure and methods replaces the nodes of the previous one.  Cancelling
-stops the worker and leaves the scene exactly as it was.
+the worker succeeded turns its files into nodes in one subject-hierarchy folder per run
+(:mod:`results`) and moves the views to the first explained slice (:mod:`reading`).  A run with
+the same input, structure and methods replaces the nodes of the previous one.  Cancelling ends
+the worker's whole process tree without waiting (the timer that calls :meth:`XAISegLogic.poll`
+finishes the job) and leaves the scene exactly as it was.  Calibration runs in the worker too.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -18,9 +21,13 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import mrml
+from . import device, mrml
 from .mrml import InputError
+from .calibration import CalibrationJob, CalibrationMixin
 from .process import WorkerProcess
+from .reading import ReadingMixin
+from .results import RunResult, load_results, metric_rows  # noqa: F401 - metric_rows re-exported
+
 
 IDLE, RUNNING, SUCCEEDED, FAILED, CANCELLED = "idle", "running", "succeeded", "failed", "cancelled"
 
@@ -172,7 +179,10 @@ class RunState:
     message: str = ""
     log: List[str] = field(default_factory=list)
     error: str = ""
+    error_type: str = ""
+    out_of_memory: bool = False  # the GPU ran out of memory: XAISegLogic.retryOnCpu() offers a way out
     seconds: float = 0.0
+    worker_pid: Optional[int] = None  # the Python running the worker (a child of the PythonSlicer launcher)
 
     def describe(self) -> str:
         """``slice i of n, method`` for the progress bar."""
@@ -197,36 +207,17 @@ class Job:
     settings: RunSettings
     notes: List[str] = field(default_factory=list)
     process: Optional[WorkerProcess] = None
+    load_options: Dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class RunResult:
-    """Nodes a finished run created (all in ``folder_item``)."""
-
-    folder_item: int
-    segmentation: Any = None
-    saliency: Dict[str, Any] = field(default_factory=dict)
-    labels: Dict[str, Any] = field(default_factory=dict)
-    extra_volumes: List[Any] = field(default_factory=list)
-    roi: Any = None
-    table: Any = None
-    narrative: Any = None
-    record_text: Any = None
-    metrics: Dict[str, Any] = field(default_factory=dict)
-    record: Dict[str, Any] = field(default_factory=dict)
-
-    def nodes(self) -> List[Any]:
-        out = [self.segmentation, self.roi, self.table, self.narrative, self.record_text]
-        out += list(self.saliency.values()) + list(self.labels.values()) + list(self.extra_volumes)
-        return [n for n in out if n is not None]
-
-
-class XAISegLogic:
+class XAISegLogic(ReadingMixin, CalibrationMixin):
     """Runs segmentation and explanation through the worker and turns results into nodes.
 
     ``scene``: the MRML scene (default ``slicer.mrmlScene``); ``python``: the interpreter for the
     worker (default: Slicer's Python).  ``progressCallback(state)`` and ``logCallback(text)`` are
-    called from :meth:`poll`; ``keepFiles`` keeps the worker's folder after loading.
+    called from :meth:`poll`; ``keepFiles`` keeps the worker's folder after loading; ``forceCpu``
+    runs on the CPU whatever device is chosen; ``stopGrace`` is how long a cancelled worker gets
+    to stop by itself before its process group is killed.
     """
 
     def __init__(self, scene=None, python: Optional[str] = None) -> None:
@@ -234,11 +225,19 @@ class XAISegLogic:
         self.python = python
         self.progressCallback: Optional[Callable[[RunState], None]] = None
         self.logCallback: Optional[Callable[[str], None]] = None
+        self.calibrationCallback: Optional[Callable[[CalibrationJob], None]] = None
+        self.deviceCallback: Optional[Callable[[device.TorchInfo], None]] = None
         self.keepFiles = False
+        self.forceCpu = False
+        self.stopGrace = 0.5
         self.job: Optional[Job] = None
         self.state = RunState()
         self.result: Optional[RunResult] = None
         self.calibration: Dict[str, Dict[str, float]] = {}
+        self.calibrationJob: Optional[CalibrationJob] = None
+        self._stopping: List[Any] = []
+        self._lastStart: Optional[Tuple[tuple, Dict[str, Any]]] = None
+        self._probe: Optional[Any] = None
 
     @property
     def scene(self):
@@ -310,14 +309,54 @@ class XAISegLogic:
     def running(self) -> bool:
         return self.job is not None and self.job.process is not None and self.state.status == RUNNING
 
+    @property
+    def busy(self) -> bool:
+        """A run, a calibration or a cancelled worker that is still being stopped: keep polling."""
+        return self.running or bool(self._stopping) or self.calibrationJob is not None or self._probe is not None
+
+    def startDeviceProbe(self) -> None:
+        """Ask the worker's interpreter what torch sees, without waiting; :meth:`poll` calls
+        ``deviceCallback(info)`` with the answer (at once when it is already known)."""
+        info = device.cached(self.python)
+        if info is not None:
+            if self.deviceCallback is not None:
+                self.deviceCallback(info)
+        elif self._probe is None:
+            self._probe = device.begin_probe(self.python) or False
+
+    def _advanceProbe(self, wait: bool = False) -> None:
+        if self._probe is None or (not wait and self._probe is not False and self._probe.poll() is None):
+            return
+        info = device.end_probe(self._probe or None, self.python)
+        self._probe = None
+        if self.deviceCallback is not None:
+            self.deviceCallback(info)
+
+    def resolveDevice(self, requested: str) -> str:
+        """The device a run will use (``auto``: CUDA, then MPS, then CPU; ``forceCpu`` wins); raises
+        :class:`device.DeviceError` naming the fix when the chosen one cannot work."""
+        if self._probe is not None and not self.forceCpu and (requested or "").strip().lower() != "cpu":
+            self._advanceProbe(wait=True)
+        return device.resolve(requested, force_cpu=self.forceCpu, python=self.python)
+
     def start(self, inputVolume, prompt, settings: Optional[RunSettings] = None, negativePoints=None,
-              target=None) -> Job:
-        """Check the inputs, then start the worker; call :meth:`poll` until it is no longer running."""
+              target=None, *, outputSegmentation=None, show3D: bool = False) -> Job:
+        """Check the inputs, then start the worker; call :meth:`poll` until it is no longer running.
+
+        outputSegmentation: add the mask as a segment of this segmentation node (default: a new
+        segmentation node); show3D: show the segmentation as a closed surface after loading.
+        """
         if self.running:
             raise RuntimeError("a run is in progress; cancel it or wait for it to finish")
+        settings = settings or RunSettings()
+        resolved = self.resolveDevice(settings.device)
+        if resolved != settings.device:
+            settings = dataclasses.replace(settings, device=resolved)
         job = self.buildJob(inputVolume, prompt, settings, negativePoints, target)
+        job.load_options = {"outputSegmentation": outputSegmentation, "show3D": bool(show3D)}
+        self._lastStart = ((inputVolume, prompt, settings, negativePoints, target), dict(job.load_options))
         self.result = None
-        self.state = RunState(status=RUNNING, message="starting the worker")
+        self.state = RunState(status=RUNNING, message=f"starting the worker on {resolved}")
         for note in job.notes:
             self._log(note)
         job.process = WorkerProcess(job.workdir / "request.json", python=self.python)
@@ -325,8 +364,19 @@ class XAISegLogic:
         self._notify()
         return job
 
+    def retryOnCpu(self) -> Job:
+        """Start the last run again on the CPU (offered after the GPU ran out of memory)."""
+        if self._lastStart is None:
+            raise RuntimeError("there is no earlier run to repeat")
+        (volume, prompt, settings, negative, target), options = self._lastStart
+        return self.start(volume, prompt, dataclasses.replace(settings, device="cpu"), negative, target, **options)
+
     def poll(self) -> RunState:
-        """Read the worker's new events; when it finished, load its results (once)."""
+        """Read the worker's new events; when it finished, load its results (once).  Also moves
+        cancelled workers towards their end and finishes calibrations."""
+        self._advanceStopping()
+        self._advanceCalibration()
+        self._advanceProbe()
         job = self.job
         if job is None or job.process is None or self.state.status != RUNNING:
             return self.state
@@ -334,30 +384,40 @@ class XAISegLogic:
         for event in proc.poll():
             self._handle(event)
         if proc.finished and self.state.status == RUNNING:
-            final = proc.final or {}
-            kind = final.get("event")
             self.state.seconds = time.monotonic() - proc.started
-            if kind == "result" and proc.returncode == 0:
-                try:
-                    self.result = self.loadResults(job, Path(final["output_dir"]), final)
-                    self.state.status = SUCCEEDED
-                    self.state.message = f"done in {self.state.seconds:.0f} s"
-                except Exception as exc:  # noqa: BLE001 - reported to the panel
-                    self.state.status = FAILED
-                    self.state.error = f"loading the results failed: {exc}"
-            elif kind == "cancelled":
-                self.state.status = CANCELLED
-                self.state.message = "cancelled; the scene was not changed"
-            else:
-                self.state.status = FAILED
-                self.state.error = final.get("message") or (
-                    f"the worker exited with status {proc.returncode}: {proc.stderr_tail(8)}")
-            if self.state.error:
-                self._log("ERROR: " + self.state.error)
+            self._conclude(job, proc.final or {}, proc.returncode)
             proc.close()
             self._cleanup(job)
         self._notify()
         return self.state
+
+    def _conclude(self, job: Job, final: Dict[str, Any], returncode: Optional[int]) -> None:
+        """The run's end from the worker's last event: load the results, or say why not (a GPU
+        out of memory gets its own message and :meth:`retryOnCpu`)."""
+        kind = final.get("event")
+        if kind == "result" and returncode == 0:
+            try:
+                self.result = self.loadResults(job, Path(final["output_dir"]), final, **job.load_options)
+                self.state.status = SUCCEEDED
+                self.state.message = f"done in {self.state.seconds:.0f} s"
+            except Exception as exc:  # noqa: BLE001 - reported to the panel
+                self.state.status = FAILED
+                self.state.error = f"loading the results failed: {exc}"
+        elif kind == "cancelled":
+            self.state.status = CANCELLED
+            self.state.message = "cancelled; the scene was not changed"
+        else:
+            self.state.status = FAILED
+            self.state.error_type = str(final.get("error") or self.state.error_type)
+            self.state.error = final.get("message") or (
+                f"the worker exited with status {returncode}: {job.process.stderr_tail(8) if job.process else ''}")
+            if device.is_out_of_memory(self.state.error_type, self.state.error):
+                self.state.out_of_memory = True
+                self.state.error = (f"the GPU ran out of memory (device {job.settings.device}). Retry on the CPU "
+                                    "(slower), or explain fewer slices at a time. The worker said: "
+                                    f"{self.state.error}")
+        if self.state.error:
+            self._log("ERROR: " + self.state.error)
 
     def wait(self, timeout: float = 600.0, interval: float = 0.1) -> RunState:
         """Poll until the run ends (tests, the self-test and scripts); cancels it after ``timeout``."""
@@ -365,21 +425,33 @@ class XAISegLogic:
         while self.poll().status == RUNNING:
             if time.monotonic() > end:
                 self.cancel()
+                self.waitStopped()
                 raise TimeoutError(f"the run did not finish within {timeout:.0f} s and was cancelled")
             time.sleep(interval)
         return self.state
 
+    def waitStopped(self, timeout: float = 10.0, interval: float = 0.02) -> bool:
+        """Poll until every cancelled worker is gone (scripts and tests); True when none is left."""
+        end = time.monotonic() + timeout
+        while self._stopping and time.monotonic() < end:
+            self.poll()
+            time.sleep(interval)
+        self.poll()
+        return not self._stopping
+
     def run(self, inputVolume, prompt, settings: Optional[RunSettings] = None, negativePoints=None,
-            target=None, timeout: float = 600.0) -> RunResult:
+            target=None, timeout: float = 600.0, **loadOptions) -> RunResult:
         """Start, wait, and return the result nodes; raises ``RuntimeError`` with the worker's message."""
-        self.start(inputVolume, prompt, settings, negativePoints, target)
+        self.start(inputVolume, prompt, settings, negativePoints, target, **loadOptions)
         state = self.wait(timeout)
         if state.status != SUCCEEDED:
             raise RuntimeError(state.error or state.message)
         return self.result
 
     def cancel(self) -> RunState:
-        """Stop the worker; nothing is added to the scene."""
+        """Stop the worker and its process tree without waiting; nothing is added to the scene.
+        The worker gets :attr:`stopGrace` seconds to stop by itself, then its group is killed; its
+        files are removed once it is gone (:meth:`poll` does both)."""
         job = self.job
         if job is None or job.process is None or self.state.status != RUNNING:
             return self.state
@@ -387,14 +459,25 @@ class XAISegLogic:
             (job.workdir / "cancel").write_text("cancel", encoding="utf-8")
         except OSError:
             pass
-        job.process.terminate()
-        job.process.poll()
+        job.process.terminate(self.stopGrace)
+        self._stopping.append(job)
         self.state.status = CANCELLED
         self.state.message = "cancelled; the scene was not changed"
         self._log("cancelled by the user")
-        self._cleanup(job)
+        self._advanceStopping()
         self._notify()
         return self.state
+
+    def _advanceStopping(self) -> None:
+        for item in list(self._stopping):
+            if item.process.reap():
+                item.process.poll()
+                item.process.close()
+                self._stopping.remove(item)
+                if isinstance(item, Job):
+                    self._cleanup(item)
+                else:
+                    shutil.rmtree(item.workdir, ignore_errors=True)
 
     def _cleanup(self, job: Job) -> None:
         if not self.keepFiles:
@@ -415,8 +498,10 @@ class XAISegLogic:
             self._log(str(event.get("message", "")))
         elif kind == "start":
             self.state.message = "running"
+            self.state.worker_pid = event.get("pid")
         elif kind == "error":
             self.state.error = str(event.get("message", "unknown error"))
+            self.state.error_type = str(event.get("error", ""))
 
     def _log(self, text: str) -> None:
         self.state.log.append(text)
@@ -429,120 +514,21 @@ class XAISegLogic:
 
     # ------------------------------------------------------------------ results
 
-    def loadResults(self, job: Job, outdir: Path, final: Optional[Dict[str, Any]] = None) -> RunResult:
-        """Turn the worker's files into nodes in one subject-hierarchy folder (replacing an earlier
-        folder of the same run)."""
-        scene = self.scene
-        input_node = scene.GetNodeByID(job.input_node_id)
-        if input_node is None:
-            raise InputError(f"the input volume ({job.input_node_id}) was removed from the scene during the run")
-        name = job.request.name
-        files = _read_json(outdir / f"{name}_metrics.json") or {}
-        seg_record = _read_json(outdir / f"{name}_run.json") or {}
-        record = dict(files.get("record") or seg_record)
-        mask = _read_array(outdir / f"{name}_mask.nrrd", input_node)
-        sh = mrml.subject_hierarchy(scene)
-        old = mrml.find_run_folder(scene, job.run_key)
-        if old:
-            mrml.remove_run_folder(scene, old)
-        folder = sh.CreateFolderItem(sh.GetSceneItemID(), f"XAISeg {job.base_name} - {job.settings.method_label()}")
-        sh.SetItemAttribute(folder, mrml.RUN_KEY, job.run_key)
-        result = RunResult(folder, metrics=files, record=record)
-        structure = job.settings.name or "structure"
-        result.segmentation = mrml.add_segmentation(scene, mask, input_node, f"{job.base_name} segmentation",
-                                                    structure)
-        loaded = {f"{name}_mask.nrrd"}
-        roi_path = outdir / f"{name}_roi.nrrd"
-        if roi_path.is_file():
-            result.roi = mrml.add_volume(scene, _read_array(roi_path, input_node).astype(np.uint8), input_node,
-                                         f"{job.base_name} explained ROI", labelmap=True)
-            mrml.style_label(scene, result.roi)
-            loaded.add(roi_path.name)
-        for method, info in (files.get("methods") or {}).items():
-            mfiles = info.get("files") or {}
-            for key, value in mfiles.items():
-                for fname in (value if isinstance(value, list) else [value]):
-                    if not isinstance(fname, str) or not fname.endswith(".nrrd") or fname in loaded:
-                        continue
-                    path = outdir / fname
-                    if not path.is_file():
-                        continue
-                    array = _read_array(path, input_node)
-                    loaded.add(fname)
-                    if key == "label":
-                        node = mrml.add_volume(scene, array.astype(np.uint8), input_node,
-                                               f"{job.base_name} {method} label", labelmap=True)
-                        mrml.style_label(scene, node)
-                        result.labels[method] = node
-                    elif key == "saliency":
-                        node = mrml.add_volume(scene, array.astype(np.float32), input_node,
-                                               f"{job.base_name} {method} saliency")
-                        mrml.style_saliency(scene, node)
-                        result.saliency[method] = node
-                    else:
-                        node = mrml.add_volume(scene, array.astype(np.float32), input_node,
-                                               f"{job.base_name} {method} {Path(fname).stem[len(name) + 1:]}")
-                        mrml.style_saliency(scene, node)
-                        result.extra_volumes.append(node)
-        for path in sorted(outdir.glob("*.nrrd")):  # per-layer maps and anything else the engine wrote
-            if path.name in loaded or path.name.startswith("."):
-                continue
-            node = mrml.add_volume(scene, _read_array(path, input_node).astype(np.float32), input_node,
-                                   f"{job.base_name} {path.stem[len(name) + 1:] if path.stem.startswith(name) else path.stem}")
-            mrml.style_saliency(scene, node)
-            result.extra_volumes.append(node)
-        narrative = files.get("narrative")
-        if isinstance(narrative, dict):
-            narrative = narrative.get("text")
-        report = _read_json(outdir / f"{name}_report.json") or {}
-        if not narrative and isinstance(report.get("narrative"), dict):
-            narrative = report["narrative"].get("text")
-        if narrative:
-            result.narrative = mrml.add_text(scene, f"{job.base_name} narrative", str(narrative))
-        result.table = mrml.add_metrics_table(scene, f"{job.base_name} metrics",
-                                              metric_rows(mask, input_node, seg_record, files, final))
-        result.record_text = mrml.add_text(scene, f"{job.base_name} run record",
-                                           json.dumps({"request": job.request.to_dict(), "record": record,
-                                                       "metrics": files}, indent=2, default=str))
-        for node in result.nodes():
-            mrml.place_in_folder(scene, folder, node)
-            mrml.set_run_attributes(node, record, job.run_key)
-        first = next(iter(result.saliency.values()), None)
-        mrml.show_layers(scene, background=input_node, foreground=first, opacity=0.5)
+    def loadResults(self, job: Job, outdir: Path, final: Optional[Dict[str, Any]] = None, *,
+                    outputSegmentation=None, show3D: bool = False, jump: bool = True) -> RunResult:
+        """Turn the worker's files into nodes (:func:`results.load_results`), show the first
+        method over the input with its label map outlined, and move every view to the first
+        explained slice centred on the mask."""
+        result = load_results(self.scene, job, outdir, final, outputSegmentation=outputSegmentation, show3D=show3D)
+        if result.saliency:
+            self.showMethod(result, next(iter(result.saliency)))
+        else:
+            mrml.show_layers(self.scene, background=result.input_volume)
+        if jump:
+            self.jumpToFirstExplainedSlice(result)
         return result
 
     # ------------------------------------------------------------------ cost
-
-    def calibrate(self, settings: Optional[RunSettings] = None, timeout: float = 300.0) -> Dict[str, float]:
-        """Time one encoder and one decoder pass of the chosen segmenter on this machine (cached)."""
-        settings = settings or RunSettings()
-        key = json.dumps(settings.segmenter_options(), sort_keys=True)
-        if key in self.calibration:
-            return self.calibration[key]
-        workdir = Path(tempfile.mkdtemp(prefix="xaiseg-calibrate-"))
-        try:
-            req = {"task": "calibrate", "segmenter": settings.segmenter_options(),
-                   "threads": settings.threads}
-            (workdir / "request.json").write_text(json.dumps(req), encoding="utf-8")
-            proc = WorkerProcess(workdir / "request.json", python=self.python)
-            end = time.monotonic() + timeout
-            while not proc.finished:
-                proc.poll()
-                if time.monotonic() > end:
-                    proc.terminate()
-                    raise TimeoutError(f"calibration did not finish within {timeout:.0f} s")
-                time.sleep(0.1)
-            proc.poll()
-            proc.close()
-            final = proc.final or {}
-            if final.get("event") != "result":
-                raise RuntimeError(final.get("message") or proc.stderr_tail(8))
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-        out = {"seconds_encoder": float(final["seconds_encoder"]), "seconds_decoder": float(final["seconds_decoder"]),
-               "seconds_load": float(final["seconds_load"])}
-        self.calibration[key] = out
-        return out
 
     def estimateCost(self, inputVolume, prompt, settings: Optional[RunSettings] = None, negativePoints=None,
                      calibration: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
@@ -551,72 +537,3 @@ class XAISegLogic:
 
         job = self.buildJob(inputVolume, prompt, settings or RunSettings(), negativePoints, write=False)
         return estimate(job.request, mrml.volume_array_shape(inputVolume), mrml.geometry_of(inputVolume), calibration)
-
-
-def metric_rows(mask: np.ndarray, input_node, record: Dict[str, Any], metrics: Dict[str, Any],
-                final: Optional[Dict[str, Any]]) -> List[Tuple[str, str, str, Any]]:
-    """Rows (method, slice, metric, value) of the metrics table: the segmentation first, then each
-    method's per-slice figures and their summary."""
-    spacing = mrml.geometry_of(input_node).spacing
-    voxels = int(mask.sum())
-    seg_slices = [s for s in (final or {}).get("slices", [])] or sorted(
-        int(s.get("index")) for s in record.get("slices", []) if "index" in s)
-    rows: List[Tuple[str, str, str, Any]] = [
-        ("segmentation", "all", "voxels", voxels),
-        ("segmentation", "all", "volume_ml", voxels * float(np.prod(spacing)) / 1000.0),
-        ("segmentation", "all", "slices_prompted", len(seg_slices)),
-        ("segmentation", "all", "slices_with_mask", int(np.count_nonzero(mask.any(axis=tuple(
-            a for a in range(3) if a != int((final or {}).get("axis", metrics.get("axis", 0)))))))),
-    ]
-    for key, value in _flatten(record.get("evaluations") or {}).items():
-        rows.append(("segmentation", "all", key, value))
-    if record.get("seconds") is not None:
-        rows.append(("segmentation", "all", "seconds", record["seconds"]))
-    explain_record = metrics.get("record") or {}
-    for key, value in _flatten(explain_record.get("evaluations") or {}).items():
-        rows.append(("explanation", "all", key, value))
-    if explain_record.get("seconds") is not None:
-        rows.append(("explanation", "all", "seconds", explain_record["seconds"]))
-    for method, info in (metrics.get("methods") or {}).items():
-        for k, values in sorted((info.get("slices") or {}).items(), key=lambda kv: int(kv[0])):
-            for metric, value in values.items():
-                if isinstance(value, (int, float, bool, str)) or value is None:
-                    rows.append((method, str(k), metric, value))
-        for metric, value in (info.get("summary") or {}).items():
-            if isinstance(value, (int, float, bool, str)) or value is None:
-                rows.append((method, "mean", metric, value))
-    roi = metrics.get("roi") or {}
-    if roi:
-        rows.append(("roi", "all", "source", roi.get("source")))
-        rows.append(("roi", "all", "fallback_slices", len(roi.get("fallback_slices") or [])))
-    return rows
-
-
-def _flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _read_json(path: Path) -> Optional[Dict[str, Any]]:
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _read_array(path: Path, reference_node) -> np.ndarray:
-    """Voxels of a result file, refused unless it lies on the reference volume's grid."""
-    from xaiseg.io import Geometry, read_image
-    import SimpleITK as sitk
-
-    image = read_image(path)
-    geometry = Geometry.of(image)
-    expected = mrml.geometry_of(reference_node)
-    if not geometry.same_grid(expected, tol=1e-3):
-        raise InputError(f"result {path.name} has a different voxel grid (size {geometry.size}, spacing "
-                         f"{geometry.spacing}) than the input volume (size {expected.size}, spacing {expected.spacing})")
-    return sitk.GetArrayFromImage(image)

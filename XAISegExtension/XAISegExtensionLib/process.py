@@ -4,6 +4,12 @@ The worker runs with Slicer's own Python (``PythonSlicer`` next to the applicati
 ``sys.executable`` outside Slicer) so it sees the same packages (torch from PyTorchUtils) while
 the GUI stays responsive.  A reader thread turns its stdout into parsed JSON events; ``poll``
 hands them over without blocking, so a QTimer (in the widget) or a loop (in tests) drives it.
+
+``PythonSlicer`` is a launcher: the Python that runs the worker is its child.  The worker is
+therefore started in a process group (POSIX: a new session; Windows: a new process group) and
+stopped as a whole: :meth:`WorkerProcess.terminate` sends SIGTERM to the group and returns at
+once, and :meth:`WorkerProcess.reap`, called from the same timer, sends SIGKILL to whatever is
+left after the grace period and reports when every process of the group is gone.
 """
 from __future__ import annotations
 
@@ -11,12 +17,13 @@ import json
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 ENGINE_ROOT = Path(__file__).resolve().parents[1]  # the folder that holds xaiseg/
 
@@ -47,20 +54,71 @@ def worker_environment() -> Dict[str, str]:
     return env
 
 
-class WorkerProcess:
-    """One running worker.  ``poll()`` returns the events that arrived since the last call."""
+def group_alive(pgid: int) -> bool:
+    """Whether any process of process group ``pgid`` is still running (zombies count as gone)."""
+    proc_dir = Path("/proc")
+    if proc_dir.is_dir() and (proc_dir / "self" / "stat").is_file():  # Linux: read the process table
+        for entry in proc_dir.iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()  # state, ppid, pgrp, ...
+            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                return True
+        return False
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - a process of that group exists
+        return True
+    return True
 
-    def __init__(self, request_path, python: Optional[str] = None, log_path=None) -> None:
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    stat = Path("/proc") / str(pid) / "stat"
+    if Path("/proc/self/stat").is_file():
+        try:
+            text = stat.read_text()
+        except OSError:
+            return False
+        return text[text.rindex(")") + 2:].split()[0] not in ("Z", "X")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover
+        return True
+    return True
+
+
+class WorkerProcess:
+    """One running worker (and its process group).  ``poll()`` returns the events that arrived
+    since the last call; ``terminate()`` + ``reap()`` stop it without blocking the caller."""
+
+    def __init__(self, request_path, python: Optional[str] = None, log_path=None,
+                 args: Optional[Sequence[str]] = None) -> None:
         self.request_path = Path(request_path)
         self.log_path = Path(log_path) if log_path else self.request_path.with_suffix(".stderr.txt")
         self._events: "queue.Queue[dict]" = queue.Queue()
         self._stderr = open(self.log_path, "wb")
-        creationflags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if os.name == "nt" else 0
+        extra: Dict[str, object] = {}
+        if os.name == "nt":
+            extra["creationflags"] = (getattr(subprocess, "CREATE_NO_WINDOW", 0)
+                                      | getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0))
+        else:
+            extra["start_new_session"] = True  # its own process group: the launcher and its child
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            [python or python_executable(), "-m", "xaiseg.worker", str(self.request_path)],
-            stdout=subprocess.PIPE, stderr=self._stderr, stdin=subprocess.DEVNULL,
-            env=worker_environment(), cwd=str(self.request_path.parent), creationflags=creationflags)
+        command = list(args) if args is not None else [python or python_executable(), "-m", "xaiseg.worker",
+                                                       str(self.request_path)]
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._stderr, stdin=subprocess.DEVNULL,
+                                     env=worker_environment(), cwd=str(self.request_path.parent), **extra)
+        self.pgid = self.proc.pid
+        self._kill_at: Optional[float] = None
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         self.final: Optional[dict] = None
@@ -111,21 +169,65 @@ class WorkerProcess:
             return ""
         return "\n".join(text.strip().splitlines()[-lines:])
 
-    def terminate(self, grace: float = 10.0) -> int:
-        """Ask the worker to stop (SIGTERM; it stops at the next step and writes nothing), then
-        kill it if it has not exited after ``grace`` seconds.  Returns the exit status."""
+    # ------------------------------------------------------------------ stopping
+
+    @property
+    def stopping(self) -> bool:
+        return self._kill_at is not None
+
+    def alive(self) -> bool:
+        """Whether the worker or any process it started (its group) still runs."""
         if self.proc.poll() is None:
-            try:
-                self.proc.terminate()
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-            except OSError:  # pragma: no cover - already gone
-                pass
-        self._reader.join(5)
-        self.close()
-        return self.proc.returncode
+            return True
+        return os.name != "nt" and group_alive(self.pgid)
+
+    def _signal_group(self, sig) -> None:
+        try:
+            if os.name == "nt":  # pragma: no cover - Windows: end the whole tree
+                if sig == getattr(signal, "SIGKILL", None) or sig == signal.SIGTERM:
+                    subprocess.Popen(["taskkill", "/T", "/F", "/PID", str(self.proc.pid)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+                return
+            os.killpg(self.pgid, sig)
+        except (ProcessLookupError, PermissionError, OSError):
+            pass
+
+    def terminate(self, grace: float = 0.5) -> None:
+        """Ask the worker's whole process group to stop (SIGTERM: the worker stops at its next
+        step and writes nothing) and return at once; :meth:`reap` kills what is left after
+        ``grace`` seconds.  Call :meth:`reap` from a timer until it returns True."""
+        if self._kill_at is None:
+            self._kill_at = time.monotonic() + max(0.0, grace)
+            self._signal_group(signal.SIGTERM)
+        self.reap()
+
+    def reap(self) -> bool:
+        """Advance the stop schedule without blocking; True once the worker and its group are gone."""
+        if not self.alive():
+            self._finish()
+            return True
+        if self._kill_at is not None and time.monotonic() >= self._kill_at:
+            self._signal_group(getattr(signal, "SIGKILL", signal.SIGTERM))
+        if not self.alive():
+            self._finish()
+            return True
+        return False
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Terminate and wait (scripts and tests; the panel calls :meth:`terminate` and :meth:`reap`)."""
+        self.terminate()
+        end = time.monotonic() + timeout
+        while not self.reap():
+            if time.monotonic() > end:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def _finish(self) -> None:
+        self.proc.poll()
+        if not self._reader.is_alive():
+            self.close()
 
     def close(self) -> None:
         try:
