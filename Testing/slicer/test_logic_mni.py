@@ -113,6 +113,7 @@ def test_nodes_live_in_one_folder_named_after_input_and_method(run):
     names = sorted(n.GetName() for n in result.nodes())
     assert names == sorted(["MNI152 left caudate segmentation", "MNI152 left caudate explained ROI",
                             "MNI152 left caudate occlusion saliency", "MNI152 left caudate occlusion label",
+                            "MNI152 left caudate occlusion raw (score units)",
                             "MNI152 left caudate layers saliency", "MNI152 left caudate layers label",
                             "MNI152 left caudate metrics", "MNI152 left caudate run record",
                             "MNI152 left caudate narrative", "MNI152 left caudate layers layer maps",

@@ -53,11 +53,17 @@ def estimate(request, shape: Sequence[int], geometry, calibration: Optional[Dict
     per_method: Dict[str, int] = {}
     if request.explain:
         n_explained = len(request.explain.slices) if request.explain.slices else seg_slices
-        for m in request.explain.methods:
-            n = m.explainer().total_cost(roi_extent, MODEL_GRID) * n_explained
+        explainers = [m.explainer() for m in request.explain.methods]
+        for m, ex in zip(request.explain.methods, explainers):
+            n = ex.total_cost(roi_extent, MODEL_GRID) * n_explained
             per_method[m.name] = n
             encoder += n
             decoder += n + n_explained
+        shared = max(ex.shared_cost() for ex in explainers) * n_explained  # noise, trivial maps: once per slice
+        if shared:
+            per_method["shared"] = shared
+            encoder += shared
+            decoder += shared
     seconds = cal["seconds_load"] + encoder * cal["seconds_encoder"] + decoder * cal["seconds_decoder"]
     device = request.segmenter.device
     text = (f"{seg_slices} slice(s) to segment; {encoder} encoder and {decoder} decoder passes; "

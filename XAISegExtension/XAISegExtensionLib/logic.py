@@ -26,7 +26,7 @@ from .mrml import InputError
 from .calibration import CalibrationJob, CalibrationMixin
 from .process import WorkerProcess
 from .reading import ReadingMixin
-from .results import RunResult, load_results, metric_rows  # noqa: F401 - metric_rows re-exported
+from .results import RunResult, load_results
 
 
 IDLE, RUNNING, SUCCEEDED, FAILED, CANCELLED = "idle", "running", "succeeded", "failed", "cancelled"

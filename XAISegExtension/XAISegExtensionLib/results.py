@@ -30,6 +30,7 @@ class RunResult:
     output_segmentation: bool = False
     saliency: Dict[str, Any] = field(default_factory=dict)
     labels: Dict[str, Any] = field(default_factory=dict)
+    raw: Dict[str, Any] = field(default_factory=dict)  # method -> raw map in score units
     extra_volumes: List[Any] = field(default_factory=list)
     layers: Any = None
     layer_browser: Any = None
@@ -49,7 +50,8 @@ class RunResult:
         """The nodes of the run's folder (the user's output segmentation is not one of them)."""
         out = [None if self.output_segmentation else self.segmentation, self.roi, self.table, self.narrative,
                self.record_text, self.layers, self.layer_browser, self.layer_proxy]
-        out += list(self.saliency.values()) + list(self.labels.values()) + list(self.extra_volumes)
+        out += list(self.saliency.values()) + list(self.labels.values()) + list(self.raw.values())
+        out += list(self.extra_volumes)
         return [n for n in out if n is not None]
 
     def methods(self) -> List[str]:
@@ -155,7 +157,7 @@ def load_results(scene, job, outdir: Path, final: Optional[Dict[str, Any]] = Non
                 result.layers, result.layer_browser, result.layer_proxy = add_layer_sequence(
                     scene, paths, input_node, f"{job.base_name} {method}")
                 loaded.update(p.name for p in paths.values())
-        for key in ("saliency", "label"):
+        for key in ("saliency", "label", "raw"):
             fname = mfiles.get(key)
             if not isinstance(fname, str) or not (outdir / fname).is_file():
                 continue
@@ -166,11 +168,17 @@ def load_results(scene, job, outdir: Path, final: Optional[Dict[str, Any]] = Non
                                        labelmap=True)
                 mrml.style_label(scene, node)
                 result.labels[method] = node
+            elif key == "raw":  # the score lost per pixel, for reading values; shown as a plain volume
+                node = mrml.add_volume(scene, array.astype(np.float32), input_node,
+                                       f"{job.base_name} {method} raw (score units)")
+                result.raw[method] = node
             else:
                 node = mrml.add_volume(scene, array.astype(np.float32), input_node,
                                        f"{job.base_name} {method} saliency")
                 mrml.style_saliency(scene, node)
                 result.saliency[method] = node
+                evidence = [k for k, v in (info.get("slices") or {}).items() if v.get("evidence") is False]
+                node.SetAttribute("XAISeg.noEvidenceSlices", ",".join(sorted(evidence, key=int)))
     for path in _manifest_volumes(outdir, final, files):  # anything else the engine wrote (raw maps, ...)
         if path.name in loaded:
             continue

@@ -47,6 +47,7 @@ class ExplainRun:
     components: Dict[str, Dict[str, np.ndarray]] = field(default_factory=dict)
     kinds: Dict[str, str] = field(default_factory=dict)  # method -> what its components are ("layer")
     consistency: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # method -> adjacent-slice Spearman
+    perturbs: Dict[str, bool] = field(default_factory=dict)  # method -> whether its raw map is in score units
 
     def raw(self, method: str) -> np.ndarray:
         """The method's raw maps (score units: the explained score lost when a region is removed) as a
@@ -109,11 +110,13 @@ class ExplainRun:
         per_slice = sorted(self.explanations[method].items())
         cut = threshold if threshold is not None else self.record["methods"][method].get("threshold", 0.5)
         entry: Dict[str, Any] = {"saliency": f"{n}_{method}_saliency{suffix}", "label": f"{n}_{method}_label{suffix}",
-                                 "raw": f"{n}_{method}_raw{suffix}", "png": []}
+                                 "png": []}
         files: Dict[str, Path] = {
             f"{method}_saliency": write_volume(vol, sal.astype(np.float32), stage / entry["saliency"]),
-            f"{method}_label": write_volume(vol, (sal >= cut).astype(np.uint8), stage / entry["label"]),
-            f"{method}_raw": write_volume(vol, self.raw(method), stage / entry["raw"])}
+            f"{method}_label": write_volume(vol, (sal >= cut).astype(np.uint8), stage / entry["label"])}
+        if self.perturbs.get(method, True):  # score units; a similarity map (layers) is its own display map
+            entry["raw"] = f"{n}_{method}_raw{suffix}"
+            files[f"{method}_raw"] = write_volume(vol, self.raw(method), stage / entry["raw"])
         if pngs:
             for k, ex in per_slice:
                 png = f"{n}_{method}_k{k:03d}.png"
@@ -270,7 +273,7 @@ def explain_volume(session, segmentation, explainers: Sequence, roi=None, slices
     prompts = {r.index: slice_prompt(r.prompt) for r in segmentation.slices}
     run = ExplainRun(segmentation.name, segmentation, axis, chosen, np.zeros(shape, np.uint8), {},
                      {ex.name: np.zeros(shape, np.float32) for ex in bound}, {ex.name: {} for ex in bound}, {}, {},
-                     kinds={ex.name: ex.component_kind for ex in bound})
+                     kinds={ex.name: ex.component_kind for ex in bound}, perturbs={ex.name: ex.perturbs for ex in bound})
     t0, enc0 = time.perf_counter(), vs.encoder_passes
 
     def take(volume, k):
