@@ -234,11 +234,7 @@ def ensure_slice_view(scene, tag: str, orientation: str = "Axial"):
 
     node = slice_node(scene, tag)
     if node is None:
-        node = slicer.vtkMRMLSliceNode()
-        node.SetName(tag)
-        node.SetLayoutName(tag)
-        node.SetSingletonTag(tag)
-        node = scene.AddNode(node)
+        node = _add_view_node(scene, slicer.vtkMRMLSliceNode(), tag)
         node.SetDimensions(400, 400, 1)
     ensure_orientation_presets(node)
     node.SetOrientation(orientation)
@@ -250,13 +246,15 @@ def ensure_table_view(scene):
     import slicer
 
     view = table_view(scene)
-    if view is None:
-        view = slicer.vtkMRMLTableViewNode()
-        view.SetName(TABLE_TAG)
-        view.SetLayoutName(TABLE_TAG)
-        view.SetSingletonTag(TABLE_TAG)
-        view = scene.AddNode(view)
-    return view
+    return view if view is not None else _add_view_node(scene, slicer.vtkMRMLTableViewNode(), TABLE_TAG)
+
+
+def _add_view_node(scene, node, tag: str):
+    """``node`` named, laid out and made a singleton as ``tag``, added to the scene."""
+    node.SetName(tag)
+    node.SetLayoutName(tag)
+    node.SetSingletonTag(tag)
+    return scene.AddNode(node)
 
 
 def table_view(scene):

@@ -14,18 +14,14 @@ import numpy as np
 from ..errors import InputError
 from ..requirements import SKIMAGE, SKLEARN
 from ..settings import setting
-from .base import Attribution, CommonSettings, Explainer, PerturbationEngine
+from .base import Attribution, Explainer, PerturbationEngine
 from .registry import register
-from .superpixels import keep_from_segments, paint, superpixels
+from .superpixels import SuperpixelSettings, keep_from_segments, paint
 
 
 @dataclass(frozen=True)
-class LimeSettings(CommonSettings):
+class LimeSettings(SuperpixelSettings):
     n_samples: int = setting(300, "LIME: perturbation samples", minimum=2, flag="--samples")
-    scale: float = setting(100.0, "superpixels: Felzenszwalb scale", cli=False)
-    sigma: float = setting(0.5, "superpixels: Felzenszwalb sigma", cli=False)
-    min_size: int = setting(50, "superpixels: Felzenszwalb minimum size", minimum=1, cli=False)
-    min_overlap: float = setting(0.1, "superpixels: least share of a superpixel inside the ROI", cli=False)
     kernel_width: float = setting(0.25, "LIME: width of the exponential kernel on the cosine distance", cli=False)
     alpha: float = setting(1.0, "LIME: Ridge regularisation", minimum=0.0, cli=False)
 
@@ -49,7 +45,7 @@ class LIME(Explainer):
     def attribute(self, engine: PerturbationEngine) -> Attribution:
         SKLEARN.load()
         linear = importlib.import_module("sklearn.linear_model")
-        segments = superpixels(engine.image, engine.roi, self.scale, self.sigma, self.min_size, self.min_overlap)
+        segments = self.config.segments(engine.image, engine.roi)
         m = len(segments)
         rng = np.random.default_rng(self.seed)
         z = (rng.random((self.n_samples, m)) < 0.5).astype(np.float64)

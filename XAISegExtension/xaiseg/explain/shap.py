@@ -19,10 +19,10 @@ from ..errors import InputError
 from ..requirements import SHAP as SHAP_PACKAGE
 from ..requirements import SKIMAGE
 from ..settings import setting
-from .base import Attribution, CommonSettings, Explainer, PerturbationEngine
+from .base import Attribution, Explainer, PerturbationEngine
 from .registry import register
 from .shap_import import import_shap
-from .superpixels import keep_from_segments, paint, superpixels
+from .superpixels import SuperpixelSettings, keep_from_segments, paint
 
 
 def exact_shapley(value: Callable[[np.ndarray], np.ndarray], m: int) -> np.ndarray:
@@ -46,14 +46,10 @@ def exact_shapley(value: Callable[[np.ndarray], np.ndarray], m: int) -> np.ndarr
 
 
 @dataclass(frozen=True)
-class ShapSettings(CommonSettings):
+class ShapSettings(SuperpixelSettings):
     budget: int = setting(256, "SHAP: model evaluations", minimum=4, flag="--shap-budget")
     algorithm: str = setting("kernel", "SHAP: shap's kernel or permutation explainer",
                              choices=("kernel", "permutation"), flag="--shap-algorithm")
-    scale: float = setting(100.0, "superpixels: Felzenszwalb scale", cli=False)
-    sigma: float = setting(0.5, "superpixels: Felzenszwalb sigma", cli=False)
-    min_size: int = setting(50, "superpixels: Felzenszwalb minimum size", minimum=1, cli=False)
-    min_overlap: float = setting(0.1, "superpixels: least share of a superpixel inside the ROI", cli=False)
 
 
 @register
@@ -70,7 +66,7 @@ class SHAP(Explainer):
 
     def attribute(self, engine: PerturbationEngine) -> Attribution:
         shap = import_shap()
-        segments = superpixels(engine.image, engine.roi, self.scale, self.sigma, self.min_size, self.min_overlap)
+        segments = self.config.segments(engine.image, engine.roi)
         m = len(segments)
 
         def value(z: np.ndarray) -> np.ndarray:

@@ -1,11 +1,27 @@
 """Superpixels of the ROI, shared by LIME and SHAP: which regions are switched on and off."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import List, Sequence
 
 import numpy as np
 
 from ..requirements import SKIMAGE
+from ..settings import setting
+from .base import CommonSettings
+
+
+@dataclass(frozen=True)
+class SuperpixelSettings(CommonSettings):
+    """The superpixels of seed 001 (Felzenszwalb 100 / 0.5 / 50, >= 10 % inside the ROI)."""
+
+    scale: float = setting(100.0, "superpixels: Felzenszwalb scale", cli=False)
+    sigma: float = setting(0.5, "superpixels: Felzenszwalb sigma", cli=False)
+    min_size: int = setting(50, "superpixels: Felzenszwalb minimum size", minimum=1, cli=False)
+    min_overlap: float = setting(0.1, "superpixels: least share of a superpixel inside the ROI", cli=False)
+
+    def segments(self, image: np.ndarray, roi: np.ndarray) -> List[np.ndarray]:
+        return superpixels(image, roi, self.scale, self.sigma, self.min_size, self.min_overlap)
 
 
 def superpixels(image: np.ndarray, roi: np.ndarray, scale: float = 100.0, sigma: float = 0.5,
