@@ -8,6 +8,7 @@ The request's JSON form (what the worker reads and :meth:`RunRequest.to_dict` wr
      "segmenter": {"kind": "litemedsam", "device": "cpu"},
      "preprocessing": {"mode": "percentile", "lower": 0.5, "upper": 99.5},
      "axis": "axial", "margin": 0, "slice_range": null, "format": "nrrd", "threads": null,
+     "allow_gaps": false, "replace_nonfinite": null,
      "explain": {"methods": [{"name": "occlusion", "settings": {"patch": 64}}],
                  "common": {"seed": 0}, "roi": {"source": "embedding"}, "slices": [80, 81],
                  "target": null, "target_label": null, "roi_mask": null, "pngs": true, "report": null}}
@@ -378,6 +379,8 @@ class RunRequest:
     format: str = "nrrd"
     explain: Optional[ExplainSpec] = None
     threads: Optional[int] = None
+    allow_gaps: bool = False  # read a DICOM series with missing slices (filled; listed in the run record)
+    replace_nonfinite: Optional[float] = None  # NaN/inf voxels become this value (recorded) instead of an error
 
     @classmethod
     def from_dict(cls, data: Any, base: Optional[Path] = None) -> "RunRequest":
@@ -413,6 +416,7 @@ class RunRequest:
             raise InputError(f"slicing axis {axis!r} is unknown; expected axial, coronal, sagittal or 0/1/2")
         threads = data.get("threads")
         explain = data.get("explain")
+        replace = data.get("replace_nonfinite")
         return cls(
             input=source, output_dir=output, prompt=PromptSpec.from_dict(data.get("prompt"), base), name=name,
             series=data.get("series") or None, segmenter=build(SegmenterSpec, segmenter, "segmenter"),
@@ -420,7 +424,9 @@ class RunRequest:
             margin=_nonnegative(data.get("margin", 0), "margin"),
             slice_range=parse_range(data.get("slice_range"), "slice range"), format=fmt,
             explain=ExplainSpec.from_dict(explain, base, name) if explain else None,
-            threads=None if threads is None else _positive(threads, "threads"))
+            threads=None if threads is None else _positive(threads, "threads"),
+            allow_gaps=coerce(data.get("allow_gaps") or False, bool, "allow_gaps"),
+            replace_nonfinite=None if replace is None else coerce(replace, float, "replace_nonfinite"))
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON form; ``from_dict(to_dict())`` gives an equal request."""
@@ -428,7 +434,8 @@ class RunRequest:
                 "series": self.series, "prompt": self.prompt.to_dict(), "segmenter": as_dict(self.segmenter),
                 "preprocessing": as_dict(self.preprocessing), "axis": self.axis, "margin": self.margin,
                 "slice_range": list(self.slice_range) if self.slice_range else None, "format": self.format,
-                "explain": self.explain.to_dict() if self.explain else None, "threads": self.threads}
+                "explain": self.explain.to_dict() if self.explain else None, "threads": self.threads,
+                "allow_gaps": self.allow_gaps, "replace_nonfinite": self.replace_nonfinite}
 
     def replace(self, **changes: Any) -> "RunRequest":
         return dataclasses.replace(self, **changes)
