@@ -318,7 +318,7 @@ class ExplainSpec:
                 if not isinstance(own, Mapping):
                     raise InputError(f"settings of method {n!r} {own!r} must be an object")
                 specs.append(MethodSpec(n, build(cls_.Settings, dict(common, **own), f"{n} settings")))
-        roi = dict(e.get("roi") or {})
+        roi = _mapping(e.get("roi"), "explain.roi")
         if roi.get("source") == "clip" and not roi.get("clip_prompts"):
             roi["clip_prompts"] = [name.replace("_", " ")]
         roi = build(RoiConfig, roi, "explain.roi")
@@ -401,7 +401,7 @@ class RunRequest:
         if not output:
             raise InputError(f"output_dir {data.get('output_dir')!r} must be a folder path")
         name = safe_name(data.get("name")) if data.get("name") else stem_name(source)
-        segmenter = dict(data.get("segmenter") or {})
+        segmenter = _mapping(data.get("segmenter"), "segmenter")
         for key in ("checkpoint", "torchscript", "cache_dir"):
             if segmenter.get(key):
                 segmenter[key] = _path(segmenter[key], base)
@@ -441,6 +441,15 @@ class RunRequest:
         return dataclasses.replace(self, **changes)
 
 
+def _mapping(value: Any, what: str) -> Dict[str, Any]:
+    """``value`` as a dict (None or empty: {}), or an InputError naming it."""
+    if not value:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InputError(f"{what} {value!r} must be an object (name: value)")
+    return dict(value)
+
+
 def _positive(value: Any, what: str) -> int:
     v = coerce(value, int, what)
     if v < 1:
@@ -465,7 +474,7 @@ class CalibrateRequest:
 
     @classmethod
     def from_dict(cls, data: Mapping, base: Optional[Path] = None) -> "CalibrateRequest":
-        segmenter = dict(data.get("segmenter") or {})
+        segmenter = _mapping(data.get("segmenter"), "segmenter")
         for key in ("checkpoint", "torchscript", "cache_dir"):
             if segmenter.get(key):
                 segmenter[key] = _path(segmenter[key], base)
