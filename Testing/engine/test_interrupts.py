@@ -162,3 +162,32 @@ def test_disk_that_fills_while_writing_leaves_nothing(tmp_path, capfd, inodes):
                                    "there"), lines
         assert "nothing was written" in lines[0] and tree(disk) == {}
 
+
+
+# -- the mechanism: a signal during a set's move waits until the whole set is in place ----------------
+
+def test_signal_during_a_move_waits_for_the_whole_set(tmp_path):
+    """SIGTERM sent while a staged set moves into place (here: to this very process, between two
+    renames) stops the command only after the last file is in place."""
+    import os
+
+    from xaiseg.io import move_into
+    from xaiseg.signals import deferred_signals, interrupt_on_signals
+
+    stage, out = tmp_path / "stage", tmp_path / "out"
+    stage.mkdir()
+    out.mkdir()
+    files = {k: stage / f"x_{k}.txt" for k in ("a", "b", "c")}
+    for path in files.values():
+        path.write_text(path.name)
+    moved, handler = [], signal.getsignal(signal.SIGTERM)
+    with interrupt_on_signals() as stopped:
+        with pytest.raises(KeyboardInterrupt):
+            with deferred_signals():
+                first = move_into({"a": files["a"]}, out)
+                os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-set
+                moved.append(first)
+                moved.append(move_into({k: files[k] for k in ("b", "c")}, out))
+        assert stopped.name == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is handler  # the previous handler is back
+    assert len(moved) == 2 and sorted(os.listdir(out)) == ["x_a.txt", "x_b.txt", "x_c.txt"]
