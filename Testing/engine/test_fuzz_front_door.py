@@ -117,12 +117,12 @@ SEGMENT_OPTIONS = {
     "--axis": (["axial", "coronal", "sagittal", "0", "1", "2"], ["3", "oblique"]),
     "--margin": (["0", "2"], BAD_NUMBERS), "--box-margin": (["0", "1"], BAD_NUMBERS),
     "--slice-range": (["0-2", "1-1"], ["2-0", "5-9", "x", "-1-2", "1-"]),
-    "--format": (["nrrd", "nifti", "mha"], ["dicom"]), "--threads": (["1"], ["0", "-2", "x"]),
+    "--format": (["nrrd", "nifti", "mha"], ["dicom"]), "--threads": (["1"], ["0", "-2", "x", "100000"]),
     "--window": (["brain", "abdomen"], ["kidney"]), "--percentiles": (["1,99", "5,95"], ["99,1", "x", "5,95,7"]),
     "--level-width": (["40,400"], ["x", "40,-1", "1"]),
     "--replace-nonfinite": (["0", "-1"], ["nan", "inf", "x", "1e400"]),
     "--device": (["cpu"], ["cuda", "cuda:3", "meta", "foo", ""]), "--coords": (["ijk"], ["xyz"]),
-    "--input-size": (["16", "32"], ["0", "-1", "x"]), "--in-channels": (["1", "3"], ["0", "x"]),
+    "--input-size": (["16", "32"], ["0", "-1", "x", "100000"]), "--in-channels": (["1", "3"], ["0", "x", "100000"]),
     "--class-index": (["0", "2"], ["-1", "x"]),
 }
 EXPLAIN_OPTIONS = {

@@ -37,6 +37,7 @@ SEGMENTERS = ("litemedsam", "medsam", "torch")
 FORMATS = ("nrrd", "nifti", "mha")
 PROMPT_TYPES = ("box", "slice_box", "points", "labelmap")
 COORDS = ("kji", "ras")
+MAX_THREADS = 256  # torch threads; more would only exhaust the machine
 _SEGMENTER_OPTIONS = {"litemedsam": ("checkpoint", "sha256", "device"),
                       "medsam": ("checkpoint", "sha256", "url", "cache_dir", "device"),
                       "torch": ("torchscript", "factory", "factory_kwargs", "checkpoint", "sha256", "class_index",
@@ -101,8 +102,8 @@ class SegmenterSpec:
     factory_kwargs: Dict[str, Any] = setting(None, "keyword arguments for the factory", default_factory=dict)
     class_index: int = setting(1, "output channel to segment (a single-channel model uses its one channel)",
                                minimum=0)
-    in_channels: int = setting(1, "input channels (the slice is repeated)", minimum=1)
-    input_size: Optional[int] = setting(None, "resize slices to this square size", minimum=1)
+    in_channels: int = setting(1, "input channels (the slice is repeated)", minimum=1, maximum=64)
+    input_size: Optional[int] = setting(None, "resize slices to this square size", minimum=1, maximum=8192)
     device: str = setting("cpu", "torch device, e.g. cpu, cuda or mps")
 
     def __post_init__(self) -> None:
@@ -424,7 +425,7 @@ class RunRequest:
             margin=_nonnegative(data.get("margin", 0), "margin"),
             slice_range=parse_range(data.get("slice_range"), "slice range"), format=fmt,
             explain=ExplainSpec.from_dict(explain, base, name) if explain else None,
-            threads=None if threads is None else _positive(threads, "threads"),
+            threads=None if threads is None else _positive(threads, "threads", MAX_THREADS),
             allow_gaps=coerce(data.get("allow_gaps") or False, bool, "allow_gaps"),
             replace_nonfinite=None if replace is None else coerce(replace, float, "replace_nonfinite"))
 
@@ -450,10 +451,10 @@ def _mapping(value: Any, what: str) -> Dict[str, Any]:
     return dict(value)
 
 
-def _positive(value: Any, what: str) -> int:
+def _positive(value: Any, what: str, most: int) -> int:
     v = coerce(value, int, what)
-    if v < 1:
-        raise InputError(f"{what} {value!r} must be a positive integer")
+    if not 1 <= v <= most:
+        raise InputError(f"{what} {value!r} must be an integer from 1 to {most}")
     return v
 
 
@@ -479,8 +480,8 @@ class CalibrateRequest:
             if segmenter.get(key):
                 segmenter[key] = _path(segmenter[key], base)
         threads = data.get("threads")
-        return cls(build(SegmenterSpec, segmenter, "segmenter"), _positive(data.get("repeats", 1), "repeats"),
-                   None if threads is None else _positive(threads, "threads"))
+        return cls(build(SegmenterSpec, segmenter, "segmenter"), _positive(data.get("repeats", 1), "repeats", 100),
+                   None if threads is None else _positive(threads, "threads", MAX_THREADS))
 
 
 def parse(data: Any, base: Optional[Path] = None):
