@@ -165,7 +165,7 @@ def run(request, progress: Optional[Progress] = None, log: Optional[Callable[[st
                 explained.record.update(input_record(volume))
                 files = dict(explained.write(stage, request.format, pngs=spec.pngs))
                 if spec.report is not None:
-                    files.update(write_report(stage, request.name, spec.report, log))
+                    files.update(write_report(stage, request.name, spec.report, log, progress))
             progress.check()
             files = _move_all(files, request.output_dir)
     return RunOutcome(seg, explained, files, session)
@@ -205,14 +205,15 @@ def input_record(volume: Volume) -> Dict[str, Any]:
     return out
 
 
-def write_report(stage: Path, name: str, options: Dict[str, Any], log: Callable[[str], None]) -> Dict[str, Any]:
+def write_report(stage: Path, name: str, options: Dict[str, Any], log: Callable[[str], None],
+                 progress: Optional[Progress] = None) -> Dict[str, Any]:
     """Findings, narrative and report of the run; a failing narrator is logged, not fatal, so the
     explanation the user waited for is kept."""
     from .errors import XAISegError
     from .narrate import ReportOptions, build_report
 
     try:
-        paths = build_report(stage, ReportOptions(name=name, **options))
+        paths = build_report(stage, ReportOptions(name=name, **options), progress)
     except XAISegError as exc:
         log(f"the narrative could not be written: {exc}")
         paths = getattr(exc, "paths", {})  # a failing model narrator: the report with the template text
