@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,20 +22,27 @@ from xaiseg.io import Geometry, Volume, staged, write_text_atomic, write_volume
 SIZE = 256 << 10  # the small disk
 
 
-@pytest.fixture
-def small_disk(tmp_path):
+@contextmanager
+def tmpfs(mnt: Path, size: int, options: str = ""):
+    """A real tmpfs of ``size`` bytes mounted on ``mnt`` (extra mount ``options``, e.g. nr_inodes=8);
+    the test is skipped where that is not allowed (not root, or no mount)."""
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root; this test runs as uid %d" % os.geteuid())
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SIZE}", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
+    mnt.mkdir(parents=True, exist_ok=True)
+    opts = f"size={size}" + (f",{options}" if options else "")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mnt)], capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
     try:
         yield mnt
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    with tmpfs(tmp_path / "disk", SIZE) as mnt:
+        yield mnt
 
 
 def big_volume() -> Volume:

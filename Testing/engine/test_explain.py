@@ -273,7 +273,7 @@ def test_cli_explain_writes_every_method_and_prints_a_summary(tmp_path, monkeypa
 @pytest.mark.parametrize("argv, message", [
     (["--method", "gradcam"], "'gradcam' is unknown"),
     (["--slices", "a-b"], "--slices 'a-b'"),
-    (["--slices", "9"], "slice(s) [9] were not segmented"),
+    (["--slices", "9"], "explain slice(s) [9] lie outside the volume"),  # refused before the model loads
     (["--roi", "clip"], "--clip-model"),
     (["--threshold", "2"], "threshold 2.0"),
 ])

@@ -114,7 +114,7 @@ def test_request_holds_image_and_findings_and_no_patient_data(server, tmp_path):
     texts = [c["text"] for c in user if c["type"] == "text"]
     urls = [c["image_url"]["url"] for c in user if c["type"] == "image_url"]
     # the findings are in the request ...
-    findings = json.loads(paths["report_findings"].read_text())
+    findings = json.loads(paths["findings"].read_text())
     context = json.loads(texts[0].split("FINDINGS (JSON):\n", 1)[1].split("\n\n", 1)[0])
     assert context["mask"]["volume_ml"] == findings["mask"]["volume_ml"]
     assert context["methods"]["occlusion"]["saliency_mass"] == findings["methods"]["occlusion"]["saliency_mass"]

@@ -48,3 +48,46 @@ def test_nothing_is_filtered_on_import():
     before = list(warnings.filters)
     importlib.reload(quiet)
     assert warnings.filters == before
+
+
+def test_cli_and_worker_start_quietly(tmp_path):
+    """The real commands on the real LiteMedSAM: no third-party warning before the answer."""
+    import json
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    env = dict(os.environ, PYTHONPATH=str(Path(xaiseg.__file__).parent.parent))
+    env.pop("PYTHONWARNINGS", None)
+    arr = np.random.default_rng(0).random((2, 64, 64)).astype(np.float32)
+    arr[:, 20:44, 20:44] += 1.0
+    sitk.WriteImage(sitk.GetImageFromArray(arr), str(tmp_path / "v.nrrd"))
+    done = subprocess.run([sys.executable, "-m", "xaiseg.cli", "segment", str(tmp_path / "v.nrrd"), "--box",
+                           "16,16,48,48@0", "--threads", "1", "-q", "-o", str(tmp_path / "out")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    (tmp_path / "calibrate.json").write_text(json.dumps({"task": "calibrate", "threads": 1}))
+    done = subprocess.run([sys.executable, "-m", "xaiseg.worker", str(tmp_path / "calibrate.json")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["event"] == "result"
+
+
+def test_entry_points_in_this_process_leave_the_filters_alone(tmp_path, capfd):
+    """Run inside another process (as the tests do), the CLI and the worker put the warning filters,
+    the signal handlers and stdout back as they found them."""
+    import signal
+
+    from xaiseg.cli import main as cli_main
+    from xaiseg.worker import main as worker_main
+
+    filters, handlers = list(warnings.filters), [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
+    stdout = sys.stdout
+    assert cli_main(["segment", str(tmp_path / "missing.nrrd"), "--box", "1,1,2,2@0", "-q", "-o",
+                     str(tmp_path / "o")]) == 2
+    (tmp_path / "r.json").write_text("{}")
+    assert worker_main([str(tmp_path / "r.json")]) == 2
+    assert warnings.filters == filters and sys.stdout is stdout
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers
+    print("still on stdout")
+    assert "still on stdout" in capfd.readouterr().out

@@ -1,13 +1,15 @@
 """Command line: ``xaiseg segment | explain | report | prompt-from-shap | demo | bench``.
 
-Errors the user can fix are printed as one line (``xaiseg: error: ...``) with exit status 2 and
-no traceback; Ctrl-C stops between slices with status 130.  Outputs are written only when a run
-finished, each to a temporary name first, so no partial file is left behind.
+Errors the user can fix (argparse's too) are printed as one line (``xaiseg: error: ...``) with
+exit status 2 and no traceback; Ctrl-C (SIGINT) or SIGTERM stops a run with status 130.  Outputs
+are staged and moved into place together when a run finished, so an interrupted run leaves the
+previous outputs, never a partial set or a temporary file; one run at a time per output folder.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -117,7 +119,7 @@ EPILOG_EXPLAIN = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="xaiseg", description="Segment structures in medical volumes with MedSAM "
+    p = Parser(prog="xaiseg", description="Segment structures in medical volumes with MedSAM "
                                 "and explain the masks.")
     p.add_argument("--version", action="version", version=f"xaiseg {__import__('xaiseg').__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -169,16 +171,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (``PROG: error: ...; see PROG --help``), status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see '{self.prog} --help')\n")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run one command; SIGINT and SIGTERM stop it cleanly (status 130, no partial output)."""
+    from .quiet import silence_third_party_warnings
+    from .signals import interrupt_on_signals
+
+    with warnings.catch_warnings():  # the filters are this command's, not the caller's (tests see everything)
+        silence_third_party_warnings()
+        with interrupt_on_signals() as stopped:
+            try:
+                return _dispatch(argv)
+            except KeyboardInterrupt:
+                print(f"xaiseg: cancelled by {stopped.name}; the output folder holds no partial output of this run",
+                      file=sys.stderr)
+                return 130
+
+
+def _dispatch(argv: Optional[Sequence[str]]) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except Cancelled as exc:
         print(f"xaiseg: cancelled: {exc}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("xaiseg: cancelled by Ctrl-C; no output was written for the unfinished run", file=sys.stderr)
         return 130
     except XAISegError as exc:
         print(f"xaiseg: error: {exc}", file=sys.stderr)

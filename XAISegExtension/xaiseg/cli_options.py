@@ -118,6 +118,12 @@ def add_segment_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--slice-range", help="segment only slices FIRST-LAST along the slicing axis (default: all the "
                                          "prompt covers)")
     s.add_argument("--series", help="DICOM SeriesInstanceUID when the folder holds several series")
+    s.add_argument("--allow-gaps", action="store_true", default=None,
+                   help="read a DICOM series with missing slices anyway (they are filled with the lowest value "
+                        "and listed in the run record); default: refuse it, naming the gap")
+    s.add_argument("--replace-nonfinite", metavar="VALUE",
+                   help="replace NaN and infinite voxels with VALUE (recorded in the run record); default: refuse a "
+                        "volume that has any, naming how many and where")
     s.add_argument("--name", help="output name prefix (default: the input file's name)")
     s.add_argument("--format", choices=["nrrd", "nifti", "mha"], help="output volume format (default nrrd)")
     s.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -270,7 +276,7 @@ def request_dict(args, explain: bool = False) -> Dict[str, Any]:
     """The command line's options in the request's JSON form (only what the user gave)."""
     data: Dict[str, Any] = {"input": args.volume, "output_dir": args.output, "prompt": prompt_dict(args),
                             "segmenter": segmenter_dict(args), "preprocessing": preprocessing_dict(args)}
-    for key in ("name", "series", "axis", "margin", "format", "threads"):
+    for key in ("name", "series", "axis", "margin", "format", "threads", "allow_gaps", "replace_nonfinite"):
         if getattr(args, key, None) is not None:
             data[key] = getattr(args, key)
     if getattr(args, "slice_range", None):

@@ -10,9 +10,10 @@ keeps its true position, and the gap is described for the run record.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -174,9 +175,21 @@ def fill_gaps(image: sitk.Image, slices: Sequence[SliceInfo], normal: Sequence[f
     return result
 
 
+@contextmanager
+def _itk_quiet() -> Iterator[None]:
+    """ITK's own warnings off (they print to stderr; what they say is checked and said here)."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
 def _series_files(folder: Path, series_uid: Optional[str]) -> List[str]:
     reader = sitk.ImageSeriesReader()
-    uids = reader.GetGDCMSeriesIDs(str(folder))
+    with _itk_quiet():  # e.g. "no DICOM files" for a folder without any: said below
+        uids = reader.GetGDCMSeriesIDs(str(folder))
     if not uids:
         raise FileFormatError(f"{folder} is a folder without a DICOM series; expected a folder of "
                               "DICOM files or an image file (.nii, .nii.gz, .nrrd, .mha)")
@@ -187,7 +200,8 @@ def _series_files(folder: Path, series_uid: Optional[str]) -> List[str]:
         series_uid = uids[0]
     elif series_uid not in uids:
         raise FileFormatError(f"DICOM series {series_uid} is not in {folder}; it holds {', '.join(uids)}")
-    return list(reader.GetGDCMSeriesFileNames(str(folder), series_uid))
+    with _itk_quiet():
+        return list(reader.GetGDCMSeriesFileNames(str(folder), series_uid))
 
 
 def read_series(folder: Path, series_uid: Optional[str] = None, allow_gaps: bool = False) -> Tuple[sitk.Image, dict]:
@@ -196,17 +210,14 @@ def read_series(folder: Path, series_uid: Optional[str] = None, allow_gaps: bool
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
-    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's "non uniform sampling": checked below
     try:
-        image = reader.Execute()
+        with _itk_quiet():  # ITK's "non uniform sampling": checked below
+            image = reader.Execute()
     except RuntimeError as exc:
         check_consistent([header_info(f) for f in files], folder)
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
         raise FileFormatError(f"DICOM series in {folder} could not be read ({first}); expected readable "
                               "DICOM image files") from exc
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
 
     def tag_of(i: int) -> Callable[[str], Optional[str]]:
         return lambda k: reader.GetMetaData(i, k) if reader.HasMetaDataKey(i, k) else None

@@ -5,9 +5,7 @@ import errno
 import os
 import shutil
 from pathlib import Path
-from typing import Sequence, Union
-
-from typing import List
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -29,6 +27,15 @@ def existing_parent(path: PathLike) -> Path:
 def free_bytes(folder: PathLike) -> int:
     """Bytes free to this user on the file system that holds (or will hold) ``folder``."""
     return int(shutil.disk_usage(str(existing_parent(folder))).free)
+
+
+def free_inodes(folder: PathLike) -> Optional[int]:
+    """Files that can still be created on the file system of ``folder`` (None where unknown)."""
+    try:
+        stats = os.statvfs(str(existing_parent(folder)))
+    except (AttributeError, OSError):  # pragma: no cover - Windows
+        return None
+    return int(stats.f_favail) if stats.f_files else None
 
 
 def human(n: float) -> str:
@@ -64,6 +71,9 @@ def disk_full_error(folder: PathLike, name: str, bytes_needed: int) -> DiskFullE
     folder = Path(folder)
     if folder.name.startswith(".xaiseg-"):  # a staging folder: name the output folder
         folder = folder.parent
+    if free_inodes(folder) == 0:
+        return DiskFullError(f"output folder {folder} is full: no file can be created there to write {name} (0 free "
+                             "inodes); nothing was written. Free some space or choose another output folder")
     free = free_bytes(folder)
     return DiskFullError(f"output folder {folder} is full: writing {name} needs up to {human(bytes_needed)} "
                          f"({bytes_needed} bytes) and {human(free)} ({free} bytes) are free; nothing was written. "

@@ -25,6 +25,7 @@ from .diskspace import HEADER_BYTES, disk_full_error, free_bytes, is_disk_full, 
 from .errors import (CorruptFileError, DimensionError, EmptyImageError, FileFormatError, GeometryError, InputError,
                      NonFiniteImageError, OutputError)
 from .integrity import check_file, restore_nonfinite
+from .signals import deferred_signals
 
 PathLike = Union[str, "os.PathLike[str]"]
 _LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
@@ -341,27 +342,33 @@ def staged(outdir: PathLike) -> Iterator[Path]:
     the folders this created are removed too (when they are empty)."""
     outdir = Path(outdir)
     created = missing_folders(outdir)
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=".xaiseg-", dir=outdir))
-    except OSError as exc:
-        remove_empty(created)
-        raise _write_error(exc, outdir / ".xaiseg-stage", 0) from exc
+    stage: Optional[Path] = None
     done = False
     try:
+        with deferred_signals():  # an interrupt waits until the folder is ours to remove
+            try:
+                outdir.mkdir(parents=True, exist_ok=True)
+                stage = Path(tempfile.mkdtemp(prefix=".xaiseg-", dir=outdir))
+            except OSError as exc:
+                remove_empty(created)
+                raise _write_error(exc, outdir / ".xaiseg-stage", 0) from exc
         yield stage
         done = True
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
-        if not done:
-            remove_empty(created)
+        if stage is not None:
+            with deferred_signals():  # and cannot cut the clean-up short
+                shutil.rmtree(stage, ignore_errors=True)
+                if not done:
+                    remove_empty(created)
 
 
 def move_into(files: Dict[str, PathLike], outdir: PathLike) -> Dict[str, Path]:
-    """Move finished files (a staged set) into ``outdir``; their new paths, by the same keys."""
+    """Move finished files (a staged set) into ``outdir``; their new paths, by the same keys.
+    SIGINT/SIGTERM wait until the whole set is in place, so an interrupt never leaves half a set."""
     final = {}
-    for key, path in files.items():
-        final[key] = Path(path).replace(Path(outdir) / Path(path).name)
+    with deferred_signals():
+        for key, path in files.items():
+            final[key] = Path(path).replace(Path(outdir) / Path(path).name)
     return final
 
 

@@ -16,6 +16,7 @@ from typing import Iterator, Optional, Union
 
 from .diskspace import missing_folders, remove_empty
 from .errors import OutputBusyError, OutputError
+from .signals import deferred_signals
 
 try:  # POSIX
     import fcntl
@@ -157,28 +158,38 @@ def output_lock(outdir: PathLike, use_os_lock: bool = True) -> Iterator[Path]:
     except OSError as exc:
         raise OutputError(f"cannot create output folder {outdir}: {exc.strerror or exc}") from exc
     path = outdir / LOCK_NAME
+    taken, fd = False, None
     try:
-        fd = _os_lock(outdir, path) if use_os_lock else None
-        if fd is None:
-            _excl_lock(outdir, path)
-    except OutputBusyError:
-        raise
-    except OSError as exc:
-        remove_empty(created)
-        raise OutputError(f"cannot create the lock file {path}: {exc.strerror or exc}") from exc
-    try:
+        with deferred_signals():  # an interrupt waits until the lock is ours to release
+            try:
+                fd = _os_lock(outdir, path) if use_os_lock else None
+                if fd is None:
+                    _excl_lock(outdir, path)
+                taken = True
+            except OutputBusyError:
+                raise
+            except OSError as exc:
+                remove_empty(created)
+                raise OutputError(f"cannot create the lock file {path}: {exc.strerror or exc}") from exc
         yield path
     finally:
-        if fd is not None and fcntl is not None:
-            _remove(path)  # while still locked, so no one else can be holding this file
+        if taken:
+            with deferred_signals():  # and cannot cut the release short
+                _release(path, fd, created)
+
+
+def _release(path: Path, fd: Optional[int], created) -> None:
+    """Remove the lock file, let go of the lock and remove the folders the run left empty."""
+    if fd is not None and fcntl is not None:
+        _remove(path)  # while still locked, so no one else can be holding this file
+        _release_os_lock(fd)
+        os.close(fd)
+    else:
+        if fd is not None:  # pragma: no cover - Windows: an open file cannot be removed
             _release_os_lock(fd)
             os.close(fd)
-        else:
-            if fd is not None:  # pragma: no cover - Windows: an open file cannot be removed
-                _release_os_lock(fd)
-                os.close(fd)
-            _remove(path)
-        remove_empty(created)
+        _remove(path)
+    remove_empty(created)
 
 
 def _remove(path: Path) -> None:

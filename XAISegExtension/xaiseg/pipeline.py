@@ -96,6 +96,7 @@ class Session:
                          "decoder_passes": self.volume_segmenter.decoder_passes - dec0},
         )
         record["slices"] = [asdict(r) for r in runs]
+        record.update(input_record(self.volume))
         return SegmentResult(name, mask, self.volume, runs, record)
 
     def explain(self, segmentation: SegmentResult, explainers: Sequence, roi=None,
@@ -126,66 +127,96 @@ class RunOutcome:
 
 
 def run(request, progress: Optional[Progress] = None, log: Optional[Callable[[str], None]] = None) -> RunOutcome:
-    """Carry out ``request`` (a :class:`~xaiseg.request.RunRequest`): read, segment, explain and
-    report, and write every file into ``request.output_dir`` only when all of them exist.
+    """Carry out ``request`` (a :class:`~xaiseg.request.RunRequest`): read, check, segment, explain
+    and report, and write every file into ``request.output_dir`` only when all of them exist.
 
-    Everything that can be checked without the model is checked before it loads: the volume, the
-    prompt, the ground truth and ROI mask files, the methods and their settings.
+    The output folder is locked for the whole run (a second run into it is refused at once).
+    Everything that can be checked without the model is checked before it loads
+    (:func:`xaiseg.preflight.preflight`): the volume, the prompt on each slice, the explained
+    slices, the methods and their packages, the device, the ROI weights, the narrator, the ground
+    truth and ROI mask files, and the free space for the outputs.
     """
-    from .io import read_labelmap, read_volume
+    from .lock import output_lock
+    from .preflight import preflight
 
     progress = ensure(progress)
     log = log or (lambda text: None)
-    if request.threads:
-        import torch
+    with output_lock(request.output_dir):
+        volume = read_input(request, log)
+        plan = preflight(request, volume)
+        if request.threads:
+            import torch
 
-        torch.set_num_threads(int(request.threads))
-    volume = read_volume(request.input, request.series)
-    log(f"read {Path(request.input).name}: {volume.shape[::-1]} voxels (i, j, k), spacing "
-        f"{tuple(round(s, 3) for s in volume.geometry.spacing)} mm")
-    axis = slicing_axis(volume.geometry, request.axis)
-    prompt = request.prompt.resolve(volume, axis, request.slice_range)
-    spec = request.explain
-    explainers = spec.explainers() if spec else []
-    target = roi_mask = None
-    if spec and spec.target:
-        labels = read_labelmap(spec.target, reference=volume).array
-        target = labels == spec.target_label if spec.target_label is not None else labels > 0
-    if spec and spec.roi_mask:
-        roi_mask = read_labelmap(spec.roi_mask, reference=volume).array > 0
-    segmenter = request.segmenter.load(progress)
-    log(f"segmenter: {segmenter.describe().get('name', request.segmenter.kind)}")
-    session = Session(volume, segmenter, SegmentConfig(axis=request.axis, preprocessing=request.preprocessing,
-                                                       margin=request.margin))
-    seg = session.segment(prompt, name=request.name, progress=progress)
-    if not seg.mask.any():
-        log("the segmentation is empty: the model found nothing inside the prompt")
-    explained = None
-    with staged(request.output_dir) as stage:
-        if spec is None:
-            files = seg.write(stage, request.format)
-        else:
-            explained = session.explain(seg, explainers, roi=spec.roi, slices=spec.slices, target=target,
-                                        progress=progress, roi_mask=roi_mask)
-            files = dict(explained.write(stage, request.format, pngs=spec.pngs))
-            if spec.report is not None:
-                files.update(write_report(stage, request.name, spec.report, log))
-        progress.check()
-        files = _move_all(files, request.output_dir)
+            torch.set_num_threads(int(request.threads))
+        segmenter = request.segmenter.load(progress)
+        log(f"segmenter: {segmenter.describe().get('name', request.segmenter.kind)}")
+        session = Session(volume, segmenter, SegmentConfig(axis=request.axis, preprocessing=request.preprocessing,
+                                                           margin=request.margin))
+        seg = session.segment(plan.prompt, name=request.name, progress=progress)
+        if not seg.mask.any():
+            log("the segmentation is empty: the model found nothing inside the prompt")
+        spec, explained = request.explain, None
+        with staged(request.output_dir) as stage:
+            if spec is None:
+                files = seg.write(stage, request.format)
+            else:
+                explained = session.explain(seg, plan.explainers, roi=spec.roi, slices=spec.slices,
+                                            target=plan.target, progress=progress, roi_mask=plan.roi_mask)
+                explained.record.update(input_record(volume))
+                files = dict(explained.write(stage, request.format, pngs=spec.pngs))
+                if spec.report is not None:
+                    files.update(write_report(stage, request.name, spec.report, log, progress))
+            progress.check()
+            files = _move_all(files, request.output_dir)
     return RunOutcome(seg, explained, files, session)
 
 
-def write_report(stage: Path, name: str, options: Dict[str, Any], log: Callable[[str], None]) -> Dict[str, Any]:
+def read_input(request, log: Callable[[str], None]) -> Volume:
+    """The request's volume, read with its ``allow_gaps``; with ``replace_nonfinite`` its NaN/inf
+    voxels replaced (``volume.meta["nonfinite_replaced"]`` says how many)."""
+    from .io import read_volume, replace_nonfinite
+
+    replace = request.replace_nonfinite
+    volume = read_volume(request.input, request.series, allow_gaps=request.allow_gaps, check=replace is None)
+    source = volume.source or "volume"
+    if replace is not None:
+        if volume.array.dtype.kind == "f" and not np.isfinite(volume.array).any():
+            check_intensities(volume.array, source)  # says every voxel is NaN (or inf): nothing to replace into
+        volume.array, record = replace_nonfinite(volume, replace, inplace=True)
+        volume.meta["nonfinite_replaced"] = record
+        check_intensities(volume.array, source)
+        if record["replaced"]:
+            log(f"replaced {record['replaced']} NaN or infinite voxel(s) with {record['value']:g}")
+    gaps = volume.integrity.get("gaps") or []
+    if gaps:
+        log(f"the DICOM series has {len(gaps)} gap(s); missing slices {volume.integrity.get('filled_slices')} were "
+            "filled and are listed in the run record")
+    log(f"read {Path(request.input).name}: {volume.shape[::-1]} voxels (i, j, k), spacing "
+        f"{tuple(round(s, 3) for s in volume.geometry.spacing)} mm")
+    return volume
+
+
+def input_record(volume: Volume) -> Dict[str, Any]:
+    """What the run record says about the input: what was checked when it was read (format, checks,
+    DICOM gaps filled) and the non-finite voxels replaced, if any."""
+    out: Dict[str, Any] = {"input_integrity": dict(volume.integrity)}
+    if "nonfinite_replaced" in volume.meta:
+        out["nonfinite_replaced"] = dict(volume.meta["nonfinite_replaced"])
+    return out
+
+
+def write_report(stage: Path, name: str, options: Dict[str, Any], log: Callable[[str], None],
+                 progress: Optional[Progress] = None) -> Dict[str, Any]:
     """Findings, narrative and report of the run; a failing narrator is logged, not fatal, so the
     explanation the user waited for is kept."""
     from .errors import XAISegError
     from .narrate import ReportOptions, build_report
 
     try:
-        paths = build_report(stage, ReportOptions(name=name, **options))
+        paths = build_report(stage, ReportOptions(name=name, **options), progress)
     except XAISegError as exc:
         log(f"the narrative could not be written: {exc}")
-        return {}
+        paths = getattr(exc, "paths", {})  # a failing model narrator: the report with the template text
     return {k if k.startswith("report") else f"report_{k}": v for k, v in paths.items()}
 
 

@@ -86,7 +86,8 @@ class TqdmProgress(Progress):
         from tqdm import tqdm
 
         self.done()
-        unit = "slice" if name.startswith("segment") else "eval"  # explainers count model evaluations
+        # segmentation counts slices, the report its steps, explainers model evaluations
+        unit = "slice" if name.startswith("segment") else "step" if name == "report" else "eval"
         self._bar = tqdm(total=total, desc=name, file=self._file, unit=unit, leave=True,
                          dynamic_ncols=True)
 

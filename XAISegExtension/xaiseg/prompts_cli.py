@@ -56,24 +56,28 @@ def add_parser(sub) -> None:
 
 
 def cmd_prompt_from_shap(args) -> int:
+    from .lock import output_lock
+
+    for value, what in ((args.points, "--points"), (args.budget, "--budget")):
+        if value < 1:
+            raise InputError(f"{what} {value} must be at least 1")
+    with output_lock(args.output):  # one run per output folder; everything is checked before a model loads
+        return _prompt_from_shap(args)
+
+
+def _prompt_from_shap(args) -> int:
+    from .diskspace import check_free_space, image_bytes
     from .io import move_into, read_labelmap, read_volume, staged, volume_suffix, write_text_atomic
     from .io import write_volume
     from .models import load_segmenter
     from .pipeline import SegmentConfig, Session
+    from .preflight import check_device, png_bytes
     from .progress import Progress, TqdmProgress
     from .render import display_flips
-    from .volume import in_plane_axes, put_plane
+    from .volume import in_plane_axes, put_plane, slicing_axis
 
-    classifier = load_classifier(args.classifier, args.classifier_checkpoint, args.classifier_sha256, args.classes,
-                                 args.class_index, args.input_size, args.device, args.seed)
-    for value, what in ((args.points, "--points"), (args.budget, "--budget")):
-        if value < 1:
-            raise InputError(f"{what} {value} must be at least 1")
     volume = read_volume(args.volume, args.series)
-    segmenter = (load_segmenter("litemedsam", device=args.device) if args.model == "litemedsam" else
-                 load_segmenter("medsam", checkpoint=args.checkpoint, sha256=args.sha256, device=args.device))
-    session = Session(volume, segmenter, SegmentConfig(axis=args.axis, preprocessing=preprocessing_from(args)))
-    axis = session.axis
+    axis = slicing_axis(volume.geometry, args.axis)
     truth = None
     if args.truth:
         truth = read_labelmap(args.truth, reference=volume).array == args.truth_label
@@ -86,6 +90,16 @@ def cmd_prompt_from_shap(args) -> int:
         k = int(args.slice)
         if not 0 <= k < n:
             raise InputError(f"--slice {k} is outside 0..{n - 1} along the {args.axis} axis")
+    suffix = volume_suffix(args.format)
+    check_device(args.device)
+    rows, cols = in_plane_axes(axis)
+    check_free_space(args.output, image_bytes(volume.shape, "uint8") + image_bytes(volume.shape, "float32")
+                     + png_bytes((volume.shape[rows], volume.shape[cols]), tiles=3) + (256 << 10))
+    classifier = load_classifier(args.classifier, args.classifier_checkpoint, args.classifier_sha256, args.classes,
+                                 args.class_index, args.input_size, args.device, args.seed)
+    segmenter = (load_segmenter("litemedsam", device=args.device) if args.model == "litemedsam" else
+                 load_segmenter("medsam", checkpoint=args.checkpoint, sha256=args.sha256, device=args.device))
+    session = Session(volume, segmenter, SegmentConfig(axis=args.axis, preprocessing=preprocessing_from(args)))
     name = safe_name(args.name) if args.name else stem_name(args.volume)
     progress = Progress() if args.quiet else TqdmProgress()
     image = session.volume_segmenter.slice(k)
@@ -99,13 +113,11 @@ def cmd_prompt_from_shap(args) -> int:
     def volume_of(plane, dtype):
         return put_plane(np.zeros(volume.shape, dtype), axis, k, plane)
 
-    rows, cols = in_plane_axes(axis)
     kji = []
     for x, y in result.points:
         v = [0.0, 0.0, 0.0]
         v[axis], v[rows], v[cols] = float(k), float(y), float(x)
         kji.append(v)
-    suffix = volume_suffix(args.format)
     outdir = Path(args.output)
     with staged(outdir) as stage:
         files = {

@@ -8,6 +8,7 @@ The request's JSON form (what the worker reads and :meth:`RunRequest.to_dict` wr
      "segmenter": {"kind": "litemedsam", "device": "cpu"},
      "preprocessing": {"mode": "percentile", "lower": 0.5, "upper": 99.5},
      "axis": "axial", "margin": 0, "slice_range": null, "format": "nrrd", "threads": null,
+     "allow_gaps": false, "replace_nonfinite": null,
      "explain": {"methods": [{"name": "occlusion", "settings": {"patch": 64}}],
                  "common": {"seed": 0}, "roi": {"source": "embedding"}, "slices": [80, 81],
                  "target": null, "target_label": null, "roi_mask": null, "pngs": true, "report": null}}
@@ -36,6 +37,7 @@ SEGMENTERS = ("litemedsam", "medsam", "torch")
 FORMATS = ("nrrd", "nifti", "mha")
 PROMPT_TYPES = ("box", "slice_box", "points", "labelmap")
 COORDS = ("kji", "ras")
+MAX_THREADS = 256  # torch threads; more would only exhaust the machine
 _SEGMENTER_OPTIONS = {"litemedsam": ("checkpoint", "sha256", "device"),
                       "medsam": ("checkpoint", "sha256", "url", "cache_dir", "device"),
                       "torch": ("torchscript", "factory", "factory_kwargs", "checkpoint", "sha256", "class_index",
@@ -100,8 +102,8 @@ class SegmenterSpec:
     factory_kwargs: Dict[str, Any] = setting(None, "keyword arguments for the factory", default_factory=dict)
     class_index: int = setting(1, "output channel to segment (a single-channel model uses its one channel)",
                                minimum=0)
-    in_channels: int = setting(1, "input channels (the slice is repeated)", minimum=1)
-    input_size: Optional[int] = setting(None, "resize slices to this square size", minimum=1)
+    in_channels: int = setting(1, "input channels (the slice is repeated)", minimum=1, maximum=64)
+    input_size: Optional[int] = setting(None, "resize slices to this square size", minimum=1, maximum=8192)
     device: str = setting("cpu", "torch device, e.g. cpu, cuda or mps")
 
     def __post_init__(self) -> None:
@@ -317,7 +319,7 @@ class ExplainSpec:
                 if not isinstance(own, Mapping):
                     raise InputError(f"settings of method {n!r} {own!r} must be an object")
                 specs.append(MethodSpec(n, build(cls_.Settings, dict(common, **own), f"{n} settings")))
-        roi = dict(e.get("roi") or {})
+        roi = _mapping(e.get("roi"), "explain.roi")
         if roi.get("source") == "clip" and not roi.get("clip_prompts"):
             roi["clip_prompts"] = [name.replace("_", " ")]
         roi = build(RoiConfig, roi, "explain.roi")
@@ -378,6 +380,8 @@ class RunRequest:
     format: str = "nrrd"
     explain: Optional[ExplainSpec] = None
     threads: Optional[int] = None
+    allow_gaps: bool = False  # read a DICOM series with missing slices (filled; listed in the run record)
+    replace_nonfinite: Optional[float] = None  # NaN/inf voxels become this value (recorded) instead of an error
 
     @classmethod
     def from_dict(cls, data: Any, base: Optional[Path] = None) -> "RunRequest":
@@ -398,7 +402,7 @@ class RunRequest:
         if not output:
             raise InputError(f"output_dir {data.get('output_dir')!r} must be a folder path")
         name = safe_name(data.get("name")) if data.get("name") else stem_name(source)
-        segmenter = dict(data.get("segmenter") or {})
+        segmenter = _mapping(data.get("segmenter"), "segmenter")
         for key in ("checkpoint", "torchscript", "cache_dir"):
             if segmenter.get(key):
                 segmenter[key] = _path(segmenter[key], base)
@@ -413,6 +417,7 @@ class RunRequest:
             raise InputError(f"slicing axis {axis!r} is unknown; expected axial, coronal, sagittal or 0/1/2")
         threads = data.get("threads")
         explain = data.get("explain")
+        replace = data.get("replace_nonfinite")
         return cls(
             input=source, output_dir=output, prompt=PromptSpec.from_dict(data.get("prompt"), base), name=name,
             series=data.get("series") or None, segmenter=build(SegmenterSpec, segmenter, "segmenter"),
@@ -420,7 +425,9 @@ class RunRequest:
             margin=_nonnegative(data.get("margin", 0), "margin"),
             slice_range=parse_range(data.get("slice_range"), "slice range"), format=fmt,
             explain=ExplainSpec.from_dict(explain, base, name) if explain else None,
-            threads=None if threads is None else _positive(threads, "threads"))
+            threads=None if threads is None else _positive(threads, "threads", MAX_THREADS),
+            allow_gaps=coerce(data.get("allow_gaps") or False, bool, "allow_gaps"),
+            replace_nonfinite=None if replace is None else coerce(replace, float, "replace_nonfinite"))
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON form; ``from_dict(to_dict())`` gives an equal request."""
@@ -428,16 +435,26 @@ class RunRequest:
                 "series": self.series, "prompt": self.prompt.to_dict(), "segmenter": as_dict(self.segmenter),
                 "preprocessing": as_dict(self.preprocessing), "axis": self.axis, "margin": self.margin,
                 "slice_range": list(self.slice_range) if self.slice_range else None, "format": self.format,
-                "explain": self.explain.to_dict() if self.explain else None, "threads": self.threads}
+                "explain": self.explain.to_dict() if self.explain else None, "threads": self.threads,
+                "allow_gaps": self.allow_gaps, "replace_nonfinite": self.replace_nonfinite}
 
     def replace(self, **changes: Any) -> "RunRequest":
         return dataclasses.replace(self, **changes)
 
 
-def _positive(value: Any, what: str) -> int:
+def _mapping(value: Any, what: str) -> Dict[str, Any]:
+    """``value`` as a dict (None or empty: {}), or an InputError naming it."""
+    if not value:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InputError(f"{what} {value!r} must be an object (name: value)")
+    return dict(value)
+
+
+def _positive(value: Any, what: str, most: int) -> int:
     v = coerce(value, int, what)
-    if v < 1:
-        raise InputError(f"{what} {value!r} must be a positive integer")
+    if not 1 <= v <= most:
+        raise InputError(f"{what} {value!r} must be an integer from 1 to {most}")
     return v
 
 
@@ -458,13 +475,13 @@ class CalibrateRequest:
 
     @classmethod
     def from_dict(cls, data: Mapping, base: Optional[Path] = None) -> "CalibrateRequest":
-        segmenter = dict(data.get("segmenter") or {})
+        segmenter = _mapping(data.get("segmenter"), "segmenter")
         for key in ("checkpoint", "torchscript", "cache_dir"):
             if segmenter.get(key):
                 segmenter[key] = _path(segmenter[key], base)
         threads = data.get("threads")
-        return cls(build(SegmenterSpec, segmenter, "segmenter"), _positive(data.get("repeats", 1), "repeats"),
-                   None if threads is None else _positive(threads, "threads"))
+        return cls(build(SegmenterSpec, segmenter, "segmenter"), _positive(data.get("repeats", 1), "repeats", 100),
+                   None if threads is None else _positive(threads, "threads", MAX_THREADS))
 
 
 def parse(data: Any, base: Optional[Path] = None):

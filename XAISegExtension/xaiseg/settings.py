@@ -137,8 +137,10 @@ def check_field(f: dataclasses.Field, value: Any, what: str) -> None:
 def build(cls: Type[T], values: Optional[Mapping[str, Any]] = None, where: Optional[str] = None) -> T:
     """An instance of the settings dataclass ``cls`` from ``values`` (missing keys take the
     defaults; unknown keys and bad values raise :class:`InputError` naming them)."""
-    values = dict(values or {})
     where = where or cls.__name__
+    if values and not isinstance(values, Mapping):
+        raise InputError(f"{where} {values!r} must be an object of settings (name: value)")
+    values = dict(values or {})
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - set(fields))
     if unknown:

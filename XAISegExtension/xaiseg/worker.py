@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import threading
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -107,20 +107,34 @@ def _read_request(path: Path):
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Carry out one request; every stream, signal handler and warning filter it changes is put back
+    on the way out (so it can also run inside another process, as the tests do)."""
+    from .quiet import silence_third_party_warnings
+    from .signals import on_signals
+
     argv = list(sys.argv[1:] if argv is None else argv)
     # Events go to a private copy of stdout; everything else printed (by torch, warnings, C code)
     # is sent to stderr so the parent only ever reads JSON lines.
-    events_fd = os.dup(1)
+    sys.stdout.flush()
+    saved_fd, saved_stdout = os.dup(1), sys.stdout
+    events = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    emit = Emitter(os.fdopen(events_fd, "w", encoding="utf-8", buffering=1))
     token = CancelToken()
+    restore_signals = on_signals(lambda signum: token.cancel())
+    try:
+        with warnings.catch_warnings():
+            silence_third_party_warnings()
+            return _serve(argv, Emitter(events), token)
+    finally:
+        restore_signals()
+        sys.stdout = saved_stdout
+        os.dup2(saved_fd, 1)
+        os.close(saved_fd)
+        events.close()
 
-    def on_signal(signum, frame):  # noqa: ARG001 - signal API
-        token.cancel()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+def _serve(argv: List[str], emit: Emitter, token: CancelToken) -> int:
     if len(argv) != 1:
         emit({"event": "error", "error": "UsageError", "message": "usage: python -m xaiseg.worker REQUEST.json"})
         return EXIT_INPUT

@@ -100,8 +100,11 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    paths = build_report(args.run_dir, options_from_args(args))
-    if not getattr(args, "quiet", False):
+    from ..progress import Progress, TqdmProgress
+
+    quiet = getattr(args, "quiet", False)
+    paths = build_report(args.run_dir, options_from_args(args), Progress() if quiet else TqdmProgress())
+    if not quiet:
         for key, path in paths.items():
             print(f"{key}: {path}")
     return 0

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
-from ..errors import ModelError, WeightsMissingError, require
+from ..errors import InputError, ModelError, WeightsMissingError, require
 from .base import SYSTEM_PROMPT, Narrative, Narrator, ReportImage, user_prompt
 from .findings import model_context
 
@@ -30,7 +30,7 @@ class LlavaNarrator(Narrator):
                                       "written by save_pretrained (model and processor), e.g. a local copy of "
                                       "llava-hf/llava-1.5-7b-hf")
         if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens {max_new_tokens} must be at least 1")
+            raise InputError(f"max_new_tokens {max_new_tokens} must be at least 1")
         self.device = device
         self.max_new_tokens = int(max_new_tokens)
         self.generate_kwargs = dict(generate_kwargs or {})

@@ -1,6 +1,6 @@
 """Report writers and the one call that builds a report from a finished run directory.
 
-``build_report(run_dir, ReportOptions(...))`` writes, atomically and in this order:
+``build_report(run_dir, ReportOptions(...))`` writes, all together (staged, then moved into place):
 
 * ``NAME_findings.json`` - findings, validated against ``findings.schema.json``;
 * ``NAME_report.json`` - findings, the narrative with every checked claim, the images used;
@@ -60,6 +60,34 @@ class ReportOptions:
     html: bool = True
     extra: Dict[str, Any] = field(default_factory=dict)
 
+    def check(self) -> Narrator:
+        """Every option checked without reading the run (the narrator is built, not loaded): the
+        narrator, its numbers, the label sources and their files.  Returns the narrator."""
+        if self.narrator not in NARRATORS:
+            raise InputError(f"narrator {self.narrator!r} is unknown; expected one of {', '.join(NARRATORS)}")
+        for value, what, least in ((self.max_new_tokens, "max_new_tokens", 1), (self.max_images, "max_images", 1)):
+            if value < least:
+                raise InputError(f"narrator {what} {value} must be at least {least}")
+        if not self.timeout > 0:
+            raise InputError(f"narrator timeout {self.timeout} must be a positive number of seconds")
+        if not 0.0 <= self.atlas_threshold <= 100.0:
+            raise InputError(f"atlas threshold {self.atlas_threshold} must be a probability in percent (0 to 100)")
+        if self.labels and self.atlas:
+            raise InputError("give --labels or --atlas, not both")
+        if self.label_names and not self.labels:
+            raise InputError("--label-names goes with --labels LABELMAP")
+        if self.atlas and self.atlas.lower().replace("_", "-") != "harvard-oxford":
+            raise InputError(f"atlas {self.atlas!r} is unknown; expected harvard-oxford")
+        for path, what in ((self.labels, "label map"), (self.label_names, "label names table")):
+            if path and not Path(path).is_file():
+                raise InputError(f"{what} {path} does not exist; expected a file")
+        if self.narrator == "llava":
+            from ..requirements import TRANSFORMERS_LLAVA
+
+            if not TRANSFORMERS_LLAVA.installed():
+                TRANSFORMERS_LLAVA.load()  # raises DependencyError naming the pip extra
+        return self.make_narrator()
+
     def make_narrator(self) -> Narrator:
         if self.narrator == "template":
             return TemplateNarrator()
@@ -82,24 +110,19 @@ class ReportOptions:
 def load_labels(options: ReportOptions, run: RunDir) -> Optional[LabelMap]:
     from ..io import Geometry, read_image
 
-    if options.labels and options.atlas:
-        raise InputError("give --labels or --atlas, not both")
-    if options.label_names and not options.labels:
-        raise InputError("--label-names goes with --labels LABELMAP")
     if not options.labels and not options.atlas:
-        return None
+        return None  # options.check() has refused the combinations that make no sense
     geometry = Geometry.of(read_image(run.mask_path))
     if options.atlas:
-        if options.atlas.lower().replace("_", "-") != "harvard-oxford":
-            raise InputError(f"atlas {options.atlas!r} is unknown; expected harvard-oxford")
         return harvard_oxford(geometry, options.atlas_threshold)
     return load_labelmap(options.labels, options.label_names, geometry)
 
 
 # --- images --------------------------------------------------------------------------------------
 
-def report_images(findings: dict, run: RunDir) -> List[ReportImage]:
-    """The run's overlay PNGs, leading method first and its strongest peak's slice first."""
+def report_images(findings: dict, run: RunDir, folder: Optional[Path] = None) -> List[ReportImage]:
+    """The run's overlay PNGs, leading method first and its strongest peak's slice first; a run
+    without any gets the mask's outline, written into ``folder`` (default: the run directory)."""
     methods = findings.get("methods") or {}
     lead = (findings.get("leading_method") or {}).get("method")
     order = ([lead] if lead else []) + [m for m in methods if m != lead]
@@ -112,13 +135,13 @@ def report_images(findings: dict, run: RunDir) -> List[ReportImage]:
             out.append(ReportImage(run.file(d["file"]), m, d["slice"],
                                    f"{title_of(m)}, slice {d['slice']}"))
     if not out:
-        im = _mask_overlay(findings, run)
+        im = _mask_overlay(findings, run, folder or run.path)
         if im is not None:
             out.append(im)
     return out
 
 
-def _mask_overlay(findings: dict, run: RunDir) -> Optional[ReportImage]:
+def _mask_overlay(findings: dict, run: RunDir, folder: Path) -> Optional[ReportImage]:
     """For a run without saliency PNGs: the mask outlined on its central slice of the input volume."""
     import SimpleITK as sitk
     from PIL import Image
@@ -151,7 +174,7 @@ def _mask_overlay(findings: dict, run: RunDir) -> Optional[ReportImage]:
     rgb = overlay(img01, [(m2d, (255, 225, 25))], display_flips(Geometry.of(image), axis), zoom=zoom)
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG")
-    path = write_bytes_atomic(run.path / f"{run.name}_report_k{k:03d}.png", buf.getvalue())
+    path = write_bytes_atomic(Path(folder) / f"{run.name}_report_k{k:03d}.png", buf.getvalue())
     return ReportImage(path, None, k, f"mask outline, slice {k}")
 
 
@@ -323,39 +346,57 @@ def write_html_report(path, findings: dict, narrative: Narrative, images: List[R
 
 # --- the one call ---------------------------------------------------------------------------------
 
-def build_report(run_dir, options: Optional[ReportOptions] = None) -> Dict[str, Path]:
+def build_report(run_dir, options: Optional[ReportOptions] = None, progress=None) -> Dict[str, Path]:
     """Findings, narrative and report files for a finished run; returns {"findings", "report_json", "html"}.
 
-    A failing model narrator still leaves all files written (with the template narrative and a
-    note) and then raises :class:`NarratorError`.
+    Every option is checked before the run is read.  The files are written into a staging folder
+    and moved into place together, under the output folder's lock (:mod:`xaiseg.lock`), so an
+    interrupted report leaves the previous report files or the new ones, never a mix.  A failing
+    model narrator still leaves all files written (with the template narrative and a note) and then
+    raises :class:`NarratorError`, whose ``paths`` are the files written.
     """
+    from ..io import move_into, staged
+    from ..lock import output_lock
+    from ..progress import ensure
+
     options = options or ReportOptions()
-    if options.narrator not in NARRATORS:
-        raise InputError(f"narrator {options.narrator!r} is unknown; expected one of {', '.join(NARRATORS)}")
+    progress = ensure(progress)
+    narrator = options.check()  # configuration errors stop here, before anything is read or written
     run = RunDir(run_dir, options.name)
-    narrator = options.make_narrator()  # configuration errors stop here, before anything is written
-    labels = load_labels(options, run)
-    findings = build_findings(run.path, run.name, labels)
-    validate(findings)
     out = Path(options.output) if options.output else run.path
-    paths: Dict[str, Path] = {"findings": write_text_atomic(out / f"{run.name}_findings.json",
-                                                            json.dumps(findings, indent=2))}
-    images = report_images(findings, run)
-    failure: Optional[XAISegError] = None
-    try:
-        narrative = narrator.narrate(findings, images)
-    except XAISegError as exc:
-        if options.narrator == "template":
-            raise
-        failure = exc
-        narrative = TemplateNarrator().narrate(findings, images)
-        narrative.error = f"{options.narrator} narrator failed: {exc}"
-    paths["report_json"] = write_json_report(out / f"{run.name}_report.json", findings, narrative, images)
-    if options.html:
-        paths["html"] = write_html_report(out / f"{run.name}_report.html", findings, narrative, images,
-                                          narrative.error and (narrative.error + " - the template narrative is shown "
-                                                               "instead."))
+    with output_lock(out):
+        progress.stage("report", 3)
+        labels = load_labels(options, run)
+        findings = build_findings(run.path, run.name, labels)
+        validate(findings)
+        progress.step(step="findings")
+        with staged(out) as stage:
+            paths: Dict[str, Path] = {"findings": write_text_atomic(stage / f"{run.name}_findings.json",
+                                                                    json.dumps(findings, indent=2))}
+            images = report_images(findings, run, stage)
+            paths.update({"overlay": im.path for im in images if im.path.parent == stage})  # the mask outline
+            failure: Optional[XAISegError] = None
+            try:
+                narrative = narrator.narrate(findings, images)
+            except XAISegError as exc:
+                if options.narrator == "template":
+                    raise
+                failure = exc
+                narrative = TemplateNarrator().narrate(findings, images)
+                narrative.error = f"{options.narrator} narrator failed: {exc}"
+            progress.step(step="narrative")
+            paths["report_json"] = write_json_report(stage / f"{run.name}_report.json", findings, narrative, images)
+            if options.html:
+                paths["html"] = write_html_report(stage / f"{run.name}_report.html", findings, narrative, images,
+                                                  narrative.error and (narrative.error + " - the template narrative "
+                                                                       "is shown instead."))
+            progress.check()
+            paths = move_into(paths, out)
+        progress.step(step="written")
+        progress.done()
     if failure is not None:
         written = ", ".join(p.name for p in paths.values())
-        raise NarratorError(f"{failure} (the report was written with the template narrative: {written})") from failure
+        error = NarratorError(f"{failure} (the report was written with the template narrative: {written})")
+        error.paths = paths
+        raise error from failure
     return paths
