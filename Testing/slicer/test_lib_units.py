@@ -47,7 +47,7 @@ def test_cost_counts_segmentation_and_occlusion_passes(scene):
         return make_explainer(name, **settings).total_cost()
 
     # occlusion on the 256 grid with 64/32 patches: 7 positions per axis, all 49 without an ROI
-    assert passes("occlusion", metric_steps=0) == 49 + 1
+    assert passes("occlusion", patch=64, stride=32, metric_steps=0) == 49 + 1
     assert passes("occlusion", patch=128, stride=128, metric_steps=2) == 4 + 4
     assert passes("rise", n_masks=500, metric_steps=8) == 500 + 16
     assert passes("lime") == 300 + 16
@@ -56,7 +56,9 @@ def test_cost_counts_segmentation_and_occlusion_passes(scene):
     volume = slicer.util.addVolumeFromArray(np.random.rand(20, 100, 100).astype(np.float32), name="v")
     roi = roi_from_kji(scene, volume, (5, 40, 40), (9, 59, 59))
     before = scene.GetNumberOfNodes()
-    cost = XAISegLogic(scene).estimateCost(volume, roi, RunSettings(methods=("occlusion",), explain_slices=[7]),
+    settings = RunSettings(methods=("occlusion",), explain_slices=[7],
+                           method_settings={"occlusion": {"patch": 64, "stride": 32}})
+    cost = XAISegLogic(scene).estimateCost(volume, roi, settings,
                                            calibration={"seconds_encoder": 2.0, "seconds_decoder": 0.1,
                                                         "seconds_load": 4.0})
     assert scene.GetNumberOfNodes() == before
