@@ -235,9 +235,10 @@ class XAISegLogic(ReadingMixin, CalibrationMixin, PanelMixin):
         if show3D is not None:
             settings = dataclasses.replace(settings, show_3d=bool(show3D))
         settings = self._resolved(settings)
-        if settings.output_segmentation and self.scene.GetNodeByID(settings.output_segmentation) is None:
-            raise InputError(f"the output segmentation ({settings.output_segmentation}) is not in the scene; "
-                             "choose another one or 'Create new segmentation'")
+        output = self.scene.GetNodeByID(settings.output_segmentation) if settings.output_segmentation else None
+        if settings.output_segmentation and (output is None or not output.IsA("vtkMRMLSegmentationNode")):
+            raise InputError(f"the output segmentation ({settings.output_segmentation}) is not a segmentation node "
+                             "of the scene; choose another one or 'Create new segmentation'")
         job = self.buildJob(inputVolume, prompt, settings, negativePoints, target)
         self._lastStart = (inputVolume, prompt, settings, negativePoints, target)
         self.result = None
