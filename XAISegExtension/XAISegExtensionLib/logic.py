@@ -23,12 +23,12 @@ import numpy as np
 
 from . import device, mrml
 from .mrml import InputError
-from .calibration import CalibrationJob, CalibrationMixin
 from .parameters import PanelMixin, PanelState  # noqa: F401 - PanelState re-exported
+from .run_settings import RunSettings, available_methods, common_settings, parse_request  # noqa: F401 - re-exported
+from .calibration import CalibrationJob, CalibrationMixin
 from .process import WorkerProcess
 from .reading import ReadingMixin
-from .results import RunResult, load_results, metric_rows  # noqa: F401 - metric_rows re-exported
-from .run_settings import RunSettings, available_methods, common_settings, parse_request  # noqa: F401 - re-exported
+from .results import RunResult, load_results
 
 
 IDLE, RUNNING, SUCCEEDED, FAILED, CANCELLED = "idle", "running", "succeeded", "failed", "cancelled"
