@@ -119,7 +119,9 @@ class FormBinding:
         """Show and enable the controls that apply to ``values``."""
         visible, enabled = panel.control_states(values)
         for name, on in visible.items():
-            getattr(self.ui, name).setVisible(on)
+            for widget in (getattr(self.ui, name), getattr(self.ui, name + "Label", None)):  # a row and its label
+                if widget is not None:
+                    widget.setVisible(on)
         for name, on in enabled.items():
             getattr(self.ui, name).enabled = on
         for group, frame in self.groups.items():
