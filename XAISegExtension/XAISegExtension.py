@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 import qt
+import vtk
 import slicer
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
@@ -24,13 +25,11 @@ except ImportError:  # Slicer < 5.4
     def translate(context, text):
         return text
 
-from XAISegExtensionLib import dependencies, device
-from XAISegExtensionLib.logic import CANCELLED, FAILED, RUNNING, SUCCEEDED, RunSettings, XAISegLogic
-
-SEGMENTERS = ("litemedsam", "medsam", "torch")
-ROI_SOURCES = ("box", "mask", "embedding", "clip")
-NARRATORS = ("template", "llava", "")
-PROMPT_BOX, PROMPT_POINTS, PROMPT_SEGMENT = 0, 1, 2
+from XAISegExtensionLib import dependencies, device, panel
+from XAISegExtensionLib.binding import FormBinding
+from XAISegExtensionLib.logic import CANCELLED, FAILED, RUNNING, SUCCEEDED, XAISegLogic
+from XAISegExtensionLib.mrml import InputError
+from XAISegExtensionLib.parameters import read_parameters, write_parameters
 
 
 class XAISegExtension(ScriptedLoadableModule):
@@ -51,9 +50,12 @@ class XAISegExtension(ScriptedLoadableModule):
 
 
 class XAISegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The panel: inputs, segmenter, methods, ROI source, slices, cost, Apply/Cancel, progress, the
-    review controls and the log.  Every action calls one logic method; a timer drives the logic's
-    poll() (worker progress, stopping a cancelled worker, calibration, device detection)."""
+    """The panel: inputs, segmenter, preprocessing, methods, ROI source, slices, cost, Apply/Cancel,
+    progress, the review controls and the log.  Its controls are bound to the module's parameter
+    node (XAISegExtensionLib.panel names them; the method checkboxes and every method's settings
+    are made from the explainer classes), so the scene keeps the panel's state.  Every action calls
+    one logic method; a timer drives the logic's poll() (worker progress, stopping a cancelled
+    worker, calibration, device detection)."""
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -63,6 +65,10 @@ class XAISegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.pipProcess = None
         self._afterInstall = None
         self._watchingRun = False
+        self._parameterNode = None
+        self._updatingGUI = False
+        self._writing = False
+        self.form = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -96,35 +102,18 @@ class XAISegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.qSlicerMarkupsPlaceWidget.ForcePlaceMultipleMarkups
         self.ui.outputSegmentationSelector.setMRMLScene(slicer.mrmlScene)
 
-        for selector in (self.ui.inputVolumeSelector, self.ui.roiSelector, self.ui.pointsSelector,
-                         self.ui.negativePointsSelector):
-            selector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateGUI)
+        self.form = FormBinding(self.ui)  # every control of the form writes the panel into the parameter node
+        self.form.build(qt, self.onPanelChanged)
         self.ui.roiSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.ui.roiPlaceWidget.setCurrentNode)
         self.ui.pointsSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.ui.pointsPlaceWidget.setCurrentNode)
         self.ui.negativePointsSelector.connect("currentNodeChanged(vtkMRMLNode*)",
                                                self.ui.negativePointsPlaceWidget.setCurrentNode)
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputVolumeChanged)
-        self.ui.segmentSelector.connect("currentSegmentChanged(QString)", self.updateGUI)
-        self.ui.promptTypeComboBox.connect("currentIndexChanged(int)", self.updateGUI)
-        self.ui.segmenterComboBox.connect("currentIndexChanged(int)", self.updateGUI)
-        self.ui.roiSourceComboBox.connect("currentIndexChanged(int)", self.updateGUI)
-        self.ui.narratorComboBox.connect("currentIndexChanged(int)", self.updateGUI)
-        self.ui.allSlicesCheckBox.connect("toggled(bool)", self.updateGUI)
-        self.ui.useReferenceCheckBox.connect("toggled(bool)", self.updateGUI)
-        for box in (self.ui.occlusionCheckBox, self.ui.riseCheckBox, self.ui.limeCheckBox, self.ui.shapCheckBox,
-                    self.ui.layersCheckBox, self.ui.sanityCheckBox):
-            box.connect("toggled(bool)", self.updateGUI)
-        for spin in (self.ui.occlusionPatchSpinBox, self.ui.occlusionStrideSpinBox, self.ui.riseMasksSpinBox,
-                     self.ui.limeSamplesSpinBox, self.ui.shapBudgetSpinBox, self.ui.metricStepsSpinBox,
-                     self.ui.roiMarginSpinBox):
-            spin.connect("valueChanged(int)", self.updateGUI)
-        self.ui.sliceRangeWidget.connect("valuesChanged(double,double)", self.updateGUI)
-        self.ui.explainSlicesLineEdit.connect("textChanged(QString)", self.updateGUI)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.estimateButton.connect("clicked(bool)", self.onCalibrateButton)
         self.ui.opacitySliderWidget.connect("valueChanged(double)", self.onOpacityChanged)
         # device
-        self.ui.forceCpuCheckBox.connect("toggled(bool)", self.onForceCpu)
+        self.ui.forceCpuCheckBox.connect("toggled(bool)", self.updateDeviceInfo)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.updateDeviceInfo)
         # slices and box from the Red view
         self.ui.explainThisSliceButton.connect("clicked()", self.onExplainThisSlice)
@@ -142,11 +131,14 @@ class XAISegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.readingLayoutButton.connect("clicked()", self.onReadingLayout)
         self.ui.show3DCheckBox.connect("toggled(bool)", self.onShow3D)
 
+        self.logic.startDeviceProbe()  # answered through the timer; nothing waits for it (nor the cost estimate)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.initializeParameterNode)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.initializeParameterNode)
         self.onInputVolumeChanged(self.ui.inputVolumeSelector.currentNode())
+        self.initializeParameterNode()
         self.updateDeviceInfo()
         self.updateReview()
-        self.logic.startDeviceProbe()  # answered through the timer; nothing waits for it
         self.timer.start()
         self.updateGUI()
 
@@ -171,63 +163,56 @@ class XAISegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateReview()
         self.updateGUI()
 
-    # ---------------------------------------------------------------- reading the panel
+    # ---------------------------------------------------------------- the panel and its parameter node
 
-    def prompt(self):
-        kind = self.ui.promptTypeComboBox.currentIndex
-        if kind == PROMPT_BOX:
-            return self.ui.roiSelector.currentNode()
-        if kind == PROMPT_POINTS:
-            return self.ui.pointsSelector.currentNode()
-        segmentation = self.ui.segmentSelector.currentNode()
-        return (segmentation, self.ui.segmentSelector.currentSegmentID()) if segmentation else None
-
-    def methods(self):
-        boxes = (("occlusion", self.ui.occlusionCheckBox), ("rise", self.ui.riseCheckBox),
-                 ("lime", self.ui.limeCheckBox), ("shap", self.ui.shapCheckBox), ("layers", self.ui.layersCheckBox))
-        return tuple(name for name, box in boxes if box.checked)
-
-    def settings(self) -> RunSettings:
-        common = {"metric_steps": self.ui.metricStepsSpinBox.value, "threshold": self.ui.thresholdSpinBox.value,
-                  "sanity": self.ui.sanityCheckBox.checked}
-        method_settings = {
-            "occlusion": dict(common, patch=self.ui.occlusionPatchSpinBox.value, stride=self.ui.occlusionStrideSpinBox.value),
-            "rise": dict(common, n_masks=self.ui.riseMasksSpinBox.value),
-            "lime": dict(common, n_samples=self.ui.limeSamplesSpinBox.value),
-            "shap": dict(common, budget=self.ui.shapBudgetSpinBox.value),
-            "layers": dict(common, metric_steps=0),  # one encoder pass per slice; curves would cost more
-        }
-        source = ROI_SOURCES[self.ui.roiSourceComboBox.currentIndex]
-        roi = {"source": source, "margin": self.ui.roiMarginSpinBox.value}
-        if source == "clip":
-            roi["clip_model"] = self.ui.clipWeightsPathLineEdit.currentPath
-            roi["clip_prompts"] = [p.strip() for p in self.ui.clipPromptsLineEdit.text.split(";") if p.strip()]
-        sliceRange = None
-        if not self.ui.allSlicesCheckBox.checked:
-            sliceRange = (int(self.ui.sliceRangeWidget.minimumValue), int(self.ui.sliceRangeWidget.maximumValue))
-        explainSlices = None
-        text = self.ui.explainSlicesLineEdit.text.strip()
-        if text:
+    def panelSettings(self):
+        """``(RunSettings, PanelState)`` of the controls as they are now."""
+        base = None
+        if self._parameterNode is not None:
             try:
-                explainSlices = sorted({int(v) for v in text.replace(";", ",").split(",") if v.strip()})
-            except ValueError:
-                raise ValueError(_("Explain slices '{text}' must be slice numbers separated by commas").format(text=text))
-        segmenter = SEGMENTERS[self.ui.segmenterComboBox.currentIndex]
-        narrator = NARRATORS[self.ui.narratorComboBox.currentIndex]
-        reportOptions = {"llava_model": self.ui.llavaPathLineEdit.currentPath} if narrator == "llava" else {}
-        return RunSettings(
-            name=self.ui.structureNameLineEdit.text.strip(), segmenter=segmenter,
-            checkpoint=self.ui.checkpointPathLineEdit.currentPath if segmenter != "litemedsam" else "",
-            url=self.ui.checkpointUrlLineEdit.text.strip() if segmenter == "medsam" else "",
-            sha256=self.ui.sha256LineEdit.text.strip(), device=self.ui.deviceComboBox.currentText,
-            methods=self.methods(), method_settings={m: method_settings[m] for m in self.methods()},
-            roi=roi, slice_range=sliceRange, explain_slices=explainSlices, seed=self.ui.seedSpinBox.value,
-            narrator=narrator, report_options=reportOptions)
+                base = read_parameters(self._parameterNode)[0]
+            except InputError:
+                base = None
+        return panel.from_form(self.form.values(), base)
 
-    def target(self):
-        if not self.ui.useReferenceCheckBox.checked or self.ui.referenceSegmentSelector.currentNode() is None:
-            return None
-        return (self.ui.referenceSegmentSelector.currentNode(), self.ui.referenceSegmentSelector.currentSegmentID())
+    def initializeParameterNode(self, *args):
+        self.setParameterNode(self.logic.panelParameterNode() if self.logic is not None else None)
+
+    def setParameterNode(self, node):
+        if self._parameterNode is not None:
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+        self._parameterNode = node
+        if node is not None:
+            self.addObserver(node, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+        self.onParameterNodeModified()
+
+    def onParameterNodeModified(self, *args):
+        """The parameter node changed (a scene was loaded, a script set it): show its values."""
+        if self._writing or self._parameterNode is None:
+            return
+        try:
+            settings, state = read_parameters(self._parameterNode)
+        except InputError as exc:
+            self.onLog(_("The saved panel settings could not be read: {error}").format(error=exc))
+            return
+        self._updatingGUI = True
+        try:
+            self.form.show(panel.form_values(settings, state))
+        finally:
+            self._updatingGUI = False
+        self.updateGUI()
+
+    def onPanelChanged(self, *args):
+        """A control changed: write the panel into the parameter node, then refresh the GUI."""
+        if self._updatingGUI:
+            return
+        if self._parameterNode is not None:
+            self._writing = True
+            try:
+                write_parameters(self._parameterNode, *self.panelSettings())
+            finally:
+                self._writing = False
+        self.updateGUI()
 
     # ---------------------------------------------------------------- GUI state
 
@@ -236,32 +221,18 @@ class XAISegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             dims = node.GetImageData().GetDimensions()
             self.ui.sliceRangeWidget.minimum = 0
             self.ui.sliceRangeWidget.maximum = max(dims) - 1
-            self.ui.sliceRangeWidget.setValues(0, dims[2] - 1)
+            if not self._updatingGUI:  # a restored range is set after the volume
+                self.ui.sliceRangeWidget.setValues(0, dims[2] - 1)
         self.updateGUI()
 
     def updateGUI(self, *args):
+        if self._updatingGUI:
+            return
         running = self.logic is not None and self.logic.running
-        kind = self.ui.promptTypeComboBox.currentIndex
-        for widget, visible in ((self.ui.roiSelector, kind == PROMPT_BOX), (self.ui.roiPlaceWidget, kind == PROMPT_BOX),
-                                (self.ui.pointsSelector, kind == PROMPT_POINTS),
-                                (self.ui.pointsPlaceWidget, kind == PROMPT_POINTS),
-                                (self.ui.negativePointsSelector, kind == PROMPT_POINTS),
-                                (self.ui.segmentSelector, kind == PROMPT_SEGMENT)):
-            widget.setVisible(visible)
-        segmenter = SEGMENTERS[self.ui.segmenterComboBox.currentIndex]
-        self.ui.checkpointPathLineEdit.enabled = segmenter != "litemedsam"
-        self.ui.checkpointUrlLineEdit.enabled = segmenter == "medsam"
-        self.ui.sha256LineEdit.enabled = segmenter != "litemedsam"
-        clip = ROI_SOURCES[self.ui.roiSourceComboBox.currentIndex] == "clip"
-        self.ui.clipPromptsLineEdit.enabled = clip
-        self.ui.clipWeightsPathLineEdit.enabled = clip
-        self.ui.referenceSegmentSelector.enabled = self.ui.useReferenceCheckBox.checked
-        self.ui.llavaPathLineEdit.enabled = NARRATORS[self.ui.narratorComboBox.currentIndex] == "llava"
-        self.ui.sliceRangeWidget.enabled = not self.ui.allSlicesCheckBox.checked
+        self.form.update(self.form.values())
         for section in (self.ui.inputsCollapsibleButton, self.ui.segmenterCollapsibleButton,
                         self.ui.explainCollapsibleButton, self.ui.slicesCollapsibleButton):
             section.enabled = not running and self.pipProcess is None
-        self.ui.deviceComboBox.enabled = not self.ui.forceCpuCheckBox.checked
         calibrating = self.logic is not None and self.logic.calibrationJob is not None
         self.ui.estimateButton.enabled = not calibrating and self.pipProcess is None
         self.ui.estimateButton.text = _("Calibrating...") if calibrating else _("Calibrate")
@@ -271,29 +242,27 @@ class XAISegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.applyButton.enabled = True
             return
         self.ui.applyButton.text = _("Apply")
-        ready = self.ui.inputVolumeSelector.currentNode() is not None and self.prompt() is not None \
-            and self.pipProcess is None
+        settings, state = self.panelSettings()
+        volume, prompt, _negative, _target = state.nodes(slicer.mrmlScene)
+        ready = volume is not None and prompt is not None and self.pipProcess is None
         self.ui.applyButton.enabled = ready
         self.ui.applyButton.toolTip = _("Segment and explain in the background") if ready else _(
             "Select an input volume and a prompt")
-        self.updateCost()
+        self.updateCost(settings, state)
 
-    def updateCost(self):
-        volume, prompt = self.ui.inputVolumeSelector.currentNode(), self.prompt()
-        if volume is None or prompt is None:
-            self.ui.costLabel.text = "-"
-            return
+    def updateCost(self, settings=None, state=None):
+        """The estimate names the device the run will use (auto resolved) and uses its calibration."""
+        if settings is None:
+            settings, state = self.panelSettings()
         try:
-            cost = self.logic.estimateCost(volume, prompt, self.settings(), self.ui.negativePointsSelector.currentNode(),
-                                           calibration=self.logic.calibration.get(self._calibrationKey()))
+            cost = self.logic.estimateFromPanel(settings, state)
         except Exception as exc:  # noqa: BLE001 - the estimate must never break the panel
             self.ui.costLabel.text = str(exc)
             return
-        suffix = "" if cost["calibrated"] else _(" (uncalibrated)")
-        self.ui.costLabel.text = cost["text"] + suffix + _(" on {device}").format(device=self.ui.deviceInfoLabel.text)
-
-    def _calibrationKey(self):
-        return self.logic.calibrationKey(self.settings())
+        if cost is None:
+            self.ui.costLabel.text = "-"
+            return
+        self.ui.costLabel.text = cost["text"] + ("" if cost["calibrated"] else _(" (uncalibrated)"))
 
     def updateDeviceInfo(self, *args):
         info = device.cached(self.logic.python) if self.logic is not None else None
@@ -312,19 +281,14 @@ class XAISegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateDeviceInfo()
         self.updateCost()
 
-    def onForceCpu(self, checked):
-        self.logic.forceCpu = bool(checked)
-        self.updateDeviceInfo()
-        self.updateGUI()
-
     # ---------------------------------------------------------------- actions
 
     def ensureDependencies(self, then) -> bool:
         """True when the worker's packages are there; else offer to install them and call ``then``
         once they are (on Slicers before 5.12 pip runs in a process whose output the log shows)."""
-        settings = self.settings()
+        settings = self.panelSettings()[0]
         missing = dependencies.missing(settings.segmenter, list(settings.methods) + [settings.narrator],
-                                       settings.roi.get("source", "box"))
+                                       settings.roi_options().get("source", "embedding"))
         if not missing:
             return True
         text = _("XAISeg needs these Python packages, which are not installed:\n{list}\n\nInstall them now? "
@@ -387,11 +351,7 @@ class XAISegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             self.ui.logTextEdit.clear()
             self.ui.narrativeTextEdit.clear()
-            self.logic.forceCpu = self.ui.forceCpuCheckBox.checked
-            self.logic.start(self.ui.inputVolumeSelector.currentNode(), self.prompt(), self.settings(),
-                             negativePoints=self.ui.negativePointsSelector.currentNode(), target=self.target(),
-                             outputSegmentation=self.ui.outputSegmentationSelector.currentNode(),
-                             show3D=self.ui.show3DCheckBox.checked)
+            self.logic.startFromPanel(*self.panelSettings())
             self._watchingRun = True
             self.timer.start()
         self.updateGUI()
@@ -400,7 +360,7 @@ class XAISegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Calibration failed."), waitCursor=True):
             if not self.ensureDependencies(self.onCalibrateButton):
                 return
-            self.logic.startCalibration(self.settings())
+            self.logic.startCalibration(self.panelSettings()[0])
             self.timer.start()
         self.updateGUI()
 

@@ -34,3 +34,19 @@ def add_app_views(scene, size=(512, 512)):
         node.SetDimensions(size[0], size[1], 1)
         logics.append(logic)
     return logics
+
+
+def add_io_logics(scene, cache_dir):
+    """What the application gives a scene for saving and opening MRB files: the Markups module's
+    logic (it registers the markups storage nodes, so ROIs and points are written to the bundle)
+    and a data I/O manager with a cache folder (``vtkMRMLScene.ReadFromMRB`` unpacks there).
+    Returns the logic (keep it while the scene is used)."""
+    markups = slicer.vtkSlicerMarkupsLogic()
+    markups.SetMRMLScene(scene)
+    cache = slicer.vtkCacheManager()
+    cache.SetRemoteCacheDirectory(str(cache_dir))
+    io = slicer.vtkDataIOManager()
+    io.SetCacheManager(cache)
+    scene.SetDataIOManager(io)
+    scene.SetCacheManager(cache)
+    return markups

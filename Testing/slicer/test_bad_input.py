@@ -89,6 +89,15 @@ def test_unknown_segmenter_and_missing_checkpoint(scene, small):
         "/nonexistent/medsam_vit_b.pth does not exist")
 
 
+def test_output_segmentation_that_is_not_one(scene, small):
+    logic = XAISegLogic(scene)
+    check_refused(scene, lambda: logic.start(*small, RunSettings(output_segmentation=small[0].GetID())),
+                  f"output segmentation ({small[0].GetID()}) is not a segmentation node")
+    check_refused(scene, lambda: logic.start(*small, RunSettings(output_segmentation="vtkMRMLSegmentationNode9")),
+                  "(vtkMRMLSegmentationNode9) is not a segmentation node of the scene")
+    assert logic.job is None
+
+
 def test_clip_roi_without_weights(scene, small):
     settings = RunSettings(methods=("occlusion",), roi={"source": "clip", "clip_prompts": ["blob"]})
     check_refused(scene, lambda: XAISegLogic(scene).start(small[0], small[1], settings), "CLIP")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import slicer
-from XAISegExtensionLib import device
+from XAISegExtensionLib import device, mrml
 from XAISegExtensionLib.logic import FAILED, RunSettings, XAISegLogic
 from XAISegExtensionLib.selftest import roi_from_kji
 
@@ -128,7 +128,9 @@ def test_gpu_out_of_memory_gets_its_own_message_and_a_cpu_retry(scene, phantom):
     assert not device.is_out_of_memory("RuntimeError", "RuntimeError: shape '[1, 3]' is invalid")
     assert not device.is_out_of_memory("InputError", "box (0, 0)..(9, 9) lies outside the image")
     logic = XAISegLogic(scene, python=sys.executable)
-    first = logic.start(*phantom, RunSettings(threads=1, slice_range=(3, 3)))
+    mine = mrml.add_segmentation(scene, np.ones((8, 64, 64), np.uint8), phantom[0], "my segmentation", "body")
+    first = logic.start(*phantom, RunSettings(threads=1, slice_range=(3, 3), output_segmentation=mine.GetID(),
+                                              show_3d=True))
     logic.cancel()
     assert logic.waitStopped(5.0)
     # the worker's last line, had the GPU run out of memory in that run
@@ -141,6 +143,33 @@ def test_gpu_out_of_memory_gets_its_own_message_and_a_cpu_retry(scene, phantom):
         assert again is not first and again.request.segmenter.device == "cpu"
         assert again.request.prompt == first.request.prompt
         assert again.request.slice_range == (3, 3)
+        assert (again.settings.output_segmentation, again.settings.show_3d) == (mine.GetID(), True)
     finally:
         logic.cancel()
         assert logic.waitStopped(5.0)
+
+
+def test_the_cost_estimate_names_the_device_the_run_will_use(scene, phantom, info):
+    device._CACHE.pop(sys.executable, None)
+    logic = XAISegLogic(scene, python=sys.executable)
+    logic.startDeviceProbe()
+    waiting = logic.estimateCost(*phantom, RunSettings(device="auto"))  # the probe imports torch: still running
+    assert waiting["text"].endswith("on auto (still detecting the device)") and logic.busy
+    while logic.busy:  # the panel's timer polls until the probe answers
+        logic.poll()
+        time.sleep(0.05)
+    real = device.resolve("auto", info)
+    cost = logic.estimateCost(*phantom, RunSettings(device="auto"))
+    assert cost["device"] == real and "auto" not in cost["text"]
+    assert cost["text"].endswith(f"about {cost['minutes']:.1f} min on {device.describe(real, info)}")
+    forced = logic.estimateCost(*phantom, RunSettings(device="cuda", force_cpu=True))
+    assert forced["device"] == "cpu" and forced["text"].endswith(" on cpu")
+    # a calibration is kept per segmenter and real device: 'auto' finds the one made on that device
+    timing = {"seconds_encoder": 0.5, "seconds_decoder": 0.01, "seconds_load": 1.0}
+    logic.calibration[logic.calibrationKey(RunSettings(device=real))] = timing
+    assert logic.calibrationKey(RunSettings(device="auto")) == logic.calibrationKey(RunSettings(device=real))
+    calibrated = logic.estimateCost(*phantom, RunSettings(device="auto"))
+    assert calibrated["calibrated"] and calibrated["seconds"] == pytest.approx(
+        1.0 + calibrated["encoder_passes"] * 0.5 + calibrated["decoder_passes"] * 0.01)
+    if real != "cpu":
+        assert not logic.estimateCost(*phantom, RunSettings(device="auto", force_cpu=True))["calibrated"]

@@ -3,6 +3,8 @@ jump to the explained slice centred on the mask, next/previous explained slice, 
 the Red view, each method in every view, label maps as outlines, the layer browser, the compare
 and reading layouts, output into an existing segmentation with terminology, Show 3D, and the box's
 top and bottom from the current slice.  All on slicer-core's real MRML; no extra model run."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -187,6 +189,7 @@ def test_output_into_an_existing_segmentation_adds_one_segment_and_keeps_the_oth
     before = {s.GetNthSegmentID(i): segment_voxels(seg, s.GetNthSegmentID(i), volume) for i in range(2)}
     assert sorted(before.values()) == [500, 4000]
     job = logic.job
+    original = job.settings
     try:
         result = logic.loadResults(job, job.workdir / "output", job.process.final, outputSegmentation=seg)
         assert result.segmentation is seg and result.output_segmentation
@@ -207,10 +210,14 @@ def test_output_into_an_existing_segmentation_adds_one_segment_and_keeps_the_oth
         # segment it added and leaves the node and its other segments alone
         sh = mrml.subject_hierarchy(scene)
         assert sh.GetItemParent(sh.GetItemByDataNode(seg)) != result.folder_item
-        again = logic.loadResults(job, job.workdir / "output", job.process.final, outputSegmentation=seg)
+        # the panel names the output segmentation in the run's settings (RunSettings.output_segmentation)
+        job.settings = dataclasses.replace(original, output_segmentation=seg.GetID())
+        again = logic.loadResults(job, job.workdir / "output", job.process.final)
+        assert again.segmentation is seg and again.output_segmentation
         assert seg.GetScene() is scene and s.GetNumberOfSegments() == 3
         assert s.GetSegment(result.segment_id) is None and s.GetSegment(again.segment_id) is not None
     finally:
+        job.settings = original
         run["result"] = logic.loadResults(job, job.workdir / "output", job.process.final)
         mrml.remove_node(scene, seg)
     assert run["result"].segmentation is not seg and not run["result"].output_segmentation

@@ -1,7 +1,10 @@
-"""The panel's .ui file and the Widget code agree: every ``self.ui.NAME`` the Widget uses exists in
-the .ui with a class Qt or Slicer provides, every signal it connects exists on that class, and the
-node selectors ask for MRML classes that exist (checked on slicer-core's real MRML)."""
+"""The panel's .ui file and the Widget code agree: every ``self.ui.NAME`` the Widget (and its form
+binding) uses exists in the .ui with a class Qt or Slicer provides, every signal it connects exists
+on that class, every control the form binds (XAISegExtensionLib.panel.BINDINGS) fits its kind, no
+method is hard-coded (the checkboxes and settings controls are made from the explainer classes),
+and the node selectors ask for MRML classes that exist (checked on slicer-core's real MRML)."""
 import ast
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -10,6 +13,7 @@ import pytest
 MODULE = Path(__file__).resolve().parents[2] / "XAISegExtension"
 UI = MODULE / "Resources" / "UI" / "XAISegExtension.ui"
 WIDGET = MODULE / "XAISegExtension.py"
+BINDING = MODULE / "XAISegExtensionLib" / "binding.py"
 
 QT_CLASSES = {"QWidget", "QLabel", "QLineEdit", "QComboBox", "QCheckBox", "QSpinBox", "QDoubleSpinBox",
               "QPushButton", "QProgressBar", "QTextEdit", "QPlainTextEdit"}
@@ -43,7 +47,7 @@ def ui_widgets():
 
 def widget_uses():
     """(name, attribute-or-None, signal-or-None) for every ``self.ui.NAME`` in the Widget code."""
-    tree = ast.parse(WIDGET.read_text())
+    tree = ast.parse(WIDGET.read_text() + "\n" + BINDING.read_text())
     uses = []
     for node in ast.walk(tree):
         if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "ui"
@@ -125,4 +129,52 @@ def test_advanced_settings_start_collapsed_and_apply_starts_disabled():
 
     assert prop("advancedCollapsibleButton", "collapsed") == "true"
     assert prop("applyButton", "enabled") == "false"
-    assert prop("occlusionCheckBox", "checked") == "true"
+
+
+KIND_CLASSES = {"node": {"qMRMLNodeComboBox"}, "segment": {"qMRMLSegmentSelectorWidget"}, "choice": {"QComboBox"},
+                "text": {"QLineEdit"}, "path": {"ctkPathLineEdit"}, "check": {"QCheckBox"}, "int": {"QSpinBox"},
+                "float": {"QDoubleSpinBox", "ctkSliderWidget"}, "range": {"ctkRangeWidget"}}
+
+
+def test_every_bound_control_is_in_the_ui_with_a_class_and_signal_of_its_kind():
+    from XAISegExtensionLib import panel
+
+    widgets, _, _ = ui_widgets()
+    for key, name, kind in panel.BINDINGS:
+        assert name in widgets, f"{key} is bound to {name}, which the .ui does not define"
+        cls = widgets[name].get("class")
+        assert cls in KIND_CLASSES[kind], f"{name} is a {cls}; a {kind} control must be one of {KIND_CLASSES[kind]}"
+        assert panel.SIGNALS[kind] in SIGNALS[cls], f"{name} ({cls}) has no signal {panel.SIGNALS[kind]}"
+        if kind == "choice":  # the .ui's items are the choices in order, or the widget fills them
+            items = [i.findtext("property/string") for i in widgets[name].findall("item")]
+            assert len(items) in (0, len(panel.choices(key))), f"{name}: {items} vs {panel.choices(key)}"
+    assert len({name for _, name, _ in panel.BINDINGS}) == len(panel.BINDINGS)
+    form = panel.form_values(__import__("XAISegExtensionLib.parameters", fromlist=["x"]).default_settings())
+    visible, enabled = panel.control_states(form)
+    assert set(visible) | set(enabled) <= set(widgets)
+
+
+def test_roi_sources_are_listed_in_the_engines_order_with_the_default_first():
+    from xaiseg.roi import SOURCES, RoiConfig
+
+    widgets, _, _ = ui_widgets()
+    items = [i.findtext("property/string") for i in widgets["roiSourceComboBox"].findall("item")]
+    assert [t.split(" ")[0].lower() for t in items] == list(SOURCES) and SOURCES[0] == RoiConfig().source
+    margin = widgets["roiMarginSpinBox"]
+    assert margin.find("property[@name='specialValueText']/string").text == "auto"
+    assert margin.find("property[@name='value']/number").text == margin.find("property[@name='minimum']/number").text
+
+
+def test_no_method_is_hard_coded_in_the_ui_or_the_widget():
+    from XAISegExtensionLib.logic import available_methods
+
+    widgets, _, _ = ui_widgets()
+    names = [m["name"] for m in available_methods()]
+    assert {"occlusion", "rise", "lime", "shap", "layers"} <= set(names)
+    hard = [w for w in widgets for m in names if re.match(m + "[A-Z]", w)]  # occlusionCheckBox, riseMasksSpinBox
+    assert hard == [], f"per-method widgets left in the .ui: {hard}"
+    for container in ("methodsWidget", "methodSettingsWidget"):
+        assert widgets[container].find("layout") is not None, f"{container} needs a layout to hold generated controls"
+    literals = {n.value for path in (WIDGET, BINDING) for n in ast.walk(ast.parse(path.read_text()))
+                if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    assert not literals & set(names), f"method names in the widget code: {literals & set(names)}"

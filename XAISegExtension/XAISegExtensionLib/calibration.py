@@ -37,7 +37,13 @@ class CalibrationMixin:
     ``self.stopGrace``, ``self._stopping``, :meth:`resolveDevice` and :meth:`poll`."""
 
     def calibrationKey(self, settings: Optional[Any] = None) -> str:
-        return json.dumps((settings or _default_settings()).segmenter_options(), sort_keys=True)
+        """The segmenter and the device it really runs on (``auto`` and Force CPU resolved without
+        waiting for the device probe): a calibration on the GPU is not used for a CPU run."""
+        settings = settings or _default_settings()
+        resolved = self.resolveDevice(settings.device, settings.force_cpu, wait=False)
+        if resolved:
+            settings = replace(settings, device=resolved, force_cpu=False)
+        return json.dumps(settings.segmenter_options(), sort_keys=True)
 
     def startCalibration(self, settings: Optional[Any] = None, timeout: float = 300.0) -> CalibrationJob:
         """Time one encoder and one decoder pass of the chosen segmenter in the worker, without
@@ -45,10 +51,8 @@ class CalibrationMixin:
         if self.calibrationJob is not None:
             return self.calibrationJob
         settings = settings or _default_settings()
+        settings = replace(settings, device=self.resolveDevice(settings.device, settings.force_cpu), force_cpu=False)
         key = self.calibrationKey(settings)
-        resolved = self.resolveDevice(settings.device)
-        if resolved != settings.device:
-            settings = replace(settings, device=resolved)
         workdir = Path(tempfile.mkdtemp(prefix="xaiseg-calibrate-"))
         try:
             req = {"task": "calibrate", "segmenter": settings.segmenter_options(),

@@ -40,10 +40,11 @@ def _segmented_slices(request, shape: Sequence[int], axis: int):
     return count, roi_extent
 
 
-def estimate(request, shape: Sequence[int], geometry, calibration: Optional[Dict[str, float]] = None
-             ) -> Dict[str, Any]:
+def estimate(request, shape: Sequence[int], geometry, calibration: Optional[Dict[str, float]] = None,
+             device_label: Optional[str] = None) -> Dict[str, Any]:
     """Encoder/decoder passes and seconds of a :class:`~xaiseg.request.RunRequest` on a volume of
-    ``shape`` (k, j, i)."""
+    ``shape`` (k, j, i).  The text names ``device_label`` (e.g. "cuda (NVIDIA H200)"), else the
+    request's device; resolve ``auto`` before (:meth:`XAISegLogic.resolveDevice`)."""
     from xaiseg.volume import slicing_axis
 
     cal = dict(DEFAULT_SECONDS, **(calibration or {}))
@@ -67,7 +68,7 @@ def estimate(request, shape: Sequence[int], geometry, calibration: Optional[Dict
     seconds = cal["seconds_load"] + encoder * cal["seconds_encoder"] + decoder * cal["seconds_decoder"]
     device = request.segmenter.device
     text = (f"{seg_slices} slice(s) to segment; {encoder} encoder and {decoder} decoder passes; "
-            f"about {seconds / 60:.1f} min on {device}")
+            f"about {seconds / 60:.1f} min on {device_label or device}")
     if per_method:
         text += " (" + ", ".join(f"{k}: {v} evaluations" for k, v in per_method.items()) + ")"
     return {"slices": seg_slices, "encoder_passes": encoder, "decoder_passes": decoder, "per_method": per_method,

@@ -17,12 +17,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
 from . import device, mrml
 from .mrml import InputError
+from .parameters import PanelMixin
+from .run_settings import RunSettings, parse_request
 from .calibration import CalibrationJob, CalibrationMixin
 from .process import WorkerProcess
 from .reading import ReadingMixin
@@ -30,141 +32,6 @@ from .results import RunResult, load_results
 
 
 IDLE, RUNNING, SUCCEEDED, FAILED, CANCELLED = "idle", "running", "succeeded", "failed", "cancelled"
-
-
-def _segmenter_default(name: str):
-    from xaiseg.request import SegmenterSpec
-    from xaiseg.settings import defaults
-
-    return defaults(SegmenterSpec)[name]
-
-
-@dataclass
-class RunSettings:
-    """Everything the panel sets besides the input nodes; :meth:`request` turns it into the
-    engine's typed :class:`~xaiseg.request.RunRequest`, whose parser checks every value.
-
-    Empty or None fields take the request's defaults (``xaiseg.request`` and each method's
-    ``Settings``), so the panel and the command line share one set of defaults.
-    segmenter: ``litemedsam`` (built in), ``medsam`` (ViT-B ``checkpoint`` or ``url`` + ``sha256``)
-    or ``torch`` (a TorchScript ``checkpoint`` file).  methods: explanation methods to run after
-    segmenting (empty: segment only); ``common``: settings every method shares (seed,
-    metric_steps, threshold, sanity, ...); ``method_settings``: per-method settings.  roi: fields of
-    :class:`xaiseg.roi.RoiConfig` (empty: the embedding ROI).  slice_range: ``(first, last)`` array
-    indices along the slicing axis, or None for every slice the prompt covers.  explain_slices:
-    which slices to explain (a list, or text such as ``"80,82"`` / ``"80-84"``; None: every
-    segmented slice in the range).
-    """
-
-    name: str = ""
-    segmenter: str = field(default_factory=lambda: _segmenter_default("kind"))
-    checkpoint: str = ""
-    sha256: str = ""
-    url: str = ""
-    device: str = field(default_factory=lambda: _segmenter_default("device"))
-    class_index: Optional[int] = None
-    methods: Tuple[str, ...] = ()
-    common: Dict[str, Any] = field(default_factory=dict)
-    method_settings: Dict[str, Dict[str, Any]] = field(default_factory=dict)
-    roi: Dict[str, Any] = field(default_factory=dict)
-    slice_range: Optional[Tuple[int, int]] = None
-    explain_slices: Any = None
-    axis: str = "axial"
-    margin: int = 0
-    preprocessing: Dict[str, Any] = field(default_factory=dict)
-    seed: Optional[int] = None
-    threads: Optional[int] = None
-    narrator: str = "template"  # "" for no narrative; "template" is offline and instant
-    report_options: Dict[str, Any] = field(default_factory=dict)
-
-    def segmenter_options(self) -> Dict[str, Any]:
-        """The request's ``segmenter`` object (only what the panel set)."""
-        opts: Dict[str, Any] = {"kind": self.segmenter, "device": self.device}
-        key = "torchscript" if self.segmenter == "torch" else "checkpoint"
-        for k, v in ((key, self.checkpoint), ("sha256", self.sha256), ("class_index", self.class_index)):
-            if v not in (None, ""):
-                opts[k] = v
-        if self.segmenter == "medsam" and self.url:
-            opts["url"] = self.url
-        return opts
-
-    def explain_options(self) -> Optional[Dict[str, Any]]:
-        """The request's ``explain`` object, or None when no method is chosen."""
-        if not self.methods:
-            return None
-        common = dict(self.common)
-        if self.seed is not None:
-            common.setdefault("seed", self.seed)
-        return {"methods": [{"name": m, "settings": dict(self.method_settings.get(m, {}))} for m in self.methods],
-                "common": common, "roi": dict(self.roi), "slices": self.explain_slices,
-                "report": dict(self.report_options, narrator=self.narrator) if self.narrator else None}
-
-    def request_dict(self, input_file: str, output_dir: str, prompt: Dict[str, Any], name: str) -> Dict[str, Any]:
-        """The JSON form of the run request (what the worker reads)."""
-        data: Dict[str, Any] = {"input": input_file, "output_dir": output_dir, "name": name, "prompt": prompt,
-                                "segmenter": self.segmenter_options(), "preprocessing": dict(self.preprocessing),
-                                "axis": self.axis, "margin": self.margin, "slice_range": self.slice_range,
-                                "threads": self.threads}
-        explain = self.explain_options()
-        if explain:
-            data["explain"] = explain
-        return data
-
-    def request(self, input_file: str, output_dir: str, prompt: Dict[str, Any], name: str, base=None):
-        """The typed :class:`~xaiseg.request.RunRequest` (raises :class:`InputError` naming a bad value)."""
-        return parse_request(self.request_dict(input_file, output_dir, prompt, name), base)
-
-    def check(self) -> None:
-        """Check the settings alone (no volume or prompt yet), the ROI too when no method is chosen."""
-        self.request("input.nrrd", "output", {"type": "box", "lo_kji": [0, 0, 0], "hi_kji": [0, 0, 0]}, "check")
-        if not self.methods:
-            from xaiseg.errors import XAISegError
-            from xaiseg.roi import RoiConfig
-            from xaiseg.settings import build
-
-            try:
-                build(RoiConfig, self.roi, "roi")
-            except XAISegError as exc:
-                raise InputError(str(exc)) from None
-
-    def method_label(self) -> str:
-        return "+".join(self.methods) if self.methods else "segmentation"
-
-
-def parse_request(data: Dict[str, Any], base=None):
-    """The engine's one parser, with its errors raised as the panel's :class:`InputError`."""
-    from xaiseg.errors import XAISegError
-    from xaiseg.request import RunRequest
-
-    try:
-        return RunRequest.from_dict(data, base)
-    except XAISegError as exc:
-        raise InputError(str(exc)) from None
-
-
-def available_methods() -> List[Dict[str, Any]]:
-    """Every registered explanation method as the panel lists it: name, title, limits, whether it
-    perturbs, its requirements and its own settings (name, type, default, help, choices)."""
-    import dataclasses
-
-    from xaiseg.explain import EXPLAINERS
-    from xaiseg.settings import hints
-
-    out = []
-    for name, cls in EXPLAINERS.items():
-        types = hints(cls.Settings)
-        fields = []
-        for f in cls.method_fields():
-            meta = f.metadata or {}
-            if not meta.get("cli", True):
-                continue
-            fields.append({"name": f.name, "type": getattr(types[f.name], "__name__", str(types[f.name])),
-                           "default": None if f.default is dataclasses.MISSING else f.default,
-                           "help": meta.get("help", ""), "choices": meta.get("choices"),
-                           "minimum": meta.get("minimum"), "maximum": meta.get("maximum")})
-        out.append({"name": name, "title": cls.title, "limits": cls.limits, "perturbs": cls.perturbs,
-                    "requirements": [r.spec for r in cls.requirements], "settings": fields})
-    return out
 
 
 @dataclass
@@ -207,17 +74,18 @@ class Job:
     settings: RunSettings
     notes: List[str] = field(default_factory=list)
     process: Optional[WorkerProcess] = None
-    load_options: Dict[str, Any] = field(default_factory=dict)
 
 
-class XAISegLogic(ReadingMixin, CalibrationMixin):
+class XAISegLogic(ReadingMixin, CalibrationMixin, PanelMixin):
     """Runs segmentation and explanation through the worker and turns results into nodes.
 
     ``scene``: the MRML scene (default ``slicer.mrmlScene``); ``python``: the interpreter for the
     worker (default: Slicer's Python).  ``progressCallback(state)`` and ``logCallback(text)`` are
     called from :meth:`poll`; ``keepFiles`` keeps the worker's folder after loading; ``forceCpu``
-    runs on the CPU whatever device is chosen; ``stopGrace`` is how long a cancelled worker gets
-    to stop by itself before its process group is killed.
+    runs on the CPU whatever device is chosen (as ``RunSettings.force_cpu`` does); ``stopGrace`` is
+    how long a cancelled worker gets to stop by itself before its process group is killed.  The
+    panel's state lives in the scene's parameter node (:mod:`parameters`: :meth:`savePanel`,
+    :meth:`loadPanel`, :meth:`startFromPanel`).
     """
 
     def __init__(self, scene=None, python: Optional[str] = None) -> None:
@@ -236,7 +104,7 @@ class XAISegLogic(ReadingMixin, CalibrationMixin):
         self.calibration: Dict[str, Dict[str, float]] = {}
         self.calibrationJob: Optional[CalibrationJob] = None
         self._stopping: List[Any] = []
-        self._lastStart: Optional[Tuple[tuple, Dict[str, Any]]] = None
+        self._lastStart: Optional[tuple] = None
         self._probe: Optional[Any] = None
 
     @property
@@ -332,31 +200,49 @@ class XAISegLogic(ReadingMixin, CalibrationMixin):
         if self.deviceCallback is not None:
             self.deviceCallback(info)
 
-    def resolveDevice(self, requested: str) -> str:
-        """The device a run will use (``auto``: CUDA, then MPS, then CPU; ``forceCpu`` wins); raises
-        :class:`device.DeviceError` naming the fix when the chosen one cannot work."""
-        if self._probe is not None and not self.forceCpu and (requested or "").strip().lower() != "cpu":
+    def resolveDevice(self, requested: str, forceCpu: bool = False, wait: bool = True) -> str:
+        """The device a run will use (``auto``: CUDA, then MPS, then CPU; ``forceCpu`` or
+        :attr:`forceCpu` wins); raises :class:`device.DeviceError` naming the fix when the chosen one
+        cannot work.  With ``wait`` False it does not wait for a device probe still in flight (``""``:
+        not known yet); with no probe started and nothing known it asks torch at once (scripts, tests)."""
+        force = bool(forceCpu or self.forceCpu)
+        if force or (requested or "").strip().lower() == "cpu":
+            return device.resolve(requested, force_cpu=True)
+        if self._probe is not None:
+            if not wait and self._probe is not False and self._probe.poll() is None:
+                return ""
             self._advanceProbe(wait=True)
-        return device.resolve(requested, force_cpu=self.forceCpu, python=self.python)
+        return device.resolve(requested, force_cpu=False, python=self.python)
+
+    def _resolved(self, settings: RunSettings) -> RunSettings:
+        """``settings`` with its device resolved (``auto`` and Force CPU turned into the real device)."""
+        resolved = self.resolveDevice(settings.device, settings.force_cpu)
+        return settings if resolved == settings.device else dataclasses.replace(settings, device=resolved)
 
     def start(self, inputVolume, prompt, settings: Optional[RunSettings] = None, negativePoints=None,
-              target=None, *, outputSegmentation=None, show3D: bool = False) -> Job:
+              target=None, *, outputSegmentation=None, show3D: Optional[bool] = None) -> Job:
         """Check the inputs, then start the worker; call :meth:`poll` until it is no longer running.
 
-        outputSegmentation: add the mask as a segment of this segmentation node (default: a new
-        segmentation node); show3D: show the segmentation as a closed surface after loading.
+        Where the mask goes and whether it is shown in 3D come from ``settings.output_segmentation``
+        and ``settings.show_3d``; ``outputSegmentation`` (a segmentation node) and ``show3D``
+        override them for this run.
         """
         if self.running:
             raise RuntimeError("a run is in progress; cancel it or wait for it to finish")
         settings = settings or RunSettings()
-        resolved = self.resolveDevice(settings.device)
-        if resolved != settings.device:
-            settings = dataclasses.replace(settings, device=resolved)
+        if outputSegmentation is not None:
+            settings = dataclasses.replace(settings, output_segmentation=outputSegmentation.GetID())
+        if show3D is not None:
+            settings = dataclasses.replace(settings, show_3d=bool(show3D))
+        settings = self._resolved(settings)
+        output = self.scene.GetNodeByID(settings.output_segmentation) if settings.output_segmentation else None
+        if settings.output_segmentation and (output is None or not output.IsA("vtkMRMLSegmentationNode")):
+            raise InputError(f"the output segmentation ({settings.output_segmentation}) is not a segmentation node "
+                             "of the scene; choose another one or 'Create new segmentation'")
         job = self.buildJob(inputVolume, prompt, settings, negativePoints, target)
-        job.load_options = {"outputSegmentation": outputSegmentation, "show3D": bool(show3D)}
-        self._lastStart = ((inputVolume, prompt, settings, negativePoints, target), dict(job.load_options))
+        self._lastStart = (inputVolume, prompt, settings, negativePoints, target)
         self.result = None
-        self.state = RunState(status=RUNNING, message=f"starting the worker on {resolved}")
+        self.state = RunState(status=RUNNING, message=f"starting the worker on {settings.device}")
         for note in job.notes:
             self._log(note)
         job.process = WorkerProcess(job.workdir / "request.json", python=self.python)
@@ -365,11 +251,12 @@ class XAISegLogic(ReadingMixin, CalibrationMixin):
         return job
 
     def retryOnCpu(self) -> Job:
-        """Start the last run again on the CPU (offered after the GPU ran out of memory)."""
+        """Start the last run again on the CPU (offered after the GPU ran out of memory); the
+        output segmentation and Show 3D travel in its settings."""
         if self._lastStart is None:
             raise RuntimeError("there is no earlier run to repeat")
-        (volume, prompt, settings, negative, target), options = self._lastStart
-        return self.start(volume, prompt, dataclasses.replace(settings, device="cpu"), negative, target, **options)
+        volume, prompt, settings, negative, target = self._lastStart
+        return self.start(volume, prompt, dataclasses.replace(settings, device="cpu"), negative, target)
 
     def poll(self) -> RunState:
         """Read the worker's new events; when it finished, load its results (once).  Also moves
@@ -397,7 +284,7 @@ class XAISegLogic(ReadingMixin, CalibrationMixin):
         kind = final.get("event")
         if kind == "result" and returncode == 0:
             try:
-                self.result = self.loadResults(job, Path(final["output_dir"]), final, **job.load_options)
+                self.result = self.loadResults(job, Path(final["output_dir"]), final)
                 self.state.status = SUCCEEDED
                 self.state.message = f"done in {self.state.seconds:.0f} s"
             except Exception as exc:  # noqa: BLE001 - reported to the panel
@@ -515,10 +402,17 @@ class XAISegLogic(ReadingMixin, CalibrationMixin):
     # ------------------------------------------------------------------ results
 
     def loadResults(self, job: Job, outdir: Path, final: Optional[Dict[str, Any]] = None, *,
-                    outputSegmentation=None, show3D: bool = False, jump: bool = True) -> RunResult:
+                    outputSegmentation=None, show3D: Optional[bool] = None, jump: bool = True) -> RunResult:
         """Turn the worker's files into nodes (:func:`results.load_results`), show the first
         method over the input with its label map outlined, and move every view to the first
-        explained slice centred on the mask."""
+        explained slice centred on the mask.  The output segmentation and Show 3D come from the
+        job's settings; ``outputSegmentation`` / ``show3D`` override them."""
+        if outputSegmentation is None and job.settings.output_segmentation:
+            outputSegmentation = self.scene.GetNodeByID(job.settings.output_segmentation)
+            if outputSegmentation is None:
+                raise InputError(f"the output segmentation ({job.settings.output_segmentation}) was removed from "
+                                 "the scene during the run")
+        show3D = job.settings.show_3d if show3D is None else bool(show3D)
         result = load_results(self.scene, job, outdir, final, outputSegmentation=outputSegmentation, show3D=show3D)
         if result.saliency:
             self.showMethod(result, next(iter(result.saliency)))
@@ -532,8 +426,19 @@ class XAISegLogic(ReadingMixin, CalibrationMixin):
 
     def estimateCost(self, inputVolume, prompt, settings: Optional[RunSettings] = None, negativePoints=None,
                      calibration: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
-        """Model evaluations and minutes the run will take (from :meth:`calibrate` when given)."""
+        """Model evaluations and minutes the run will take, on the device it will run on (``auto``
+        resolved first; never waits for the device probe), from the calibration for this segmenter
+        and device when there is one (:meth:`calibrate`), else from reference figures."""
         from .cost import estimate
 
-        job = self.buildJob(inputVolume, prompt, settings or RunSettings(), negativePoints, write=False)
-        return estimate(job.request, mrml.volume_array_shape(inputVolume), mrml.geometry_of(inputVolume), calibration)
+        settings = settings or RunSettings()
+        resolved = self.resolveDevice(settings.device, settings.force_cpu, wait=False)
+        label = device.describe(resolved, device.cached(self.python)) if resolved else \
+            f"{settings.device} (still detecting the device)"
+        if resolved and resolved != settings.device:
+            settings = dataclasses.replace(settings, device=resolved)
+        if calibration is None:
+            calibration = self.calibration.get(self.calibrationKey(settings))
+        job = self.buildJob(inputVolume, prompt, settings, negativePoints, write=False)
+        return estimate(job.request, mrml.volume_array_shape(inputVolume), mrml.geometry_of(inputVolume), calibration,
+                        device_label=label)
