@@ -16,7 +16,8 @@ from xaiseg.explain.registry import unregister
 from xaiseg.preprocess import CT_WINDOWS, Preprocessing
 from xaiseg.settings import setting
 from XAISegExtensionLib import mrml, panel
-from XAISegExtensionLib.logic import RunSettings, XAISegLogic, available_methods
+from XAISegExtensionLib.logic import RunSettings, XAISegLogic
+from XAISegExtensionLib.run_settings import available_methods
 from XAISegExtensionLib.mrml import InputError
 from XAISegExtensionLib.parameters import PanelState, default_settings
 from XAISegExtensionLib.selftest import roi_from_kji

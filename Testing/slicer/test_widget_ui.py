@@ -166,7 +166,7 @@ def test_roi_sources_are_listed_in_the_engines_order_with_the_default_first():
 
 
 def test_no_method_is_hard_coded_in_the_ui_or_the_widget():
-    from XAISegExtensionLib.logic import available_methods
+    from XAISegExtensionLib.run_settings import available_methods
 
     widgets, _, _ = ui_widgets()
     names = [m["name"] for m in available_methods()]
