@@ -52,8 +52,8 @@ ROWS = {
     "unknown method": Row("explain", ["--method", "gradcam"], _explain(methods=["gradcam"]), errors.InputError,
                           "'gradcam' is unknown"),
     "method setting out of range": Row(
-        "explain", ["--patch", "0"], _explain(methods=[{"name": "occlusion", "settings": {"patch": 0}}]),
-        errors.InputError, "patch 0"),
+        "explain", ["--patch=-1"], _explain(methods=[{"name": "occlusion", "settings": {"patch": -1}}]),
+        errors.InputError, "patch -1"),
     "CLIP ROI without weights": Row("explain", ["--roi", "clip"], _explain(roi={"source": "clip"}), errors.InputError,
                                     "the CLIP ROI needs CLIP weights"),
     "CLIP weights folder missing": Row(
