@@ -140,7 +140,11 @@ def test_the_cascade_on_the_toy_ends_below_the_goal():
 def test_structure_sized_perturbations():
     toy = SquareEvidence()
     occ = make_explainer("occlusion", toy, grid="image")
-    assert occ.pixel_sizes((64, 64), (36, 36, 55, 55)) == (7, 4)  # a third of the 20 px box, stride half that
+    assert occ.pixel_sizes((64, 64), (36, 36, 55, 55)) == (20, 20)  # coarse level: the box's shorter side, tiled
+    ex = occ.replace(metric_steps=0).explain(evidence_image(), PROMPT, roi=whole_slice())
+    # only the coarse patch over most of the evidence square moved the score; it alone is refined
+    assert ex.details["patches_refined"] == 9 and ex.n_evaluations == ex.details["patches_full"] + 9
+    assert all(v < 20 for v in np.unravel_index(np.argmax(ex.raw), ex.raw.shape))
     ex = make_explainer("rise", toy, n_masks=100, check_every=50, metric_steps=0).explain(
         evidence_image(), PROMPT, roi=whole_slice())
     assert ex.details["cells"] == 7  # cells of half the 20 px box over the 64 px ROI

@@ -1,11 +1,14 @@
 """ROI-guided occlusion sensitivity (seed 001): square patches slide over the slice; only patches
 that overlap the ROI are evaluated (each removed whole), and a patch's score is the drop of the
-explained score when it is removed.
+explained score when it is removed; a pixel's value is the mean drop of the patches covering it.
 
-Patch size: by default sized from the structure - a third of the prompt box's shorter side, stride
-half the patch, within ``[MIN_PATCH, 64]`` model-grid pixels - so the map can be finer than the
-structure.  ``--patch 64 --stride 32`` gives seed 001's fixed size, measured on the model's input
-grid (``grid="model"``, LiteMedSAM's 256) or on the slice's pixels (``grid="image"``)."""
+Patch size, by default, from the structure, coarse to fine: first patches as large as the prompt
+box's shorter side (within ``[MIN_PATCH, 64]`` model-grid pixels) tile the ROI; then, only inside
+the coarse patches whose removal moved the score most (at least ``HOT`` of the largest drop), patches
+of half that size at a quarter's stride refine the map.  The map resolves the structure at a
+fraction of the passes a fine grid over the whole ROI would cost.  ``--patch 64 --stride 32`` gives
+seed 001's fixed single-level grid, measured on the model's input grid (``grid="model"``,
+LiteMedSAM's 256) or on the slice's pixels (``grid="image"``)."""
 from __future__ import annotations
 
 import math
@@ -29,15 +32,15 @@ def positions(length: int, patch: int, stride: int) -> List[int]:
     return starts
 
 
-MIN_PATCH = 4  # model-grid pixels: the smallest structure-sized patch
-STRUCTURE_FRACTION = 1.0 / 3.0  # structure-sized patch: this share of the box's shorter side
+MIN_PATCH = 8  # model-grid pixels: the smallest coarse structure-sized patch
+HOT = 0.5  # coarse patches refined: those whose drop reaches this share of the largest drop
 
 
 @dataclass(frozen=True)
 class OcclusionSettings(CommonSettings):
-    patch: int = setting(0, "occlusion patch, on the model grid (or the slice, see --occlusion-grid); 0: a third of "
-                            "the prompt box's shorter side (64 with --stride 32 is seed 001's fixed size)", minimum=0,
-                         flag="--patch")
+    patch: int = setting(0, "occlusion patch, on the model grid (or the slice, see --occlusion-grid); 0: sized "
+                            "from the structure, coarse to fine (64 with --stride 32 is seed 001's fixed size)",
+                         minimum=0, flag="--patch")
     stride: int = setting(0, "occlusion stride, on the same grid as the patch; 0: half the patch", minimum=0,
                           flag="--stride")
     grid: str = setting("model", "what patch and stride are measured on: the model's input grid or the slice's "
@@ -55,22 +58,26 @@ class Occlusion(Explainer):
     Settings = OcclusionSettings
 
     def grid_sizes(self, short_side: Optional[float], grid: int = 256) -> Tuple[float, float]:
-        """Patch and stride on the grid they are measured on; ``short_side``: the prompt box's shorter
-        side on that grid (for the structure-sized patch)."""
-        patch = float(self.patch)
-        if not patch:
-            side = short_side if short_side else grid / 4.0
-            patch = float(min(64.0, max(MIN_PATCH, round(side * STRUCTURE_FRACTION))))
-        stride = float(self.stride) if self.stride else max(1.0, round(patch / 2.0))
-        return patch, stride
+        """Patch and stride of the first (or only) level on the grid they are measured on;
+        ``short_side``: the prompt box's shorter side on that grid (for the structure-sized patch)."""
+        if self.patch:
+            patch = float(self.patch)
+            return patch, float(self.stride) if self.stride else max(1.0, round(patch / 2.0))
+        side = short_side if short_side else grid / 4.0
+        patch = float(min(64.0, max(MIN_PATCH, round(side))))
+        return patch, float(self.stride) if self.stride else patch
 
     def pixel_sizes(self, shape: Tuple[int, int], box=None) -> Tuple[int, int]:
-        """Patch and stride in slice pixels (``box``: the prompt box, for the structure-sized patch)."""
-        grid = getattr(self.segmenter, "model_grid", None)
-        f = max(shape) / float(grid) if self.grid == "model" and grid else 1.0
+        """Patch and stride of the first level in slice pixels (``box``: the prompt box)."""
+        f = self._scale(shape)
         short = None if box is None else min(box[2] - box[0] + 1, box[3] - box[1] + 1) / f
+        grid = getattr(self.segmenter, "model_grid", None)
         p, s = self.grid_sizes(short, int(grid or max(shape)))
         return max(1, int(round(p * f))), max(1, int(round(s * f)))
+
+    def _scale(self, shape: Tuple[int, int]) -> float:
+        grid = getattr(self.segmenter, "model_grid", None)
+        return max(shape) / float(grid) if self.grid == "model" and grid else 1.0
 
     def patches(self, shape: Tuple[int, int], box=None) -> List[Tuple[int, int, int]]:
         p, s = self.pixel_sizes(shape, box)
@@ -80,10 +87,39 @@ class Occlusion(Explainer):
         short = min(roi_extent) / 1.5 if roi_extent is not None else None  # the ROI is about the box plus context
         patch, stride = self.grid_sizes(short, grid)
         per_axis = len(positions(grid, int(round(patch)), int(round(stride))))
-        if roi_extent is None:
-            return per_axis * per_axis
-        counts = [min(per_axis, int(math.ceil((e + patch - 1) / stride))) for e in roi_extent]
-        return max(1, counts[0] * counts[1])
+        counts = [per_axis, per_axis] if roi_extent is None else \
+            [min(per_axis, int(math.ceil((e + patch - 1) / stride))) for e in roi_extent]
+        coarse = max(1, counts[0] * counts[1])
+        if self.patch:
+            return coarse
+        return coarse + 2 * 9  # about two coarse patches refined with 3 x 3 finer ones each (an estimate)
+
+    def _scores(self, engine: PerturbationEngine, chosen, shape) -> np.ndarray:
+        keeps = []
+        for y, x, p in chosen:
+            k = np.ones(shape, np.float32)
+            k[y:y + p, x:x + p] = 0.0
+            keeps.append(k)
+        # the ROI chooses the patches; each chosen patch is removed whole (seed 001), so inside the
+        # ROI this map equals full-image occlusion at a fraction of the cost
+        return engine.baseline - engine.scores(keeps, restrict=False, total=0)
+
+    def refined(self, coarse, drops, shape) -> List[Tuple[int, int, int]]:
+        """Finer patches (half the size, a quarter's stride) inside the coarse patches whose drop
+        reaches ``HOT`` of the largest one."""
+        top = float(np.max(drops)) if len(drops) else 0.0
+        if top <= 0:
+            return []
+        fine: set = set()
+        for (y, x, p), d in zip(coarse, drops):
+            if d < HOT * top:
+                continue
+            q = max(1, p // 2)
+            step = max(1, q // 2)
+            for yy in range(y, y + p - q + 1, step):
+                for xx in range(x, x + p - q + 1, step):
+                    fine.add((min(yy, shape[0] - q), min(xx, shape[1] - q), q))
+        return sorted(fine)
 
     def attribute(self, engine: PerturbationEngine) -> Attribution:
         from ..roi.geometry import prompt_box
@@ -92,20 +128,19 @@ class Occlusion(Explainer):
         box = prompt_box(engine.prompt, engine.reference) if not self.patch else None
         every = self.patches(shape, box)
         chosen = [(y, x, p) for (y, x, p) in every if engine.roi[y:y + p, x:x + p].any()]
-        keeps = []
-        for y, x, p in chosen:
-            k = np.ones(shape, np.float32)
-            k[y:y + p, x:x + p] = 0.0
-            keeps.append(k)
-        # the ROI chooses the patches; each chosen patch is removed whole (seed 001), so inside the
-        # ROI this map equals full-image occlusion at a fraction of the cost
-        drops = engine.baseline - engine.scores(keeps, restrict=False)
+        engine.progress.stage(engine.stage, len(chosen) + (0 if self.patch else 2 * 9))
+        drops = self._scores(engine, chosen, shape)
+        fine = [] if self.patch else self.refined(chosen, drops, shape)
+        if fine:
+            drops = np.concatenate([drops, self._scores(engine, fine, shape)])
         total = np.zeros(shape, np.float64)
         count = np.zeros(shape, np.float64)
-        for (y, x, p), d in zip(chosen, drops):
+        for (y, x, p), d in zip(chosen + fine, drops):
             total[y:y + p, x:x + p] += d
             count[y:y + p, x:x + p] += 1
+        engine.progress.done()
         raw = np.divide(total, count, out=np.zeros(shape), where=count > 0)
         p, s = self.pixel_sizes(shape, box)
-        return Attribution(raw, {"patches_evaluated": len(chosen), "patches_full": len(every), "patch_px": p,
-                                 "stride_px": s, "roi_ratio": len(chosen) / len(every)})
+        return Attribution(raw, {"patches_evaluated": len(chosen) + len(fine), "patches_full": len(every),
+                                 "patches_refined": len(fine), "patch_px": p, "stride_px": s,
+                                 "roi_ratio": len(chosen) / len(every)})
