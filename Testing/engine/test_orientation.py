@@ -12,7 +12,7 @@ from xaiseg.models.base import Embedding, PromptableSegmenter, SlicePrompt
 from xaiseg.orientation import (ALL, CANONICAL, IDENTITY, NAMES, InPlane, Layout, TTASegmenter, resolve,
                                 slice_layout, tta_turns)
 from xaiseg.pipeline import SegmentConfig, Session
-from xaiseg.volume import BoxPrompt, LabelBoxPrompt, PointsPrompt, VolumeSegmenter
+from xaiseg.volume import LabelBoxPrompt, PointsPrompt, VolumeSegmenter
 
 SHAPE = (5, 13, 20)  # (k, j, i): slices of 13 rows x 20 columns
 

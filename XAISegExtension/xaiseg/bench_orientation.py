@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .io import write_text_atomic
-from .orientation import ALL, CANONICAL, TTA_ORDER, InPlane, slice_layout
+from .orientation import ALL, resolve, slice_layout, tta_turns
 from .sample_data import DEMO_STRUCTURES
 
 TTA_SIZES = (2, 4, 8)
@@ -97,18 +97,20 @@ def measure_plane(segmenter, sample, plane: str = "axial", structures: Sequence[
     ranked = sorted(rows, key=lambda r: -r["mean"])
     array_row = rows[0]
     best = ranked[0]
+    # TTA as the engine runs it: the canonical turn, then TTA_ORDER (orientation.tta_turns)
+    auto = resolve("auto", sample.image.geometry, axis)
+    canonical = auto.turn
+    engine_order = [canonical.then(t).name for t in tta_turns(auto, 8)]
     tta = []
     for n in TTA_SIZES:
-        combo = [r["orientation"] for r in ranked[:n]]
+        combo = engine_order[:n]
         d = {s: dice_of(combo, s) for s in structures}
         tta.append({"n": n, "orientations": combo, "encoder_passes_per_slice": n, "dice": d,
                     "mean": float(np.mean(list(d.values())))})
-    canonical = layout.to(CANONICAL[layout.plane]) if layout.plane in CANONICAL else None
-    engine_tta = [layout.to(lay).name for lay in TTA_ORDER.get(layout.plane, ())]
     goal = {"array_mean": array_row["mean"], "best_mean": best["mean"], "gain": best["mean"] - array_row["mean"],
             "worst_drop": max(array_row["dice"][s] - best["dice"][s] for s in structures)}
     by_name = {r["orientation"]: r for r in rows}
-    chosen = by_name[canonical.name] if canonical is not None else best
+    chosen = by_name[canonical.name]
     # the same physical image stored in each of the 8 orders: "array" segments the row as stored,
     # "auto" always segments the canonical layout
     storage = [{"stored_as": r["orientation"], "rows": r["rows"], "cols": r["cols"], "array_mean": r["mean"],
@@ -118,7 +120,8 @@ def measure_plane(segmenter, sample, plane: str = "axial", structures: Sequence[
             "step": step, "slices": slices, "encoder_passes": passes, "seconds": time.perf_counter() - t0,
             "rows": rows, "ranking": [r["orientation"] for r in ranked],
             "best_layout": {"rows": best["rows"], "cols": best["cols"]}, "tta": tta, "goal": goal, "storage": storage,
-            "engine": {"canonical": canonical.name if canonical else None, "tta_order": engine_tta}}
+            "engine": {"canonical": canonical.name, "tta_order": engine_order,
+                       "tta_order_is_this_ranking": engine_order == [r["orientation"] for r in ranked]}}
 
 
 def _restrict(mask: np.ndarray, axis: int, keep: List[int]) -> np.ndarray:
@@ -144,10 +147,12 @@ def markdown(result: dict) -> List[str]:
         lines.append(f"| {r['orientation']}{mark} | {r['rows']} | {r['cols']} | "
                      + " | ".join(f"{r['dice'][s]:.3f}" for s in structures) + f" | {r['mean']:.3f} |")
     for t in result["tta"]:
-        lines.append(f"| TTA {t['n']} (best {t['n']}; {t['n']} encoder passes per slice) | | | "
+        lines.append(f"| TTA {t['n']} ({', '.join(t['orientations'])}; {t['n']} encoder passes per slice) | | | "
                      + " | ".join(f"{t['dice'][s]:.3f}" for s in structures) + f" | {t['mean']:.3f} |")
     g = result["goal"]
-    lines += ["", f"Best minus array: mean Dice {g['gain']:+.3f}; largest drop of one structure {g['worst_drop']:+.3f} "
+    same = "is" if result["engine"]["tta_order_is_this_ranking"] else "is NOT"
+    lines += ["", f"TTA N averages the logits of the first N orientations of the engine's order, which {same} "
+              "this measurement's ranking.", "", f"Best minus array: mean Dice {g['gain']:+.3f}; largest drop of one structure {g['worst_drop']:+.3f} "
               "(goal: gain >= +0.05, no drop above 0.02).", "",
               "The same physical image stored in each order (the array's slices laid out as below): mean Dice "
               "with `orientation=\"array\"` (the engine before) and `auto` (turned to the canonical layout):", "",

@@ -72,7 +72,7 @@ class InPlane:
             out = out[::-1]
         if self.flip_cols:
             out = out[:, ::-1]
-        return np.ascontiguousarray(out)
+        return np.array(out, order="C")
 
     def inverse(self) -> "InPlane":
         """The orientation that undoes this one (a flip before transposing is the other flip after)."""
