@@ -123,6 +123,16 @@ def test_layouts_of_known_direction_matrices():
         Layout("up", "R->L")
 
 
+def test_measured_orders_cover_each_plane_once_and_start_with_the_canonical_layout():
+    from xaiseg.orientation import TTA_ORDER
+
+    for plane, order in TTA_ORDER.items():
+        assert len(set(order)) == 8 and all(lay.plane == plane for lay in order) and order[0] == CANONICAL[plane]
+    # on MNI152 (i towards L, j towards A, k towards S) the measured best layouts are these turns
+    mni = geometry(MNI_DIRECTION)
+    assert [resolve("auto", mni, a).turn.name for a in range(3)] == ["identity", "flip_rows", "flip_both"]
+
+
 def test_auto_orientation_reaches_the_canonical_layout_from_every_direction_matrix():
     base = np.diag([-1.0, -1.0, 1.0])  # RAS-aligned axes, as LPS columns
     perms = [(0, 1, 2), (1, 0, 2), (2, 0, 1), (0, 2, 1)]
