@@ -312,3 +312,29 @@ def test_flipped_permuted_copy_gives_the_same_mask_in_physical_space(litemedsam)
     for k in chosen:
         image = np.ascontiguousarray(a.image01[k])
         assert np.array_equal(array.mask[k], litemedsam.segment(image, prompts[k]))
+
+
+def test_orientation_bench_with_an_equivariant_toy_scores_every_turn_alike(tmp_path):
+    pytest.importorskip("nibabel")
+    from xaiseg.bench_orientation import markdown, measure_plane
+    from xaiseg.sample_data import load_mni_atlas
+
+    sample = load_mni_atlas(("Left_Caudate",))
+    toy = BoxToy()
+    result = measure_plane(toy, sample, "axial", ("Left_Caudate",), step=8, cache=tmp_path / "axial", log=lambda m: None)
+    # the toy's mask is the box: Dice of the union of per-slice atlas boxes, whatever the turn
+    truth = sample.mask("Left_Caudate")
+    kept = [k for k in range(truth.shape[0]) if truth[k].any() and k % 8 == 0]
+    boxes = np.zeros_like(truth)
+    for k in kept:
+        ys, xs = np.nonzero(truth[k])
+        boxes[k, ys.min():ys.max() + 1, xs.min():xs.max() + 1] = True
+    sub = np.zeros_like(truth)
+    sub[kept] = truth[kept]
+    expected = 2 * (boxes & sub).sum() / (boxes.sum() + sub.sum())
+    assert result["slices"] == kept and toy.embed_calls == 8 * len(kept) == result["encoder_passes"]
+    assert all(r["mean"] == pytest.approx(expected) for r in result["rows"] + result["tta"])
+    assert result["engine"]["canonical"] == "identity" and {s["gain"] for s in result["storage"]} == {0.0}
+    assert "| identity (array) **canonical** | P->A | R->L |" in "\n".join(markdown(result))
+    again = measure_plane(toy, sample, "axial", ("Left_Caudate",), step=8, cache=tmp_path / "axial", log=lambda m: None)
+    assert again["encoder_passes"] == 0 and again["rows"] == result["rows"]  # resumed from the cache
