@@ -291,6 +291,7 @@ def test_flipped_permuted_copy_gives_the_same_mask_in_physical_space(litemedsam)
 
     a = Session(sample.image, litemedsam)
     b = Session(Volume.from_sitk(copy, "copy"), litemedsam)
+    assert a.segmenter is litemedsam and b.segmenter is litemedsam  # tta=1: the model itself, no wrapper
     assert (a.axis, b.axis) == (0, 2) and a.orientation.array_layout != b.orientation.array_layout
     assert a.orientation.layout == b.orientation.layout == CANONICAL["axial"]
     copy_label_array = sitk.GetArrayFromImage(copy_labels)
