@@ -155,7 +155,9 @@ def test_bad_settings_name_the_value():
 
 def toy_volume(n=3):
     arr = np.stack([evidence_image(seed=k) for k in range(n)]).astype(np.float32) * 1000
-    geom = Geometry((0.8, 0.8, 2.0), (10.0, -5.0, 3.0), tuple(np.eye(3).ravel()), arr.shape[::-1])
+    # stored in the canonical axial layout (rows P->A, cols R->L, as MNI152), so the engine's automatic
+    # turn is the identity and the position-dependent toy sees each slice as drawn
+    geom = Geometry((0.8, 0.8, 2.0), (10.0, -5.0, 3.0), (1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0), arr.shape[::-1])
     return Volume(arr, geom, "toy-volume")
 
 

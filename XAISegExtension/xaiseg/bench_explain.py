@@ -58,9 +58,10 @@ def slice_setup(session, seg, k: int):
     from .explain_volume import slice_prompt as _slice_prompt
     from .roi import RoiConfig, RoiFinder
 
-    image = session.volume_segmenter.slice(k)
-    prompt = _slice_prompt(next(r.prompt for r in seg.slices if r.index == k))
-    embedding, _ = session.volume_segmenter.embedding(k)
+    vs = session.volume_segmenter  # the slice and its prompt as the model sees them (turned)
+    image = vs.model_slice(k)
+    prompt = vs.to_model_prompt(_slice_prompt(next(r.prompt for r in seg.slices if r.index == k)))
+    embedding, _ = vs.embedding(k)
     mask = session.segmenter.decode(embedding, prompt.clipped(image.shape)) > 0
     region, _ = RoiFinder(RoiConfig("embedding")).find(image, prompt, mask, embedding)
     return image, prompt, embedding, mask, region
@@ -206,7 +207,8 @@ def layers_part(sample, segmenter, stride: int = 3, quick: bool = False) -> Dict
     per_slice: Dict[int, List] = {1: [], 2: [], 3: []}
     rois = {}
     for n, k in enumerate(ks):
-        image, p = session.volume_segmenter.slice(k), _slice_prompt(runs[k].prompt)
+        image, p = (session.volume_segmenter.model_slice(k),
+                    session.volume_segmenter.to_model_prompt(_slice_prompt(runs[k].prompt)))
         jobs = [0, 1, 2, 3]  # 0: segmentation, 1-3: the stages; the order rotates from slice to slice
         for job in jobs[n % 4:] + jobs[:n % 4]:
             t0 = time.perf_counter()
@@ -230,9 +232,12 @@ def layers_part(sample, segmenter, stride: int = 3, quick: bool = False) -> Dict
     redrawn = LayerMaps(randomized_copy(segmenter, seed=1, part="image_encoder"))
     prior, random_rows = [], {}
     for k in ks:
-        image, p = session.volume_segmenter.slice(k), _slice_prompt(runs[k].prompt)
-        prior.append(localisation(normalise01(spatial_weight(image.shape, p.box, 0.3), rois[k]), truth[k]))
-        for r in redrawn.explain(image, p, roi=rois[k], target=truth[k]).component_table:
+        image, p = (session.volume_segmenter.model_slice(k),
+                    session.volume_segmenter.to_model_prompt(_slice_prompt(runs[k].prompt)))
+        to_model = session.volume_segmenter.to_model
+        prior.append(localisation(normalise01(spatial_weight(image.shape, p.box, 0.3), to_model(rois[k])),
+                                  to_model(truth[k])))
+        for r in redrawn.explain(image, p, roi=to_model(rois[k]), target=to_model(truth[k])).component_table:
             random_rows.setdefault(r["layer"], []).append(r)
     return {"slices": ks, "segmentation_seconds": seg_seconds, "stages": stages, "tables": tables,
             "spatial_weighting_alone": {k: mean(prior, k) for k in keys},

@@ -115,6 +115,11 @@ def add_segment_options(s: argparse.ArgumentParser) -> None:
                                                                           "(default ijk voxels)")
     s.add_argument("--axis", help="slicing plane: axial (default), coronal, sagittal, or array axis 0/1/2")
     s.add_argument("--margin", type=int, help="pixels added around propagated boxes (default 0)")
+    s.add_argument("--orientation", help="how each slice is turned before the model: auto (default: the layout "
+                                          "LiteMedSAM segments best, read from the direction matrix), array (as "
+                                          "stored), or a turn such as transpose, flip_rows, rot90")
+    s.add_argument("--tta", type=int, help="average the model's logits over this many orientations (1-8; N encoder "
+                                           "passes per slice; default 1)")
     s.add_argument("--slice-range", help="segment only slices FIRST-LAST along the slicing axis (default: all the "
                                          "prompt covers)")
     s.add_argument("--series", help="DICOM SeriesInstanceUID when the folder holds several series")

@@ -283,19 +283,24 @@ def explain_volume(session, segmentation, explainers: Sequence, roi=None, slices
         return f"{ex.name} slice {k} ({n}/{len(chosen)})"
 
     logits: Dict[int, np.ndarray] = {}
-    for n, k in enumerate(chosen, 1):  # 1. attribution
+    model_prompts: Dict[int, Any] = {}
+    for n, k in enumerate(chosen, 1):  # 1. attribution, on the slice as the model sees it (turned)
         progress.check()
-        image, prompt = vs.slice(k), prompts[k]
+        image, prompt = vs.model_slice(k), vs.to_model_prompt(prompts[k].clipped(vs.slice_shape))
         embedding, _ = vs.embedding(k)
-        logits[k] = session.segmenter.decode(embedding, prompt.clipped(image.shape))  # decoded once, shared
-        region, source = finder.find(image, prompt, logits[k] > 0, embedding, take(roi_mask, k))
-        put_plane(run.roi, axis, k, region.astype(np.uint8))
-        run.roi_sources[k], run.images[k] = source, image
+        logits[k] = session.segmenter.decode(embedding, prompt)  # decoded once, shared
+        given = take(roi_mask, k)
+        region, source = finder.find(image, prompt, logits[k] > 0, embedding,
+                                     None if given is None else vs.to_model(given))
+        put_plane(run.roi, axis, k, vs.from_model(region).astype(np.uint8))
+        run.roi_sources[k], run.images[k], model_prompts[k] = source, vs.slice(k), prompt
+        truth = take(target, k)
         for ex in bound:
             run.explanations[ex.name][k] = ex.explain(image, prompt, roi=region, roi_source=source,
-                                                      target=take(target, k), progress=progress, stage=stage(ex, n, k),
-                                                      embedding=embedding, logits=logits[k], measure=False)
-    rois = {k: np.take(run.roi, k, axis=axis).astype(bool) for k in chosen}
+                                                      target=None if truth is None else vs.to_model(truth),
+                                                      progress=progress, stage=stage(ex, n, k), embedding=embedding,
+                                                      logits=logits[k], measure=False)
+    rois = {k: vs.to_model(np.take(run.roi, k, axis=axis).astype(bool)) for k in chosen}
     scales = {}
     for ex in bound:  # 2. one display scale per structure
         per_slice = run.explanations[ex.name]
@@ -303,13 +308,14 @@ def explain_volume(session, segmentation, explainers: Sequence, roi=None, slices
         scales[ex.name] = scale
         for k, e in per_slice.items():
             per_slice[k] = _with_saliency(e, display_map(e.raw, e.roi, scale))
-    for n, k in enumerate(chosen, 1):  # 3. metrics, shared per slice
+    for n, k in enumerate(chosen, 1):  # 3. metrics, shared per slice; then back to array order
         shared = SliceShared()
         embedding, _ = vs.embedding(k)
         for ex in bound:
             e = run.explanations[ex.name][k]
-            engine = _engine(ex, e, run.images[k], prompts[k], embedding, logits[k], progress, stage(ex, n, k))
-            e = measure(ex, e, engine, progress, stage(ex, n, k), shared)
+            engine = _engine(ex, e, vs.model_slice(k), model_prompts[k], embedding, logits[k], progress,
+                             stage(ex, n, k))
+            e = _in_array_order(measure(ex, e, engine, progress, stage(ex, n, k), shared), vs)
             run.explanations[ex.name][k] = e
             put_plane(run.saliency[ex.name], axis, k, e.saliency)
             for part, plane in e.components.items():
@@ -326,8 +332,21 @@ def explain_volume(session, segmentation, explainers: Sequence, roi=None, slices
     run.record["roi"] = roi.record()
     run.record["methods"] = {ex.name: ex.settings() for ex in bound}
     run.record["display_scale"] = {name: scale for name, scale in scales.items()}
+    if hasattr(session, "orientation_record"):
+        run.record["orientation"] = session.orientation_record()
     run.consistency = {ex.name: adjacent_consistency(run.explanations[ex.name]) for ex in bound}
     return run
+
+
+def _in_array_order(explanation, vs):
+    """An explanation made on the model slice, with every map turned back to the array's order."""
+    import dataclasses
+
+    back = vs.from_model
+    return dataclasses.replace(
+        explanation, saliency=back(explanation.saliency), raw=back(explanation.raw), roi=back(explanation.roi),
+        reference=back(explanation.reference), components={k: back(v) for k, v in explanation.components.items()},
+        target=None if explanation.target is None else back(explanation.target))
 
 
 def _with_saliency(explanation, saliency: np.ndarray):

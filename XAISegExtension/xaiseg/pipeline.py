@@ -13,8 +13,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
+from .errors import InputError
 from .io import Volume, check_intensities, move_into, staged, volume_suffix, write_text_atomic, write_volume
 from .models.base import PromptableSegmenter
+from .orientation import InPlane, TTASegmenter, resolve, tta_turns
 from .preprocess import Preprocessing, normalise
 from .progress import Progress, ensure
 from .record import dumps, run_record
@@ -28,15 +30,27 @@ class SegmentConfig:
     axis: ``axial`` (default), ``coronal``, ``sagittal`` or an array axis 0/1/2.
     margin: pixels added around each propagated box.
     cache_mb: memory for cached slice embeddings.
+    orientation: how slices are turned before the model: ``auto`` (the canonical layout of the
+    slice's plane, derived from the direction matrix; :mod:`xaiseg.orientation`), ``array``
+    (as the array holds them) or the name of an :class:`~xaiseg.orientation.InPlane`.
+    tta: number of orientations whose logits are averaged (1: none; N costs N encoder passes
+    per slice).
     """
 
     axis: Union[str, int] = "axial"
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     margin: int = 0
     cache_mb: int = 1024
+    orientation: Union[str, InPlane] = "auto"
+    tta: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tta, bool) or not isinstance(self.tta, (int, np.integer)) or not 1 <= int(self.tta) <= 8:
+            raise InputError(f"tta {self.tta!r} is invalid; expected a whole number of orientations from 1 to 8")
 
     def record(self) -> dict:
-        return {"axis": self.axis, "margin": self.margin, "cache_mb": self.cache_mb}
+        return {"axis": self.axis, "margin": self.margin, "cache_mb": self.cache_mb,
+                "orientation": str(self.orientation), "tta": int(self.tta)}
 
 
 @dataclass
@@ -64,18 +78,44 @@ class SegmentResult:
 
 
 class Session:
-    """One volume, preprocessed once, with one segmenter and an embedding cache shared by prompts."""
+    """One volume, preprocessed once, with one segmenter and an embedding cache shared by prompts.
+
+    ``segmenter`` is the model as the run uses it: with ``tta`` > 1 a
+    :class:`~xaiseg.orientation.TTASegmenter` around ``base_segmenter``.  ``orientation`` says how
+    slices are turned before the model (``volume_segmenter`` speaks array order and turns for the model).
+    """
 
     def __init__(self, volume: Volume, segmenter: PromptableSegmenter, config: Optional[SegmentConfig] = None):
         self.config = config or SegmentConfig()
         check_intensities(volume.array, volume.source or "volume")
         self.volume = volume
-        self.segmenter = segmenter
         t0 = time.perf_counter()
         self.image01, self.bounds = normalise(volume.array, self.config.preprocessing)
         self.preprocess_seconds = time.perf_counter() - t0
         self.axis = slicing_axis(volume.geometry, self.config.axis)
-        self.volume_segmenter = VolumeSegmenter(segmenter, self.image01, self.axis, self.config.cache_mb << 20)
+        requested = self.config.orientation
+        if requested == "auto" and not getattr(segmenter, "uses_prompt", True):
+            requested = "array"  # the canonical layouts were measured for promptable SAM models only
+        self.orientation = resolve(requested, volume.geometry, self.axis)
+        self.base_segmenter = segmenter
+        self.tta = tta_turns(self.orientation, self.config.tta)
+        self.segmenter = TTASegmenter(segmenter, self.tta) if len(self.tta) > 1 else segmenter
+        self.volume_segmenter = VolumeSegmenter(self.segmenter, self.image01, self.axis, self.config.cache_mb << 20,
+                                      self.orientation.turn)
+
+    def orientation_record(self) -> dict:
+        """The orientation the model sees (turn and physical layout) and the TTA turns with their cost."""
+        layout = self.orientation.layout
+        tta = [{"orientation": g.name, **layout.after(g).record()} for g in self.tta]
+        return dict(self.orientation.record(), tta=tta, encoder_passes_per_slice=len(self.tta))
+
+    def _evaluations(self, slices_encoded: int, prompts_decoded: int) -> dict:
+        """Model passes: each slice encoded and each prompt decoded costs one pass per TTA turn."""
+        n = len(self.tta)
+        out = {"encoder_passes": slices_encoded * n, "decoder_passes": prompts_decoded * n}
+        if n > 1:
+            out.update(slices_encoded=slices_encoded, prompts_decoded=prompts_decoded)
+        return out
 
     def preprocessing_record(self) -> dict:
         rec = self.config.preprocessing.record()
@@ -90,10 +130,10 @@ class Session:
         seconds = time.perf_counter() - t0
         record = run_record(
             model=self.segmenter.describe(), preprocessing=self.preprocessing_record(),
-            prompt=prompt.record(), settings=dict(self.config.record(), slicing_axis_index=self.axis),
+            prompt=prompt.record(), settings=dict(self.config.record(), slicing_axis_index=self.axis,
+                                                  orientation=self.orientation_record()),
             seconds=seconds, source=self.volume.source,
-            evaluations={"encoder_passes": self.volume_segmenter.encoder_passes - enc0,
-                         "decoder_passes": self.volume_segmenter.decoder_passes - dec0},
+            evaluations=self._evaluations(self.volume_segmenter.encoder_passes - enc0, self.volume_segmenter.decoder_passes - dec0),
         )
         record["slices"] = [asdict(r) for r in runs]
         record.update(input_record(self.volume))
@@ -150,8 +190,9 @@ def run(request, progress: Optional[Progress] = None, log: Optional[Callable[[st
             torch.set_num_threads(int(request.threads))
         segmenter = request.segmenter.load(progress)
         log(f"segmenter: {segmenter.describe().get('name', request.segmenter.kind)}")
-        session = Session(volume, segmenter, SegmentConfig(axis=request.axis, preprocessing=request.preprocessing,
-                                                           margin=request.margin))
+        session = Session(volume, segmenter, SegmentConfig(
+            axis=request.axis, preprocessing=request.preprocessing, margin=request.margin,
+            orientation=request.orientation, tta=request.tta))
         seg = session.segment(plan.prompt, name=request.name, progress=progress)
         if not seg.mask.any():
             log("the segmentation is empty: the model found nothing inside the prompt")

@@ -99,7 +99,9 @@ def _prompt_from_shap(args) -> int:
                                  args.class_index, args.input_size, args.device, args.seed)
     segmenter = (load_segmenter("litemedsam", device=args.device) if args.model == "litemedsam" else
                  load_segmenter("medsam", checkpoint=args.checkpoint, sha256=args.sha256, device=args.device))
-    session = Session(volume, segmenter, SegmentConfig(axis=args.axis, preprocessing=preprocessing_from(args)))
+    # the classifier reads the slice as the array holds it, so the segmenter sees it unturned too
+    session = Session(volume, segmenter, SegmentConfig(axis=args.axis, preprocessing=preprocessing_from(args),
+                                                       orientation="array"))
     name = safe_name(args.name) if args.name else stem_name(args.volume)
     progress = Progress() if args.quiet else TqdmProgress()
     image = session.volume_segmenter.slice(k)

@@ -376,6 +376,8 @@ class RunRequest:
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     axis: str = "axial"
     margin: int = 0
+    orientation: str = "auto"  # how slices are turned before the model: auto, array or a turn's name
+    tta: int = 1  # orientations whose logits are averaged (N encoder passes per slice)
     slice_range: Optional[Tuple[int, int]] = None
     format: str = "nrrd"
     explain: Optional[ExplainSpec] = None
@@ -423,6 +425,7 @@ class RunRequest:
             series=data.get("series") or None, segmenter=build(SegmenterSpec, segmenter, "segmenter"),
             preprocessing=build(Preprocessing, data.get("preprocessing") or {}, "preprocessing"), axis=axis,
             margin=_nonnegative(data.get("margin", 0), "margin"),
+            orientation=_orientation(data.get("orientation", "auto")), tta=_tta(data.get("tta", 1)),
             slice_range=parse_range(data.get("slice_range"), "slice range"), format=fmt,
             explain=ExplainSpec.from_dict(explain, base, name) if explain else None,
             threads=None if threads is None else _positive(threads, "threads", MAX_THREADS),
@@ -434,7 +437,7 @@ class RunRequest:
         return {"version": REQUEST_VERSION, "input": self.input, "output_dir": self.output_dir, "name": self.name,
                 "series": self.series, "prompt": self.prompt.to_dict(), "segmenter": as_dict(self.segmenter),
                 "preprocessing": as_dict(self.preprocessing), "axis": self.axis, "margin": self.margin,
-                "slice_range": list(self.slice_range) if self.slice_range else None, "format": self.format,
+                "orientation": self.orientation, "tta": self.tta, "slice_range": list(self.slice_range) if self.slice_range else None, "format": self.format,
                 "explain": self.explain.to_dict() if self.explain else None, "threads": self.threads,
                 "allow_gaps": self.allow_gaps, "replace_nonfinite": self.replace_nonfinite}
 
@@ -449,6 +452,22 @@ def _mapping(value: Any, what: str) -> Dict[str, Any]:
     if not isinstance(value, Mapping):
         raise InputError(f"{what} {value!r} must be an object (name: value)")
     return dict(value)
+
+
+def _orientation(value: Any) -> str:
+    from .orientation import InPlane
+
+    text = str(value)
+    if text not in ("auto", "array"):
+        InPlane.named(text)  # an unknown name raises, listing the known ones
+    return text
+
+
+def _tta(value: Any) -> int:
+    n = coerce(value, int, "tta")
+    if not 1 <= n <= 8:
+        raise InputError(f"tta {value!r} must be a number of orientations from 1 to 8")
+    return n
 
 
 def _positive(value: Any, what: str, most: int) -> int:

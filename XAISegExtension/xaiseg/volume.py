@@ -3,6 +3,8 @@ prompts (including propagation of one 3D box from its central slice), caching ev
 embedding, and stacking slice masks back into a 3D mask on the volume's grid.
 
 All indices here are in numpy array order ``(k, j, i)``; the CLI converts from ``i, j, k`` or RAS.
+Slices, prompts and masks are in array order at this module's surface; the model sees each slice
+turned into the run's orientation (:mod:`xaiseg.orientation`), and its output is turned back.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import numpy as np
 from .errors import DimensionError, GeometryError, InputError, PromptError
 from .io import Geometry, axis_codes
 from .models.base import Embedding, PromptableSegmenter, SlicePrompt
+from .orientation import IDENTITY, InPlane
 from .progress import Progress, ensure
 
 ANATOMICAL_AXES = {"axial": "SI", "coronal": "AP", "sagittal": "LR"}
@@ -170,15 +173,21 @@ class VolumeSegmenter:
 
     image01: float32 array in [0, 1], shape (k, j, i); axis: array axis to slice along.
     cache_bytes: the least-recently used embeddings are dropped above this size.
+    orientation: how each array slice is turned before the model (the "model slice"); prompts
+    are turned with it and the model's output is turned back, so callers speak array order.
+    The cache holds embeddings of model slices.
     """
 
     def __init__(self, segmenter: PromptableSegmenter, image01: np.ndarray, axis: int = 0,
-                 cache_bytes: int = 1 << 30) -> None:
+                 cache_bytes: int = 1 << 30, orientation: InPlane = IDENTITY) -> None:
         if image01.ndim != 3:
             raise DimensionError(f"a 3D volume is needed, got an array of shape {image01.shape}")
+        if not isinstance(orientation, InPlane):
+            raise InputError(f"orientation {orientation!r} is not an InPlane; build one with InPlane.named()")
         self.segmenter = segmenter
         self.image = image01
         self.axis = int(axis)
+        self.orientation = orientation
         self.cache_bytes = int(cache_bytes)
         self._cache: "OrderedDict[int, Embedding]" = OrderedDict()
         self.encoder_passes = 0
@@ -189,28 +198,63 @@ class VolumeSegmenter:
         return self.image.shape[self.axis]
 
     def slice(self, k: int) -> np.ndarray:
+        """Slice ``k`` as the array holds it."""
         return np.ascontiguousarray(np.take(self.image, k, axis=self.axis))
 
+    # the model's view -------------------------------------------------------------------------
+    def model_slice(self, k: int) -> np.ndarray:
+        """Slice ``k`` as the model sees it (turned into the run's orientation)."""
+        return self.orientation.apply(self.slice(k))
+
+    @property
+    def model_shape(self) -> Tuple[int, int]:
+        return self.orientation.shape(self.slice_shape)
+
+    def to_model_prompt(self, prompt: SlicePrompt) -> SlicePrompt:
+        """An array-order slice prompt as a prompt on the model slice."""
+        return self.orientation.prompt(prompt, self.slice_shape)
+
+    def from_model(self, plane: np.ndarray) -> np.ndarray:
+        """A plane on the model slice (mask, logits, saliency, ROI) back in array order (exact)."""
+        return self.orientation.invert(plane)
+
+    def to_model(self, plane: np.ndarray) -> np.ndarray:
+        """An array-order plane (a mask, a ground truth) as the model slice sees it."""
+        return self.orientation.apply(plane)
+
+    def put(self, out: np.ndarray, k: int, plane: np.ndarray) -> None:
+        """Write an array-order plane into slice ``k`` of the 3D volume ``out``."""
+        put_plane(out, self.axis, k, plane)
+
     def embedding(self, k: int) -> Tuple[Embedding, bool]:
-        """Embedding of slice ``k`` and whether it had to be computed."""
+        """Embedding of model slice ``k`` and whether it had to be computed."""
         if k in self._cache:
             self._cache.move_to_end(k)
             return self._cache[k], False
-        emb = self.segmenter.embed(self.slice(k))
+        emb = self.segmenter.embed(self.model_slice(k))
         self.encoder_passes += 1
         self._cache[k] = emb
         while len(self._cache) > 1 and sum(e.nbytes for e in self._cache.values()) > self.cache_bytes:
             self._cache.popitem(last=False)
         return emb, True
 
-    def segment_slice(self, k: int, prompt: SlicePrompt) -> Tuple[np.ndarray, SliceRun]:
+    def logits(self, k: int, prompt: SlicePrompt) -> Tuple[np.ndarray, bool]:
+        """The model's logits for an array-order ``prompt`` on slice ``k``, in array order, and
+        whether the slice had to be encoded."""
         shape = self.slice_shape
         prompt.check_inside(shape)
+        emb, encoded = self.embedding(k)
+        out = self.from_model(self.segmenter.decode(emb, self.to_model_prompt(prompt.clipped(shape))))
+        self.decoder_passes += 1
+        return out, encoded
+
+    def segment_slice(self, k: int, prompt: SlicePrompt) -> Tuple[np.ndarray, SliceRun]:
+        prompt.check_inside(self.slice_shape)
         t0 = time.perf_counter()
         emb, encoded = self.embedding(k)
         t1 = time.perf_counter()
-        mask = self.segmenter.decode(emb, prompt.clipped(shape)) > 0
-        self.decoder_passes += 1
+        logits, _ = self.logits(k, prompt)
+        mask = logits > 0
         t2 = time.perf_counter()
         return mask, SliceRun(int(k), prompt.record(), int(mask.sum()), encoded, t1 - t0, t2 - t1)
 
@@ -232,7 +276,7 @@ class VolumeSegmenter:
         for k in sorted(prompts):
             progress.check()
             mask, run = self.segment_slice(k, prompts[k])
-            put_plane(out, self.axis, k, mask)
+            self.put(out, k, mask)
             runs.append(run)
             progress.step(slice=int(k), voxels=run.voxels)
         progress.done()
@@ -253,7 +297,7 @@ class VolumeSegmenter:
         progress.stage(stage, hi - lo + 1)
         progress.check()
         first, run = self.segment_slice(centre, SlicePrompt(box=box.slice_box(a)))
-        put_plane(out, self.axis, centre, first)
+        self.put(out, centre, first)
         runs.append(run)
         progress.step(slice=centre, voxels=run.voxels)
         h, w = self.slice_shape
@@ -269,7 +313,7 @@ class VolumeSegmenter:
                 prompt = SlicePrompt(box=(max(0, x0 - margin), max(0, y0 - margin),
                                           min(w - 1, x1 + margin), min(h - 1, y1 + margin)))
                 prev, run = self.segment_slice(k, prompt)
-                put_plane(out, self.axis, k, prev)
+                self.put(out, k, prev)
                 runs.append(run)
                 progress.step(slice=int(k), voxels=run.voxels)
                 k += direction
