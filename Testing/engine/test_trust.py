@@ -12,7 +12,7 @@ from toys import SquareEvidence, evidence_image
 from xaiseg.explain import make_explainer
 from xaiseg.io import Geometry, Volume
 from xaiseg.models.base import SlicePrompt
-from xaiseg.pipeline import Session
+from xaiseg.pipeline import SegmentConfig, Session
 from xaiseg.roi import RoiConfig
 from xaiseg.volume import BoxPrompt
 
@@ -68,7 +68,8 @@ def toy_volume(intensities):
 
 
 def explain_volume(intensities, scaling, roi_mask=None, **kw):
-    session = Session(toy_volume(intensities), SquareEvidence())
+    # the toy looks at fixed pixels, so its slices must reach it unturned
+    session = Session(toy_volume(intensities), SquareEvidence(), SegmentConfig(orientation="array"))
     n = len(intensities)
     seg = session.segment(BoxPrompt((0, 36, 36), (n - 1, 55, 55)), name="toy")
     settings = dict(FINE, metric_steps=2, score="logit", scaling=scaling)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -22,6 +22,36 @@ from .names import safe_name
 from .progress import Progress, ensure
 from .record import dumps, run_record
 from .volume import put_plane
+
+
+class PlaneVolumes(Mapping):
+    """Volumes assembled on demand from the explained slices' planes, one at a time, so a run holds
+    its maps as planes (a few MB a slice) and never one full volume per method and layer at once.
+
+    ``planes[key][k]`` is the 2D plane of slice ``k``; ``volumes[key]`` is a new float32 volume of
+    ``shape`` with those planes along ``axis`` and 0 elsewhere.
+    """
+
+    def __init__(self, shape, axis: int, planes: Optional[Dict[str, Dict[int, np.ndarray]]] = None) -> None:
+        self.shape, self.axis = tuple(shape), int(axis)
+        self.planes: Dict[str, Dict[int, np.ndarray]] = planes if planes is not None else {}
+
+    def put(self, key: str, k: int, plane: np.ndarray) -> None:
+        self.planes.setdefault(key, {})[int(k)] = np.asarray(plane, np.float32)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self.planes:
+            raise KeyError(key)
+        out = np.zeros(self.shape, np.float32)
+        for k, plane in self.planes[key].items():
+            put_plane(out, self.axis, k, plane)
+        return out
+
+    def __iter__(self):
+        return iter(self.planes)
+
+    def __len__(self) -> int:
+        return len(self.planes)
 
 
 @dataclass
@@ -40,11 +70,11 @@ class ExplainRun:
     slices: List[int]
     roi: np.ndarray
     roi_sources: Dict[int, str]
-    saliency: Dict[str, np.ndarray]
+    saliency: Mapping[str, np.ndarray]  # a PlaneVolumes: each volume built when asked for
     explanations: Dict[str, Dict[int, Any]]
     images: Dict[int, np.ndarray]
     record: Dict
-    components: Dict[str, Dict[str, np.ndarray]] = field(default_factory=dict)
+    components: Dict[str, Mapping[str, np.ndarray]] = field(default_factory=dict)  # method -> PlaneVolumes
     kinds: Dict[str, str] = field(default_factory=dict)  # method -> what its components are ("layer")
     consistency: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # method -> adjacent-slice Spearman
     perturbs: Dict[str, bool] = field(default_factory=dict)  # method -> whether its raw map is in score units
@@ -52,10 +82,8 @@ class ExplainRun:
     def raw(self, method: str) -> np.ndarray:
         """The method's raw maps (score units: the explained score lost when a region is removed) as a
         volume on the input's grid, 0 off the explained slices."""
-        out = np.zeros(self.roi.shape, np.float32)
-        for k, ex in self.explanations[method].items():
-            put_plane(out, self.axis, k, ex.raw)
-        return out
+        return PlaneVolumes(self.roi.shape, self.axis, {
+            method: {k: ex.raw for k, ex in self.explanations[method].items()}})[method]
 
     def metrics(self) -> Dict:
         """The metrics document (``NAME_metrics.json``) without its file names."""
@@ -272,7 +300,7 @@ def explain_volume(session, segmentation, explainers: Sequence, roi=None, slices
     bound = [ex if ex.segmenter is not None else ex.bind(session.segmenter) for ex in explainers]
     prompts = {r.index: slice_prompt(r.prompt) for r in segmentation.slices}
     run = ExplainRun(segmentation.name, segmentation, axis, chosen, np.zeros(shape, np.uint8), {},
-                     {ex.name: np.zeros(shape, np.float32) for ex in bound}, {ex.name: {} for ex in bound}, {}, {},
+                     PlaneVolumes(shape, axis), {ex.name: {} for ex in bound}, {}, {},
                      kinds={ex.name: ex.component_kind for ex in bound}, perturbs={ex.name: ex.perturbs for ex in bound})
     t0, enc0 = time.perf_counter(), vs.encoder_passes
 
@@ -317,10 +345,9 @@ def explain_volume(session, segmentation, explainers: Sequence, roi=None, slices
                              stage(ex, n, k))
             e = _in_array_order(measure(ex, e, engine, progress, stage(ex, n, k), shared), vs)
             run.explanations[ex.name][k] = e
-            put_plane(run.saliency[ex.name], axis, k, e.saliency)
+            run.saliency.put(ex.name, k, e.saliency)
             for part, plane in e.components.items():
-                volumes = run.components.setdefault(ex.name, {})
-                put_plane(volumes.setdefault(part, np.zeros(shape, np.float32)), axis, k, plane)
+                run.components.setdefault(ex.name, PlaneVolumes(shape, axis)).put(part, k, plane)
     evaluations = {ex.name: int(sum(e.n_evaluations for e in run.explanations[ex.name].values())) for ex in bound}
     run.record = run_record(model=session.segmenter.describe(), preprocessing=session.preprocessing_record(),
                             prompt=segmentation.record.get("prompt", {}),
