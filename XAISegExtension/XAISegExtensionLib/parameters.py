@@ -15,13 +15,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple
 
+from xaiseg.explain.registry import DEFAULT_METHODS  # the command line's default too
+
 from .mrml import InputError
 from .run_settings import RunSettings
 
 MODULE_NAME = "XAISegExtension"
 PARAMETERS_VERSION = "1"
 PROMPT_TYPES = ("box", "points", "segment")
-DEFAULT_METHODS = ("occlusion",)  # the command line's default method (xaiseg explain without --method)
 
 
 def _ref(role: str, default: str = "") -> Any:

@@ -127,22 +127,46 @@ def load_results(scene, job, outdir: Path, final: Optional[Dict[str, Any]] = Non
     seg_record = read_json(outdir / f"{name}_run.json") or {}
     record = dict(files.get("record") or seg_record)
     mask = read_array(outdir / f"{name}_mask.nrrd", input_node)
+    folder = _run_folder(scene, job)
+    result = RunResult(folder, metrics=files, record=record, input_volume=input_node)
+    result.segmentation, result.segment_id = segment_output.write_mask(
+        scene, mask, input_node, job.settings.name or "structure", run_key=job.run_key,
+        node_name=f"{job.base_name} segmentation", segmentation=outputSegmentation)
+    result.output_segmentation = outputSegmentation is not None
+    if show3D:
+        segment_output.show_3d(result.segmentation)
+    loaded = {f"{name}_mask.nrrd"} | _load_maps(scene, job, outdir, files, input_node, result)
+    for path in _manifest_volumes(outdir, final, files):  # anything else the engine wrote
+        if path.name not in loaded:
+            stem = path.stem[len(name) + 1:] if path.stem.startswith(name) else path.stem
+            node = mrml.add_volume(scene, read_array(path, input_node).astype(np.float32), input_node,
+                                   f"{job.base_name} {stem}")
+            mrml.style_saliency(scene, node)
+            result.extra_volumes.append(node)
+    _add_texts(scene, job, outdir, files, seg_record, record, mask, input_node, final, result)
+    for node in result.nodes():
+        mrml.place_in_folder(scene, folder, node)
+        mrml.set_run_attributes(node, record, job.run_key)
+    _where_to_read(result, mask, files, final)
+    return result
+
+
+def _run_folder(scene, job) -> int:
+    """A new subject-hierarchy folder for the run, replacing the folder of an earlier run of it."""
     sh = mrml.subject_hierarchy(scene)
     old = mrml.find_run_folder(scene, job.run_key)
     if old:
         mrml.remove_run_folder(scene, old)
     folder = sh.CreateFolderItem(sh.GetSceneItemID(), f"XAISeg {job.base_name} - {job.settings.method_label()}")
     sh.SetItemAttribute(folder, mrml.RUN_KEY, job.run_key)
-    result = RunResult(folder, metrics=files, record=record, input_volume=input_node)
-    structure = job.settings.name or "structure"
-    result.segmentation, result.segment_id = segment_output.write_mask(
-        scene, mask, input_node, structure, run_key=job.run_key, node_name=f"{job.base_name} segmentation",
-        segmentation=outputSegmentation)
-    result.output_segmentation = outputSegmentation is not None
-    if show3D:
-        segment_output.show_3d(result.segmentation)
-    loaded = {f"{name}_mask.nrrd"}
-    roi_path = outdir / f"{name}_roi.nrrd"
+    return folder
+
+
+def _load_maps(scene, job, outdir: Path, files: Dict[str, Any], input_node, result: RunResult) -> set:
+    """The ROI, each method's display map, label map and raw map, and the layer maps as a sequence;
+    the names of the files loaded."""
+    loaded = set()
+    roi_path = outdir / f"{job.request.name}_roi.nrrd"
     if roi_path.is_file():
         result.roi = mrml.add_volume(scene, read_array(roi_path, input_node).astype(np.uint8), input_node,
                                      f"{job.base_name} explained ROI", labelmap=True)
@@ -151,43 +175,40 @@ def load_results(scene, job, outdir: Path, final: Optional[Dict[str, Any]] = Non
     for method, info in (files.get("methods") or {}).items():
         mfiles = info.get("files") or {}
         layer_files = mfiles.get("layers") or {}
-        if isinstance(layer_files, dict) and layer_files:
-            paths = {layer: outdir / f for layer, f in layer_files.items() if (outdir / f).is_file()}
-            if paths:
-                result.layers, result.layer_browser, result.layer_proxy = add_layer_sequence(
-                    scene, paths, input_node, f"{job.base_name} {method}")
-                loaded.update(p.name for p in paths.values())
+        paths = {layer: outdir / f for layer, f in layer_files.items() if (outdir / f).is_file()} \
+            if isinstance(layer_files, dict) else {}
+        if paths:
+            result.layers, result.layer_browser, result.layer_proxy = add_layer_sequence(
+                scene, paths, input_node, f"{job.base_name} {method}")
+            loaded.update(p.name for p in paths.values())
         for key in ("saliency", "label", "raw"):
             fname = mfiles.get(key)
-            if not isinstance(fname, str) or not (outdir / fname).is_file():
-                continue
-            array = read_array(outdir / fname, input_node)
-            loaded.add(fname)
-            if key == "label":
-                node = mrml.add_volume(scene, array.astype(np.uint8), input_node, f"{job.base_name} {method} label",
-                                       labelmap=True)
-                mrml.style_label(scene, node)
-                result.labels[method] = node
-            elif key == "raw":  # the score lost per pixel, for reading values; shown as a plain volume
-                node = mrml.add_volume(scene, array.astype(np.float32), input_node,
-                                       f"{job.base_name} {method} raw (score units)")
-                result.raw[method] = node
-            else:
-                node = mrml.add_volume(scene, array.astype(np.float32), input_node,
-                                       f"{job.base_name} {method} saliency")
-                mrml.style_saliency(scene, node)
-                result.saliency[method] = node
-                evidence = [k for k, v in (info.get("slices") or {}).items() if v.get("evidence") is False]
-                node.SetAttribute("XAISeg.noEvidenceSlices", ",".join(sorted(evidence, key=int)))
-    for path in _manifest_volumes(outdir, final, files):  # anything else the engine wrote (raw maps, ...)
-        if path.name in loaded:
-            continue
-        stem = path.stem[len(name) + 1:] if path.stem.startswith(name) else path.stem
-        node = mrml.add_volume(scene, read_array(path, input_node).astype(np.float32), input_node,
-                               f"{job.base_name} {stem}")
+            if isinstance(fname, str) and (outdir / fname).is_file():
+                _add_map(scene, key, method, read_array(outdir / fname, input_node), input_node, job, info, result)
+                loaded.add(fname)
+    return loaded
+
+
+def _add_map(scene, key: str, method: str, array: np.ndarray, input_node, job, info: Dict[str, Any],
+             result: RunResult) -> None:
+    base = f"{job.base_name} {method}"
+    if key == "label":
+        node = mrml.add_volume(scene, array.astype(np.uint8), input_node, f"{base} label", labelmap=True)
+        mrml.style_label(scene, node)
+        result.labels[method] = node
+    elif key == "raw":  # the score lost per pixel, for reading values; shown as a plain volume
+        result.raw[method] = mrml.add_volume(scene, array.astype(np.float32), input_node, f"{base} raw (score units)")
+    else:
+        node = mrml.add_volume(scene, array.astype(np.float32), input_node, f"{base} saliency")
         mrml.style_saliency(scene, node)
-        result.extra_volumes.append(node)
-    narrative = _narrative(outdir, name, files)
+        result.saliency[method] = node
+        quiet = [k for k, v in (info.get("slices") or {}).items() if v.get("evidence") is False]
+        node.SetAttribute("XAISeg.noEvidenceSlices", ",".join(sorted(quiet, key=int)))
+
+
+def _add_texts(scene, job, outdir: Path, files, seg_record, record, mask, input_node, final, result: RunResult) -> None:
+    """The narrative, the metrics table and the run record as text."""
+    narrative = _narrative(outdir, job.request.name, files)
     if narrative:
         result.narrative = mrml.add_text(scene, f"{job.base_name} narrative", str(narrative))
     result.table = mrml.add_metrics_table(scene, f"{job.base_name} metrics",
@@ -195,11 +216,6 @@ def load_results(scene, job, outdir: Path, final: Optional[Dict[str, Any]] = Non
     result.record_text = mrml.add_text(scene, f"{job.base_name} run record",
                                        json.dumps({"request": job.request.to_dict(), "record": record, "metrics": files},
                                                   indent=2, default=str))
-    for node in result.nodes():
-        mrml.place_in_folder(scene, folder, node)
-        mrml.set_run_attributes(node, record, job.run_key)
-    _where_to_read(result, mask, files, final)
-    return result
 
 
 def _where_to_read(result: RunResult, mask: np.ndarray, files: Dict[str, Any],

@@ -139,10 +139,10 @@ def run_selftest(scene, volume_node, lo_kji, hi_kji, truth: Optional[np.ndarray]
         assert node.GetAttribute("XAISeg.weightsSHA256"), f"{node.GetName()} lacks the run record"
     figures = {"model": True, "voxels": int(mask.sum()), "seconds": logic.state.seconds}
     if truth is not None:
+        from xaiseg.volume import plane_index
+
         sel = np.zeros(mask.shape, bool)
-        index = [slice(None)] * 3
-        index[axis] = slice(first, last + 1)
-        sel[tuple(index)] = True
+        sel[plane_index(axis, slice(first, last + 1))] = True
         inter = float((mask.astype(bool) & truth.astype(bool) & sel).sum())
         dice = 2 * inter / max(1.0, float((mask.astype(bool) & sel).sum() + (truth.astype(bool) & sel).sum()))
         figures["dice"] = dice

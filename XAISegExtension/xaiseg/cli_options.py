@@ -210,13 +210,13 @@ def _add_field(group, flag: str, settings_cls: type, f: dataclasses.Field, dest:
 
 def add_explain_options(e: argparse.ArgumentParser) -> None:
     """--method, --slices, the ROI, the settings every method shares and each method's own."""
-    from .explain import EXPLAINERS, CommonSettings, methods
+    from .explain import DEFAULT_METHODS, EXPLAINERS, CommonSettings, methods
     from .roi import SOURCES
 
     g = e.add_argument_group("explanation")
     g.add_argument("--method", default=None,
                    help=f"{', '.join(methods())}, a comma-separated list, or all (the perturbation methods: "
-                        f"{', '.join(methods(perturbation_only=True))}); default occlusion")
+                        f"{', '.join(methods(perturbation_only=True))}); default {', '.join(DEFAULT_METHODS)}")
     g.add_argument("--slices", help="explain only these slice indices along the slicing axis, e.g. '80,82' or "
                                     "'80-84' (default: every slice with a mask)")
     for f in dataclasses.fields(CommonSettings):
@@ -242,9 +242,9 @@ def add_explain_options(e: argparse.ArgumentParser) -> None:
 
 def explain_dict(args) -> Dict[str, Any]:
     """The explain options as the request's ``explain`` object."""
-    from .explain import CommonSettings, expand
+    from .explain import DEFAULT_METHODS, CommonSettings, expand
 
-    names = expand(args.method or "occlusion")
+    names = expand(args.method or ",".join(DEFAULT_METHODS))
     common = {f.name: getattr(args, f"common_{f.name}") for f in dataclasses.fields(CommonSettings)
               if getattr(args, f"common_{f.name}", None) is not None}
     flags = _method_flags()

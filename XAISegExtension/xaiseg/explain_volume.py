@@ -278,91 +278,124 @@ def explain_volume(session, segmentation, explainers: Sequence, roi=None, slices
                    roi_mask: Optional[np.ndarray] = None) -> ExplainRun:
     """Explain ``segmentation`` slice by slice with each explainer (see :meth:`Session.explain`).
 
-    Three passes: attribution on every explained slice (one ROI per slice, the slice's logits
-    decoded once and shared), then one display scale per method over the whole structure (or per
-    slice, as the method's ``scaling`` says), then the metrics stage on every slice - with the
-    noise level and the trivial maps shared by the methods on a slice - and the consistency of
-    adjacent slices.
+    Three passes (:class:`_VolumeExplanation`): attribution on every explained slice (one ROI per
+    slice, the slice's logits decoded once and shared), then one display scale per method over the
+    whole structure (or per slice, as the method's ``scaling`` says), then the metrics stage on every
+    slice - with the noise level and the trivial maps shared by the methods on a slice - and the
+    consistency of adjacent slices.
     """
-    from .explain.measure import SliceShared, measure
-    from .roi import RoiConfig, RoiFinder
+    from .roi import RoiConfig
 
-    progress = ensure(progress)
-    roi = roi or RoiConfig()
     _check_explainers(explainers)
-    chosen = _chosen_slices(segmentation, slices)
     shape = session.volume.shape
     for array, what in ((target, "target mask"), (roi_mask, "ROI mask")):
         if array is not None and array.shape != shape:
             raise InputError(f"{what} of shape {array.shape} does not match the volume's shape {shape}")
-    finder = RoiFinder(roi)
-    vs, axis = session.volume_segmenter, session.axis
-    bound = [ex if ex.segmenter is not None else ex.bind(session.segmenter) for ex in explainers]
-    prompts = {r.index: slice_prompt(r.prompt) for r in segmentation.slices}
-    run = ExplainRun(segmentation.name, segmentation, axis, chosen, np.zeros(shape, np.uint8), {},
-                     PlaneVolumes(shape, axis), {ex.name: {} for ex in bound}, {}, {},
-                     kinds={ex.name: ex.component_kind for ex in bound}, perturbs={ex.name: ex.perturbs for ex in bound})
-    t0, enc0 = time.perf_counter(), vs.encoder_passes
+    job = _VolumeExplanation(session, segmentation, explainers, roi or RoiConfig(),
+                             _chosen_slices(segmentation, slices), target, roi_mask, ensure(progress))
+    t0, enc0 = time.perf_counter(), session.volume_segmenter.encoder_passes
+    job.attribute()
+    scales = job.scale()
+    job.measure()
+    return job.finish(scales, time.perf_counter() - t0, session.volume_segmenter.encoder_passes - enc0)
 
-    def take(volume, k):
-        return None if volume is None else np.take(volume, k, axis=axis).astype(bool)
 
-    def stage(ex, n, k):
-        return f"{ex.name} slice {k} ({n}/{len(chosen)})"
+class _VolumeExplanation:
+    """One explanation of a segmented volume, pass by pass (see :func:`explain_volume`).  The
+    explainers work on each slice as the model sees it (turned into the run's orientation); every
+    map is turned back to the array's order before it is kept."""
 
-    logits: Dict[int, np.ndarray] = {}
-    model_prompts: Dict[int, Any] = {}
-    for n, k in enumerate(chosen, 1):  # 1. attribution, on the slice as the model sees it (turned)
-        progress.check()
-        image, prompt = vs.model_slice(k), vs.to_model_prompt(prompts[k].clipped(vs.slice_shape))
-        embedding, _ = vs.embedding(k)
-        logits[k] = session.segmenter.decode(embedding, prompt)  # decoded once, shared
-        given = take(roi_mask, k)
-        region, source = finder.find(image, prompt, logits[k] > 0, embedding,
-                                     None if given is None else vs.to_model(given))
-        put_plane(run.roi, axis, k, vs.from_model(region).astype(np.uint8))
-        run.roi_sources[k], run.images[k], model_prompts[k] = source, vs.slice(k), prompt
-        truth = take(target, k)
-        for ex in bound:
-            run.explanations[ex.name][k] = ex.explain(image, prompt, roi=region, roi_source=source,
-                                                      target=None if truth is None else vs.to_model(truth),
-                                                      progress=progress, stage=stage(ex, n, k), embedding=embedding,
-                                                      logits=logits[k], measure=False)
-    rois = {k: vs.to_model(np.take(run.roi, k, axis=axis).astype(bool)) for k in chosen}
-    scales = {}
-    for ex in bound:  # 2. one display scale per structure
-        per_slice = run.explanations[ex.name]
-        scale = structure_scale({k: e.raw for k, e in per_slice.items()}, rois) if ex.scaling == "structure" else None
-        scales[ex.name] = scale
-        for k, e in per_slice.items():
-            per_slice[k] = _with_saliency(e, display_map(e.raw, e.roi, scale))
-    for n, k in enumerate(chosen, 1):  # 3. metrics, shared per slice; then back to array order
-        shared = SliceShared()
-        embedding, _ = vs.embedding(k)
-        for ex in bound:
-            e = run.explanations[ex.name][k]
-            engine = _engine(ex, e, vs.model_slice(k), model_prompts[k], embedding, logits[k], progress,
-                             stage(ex, n, k))
-            e = _in_array_order(measure(ex, e, engine, progress, stage(ex, n, k), shared), vs)
-            run.explanations[ex.name][k] = e
-            run.saliency.put(ex.name, k, e.saliency)
-            for part, plane in e.components.items():
-                run.components.setdefault(ex.name, PlaneVolumes(shape, axis)).put(part, k, plane)
-    evaluations = {ex.name: int(sum(e.n_evaluations for e in run.explanations[ex.name].values())) for ex in bound}
-    run.record = run_record(model=session.segmenter.describe(), preprocessing=session.preprocessing_record(),
-                            prompt=segmentation.record.get("prompt", {}),
-                            settings={"slicing_axis_index": axis, "slices": chosen},
-                            seconds=time.perf_counter() - t0, source=session.volume.source,
-                            evaluations={"perturbed_encoder_passes": evaluations,
-                                         "slice_encoder_passes": vs.encoder_passes - enc0},
-                            seed=bound[0].seed)
-    run.record["roi"] = roi.record()
-    run.record["methods"] = {ex.name: ex.settings() for ex in bound}
-    run.record["display_scale"] = {name: scale for name, scale in scales.items()}
-    if hasattr(session, "orientation_record"):
-        run.record["orientation"] = session.orientation_record()
-    run.consistency = {ex.name: adjacent_consistency(run.explanations[ex.name]) for ex in bound}
-    return run
+    def __init__(self, session, segmentation, explainers, roi, chosen, target, roi_mask, progress) -> None:
+        from .roi import RoiFinder
+
+        self.session, self.segmentation, self.roi, self.chosen = session, segmentation, roi, chosen
+        self.target, self.roi_mask, self.progress = target, roi_mask, progress
+        self.finder = RoiFinder(roi)
+        self.vs, self.axis = session.volume_segmenter, session.axis
+        self.bound = [ex if ex.segmenter is not None else ex.bind(session.segmenter) for ex in explainers]
+        self.prompts = {r.index: slice_prompt(r.prompt) for r in segmentation.slices}
+        self.model_prompts: Dict[int, Any] = {}
+        self.logits: Dict[int, np.ndarray] = {}
+        shape = session.volume.shape
+        self.run = ExplainRun(segmentation.name, segmentation, self.axis, chosen, np.zeros(shape, np.uint8), {},
+                              PlaneVolumes(shape, self.axis), {ex.name: {} for ex in self.bound}, {}, {},
+                              kinds={ex.name: ex.component_kind for ex in self.bound},
+                              perturbs={ex.name: ex.perturbs for ex in self.bound})
+
+    def _take(self, volume, k):
+        return None if volume is None else self.vs.to_model(np.take(volume, k, axis=self.axis).astype(bool))
+
+    def _stage(self, ex, n: int, k: int) -> str:
+        return f"{ex.name} slice {k} ({n}/{len(self.chosen)})"
+
+    def attribute(self) -> None:
+        """Pass 1: the ROI of every slice and each method's attribution there."""
+        vs, run = self.vs, self.run
+        for n, k in enumerate(self.chosen, 1):
+            self.progress.check()
+            image, prompt = vs.model_slice(k), vs.to_model_prompt(self.prompts[k].clipped(vs.slice_shape))
+            embedding, _ = vs.embedding(k)
+            self.logits[k] = self.session.segmenter.decode(embedding, prompt)  # decoded once, shared
+            region, source = self.finder.find(image, prompt, self.logits[k] > 0, embedding,
+                                              self._take(self.roi_mask, k))
+            put_plane(run.roi, self.axis, k, vs.from_model(region).astype(np.uint8))
+            run.roi_sources[k], run.images[k], self.model_prompts[k] = source, vs.slice(k), prompt
+            for ex in self.bound:
+                run.explanations[ex.name][k] = ex.explain(
+                    image, prompt, roi=region, roi_source=source, target=self._take(self.target, k),
+                    progress=self.progress, stage=self._stage(ex, n, k), embedding=embedding, logits=self.logits[k],
+                    measure=False)
+
+    def scale(self) -> Dict[str, Optional[float]]:
+        """Pass 2: one display scale per method over the structure (None: per slice)."""
+        scales = {}
+        for ex in self.bound:
+            per_slice = self.run.explanations[ex.name]
+            scale = structure_scale({k: e.raw for k, e in per_slice.items()},
+                                    {k: e.roi for k, e in per_slice.items()}) if ex.scaling == "structure" else None
+            scales[ex.name] = scale
+            for k, e in per_slice.items():
+                per_slice[k] = _with_saliency(e, display_map(e.raw, e.roi, scale))
+        return scales
+
+    def measure(self) -> None:
+        """Pass 3: the metrics stage on every slice (what the methods there share, computed once),
+        then every map back in the array's order."""
+        from .explain.measure import SliceShared, measure
+
+        vs, run, shape = self.vs, self.run, self.session.volume.shape
+        for n, k in enumerate(self.chosen, 1):
+            shared = SliceShared()
+            embedding, _ = vs.embedding(k)
+            for ex in self.bound:
+                stage = self._stage(ex, n, k)
+                e = run.explanations[ex.name][k]
+                engine = _engine(ex, e, vs.model_slice(k), self.model_prompts[k], embedding, self.logits[k],
+                                 self.progress, stage)
+                e = _in_array_order(measure(ex, e, engine, self.progress, stage, shared), vs)
+                run.explanations[ex.name][k] = e
+                run.saliency.put(ex.name, k, e.saliency)
+                for part, plane in e.components.items():
+                    run.components.setdefault(ex.name, PlaneVolumes(shape, self.axis)).put(part, k, plane)
+
+    def finish(self, scales, seconds: float, slice_passes: int) -> ExplainRun:
+        """The run record and the adjacent-slice consistency."""
+        run, session, bound = self.run, self.session, self.bound
+        evaluations = {ex.name: int(sum(e.n_evaluations for e in run.explanations[ex.name].values())) for ex in bound}
+        run.record = run_record(model=session.segmenter.describe(), preprocessing=session.preprocessing_record(),
+                                prompt=self.segmentation.record.get("prompt", {}),
+                                settings={"slicing_axis_index": self.axis, "slices": self.chosen},
+                                seconds=seconds, source=session.volume.source,
+                                evaluations={"perturbed_encoder_passes": evaluations,
+                                             "slice_encoder_passes": slice_passes},
+                                seed=bound[0].seed)
+        run.record["roi"] = self.roi.record()
+        run.record["methods"] = {ex.name: ex.settings() for ex in bound}
+        run.record["display_scale"] = dict(scales)
+        if hasattr(session, "orientation_record"):
+            run.record["orientation"] = session.orientation_record()
+        run.consistency = {ex.name: adjacent_consistency(run.explanations[ex.name]) for ex in bound}
+        return run
 
 
 def _in_array_order(explanation, vs):

@@ -7,7 +7,7 @@ one by name; see docs/explain.md and docs/architecture.md.
 from __future__ import annotations
 
 from .base import Attribution, CommonSettings, Explainer, Explanation, PerturbationEngine
-from .registry import EXPLAINERS, explainer_class, expand, limits_of, make_explainer, methods, register, title_of
+from .registry import DEFAULT_METHODS, EXPLAINERS, explainer_class, expand, limits_of, make_explainer, methods, register, title_of
 
 # the built-in methods register themselves on import, in this order
 from .occlusion import Occlusion  # noqa: E402
@@ -16,6 +16,6 @@ from .lime import LIME  # noqa: E402
 from .shap import SHAP  # noqa: E402
 from .layers import LayerMaps  # noqa: E402
 
-__all__ = ["EXPLAINERS", "Attribution", "CommonSettings", "Explainer", "Explanation", "PerturbationEngine",
+__all__ = ["DEFAULT_METHODS", "EXPLAINERS", "Attribution", "CommonSettings", "Explainer", "Explanation", "PerturbationEngine",
            "explainer_class", "expand", "limits_of", "make_explainer", "methods", "register", "title_of",
            "Occlusion", "RISE", "LIME", "SHAP", "LayerMaps"]

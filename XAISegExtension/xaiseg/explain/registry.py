@@ -7,6 +7,8 @@ from typing import Any, Dict, List, Type
 from ..errors import InputError
 
 EXPLAINERS: Dict[str, Type] = {}
+#: what is explained when no method is named (the command line without --method, a new panel)
+DEFAULT_METHODS = ("occlusion",)
 
 
 def register(cls: Type) -> Type:
