@@ -124,9 +124,16 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
         previous = json.loads(path.read_text())
         result.update({k: v for k, v in previous.items() if k in ("maps", "cascade", "fills") and k not in parts})
     t0 = time.perf_counter()
-    if "maps" in parts:
-        result["maps"] = {name: structure_rows(session, sample, name, pairs, masks, progress) for name in structures}
-        _save(outdir, result)
+    if "maps" in parts:  # one structure at a time, saved as it comes; a re-run resumes after the last
+        done = {}
+        if path.is_file():
+            previous = json.loads(path.read_text())
+            if previous.get("pairs") == pairs and previous.get("masks") == masks:
+                done = previous.get("maps") or {}
+        result["maps"] = {}
+        for name in structures:
+            result["maps"][name] = done.get(name) or structure_rows(session, sample, name, pairs, masks, progress)
+            _save(outdir, result)
     if "cascade" in parts:
         result["cascade"] = {structures[0]: cascade_rows(session, sample, structures[0], min(masks, 100),
                                                          ("occlusion", "rise", "layers"), progress)}
