@@ -15,7 +15,7 @@ from .process import WorkerProcess
 
 
 def _default_settings():
-    from .logic import RunSettings
+    from .run_settings import RunSettings
 
     return RunSettings()
 
