@@ -53,8 +53,16 @@ def structure_rows(session, sample, name: str, pairs: Optional[int], masks: int,
     from .volume import LabelBoxPrompt
 
     truth = sample.mask(name)
-    seg = session.segment(LabelBoxPrompt(truth.astype(np.uint8), 1), name=name, progress=progress)
-    slices = adjacent_pairs([r.index for r in seg.slices if r.voxels > 0], pairs)
+    from .volume import plane_index
+
+    axis = session.axis
+    atlas_slices = [int(k) for k in np.nonzero(truth.any(axis=tuple(a for a in range(3) if a != axis)))[0]]
+    slices = adjacent_pairs(atlas_slices, pairs)
+    boxes = np.zeros(truth.shape, np.uint8)  # only the explained slices are segmented (tight atlas boxes)
+    for k in slices:
+        boxes[plane_index(axis, k)] = truth[plane_index(axis, k)]
+    seg = session.segment(LabelBoxPrompt(boxes, 1), name=name, progress=progress)
+    slices = [k for k in slices if any(r.index == k and r.voxels for r in seg.slices)]
     t0 = time.perf_counter()
     run = session.explain(seg, _explainers(masks), slices=slices, target=truth, progress=progress)
     seconds = time.perf_counter() - t0
