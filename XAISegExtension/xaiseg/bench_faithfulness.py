@@ -44,8 +44,8 @@ def _explainers(masks: int, cascade: bool = False, fill: str = "zero", only: Seq
     from .explain import make_explainer
 
     common = dict(baselines=True, metric_steps=8, fill=fill, cascade=cascade)
-    per = {"occlusion": {}, "rise": {"n_masks": masks}, "layers": {"metric_steps": 8}}
-    return [make_explainer(m, **common, **per[m]) for m in only]
+    per = {"occlusion": {}, "rise": {"n_masks": masks}, "layers": {}}  # layers too: curves and trivial maps
+    return [make_explainer(m, **dict(common, **per[m])) for m in only]
 
 
 def structure_rows(session, sample, name: str, pairs: Optional[int], masks: int, progress) -> Dict:
