@@ -59,7 +59,7 @@ class CommonSettings:
                                  "the ROI, or the mean logit in the mask", choices=SCORES)
     fill: str = setting("zero", "what removed pixels become", choices=FILLS)
     batch_size: int = setting(0, "perturbed images per model call (0: chosen from the device - 1 on a CPU, "
-                                 "where larger batches cost more per image, 8 on a GPU)", minimum=0)
+                                 "where larger batches are no cheaper per image, 8 on a GPU)", minimum=0)
     seed: int = setting(0, "seed of every random draw")
     metric_steps: int = setting(8, "points on the deletion/insertion curves, one encoder pass each (0: skip)",
                                 minimum=0)
@@ -152,9 +152,12 @@ def fill_image(image: np.ndarray, fill: str) -> np.ndarray:
 
 
 def preferred_batch(segmenter) -> int:
-    """Perturbed images per model call when the user did not choose: 1 on a CPU (where a batch of 8
-    costs about twice as much per image as single passes on LiteMedSAM, docs/benchmarks/speed.md),
-    8 on an accelerator."""
+    """Perturbed images per model call when the user did not choose: 1 on a CPU, 8 on an accelerator.
+
+    On the 2-core CPU measured (docs/benchmarks/speed.md) larger batches of full LiteMedSAM passes
+    are no cheaper per image (with 1 torch thread batch 1 is the cheapest), and passes that reuse the
+    slice's activations cost more in a batch, which recomputes the union of the images' changed
+    boxes; single images also keep progress and cancel fine-grained."""
     device = str(getattr(segmenter, "device", "cpu") or "cpu")
     return 1 if device.startswith("cpu") else 8
 
