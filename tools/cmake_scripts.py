@@ -20,7 +20,8 @@ def main() -> None:
     cmake = MODULE / "CMakeLists.txt"
     text = cmake.read_text()
     m = re.search(r"set\(\s*MODULE_PYTHON_SCRIPTS\s+(.*?)\)", text, re.S)
-    cmake.write_text(text[:m.start(1)] + "\n  " + "\n  ".join(names) + "\n  " + text[m.end(1):])
+    block = "set(MODULE_PYTHON_SCRIPTS\n  " + "\n  ".join(names) + "\n  )"
+    cmake.write_text(text[:m.start(0)] + block + text[m.end(0):])
 
 
 if __name__ == "__main__":

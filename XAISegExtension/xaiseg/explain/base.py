@@ -22,8 +22,12 @@ picks the patches and each chosen patch is removed whole, as in seed 001's occlu
 The engine encodes the unperturbed slice once (or reuses the caller's cached embedding), keeps it
 and the prompt, evaluates keep maps in batches of ``batch_size`` through ``embed_batch`` +
 ``decode``, reports progress per batch and checks for cancellation between batches; it counts
-every perturbed encoder pass.  Attribution is the one step a method implements
-(:meth:`Explainer.attribute`); the metrics are a stage of their own (:mod:`.measure`).
+every perturbed encoder pass.  When the segmenter supports activation reuse (LiteMedSAM), a
+perturbed image is encoded from the unperturbed pass's cached activations, recomputing only what
+the box of its changed pixels can reach (same embedding to float rounding); it still counts as a
+pass, and :meth:`PerturbationEngine.reuse_record` says how many were reused.  Attribution is the
+one step a method implements (:meth:`Explainer.attribute`); the metrics are a stage of their own
+(:mod:`.measure`).
 """
 from __future__ import annotations
 
@@ -55,7 +59,7 @@ class CommonSettings:
                                  "the ROI, or the mean logit in the mask", choices=SCORES)
     fill: str = setting("zero", "what removed pixels become", choices=FILLS)
     batch_size: int = setting(0, "perturbed images per model call (0: chosen from the device - 1 on a CPU, "
-                                 "where larger batches cost more per image, 8 on a GPU)", minimum=0)
+                                 "where larger batches are no cheaper per image, 8 on a GPU)", minimum=0)
     seed: int = setting(0, "seed of every random draw")
     metric_steps: int = setting(8, "points on the deletion/insertion curves, one encoder pass each (0: skip)",
                                 minimum=0)
@@ -148,9 +152,12 @@ def fill_image(image: np.ndarray, fill: str) -> np.ndarray:
 
 
 def preferred_batch(segmenter) -> int:
-    """Perturbed images per model call when the user did not choose: 1 on a CPU (where a batch of 8
-    costs about twice as much per image as single passes on LiteMedSAM, docs/benchmarks/speed.md),
-    8 on an accelerator."""
+    """Perturbed images per model call when the user did not choose: 1 on a CPU, 8 on an accelerator.
+
+    On the 2-core CPU measured (docs/benchmarks/speed.md) larger batches of full LiteMedSAM passes
+    are no cheaper per image (with 1 torch thread batch 1 is the cheapest), and passes that reuse the
+    slice's activations cost more in a batch, which recomputes the union of the images' changed
+    boxes; single images also keep progress and cancel fine-grained."""
     device = str(getattr(segmenter, "device", "cpu") or "cpu")
     return 1 if device.startswith("cpu") else 8
 
@@ -165,7 +172,7 @@ class PerturbationEngine:
     def __init__(self, segmenter: PromptableSegmenter, image: np.ndarray, prompt: SlicePrompt, roi: np.ndarray,
                  *, score: str = "dice", fill: str = "zero", batch_size: int = 0,
                  progress: Optional[Progress] = None, stage: str = "explain", embedding=None,
-                 logits: Optional[np.ndarray] = None) -> None:
+                 logits: Optional[np.ndarray] = None, reuse_cache=None) -> None:
         check_slice(image)
         if score not in SCORES:
             raise InputError(f"score {score!r} is unknown; expected one of {', '.join(SCORES)}")
@@ -175,6 +182,9 @@ class PerturbationEngine:
         if roi.shape != image.shape:
             raise InputError(f"ROI of shape {roi.shape} does not match the slice's shape {image.shape}")
         prompt.check_inside(image.shape)
+        if reuse_cache is not None and not np.array_equal(reuse_cache.image, np.asarray(image, np.float32)):
+            raise InputError("the activation cache given was made for another slice; expected one made for this "
+                             f"slice of shape {image.shape}")
         self.segmenter = segmenter
         self.image = np.asarray(image, dtype=np.float32)
         self.prompt = prompt.clipped(image.shape)
@@ -189,13 +199,46 @@ class PerturbationEngine:
         self._embedding = embedding
         self._logits = logits
         self._baseline: Optional[float] = None
+        self._reuse_cache = reuse_cache
+        #: activation reuse: perturbed passes served from the cache, their summed share of a full
+        #: pass (estimated), the summed share of slice pixels they changed, and full passes made
+        #: only to build the cache
+        self.reused = 0
+        self.reused_share = 0.0
+        self.changed_fraction = 0.0
+        self.cache_passes = 0
 
     # the unperturbed slice -------------------------------------------------------------------
     @property
     def embedding(self):
         if self._embedding is None:
-            self._embedding = self.segmenter.embed(self.image)
+            if self.reuses:  # the cache's full pass gives the embedding too
+                self._embedding = self.reuse_cache.embedding
+            else:
+                self._embedding = self.segmenter.embed(self.image)
         return self._embedding
+
+    @property
+    def reuses(self) -> bool:
+        """Whether perturbed passes reuse the unperturbed pass's activations (the segmenter can)."""
+        return bool(getattr(self.segmenter, "supports_reuse", False))
+
+    @property
+    def reuse_cache(self):
+        """The unperturbed slice's activations (:meth:`PromptableSegmenter.embed_cache`), made on
+        first use; pass it to another engine on the same slice and segmenter to share it."""
+        if self._reuse_cache is None:
+            if self._embedding is not None:
+                self.cache_passes += 1
+            self._reuse_cache = self.segmenter.embed_cache(self.image)
+        return self._reuse_cache
+
+    def reuse_record(self) -> Dict[str, Any]:
+        """How the perturbed passes were made, for the run record."""
+        n = self.reused
+        return {"reused_passes": n, "full_passes": self.evaluations - n, "cache_passes": self.cache_passes,
+                "mean_pass_share": round(self.reused_share / n, 4) if n else None,
+                "mean_changed_fraction": round(self.changed_fraction / n, 4) if n else None}
 
     def offer_embedding(self, embedding) -> None:
         """Use ``embedding`` (e.g. from a hooked pass) for the unperturbed slice if none is known yet."""
@@ -273,11 +316,34 @@ class PerturbationEngine:
             chunk = images[start:start + self.batch_size]
             images_ = ([self.perturb(k, perturb == "roi") for k in chunk] if perturb
                        else [np.asarray(k, np.float32) for k in chunk])
-            embeddings = self.segmenter.embed_batch(images_)
+            if self.reuses and (self._reuse_cache is not None or self._embedding is None or len(images) > 1):
+                embeddings = self._embed_changed(images_)
+            else:
+                embeddings = self.segmenter.embed_batch(images_)
             out.extend(self.score_logits(self.segmenter.decode(e, self.prompt)) for e in embeddings)
             self.evaluations += len(images_)
             self.progress.step(len(images_), evaluations=self.evaluations)
         return np.asarray(out, dtype=np.float64)
+
+    def _embed_changed(self, images: List[np.ndarray]) -> list:
+        """Embeddings of perturbed images through the activation cache: each image's changed box is
+        where it differs from the unperturbed slice."""
+        cache = self.reuse_cache
+        boxes, fractions = [], []
+        for im in images:
+            diff = im != cache.image
+            rows, cols = np.flatnonzero(diff.any(axis=1)), np.flatnonzero(diff.any(axis=0))
+            boxes.append((int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1) if len(rows)
+                         else (0, 0, 0, 0))
+            fractions.append(float(diff.mean()))
+        embeddings = self.segmenter.embed_changed_batch(cache, images, boxes)
+        for e, f in zip(embeddings, fractions):
+            share = float(getattr(e, "pass_share", 1.0))
+            if share < 1.0:
+                self.reused += 1
+                self.reused_share += share
+                self.changed_fraction += f
+        return embeddings
 
 
 class Explainer:
@@ -364,13 +430,14 @@ class Explainer:
     def explain(self, image: np.ndarray, prompt: SlicePrompt, *, roi: Optional[np.ndarray] = None,
                 roi_source: str = "image", target: Optional[np.ndarray] = None,
                 progress: Optional[Progress] = None, stage: Optional[str] = None, embedding=None,
-                logits: Optional[np.ndarray] = None, measure: bool = True) -> Explanation:
+                logits: Optional[np.ndarray] = None, measure: bool = True, reuse_cache=None) -> Explanation:
         """Explain the mask that ``prompt`` gives on ``image`` (2D, in [0, 1]): attribution, then
         the metrics stage (unless ``measure`` is False).
 
         roi: where perturbations may act (default: the whole slice); target: a ground-truth mask
         for the localisation metrics; embedding: the unperturbed slice's cached embedding, if any,
-        and logits: its decoded logits for ``prompt`` (clipped to the slice), if already computed.
+        and logits: its decoded logits for ``prompt`` (clipped to the slice), if already computed;
+        reuse_cache: the slice's activation cache (:attr:`PerturbationEngine.reuse_cache`), if any.
         """
         if self.segmenter is None:
             raise ModelError(f"{self.name}: no segmenter to explain; pass one to the constructor or use bind()")
@@ -386,7 +453,7 @@ class Explainer:
         stage = stage or self.name
         engine = PerturbationEngine(self.segmenter, image, prompt, roi, score=self.score, fill=self.fill,
                                     batch_size=self.batch_size, progress=progress, stage=stage, embedding=embedding,
-                                    logits=logits)
+                                    logits=logits, reuse_cache=reuse_cache)
         t0 = time.perf_counter()
         attribution = self.attribute(engine)
         seconds = time.perf_counter() - t0
@@ -398,7 +465,8 @@ class Explainer:
             engine.reference, details=dict(attribution.details), components=dict(attribution.components),
             target=None if target is None else np.asarray(target, bool),
             record={"model": self.segmenter.describe(), "settings": settings, "seed": self.seed,
-                    "prompt": prompt.record(), "seconds": round(seconds, 3), "evaluations": passes})
+                    "prompt": prompt.record(), "seconds": round(seconds, 3), "evaluations": passes,
+                    "reuse": engine.reuse_record()})
         if not measure:
             return explanation
         from .measure import measure as measure_stage

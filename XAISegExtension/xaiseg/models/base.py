@@ -88,6 +88,9 @@ class Embedding:
     image_shape: Tuple[int, int]
     resized_shape: Tuple[int, int]
     scale: Any  # float (uniform) or (sx, sy)
+    #: estimated share of a full encoder pass this embedding cost: below 1 when cached activations
+    #: were reused (:meth:`PromptableSegmenter.embed_changed_batch`), 0 when nothing had changed
+    pass_share: float = 1.0
 
     @property
     def nbytes(self) -> int:
@@ -95,6 +98,26 @@ class Embedding:
         if hasattr(f, "nelement"):
             return int(f.element_size() * f.nelement())
         return int(getattr(f, "nbytes", 0))
+
+
+@dataclass
+class ReuseCache:
+    """The unperturbed slice, its embedding and what a segmenter keeps of that pass (``state``) so
+    that images differing from it in a box are encoded cheaply (:meth:`~PromptableSegmenter.embed_changed`).
+    ``owner`` ties it to the segmenter (and weights) that made it."""
+
+    image: np.ndarray
+    embedding: Embedding
+    state: Any = None
+    owner: Tuple[int, Optional[str]] = (0, None)
+
+    @property
+    def nbytes(self) -> int:
+        return int(getattr(self.state, "nbytes", 0)) + self.embedding.nbytes + int(self.image.nbytes)
+
+
+#: a box on a slice or grid: (y0, x0, y1, x1), rows and columns, half-open; (0, 0, 0, 0) is empty
+ChangedBox = Tuple[int, int, int, int]
 
 
 class PromptableSegmenter(ABC):
@@ -117,6 +140,42 @@ class PromptableSegmenter(ABC):
     def embed_batch(self, images: Sequence[np.ndarray]) -> List[Embedding]:
         """Encode several images; models override this to run one batched forward pass."""
         return [self.embed(im) for im in images]
+
+    # activation reuse ---------------------------------------------------------------------------
+    #: whether :meth:`embed_changed_batch` reuses the cached pass (else it is a full pass)
+    supports_reuse: bool = False
+
+    def embed_cache(self, image: np.ndarray) -> ReuseCache:
+        """Encode the unperturbed ``image`` and keep what :meth:`embed_changed` reuses (here: nothing
+        but the embedding)."""
+        check_slice(image)
+        return ReuseCache(np.array(image, dtype=np.float32, copy=True), self.embed(image), None, self._owner())
+
+    def embed_changed(self, cache: ReuseCache, image: np.ndarray,
+                      changed_box: Optional[ChangedBox] = None) -> Embedding:
+        """The embedding of ``image``, which equals ``cache.image`` outside ``changed_box`` (y0, x0,
+        y1, x1 on the slice; None: found from the pixels)."""
+        return self.embed_changed_batch(cache, [image], None if changed_box is None else [changed_box])[0]
+
+    def embed_changed_batch(self, cache: ReuseCache, images: Sequence[np.ndarray],
+                            changed_boxes: Optional[Sequence[Optional[ChangedBox]]] = None) -> List[Embedding]:
+        """:meth:`embed_changed` for several images sharing one cache.  Here: full passes."""
+        self.check_cache(cache, images)
+        return self.embed_batch(images)
+
+    def _owner(self) -> Tuple[int, Optional[str]]:
+        return (id(self.module) if self.module is not None else id(self), self.weights_sha256)
+
+    def check_cache(self, cache: ReuseCache, images: Sequence[np.ndarray]) -> None:
+        """Raise :class:`InputError` unless ``cache`` was made by this segmenter for images of this shape."""
+        if cache.owner != self._owner():
+            raise InputError(f"the activation cache was made by another segmenter or weights ({cache.owner[1]}); "
+                             f"expected one made by {self.name} ({self.weights_sha256})")
+        for im in images:
+            check_slice(im)
+            if im.shape != cache.image.shape:
+                raise InputError(f"image of shape {im.shape} does not match the cached slice's shape "
+                                 f"{cache.image.shape}")
 
     @abstractmethod
     def decode(self, embedding: Embedding, prompt: SlicePrompt) -> np.ndarray:
