@@ -98,6 +98,10 @@ def cmd_demo(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import run_bench
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(int(args.threads))
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip()) if args.parts else None
     if args.what == "faithfulness":
         from .bench_faithfulness import bench_faithfulness
@@ -164,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--pairs", type=int, default=1, help="faithfulness: pairs of adjacent slices per structure (0: "
                                                         "every slice; default 1)")
     b.add_argument("--masks", type=int, default=300, help="faithfulness: most RISE masks per slice (default 300)")
+    b.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; on a shared machine 1 "
+                                               "can be faster, see docs/benchmarks/speed.md)")
     b.add_argument("-o", "--output", default="docs/benchmarks", help="folder for the tables (default docs/benchmarks)")
     b.add_argument("--quick", action="store_true", help="one structure only (a smoke run)")
     b.add_argument("--device", default="cpu", help="torch device for LiteMedSAM, e.g. cpu or cuda (default cpu)")

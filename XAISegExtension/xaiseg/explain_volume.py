@@ -328,6 +328,12 @@ class _VolumeExplanation:
     def _stage(self, ex, n: int, k: int) -> str:
         return f"{ex.name} slice {k} ({n}/{len(self.chosen)})"
 
+    def _reuse(self, image: np.ndarray):
+        """The slice's activation cache when the model can reuse activations (one slice's at a time:
+        built in pass 1 and again in pass 3, so memory stays bounded), else None."""
+        segmenter = self.session.segmenter
+        return segmenter.embed_cache(image) if getattr(segmenter, "supports_reuse", False) else None
+
     def attribute(self) -> None:
         """Pass 1: the ROI of every slice and each method's attribution there."""
         vs, run = self.vs, self.run
@@ -335,6 +341,7 @@ class _VolumeExplanation:
             self.progress.check()
             image, prompt = vs.model_slice(k), vs.to_model_prompt(self.prompts[k].clipped(vs.slice_shape))
             embedding, _ = vs.embedding(k)
+            cache = self._reuse(image) if any(ex.perturbs for ex in self.bound) else None
             self.logits[k] = self.session.segmenter.decode(embedding, prompt)  # decoded once, shared
             region, source = self.finder.find(image, prompt, self.logits[k] > 0, embedding,
                                               self._take(self.roi_mask, k))
@@ -344,7 +351,7 @@ class _VolumeExplanation:
                 run.explanations[ex.name][k] = ex.explain(
                     image, prompt, roi=region, roi_source=source, target=self._take(self.target, k),
                     progress=self.progress, stage=self._stage(ex, n, k), embedding=embedding, logits=self.logits[k],
-                    measure=False)
+                    measure=False, reuse_cache=cache)
 
     def scale(self) -> Dict[str, Optional[float]]:
         """Pass 2: one display scale per method over the structure (None: per slice)."""
@@ -367,11 +374,13 @@ class _VolumeExplanation:
         for n, k in enumerate(self.chosen, 1):
             shared = SliceShared()
             embedding, _ = vs.embedding(k)
+            image = vs.model_slice(k)
+            cache = self._reuse(image)
             for ex in self.bound:
                 stage = self._stage(ex, n, k)
                 e = run.explanations[ex.name][k]
-                engine = _engine(ex, e, vs.model_slice(k), self.model_prompts[k], embedding, self.logits[k],
-                                 self.progress, stage)
+                engine = _engine(ex, e, image, self.model_prompts[k], embedding, self.logits[k], self.progress, stage,
+                                 cache)
                 e = _in_array_order(measure(ex, e, engine, self.progress, stage, shared), vs)
                 run.explanations[ex.name][k] = e
                 run.saliency.put(ex.name, k, e.saliency)
@@ -415,9 +424,9 @@ def _with_saliency(explanation, saliency: np.ndarray):
     return dataclasses.replace(explanation, saliency=saliency)
 
 
-def _engine(explainer, explanation, image, prompt, embedding, logits, progress, stage: str):
+def _engine(explainer, explanation, image, prompt, embedding, logits, progress, stage: str, reuse_cache=None):
     from .explain.base import PerturbationEngine
 
     return PerturbationEngine(explainer.segmenter, image, prompt, explanation.roi, score=explainer.score,
                               fill=explainer.fill, batch_size=explainer.batch_size, progress=progress, stage=stage,
-                              embedding=embedding, logits=logits)
+                              embedding=embedding, logits=logits, reuse_cache=reuse_cache)
