@@ -25,9 +25,10 @@ def caudate_run(litemedsam):
 
 def test_roi_occlusion_on_the_caudate(caudate_run):
     session, seg, truth, k = caudate_run
-    run = session.explain(seg, [make_explainer("occlusion", metric_steps=2)], roi=RoiConfig("box"), target=truth)
+    run = session.explain(seg, [make_explainer("occlusion", metric_steps=2, patch=64, stride=32)],
+                          roi=RoiConfig("box"), target=truth)
     ex = run.explanations["occlusion"][k]
-    # seed 001: 64 / 32 on LiteMedSAM's 256 model grid, scaled to the slice's longest side
+    # seed 001 (--patch 64 --stride 32): on LiteMedSAM's 256 grid, scaled to the slice's longest side
     side = max(session.volume_segmenter.slice_shape)
     assert (ex.details["patch_px"], ex.details["stride_px"]) == (round(64 * side / 256), round(32 * side / 256))
     # the ROI around one caudate needs a fraction of the full image's patches (DESIGN: 10-17 of ~50)
@@ -42,6 +43,26 @@ def test_roi_occlusion_on_the_caudate(caudate_run):
     assert (high & truth[k]).sum() >= 0.5 * truth[k].sum()
     assert run.saliency["occlusion"].shape == session.volume.shape
     assert not np.delete(run.saliency["occlusion"], k, axis=0).any()
+
+
+def test_default_occlusion_patch_is_sized_to_the_caudate(caudate_run):
+    """The default patch follows the prompt box's short side (not the seed's 64 px), tiles it and
+    refines the hot patches at half size, so the map can resolve a structure smaller than 64 px."""
+    session, seg, truth, k = caudate_run
+    run = session.explain(seg, [make_explainer("occlusion", metric_steps=2)], roi=RoiConfig("box"), target=truth)
+    ex = run.explanations["occlusion"][k]
+    jj, ii = np.nonzero(truth[k])
+    short = min(jj.max() - jj.min() + 1, ii.max() - ii.min() + 1)
+    side = max(session.volume_segmenter.slice_shape)
+    assert ex.details["patch_px"] <= max(short, round(8 * side / 256)) + 1
+    assert ex.details["patch_px"] < round(64 * side / 256)
+    assert ex.details["stride_px"] == ex.details["patch_px"]        # tiled, then refined
+    assert ex.details["patches_refined"] > 0
+    assert ex.metrics["dice_drop"] > 0.5
+    peak = np.unravel_index(np.argmax(ex.saliency), ex.saliency.shape)
+    yy, xx = np.nonzero(truth[k])
+    # the strongest evidence lies on or right beside the caudate
+    assert np.min(np.hypot(yy - peak[0], xx - peak[1])) <= ex.details["patch_px"]
 
 
 def test_embedding_roi_hugs_the_caudate(caudate_run):

@@ -326,7 +326,7 @@ class TTASegmenter(PromptableSegmenter):
         for i in range(len(images)):
             own = per_turn[IDENTITY][i]
             out.append(TTAEmbedding(own.features, own.image_shape, own.resized_shape, own.scale,
-                                    tuple((g, per_turn[g][i]) for g in self.turns)))
+                                    parts=tuple((g, per_turn[g][i]) for g in self.turns)))
         return out
 
     def decode(self, embedding: Embedding, prompt: SlicePrompt) -> np.ndarray:

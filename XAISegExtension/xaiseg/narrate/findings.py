@@ -141,16 +141,21 @@ def _peaks_2d(sal: np.ndarray, spacing_rc: Tuple[float, float], n: int, min_mm: 
               floor: float) -> List[Tuple[int, int, float]]:
     """Up to ``n`` local maxima of a 2D map, at least ``min_mm`` apart, above ``floor`` (greedy NMS).
 
-    Peaks are picked on the map smoothed over about 2 mm, so a plateau (occlusion patches, LIME
-    superpixels) yields its centre of mass rather than its first pixel; values are the raw map's.
+    Peaks rank by the raw map's value (to 3 decimals, as reported); ties within a plateau
+    (occlusion patches, LIME superpixels) go to the point where the map smoothed over about 2 mm
+    is highest, then to the point deepest inside the high-saliency region, so a plateau yields
+    its centre rather than its first pixel while the first peak is always the map's maximum.
     """
     import cv2
 
     sigma = (2.0 / max(spacing_rc[1], 1e-6), 2.0 / max(spacing_rc[0], 1e-6))
-    work = cv2.GaussianBlur(sal.astype(np.float64), (0, 0), sigmaX=sigma[0], sigmaY=sigma[1])
+    smooth = cv2.GaussianBlur(sal.astype(np.float64), (0, 0), sigmaX=sigma[0], sigmaY=sigma[1])
+    span = float(np.ptp(smooth)) or 1.0
+    work = np.round(sal.astype(np.float64), 3) + 1e-4 * (smooth - smooth.min()) / span
     high = (sal >= floor).astype(np.uint8)
-    if high.any():  # near-ties (plateaus) go to the point deepest inside the high-saliency region
-        work = work + 1e-5 * cv2.distanceTransform(high, cv2.DIST_L2, 3)
+    if high.any():
+        dist = cv2.distanceTransform(high, cv2.DIST_L2, 3)
+        work = work + 1e-6 * dist / max(float(dist.max()), 1.0)
     work[sal < floor] = -np.inf
     rr, cc = np.mgrid[0:sal.shape[0], 0:sal.shape[1]]
     out = []
