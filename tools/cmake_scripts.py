@@ -19,7 +19,7 @@ def main() -> None:
     names = ["${MODULE_NAME}.py"] + [f.replace("XAISegExtensionLib/", "${MODULE_NAME}Lib/") for f in lib] + engine
     cmake = MODULE / "CMakeLists.txt"
     text = cmake.read_text()
-    m = re.search(r"set\(\s*MODULE_PYTHON_SCRIPTS\s+(.*?)\)", text, re.S)
+    m = re.search(r"set\(\s*MODULE_PYTHON_SCRIPTS(\s+.*?)\)", text, re.S)  # the whitespace too: no blank lines pile up
     cmake.write_text(text[:m.start(1)] + "\n  " + "\n  ".join(names) + "\n  " + text[m.end(1):])
 
 

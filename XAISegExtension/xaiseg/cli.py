@@ -1,4 +1,4 @@
-"""Command line: ``xaiseg segment | explain | report | prompt-from-shap | demo | bench``.
+"""Command line: ``xaiseg segment | explain | audit | report | prompt-from-shap | demo | bench``.
 
 Errors the user can fix (argparse's too) are printed as one line (``xaiseg: error: ...``) with
 exit status 2 and no traceback; Ctrl-C (SIGINT) or SIGTERM stops a run with status 130.  Outputs
@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_explain_options(e)
     add_explain_report_options(e)
     e.set_defaults(func=cmd_explain)
+    from .audit_cli import add_audit_parser
+
+    add_audit_parser(sub)
     add_report_parser(sub)
     from .prompts_cli import add_parser as add_prompt_parser
 
