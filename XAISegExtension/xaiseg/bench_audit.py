@@ -62,7 +62,7 @@ def saliency_differences(cases, a: Path, b: Path) -> Dict[str, float]:
 
 def bench_audit(outdir: Path, structures: Optional[Sequence[str]] = None, method: str = "occlusion",
                 slices: int = 1, metric_steps: int = 2, workers: int = 2, device: str = "cpu",
-                workdir: Optional[Path] = None) -> dict:
+                workdir: Optional[Path] = None, extra: Sequence[str] = ()) -> dict:
     from .audit import read_cases, run_audit
     from .audit_cluster import dask_client, dask_executor
     from .audit_table import TIMING, table_rows
@@ -76,10 +76,11 @@ def bench_audit(outdir: Path, structures: Optional[Sequence[str]] = None, method
     work.mkdir(parents=True, exist_ok=True)
     cases_csv = write_cases(work, structures, slices)
     argv = ["audit", str(cases_csv), "-o", str(work), "--method", method, "--metric-steps", str(metric_steps),
-            "--threads", "1", "--no-png", "--device", device]
+            "--threads", "1", "--no-png", "--device", device, *extra]
     args = build_parser().parse_args(argv)
     result: Dict = {"machine": machine(device), "structures": list(structures), "method": method, "slices": slices,
-                    "metric_steps": metric_steps, "workers": workers, "command": " ".join(argv)}
+                    "metric_steps": metric_steps, "workers": workers,
+                    "command": "xaiseg audit cases.csv -o OUTDIR " + " ".join(argv[4:])}
     runs = {}
     for mode in ("in-process", "cluster"):
         folder = work / mode
@@ -109,7 +110,7 @@ def write_report(outdir: Path, result: dict, audit_dir: Path) -> None:
     table = (audit_dir / TABLE_MD).read_text().split("\n", 2)[2]  # without its title
     md = ["# Audit benchmark: the six MNI152 demo structures, in-process and on a Dask LocalCluster", "",
           f"Produced by `python -m xaiseg.bench_audit` on {result['machine']['platform']} "
-          f"({result['machine']['device']}); the audit ran as `xaiseg {result['command'].split(' ', 2)[2]}` "
+          f"({result['machine']['device']}); the audit ran as `{result['command']}` "
           f"(cases file and output folders in a temporary folder), {result['slices']} slice(s) per structure.", "",
           f"- in this process: {result['seconds_in-process']:.0f} s; on a LocalCluster of {result['workers']} worker "
           f"processes (one thread each): {result['seconds_cluster']:.0f} s",
@@ -137,10 +138,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--workdir", help="keep the cases and outputs here (default: a temporary folder)")
+    p.add_argument("extra", nargs="*", help="more `xaiseg audit` options after --, e.g. -- --patch 128")
     a = p.parse_args(argv)
     structures = [s.strip() for s in a.structures.split(",")] if a.structures else None
     result = bench_audit(Path(a.output), structures, a.method, a.slices, a.metric_steps, a.workers, a.device,
-                         Path(a.workdir) if a.workdir else None)
+                         Path(a.workdir) if a.workdir else None, a.extra)
     return 0 if result["tables_equal"] and not any(result["failed"].values()) else 1
 
 

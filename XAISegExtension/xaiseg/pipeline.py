@@ -71,7 +71,7 @@ class SegmentResult:
         """Write ``<name>_mask.<fmt>`` and ``<name>_run.json`` into ``outdir`` (atomically)."""
         suffix = volume_suffix(fmt)
         outdir = Path(outdir)
-        mask_path = write_volume(self.volume, self.mask.astype(np.uint8), outdir / f"{self.name}_mask{suffix}")
+        mask_path = write_volume(self.volume, np.asarray(self.mask, np.uint8), outdir / f"{self.name}_mask{suffix}")
         rec = dict(self.record, outputs={"mask": mask_path.name})
         rec_path = write_text_atomic(outdir / f"{self.name}_run.json", dumps(rec))
         return {"mask": mask_path, "record": rec_path}
