@@ -96,8 +96,8 @@ def bench_audit(outdir: Path, structures: Optional[Sequence[str]] = None, method
     rows = {m: [{k: v for k, v in r.items() if k not in TIMING} for r in table_rows(cases, runs[m].records)]
             for m in runs}
     diffs = saliency_differences(cases, work / "in-process", work / "cluster")
-    result.update(rows=table_rows(cases, runs["in-process"].records), tables_equal=rows["in-process"] == rows["cluster"],
-                  failed={m: runs[m].failed for m in runs}, volumes_compared=len(diffs),
+    result.update(rows=table_rows(cases, runs["in-process"].records),
+                  tables_equal=rows["in-process"] == rows["cluster"], failed={m: runs[m].failed for m in runs}, volumes_compared=len(diffs),
                   largest_volume_difference=max(diffs.values()) if diffs else None)
     write_report(Path(outdir), result, work / "in-process")
     return result
