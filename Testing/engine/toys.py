@@ -3,6 +3,8 @@
 * :class:`Ramp` / :func:`ramp` - a torch module whose single logit channel is ``10 * (x - 0.5)``,
   so the mask is exactly "normalised intensity above 0.5".  Used through
   ``--model torch --factory toys:ramp``.
+* :func:`crash` - a factory that ends its process at once (``os._exit``): a case that takes its
+  worker down (``--factory toys:crash``).
 * :class:`BoxToy` - a :class:`PromptableSegmenter` that answers +1 inside the prompt box (or
   near positive points) and -1 elsewhere, optionally only where the slice is bright, and counts
   its encoder/decoder calls.
@@ -30,6 +32,13 @@ class Ramp(nn.Module):
 def ramp(gain: float = 10.0) -> nn.Module:
     """Factory for ``--factory toys:ramp``."""
     return Ramp(gain)
+
+
+def crash(code: int = 3) -> nn.Module:
+    """Factory for ``--factory toys:crash``: the process that loads it dies on the spot."""
+    import os
+
+    os._exit(code)
 
 
 class BoxToy(PromptableSegmenter):

@@ -1,4 +1,4 @@
-"""Command line: ``xaiseg segment | explain | report | prompt-from-shap | demo | bench``.
+"""Command line: ``xaiseg segment | explain | audit | report | prompt-from-shap | demo | bench``.
 
 Errors the user can fix (argparse's too) are printed as one line (``xaiseg: error: ...``) with
 exit status 2 and no traceback; Ctrl-C (SIGINT) or SIGTERM stops a run with status 130.  Outputs
@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .cli_options import add_explain_options, add_segment_options, request_from_args
-from .errors import Cancelled, XAISegError
+from .errors import Cancelled, InputError, XAISegError
 from .narrate.cli import add_explain_report_options, add_report_parser
 
 EPILOG_SEGMENT = """\
@@ -73,10 +73,19 @@ def cmd_segment(args) -> int:
 
 
 def cmd_explain(args) -> int:
+    from .cost import estimate_request, summary
     from .pipeline import run
 
     request = request_from_args(args, explain=True)  # every value is checked before any work
-    outcome = run(request, _progress(args))
+    if args.calibrate and not args.estimate:
+        raise InputError("--calibrate goes with --estimate (it times the model's passes for the estimate)")
+    if args.estimate:
+        estimate = estimate_request(request, measure=args.calibrate)
+        print(summary(estimate))
+        print(estimate["text"])
+        return 0
+    announce = None if args.quiet else (lambda estimate: print(summary(estimate), flush=True))
+    outcome = run(request, _progress(args), on_estimate=announce)
     if not args.quiet:
         _print_explain_summary(outcome)
     return 0
@@ -109,6 +118,14 @@ def cmd_bench(args) -> int:
         structures = [s.strip() for s in args.structures.split(",")] if args.structures else None
         bench_faithfulness(Path(args.output), quick=args.quick, device=args.device, structures=structures,
                            pairs=args.pairs or None, masks=args.masks, parts=parts or ("maps", "cascade", "fills"))
+        return 0
+    if args.what == "audit":
+        from .bench_audit import bench_audit
+
+        from .sample_data import DEMO_STRUCTURES
+
+        structures = [s.strip() for s in args.structures.split(",")] if args.structures else list(DEMO_STRUCTURES)
+        bench_audit(Path(args.output), structures[:2] if args.quick else structures, device=args.device)
         return 0
     run_bench(args.what, Path(args.output), quick=args.quick, parts=parts or ("occlusion", "rise"), device=args.device)
     return 0
@@ -145,7 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_segment_options(e)
     add_explain_options(e)
     add_explain_report_options(e)
+    c = e.add_argument_group("cost")
+    c.add_argument("--estimate", action="store_true", help="print the estimated encoder passes and minutes and exit "
+                                                           "(the volume is read and the request checked; the model "
+                                                           "does not run)")
+    c.add_argument("--calibrate", action="store_true", help="with --estimate: load the model and time its passes on "
+                                                            "this machine first; later estimates (and the line printed "
+                                                            "before every run) use that timing")
     e.set_defaults(func=cmd_explain)
+    from .audit_cli import add_audit_parser
+
+    add_audit_parser(sub)
     add_report_parser(sub)
     from .prompts_cli import add_parser as add_prompt_parser
 
@@ -160,11 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks; writes a markdown table and JSON",
                        description="Measure accuracy, time and memory and write docs-ready tables.")
-    b.add_argument("what", choices=["segmentation", "explain", "faithfulness"], help="which benchmark")
+    b.add_argument("what", choices=["segmentation", "explain", "faithfulness", "audit"], help="which benchmark "
+                   "(audit: the six demo structures in-process and on a 2-worker Dask LocalCluster; more options in "
+                   "python -m xaiseg.bench_audit --help)")
     b.add_argument("--parts", help="explain: occlusion, rise, layers (default occlusion,rise); faithfulness: maps, "
                                    "cascade, fills (default all three)")
-    b.add_argument("--structures", help="faithfulness: Harvard-Oxford structures, comma-separated (default: the six "
-                                        "demo structures)")
+    b.add_argument("--structures", help="faithfulness, audit: Harvard-Oxford structures, comma-separated (default: "
+                                        "the six demo structures)")
     b.add_argument("--pairs", type=int, default=1, help="faithfulness: pairs of adjacent slices per structure (0: "
                                                         "every slice; default 1)")
     b.add_argument("--masks", type=int, default=300, help="faithfulness: most RISE masks per slice (default 300)")

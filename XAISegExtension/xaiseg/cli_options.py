@@ -113,6 +113,16 @@ def add_segment_options(s: argparse.ArgumentParser) -> None:
     pg.add_argument("--box-margin", type=int, default=0, help="pixels added around --box-from boxes (default 0)")
     pg.add_argument("--coords", choices=["ijk", "ras"], default="ijk", help="coordinates of --box/--points "
                                                                           "(default ijk voxels)")
+    s.add_argument("--slice-range", help="segment only slices FIRST-LAST along the slicing axis (default: all the "
+                                         "prompt covers)")
+    s.add_argument("--series", help="DICOM SeriesInstanceUID when the folder holds several series")
+    s.add_argument("--name", help="output name prefix (default: the input file's name)")
+    add_run_options(s)
+
+
+def add_run_options(s: argparse.ArgumentParser) -> None:
+    """The options of a run that do not depend on its input: slicing, reading, output format, threads,
+    model and preprocessing (``xaiseg segment``/``explain``, and ``xaiseg audit`` for every case)."""
     s.add_argument("--axis", help="slicing plane: axial (default), coronal, sagittal, or array axis 0/1/2")
     s.add_argument("--margin", type=int, help="pixels added around propagated boxes (default 0)")
     s.add_argument("--orientation", help="how each slice is turned before the model: auto (default: the layout "
@@ -120,16 +130,12 @@ def add_segment_options(s: argparse.ArgumentParser) -> None:
                                           "stored), or a turn such as transpose, flip_rows, rot90")
     s.add_argument("--tta", type=int, help="average the model's logits over this many orientations (1-8; N encoder "
                                            "passes per slice; default 1)")
-    s.add_argument("--slice-range", help="segment only slices FIRST-LAST along the slicing axis (default: all the "
-                                         "prompt covers)")
-    s.add_argument("--series", help="DICOM SeriesInstanceUID when the folder holds several series")
     s.add_argument("--allow-gaps", action="store_true", default=None,
                    help="read a DICOM series with missing slices anyway (they are filled with the lowest value "
                         "and listed in the run record); default: refuse it, naming the gap")
     s.add_argument("--replace-nonfinite", metavar="VALUE",
                    help="replace NaN and infinite voxels with VALUE (recorded in the run record); default: refuse a "
                         "volume that has any, naming how many and where")
-    s.add_argument("--name", help="output name prefix (default: the input file's name)")
     s.add_argument("--format", choices=["nrrd", "nifti", "mha"], help="output volume format (default nrrd)")
     s.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
@@ -208,8 +214,10 @@ def _add_field(group, flag: str, settings_cls: type, f: dataclasses.Field, dest:
     group.add_argument(flag, dest=dest, type=kind, choices=meta.get("choices"), default=None, help=help_)
 
 
-def add_explain_options(e: argparse.ArgumentParser) -> None:
-    """--method, --slices, the ROI, the settings every method shares and each method's own."""
+def add_explain_options(e: argparse.ArgumentParser, per_case: bool = True) -> None:
+    """--method, --slices, the ROI, the settings every method shares and each method's own.
+    ``per_case=False`` leaves out what belongs to one input (slices, ground truth, ROI mask):
+    ``xaiseg audit`` reads those from each case."""
     from .explain import DEFAULT_METHODS, EXPLAINERS, CommonSettings, methods
     from .roi import SOURCES
 
@@ -217,12 +225,14 @@ def add_explain_options(e: argparse.ArgumentParser) -> None:
     g.add_argument("--method", default=None,
                    help=f"{', '.join(methods())}, a comma-separated list, or all (the perturbation methods: "
                         f"{', '.join(methods(perturbation_only=True))}); default {', '.join(DEFAULT_METHODS)}")
-    g.add_argument("--slices", help="explain only these slice indices along the slicing axis, e.g. '80,82' or "
-                                    "'80-84' (default: every slice with a mask)")
+    if per_case:
+        g.add_argument("--slices", help="explain only these slice indices along the slicing axis, e.g. '80,82' or "
+                                        "'80-84' (default: every slice with a mask)")
     for f in dataclasses.fields(CommonSettings):
         _add_field(g, flag_of(f), CommonSettings, f, f"common_{f.name}", "every method")
-    g.add_argument("--ground-truth", help="label map with the true structure, for pointing game, energy and IoU")
-    g.add_argument("--ground-truth-label", type=int, help="label value in --ground-truth (default: any non-zero)")
+    if per_case:
+        g.add_argument("--ground-truth", help="label map with the true structure, for pointing game, energy and IoU")
+        g.add_argument("--ground-truth-label", type=int, help="label value in --ground-truth (default: any non-zero)")
     g.add_argument("--no-png", action="store_true", help="do not write a PNG per explained slice")
     m = e.add_argument_group("method settings (defaults: seed 001 and seed 002)")
     for flag, owners in _method_flags().items():
@@ -234,17 +244,20 @@ def add_explain_options(e: argparse.ArgumentParser) -> None:
                                                   "prompt box, mask, or CLIP")
     r.add_argument("--roi-margin", type=int, help="pixels added around the ROI (default 8 for box and mask, 0 for "
                                                   "embedding and clip)")
-    r.add_argument("--roi-mask", help="--roi mask: a label map to use instead of the segmentation (non-zero voxels)")
+    if per_case:
+        r.add_argument("--roi-mask", help="--roi mask: a label map to use instead of the segmentation (non-zero "
+                                          "voxels)")
     r.add_argument("--clip-model", help="--roi clip: local folder or cached Hugging Face name of a CLIP model")
     r.add_argument("--clip-prompts", help="--roi clip: text prompts separated by ';' (default: --name)")
     assert EXPLAINERS  # the built-in methods are registered
 
 
-def explain_dict(args) -> Dict[str, Any]:
-    """The explain options as the request's ``explain`` object."""
+def explain_dict(args, method: Optional[str] = None) -> Dict[str, Any]:
+    """The explain options as the request's ``explain`` object; ``method`` (names as for --method)
+    replaces --method, each method keeping the settings its flags give."""
     from .explain import DEFAULT_METHODS, CommonSettings, expand
 
-    names = expand(args.method or ",".join(DEFAULT_METHODS))
+    names = expand(method or args.method or ",".join(DEFAULT_METHODS))
     common = {f.name: getattr(args, f"common_{f.name}") for f in dataclasses.fields(CommonSettings)
               if getattr(args, f"common_{f.name}", None) is not None}
     flags = _method_flags()
@@ -272,16 +285,26 @@ def explain_dict(args) -> Dict[str, Any]:
 
         opts = dataclasses.asdict(options_from_args(args))
         report = {k: v for k, v in opts.items() if k not in ("name", "output")}
-    return {"methods": methods, "common": common, "roi": roi, "slices": parse_slices(args.slices, "--slices"),
-            "target": args.ground_truth, "target_label": args.ground_truth_label, "roi_mask": args.roi_mask,
-            "pngs": not args.no_png, "report": report}
+    return {"methods": methods, "common": common, "roi": roi,
+            "slices": parse_slices(getattr(args, "slices", None), "--slices"),
+            "target": getattr(args, "ground_truth", None), "target_label": getattr(args, "ground_truth_label", None),
+            "roi_mask": getattr(args, "roi_mask", None), "pngs": not args.no_png, "report": report}
+
+
+def run_dict(args) -> Dict[str, Any]:
+    """The options of :func:`add_run_options` in the request's JSON form (only what the user gave)."""
+    data: Dict[str, Any] = {"segmenter": segmenter_dict(args), "preprocessing": preprocessing_dict(args)}
+    for key in ("axis", "margin", "orientation", "tta", "format", "threads", "allow_gaps", "replace_nonfinite"):
+        if getattr(args, key, None) is not None:
+            data[key] = getattr(args, key)
+    return data
 
 
 def request_dict(args, explain: bool = False) -> Dict[str, Any]:
     """The command line's options in the request's JSON form (only what the user gave)."""
-    data: Dict[str, Any] = {"input": args.volume, "output_dir": args.output, "prompt": prompt_dict(args),
-                            "segmenter": segmenter_dict(args), "preprocessing": preprocessing_dict(args)}
-    for key in ("name", "series", "axis", "margin", "format", "threads", "allow_gaps", "replace_nonfinite"):
+    data: Dict[str, Any] = {"input": args.volume, "output_dir": args.output, "prompt": prompt_dict(args)}
+    data.update(run_dict(args))
+    for key in ("name", "series"):
         if getattr(args, key, None) is not None:
             data[key] = getattr(args, key)
     if getattr(args, "slice_range", None):

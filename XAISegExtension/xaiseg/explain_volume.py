@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from .errors import InputError
-from .io import move_into, staged, volume_suffix, write_text_atomic, write_volume
+from .io import move_into, staged, volume_suffix, write_planes, write_text_atomic, write_volume
 from .models.base import SlicePrompt
 from .names import safe_name
 from .progress import Progress, ensure
@@ -52,6 +52,20 @@ class PlaneVolumes(Mapping):
 
     def __len__(self) -> int:
         return len(self.planes)
+
+
+def _write_map(volume, maps: Mapping[str, np.ndarray], key: str, axis: int, path: Path, dtype=np.float32,
+               transform=None) -> Path:
+    """Write ``maps[key]`` (``transform``-ed) with ``volume``'s geometry.  From a :class:`PlaneVolumes`
+    the planes are pasted into the written image directly, so no full-size numpy volume (nor a cast
+    copy of it) is made; ``transform`` must then keep 0 at 0, as the planes' volume is 0 elsewhere."""
+    keeps_zero = transform is None or not np.any(transform(np.zeros(1, np.float32)))
+    if isinstance(maps, PlaneVolumes) and keeps_zero:
+        planes = maps.planes[key]
+        return write_planes(volume, {k: transform(p) if transform else p for k, p in planes.items()}, axis, path,
+                            dtype)
+    array = maps[key]
+    return write_volume(volume, np.asarray(transform(array) if transform else array, dtype), path)
 
 
 @dataclass
@@ -118,7 +132,7 @@ class ExplainRun:
         with staged(outdir) as stage:
             files = dict(self.segmentation.write(stage, fmt))
             suffix = volume_suffix(fmt)
-            files["roi"] = write_volume(self.segmentation.volume, self.roi.astype(np.uint8),
+            files["roi"] = write_volume(self.segmentation.volume, np.asarray(self.roi, np.uint8),
                                         stage / f"{self.name}_roi{suffix}")
             doc = self.metrics()
             for method in self.saliency:
@@ -132,19 +146,20 @@ class ExplainRun:
         """One method's saliency and label volumes, PNGs and component volumes/sheets."""
         from .render import display_flips, layer_sheet, saliency_panel
 
-        vol, n = self.segmentation.volume, self.name
+        vol, n, axis = self.segmentation.volume, self.name, self.axis
         flips = display_flips(vol.geometry, self.axis)
-        sal = self.saliency[method]
         per_slice = sorted(self.explanations[method].items())
         cut = threshold if threshold is not None else self.record["methods"][method].get("threshold", 0.5)
         entry: Dict[str, Any] = {"saliency": f"{n}_{method}_saliency{suffix}", "label": f"{n}_{method}_label{suffix}",
                                  "png": []}
-        files: Dict[str, Path] = {
-            f"{method}_saliency": write_volume(vol, sal.astype(np.float32), stage / entry["saliency"]),
-            f"{method}_label": write_volume(vol, (sal >= cut).astype(np.uint8), stage / entry["label"])}
+        files: Dict[str, Path] = {  # each volume is written from its planes (_write_map), one at a time
+            f"{method}_saliency": _write_map(vol, self.saliency, method, axis, stage / entry["saliency"]),
+            f"{method}_label": _write_map(vol, self.saliency, method, axis, stage / entry["label"], np.uint8,
+                                          lambda sal: sal >= cut)}
         if self.perturbs.get(method, True):  # score units; a similarity map (layers) is its own display map
             entry["raw"] = f"{n}_{method}_raw{suffix}"
-            files[f"{method}_raw"] = write_volume(vol, self.raw(method), stage / entry["raw"])
+            raws = PlaneVolumes(self.roi.shape, axis, {method: {k: ex.raw for k, ex in per_slice}})
+            files[f"{method}_raw"] = _write_map(vol, raws, method, axis, stage / entry["raw"])
         if pngs:
             for k, ex in per_slice:
                 png = f"{n}_{method}_k{k:03d}.png"
@@ -158,9 +173,9 @@ class ExplainRun:
         if components:
             kind = self.kinds.get(method, "component")
             entry[f"{kind}s"] = {}
-            for part, volume in components.items():
+            for part in components:
                 fname = f"{n}_{method}_{safe_name(part)}_saliency{suffix}"
-                files[f"{method}_{part}_saliency"] = write_volume(vol, volume.astype(np.float32), stage / fname)
+                files[f"{method}_{part}_saliency"] = _write_map(vol, components, part, axis, stage / fname)
                 entry[f"{kind}s"][part] = fname
             if pngs:
                 entry[f"{kind}_png"] = []

@@ -377,6 +377,30 @@ def write_volume(volume: Volume, array: np.ndarray, path: PathLike) -> Path:
     return write_image(volume.to_sitk(array), path)
 
 
+_PIXEL_TYPES = {np.dtype(np.float32): sitk.sitkFloat32, np.dtype(np.uint8): sitk.sitkUInt8}
+
+
+def planes_image(volume: Volume, planes: Dict[int, np.ndarray], axis: int, dtype=np.float32) -> sitk.Image:
+    """An image on ``volume``'s grid that holds ``planes[k]`` at index ``k`` along array ``axis`` and
+    0 elsewhere, pasted into one zero image in place: a volume that is mostly empty costs one image
+    of ``dtype``, not the numpy volume, its cast and SimpleITK's copy of it."""
+    dtype = np.dtype(dtype)
+    if dtype not in _PIXEL_TYPES:
+        raise InputError(f"volumes of planes are written as float32 or uint8, not {dtype}")
+    image = sitk.Image([int(n) for n in volume.shape[::-1]], _PIXEL_TYPES[dtype])
+    where = 2 - int(axis)  # SimpleITK indexes (i, j, k): array axis a is index 2 - a
+    for k, plane in planes.items():
+        index = [slice(None)] * 3
+        index[where] = int(k)
+        image[tuple(index)] = sitk.GetImageFromArray(np.ascontiguousarray(plane, dtype=dtype))
+    return volume.geometry.apply_to(image)
+
+
+def write_planes(volume: Volume, planes: Dict[int, np.ndarray], axis: int, path: PathLike, dtype=np.float32) -> Path:
+    """Write the volume of :func:`planes_image` (atomically, like :func:`write_volume`)."""
+    return write_image(planes_image(volume, planes, axis, dtype), path)
+
+
 def write_text_atomic(path: PathLike, text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
 

@@ -71,7 +71,7 @@ class SegmentResult:
         """Write ``<name>_mask.<fmt>`` and ``<name>_run.json`` into ``outdir`` (atomically)."""
         suffix = volume_suffix(fmt)
         outdir = Path(outdir)
-        mask_path = write_volume(self.volume, self.mask.astype(np.uint8), outdir / f"{self.name}_mask{suffix}")
+        mask_path = write_volume(self.volume, np.asarray(self.mask, np.uint8), outdir / f"{self.name}_mask{suffix}")
         rec = dict(self.record, outputs={"mask": mask_path.name})
         rec_path = write_text_atomic(outdir / f"{self.name}_run.json", dumps(rec))
         return {"mask": mask_path, "record": rec_path}
@@ -166,7 +166,8 @@ class RunOutcome:
     session: Session
 
 
-def run(request, progress: Optional[Progress] = None, log: Optional[Callable[[str], None]] = None) -> RunOutcome:
+def run(request, progress: Optional[Progress] = None, log: Optional[Callable[[str], None]] = None,
+        on_estimate: Optional[Callable[[dict], None]] = None) -> RunOutcome:
     """Carry out ``request`` (a :class:`~xaiseg.request.RunRequest`): read, check, segment, explain
     and report, and write every file into ``request.output_dir`` only when all of them exist.
 
@@ -174,7 +175,9 @@ def run(request, progress: Optional[Progress] = None, log: Optional[Callable[[st
     Everything that can be checked without the model is checked before it loads
     (:func:`xaiseg.preflight.preflight`): the volume, the prompt on each slice, the explained
     slices, the methods and their packages, the device, the ROI weights, the narrator, the ground
-    truth and ROI mask files, and the free space for the outputs.
+    truth and ROI mask files, and the free space for the outputs.  ``on_estimate`` is then given
+    the run's cost estimate (:func:`xaiseg.cost.estimate_plan`, with this machine's saved
+    calibration if there is one), before the model loads.
     """
     from .lock import output_lock
     from .preflight import preflight
@@ -184,6 +187,10 @@ def run(request, progress: Optional[Progress] = None, log: Optional[Callable[[st
     with output_lock(request.output_dir):
         volume = read_input(request, log)
         plan = preflight(request, volume)
+        if on_estimate is not None:
+            from .cost import estimate_plan, load_calibration
+
+            on_estimate(estimate_plan(request, plan, volume.shape, load_calibration(request)))
         if request.threads:
             import torch
 

@@ -81,18 +81,34 @@ class Preprocessing:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
+#: slices (along axis 0) normalised at a time: the only temporaries are this many slices' worth
+CHUNK_VOXELS = 1 << 22
+
+
 def normalise(volume: np.ndarray, prep: Preprocessing) -> Tuple[np.ndarray, Tuple[float, float]]:
     """Map a 2D or 3D array to float32 [0, 1] with ``prep``; CLAHE per 2D slice along axis 0 for 3D.
 
-    Returns the array and the intensity bounds used.
+    Returns the array and the intensity bounds used.  The result is computed in place, a few
+    slices at a time, in float32 (the same values as ``clip((volume - lo) / (hi - lo), 0, 1)`` in
+    float32), so a volume costs its float32 copy and no full-size temporaries.
     """
     lo, hi = prep.bounds(volume)
     if hi <= lo:
         hi = lo + 1.0
-    out = np.clip((volume.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    out = np.empty(volume.shape, np.float32)
+    step = max(1, CHUNK_VOXELS // max(1, int(np.prod(volume.shape[1:]))))
+    for start in range(0, volume.shape[0], step):
+        block = out[start:start + step]
+        block[...] = volume[start:start + step]
+        block -= np.float32(lo)
+        block /= np.float32(hi - lo)
+        np.clip(block, 0.0, 1.0, out=block)
     if prep.clahe:
-        out = np.stack([clahe(s, prep.clahe_clip, prep.clahe_tiles) for s in out]) if out.ndim == 3 \
-            else clahe(out, prep.clahe_clip, prep.clahe_tiles)
+        if out.ndim == 3:
+            for k in range(out.shape[0]):
+                out[k] = clahe(out[k], prep.clahe_clip, prep.clahe_tiles)
+        else:
+            out = clahe(out, prep.clahe_clip, prep.clahe_tiles)
     return out, (lo, hi)
 
 

@@ -53,30 +53,17 @@ class Emitter:
 
 
 def run_calibrate(req, progress) -> Dict[str, Any]:
-    """Time one encoder pass and one decoder pass of the segmenter on a synthetic slice."""
-    import numpy as np
-
-    from .models.base import SlicePrompt
+    """Time loading the segmenter, then one encoder pass and one decoder pass (the median of
+    ``repeats`` after a warm-up pass) on a synthetic slice (:func:`xaiseg.cost.calibrate`)."""
+    from .cost import calibrate
 
     t0 = time.perf_counter()
     segmenter = req.segmenter.load(progress)
     load = time.perf_counter() - t0
-    image = np.random.default_rng(0).random((256, 256), dtype=np.float32)
-    progress.stage("calibrate", 2 * req.repeats)
-    enc, dec = [], []
-    for _ in range(req.repeats):
-        progress.check()
-        t = time.perf_counter()
-        emb = segmenter.embed(image)
-        enc.append(time.perf_counter() - t)
-        progress.step()
-        t = time.perf_counter()
-        segmenter.decode(emb, SlicePrompt(box=(64, 64, 192, 192)))
-        dec.append(time.perf_counter() - t)
-        progress.step()
+    progress.stage("calibrate", req.repeats)
+    timing = calibrate(segmenter, req.repeats, load, progress)
     progress.done()
-    return {"model": segmenter.describe(), "seconds_load": load,
-            "seconds_encoder": float(np.median(enc)), "seconds_decoder": float(np.median(dec))}
+    return {"model": segmenter.describe(), **timing}
 
 
 def manifest(files: Dict[str, Any]) -> Dict[str, Any]:

@@ -1,0 +1,99 @@
+"""The cost estimate in the engine (:mod:`xaiseg.cost`): it counts the encoder passes a run really
+makes, ``xaiseg explain --estimate`` prints it without running the model, ``--calibrate`` times this
+machine's passes and keeps them, and a normal run prints one line before it starts.  (How close
+the minutes are is a benchmark: docs/benchmarks/cost.md.)"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from frontdoor import TOY_ARGS, TOY_SEGMENTER, cli, record_loads, write_labels, write_volume
+
+
+@pytest.fixture()
+def case(tmp_path, monkeypatch):
+    monkeypatch.setenv("XAISEG_CACHE", str(tmp_path / "cache"))
+    return write_volume(tmp_path / "v.nrrd"), write_labels(tmp_path / "labels.nrrd")
+
+
+def real_passes(outcome) -> int:
+    """Encoder passes the run made: one per segmented slice, then each method's attribution and
+    metrics (with the noise passes the methods on a slice share)."""
+    doc = outcome.explanation.metrics()
+    return outcome.segmentation.record["evaluations"]["encoder_passes"] + sum(
+        int(s["evaluations"]) + int(s["metric_evaluations"]) for m in doc["methods"].values()
+        for s in m["slices"].values())
+
+
+@pytest.mark.parametrize("methods, common", [
+    ([{"name": "rise", "settings": {"n_masks": 30, "early_stop": False}}], {"metric_steps": 2}),
+    ([{"name": "rise", "settings": {"n_masks": 12, "early_stop": False}},
+      {"name": "occlusion", "settings": {"patch": 256, "stride": 256}}], {"metric_steps": 3, "noise_passes": 1}),
+])
+def test_the_estimate_counts_the_passes_a_run_makes(case, tmp_path, methods, common):
+    from xaiseg.cost import estimate_plan
+    from xaiseg.pipeline import read_input, run
+    from xaiseg.preflight import preflight
+    from xaiseg.request import RunRequest
+
+    volume_path, labels = case
+    request = RunRequest.from_dict({"input": str(volume_path), "output_dir": str(tmp_path / "out"),
+                                    "prompt": {"type": "labelmap", "file": str(labels), "label": 1},
+                                    "segmenter": TOY_SEGMENTER, "explain": {"methods": methods, "common": common,
+                                                                            "pngs": False}})
+    volume = read_input(request, lambda text: None)
+    estimate = estimate_plan(request, preflight(request, volume), volume.shape)
+    outcome = run(request)
+    assert estimate["slices"] == 3 and estimate["explained_slices"] == 3
+    assert estimate["encoder_passes"] == real_passes(outcome)
+    assert not estimate["calibrated"] and estimate["seconds"] > 0
+
+
+def test_estimate_prints_and_exits_before_the_model_loads(case, tmp_path, capfd, monkeypatch):
+    volume_path, labels = case
+    loads = record_loads(monkeypatch)
+    argv = ["explain", str(volume_path), "-o", str(tmp_path / "out"), "--box-from", str(labels), "--label", "1",
+            *TOY_ARGS, "--method", "rise", "--masks", "20", "--no-early-stop", "--metric-steps", "2"]
+    capfd.readouterr()
+    code, err = cli(argv + ["--estimate"], capfd)
+    assert code == 0 and loads == [] and not (tmp_path / "out").exists()
+    code, err = cli(argv + ["--calibrate"], capfd)
+    assert code == 2 and "--calibrate goes with --estimate" in err[-1]
+
+    from xaiseg.cli import main
+
+    capfd.readouterr()
+    assert main(argv + ["--estimate", "--calibrate"]) == 0
+    first = capfd.readouterr().out.splitlines()[0]
+    # 3 slices: 3 segmentation passes, and per slice 20 masks + 4 metric passes + 2 noise passes
+    assert first.startswith("estimated 81 encoder passes, about ") and "(calibrated on this machine)" in first
+    assert loads == ["torch"]
+    saved = json.loads((tmp_path / "cache" / "calibration.json").read_text())
+    (timing,) = saved.values()
+    assert timing["seconds_encoder"] > 0 and timing["seconds_write_mb"] > 0
+
+    assert main(argv + ["-q"]) == 0 and capfd.readouterr().out == ""  # quiet: no line
+    assert main(argv + ["-o", str(tmp_path / "again")]) == 0
+    out = capfd.readouterr().out.splitlines()
+    assert out[0] == first and out[-1].startswith("-> ")  # the line comes first
+
+
+def test_a_calibration_is_kept_per_segmenter_device_and_threads(tmp_path):
+    from xaiseg.cost import load_calibration, save_calibration
+    from xaiseg.request import RunRequest
+
+    def request(**changes):
+        data = {"input": "v.nrrd", "output_dir": "out", "prompt": {"type": "slice_box", "box": [1, 1, 4, 4],
+                                                                   "slice": 0}, "segmenter": TOY_SEGMENTER}
+        data.update(changes)
+        return RunRequest.from_dict(data, tmp_path)
+
+    path = tmp_path / "calibration.json"
+    save_calibration(request(), {"seconds_encoder": 0.5, "seconds_decoder": 0.01, "seconds_load": 1.0}, path)
+    save_calibration(request(threads=1), {"seconds_encoder": 0.9}, path)
+    assert load_calibration(request(), path) == {"seconds_encoder": 0.5, "seconds_decoder": 0.01, "seconds_load": 1.0}
+    assert load_calibration(request(threads=1), path) == {"seconds_encoder": 0.9}
+    assert load_calibration(request(segmenter=dict(TOY_SEGMENTER, device="cuda")), path) is None
+    path.write_text("not json")
+    assert load_calibration(request(), path) is None
