@@ -72,6 +72,13 @@ def test_a_cluster_audit_equals_the_in_process_one_and_records_a_worker_that_die
         assert row["status"] == "done" and float(row["deletion_auc"]) >= 0
         assert without_timing(theirs[key]) == without_timing(row)
     assert mine[("v1_block", "occlusion")]["dice"] != "" and mine[("v2_box", "rise")]["dice"] == ""
+    # Dice against the ground truth on the slices the label-map prompt segmented (those holding the label)
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(local / "v1_block" / "block_mask.nrrd"))) > 0
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "labels.nrrd"))) == 1
+    ks = np.nonzero(truth.any(axis=(1, 2)))[0]
+    m, t = mask[ks], truth[ks]
+    assert float(mine[("v1_block", "occlusion")]["dice"]) == pytest.approx(2 * (m & t).sum() / (m.sum() + t.sum()),
+                                                                          abs=1e-4)
     crashed = theirs[("v2_crash", "occlusion")]
     assert crashed["status"] == "failed" and "died" in crashed["error"]
     for case, name, method in (("v1_block", "block", "occlusion"), ("v2_box", "box", "occlusion"),

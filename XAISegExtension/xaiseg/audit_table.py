@@ -32,16 +32,24 @@ def _round(value: Any, digits: int = 4) -> Any:
 
 
 def segmentation_dice(task: Dict[str, Any], segmentation) -> Optional[float]:
-    """Dice of the case's mask against its ground truth (None without one)."""
+    """Dice of the case's mask against its ground truth on the slices the case segmented (a case
+    that segments a few slices is not charged for the structure's other slices); None without one."""
     if not task.get("ground_truth"):
         return None
+    import numpy as np
+
     from .io import read_labelmap
     from .metrics import dice
 
     labels = read_labelmap(task["ground_truth"], reference=segmentation.volume).array
     label = task.get("ground_truth_label")
     target = labels == label if label is not None else labels > 0
-    return _round(dice(segmentation.mask > 0, target))
+    mask = segmentation.mask > 0
+    ks = sorted({int(r.index) for r in segmentation.slices})
+    axis = segmentation.record.get("settings", {}).get("slicing_axis_index")
+    if ks and axis is not None:
+        mask, target = np.take(mask, ks, axis=int(axis)), np.take(target, ks, axis=int(axis))
+    return _round(dice(mask, target))
 
 
 def case_rows(task: Dict[str, Any], outcome, seconds: float) -> List[Dict[str, Any]]:
@@ -100,7 +108,7 @@ def to_markdown(rows: List[Dict[str, Any]], skipped: Sequence[str] = ()) -> str:
     lines = ["# Audit: metrics per case and method", "",
              "Deletion AUC: lower is better; insertion AUC: higher is better (means over the explained slices). "
              "Gains are over the best trivial map (only with --baselines). Evidence share: slices whose map rises "
-             "above the noise. Dice: the segmentation against the case's ground truth.", "",
+             "above the noise. Dice: the segmentation against the case's ground truth, on the slices the case segmented.", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_cell(r.get(c)) for c in COLUMNS) + " |" for r in rows]
     failed = {r["case"]: r["error"] for r in rows if r["status"] != "done"}
