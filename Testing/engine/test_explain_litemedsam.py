@@ -25,10 +25,12 @@ def caudate_run(litemedsam):
 
 def test_roi_occlusion_on_the_caudate(caudate_run):
     session, seg, truth, k = caudate_run
-    run = session.explain(seg, [make_explainer("occlusion", metric_steps=2, patch=64, stride=32)],
+    # seed 001 as published: 64 / 32 patches, curves removing pixels with the method's zero fill
+    run = session.explain(seg, [make_explainer("occlusion", metric_steps=2, patch=64, stride=32,
+                                               metric_fill="method")],
                           roi=RoiConfig("box"), target=truth)
     ex = run.explanations["occlusion"][k]
-    # seed 001 (--patch 64 --stride 32): on LiteMedSAM's 256 grid, scaled to the slice's longest side
+    # on LiteMedSAM's 256 grid, scaled to the slice's longest side
     side = max(session.volume_segmenter.slice_shape)
     assert (ex.details["patch_px"], ex.details["stride_px"]) == (round(64 * side / 256), round(32 * side / 256))
     # the ROI around one caudate needs a fraction of the full image's patches (DESIGN: 10-17 of ~50)
@@ -58,7 +60,10 @@ def test_default_occlusion_patch_is_sized_to_the_caudate(caudate_run):
     assert ex.details["patch_px"] < round(64 * side / 256)
     assert ex.details["stride_px"] == ex.details["patch_px"]        # tiled, then refined
     assert ex.details["patches_refined"] > 0
-    assert ex.metrics["dice_drop"] > 0.5
+    # inpainting the high-saliency region from its surroundings (the metrics' default removal, gentler
+    # than zero fill) still takes a large part of the mask
+    assert ex.metrics["dice_drop"] > 0.3
+    assert ex.metrics["deletion_auc"] < ex.metrics["insertion_auc"]   # on inpainted removals (the default)
     peak = np.unravel_index(np.argmax(ex.saliency), ex.saliency.shape)
     yy, xx = np.nonzero(truth[k])
     # the strongest evidence lies on or right beside the caudate

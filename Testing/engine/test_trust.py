@@ -149,3 +149,40 @@ def test_structure_sized_perturbations():
     ex = make_explainer("rise", toy, n_masks=100, check_every=50, metric_steps=0).explain(
         evidence_image(), PROMPT, roi=whole_slice())
     assert ex.details["cells"] == 7  # cells of half the 20 px box over the 64 px ROI
+
+
+def test_inpainted_removal_does_not_reward_scattered_holes():
+    """The curves remove pixels by inpainting them from their kept neighbours (default), so a
+    random map's scattered removals leave the evidence square whole and rank last, while zero
+    fill lets the same holes dim the square and rewards the random map; the faithful map is at the
+    floor either way."""
+    figures = {}
+    for fill in ("zero", "inpaint"):
+        ex = make_explainer("occlusion", SquareEvidence(), baselines=True, metric_steps=8, metric_fill=fill,
+                            **FINE).explain(evidence_image(), PROMPT, roi=whole_slice())
+        figures[fill] = ex.metrics
+    assert figures["inpaint"]["deletion_auc"] == pytest.approx(1 / 16)        # one step removes the square
+    assert figures["zero"]["deletion_auc"] == pytest.approx(1 / 16)
+    random_zero = figures["zero"]["trivial"]["random"]["deletion_auc"]
+    random_inpaint = figures["inpaint"]["trivial"]["random"]["deletion_auc"]
+    assert random_inpaint > 0.9 > 0.5 > random_zero
+    assert figures["inpaint"]["beats_trivial_deletion"]
+
+
+def test_removed_pixels_are_inpainted_from_their_neighbours():
+    from xaiseg.explain.base import removed
+
+    yy, xx = np.mgrid[0:64, 0:64]
+    ramp = ((yy + xx) / 126.0).astype(np.float32)
+    rng = np.random.default_rng(0)
+    holes = rng.random(ramp.shape) < 0.125
+    assert np.abs(removed(ramp, holes, "inpaint") - ramp).max() < 0.05      # scattered: repaired
+    assert np.abs(removed(ramp, holes, "zero") - ramp).max() > 0.5          # zero fill: holes stay
+    block = np.zeros(ramp.shape, bool)
+    block[20:40, 20:40] = True
+    bright = ramp.copy()
+    bright[block] = 1.0
+    filled = removed(bright, block, "inpaint")
+    assert filled[block].mean() < 0.6 and np.array_equal(filled[~block], bright[~block])  # the block is gone
+    assert np.allclose(removed(bright, np.ones_like(block), "inpaint"), bright.mean())    # nothing to fill from
+    assert np.array_equal(removed(bright, np.zeros_like(block), "inpaint"), bright)

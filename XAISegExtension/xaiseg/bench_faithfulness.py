@@ -40,15 +40,17 @@ def adjacent_pairs(slices: Sequence[int], pairs: Optional[int]) -> List[int]:
     return sorted({k for s in chosen for k in (s, s + 1)})
 
 
-def _explainers(masks: int, cascade: bool = False, fill: str = "zero", only: Sequence[str] = METHODS):
+def _explainers(masks: int, cascade: bool = False, fill: str = "zero", only: Sequence[str] = METHODS,
+                metric_fill: str = "inpaint"):
     from .explain import make_explainer
 
-    common = dict(baselines=True, metric_steps=8, fill=fill, cascade=cascade)
+    common = dict(baselines=True, metric_steps=8, fill=fill, cascade=cascade, metric_fill=metric_fill)
     per = {"occlusion": {}, "rise": {"n_masks": masks}, "layers": {}}  # layers too: curves and trivial maps
     return [make_explainer(m, **dict(common, **per[m])) for m in only]
 
 
-def structure_rows(session, sample, name: str, pairs: Optional[int], masks: int, progress) -> Dict:
+def structure_rows(session, sample, name: str, pairs: Optional[int], masks: int, progress,
+                   metric_fill: str = "inpaint") -> Dict:
     """Explain one structure's sampled slices; the per-method figures and per-slice rows."""
     from .volume import LabelBoxPrompt
 
@@ -64,7 +66,8 @@ def structure_rows(session, sample, name: str, pairs: Optional[int], masks: int,
     seg = session.segment(LabelBoxPrompt(boxes, 1), name=name, progress=progress)
     slices = [k for k in slices if any(r.index == k and r.voxels for r in seg.slices)]
     t0 = time.perf_counter()
-    run = session.explain(seg, _explainers(masks), slices=slices, target=truth, progress=progress)
+    run = session.explain(seg, _explainers(masks, metric_fill=metric_fill), slices=slices, target=truth,
+                          progress=progress)
     seconds = time.perf_counter() - t0
     doc = run.metrics()
     out = {"slices": slices, "seconds": round(seconds, 1), "methods": {}}
@@ -97,8 +100,9 @@ def cascade_rows(session, sample, name: str, masks: int, methods: Sequence[str],
     return {"slice": k, "methods": {m: e["slices"][str(k)].get("cascade") for m, e in run.metrics()["methods"].items()}}
 
 
-def fill_rows(session, sample, name: str, progress) -> Dict:
-    """Occlusion's deletion AUC and gain with zero fill and with blur fill, on one adjacent pair."""
+def fill_rows(session, sample, name: str, progress, metric_fill: str = "inpaint") -> Dict:
+    """Occlusion's deletion AUC and gain with zero fill and with blur fill for its patches, on one
+    adjacent pair; the curves remove pixels the same way (``metric_fill``) for both."""
     from .volume import LabelBoxPrompt
 
     truth = sample.mask(name)
@@ -106,7 +110,8 @@ def fill_rows(session, sample, name: str, progress) -> Dict:
     slices = adjacent_pairs([r.index for r in seg.slices if r.voxels > 0], 1)
     out = {}
     for fill in ("zero", "blur"):
-        run = session.explain(seg, _explainers(100, fill=fill, only=("occlusion",)), slices=slices, progress=progress)
+        run = session.explain(seg, _explainers(100, fill=fill, only=("occlusion",), metric_fill=metric_fill),
+                              slices=slices, progress=progress)
         s = run.metrics()["methods"]["occlusion"]["summary"]
         out[fill] = {k: s.get(k) for k in ("deletion_auc", "insertion_auc", "deletion_gain", "beats_trivial_deletion")}
     return out
@@ -114,7 +119,7 @@ def fill_rows(session, sample, name: str, progress) -> Dict:
 
 def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
                        structures: Optional[Sequence[str]] = None, pairs: Optional[int] = 1, masks: int = 300,
-                       parts: Sequence[str] = ("maps", "cascade", "fills")) -> Dict:
+                       parts: Sequence[str] = ("maps", "cascade", "fills"), metric_fill: str = "inpaint") -> Dict:
     from .bench_explain import machine
     from .models.litemedsam import LiteMedSAM
     from .pipeline import SegmentConfig, Session
@@ -126,7 +131,7 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
     session = Session(sample.image, LiteMedSAM(device=device), SegmentConfig())
     progress = TqdmProgress()
     result: Dict = {"machine": machine(device), "structures": list(structures), "pairs": pairs, "masks": masks,
-                    "goals": GOALS, "parts": list(parts)}
+                    "metric_fill": metric_fill, "goals": GOALS, "parts": list(parts)}
     path = Path(outdir) / "faithfulness.json"
     if path.is_file():  # parts already measured stay (each part records its machine)
         previous = json.loads(path.read_text())
@@ -136,18 +141,20 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
         done = {}
         if path.is_file():
             previous = json.loads(path.read_text())
-            if previous.get("pairs") == pairs and previous.get("masks") == masks:
+            if previous.get("pairs") == pairs and previous.get("masks") == masks and \
+                    previous.get("metric_fill", "zero") == metric_fill:
                 done = previous.get("maps") or {}
         result["maps"] = {}
         for name in structures:
-            result["maps"][name] = done.get(name) or structure_rows(session, sample, name, pairs, masks, progress)
+            result["maps"][name] = done.get(name) or structure_rows(session, sample, name, pairs, masks, progress,
+                                                                    metric_fill)
             _save(outdir, result)
     if "cascade" in parts:
         result["cascade"] = {structures[0]: cascade_rows(session, sample, structures[0], min(masks, 100),
                                                          ("occlusion", "rise", "layers"), progress)}
         _save(outdir, result)
     if "fills" in parts:
-        result["fills"] = {structures[0]: fill_rows(session, sample, structures[0], progress)}
+        result["fills"] = {structures[0]: fill_rows(session, sample, structures[0], progress, metric_fill)}
     result["seconds"] = round(time.perf_counter() - t0, 1)
     _save(outdir, result)
     text = markdown(result)
@@ -194,7 +201,10 @@ def markdown(result: Dict) -> str:
              + ("every slice with a mask" if result.get("pairs") is None else
                 f"{result.get('pairs')} pair(s) of adjacent slices per structure")
              + f"; occlusion and RISE at their structure-sized defaults (RISE at most {result.get('masks')} masks), "
-             "the fused layer map; 8 metric steps; the trivial maps on the same engine and ROI.", ""]
+             "the fused layer map; 8 metric steps, the curves removing pixels by "
+             + {"inpaint": "inpainting them from the kept pixels around them"}.get(result.get("metric_fill", "zero"),
+                                                                               f"{result.get('metric_fill', 'zero')} fill")
+             + "; the trivial maps on the same engine and ROI.", ""]
     maps = result.get("maps") or {}
     if maps:
         lines += ["| structure | method | slices | deletion AUC | best trivial | gain | beats all trivial | "

@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .cli_options import add_explain_options, add_segment_options, request_from_args
+from .explain.base import METRIC_FILLS
 from .errors import Cancelled, InputError, XAISegError
 from .narrate.cli import add_explain_report_options, add_report_parser
 
@@ -117,7 +118,8 @@ def cmd_bench(args) -> int:
 
         structures = [s.strip() for s in args.structures.split(",")] if args.structures else None
         bench_faithfulness(Path(args.output), quick=args.quick, device=args.device, structures=structures,
-                           pairs=args.pairs or None, masks=args.masks, parts=parts or ("maps", "cascade", "fills"))
+                           pairs=args.pairs or None, masks=args.masks, parts=parts or ("maps", "cascade", "fills"),
+                           metric_fill=args.metric_fill)
         return 0
     if args.what == "audit":
         from .bench_audit import bench_audit
@@ -197,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--pairs", type=int, default=1, help="faithfulness: pairs of adjacent slices per structure (0: "
                                                         "every slice; default 1)")
     b.add_argument("--masks", type=int, default=300, help="faithfulness: most RISE masks per slice (default 300)")
+    b.add_argument("--metric-fill", default="inpaint", choices=METRIC_FILLS,
+                   help="faithfulness: how the curves remove pixels (default inpaint; zero: the seed's zero fill)")
     b.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; on a shared machine 1 "
                                                "can be faster, see docs/benchmarks/speed.md)")
     b.add_argument("-o", "--output", default="docs/benchmarks", help="folder for the tables (default docs/benchmarks)")

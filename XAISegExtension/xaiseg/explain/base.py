@@ -48,6 +48,11 @@ from ..settings import as_dict, build, setting
 
 SCORES = ("dice", "logit")
 FILLS = ("zero", "mean", "blur")
+#: what the deletion / insertion curves put where they remove pixels: "inpaint" fills the removed
+#: pixels from the kept ones around them (a removal scattered over single pixels then removes little,
+#: as it should, instead of breaking the image), "method" uses the method's own ``fill``
+METRIC_FILLS = ("inpaint", "method") + FILLS
+INPAINT_RADIUS = 3  # pixels of kept neighbourhood each removed pixel is filled from
 SCALINGS = ("structure", "slice")
 
 
@@ -63,6 +68,10 @@ class CommonSettings:
     seed: int = setting(0, "seed of every random draw")
     metric_steps: int = setting(8, "points on the deletion/insertion curves, one encoder pass each (0: skip)",
                                 minimum=0)
+    metric_fill: str = setting("inpaint", "what the faithfulness curves and the Dice drop put where they remove "
+                                          "pixels: inpainted from the kept pixels around them (scattered removals "
+                                          "do not break the image), the method's own fill, or zero/mean/blur",
+                               choices=METRIC_FILLS)
     threshold: float = setting(0.5, "saliency level of the label map and of the Dice-drop region")
     scaling: str = setting("structure", "display scaling of the maps: once per structure over every explained "
                                         "slice (comparable across slices), or per slice", choices=SCALINGS)
@@ -149,6 +158,24 @@ def fill_image(image: np.ndarray, fill: str) -> np.ndarray:
 
         return cv2.GaussianBlur(image.astype(np.float32), (0, 0), sigmaX=5.0, borderType=cv2.BORDER_REFLECT)
     raise InputError(f"fill {fill!r} is unknown; expected one of {', '.join(FILLS)}")
+
+
+def removed(image: np.ndarray, gone: np.ndarray, fill: str) -> np.ndarray:
+    """``image`` with the pixels where ``gone`` is true removed by ``fill`` (one of
+    :data:`METRIC_FILLS` but "method"): "inpaint" fills them from the kept pixels around them
+    (OpenCV's Navier-Stokes inpainting, radius :data:`INPAINT_RADIUS`; its Telea method overshoots
+    on float images), the others as :func:`fill_image`."""
+    image = np.asarray(image, dtype=np.float32)
+    gone = np.asarray(gone, bool)
+    if not gone.any():
+        return image.copy()
+    if fill == "inpaint":
+        import cv2
+
+        if gone.all():  # nothing kept to fill from: the image's mean
+            return np.full(image.shape, float(image.mean()), np.float32)
+        return cv2.inpaint(image, gone.astype(np.uint8), INPAINT_RADIUS, cv2.INPAINT_NS).astype(np.float32)
+    return np.where(gone, fill_image(image, fill), image).astype(np.float32)
 
 
 def preferred_batch(segmenter) -> int:

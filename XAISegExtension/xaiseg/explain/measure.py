@@ -33,6 +33,7 @@ from ..errors import InputError
 from ..metrics import curve_auc, energy_inside, pointing_game, spearman, thresholded_iou
 from ..models.base import randomisation_cascade, randomized_copy
 from . import baselines as trivial
+from .base import METRIC_FILLS, removed
 
 NOISE_SIGMA = 0.02  # jitter of the unperturbed slice, in [0, 1] intensity units
 MIN_SIGNAL = 0.01  # a score change below 1 % of the unperturbed score is no evidence, whatever the noise
@@ -70,7 +71,8 @@ def measure(explainer, explanation, engine, progress=None, stage: Optional[str] 
     before = engine.evaluations
     high = (explanation.saliency >= explainer.threshold) & roi
     if explainer.metric_steps or explainer.perturbs:
-        metrics.update(faithfulness(engine, explanation.raw, explainer.metric_steps, high, stage=f"{stage} metrics"))
+        metrics.update(faithfulness(engine, explanation.raw, explainer.metric_steps, high, stage=f"{stage} metrics",
+                                    fill=explainer.metric_fill))
     if explainer.baselines and explainer.metric_steps:
         metrics.update(_against_trivial(explainer, engine, explanation, metrics, shared, stage))
     if explainer.perturbs and explainer.noise_passes:
@@ -124,7 +126,8 @@ def _components(explainer, explanation) -> Tuple[List[Dict[str, Any]], Optional[
 
 def _against_trivial(explainer, engine, explanation, metrics, shared: SliceShared, stage: str) -> Dict[str, Any]:
     """The trivial maps' curves (once per slice and score) and the method's gain over the best."""
-    key = (engine.score_name, engine.fill_name, int(explainer.metric_steps), explainer.seed)
+    fill = metric_fill(explainer.metric_fill, engine)
+    key = (engine.score_name, fill, int(explainer.metric_steps), explainer.seed)
     if key not in shared.trivial:
         from ..roi.geometry import prompt_box
 
@@ -132,7 +135,7 @@ def _against_trivial(explainer, engine, explanation, metrics, shared: SliceShare
         maps = trivial.trivial_maps(engine.reference, box, explainer.seed, engine.roi)
         shared.trivial[key] = {}
         for name, m in maps.items():
-            f = faithfulness(engine, m, explainer.metric_steps, None, stage=f"{stage} baseline {name}")
+            f = faithfulness(engine, m, explainer.metric_steps, None, stage=f"{stage} baseline {name}", fill=fill)
             shared.trivial[key][name] = {"deletion_auc": f["deletion_auc"], "insertion_auc": f["insertion_auc"]}
     figures = shared.trivial[key]
     best_del = min(v["deletion_auc"] for v in figures.values())
@@ -207,8 +210,18 @@ def cascading_randomisation(explainer, engine, explanation, progress, stage: str
     return out
 
 
+def metric_fill(fill: str, engine) -> str:
+    """The removal the curves use: ``fill`` (see :data:`~.base.METRIC_FILLS`), "method" resolved to
+    the engine's own fill."""
+    if fill == "method":
+        return engine.fill_name
+    if fill not in METRIC_FILLS:
+        raise InputError(f"metric fill {fill!r} is unknown; expected one of {', '.join(METRIC_FILLS)}")
+    return fill
+
+
 def faithfulness(engine, ranking: np.ndarray, steps: int, high: Optional[np.ndarray] = None,
-                 stage: str = "metrics") -> Dict[str, Any]:
+                 stage: str = "metrics", fill: str = "inpaint") -> Dict[str, Any]:
     """Dice drop of the high-saliency region and deletion / insertion AUC over the ROI.
 
     ranking: the map whose order decides which ROI pixels go first (the raw map); high: the
@@ -216,8 +229,11 @@ def faithfulness(engine, ranking: np.ndarray, steps: int, high: Optional[np.ndar
     removed in order of decreasing ``ranking``, the score read at ``steps`` + 1 evenly spaced
     fractions; a faithful map drops fast (low AUC).  Insertion: starting from the fully removed
     ROI, pixels come back in the same order (high AUC is good).  Scores are divided by the
-    baseline score, so both curves start or end at 1.
+    baseline score, so both curves start or end at 1.  ``fill``: what removed pixels become
+    (:func:`~.base.removed`; default inpainted from their kept neighbours, so that a ranking is not
+    rewarded for scattering removals that break the image rather than remove evidence).
     """
+    fill = metric_fill(fill, engine)
     roi = engine.roi
     keeps = [] if high is None else [np.where(np.asarray(high, bool) & roi, 0.0, 1.0)]
     fractions: List[float] = []
@@ -237,7 +253,9 @@ def faithfulness(engine, ranking: np.ndarray, steps: int, high: Optional[np.ndar
             k[c[:, 0], c[:, 1]] = 1.0
             keeps.append(k)  # insertion at fraction f
     engine.stage = stage
-    scores = engine.scores(keeps)
+    roi_f = roi.astype(np.float32)
+    images = [removed(engine.image, (1.0 - k) * roi_f > 0.5, fill) for k in keeps]
+    scores = engine.score_images(images)
     base = engine.baseline if abs(engine.baseline) > 1e-12 else 1.0
     out: Dict[str, Any] = {"baseline_score": float(engine.baseline)}
     first = 0
