@@ -1,12 +1,11 @@
 """`xaiseg bench`: measurements that go into docs/benchmarks, never into timed unit tests."""
 from __future__ import annotations
 
-import json
 import platform
 import time
 from pathlib import Path
 
-from .io import write_text_atomic
+from .io import write_tables
 
 
 def run_bench(what: str, outdir: Path, quick: bool = False, parts=("occlusion", "rise"),
@@ -69,7 +68,6 @@ def bench_segmentation(outdir: Path, quick: bool = False, device: str = "cpu") -
         "",
     ]
     outdir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(outdir / "segmentation.json", json.dumps(result, indent=2))
-    write_text_atomic(outdir / "segmentation.md", "\n".join(md))
+    write_tables(outdir, "segmentation", "\n".join(md), result)
     print("\n".join(md))
     return result

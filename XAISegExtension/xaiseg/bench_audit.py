@@ -10,7 +10,6 @@ compute alike (the workers of a LocalCluster run one thread each).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 import time
@@ -19,7 +18,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .io import write_bytes_atomic, write_text_atomic
+from .io import write_bytes_atomic, write_tables
 
 
 def middle_slices(mask: np.ndarray, count: int) -> List[int]:
@@ -123,8 +122,7 @@ def write_report(outdir: Path, result: dict, audit_dir: Path) -> None:
     if plot.is_file():
         write_bytes_atomic(outdir / "audit_deletion_auc.png", plot.read_bytes())
         md += ["", "![deletion AUC per structure](audit_deletion_auc.png)", ""]
-    write_text_atomic(outdir / "audit.md", "\n".join(md))
-    write_text_atomic(outdir / "audit.json", json.dumps(result, indent=1))
+    write_tables(outdir, "audit", "\n".join(md), result, indent=1)
     print("\n".join(md))
 
 

@@ -11,13 +11,12 @@ is an estimate within 30 % of the real time (ratio 0.7 - 1.3).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from .io import write_text_atomic
+from .io import write_tables
 
 #: (structure, explained slices, methods and settings); each run segments only its explained slices
 RUNS = (
@@ -123,8 +122,7 @@ def write_report(outdir: Path, result: dict) -> None:
     if ratios:
         md += ["", f"Ratio estimate / real: {min(ratios):.2f} - {max(ratios):.2f} (goal: 0.7 - 1.3).", ""]
     outdir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(outdir / "cost.md", "\n".join(md))
-    write_text_atomic(outdir / "cost.json", json.dumps(result, indent=1))
+    write_tables(outdir, "cost", "\n".join(md), result, indent=1)
     print("\n".join(md))
 
 

@@ -17,7 +17,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from .io import write_text_atomic
+from .io import write_tables, write_text_atomic
 
 
 def machine(device: str = "cpu") -> Dict:
@@ -287,8 +287,7 @@ def bench_explain(outdir: Path, quick: bool = False, parts=("occlusion", "rise")
         result["rise"] = {"machine": machine(device), "slices": ks, "rows": done,
                           "seconds": time.perf_counter() - t0}
         partial.unlink(missing_ok=True)
-    write_text_atomic(outdir / "explain.json", json.dumps(result, indent=2))
-    write_text_atomic(outdir / "explain.md", markdown(result, quick))
+    write_tables(outdir, "explain", markdown(result, quick), result)
     return result
 
 

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .io import write_text_atomic
+from .io import write_tables
 
 METHODS = ("occlusion", "rise", "layers")
 GOALS = {"beats_trivial_share": 0.8, "adjacent_spearman": 0.7, "randomised_similarity": 0.3}
@@ -165,8 +165,7 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
 def _save(outdir: Path, result: Dict) -> None:
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(outdir / "faithfulness.json", json.dumps(result, indent=2, default=float))
-    write_text_atomic(outdir / "faithfulness.md", markdown(result))
+    write_tables(outdir, "faithfulness", markdown(result), result)
 
 
 def _f(v, nd: int = 3) -> str:

@@ -12,7 +12,6 @@ peak happened.  ``--before DIR`` first runs the same command with another engine
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -25,7 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .io import write_text_atomic
+from .io import write_tables
 
 SHAPE = (300, 512, 512)  # k, j, i
 SPACING = (0.8, 0.8, 1.5)  # i, j, k in mm
@@ -166,8 +165,7 @@ def write_report(outdir: Path, result: Dict) -> None:
                                           else "-" for run in result["runs"].values()) + " |")
     md.append("")
     outdir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(outdir / "memory.md", "\n".join(md))
-    write_text_atomic(outdir / "memory.json", json.dumps(result, indent=1))
+    write_tables(outdir, "memory", "\n".join(md), result, indent=1)
     print("\n".join(md))
 
 

@@ -14,7 +14,6 @@ interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -23,7 +22,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .io import write_text_atomic
+from .io import write_tables
 from .orientation import ALL, resolve, slice_layout, tta_turns
 from .sample_data import DEMO_STRUCTURES
 
@@ -196,8 +195,7 @@ def bench_orientation(outdir: Path, quick: bool = False, device: str = "cpu", pl
     for r in results:
         md += markdown(r)
     outdir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(outdir / "orientation.json", json.dumps(doc, indent=2))
-    write_text_atomic(outdir / "orientation.md", "\n".join(md))
+    write_tables(outdir, "orientation", "\n".join(md), doc)
     return doc
 
 

@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .io import write_text_atomic
+from .io import write_tables, write_text_atomic
 
 BATCHES = (1, 2, 4, 8)
 ROI_SIDE = 40  # slice pixels: a structure-sized box (RISE or a deletion curve restricted to the ROI)
@@ -239,8 +239,7 @@ def bench_speed(outdir: Path, quick: bool = False, device: str = "cpu", rounds: 
     result["seconds"] = round(time.perf_counter() - t_start, 1)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(outdir / "speed.json", json.dumps(result, indent=2))
-    write_text_atomic(outdir / "speed.md", markdown(result))
+    write_tables(outdir, "speed", markdown(result), result)
     return result
 
 

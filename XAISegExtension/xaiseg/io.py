@@ -405,6 +405,15 @@ def write_text_atomic(path: PathLike, text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def write_tables(outdir: PathLike, stem: str, markdown: str, doc, indent: int = 2) -> None:
+    """A benchmark's results: ``stem.md`` (the tables) and ``stem.json`` (every figure), each atomically."""
+    import json
+
+    outdir = Path(outdir)
+    write_text_atomic(outdir / f"{stem}.json", json.dumps(doc, indent=indent, default=float))
+    write_text_atomic(outdir / f"{stem}.md", markdown)
+
+
 def write_bytes_atomic(path: PathLike, data: bytes) -> Path:
     """Write ``data`` to a temporary file beside ``path`` and rename it into place; a full disk
     gives :class:`DiskFullError` and leaves nothing behind."""
