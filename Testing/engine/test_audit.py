@@ -152,3 +152,12 @@ def test_a_bad_row_is_a_failed_case_named_with_its_reason(tmp_path):
     assert prompt == {"type": "box", "lo_kji": [3, 2, 1], "hi_kji": [6, 5, 4]}  # voxel i, j, k -> array k, j, i
     assert cases[0].request["input"] == os.path.join(str(tmp_path), "v.nrrd")
     assert cases[0].request["output_dir"] == str((tmp_path / "out" / cases[0].name).resolve())
+
+
+def test_a_spreadsheet_export_with_a_trailing_comma_reads(tmp_path):
+    """An unnamed last column (``image,structure,``) drops out instead of being an unknown column."""
+    from xaiseg.audit import read_rows
+
+    path = tmp_path / "cases.csv"
+    path.write_text("image,structure,\nv1.nrrd,block,\n")
+    assert read_rows(path) == [{"image": "v1.nrrd", "structure": "block"}]

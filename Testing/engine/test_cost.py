@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from frontdoor import TOY_ARGS, TOY_SEGMENTER, cli, record_loads, write_labels, write_volume
+from frontdoor import BOX_KJI, TOY_ARGS, TOY_SEGMENTER, cli, record_loads, write_labels, write_volume
 
 
 @pytest.fixture()
@@ -97,3 +97,26 @@ def test_a_calibration_is_kept_per_segmenter_device_and_threads(tmp_path):
     assert load_calibration(request(segmenter=dict(TOY_SEGMENTER, device="cuda")), path) is None
     path.write_text("not json")
     assert load_calibration(request(), path) is None
+
+
+def test_reused_passes_and_a_calibration_without_write_timing():
+    """LiteMedSAM's perturbed passes reuse the slice's activations, so they are charged at the
+    measured share of a full pass (plus the activation caches); a torch model's are full passes; a
+    calibration that did not time writing keeps the reference write figure."""
+    from xaiseg.cost import CACHE_PASSES_PER_SLICE, REFERENCE_WRITE, REUSE_SHARE, estimate_counts
+    from xaiseg.request import RunRequest
+
+    def request(segmenter):
+        return RunRequest.from_dict({"input": "v.nrrd", "output_dir": "out", "segmenter": segmenter,
+                                     "prompt": BOX_KJI,
+                                     "explain": {"methods": [{"name": "occlusion"}], "common": {"metric_steps": 2}}})
+
+    cal = {"seconds_encoder": 1.0, "seconds_decoder": 0.0, "seconds_load": 0.0}
+    lite = estimate_counts(request({"kind": "litemedsam"}), 3, [(40.0, 40.0)] * 2, cal, output_bytes=10 ** 6)
+    torch_ = estimate_counts(request(TOY_SEGMENTER), 3, [(40.0, 40.0)] * 2, cal, output_bytes=10 ** 6)
+    assert lite["encoder_passes"] == torch_["encoder_passes"]          # the same passes are counted
+    perturbed = lite["encoder_passes"] - 3
+    write = REFERENCE_WRITE["seconds_write_mb"]
+    assert lite["reuse"] and not torch_["reuse"]
+    assert lite["seconds"] == pytest.approx(3 + perturbed * REUSE_SHARE + 2 * CACHE_PASSES_PER_SLICE + write)
+    assert torch_["seconds"] == pytest.approx(3 + perturbed + write)

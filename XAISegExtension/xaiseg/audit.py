@@ -50,8 +50,12 @@ class Case:
 
     @property
     def fingerprint(self) -> str:
-        """What the outputs depend on: the request (and the ground truth, which only the Dice reads)."""
-        text = json.dumps([self.request, self.ground_truth, self.ground_truth_label], sort_keys=True, default=str)
+        """What the outputs depend on: the request, the ground truth (which only the Dice reads) and
+        the version of the table's columns, so that a case measured by an older table is run again."""
+        from .audit_table import TABLE_VERSION
+
+        text = json.dumps([self.request, self.ground_truth, self.ground_truth_label, TABLE_VERSION], sort_keys=True,
+                          default=str)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
     @property
@@ -95,8 +99,9 @@ def read_rows(path: Path) -> List[Dict[str, str]]:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             header = [h.strip().lower() for h in (reader.fieldnames or [])]
-            rows = [{header[i]: (v or "").strip() for i, v in enumerate(raw.get(k) for k in reader.fieldnames)}
-                    for raw in reader]
+            rows = [{header[i]: (v or "").strip() for i, v in enumerate(raw.get(k) for k in reader.fieldnames)
+                     if header[i]} for raw in reader]  # unnamed columns (a spreadsheet's trailing comma) drop out
+            header = [h for h in header if h]
     except (UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"cases file {path} is not CSV text ({exc}); expected a header row and one row per "
                          "case") from None
@@ -201,6 +206,7 @@ def run_case(task: Dict[str, Any]) -> Dict[str, Any]:
     except OSError:
         pass
     try:
+        remove_stale_stages(outdir)  # a worker that died on this case before (Dask runs it again) left these
         request = RunRequest.from_dict(task["request"])
         outcome = run(request, Progress())
         seconds = time.perf_counter() - t0
@@ -237,10 +243,10 @@ def failed_record(case: Case, error: str, seconds: float = 0.0) -> Dict[str, Any
             "error": error, "seconds": round(seconds, 3), "rows": [], "files": []}
 
 
-def remove_stale_stages(case: Case) -> None:
-    """Staging folders a dead worker left in the case's folder (nobody else writes there)."""
-    if case.output_dir is not None and case.output_dir.is_dir():
-        for stage in case.output_dir.glob(".xaiseg-*"):
+def remove_stale_stages(folder: Optional[Path]) -> None:
+    """Staging folders a dead worker left in a case's folder (nobody else writes there)."""
+    if folder is not None and folder.is_dir():
+        for stage in folder.glob(".xaiseg-*"):
             if stage.is_dir():
                 shutil.rmtree(stage, ignore_errors=True)
 
@@ -317,7 +323,7 @@ def run_audit(cases: List[Case], outdir: Path, executor: Optional[Executor] = No
         for n, record in enumerate(executor(todo), 1):
             case = by_name[record["name"]]
             if record.get("worker_died"):
-                remove_stale_stages(case)
+                remove_stale_stages(case.output_dir)
             records[case.name] = record
             state["cases"][case.name] = _state_entry(record)
             save_state(outdir, state)

@@ -98,7 +98,11 @@ def bench_audit(outdir: Path, structures: Optional[Sequence[str]] = None, method
     result.update(rows=table_rows(cases, runs["in-process"].records),
                   tables_equal=rows["in-process"] == rows["cluster"], failed={m: runs[m].failed for m in runs}, volumes_compared=len(diffs),
                   largest_volume_difference=max(diffs.values()) if diffs else None)
-    write_report(Path(outdir), result, work / "in-process")
+    try:
+        write_report(Path(outdir), result, work / "in-process")
+    finally:
+        if not workdir:  # the temporary cases and both audits' outputs
+            shutil.rmtree(work, ignore_errors=True)
     return result
 
 

@@ -24,6 +24,12 @@ DEFAULT_SECONDS = {"seconds_encoder": 1.5, "seconds_decoder": 0.065, "seconds_lo
 #: seconds per MB of (uncompressed) output written, used when there is no calibration at all
 REFERENCE_WRITE = {"seconds_write_mb": 0.01}
 MODEL_GRID = 256
+#: segmenters whose perturbed passes reuse the unperturbed slice's activations (without TTA), and the
+#: share of a full pass such a pass costs: 0.39-0.45 measured for LiteMedSAM (docs/benchmarks/speed.md);
+#: the upper figure, since ROI-sized changes (metrics, noise) reach the most
+REUSING_KINDS = ("litemedsam",)
+REUSE_SHARE = 0.45
+CACHE_PASSES_PER_SLICE = 2  # the explanation builds each slice's activation cache twice (attribution, metrics)
 CALIBRATION_FILE = "calibration.json"
 
 Extent = Optional[Tuple[float, float]]
@@ -37,7 +43,8 @@ def estimate_counts(request, segmented: int, extents: Sequence[Extent],
     columns) on the model's grid, or None when unknown).  ``output_bytes`` (the outputs' size,
     :func:`xaiseg.preflight.expected_bytes`) adds the time of writing them when the calibration
     measured it (``seconds_write_mb``), or the reference figure without a calibration."""
-    cal = dict(DEFAULT_SECONDS, **(calibration or REFERENCE_WRITE))
+    cal = dict(DEFAULT_SECONDS, **REFERENCE_WRITE)
+    cal.update(calibration or {})  # a calibration without a write timing keeps the reference figure
     turns = int(getattr(request, "tta", 1) or 1)  # every pass runs once per TTA orientation
     encoder = decoder = segmented * turns
     per_method: Dict[str, int] = {}
@@ -54,14 +61,21 @@ def estimate_counts(request, segmented: int, extents: Sequence[Extent],
             per_method["shared"] = shared
             encoder += shared
             decoder += shared
-    seconds = cal["seconds_load"] + encoder * cal["seconds_encoder"] + decoder * cal["seconds_decoder"]
+    reuse = request.segmenter.kind in REUSING_KINDS and turns == 1 and encoder > segmented
+    perturbed = encoder - segmented * turns
+    full_equivalent = encoder if not reuse else \
+        segmented * turns + perturbed * REUSE_SHARE + CACHE_PASSES_PER_SLICE * explained
+    seconds = cal["seconds_load"] + full_equivalent * cal["seconds_encoder"] + decoder * cal["seconds_decoder"]
     seconds += output_bytes / 1e6 * cal.get("seconds_write_mb", 0.0)
     device = request.segmenter.device
     text = (f"{segmented} slice(s) to segment; {encoder} encoder and {decoder} decoder passes; "
             f"about {seconds / 60:.1f} min on {device_label or device}")
     if per_method:
         text += " (" + ", ".join(f"{k}: {v} evaluations" for k, v in per_method.items()) + ")"
+    if reuse:
+        text += f"; perturbed passes reuse the slice's activations (about {REUSE_SHARE:.2f} of a full pass each)"
     return {"slices": segmented, "explained_slices": explained, "encoder_passes": encoder, "decoder_passes": decoder,
+            "full_pass_equivalents": round(full_equivalent, 1), "reuse": reuse,
             "per_method": per_method, "seconds": seconds, "minutes": seconds / 60.0,
             "calibrated": calibration is not None, "device": device, "text": text}
 

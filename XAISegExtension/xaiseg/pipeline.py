@@ -190,7 +190,12 @@ def run(request, progress: Optional[Progress] = None, log: Optional[Callable[[st
         if on_estimate is not None:
             from .cost import estimate_plan, load_calibration
 
-            on_estimate(estimate_plan(request, plan, volume.shape, load_calibration(request)))
+            try:
+                estimate = estimate_plan(request, plan, volume.shape, load_calibration(request))
+            except (NotImplementedError, ArithmeticError, TypeError, ValueError) as exc:  # never stops the run
+                log(f"cost estimate unavailable ({type(exc).__name__}: {exc})")
+            else:
+                on_estimate(estimate)
         if request.threads:
             import torch
 

@@ -77,6 +77,9 @@ def parse_range(value: Any, what: str = "slice range") -> Optional[Tuple[int, in
 
 # ----------------------------------------------------------------------------------------- parts
 
+#: the segmenter options that name files (relative ones are taken from the request's folder)
+SEGMENTER_PATHS = ("checkpoint", "torchscript", "cache_dir")
+
 @dataclass(frozen=True)
 class SegmenterSpec:
     """Which segmenter to load and how (keyword arguments of :func:`xaiseg.models.load_segmenter`)."""
@@ -273,7 +276,7 @@ class RunRequest:
             raise InputError(f"output_dir {data.get('output_dir')!r} must be a folder path")
         name = safe_name(data.get("name")) if data.get("name") else stem_name(source)
         segmenter = _mapping(data.get("segmenter"), "segmenter")
-        for key in ("checkpoint", "torchscript", "cache_dir"):
+        for key in SEGMENTER_PATHS:
             if segmenter.get(key):
                 segmenter[key] = _path(segmenter[key], base)
         fmt = data.get("format", "nrrd")
@@ -363,7 +366,7 @@ class CalibrateRequest:
     @classmethod
     def from_dict(cls, data: Mapping, base: Optional[Path] = None) -> "CalibrateRequest":
         segmenter = _mapping(data.get("segmenter"), "segmenter")
-        for key in ("checkpoint", "torchscript", "cache_dir"):
+        for key in SEGMENTER_PATHS:
             if segmenter.get(key):
                 segmenter[key] = _path(segmenter[key], base)
         threads = data.get("threads")
