@@ -186,3 +186,14 @@ def test_removed_pixels_are_inpainted_from_their_neighbours():
     assert filled[block].mean() < 0.6 and np.array_equal(filled[~block], bright[~block])  # the block is gone
     assert np.allclose(removed(bright, np.ones_like(block), "inpaint"), bright.mean())    # nothing to fill from
     assert np.array_equal(removed(bright, np.zeros_like(block), "inpaint"), bright)
+
+
+def test_occlusion_with_inpainted_patches_finds_the_evidence():
+    """Patches inpainted from their surroundings (``fill="inpaint"``): only a patch that covers the
+    whole evidence square takes it away, and the map peaks there."""
+    toy = SquareEvidence()
+    ex = make_explainer("occlusion", toy, fill="inpaint", metric_steps=4, **FINE).explain(
+        evidence_image(), PROMPT, roi=whole_slice())
+    peak = np.unravel_index(np.argmax(ex.raw), ex.raw.shape)
+    assert toy.square_mask()[peak] and ex.metrics["evidence"]
+    assert ex.metrics["deletion_auc"] < 0.2

@@ -7,7 +7,7 @@ against the trivial maps (blurred mask, box centre, random) on the same engine a
 per method and structure: deletion and insertion AUC, the gain over the best trivial map, the share
 of slices where the method beats all three, the adjacent-slice Spearman, the share of slices with
 evidence above the noise, and on a few slices the cascading-randomisation similarities.  The
-``fills`` part compares zero and blur fill for occlusion; the ``orientation`` part runs the
+``fills`` part compares zero, blur and inpainted patches for occlusion; the ``orientation`` part runs the
 orientation measurement (:mod:`xaiseg.bench_orientation`) when it is available.
 
 Every figure of a run comes from one process and one machine; the machine is recorded.
@@ -100,16 +100,21 @@ def cascade_rows(session, sample, name: str, masks: int, methods: Sequence[str],
     return {"slice": k, "methods": {m: e["slices"][str(k)].get("cascade") for m, e in run.metrics()["methods"].items()}}
 
 
+#: occlusion's patch fills the ``fills`` part compares, on the first FILL_STRUCTURES structures
+FILLS_COMPARED = ("zero", "blur", "inpaint")
+FILL_STRUCTURES = 2
+
+
 def fill_rows(session, sample, name: str, progress, metric_fill: str = "inpaint") -> Dict:
-    """Occlusion's deletion AUC and gain with zero fill and with blur fill for its patches, on one
-    adjacent pair; the curves remove pixels the same way (``metric_fill``) for both."""
+    """Occlusion's deletion AUC and gain with each of :data:`FILLS_COMPARED` for its patches, on one
+    adjacent pair; the curves remove pixels the same way (``metric_fill``) for all."""
     from .volume import LabelBoxPrompt
 
     truth = sample.mask(name)
     seg = session.segment(LabelBoxPrompt(truth.astype(np.uint8), 1), name=name, progress=progress)
     slices = adjacent_pairs([r.index for r in seg.slices if r.voxels > 0], 1)
     out = {}
-    for fill in ("zero", "blur"):
+    for fill in FILLS_COMPARED:
         run = session.explain(seg, _explainers(100, fill=fill, only=("occlusion",), metric_fill=metric_fill),
                               slices=slices, progress=progress)
         s = run.metrics()["methods"]["occlusion"]["summary"]
@@ -154,7 +159,10 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
                                                          ("occlusion", "rise", "layers"), progress)}
         _save(outdir, result)
     if "fills" in parts:
-        result["fills"] = {structures[0]: fill_rows(session, sample, structures[0], progress, metric_fill)}
+        result["fills"] = {}
+        for name in structures[:FILL_STRUCTURES]:
+            result["fills"][name] = fill_rows(session, sample, name, progress, metric_fill)
+            _save(outdir, result)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     _save(outdir, result)
     text = markdown(result)
@@ -236,9 +244,14 @@ def markdown(result: Dict) -> str:
             for m, steps in methods.items():
                 lines.append(f"| {m} | " + " | ".join(_f(s["similarity"], 2) for s in steps) + " |")
     fills = result.get("fills") or {}
-    for name, entry in fills.items():
-        lines += ["", f"Occlusion fill on {name} (one adjacent pair): zero fill deletion AUC "
-                  f"{_f(entry['zero']['deletion_auc'])} (gain {_f(entry['zero']['deletion_gain'])}), blur fill "
-                  f"{_f(entry['blur']['deletion_auc'])} (gain {_f(entry['blur']['deletion_gain'])})."]
+    if fills:
+        lines += ["", "What occlusion's patches are filled with (one adjacent pair per structure; the curves remove "
+                  "pixels the same way for every fill):", "",
+                  "| structure | patch fill | deletion AUC | gain over best trivial | beats all trivial | insertion AUC |",
+                  "|---|---|---|---|---|---|"]
+        for name, entry in fills.items():
+            for fill, f in entry.items():
+                lines.append(f"| {name} | {fill} | {_f(f.get('deletion_auc'))} | {_f(f.get('deletion_gain'))} | "
+                             f"{_f(f.get('beats_trivial_deletion'), 2)} | {_f(f.get('insertion_auc'))} |")
     lines += ["", f"Total {result.get('seconds', 0):.0f} s.", ""]
     return "\n".join(lines)

@@ -47,11 +47,11 @@ from ..requirements import Requirement
 from ..settings import as_dict, build, setting
 
 SCORES = ("dice", "logit")
-FILLS = ("zero", "mean", "blur")
+FILLS = ("zero", "mean", "blur", "inpaint")
 #: what the deletion / insertion curves put where they remove pixels: "inpaint" fills the removed
 #: pixels from the kept ones around them (a removal scattered over single pixels then removes little,
 #: as it should, instead of breaking the image), "method" uses the method's own ``fill``
-METRIC_FILLS = ("inpaint", "method") + FILLS
+METRIC_FILLS = ("method",) + FILLS
 INPAINT_RADIUS = 3  # pixels of kept neighbourhood each removed pixel is filled from
 SCALINGS = ("structure", "slice")
 
@@ -62,7 +62,9 @@ class CommonSettings:
 
     score: str = setting("dice", "explained score: Dice of the perturbed mask against the unperturbed one inside "
                                  "the ROI, or the mean logit in the mask", choices=SCORES)
-    fill: str = setting("zero", "what removed pixels become", choices=FILLS)
+    fill: str = setting("zero", "what removed pixels become: zero, the slice's mean, a blurred copy, or inpainted "
+                                "from the kept pixels around them (keep maps then count as removed below 0.5)",
+                        choices=FILLS)
     batch_size: int = setting(0, "perturbed images per model call (0: chosen from the device - 1 on a CPU, "
                                  "where larger batches are no cheaper per image, 8 on a GPU)", minimum=0)
     seed: int = setting(0, "seed of every random draw")
@@ -157,6 +159,8 @@ def fill_image(image: np.ndarray, fill: str) -> np.ndarray:
         import cv2
 
         return cv2.GaussianBlur(image.astype(np.float32), (0, 0), sigmaX=5.0, borderType=cv2.BORDER_REFLECT)
+    if fill == "inpaint":  # depends on what is removed: see removed(); unused as a fixed image
+        return image.astype(np.float32)
     raise InputError(f"fill {fill!r} is unknown; expected one of {', '.join(FILLS)}")
 
 
@@ -311,6 +315,8 @@ class PerturbationEngine:
         k = np.asarray(keep, dtype=np.float32)
         if restrict:
             k = 1.0 - (1.0 - k) * self.roi
+        if self.fill_name == "inpaint":
+            return removed(self.image, k < 0.5, "inpaint")
         return self.image * k + self.fill * (1.0 - k)
 
     def scores(self, keeps: Iterable[np.ndarray], total: Optional[int] = None, restrict: bool = True) -> np.ndarray:
