@@ -165,11 +165,11 @@ def test_the_cost_estimate_names_the_device_the_run_will_use(scene, phantom, inf
     forced = logic.estimateCost(*phantom, RunSettings(device="cuda", force_cpu=True))
     assert forced["device"] == "cpu" and forced["text"].endswith(" on cpu")
     # a calibration is kept per segmenter and real device: 'auto' finds the one made on that device
-    timing = {"seconds_encoder": 0.5, "seconds_decoder": 0.01, "seconds_load": 1.0}
+    timing = {"seconds_encoder": 0.5, "seconds_decoder": 0.01, "seconds_load": 1.0, "seconds_write_mb": 0.0}
     logic.calibration[logic.calibrationKey(RunSettings(device=real))] = timing
     assert logic.calibrationKey(RunSettings(device="auto")) == logic.calibrationKey(RunSettings(device=real))
     calibrated = logic.estimateCost(*phantom, RunSettings(device="auto"))
     assert calibrated["calibrated"] and calibrated["seconds"] == pytest.approx(
-        1.0 + calibrated["encoder_passes"] * 0.5 + calibrated["decoder_passes"] * 0.01)
+        1.0 + calibrated["full_pass_equivalents"] * 0.5 + calibrated["decoder_passes"] * 0.01)
     if real != "cpu":
         assert not logic.estimateCost(*phantom, RunSettings(device="auto", force_cpu=True))["calibrated"]

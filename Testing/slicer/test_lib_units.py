@@ -61,14 +61,20 @@ def test_cost_counts_segmentation_and_occlusion_passes(scene):
                            method_settings={"occlusion": {"patch": 64, "stride": 32}})
     cost = XAISegLogic(scene).estimateCost(volume, roi, settings,
                                            calibration={"seconds_encoder": 2.0, "seconds_decoder": 0.1,
-                                                        "seconds_load": 4.0})
+                                                        "seconds_load": 4.0, "seconds_write_mb": 0.0})
     assert scene.GetNumberOfNodes() == before
     assert cost["slices"] == 5 and cost["calibrated"]
     occ = cost["per_method"]["occlusion"]
     assert 1 + 16 <= occ <= 49 + 16  # the ROI (20 px + margins on a 100 px slice) touches some patches
     noise = 2  # the jittered copies that set the noise level, once per explained slice
     assert cost["encoder_passes"] == 5 + occ + noise
-    assert cost["seconds"] == pytest.approx(4.0 + cost["encoder_passes"] * 2.0 + cost["decoder_passes"] * 0.1)
+    # LiteMedSAM's perturbed passes reuse the slice's activations: charged at REUSE_SHARE of a full pass,
+    # plus the activation caches of the explained slice
+    from xaiseg.cost import CACHE_PASSES_PER_SLICE, REUSE_SHARE
+
+    assert cost["reuse"] and cost["full_pass_equivalents"] == pytest.approx(
+        5 + (occ + noise) * REUSE_SHARE + CACHE_PASSES_PER_SLICE)
+    assert cost["seconds"] == pytest.approx(4.0 + cost["full_pass_equivalents"] * 2.0 + cost["decoder_passes"] * 0.1)
 
 
 def test_inferno_runs_dark_to_light_through_purple_and_orange():

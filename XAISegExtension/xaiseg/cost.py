@@ -75,7 +75,7 @@ def estimate_counts(request, segmented: int, extents: Sequence[Extent],
     if reuse:
         text += f"; perturbed passes reuse the slice's activations (about {REUSE_SHARE:.2f} of a full pass each)"
     return {"slices": segmented, "explained_slices": explained, "encoder_passes": encoder, "decoder_passes": decoder,
-            "full_pass_equivalents": round(full_equivalent, 1), "reuse": reuse,
+            "full_pass_equivalents": full_equivalent, "reuse": reuse,
             "per_method": per_method, "seconds": seconds, "minutes": seconds / 60.0,
             "calibrated": calibration is not None, "device": device, "text": text}
 
