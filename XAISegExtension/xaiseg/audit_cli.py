@@ -63,6 +63,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from .audit import read_cases, run_audit
     from .cli_options import explain_dict, run_dict
     from .errors import InputError
+    from .prompt_spec import resolve_path
     from .request import SEGMENTER_PATHS
 
     if args.scheduler and args.local_cluster is not None:
@@ -70,7 +71,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     log = (lambda text: None) if args.quiet else print
     options = run_dict(args)
     # the command line's files are the user's, relative to here; the rows' files are relative to the CSV
-    options["segmenter"] = {k: str(Path(v).resolve()) if k in SEGMENTER_PATHS and v else v
+    options["segmenter"] = {k: resolve_path(v, Path.cwd()) if k in SEGMENTER_PATHS else v
                             for k, v in options["segmenter"].items()}
     cases = read_cases(Path(args.cases), Path(args.output), options, lambda methods: explain_dict(args, methods))
     plot = not args.no_plot

@@ -67,7 +67,6 @@ def bench_segmentation(outdir: Path, quick: bool = False, device: str = "cpu") -
         f"- peak resident memory: {result['peak_rss_mb']:.0f} MB; total {result['seconds']:.0f} s",
         "",
     ]
-    outdir.mkdir(parents=True, exist_ok=True)
     write_tables(outdir, "segmentation", "\n".join(md), result)
     print("\n".join(md))
     return result

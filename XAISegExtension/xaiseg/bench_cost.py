@@ -121,7 +121,6 @@ def write_report(outdir: Path, result: dict) -> None:
                   f"{r['real_passes']} | {r['estimated_seconds']:.0f} / {r['real_seconds']:.0f} | {r['ratio']:.2f} |")
     if ratios:
         md += ["", f"Ratio estimate / real: {min(ratios):.2f} - {max(ratios):.2f} (goal: 0.7 - 1.3).", ""]
-    outdir.mkdir(parents=True, exist_ok=True)
     write_tables(outdir, "cost", "\n".join(md), result, indent=1)
     print("\n".join(md))
 

@@ -171,8 +171,6 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
 
 
 def _save(outdir: Path, result: Dict) -> None:
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
     write_tables(outdir, "faithfulness", markdown(result), result)
 
 

@@ -164,7 +164,6 @@ def write_report(outdir: Path, result: Dict) -> None:
         md.append(f"| {s} | " + " | ".join(f"{run['per_stage_mb'].get(s, 0):.0f}" if s in run["per_stage_mb"]
                                           else "-" for run in result["runs"].values()) + " |")
     md.append("")
-    outdir.mkdir(parents=True, exist_ok=True)
     write_tables(outdir, "memory", "\n".join(md), result, indent=1)
     print("\n".join(md))
 

@@ -194,7 +194,6 @@ def bench_orientation(outdir: Path, quick: bool = False, device: str = "cpu", pl
           "(orientation.TTA_ORDER), each turned back.", ""]
     for r in results:
         md += markdown(r)
-    outdir.mkdir(parents=True, exist_ok=True)
     write_tables(outdir, "orientation", "\n".join(md), doc)
     return doc
 

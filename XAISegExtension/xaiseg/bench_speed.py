@@ -237,8 +237,6 @@ def bench_speed(outdir: Path, quick: bool = False, device: str = "cpu", rounds: 
     result["maps"] = map_rows(segmenter, image, prompt, cache, 1 if quick else 2)
     result["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     result["seconds"] = round(time.perf_counter() - t_start, 1)
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
     write_tables(outdir, "speed", markdown(result), result)
     return result
 

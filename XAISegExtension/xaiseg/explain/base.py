@@ -164,11 +164,12 @@ def fill_image(image: np.ndarray, fill: str) -> np.ndarray:
     raise InputError(f"fill {fill!r} is unknown; expected one of {', '.join(FILLS)}")
 
 
-def removed(image: np.ndarray, gone: np.ndarray, fill: str) -> np.ndarray:
+def removed(image: np.ndarray, gone: np.ndarray, fill: str, filled: Optional[np.ndarray] = None) -> np.ndarray:
     """``image`` with the pixels where ``gone`` is true removed by ``fill`` (one of
     :data:`METRIC_FILLS` but "method"): "inpaint" fills them from the kept pixels around them
     (OpenCV's Navier-Stokes inpainting, radius :data:`INPAINT_RADIUS`; its Telea method overshoots
-    on float images), the others as :func:`fill_image`."""
+    on float images), the others as :func:`fill_image` (``filled``: that image, when the caller
+    removes several regions from one image)."""
     image = np.asarray(image, dtype=np.float32)
     gone = np.asarray(gone, bool)
     if not gone.any():
@@ -179,7 +180,7 @@ def removed(image: np.ndarray, gone: np.ndarray, fill: str) -> np.ndarray:
         if gone.all():  # nothing kept to fill from: the image's mean
             return np.full(image.shape, float(image.mean()), np.float32)
         return cv2.inpaint(image, gone.astype(np.uint8), INPAINT_RADIUS, cv2.INPAINT_NS).astype(np.float32)
-    return np.where(gone, fill_image(image, fill), image).astype(np.float32)
+    return np.where(gone, fill_image(image, fill) if filled is None else filled, image).astype(np.float32)
 
 
 def preferred_batch(segmenter) -> int:

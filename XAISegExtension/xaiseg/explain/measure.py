@@ -33,7 +33,7 @@ from ..errors import InputError
 from ..metrics import curve_auc, energy_inside, pointing_game, spearman, thresholded_iou
 from ..models.base import randomisation_cascade, randomized_copy
 from . import baselines as trivial
-from .base import METRIC_FILLS, removed
+from .base import METRIC_FILLS, fill_image, removed
 
 NOISE_SIGMA = 0.02  # jitter of the unperturbed slice, in [0, 1] intensity units
 MIN_SIGNAL = 0.01  # a score change below 1 % of the unperturbed score is no evidence, whatever the noise
@@ -254,7 +254,8 @@ def faithfulness(engine, ranking: np.ndarray, steps: int, high: Optional[np.ndar
             keeps.append(k)  # insertion at fraction f
     engine.stage = stage
     roi_f = roi.astype(np.float32)
-    images = [removed(engine.image, (1.0 - k) * roi_f > 0.5, fill) for k in keeps]
+    filled = None if fill == "inpaint" else fill_image(engine.image, fill)  # one fill image for every curve point
+    images = [removed(engine.image, (1.0 - k) * roi_f > 0.5, fill, filled) for k in keeps]
     scores = engine.score_images(images)
     base = engine.baseline if abs(engine.baseline) > 1e-12 else 1.0
     out: Dict[str, Any] = {"baseline_score": float(engine.baseline)}
