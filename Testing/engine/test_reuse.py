@@ -21,15 +21,9 @@ TOLERANCE = 1e-4  # of the features' largest magnitude
 def caudate_slice(litemedsam):
     """The preprocessed axial MNI152 slice through the left caudate (218 x 182: resized to 256 x 214
     and padded), the caudate's box as a prompt, and the slice's activation cache."""
-    from xaiseg.pipeline import Session
-    from xaiseg.sample_data import load_mni_atlas
+    from xaiseg.bench_speed import caudate_slice as load
 
-    sample = load_mni_atlas(["Left_Caudate"])
-    truth = sample.mask("Left_Caudate")
-    k = int(np.median(np.unique(np.nonzero(truth)[0])))
-    image = Session(sample.image, litemedsam).volume_segmenter.slice(k).astype(np.float32)
-    rows, cols = np.nonzero(truth[k])
-    prompt = SlicePrompt((float(cols.min()), float(rows.min()), float(cols.max()), float(rows.max())))
+    _, image, prompt, _ = load(litemedsam)
     return image, prompt, litemedsam.embed_cache(image)
 
 
@@ -40,12 +34,21 @@ def occluded(image, box, value=0.0):
     return out
 
 
-def features_match(segmenter, image, embedding):
-    reference = segmenter.embed(image).features
+def features_match(segmenter, image, embedding, reference=None):
+    """The embedding's features equal ``reference`` (default: a full pass of ``image``) to TOLERANCE."""
+    reference = segmenter.embed(image).features if reference is None else reference
     scale = float(reference.abs().max())
     err = float((embedding.features - reference).abs().max())
     assert err <= TOLERANCE * scale, f"max error {err} exceeds {TOLERANCE} x {scale}"
     return err / scale
+
+
+def reused_pass_matches(segmenter, cache, image, box, value):
+    """Occlude ``box`` of ``image`` with ``value``: the pass reuses the cache and equals a full pass."""
+    perturbed = occluded(image, box, value)
+    emb = segmenter.embed_changed(cache, perturbed, box)
+    assert 0.0 < emb.pass_share < 1.0  # activations were reused, not a full pass
+    return features_match(segmenter, perturbed, emb)
 
 
 def test_conv_span_is_what_a_convolution_changes():
@@ -99,21 +102,13 @@ def test_grid_box_contains_every_resized_change(litemedsam, shape):
 def test_embed_changed_equals_a_full_pass(litemedsam, caudate_slice, box):
     image, _, cache = caudate_slice
     assert image.shape == (218, 182)
-    perturbed = occluded(image, box, 0.25)
-    emb = litemedsam.embed_changed(cache, perturbed, box)
-    assert 0.0 < emb.pass_share < 1.0  # activations were reused, not a full pass
-    features_match(litemedsam, perturbed, emb)
+    reused_pass_matches(litemedsam, cache, image, box, 0.25)
 
 
 def test_wide_slice_top_right_corner(litemedsam, caudate_slice):
     """182 x 218 (the axial slice transposed): resized to 214 x 256, so the right grid border is reached."""
     image = np.ascontiguousarray(caudate_slice[0].T)
-    cache = litemedsam.embed_cache(image)
-    box = (0, 190, 14, 218)
-    perturbed = occluded(image, box, 1.0)
-    emb = litemedsam.embed_changed(cache, perturbed, box)
-    assert 0.0 < emb.pass_share < 1.0
-    features_match(litemedsam, perturbed, emb)
+    reused_pass_matches(litemedsam, litemedsam.embed_cache(image), image, (0, 190, 14, 218), 1.0)
 
 
 def test_unchanged_image_is_the_cached_pass_and_a_batch_shares_the_cache(litemedsam, caudate_slice):
@@ -127,7 +122,7 @@ def test_unchanged_image_is_the_cached_pass_and_a_batch_shares_the_cache(litemed
     reference = litemedsam.embed_batch(images)
     for e, r in zip(embeddings, reference):
         assert e.pass_share < 1.0
-        assert float((e.features - r.features).abs().max()) <= TOLERANCE * float(r.features.abs().max())
+        features_match(litemedsam, None, e, r.features)
 
 
 def test_downscaled_slice(litemedsam, caudate_slice):
@@ -135,12 +130,7 @@ def test_downscaled_slice(litemedsam, caudate_slice):
     import cv2
 
     plane = cv2.resize(caudate_slice[0], (300, 340), interpolation=cv2.INTER_LINEAR)
-    cache = litemedsam.embed_cache(plane)
-    box = (317, 150, 340, 190)  # at the bottom border
-    perturbed = occluded(plane, box, 1.0)
-    emb = litemedsam.embed_changed(cache, perturbed, box)
-    assert 0.0 < emb.pass_share < 1.0
-    features_match(litemedsam, perturbed, emb)
+    reused_pass_matches(litemedsam, litemedsam.embed_cache(plane), plane, (317, 150, 340, 190), 1.0)  # bottom border
 
 
 def test_bad_changed_box_and_foreign_cache_are_refused(litemedsam, caudate_slice):
