@@ -129,6 +129,13 @@ def cmd_bench(args) -> int:
         structures = [s.strip() for s in args.structures.split(",")] if args.structures else list(DEMO_STRUCTURES)
         bench_audit(Path(args.output), structures[:2] if args.quick else structures, device=args.device)
         return 0
+    if args.what == "structure":
+        from .bench_structure import bench_structure
+
+        structures = [s.strip() for s in args.structures.split(",")] if args.structures else None
+        bench_structure(Path(args.output), (structures or ["Left_Caudate"])[:1] if args.quick else structures,
+                        device=args.device, count=1 if args.quick else 2)
+        return 0
     run_bench(args.what, Path(args.output), quick=args.quick, parts=parts or ("occlusion", "rise"), device=args.device)
     return 0
 
@@ -189,12 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="benchmarks; writes a markdown table and JSON",
                        description="Measure accuracy, time and memory and write docs-ready tables.")
-    b.add_argument("what", choices=["segmentation", "explain", "faithfulness", "audit"], help="which benchmark "
-                   "(audit: the six demo structures in-process and on a 2-worker Dask LocalCluster; more options in "
+    b.add_argument("what", choices=["segmentation", "explain", "faithfulness", "audit", "structure"],
+                   help="which benchmark (structure: whole structures explained by occlusion, each optimisation in "
+                   "turn, more options in python -m xaiseg.bench_structure --help; audit: the six demo structures in-process and on a 2-worker Dask LocalCluster; more options in "
                    "python -m xaiseg.bench_audit --help)")
     b.add_argument("--parts", help="explain: occlusion, rise, layers (default occlusion,rise); faithfulness: maps, "
                                    "cascade, fills (default all three)")
-    b.add_argument("--structures", help="faithfulness, audit: Harvard-Oxford structures, comma-separated (default: "
+    b.add_argument("--structures", help="faithfulness, audit, structure: Harvard-Oxford structures, comma-separated (default: "
                                         "the six demo structures)")
     b.add_argument("--pairs", type=int, default=1, help="faithfulness: pairs of adjacent slices per structure (0: "
                                                         "every slice; default 1)")

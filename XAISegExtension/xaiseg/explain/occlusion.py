@@ -8,7 +8,13 @@ the coarse patches whose removal moved the score most (at least ``HOT`` of the l
 of half that size at a quarter's stride refine the map.  The map resolves the structure at a
 fraction of the passes a fine grid over the whole ROI would cost.  ``--patch 64 --stride 32`` gives
 seed 001's fixed single-level grid, measured on the model's input grid (``grid="model"``,
-LiteMedSAM's 256) or on the slice's pixels (``grid="image"``)."""
+LiteMedSAM's 256) or on the slice's pixels (``grid="image"``).
+
+With a pass budget (``passes``, ``--occlusion-passes N``, N >= 4) the patches are cells of the
+ROI's bounding rectangle instead, coarse to fine until the budget is spent: its four quadrants
+first, then the cells half a cell off that grid (the centre, the edge middles), then the quadrants
+of those cells, and so on; each round takes the cells whose area the map so far rates hottest.
+Every slice then costs at most N passes, whatever the structure's size (:func:`budget_rounds`)."""
 from __future__ import annotations
 
 import math
@@ -17,6 +23,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+from ..errors import InputError
 from ..settings import setting
 from .base import Attribution, CommonSettings, Explainer, PerturbationEngine
 from .registry import register
@@ -43,8 +50,50 @@ class OcclusionSettings(CommonSettings):
                          minimum=0, flag="--patch")
     stride: int = setting(0, "occlusion stride, on the same grid as the patch; 0: half the patch", minimum=0,
                           flag="--stride")
+    passes: int = setting(0, "most encoder passes per slice: 0 for no limit (structure-sized patches, coarse to "
+                             "fine); N >= 4 for cells of the ROI coarse to fine until N are spent (its quadrants "
+                             "first)", minimum=0, flag="--occlusion-passes")
     grid: str = setting("model", "what patch and stride are measured on: the model's input grid or the slice's "
                                  "pixels", choices=("model", "image"), flag="--occlusion-grid")
+
+    def check(self) -> None:
+        if self.passes and self.passes < 4:
+            raise InputError(f"occlusion passes {self.passes} must be 0 (no limit) or at least 4 (the ROI's four "
+                             "quadrants come first)")
+        if self.passes and (self.patch or self.stride):
+            raise InputError(f"occlusion passes {self.passes} choose the patches themselves; expected no --patch "
+                             f"(got {self.patch}) or --stride (got {self.stride}) with them")
+
+
+Cell = Tuple[int, int, int, int]  # y0, x0, y1, x1 (end exclusive)
+
+
+def _cells(rect: Cell, level: int, offset: bool) -> List[Cell]:
+    """The cells of ``rect`` split ``2**level`` ways per axis; with ``offset`` the cells half a cell
+    off that grid (those the plain grid does not already hold)."""
+    y0, x0, y1, x1 = rect
+    n = 2 ** level
+    hy, hx = (y1 - y0) / n, (x1 - x0) / n
+    starts = [(i + 0.5) for i in range(n - 1)] if offset else list(range(n))
+    rows = [(i, False) for i in range(n)] + ([(i, True) for i in starts] if offset else [])
+    out = []
+    for a, a_off in rows:
+        cols = [(j, False) for j in range(n)] + ([(j, True) for j in starts] if offset else [])
+        for b, b_off in cols:
+            if offset and not (a_off or b_off):
+                continue  # a plain-grid cell
+            c = (int(round(y0 + a * hy)), int(round(x0 + b * hx)), int(round(y0 + (a + 1) * hy)),
+                 int(round(x0 + (b + 1) * hx)))
+            if c[2] > c[0] and c[3] > c[1]:
+                out.append(c)
+    return out
+
+
+def budget_rounds(rect: Cell, levels: int = 6):
+    """The candidate cells of each round of budgeted occlusion, coarse to fine."""
+    for level in range(1, levels + 1):
+        yield _cells(rect, level, False)
+        yield _cells(rect, level, True)
 
 
 @register
@@ -90,15 +139,18 @@ class Occlusion(Explainer):
         counts = [per_axis, per_axis] if roi_extent is None else \
             [min(per_axis, int(math.ceil((e + patch - 1) / stride))) for e in roi_extent]
         coarse = max(1, counts[0] * counts[1])
+        if self.passes:
+            return int(self.passes)
         if self.patch:
             return coarse
         return coarse + 2 * 9  # about two coarse patches refined with 3 x 3 finer ones each (an estimate)
 
     def _scores(self, engine: PerturbationEngine, chosen, shape) -> np.ndarray:
         keeps = []
-        for y, x, p in chosen:
+        for c in chosen:
+            y0, x0, y1, x1 = c if len(c) == 4 else (c[0], c[1], c[0] + c[2], c[1] + c[2])
             k = np.ones(shape, np.float32)
-            k[y:y + p, x:x + p] = 0.0
+            k[y0:y1, x0:x1] = 0.0
             keeps.append(k)
         # the ROI chooses the patches; each chosen patch is removed whole (seed 001), so inside the
         # ROI this map equals full-image occlusion at a fraction of the cost
@@ -121,9 +173,47 @@ class Occlusion(Explainer):
                     fine.add((min(yy, shape[0] - q), min(xx, shape[1] - q), q))
         return sorted(fine)
 
+    def budgeted(self, engine: PerturbationEngine) -> Attribution:
+        """Cells of the ROI's bounding rectangle, coarse to fine, at most ``passes`` of them."""
+        shape, roi = engine.image.shape, engine.roi
+        ys, xs = np.nonzero(roi)
+        rect = (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)
+        budget = int(self.passes)
+        engine.progress.stage(engine.stage, budget)
+        total = np.zeros(shape, np.float64)
+        count = np.zeros(shape, np.float64)
+        done: List[Cell] = []
+        rounds = 0
+        for candidates in budget_rounds(rect):
+            left = budget - len(done)
+            if left <= 0:
+                break
+            fresh = [c for c in candidates if c not in done and roi[c[0]:c[2], c[1]:c[3]].any()]
+            if not fresh:
+                continue
+            current = np.divide(total, count, out=np.zeros(shape), where=count > 0)
+            # the hottest first (the map so far, over the cell's ROI pixels); the first round takes all
+            heat = [float(current[c[0]:c[2], c[1]:c[3]][roi[c[0]:c[2], c[1]:c[3]]].mean()) for c in fresh]
+            order = np.argsort(-np.asarray(heat), kind="stable")
+            take = [fresh[i] for i in order[:left]]
+            drops = self._scores(engine, take, shape)
+            rounds += 1
+            for (y0, x0, y1, x1), d in zip(take, drops):
+                total[y0:y1, x0:x1] += d
+                count[y0:y1, x0:x1] += 1
+            done.extend(take)
+        engine.progress.done()
+        raw = np.divide(total, count, out=np.zeros(shape), where=count > 0)
+        sizes = sorted({(c[2] - c[0], c[3] - c[1]) for c in done})
+        return Attribution(raw, {"patches_evaluated": len(done), "patches_full": len(done), "patches_refined": 0,
+                                 "patch_px": max(max(s) for s in sizes), "stride_px": min(min(s) for s in sizes),
+                                 "budget_rounds": rounds})
+
     def attribute(self, engine: PerturbationEngine) -> Attribution:
         from ..roi.geometry import prompt_box
 
+        if self.passes:
+            return self.budgeted(engine)
         shape = engine.image.shape
         box = prompt_box(engine.prompt, engine.reference) if not self.patch else None
         every = self.patches(shape, box)
