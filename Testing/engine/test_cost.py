@@ -120,3 +120,23 @@ def test_reused_passes_and_a_calibration_without_write_timing():
     assert lite["reuse"] and not torch_["reuse"]
     assert lite["seconds"] == pytest.approx(3 + perturbed * REUSE_SHARE + 2 * CACHE_PASSES_PER_SLICE + write)
     assert torch_["seconds"] == pytest.approx(3 + perturbed + write)
+
+
+def test_the_estimate_knows_which_segmenters_reuse_activations():
+    """The estimate decides reuse by the segmenter's kind (it must not load a model to estimate);
+    that list must agree with the models' own ``supports_reuse``."""
+    from xaiseg.cost import REUSING_KINDS
+    from xaiseg.models.litemedsam import LiteMedSAM
+    from xaiseg.models.medsam import MedSAMViT
+    from xaiseg.models.torch_model import TorchSegmenter
+
+    classes = {"litemedsam": LiteMedSAM, "medsam": MedSAMViT, "torch": TorchSegmenter}
+    assert {k for k, c in classes.items() if c.supports_reuse} == set(REUSING_KINDS)
+
+
+def test_budgeted_occlusion_costs_its_passes_whatever_the_roi():
+    from xaiseg.explain import make_explainer
+
+    occ = make_explainer("occlusion", passes=6)
+    assert occ.cost((10.0, 10.0)) == occ.cost((200.0, 150.0)) == occ.cost() == 6
+    assert make_explainer("occlusion", passes=6, metric_steps=0).total_cost((40.0, 40.0)) == 6 + 1  # + Dice drop

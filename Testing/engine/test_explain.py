@@ -119,6 +119,54 @@ def test_occlusion_patch_is_measured_on_the_model_grid():
     assert occ.pixel_sizes((64, 64)) == (16, 8)
 
 
+@pytest.mark.parametrize("passes", [4, 6, 9, 20])
+def test_budgeted_occlusion_spends_at_most_its_passes_and_finds_the_evidence_quadrant(passes):
+    toy = SquareEvidence()
+    occ = make_explainer("occlusion", toy, passes=passes, metric_steps=0, noise_passes=0, score="logit")
+    ex = occ.explain(evidence_image(), PROMPT, target=toy.square_mask())
+    assert ex.n_evaluations == passes == occ.cost()
+    assert toy.embed_calls == 1 + passes + 1  # the unperturbed slice, the cells, the Dice-drop check
+    square = toy.square_mask()
+    # the square lies in the top-left quadrant: only cells over it move the score
+    assert ex.raw[square].mean() > 2 * ex.raw[~square].mean()
+    y, x = peak(ex.saliency)
+    assert y < 32 and x < 32, f"peak {(y, x)} outside the evidence's quadrant"
+    assert ex.raw[:32, :32].mean() > 10 * max(ex.raw[32:, 32:].mean(), 1e-3)  # the box's quadrant: no evidence
+    assert ex.details["budget_rounds"] >= 1
+    again = occ.explain(evidence_image(), PROMPT, target=toy.square_mask())
+    np.testing.assert_array_equal(ex.raw, again.raw)
+
+
+def test_budgeted_occlusion_cells_tile_the_roi_coarse_to_fine():
+    from xaiseg.explain.occlusion import budget_rounds
+
+    rounds = list(budget_rounds((10, 20, 50, 100), levels=2))
+    assert [len(r) for r in rounds] == [4, 5, 16, 33]
+    quadrants = rounds[0]
+    cover = np.zeros((60, 110), int)
+    for y0, x0, y1, x1 in quadrants:
+        cover[y0:y1, x0:x1] += 1
+    assert (cover[10:50, 20:100] == 1).all() and cover.sum() == 40 * 80  # a tiling of the rectangle
+    assert (30, 60, 50, 100) in quadrants and (20, 40, 40, 80) in rounds[1]  # the centre cell, half a cell off
+
+
+def test_budgeted_occlusion_only_evaluates_cells_that_touch_the_roi():
+    toy = SquareEvidence()
+    roi = np.zeros((64, 64), bool)
+    roi[4:30, 4:30] = True
+    roi[40:44, 40:44] = True  # a second part: the ROI's bounding rectangle spans both
+    ex = make_explainer("occlusion", toy, passes=8, metric_steps=0, noise_passes=0).explain(
+        evidence_image(), PROMPT, roi=roi)
+    assert ex.n_evaluations <= 8 and not ex.saliency[~roi].any()
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(passes=3), "at least 4"), (dict(passes=6, patch=16), "no --patch")])
+def test_budgeted_occlusion_rejects_what_it_cannot_do(settings, message):
+    with pytest.raises(errors.InputError, match=message):
+        make_explainer("occlusion", **settings)
+
+
 def test_shap_equals_exact_shapley_values_with_few_superpixels():
     toy = SquareEvidence()
     image, roi = evidence_image(), np.ones((64, 64), bool)

@@ -109,7 +109,13 @@ def measure(argv: List[str], engine: Optional[str] = None, interval: float = 0.2
                 per_stage[stage["now"]] = max(per_stage.get(stage["now"], 0.0), mb)
             done.wait(interval)
 
-    threads = [threading.Thread(target=read_progress, daemon=True), threading.Thread(target=sample, daemon=True)]
+    out_chunks: List[bytes] = []
+
+    def read_output() -> None:  # drained as it comes: a child printing more than the pipe holds must not block
+        out_chunks.extend(iter(lambda: proc.stdout.read1(4096), b""))
+
+    threads = [threading.Thread(target=read_progress, daemon=True), threading.Thread(target=sample, daemon=True),
+               threading.Thread(target=read_output, daemon=True)]
     for t in threads:
         t.start()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -118,7 +124,7 @@ def measure(argv: List[str], engine: Optional[str] = None, interval: float = 0.2
     done.set()
     for t in threads:
         t.join(5)
-    out = proc.stdout.read().decode("utf-8", "replace")
+    out = b"".join(out_chunks).decode("utf-8", "replace")
     return {"status": proc.returncode, "seconds": round(seconds, 1), "peak_mb": round(usage.ru_maxrss / 1024.0, 1),
             "sampled_peak_mb": round(max(per_stage.values(), default=0.0), 1),
             "per_stage_mb": {k: round(v, 1) for k, v in per_stage.items()}, "stdout": out.strip().splitlines()[-3:],
