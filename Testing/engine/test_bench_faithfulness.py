@@ -21,3 +21,12 @@ def test_goal_summary_counts_slices_and_averages_spearman():
     assert goal_summary(maps)["rise"]["slices"] == 0
     text = markdown({"machine": {"platform": "test"}, "pairs": 1, "masks": 100, "maps": {}, "seconds": 1})
     assert "1 pair(s) of adjacent slices" in text and GOALS["beats_trivial_share"] == 0.8
+
+
+def test_the_structure_bench_samples_inside_the_structure():
+    from xaiseg.bench_structure import sample_slices
+
+    ks = list(range(66, 99))  # 33 slices
+    assert sample_slices(ks, 1) == [82] and sample_slices(ks, 2) == [77, 87]
+    assert all(66 < k < 98 for k in sample_slices(ks, 5))  # not the end slices, where the structure is a speck
+    assert sample_slices([3, 4], 3) == [3]  # never more slices than there are

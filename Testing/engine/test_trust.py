@@ -197,3 +197,53 @@ def test_occlusion_with_inpainted_patches_finds_the_evidence():
     peak = np.unravel_index(np.argmax(ex.raw), ex.raw.shape)
     assert toy.square_mask()[peak] and ex.metrics["evidence"]
     assert ex.metrics["deletion_auc"] < 0.2
+
+
+def test_a_volume_measures_each_slice_as_a_single_slice_explanation_does():
+    """The volume pipeline measures in two parts (what needs passes but not the scale while the slice's
+    activations are in memory, the Dice drop after scaling); per-slice scaling gives the single-slice
+    path's saliency, so every figure must be the same as explaining the slice alone."""
+    run = explain_volume([0.9, 0.7], "slice", score="dice", baselines=True)
+    session = Session(toy_volume([0.9, 0.7]), SquareEvidence(), SegmentConfig(orientation="array"))
+    for k in (0, 1):
+        e = run.explanations["occlusion"][k]
+        image = session.volume_segmenter.model_slice(k)
+        alone = make_explainer("occlusion", SquareEvidence(), **dict(FINE, metric_steps=2, score="dice",
+                                                                     scaling="slice", baselines=True)).explain(
+            image, PROMPT, roi=e.roi)
+        for key in ("dice_drop", "deletion_auc", "insertion_auc", "noise_level", "evidence",
+                    "best_trivial_deletion_auc", "metric_evaluations"):
+            assert e.metrics[key] == pytest.approx(alone.metrics[key]), (k, key)
+        np.testing.assert_allclose(e.raw, alone.raw)
+
+
+def test_after_scaling_a_slice_costs_one_full_pass_not_a_rebuilt_cache(litemedsam):
+    """Occlusion with the no-evidence check and no curves on real LiteMedSAM: the slice's activation
+    cache is built once (attribution, noise); the Dice drop after scaling is one full pass."""
+    import copy
+
+    from xaiseg.sample_data import load_mni_atlas
+    from xaiseg.volume import LabelBoxPrompt
+
+    calls = {"cache": 0}
+    model = copy.copy(litemedsam)
+    build = model.embed_cache
+
+    def counted(image):
+        calls["cache"] += 1
+        return build(image)
+
+    model.embed_cache = counted
+    sample = load_mni_atlas(("Left_Caudate",))
+    truth = sample.mask("Left_Caudate")
+    one = np.zeros_like(truth, np.uint8)
+    one[81] = truth[81]
+    session = Session(sample.image, model, SegmentConfig())
+    seg = session.segment(LabelBoxPrompt(one, 1), name="caudate")
+    passes = session.volume_segmenter.encoder_passes
+    run = session.explain(seg, [make_explainer("occlusion", passes=4, metric_steps=0)], slices=[81])
+    m = run.explanations["occlusion"][81].metrics
+    assert calls["cache"] == 1
+    assert m["metric_evaluations"] == 2 + 1  # the jittered copies, the Dice drop
+    assert run.record["evaluations"]["perturbed_encoder_passes"]["occlusion"] == 4
+    assert session.volume_segmenter.encoder_passes == passes  # the slice's embedding came from the cache

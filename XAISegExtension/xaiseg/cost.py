@@ -29,7 +29,7 @@ MODEL_GRID = 256
 #: the upper figure, since ROI-sized changes (metrics, noise) reach the most
 REUSING_KINDS = ("litemedsam",)
 REUSE_SHARE = 0.45
-CACHE_PASSES_PER_SLICE = 2  # the explanation builds each slice's activation cache twice (attribution, metrics)
+CACHE_PASSES_PER_SLICE = 1  # the explanation builds each slice's activation cache once for attribution and metrics
 CALIBRATION_FILE = "calibration.json"
 
 Extent = Optional[Tuple[float, float]]
@@ -49,6 +49,7 @@ def estimate_counts(request, segmented: int, extents: Sequence[Extent],
     encoder = decoder = segmented * turns
     per_method: Dict[str, int] = {}
     explained = len(extents)
+    scaled = 0  # passes per slice made after the maps are scaled (the Dice drops), when no cache is left
     if request.explain and explained:
         explainers = [m.explainer() for m in request.explain.methods]
         for m, ex in zip(request.explain.methods, explainers):
@@ -56,6 +57,9 @@ def estimate_counts(request, segmented: int, extents: Sequence[Extent],
             per_method[m.name] = n
             encoder += n
             decoder += n + explained * turns
+        from .explain.measure import scaled_passes
+
+        scaled = sum(scaled_passes(ex) for ex in explainers)
         shared = max(ex.shared_cost() for ex in explainers) * explained * turns  # once per slice
         if shared:
             per_method["shared"] = shared
@@ -64,7 +68,7 @@ def estimate_counts(request, segmented: int, extents: Sequence[Extent],
     reuse = request.segmenter.kind in REUSING_KINDS and turns == 1 and encoder > segmented
     perturbed = encoder - segmented * turns
     full_equivalent = encoder if not reuse else \
-        segmented * turns + perturbed * REUSE_SHARE + CACHE_PASSES_PER_SLICE * explained
+        segmented * turns + reused_equivalents(perturbed, explained, scaled)
     seconds = cal["seconds_load"] + full_equivalent * cal["seconds_encoder"] + decoder * cal["seconds_decoder"]
     seconds += output_bytes / 1e6 * cal.get("seconds_write_mb", 0.0)
     device = request.segmenter.device
@@ -78,6 +82,19 @@ def estimate_counts(request, segmented: int, extents: Sequence[Extent],
             "full_pass_equivalents": full_equivalent, "reuse": reuse,
             "per_method": per_method, "seconds": seconds, "minutes": seconds / 60.0,
             "calibrated": calibration is not None, "device": device, "text": text}
+
+
+def reused_equivalents(perturbed: int, explained: int, scaled: int) -> float:
+    """Full-pass equivalents of ``perturbed`` passes over ``explained`` slices when they reuse the
+    slice's activations: the cache's full pass per slice, each pass at ``REUSE_SHARE``, except the
+    ``scaled`` passes per slice made after the maps are scaled (the Dice drops): the volume
+    pipeline rebuilds the cache for them only when there are at least
+    :data:`~xaiseg.explain_volume.REBUILD_CACHE_PASSES`, else they are full passes."""
+    from .explain_volume import REBUILD_CACHE_PASSES
+
+    late = scaled * explained
+    late_cost = explained * (1 + scaled * REUSE_SHARE) if scaled >= REBUILD_CACHE_PASSES else late
+    return CACHE_PASSES_PER_SLICE * explained + (perturbed - late) * REUSE_SHARE + late_cost
 
 
 def box_extent(box: Optional[Sequence[float]], plane: Sequence[int], margin: int = 0) -> Extent:

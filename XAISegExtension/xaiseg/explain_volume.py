@@ -315,6 +315,11 @@ def explain_volume(session, segmentation, explainers: Sequence, roi=None, slices
     return job.finish(scales, time.perf_counter() - t0, session.volume_segmenter.encoder_passes - enc0)
 
 
+#: pass 3 rebuilds a slice's activation cache (one full pass) only for at least this many passes,
+#: each then about 0.45 of a full one (docs/benchmarks/speed.md)
+REBUILD_CACHE_PASSES = 3
+
+
 class _VolumeExplanation:
     """One explanation of a segmented volume, pass by pass (see :func:`explain_volume`).  The
     explainers work on each slice as the model sees it (turned into the run's orientation); every
@@ -331,6 +336,7 @@ class _VolumeExplanation:
         self.prompts = {r.index: slice_prompt(r.prompt) for r in segmentation.slices}
         self.model_prompts: Dict[int, Any] = {}
         self.logits: Dict[int, np.ndarray] = {}
+        self.early: Dict[str, Dict[int, Dict[str, Any]]] = {ex.name: {} for ex in self.bound}
         shape = session.volume.shape
         self.run = ExplainRun(segmentation.name, segmentation, self.axis, chosen, np.zeros(shape, np.uint8), {},
                               PlaneVolumes(shape, self.axis), {ex.name: {} for ex in self.bound}, {}, {},
@@ -350,7 +356,10 @@ class _VolumeExplanation:
         return segmenter.embed_cache(image) if getattr(segmenter, "supports_reuse", False) else None
 
     def attribute(self) -> None:
-        """Pass 1: the ROI of every slice and each method's attribution there."""
+        """Pass 1: the ROI of every slice, each method's attribution there and the metrics that
+        need model passes but not the structure's scale (:func:`~.explain.measure.measure_passes`)."""
+        from .explain.measure import SliceShared, measure_passes
+
         vs, run = self.vs, self.run
         for n, k in enumerate(self.chosen, 1):
             self.progress.check()
@@ -362,11 +371,16 @@ class _VolumeExplanation:
                                               self._take(self.roi_mask, k))
             put_plane(run.roi, self.axis, k, vs.from_model(region).astype(np.uint8))
             run.roi_sources[k], run.images[k], self.model_prompts[k] = source, vs.slice(k), prompt
+            shared = SliceShared()
             for ex in self.bound:
-                run.explanations[ex.name][k] = ex.explain(
-                    image, prompt, roi=region, roi_source=source, target=self._take(self.target, k),
-                    progress=self.progress, stage=self._stage(ex, n, k), embedding=embedding, logits=self.logits[k],
-                    measure=False, reuse_cache=cache)
+                stage = self._stage(ex, n, k)
+                e = ex.explain(image, prompt, roi=region, roi_source=source, target=self._take(self.target, k),
+                               progress=self.progress, stage=stage, embedding=embedding, logits=self.logits[k],
+                               measure=False, reuse_cache=cache)
+                run.explanations[ex.name][k] = e
+                # what needs passes but not the structure's scale, while this slice's activations are here
+                engine = _engine(ex, e, image, prompt, embedding, self.logits[k], self.progress, stage, cache)
+                self.early[ex.name][k] = measure_passes(ex, e, engine, self.progress, stage, shared)
 
     def scale(self) -> Dict[str, Optional[float]]:
         """Pass 2: one display scale per method over the structure (None: per slice)."""
@@ -381,22 +395,25 @@ class _VolumeExplanation:
         return scales
 
     def measure(self) -> None:
-        """Pass 3: the metrics stage on every slice (what the methods there share, computed once),
-        then every map back in the array's order."""
-        from .explain.measure import SliceShared, measure
+        """Pass 3: the rest of the metrics stage on every slice (the Dice drop of the high-saliency
+        region, which depends on the scale), then every map back in the array's order.  The slice's
+        activation cache is built again only when enough passes remain to pay for it."""
+        from .explain.measure import scaled_passes, measure
 
         vs, run, shape = self.vs, self.run, self.session.volume.shape
+        remaining = sum(scaled_passes(ex) for ex in self.bound)
         for n, k in enumerate(self.chosen, 1):
-            shared = SliceShared()
             embedding, _ = vs.embedding(k)
             image = vs.model_slice(k)
-            cache = self._reuse(image)
+            cache = self._reuse(image) if remaining >= REBUILD_CACHE_PASSES else None
             for ex in self.bound:
                 stage = self._stage(ex, n, k)
                 e = run.explanations[ex.name][k]
+                # without a cache each engine here makes one pass (the Dice drop): a full one
                 engine = _engine(ex, e, image, self.model_prompts[k], embedding, self.logits[k], self.progress, stage,
                                  cache)
-                e = _in_array_order(measure(ex, e, engine, self.progress, stage, shared), vs)
+                e = _in_array_order(measure(ex, e, engine, self.progress, stage, early=self.early[ex.name].pop(k)),
+                                    vs)
                 run.explanations[ex.name][k] = e
                 run.saliency.put(ex.name, k, e.saliency)
                 for part, plane in e.components.items():

@@ -61,30 +61,23 @@ class SliceShared:
     trivial: Dict[Tuple, Dict[str, Dict[str, float]]] = dataclasses.field(default_factory=dict)
 
 
-def measure(explainer, explanation, engine, progress=None, stage: Optional[str] = None,
-            shared: Optional[SliceShared] = None):
-    """``explanation`` with its metrics filled in (see the module docs)."""
+def measure_passes(explainer, explanation, engine, progress=None, stage: Optional[str] = None,
+                   shared: Optional[SliceShared] = None) -> Dict[str, Any]:
+    """The figures that need model passes but not the display scale: the curves (ranked by the raw
+    map), the trivial maps, the noise level and evidence, the randomisation checks.  The volume
+    pipeline runs this right after attribution, while the slice's activations are still in memory;
+    :func:`measure` then adds what depends on the scale (the Dice drop of the high-saliency region)."""
     stage = stage or explainer.name
     shared = shared if shared is not None else SliceShared()
-    metrics: Dict[str, Any] = {"seconds": round(explanation.seconds, 3), "evaluations": explanation.n_evaluations}
-    roi = explanation.roi
+    metrics: Dict[str, Any] = {}
     before = engine.evaluations
-    high = (explanation.saliency >= explainer.threshold) & roi
-    if explainer.metric_steps or explainer.perturbs:
-        metrics.update(faithfulness(engine, explanation.raw, explainer.metric_steps, high, stage=f"{stage} metrics",
+    if explainer.metric_steps:
+        metrics.update(faithfulness(engine, explanation.raw, explainer.metric_steps, None, stage=f"{stage} metrics",
                                     fill=explainer.metric_fill))
     if explainer.baselines and explainer.metric_steps:
         metrics.update(_against_trivial(explainer, engine, explanation, metrics, shared, stage))
     if explainer.perturbs and explainer.noise_passes:
         metrics.update(_evidence(explainer, engine, explanation, shared, stage))
-    metrics["metric_evaluations"] = engine.evaluations - before
-    details = dict(explanation.details)
-    metrics["roi_ratio"] = details.pop("roi_ratio", float(roi.mean()))
-    metrics["roi_fraction"] = float(roi.mean())
-    metrics.update(_localise(explainer, explanation))
-    table, best = _components(explainer, explanation)
-    if table:
-        metrics[f"{explainer.component_kind}s"] = len(table)
     if explainer.sanity:
         metrics["sanity_similarity"] = sanity_similarity(explainer, engine, explanation, progress, stage)
     if explainer.cascade:
@@ -92,6 +85,38 @@ def measure(explainer, explanation, engine, progress=None, stage: Optional[str] 
         metrics["cascade"] = steps
         if steps:
             metrics["cascade_final_similarity"] = steps[-1]["similarity"]
+    metrics["metric_evaluations"] = engine.evaluations - before
+    return metrics
+
+
+def scaled_passes(explainer) -> int:
+    """Encoder passes :func:`measure` still makes after :func:`measure_passes` (the Dice drop)."""
+    return 1 if explainer.metric_steps or explainer.perturbs else 0
+
+
+def measure(explainer, explanation, engine, progress=None, stage: Optional[str] = None,
+            shared: Optional[SliceShared] = None, early: Optional[Dict[str, Any]] = None):
+    """``explanation`` with its metrics filled in (see the module docs); ``early``: what
+    :func:`measure_passes` already gave for it (computed here when None)."""
+    stage = stage or explainer.name
+    if early is None:
+        early = measure_passes(explainer, explanation, engine, progress, stage, shared)
+    metrics: Dict[str, Any] = {"seconds": round(explanation.seconds, 3), "evaluations": explanation.n_evaluations}
+    roi = explanation.roi
+    before = engine.evaluations
+    high = (explanation.saliency >= explainer.threshold) & roi
+    if scaled_passes(explainer):
+        metrics.update(faithfulness(engine, explanation.raw, 0, high, stage=f"{stage} metrics",
+                                    fill=explainer.metric_fill))
+    metrics.update(early)
+    metrics["metric_evaluations"] = early["metric_evaluations"] + engine.evaluations - before
+    details = dict(explanation.details)
+    metrics["roi_ratio"] = details.pop("roi_ratio", float(roi.mean()))
+    metrics["roi_fraction"] = float(roi.mean())
+    metrics.update(_localise(explainer, explanation))
+    table, best = _components(explainer, explanation)
+    if table:
+        metrics[f"{explainer.component_kind}s"] = len(table)
     saliency = explanation.saliency
     if metrics.get("evidence") is False:
         saliency = np.zeros_like(saliency)  # no evidence: not painted
