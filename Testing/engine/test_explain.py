@@ -339,3 +339,20 @@ def test_cli_explain_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypa
     err = capsys.readouterr().err.strip()
     assert rc == 2 and message in err and len(err.splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_budgeted_occlusion_evaluates_each_cell_once_on_a_thin_roi():
+    from xaiseg.explain.occlusion import budget_rounds
+
+    rect = (10, 4, 15, 44)  # 5 x 40 pixels: finer cells round to the same rows
+    rounds = list(budget_rounds(rect, levels=3))
+    assert any(len(set(r)) < len(r) for r in rounds)  # the hazard: one round names a cell twice
+    distinct = set(c for r in rounds for c in r)
+    roi = np.zeros((64, 64), bool)
+    roi[10:15, 4:44] = True
+    toy = SquareEvidence()
+    big = 10 ** 4  # more than there are cells: every distinct cell once, no more
+    occ = make_explainer("occlusion", toy, passes=big, metric_steps=0, noise_passes=0)
+    occ_rounds = list(budget_rounds(rect))
+    ex = occ.explain(evidence_image(), PROMPT, roi=roi)
+    assert ex.n_evaluations == len(set(c for r in occ_rounds for c in r)) >= len(distinct)

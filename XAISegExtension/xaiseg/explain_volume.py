@@ -294,10 +294,11 @@ def explain_volume(session, segmentation, explainers: Sequence, roi=None, slices
     """Explain ``segmentation`` slice by slice with each explainer (see :meth:`Session.explain`).
 
     Three passes (:class:`_VolumeExplanation`): attribution on every explained slice (one ROI per
-    slice, the slice's logits decoded once and shared), then one display scale per method over the
-    whole structure (or per slice, as the method's ``scaling`` says), then the metrics stage on every
-    slice - with the noise level and the trivial maps shared by the methods on a slice - and the
-    consistency of adjacent slices.
+    slice, the slice's logits decoded once and shared) with the metrics that need model passes but
+    not the display scale (curves, trivial maps and noise level shared by the methods on a slice),
+    while the slice's activations are in memory; then one display scale per method over the whole
+    structure (or per slice, as the method's ``scaling`` says); then the Dice drop of each slice's
+    high-saliency region and the consistency of adjacent slices.
     """
     from .roi import RoiConfig
 
@@ -316,7 +317,8 @@ def explain_volume(session, segmentation, explainers: Sequence, roi=None, slices
 
 
 #: pass 3 rebuilds a slice's activation cache (one full pass) only for at least this many passes,
-#: each then about 0.45 of a full one (docs/benchmarks/speed.md)
+#: each then about 0.45 of a full one (docs/benchmarks/speed.md): two would save 0.1 of a pass, not
+#: worth 71 MB more held and the share's uncertainty (0.39-0.45 measured)
 REBUILD_CACHE_PASSES = 3
 
 
@@ -351,7 +353,8 @@ class _VolumeExplanation:
 
     def _reuse(self, image: np.ndarray):
         """The slice's activation cache when the model can reuse activations (one slice's at a time:
-        built in pass 1 and again in pass 3, so memory stays bounded), else None."""
+        built in pass 1, and in pass 3 only when at least :data:`REBUILD_CACHE_PASSES` passes remain
+        there, so memory stays bounded), else None."""
         segmenter = self.session.segmenter
         return segmenter.embed_cache(image) if getattr(segmenter, "supports_reuse", False) else None
 

@@ -188,7 +188,9 @@ class Occlusion(Explainer):
             left = budget - len(done)
             if left <= 0:
                 break
-            fresh = [c for c in candidates if c not in done and roi[c[0]:c[2], c[1]:c[3]].any()]
+            # on a thin rectangle different cells round to the same pixels: each is evaluated once
+            seen = set(done)
+            fresh = list(dict.fromkeys(c for c in candidates if c not in seen and roi[c[0]:c[2], c[1]:c[3]].any()))
             if not fresh:
                 continue
             current = np.divide(total, count, out=np.zeros(shape), where=count > 0)
@@ -205,6 +207,7 @@ class Occlusion(Explainer):
         engine.progress.done()
         raw = np.divide(total, count, out=np.zeros(shape), where=count > 0)
         sizes = sorted({(c[2] - c[0], c[3] - c[1]) for c in done})
+        # patch_px / stride_px: the longest side of the largest cell and the shortest of the smallest
         return Attribution(raw, {"patches_evaluated": len(done), "patches_full": len(done), "patches_refined": 0,
                                  "patch_px": max(max(s) for s in sizes), "stride_px": min(min(s) for s in sizes),
                                  "budget_rounds": rounds})
