@@ -54,6 +54,9 @@ def test_a_slice_where_nothing_moves_the_mask_shows_no_evidence():
     assert ex.metrics["evidence"] is False and ex.metrics["signal"] <= ex.metrics["noise_level"] * 2 + 1e-9
     assert not ex.saliency.any()  # not painted
     assert not np.any(ex.raw)  # and the raw map says why: nothing changed the score
+    # its label map is empty, so is the region the Dice drop removes: no pass for it
+    assert ex.metrics["dice_drop"] == 0.0 and ex.metrics["high_saliency_fraction"] == 0.0
+    assert ex.metrics["metric_evaluations"] == 2 * 2 - 1 + 2  # the curves and the noise, no Dice-drop pass
 
 
 def toy_volume(intensities):
@@ -244,6 +247,8 @@ def test_after_scaling_a_slice_costs_one_full_pass_not_a_rebuilt_cache(litemedsa
     run = session.explain(seg, [make_explainer("occlusion", passes=4, metric_steps=0)], slices=[81])
     m = run.explanations["occlusion"][81].metrics
     assert calls["cache"] == 1
-    assert m["metric_evaluations"] == 2 + 1  # the jittered copies, the Dice drop
+    # the jittered copies, and the Dice drop where the label map is not empty
+    assert m["metric_evaluations"] == 2 + int(m["high_saliency_fraction"] > 0)
+    assert m["evidence"] or m["dice_drop"] == 0.0  # no evidence: nothing painted, nothing removed
     assert run.record["evaluations"]["perturbed_encoder_passes"]["occlusion"] == 4
     assert session.volume_segmenter.encoder_passes == passes  # the slice's embedding came from the cache

@@ -124,7 +124,7 @@ def _segment(segmenter, sample, name: str, progress):
 
 
 def structure_result(segmenter, sample, name: str, passes: int, count: int, steps: int, progress,
-                     monai: bool = True) -> Dict:
+                     monai: bool = True, parts: Sequence[str] = ("whole", "steps")) -> Dict:
     # segmentation timed before and after the explanation (A B A), so that a change of the machine's
     # load during the run weighs on both sides of the ratio
     session, seg, seg_before = _segment(segmenter, sample, name, progress)
@@ -141,9 +141,10 @@ def structure_result(segmenter, sample, name: str, passes: int, count: int, step
     doc = run.metrics()["methods"]["occlusion"]
     per_slice = doc["slices"]
     evaluations = [v.get("evaluations") or 0 for v in per_slice.values()]
-    chosen = sample_slices(slices, count)
+    chosen = sample_slices(slices, count) if "steps" in parts else []
     rows = {k: slice_rows(session, seg, k, passes, steps) for k in chosen}
-    middle = chosen[len(chosen) // 2]
+    monai = monai and bool(chosen)
+    middle = chosen[len(chosen) // 2] if chosen else None
     return {"slices": len(slices), "segmentation_seconds": round(seg_seconds, 2), "segmentation_passes": seg_passes,
             "segmentation_runs": [round(seg_before, 2), round(seg_after, 2)],
             "whole": {"seconds": round(whole_seconds, 2), "x_segmentation": whole_seconds / seg_seconds,
@@ -158,7 +159,9 @@ def structure_result(segmenter, sample, name: str, passes: int, count: int, step
 def summary(structures: Dict[str, Dict]) -> Dict[str, Dict]:
     """Per variant over every sampled slice: passes per slice, seconds per pass and per slice,
     mean deletion AUC, and the largest map difference from the 64/32 map with reuse."""
-    out = {}
+    out: Dict[str, Dict] = {}
+    if not any(s["sample"] for s in structures.values()):
+        return out
     for key, label, *_ in VARIANTS:
         rows = [r[key] for s in structures.values() for r in s["sample"].values()]
         passes = float(np.mean([r["passes"] for r in rows]))
@@ -175,8 +178,11 @@ def summary(structures: Dict[str, Dict]) -> Dict[str, Dict]:
 
 
 def bench_structure(outdir: Path, structures: Optional[Sequence[str]] = None, passes: int = PASSES,
-                    count: int = 2, steps: int = 8, device: str = "cpu", threads: int = 0, monai: int = 0) -> Dict:
-    """``monai``: on how many structures (the first ones) MONAI's occlusion runs too (0: all)."""
+                    count: int = 2, steps: int = 8, device: str = "cpu", threads: int = 0, monai: int = 0,
+                    parts: Sequence[str] = ("whole", "steps")) -> Dict:
+    """``monai``: on how many structures (the first ones) MONAI's occlusion runs too (0: all);
+    ``parts``: "whole" (always: the segmentation and the whole structure) and "steps" (the sampled
+    slices, each optimisation in turn, and MONAI)."""
     import torch
 
     from .bench_explain import machine
@@ -195,7 +201,7 @@ def bench_structure(outdir: Path, structures: Optional[Sequence[str]] = None, pa
     t0 = time.perf_counter()
     for i, name in enumerate(structures):
         result["structures"][name] = structure_result(segmenter, sample, name, passes, count, steps, TqdmProgress(),
-                                                      monai=not monai or i < monai)
+                                                      monai=not monai or i < monai, parts=parts)
         result["summary"] = summary(result["structures"])
         result["seconds"] = round(time.perf_counter() - t0, 1)
         result["load"] = [load, _load()]
@@ -239,6 +245,15 @@ def markdown(result: Dict) -> str:
         lines.append(f"| {name} | {s['slices']} | {s['segmentation_seconds']:.1f} | {w['seconds']:.1f} | "
                      f"{w['x_segmentation']:.2f} | {w['attribution_passes_per_slice']:.1f} | "
                      f"{_f(w['adjacent_spearman'], 2)} | {_f(w['evidence_share'], 2)} |")
+    checks = {name: estimate_check(result, name) for name in result["structures"]}
+    lines += ["", "The engine's cost model for the same explanation, timed with each structure's own segmentation "
+              "seconds per slice as the full pass (what `--estimate --calibrate` would use on a quiet machine): "
+              "full-pass equivalents per slice, predicted against measured explanation seconds:", "",
+              "| structure | full-pass equivalents / slice | predicted s | measured s | predicted / measured |",
+              "|---|---|---|---|---|"]
+    for name, c in checks.items():
+        lines.append(f"| {name} | {c['full_pass_equivalents_per_slice']:.2f} | {c['predicted_s']:.0f} | "
+                     f"{c['measured_s']:.0f} | {c['ratio']:.2f} |")
     seg = sum(s["segmentation_seconds"] for s in result["structures"].values())
     whole = sum(s["whole"]["seconds"] for s in result["structures"].values())
     lines += ["", f"All structures: explanation {whole:.0f} s against segmentation {seg:.0f} s, "
@@ -281,6 +296,29 @@ def markdown(result: Dict) -> str:
     return "\n".join(lines)
 
 
+def estimate_check(result: Dict, name: str) -> Dict[str, float]:
+    """What the engine's cost model (:func:`xaiseg.cost.estimate_counts`) predicts for the
+    structure's explanation, timed with this run's own segmentation (seconds per segmented slice
+    as the full pass), against the measured explanation: a check of the model's pass accounting
+    (activation reuse, the caches, the passes after scaling) free of the machine's load."""
+    from .cost import estimate_counts
+    from .request import RunRequest
+
+    s = result["structures"][name]
+    n = int(s["slices"])
+    request = RunRequest.from_dict({
+        "input": "structure.nrrd", "output_dir": "out", "segmenter": {"kind": "litemedsam"},
+        "prompt": {"type": "box", "lo_kji": [0, 0, 0], "hi_kji": [1, 1, 1]},
+        "explain": {"methods": [{"name": "occlusion", "settings": {"passes": result["passes"]}}],
+                    "common": {"metric_steps": 0}}})
+    per_slice = s["segmentation_seconds"] / n
+    est = estimate_counts(request, n, [None] * n, {"seconds_encoder": per_slice, "seconds_decoder": 0.0,
+                                                   "seconds_load": 0.0, "seconds_write_mb": 0.0})
+    predicted = est["seconds"] - n * per_slice  # the explanation alone
+    return {"predicted_s": predicted, "measured_s": s["whole"]["seconds"], "ratio": predicted / s["whole"]["seconds"],
+            "full_pass_equivalents_per_slice": (est["full_pass_equivalents"] - n) / n}
+
+
 def _whole_passes(result: Dict) -> float:
     per = [(s["whole"]["attribution_passes_per_slice"], s["slices"]) for s in result["structures"].values()]
     return sum(p * n for p, n in per) / max(1, sum(n for _, n in per))
@@ -296,10 +334,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--monai", type=int, default=0, help="MONAI's occlusion on the first N structures only (0: all)")
+    ap.add_argument("--whole-only", action="store_true", help="only the segmentation and the whole structure")
+    ap.add_argument("--rewrite", action="store_true", help="only write structure.md again from structure.json")
     args = ap.parse_args(argv)
+    if args.rewrite:
+        import json
+
+        result = json.loads((Path(args.output) / "structure.json").read_text())
+        write_tables(Path(args.output), "structure", markdown(result), result)
+        return 0
     names = [s for s in (args.structures or "").split(",") if s] or None
     bench_structure(Path(args.output), names, args.passes, args.sample, args.metric_steps, args.device, args.threads,
-                    args.monai)
+                    args.monai, ("whole",) if args.whole_only else ("whole", "steps"))
     return 0
 
 

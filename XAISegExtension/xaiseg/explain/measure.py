@@ -90,7 +90,8 @@ def measure_passes(explainer, explanation, engine, progress=None, stage: Optiona
 
 
 def scaled_passes(explainer) -> int:
-    """Encoder passes :func:`measure` still makes after :func:`measure_passes` (the Dice drop)."""
+    """Encoder passes :func:`measure` still makes after :func:`measure_passes` (the Dice drop; at
+    most: none where the high-saliency region is empty or the slice shows no evidence)."""
     return 1 if explainer.metric_steps or explainer.perturbs else 0
 
 
@@ -104,10 +105,16 @@ def measure(explainer, explanation, engine, progress=None, stage: Optional[str] 
     metrics: Dict[str, Any] = {"seconds": round(explanation.seconds, 3), "evaluations": explanation.n_evaluations}
     roi = explanation.roi
     before = engine.evaluations
+    # the label map's region: nothing on a slice that shows no evidence (it is not painted)
     high = (explanation.saliency >= explainer.threshold) & roi
+    if early.get("evidence") is False:
+        high = np.zeros_like(high)
     if scaled_passes(explainer):
-        metrics.update(faithfulness(engine, explanation.raw, 0, high, stage=f"{stage} metrics",
-                                    fill=explainer.metric_fill))
+        if high.any():
+            metrics.update(faithfulness(engine, explanation.raw, 0, high, stage=f"{stage} metrics",
+                                        fill=explainer.metric_fill))
+        else:  # removing nothing leaves the score as it was: no pass needed
+            metrics.update({"baseline_score": float(engine.baseline), "dice_drop": 0.0, "high_saliency_fraction": 0.0})
     metrics.update(early)
     metrics["metric_evaluations"] = early["metric_evaluations"] + engine.evaluations - before
     details = dict(explanation.details)
