@@ -210,6 +210,19 @@ def bench_structure(outdir: Path, structures: Optional[Sequence[str]] = None, pa
     return result
 
 
+def merge(results: Sequence[Dict]) -> Dict:
+    """One result from runs of the same settings over different structures (run side by side)."""
+    out = dict(results[0])
+    out["structures"] = {name: s for r in results for name, s in r["structures"].items()}
+    out["summary"] = summary(out["structures"])
+    out["seconds"] = max(r.get("seconds", 0) for r in results)
+    out["load"] = [min(r["load"][0] for r in results if r.get("load")), max(r["load"][1] for r in results
+                                                                            if r.get("load"))]
+    if len(results) > 1:
+        out["merged_runs"] = len(results)
+    return out
+
+
 def _load() -> Optional[float]:
     try:
         import os
@@ -230,7 +243,10 @@ def markdown(result: Dict) -> str:
              f"Produced by `xaiseg bench structure` on {m.get('platform', '?')}, {m.get('threads')} torch thread(s), "
              f"device {m.get('device')}; load average {load[0]} at the start, {load[1]} at the end (a shared "
              "machine: compare ratios within the run).  MNI152 1 mm, a tight Harvard-Oxford box per axial slice, "
-             "each structure in a fresh session.", "",
+             "each structure in a fresh session."
+             + (f"  {result['merged_runs']} runs side by side, one per core, each with its share of the structures "
+                "(`python -m xaiseg.bench_structure --structures ... -o DIR`, then `--merge DIR...`); every ratio "
+                "is taken within one run." if result.get("merged_runs") else ""), "",
              "## Whole structures", "",
              f"Segmenting every slice of the structure, then explaining every slice with budgeted occlusion "
              f"({result['passes']} passes) and the defaults otherwise (batch 1, activation reuse, the no-evidence "
@@ -281,7 +297,7 @@ def markdown(result: Dict) -> str:
         a, c, b = mean("seed001_reuse"), mean("structure_sized"), mean("budget")
         mo = s.get("monai")
         ours = None if not mo else s["sample"][str(mo["slice"])]["seed001_reuse"]
-        monai = "- | - | - | - | -" if not mo else \
+        monai = "- | - | - | -" if not mo else \
             f"{mo['slice']} | {mo['passes']} ({ours['passes']}) | {mo['seconds']:.1f} ({ours['seconds']:.1f}) | " \
             f"{_f(mo['deletion_auc'])} ({_f(ours['deletion_auc'])})"
         lines.append(f"| {name} | {', '.join(s['sample'])} | {_f(a)} | {_f(c)} | {_f(b)} | "
@@ -335,12 +351,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--monai", type=int, default=0, help="MONAI's occlusion on the first N structures only (0: all)")
     ap.add_argument("--whole-only", action="store_true", help="only the segmentation and the whole structure")
+    ap.add_argument("--merge", nargs="+", metavar="DIR", help="only write one structure.md/.json from the runs in "
+                                                               "DIR... (e.g. two processes on two cores)")
     ap.add_argument("--rewrite", action="store_true", help="only write structure.md again from structure.json")
     args = ap.parse_args(argv)
-    if args.rewrite:
+    if args.rewrite or args.merge:
         import json
 
-        result = json.loads((Path(args.output) / "structure.json").read_text())
+        parts = [json.loads((Path(d) / "structure.json").read_text()) for d in (args.merge or [args.output])]
+        result = merge(parts)
         write_tables(Path(args.output), "structure", markdown(result), result)
         return 0
     names = [s for s in (args.structures or "").split(",") if s] or None
