@@ -74,12 +74,11 @@ def _cells(rect: Cell, level: int, offset: bool) -> List[Cell]:
     y0, x0, y1, x1 = rect
     n = 2 ** level
     hy, hx = (y1 - y0) / n, (x1 - x0) / n
-    starts = [(i + 0.5) for i in range(n - 1)] if offset else list(range(n))
-    rows = [(i, False) for i in range(n)] + ([(i, True) for i in starts] if offset else [])
+    # cell starts along one axis, in cells: the grid's, then (offset) those half a cell off it
+    steps = [(i, False) for i in range(n)] + ([(i + 0.5, True) for i in range(n - 1)] if offset else [])
     out = []
-    for a, a_off in rows:
-        cols = [(j, False) for j in range(n)] + ([(j, True) for j in starts] if offset else [])
-        for b, b_off in cols:
+    for a, a_off in steps:
+        for b, b_off in steps:
             if offset and not (a_off or b_off):
                 continue  # a plain-grid cell
             c = (int(round(y0 + a * hy)), int(round(x0 + b * hx)), int(round(y0 + (a + 1) * hy)),
@@ -87,6 +86,18 @@ def _cells(rect: Cell, level: int, offset: bool) -> List[Cell]:
             if c[2] > c[0] and c[3] > c[1]:
                 out.append(c)
     return out
+
+
+def _square(y: int, x: int, p: int) -> Cell:
+    """A grid patch (top-left corner and side) as a cell."""
+    return (y, x, y + p, x + p)
+
+
+def _add(total: np.ndarray, count: np.ndarray, cells, drops) -> None:
+    """Each cell's drop added over its pixels (the map is ``total / count``)."""
+    for (y0, x0, y1, x1), d in zip(cells, drops):
+        total[y0:y1, x0:x1] += d
+        count[y0:y1, x0:x1] += 1
 
 
 def budget_rounds(rect: Cell, levels: int = 6):
@@ -133,22 +144,21 @@ class Occlusion(Explainer):
         return [(y, x, p) for y in positions(shape[0], p, s) for x in positions(shape[1], p, s)]
 
     def cost(self, roi_extent: Optional[Tuple[float, float]] = None, grid: int = 256) -> int:
+        if self.passes:
+            return int(self.passes)
         short = min(roi_extent) / 1.5 if roi_extent is not None else None  # the ROI is about the box plus context
         patch, stride = self.grid_sizes(short, grid)
         per_axis = len(positions(grid, int(round(patch)), int(round(stride))))
         counts = [per_axis, per_axis] if roi_extent is None else \
             [min(per_axis, int(math.ceil((e + patch - 1) / stride))) for e in roi_extent]
         coarse = max(1, counts[0] * counts[1])
-        if self.passes:
-            return int(self.passes)
         if self.patch:
             return coarse
         return coarse + 2 * 9  # about two coarse patches refined with 3 x 3 finer ones each (an estimate)
 
-    def _scores(self, engine: PerturbationEngine, chosen, shape) -> np.ndarray:
+    def _scores(self, engine: PerturbationEngine, cells, shape) -> np.ndarray:
         keeps = []
-        for c in chosen:
-            y0, x0, y1, x1 = c if len(c) == 4 else (c[0], c[1], c[0] + c[2], c[1] + c[2])
+        for y0, x0, y1, x1 in cells:
             k = np.ones(shape, np.float32)
             k[y0:y1, x0:x1] = 0.0
             keeps.append(k)
@@ -198,11 +208,8 @@ class Occlusion(Explainer):
             heat = [float(current[c[0]:c[2], c[1]:c[3]][roi[c[0]:c[2], c[1]:c[3]]].mean()) for c in fresh]
             order = np.argsort(-np.asarray(heat), kind="stable")
             take = [fresh[i] for i in order[:left]]
-            drops = self._scores(engine, take, shape)
+            _add(total, count, take, self._scores(engine, take, shape))
             rounds += 1
-            for (y0, x0, y1, x1), d in zip(take, drops):
-                total[y0:y1, x0:x1] += d
-                count[y0:y1, x0:x1] += 1
             done.extend(take)
         engine.progress.done()
         raw = np.divide(total, count, out=np.zeros(shape), where=count > 0)
@@ -222,15 +229,13 @@ class Occlusion(Explainer):
         every = self.patches(shape, box)
         chosen = [(y, x, p) for (y, x, p) in every if engine.roi[y:y + p, x:x + p].any()]
         engine.progress.stage(engine.stage, len(chosen) + (0 if self.patch else 2 * 9))
-        drops = self._scores(engine, chosen, shape)
+        drops = self._scores(engine, [_square(*c) for c in chosen], shape)
         fine = [] if self.patch else self.refined(chosen, drops, shape)
         if fine:
-            drops = np.concatenate([drops, self._scores(engine, fine, shape)])
+            drops = np.concatenate([drops, self._scores(engine, [_square(*c) for c in fine], shape)])
         total = np.zeros(shape, np.float64)
         count = np.zeros(shape, np.float64)
-        for (y, x, p), d in zip(chosen + fine, drops):
-            total[y:y + p, x:x + p] += d
-            count[y:y + p, x:x + p] += 1
+        _add(total, count, [_square(*c) for c in chosen + fine], drops)
         engine.progress.done()
         raw = np.divide(total, count, out=np.zeros(shape), where=count > 0)
         p, s = self.pixel_sizes(shape, box)
