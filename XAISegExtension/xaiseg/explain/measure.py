@@ -110,11 +110,8 @@ def measure(explainer, explanation, engine, progress=None, stage: Optional[str] 
     if early.get("evidence") is False:
         high = np.zeros_like(high)
     if scaled_passes(explainer):
-        if high.any():
-            metrics.update(faithfulness(engine, explanation.raw, 0, high, stage=f"{stage} metrics",
-                                        fill=explainer.metric_fill))
-        else:  # removing nothing leaves the score as it was: no pass needed
-            metrics.update({"baseline_score": float(engine.baseline), "dice_drop": 0.0, "high_saliency_fraction": 0.0})
+        metrics.update(faithfulness(engine, explanation.raw, 0, high, stage=f"{stage} metrics",
+                                    fill=explainer.metric_fill))
     metrics.update(early)
     metrics["metric_evaluations"] = early["metric_evaluations"] + engine.evaluations - before
     details = dict(explanation.details)
@@ -267,7 +264,9 @@ def faithfulness(engine, ranking: np.ndarray, steps: int, high: Optional[np.ndar
     """
     fill = metric_fill(fill, engine)
     roi = engine.roi
-    keeps = [] if high is None else [np.where(np.asarray(high, bool) & roi, 0.0, 1.0)]
+    high = None if high is None else np.asarray(high, bool) & roi
+    # removing nothing leaves the score as it was: an empty high-saliency region costs no pass
+    keeps = [np.where(high, 0.0, 1.0)] if high is not None and high.any() else []
     fractions: List[float] = []
     if steps:
         order = np.argsort(-np.asarray(ranking)[roi], kind="stable")
@@ -293,9 +292,9 @@ def faithfulness(engine, ranking: np.ndarray, steps: int, high: Optional[np.ndar
     out: Dict[str, Any] = {"baseline_score": float(engine.baseline)}
     first = 0
     if high is not None:
-        out["dice_drop"] = float(engine.baseline - scores[0])
-        out["high_saliency_fraction"] = float((np.asarray(high, bool) & roi).sum() / max(1, roi.sum()))
-        first = 1
+        first = 1 if high.any() else 0
+        out["dice_drop"] = float(engine.baseline - scores[0]) if first else 0.0
+        out["high_saliency_fraction"] = float(high.sum() / max(1, roi.sum()))
     if steps:
         deletion = [engine.baseline] + list(scores[first:first + steps])
         removed_all = scores[first + steps - 1]
