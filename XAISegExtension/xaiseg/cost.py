@@ -88,12 +88,12 @@ def reused_equivalents(perturbed: int, explained: int, scaled: int) -> float:
     """Full-pass equivalents of ``perturbed`` passes over ``explained`` slices when they reuse the
     slice's activations: the cache's full pass per slice, each pass at ``REUSE_SHARE``, except the
     ``scaled`` passes per slice made after the maps are scaled (the Dice drops): the volume
-    pipeline rebuilds the cache for them only when there are at least
-    :data:`~xaiseg.explain_volume.REBUILD_CACHE_PASSES`, else they are full passes."""
-    from .explain_volume import REBUILD_CACHE_PASSES
+    pipeline rebuilds the cache for them only when there are enough
+    (:func:`~xaiseg.explain_volume.rebuilds_cache`), else they are full passes."""
+    from .explain_volume import rebuilds_cache
 
     late = scaled * explained
-    late_cost = explained * (1 + scaled * REUSE_SHARE) if scaled >= REBUILD_CACHE_PASSES else late
+    late_cost = explained * (1 + scaled * REUSE_SHARE) if rebuilds_cache(scaled) else late
     return CACHE_PASSES_PER_SLICE * explained + (perturbed - late) * REUSE_SHARE + late_cost
 
 

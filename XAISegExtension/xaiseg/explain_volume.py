@@ -322,6 +322,12 @@ def explain_volume(session, segmentation, explainers: Sequence, roi=None, slices
 REBUILD_CACHE_PASSES = 3
 
 
+def rebuilds_cache(passes: int) -> bool:
+    """Whether pass 3 rebuilds a slice's activation cache for ``passes`` passes there (the cost
+    estimate asks the same)."""
+    return passes >= REBUILD_CACHE_PASSES
+
+
 class _VolumeExplanation:
     """One explanation of a segmented volume, pass by pass (see :func:`explain_volume`).  The
     explainers work on each slice as the model sees it (turned into the run's orientation); every
@@ -408,7 +414,7 @@ class _VolumeExplanation:
         for n, k in enumerate(self.chosen, 1):
             embedding, _ = vs.embedding(k)
             image = vs.model_slice(k)
-            cache = self._reuse(image) if remaining >= REBUILD_CACHE_PASSES else None
+            cache = self._reuse(image) if rebuilds_cache(remaining) else None
             for ex in self.bound:
                 stage = self._stage(ex, n, k)
                 e = run.explanations[ex.name][k]
