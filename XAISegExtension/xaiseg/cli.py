@@ -198,12 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Measure accuracy, time and memory and write docs-ready tables.")
     b.add_argument("what", choices=["segmentation", "explain", "faithfulness", "audit", "structure"],
                    help="which benchmark (structure: whole structures explained by occlusion, each optimisation in "
-                   "turn, more options in python -m xaiseg.bench_structure --help; audit: the six demo structures in-process and on a 2-worker Dask LocalCluster; more options in "
-                   "python -m xaiseg.bench_audit --help)")
+                   "turn, more options in python -m xaiseg.bench_structure --help; audit: the six demo structures "
+                   "in-process and on a 2-worker Dask LocalCluster; more options in python -m xaiseg.bench_audit "
+                   "--help)")
     b.add_argument("--parts", help="explain: occlusion, rise, layers (default occlusion,rise); faithfulness: maps, "
                                    "cascade, fills (default all three)")
-    b.add_argument("--structures", help="faithfulness, audit, structure: Harvard-Oxford structures, comma-separated (default: "
-                                        "the six demo structures)")
+    b.add_argument("--structures", help="faithfulness, audit, structure: Harvard-Oxford structures, comma-separated "
+                                        "(default: the six demo structures)")
     b.add_argument("--pairs", type=int, default=1, help="faithfulness: pairs of adjacent slices per structure (0: "
                                                         "every slice; default 1)")
     b.add_argument("--masks", type=int, default=300, help="faithfulness: most RISE masks per slice (default 300)")
