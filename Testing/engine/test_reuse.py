@@ -125,6 +125,20 @@ def test_unchanged_image_is_the_cached_pass_and_a_batch_shares_the_cache(litemed
         features_match(litemedsam, None, e, r.features)
 
 
+def test_a_cache_written_to_disk_reads_back_to_the_same_passes(litemedsam, caudate_slice, tmp_path):
+    """The volume pipeline keeps older slices' caches in files for the Dice drop after scaling
+    (xaiseg.kept_caches): read back, a changed pass gives exactly the in-memory cache's features."""
+    image, _, cache = caudate_slice
+    litemedsam.save_cache(cache, tmp_path / "cache.pt")
+    back = litemedsam.load_cache(tmp_path / "cache.pt")
+    assert back.owner == cache.owner and back.nbytes == cache.nbytes
+    box = (60, 60, 80, 80)
+    perturbed = occluded(image, box)
+    mine, theirs = litemedsam.embed_changed(back, perturbed, box), litemedsam.embed_changed(cache, perturbed, box)
+    assert 0.0 < mine.pass_share == theirs.pass_share < 1.0
+    assert torch.equal(mine.features, theirs.features)
+
+
 def test_downscaled_slice(litemedsam, caudate_slice):
     """A slice larger than the grid (340 x 300) is area-resized down: a change spreads differently."""
     import cv2

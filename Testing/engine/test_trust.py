@@ -220,35 +220,52 @@ def test_a_volume_measures_each_slice_as_a_single_slice_explanation_does():
         np.testing.assert_allclose(e.raw, alone.raw)
 
 
-def test_after_scaling_a_slice_costs_one_full_pass_not_a_rebuilt_cache(litemedsam):
-    """Occlusion with the no-evidence check and no curves on real LiteMedSAM: the slice's activation
-    cache is built once (attribution, noise); the Dice drop after scaling is one full pass."""
+def test_each_slice_builds_one_cache_and_its_dice_drop_reuses_it(litemedsam, monkeypatch, tmp_path):
+    """Occlusion with the no-evidence check and no curves on real LiteMedSAM, two slices: each
+    slice's activation cache is built once (attribution, noise) and kept for the Dice drop after
+    scaling - the first one through a file, as a structure's older slices are - so no full pass is
+    made at all: the slices' embeddings come from the session, every perturbed pass reuses."""
     import copy
+    import tempfile
 
+    from xaiseg import kept_caches
     from xaiseg.sample_data import load_mni_atlas
     from xaiseg.volume import LabelBoxPrompt
 
-    calls = {"cache": 0}
+    monkeypatch.setattr(kept_caches, "MEMORY_BYTES", 0)  # all but the newest cache go to disk
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    calls = {"cache": 0, "full": 0, "loaded": 0}
     model = copy.copy(litemedsam)
-    build = model.embed_cache
+    build, full, load = model.embed_cache, model.embed_batch, model.load_cache
 
     def counted(image):
         calls["cache"] += 1
         return build(image)
 
-    model.embed_cache = counted
+    def full_pass(images):
+        calls["full"] += len(images)
+        return full(images)
+
+    def loaded(path):
+        calls["loaded"] += 1
+        return load(path)
+
+    model.embed_cache, model.embed_batch, model.load_cache = counted, full_pass, loaded
     sample = load_mni_atlas(("Left_Caudate",))
     truth = sample.mask("Left_Caudate")
-    one = np.zeros_like(truth, np.uint8)
-    one[81] = truth[81]
+    two = np.zeros_like(truth, np.uint8)
+    two[81:83] = truth[81:83]
     session = Session(sample.image, model, SegmentConfig())
-    seg = session.segment(LabelBoxPrompt(one, 1), name="caudate")
-    passes = session.volume_segmenter.encoder_passes
-    run = session.explain(seg, [make_explainer("occlusion", passes=4, metric_steps=0)], slices=[81])
-    m = run.explanations["occlusion"][81].metrics
-    assert calls["cache"] == 1
-    # the jittered copies, and the Dice drop where the label map is not empty
-    assert m["metric_evaluations"] == 2 + int(m["high_saliency_fraction"] > 0)
-    assert m["evidence"] or m["dice_drop"] == 0.0  # no evidence: nothing painted, nothing removed
-    assert run.record["evaluations"]["perturbed_encoder_passes"]["occlusion"] == 4
-    assert session.volume_segmenter.encoder_passes == passes  # the slice's embedding came from the cache
+    seg = session.segment(LabelBoxPrompt(two, 1), name="caudate")
+    passes, calls["full"] = session.volume_segmenter.encoder_passes, 0
+    run = session.explain(seg, [make_explainer("occlusion", passes=4, metric_steps=0)], slices=[81, 82])
+    metrics = [run.explanations["occlusion"][k].metrics for k in (81, 82)]
+    assert calls["cache"] == 2 and calls["full"] == 0
+    assert calls["loaded"] == int(metrics[0]["evidence"])  # slice 81's cache read back where it has a Dice drop
+    for m in metrics:
+        # the jittered copies, and the Dice drop where the label map is not empty
+        assert m["metric_evaluations"] == 2 + int(m["high_saliency_fraction"] > 0)
+        assert m["evidence"] or m["dice_drop"] == 0.0  # no evidence: nothing painted, nothing removed
+    assert run.record["evaluations"]["perturbed_encoder_passes"]["occlusion"] == 8
+    assert session.volume_segmenter.encoder_passes == passes  # the slices' embeddings came from the session
+    assert list(tmp_path.iterdir()) == []  # the kept caches' folder is gone

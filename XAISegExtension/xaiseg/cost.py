@@ -49,7 +49,6 @@ def estimate_counts(request, segmented: int, extents: Sequence[Extent],
     encoder = decoder = segmented * turns
     per_method: Dict[str, int] = {}
     explained = len(extents)
-    scaled = 0  # passes per slice made after the maps are scaled (the Dice drops), when no cache is left
     if request.explain and explained:
         explainers = [m.explainer() for m in request.explain.methods]
         for m, ex in zip(request.explain.methods, explainers):
@@ -57,9 +56,6 @@ def estimate_counts(request, segmented: int, extents: Sequence[Extent],
             per_method[m.name] = n
             encoder += n
             decoder += n + explained * turns
-        from .explain.measure import scaled_passes
-
-        scaled = sum(scaled_passes(ex) for ex in explainers)
         shared = max(ex.shared_cost() for ex in explainers) * explained * turns  # once per slice
         if shared:
             per_method["shared"] = shared
@@ -68,7 +64,7 @@ def estimate_counts(request, segmented: int, extents: Sequence[Extent],
     reuse = request.segmenter.kind in REUSING_KINDS and turns == 1 and encoder > segmented
     perturbed = encoder - segmented * turns
     full_equivalent = encoder if not reuse else \
-        segmented * turns + reused_equivalents(perturbed, explained, scaled)
+        segmented * turns + reused_equivalents(perturbed, explained)
     seconds = cal["seconds_load"] + full_equivalent * cal["seconds_encoder"] + decoder * cal["seconds_decoder"]
     seconds += output_bytes / 1e6 * cal.get("seconds_write_mb", 0.0)
     device = request.segmenter.device
@@ -84,17 +80,12 @@ def estimate_counts(request, segmented: int, extents: Sequence[Extent],
             "calibrated": calibration is not None, "device": device, "text": text}
 
 
-def reused_equivalents(perturbed: int, explained: int, scaled: int) -> float:
+def reused_equivalents(perturbed: int, explained: int) -> float:
     """Full-pass equivalents of ``perturbed`` passes over ``explained`` slices when they reuse the
-    slice's activations: the cache's full pass per slice, each pass at ``REUSE_SHARE``, except the
-    ``scaled`` passes per slice made after the maps are scaled (the Dice drops): the volume
-    pipeline rebuilds the cache for them only when there are enough
-    (:func:`~xaiseg.explain_volume.rebuilds_cache`), else they are full passes."""
-    from .explain_volume import rebuilds_cache
-
-    late = scaled * explained
-    late_cost = explained * (1 + scaled * REUSE_SHARE) if rebuilds_cache(scaled) else late
-    return CACHE_PASSES_PER_SLICE * explained + (perturbed - late) * REUSE_SHARE + late_cost
+    slice's activations: the cache's full pass per slice and each pass at ``REUSE_SHARE``, the Dice
+    drops after scaling included (the volume pipeline keeps each slice's cache for them,
+    :mod:`xaiseg.kept_caches`)."""
+    return CACHE_PASSES_PER_SLICE * explained + perturbed * REUSE_SHARE
 
 
 def box_extent(box: Optional[Sequence[float]], plane: Sequence[int], margin: int = 0) -> Extent:

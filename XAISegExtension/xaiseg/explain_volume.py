@@ -17,6 +17,7 @@ import numpy as np
 
 from .errors import InputError
 from .io import move_into, staged, volume_suffix, write_planes, write_text_atomic, write_volume
+from .kept_caches import KeptCaches
 from .models.base import SlicePrompt
 from .names import safe_name
 from .progress import Progress, ensure
@@ -307,25 +308,21 @@ def explain_volume(session, segmentation, explainers: Sequence, roi=None, slices
     for array, what in ((target, "target mask"), (roi_mask, "ROI mask")):
         if array is not None and array.shape != shape:
             raise InputError(f"{what} of shape {array.shape} does not match the volume's shape {shape}")
-    job = _VolumeExplanation(session, segmentation, explainers, roi or RoiConfig(),
-                             _chosen_slices(segmentation, slices), target, roi_mask, ensure(progress))
     t0, enc0 = time.perf_counter(), session.volume_segmenter.encoder_passes
-    job.attribute()
-    scales = job.scale()
-    job.measure()
+    with KeptCaches(session.segmenter) as kept:
+        job = _VolumeExplanation(session, segmentation, explainers, roi or RoiConfig(),
+                                 _chosen_slices(segmentation, slices), target, roi_mask, ensure(progress), kept)
+        job.attribute()
+        scales = job.scale()
+        job.measure()
     return job.finish(scales, time.perf_counter() - t0, session.volume_segmenter.encoder_passes - enc0)
 
 
-#: pass 3 rebuilds a slice's activation cache (one full pass) only for at least this many passes,
-#: each then about 0.45 of a full one (docs/benchmarks/speed.md): two would save 0.1 of a pass, not
-#: worth 71 MB more held and the share's uncertainty (0.39-0.45 measured)
+#: pass 3 rebuilds a slice's activation cache that was not kept (:mod:`.kept_caches`: the disk was
+#: full; one full pass) only for at least this many passes, each then about 0.45 of a full one
+#: (docs/benchmarks/speed.md): two would save 0.1 of a pass, not worth the share's uncertainty
+#: (0.39-0.45 measured)
 REBUILD_CACHE_PASSES = 3
-
-
-def rebuilds_cache(passes: int) -> bool:
-    """Whether pass 3 rebuilds a slice's activation cache for ``passes`` passes there (the cost
-    estimate asks the same)."""
-    return passes >= REBUILD_CACHE_PASSES
 
 
 class _VolumeExplanation:
@@ -333,10 +330,12 @@ class _VolumeExplanation:
     explainers work on each slice as the model sees it (turned into the run's orientation); every
     map is turned back to the array's order before it is kept."""
 
-    def __init__(self, session, segmentation, explainers, roi, chosen, target, roi_mask, progress) -> None:
+    def __init__(self, session, segmentation, explainers, roi, chosen, target, roi_mask, progress,
+                 kept: Optional[KeptCaches] = None) -> None:
         from .roi import RoiFinder
 
         self.session, self.segmentation, self.roi, self.chosen = session, segmentation, roi, chosen
+        self.kept = kept if kept is not None else KeptCaches(session.segmenter)
         self.target, self.roi_mask, self.progress = target, roi_mask, progress
         self.finder = RoiFinder(roi)
         self.vs, self.axis = session.volume_segmenter, session.axis
@@ -358,9 +357,9 @@ class _VolumeExplanation:
         return f"{ex.name} slice {k} ({n}/{len(self.chosen)})"
 
     def _reuse(self, image: np.ndarray):
-        """The slice's activation cache when the model can reuse activations (one slice's at a time:
-        built in pass 1, and in pass 3 only when at least :data:`REBUILD_CACHE_PASSES` passes remain
-        there, so memory stays bounded), else None."""
+        """The slice's activation cache when the model can reuse activations (built in pass 1 and
+        kept for pass 3 where that needs it; rebuilt in pass 3 only when it was not kept and at least
+        :data:`REBUILD_CACHE_PASSES` passes remain there), else None."""
         segmenter = self.session.segmenter
         return segmenter.embed_cache(image) if getattr(segmenter, "supports_reuse", False) else None
 
@@ -390,6 +389,15 @@ class _VolumeExplanation:
                 # what needs passes but not the structure's scale, while this slice's activations are here
                 engine = _engine(ex, e, image, prompt, embedding, self.logits[k], self.progress, stage, cache)
                 self.early[ex.name][k] = measure_passes(ex, e, engine, self.progress, stage, shared)
+            if cache is not None and self._measured_later(k):
+                self.kept.put(k, cache)
+
+    def _measured_later(self, k: int) -> bool:
+        """Whether pass 3 may make passes on slice ``k``: some method has a Dice drop to measure
+        there and did not find the slice without evidence (whose label map is empty)."""
+        from .explain.measure import scaled_passes
+
+        return any(scaled_passes(ex) and self.early[ex.name][k].get("evidence") is not False for ex in self.bound)
 
     def scale(self) -> Dict[str, Optional[float]]:
         """Pass 2: one display scale per method over the structure (None: per slice)."""
@@ -406,15 +414,18 @@ class _VolumeExplanation:
     def measure(self) -> None:
         """Pass 3: the rest of the metrics stage on every slice (the Dice drop of the high-saliency
         region, which depends on the scale), then every map back in the array's order.  The slice's
-        activation cache is built again only when enough passes remain to pay for it."""
-        from .explain.measure import scaled_passes, measure
+        activation cache kept from pass 1 serves these passes; one that was not kept is built again
+        only when enough passes remain to pay for it."""
+        from .explain.measure import measure, scaled_passes
 
         vs, run, shape = self.vs, self.run, self.session.volume.shape
         remaining = sum(scaled_passes(ex) for ex in self.bound)
         for n, k in enumerate(self.chosen, 1):
             embedding, _ = vs.embedding(k)
             image = vs.model_slice(k)
-            cache = self._reuse(image) if rebuilds_cache(remaining) else None
+            cache = self.kept.take(k)
+            if cache is None and remaining >= REBUILD_CACHE_PASSES and self._measured_later(k):
+                cache = self._reuse(image)
             for ex in self.bound:
                 stage = self._stage(ex, n, k)
                 e = run.explanations[ex.name][k]

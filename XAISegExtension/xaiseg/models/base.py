@@ -163,6 +163,41 @@ class PromptableSegmenter(ABC):
         self.check_cache(cache, images)
         return self.embed_batch(images)
 
+    def save_cache(self, cache: ReuseCache, path) -> None:
+        """Write ``cache`` to ``path`` (tensors, numbers and lists only, so that :meth:`load_cache`
+        reads it with ``torch.load(weights_only=True)``)."""
+        import torch
+
+        e = cache.embedding
+        numpy = isinstance(e.features, np.ndarray)  # models whose features are arrays, not tensors
+        features = torch.from_numpy(np.ascontiguousarray(e.features)) if numpy else e.features
+        torch.save({"image": torch.from_numpy(np.ascontiguousarray(cache.image)), "features": features,
+                    "numpy": numpy, "meta": (tuple(e.image_shape), tuple(e.resized_shape), e.scale,
+                                             float(e.pass_share)),
+                    "state": self.cache_tree(cache.state), "owner": tuple(cache.owner)}, str(path))
+
+    def load_cache(self, path) -> ReuseCache:
+        """The cache :meth:`save_cache` wrote to ``path``; refused unless this segmenter made it."""
+        import torch
+
+        d = torch.load(str(path), weights_only=True)
+        owner = tuple(d["owner"])
+        if owner != self._owner():
+            raise InputError(f"the activation cache in {path} was made by another segmenter ({owner}); "
+                             f"expected one made by this one ({self._owner()})")
+        image_shape, resized_shape, scale, share = d["meta"]
+        features = d["features"].numpy() if d["numpy"] else d["features"]
+        return ReuseCache(d["image"].numpy(), Embedding(features, tuple(image_shape), tuple(resized_shape), scale,
+                                                        share), self.cache_from_tree(d["state"]), owner)
+
+    def cache_tree(self, state: Any) -> Any:
+        """``ReuseCache.state`` as plain containers of tensors (models with their own state type
+        override this and :meth:`cache_from_tree`)."""
+        return state
+
+    def cache_from_tree(self, tree: Any) -> Any:
+        return tree
+
     def _owner(self) -> Tuple[int, Optional[str]]:
         return (id(self.module) if self.module is not None else id(self), self.weights_sha256)
 

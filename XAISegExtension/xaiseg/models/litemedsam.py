@@ -110,6 +110,14 @@ class LiteMedSAM(PromptableSegmenter):
         return ReuseCache(np.array(image, dtype=np.float32, copy=True), Embedding(state.features, *metas[0]),
                           state, self._owner())
 
+    def cache_tree(self, state):
+        return state.tree()
+
+    def cache_from_tree(self, tree):
+        from . import tinyvit_reuse as tr
+
+        return tr.Cache.from_tree(tree)
+
     def grid_box(self, changed_box: ChangedBox, image_shape: Tuple[int, int]) -> ChangedBox:
         """The box on the 256 grid that a change of the slice inside ``changed_box`` can reach: the
         longest-side resize (bilinear up, area down) spreads a pixel over its neighbours, so the

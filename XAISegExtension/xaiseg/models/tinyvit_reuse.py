@@ -239,6 +239,17 @@ class Cache:
         tensors += [t for layer in self.blocks for pair in layer for t in pair]
         return int(sum(t.element_size() * t.nelement() for t in tensors if t is not None))
 
+    def tree(self) -> dict:
+        """The cache as a dict of tensors, lists, tuples and None (what ``torch.load(weights_only=True)``
+        reads back); :meth:`from_tree` rebuilds it."""
+        return {"x": self.x, "stage0": self.stage0, "blocks": [[tuple(p) for p in layer] for layer in self.blocks],
+                "merges": list(self.merges), "features": self.features}
+
+    @classmethod
+    def from_tree(cls, tree: dict) -> "Cache":
+        return cls(x=tree["x"], stage0=tree["stage0"], blocks=[[tuple(p) for p in layer] for layer in tree["blocks"]],
+                   merges=list(tree["merges"]), features=tree["features"])
+
 
 def record(enc, x) -> Cache:
     """The full pass on ``x`` (1, 3, H, W) by the same operations as :func:`changed`, keeping what

@@ -1,0 +1,94 @@
+"""Activation caches kept from the volume pipeline's first pass to its third.
+
+The Dice drop of a slice's high-saliency region is measured after the maps of the whole structure
+are scaled (pass 3 of :func:`~xaiseg.explain_volume.explain_volume`), long after the slice's
+activation cache was built for attribution (pass 1).  Without the cache that removal is a full
+encoder pass; with it, a reused pass of about 0.4 of one.  A LiteMedSAM cache holds about 71 MB, so a
+structure's caches cannot all stay in memory: the newest stay there up to ``memory_bytes``, the
+others go to files in a private temporary folder, which is removed when the run ends, is cancelled
+or fails.
+
+A cache that cannot be kept (no free disk space, a write error) is dropped; pass 3 then rebuilds
+it or makes a full pass, as it would without this store, so the figures do not change.  A file is
+written under a temporary name and renamed when complete: a half-written cache is never read.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Dict, Optional
+
+from .diskspace import free_bytes
+
+#: caches held in memory before older ones go to disk: two LiteMedSAM caches, so that a run of one
+#: or two slices (the Slicer panel's usual case) never touches the disk
+MEMORY_BYTES = 160 << 20
+#: free space left on the temporary folder's file system after a cache is written
+DISK_RESERVE_BYTES = 512 << 20
+
+
+class KeptCaches:
+    """Activation caches by slice index: :meth:`put` in pass 1, :meth:`take` (once) in pass 3."""
+
+    def __init__(self, segmenter, memory_bytes: Optional[int] = None, folder: Optional[str] = None) -> None:
+        self.segmenter, self.parent = segmenter, folder
+        self.memory_bytes = MEMORY_BYTES if memory_bytes is None else int(memory_bytes)
+        self.memory: "OrderedDict[int, object]" = OrderedDict()
+        self.files: Dict[int, Path] = {}
+        self.folder: Optional[Path] = None
+        self.dropped = 0  # caches that could not be kept (disk full or unwritable)
+
+    def put(self, k: int, cache) -> None:
+        self.memory[k] = cache
+        self.memory.move_to_end(k)
+        while len(self.memory) > 1 and sum(c.nbytes for c in self.memory.values()) > self.memory_bytes:
+            old, oldest = self.memory.popitem(last=False)
+            self._spill(old, oldest)
+
+    def take(self, k: int):
+        """Slice ``k``'s cache (None when it was not kept); it is forgotten here."""
+        if k in self.memory:
+            return self.memory.pop(k)
+        path = self.files.pop(k, None)
+        if path is None:
+            return None
+        try:
+            return self.segmenter.load_cache(path)
+        finally:
+            path.unlink()
+
+    def _spill(self, k: int, cache) -> None:
+        try:
+            if self.folder is None:
+                self.folder = Path(tempfile.mkdtemp(prefix="xaiseg-activations-", dir=self.parent))
+            if free_bytes(self.folder) < cache.nbytes + DISK_RESERVE_BYTES:
+                self.dropped += 1
+                return
+            path = self.folder / f"slice{k}.pt"
+            part = path.with_suffix(".part")
+            try:
+                self.segmenter.save_cache(cache, part)
+                os.replace(part, path)
+            finally:
+                if part.exists():
+                    part.unlink()
+            self.files[k] = path
+        except (OSError, RuntimeError):  # torch reports a failed write as a RuntimeError
+            self.dropped += 1
+
+    def close(self) -> None:
+        """Forget every cache and remove the temporary folder."""
+        self.memory.clear()
+        self.files.clear()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+
+    def __enter__(self) -> "KeptCaches":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
