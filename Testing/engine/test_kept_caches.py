@@ -2,7 +2,7 @@
 newest in memory, older ones in files that read back to the same cache, a private folder removed
 when the run ends or is cancelled, and a cache that cannot be kept (disk full, a failed write)
 dropped without a half-written file and without changing a figure."""
-import tempfile
+import os
 from pathlib import Path
 
 import numpy as np
@@ -85,11 +85,11 @@ def test_a_cache_from_another_segmenter_is_refused(tmp_path):
 
 def toy_volume_run(monkeypatch, tmp_path, progress=None):
     """Three toy slices explained with every cache but the newest sent to disk; the temporary
-    folder lives in ``tmp_path``.  Returns the run and how often caches were built and read back."""
+    folder lives in ``tmp_path``, the cache folder.  Returns the run and how often caches were built and read back."""
     from test_trust import toy_volume
 
     monkeypatch.setattr(kept_caches, "MEMORY_BYTES", 0)
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("XAISEG_CACHE", str(tmp_path))
     model = ReusingSquare()
     calls = {"built": 0, "loaded": 0}
     build, load = model.embed_cache, model.load_cache
@@ -116,7 +116,7 @@ def test_a_volume_run_keeps_each_cache_for_the_dice_drop_and_removes_its_folder(
     assert all(m["evidence"] for m in metrics) and all(m["dice_drop"] > 0 for m in metrics)
     # one cache per slice, never rebuilt; the two older ones were read back from disk for pass 3
     assert calls == {"built": 3, "loaded": 2}
-    assert list(tmp_path.iterdir()) == []
+    assert list((tmp_path / "activations").iterdir()) == []
     # the same figures when no cache can be kept (pass 3 then makes full passes)
     monkeypatch.setattr(kept_caches, "free_bytes", lambda folder: 0)
     again, calls = toy_volume_run(monkeypatch, tmp_path)
@@ -137,4 +137,17 @@ def test_a_run_cancelled_after_caches_went_to_disk_removes_them(tmp_path, monkey
     with pytest.raises(errors.Cancelled):
         toy_volume_run(monkeypatch, tmp_path, CallbackProgress(on_event, token))
     assert any(e["stage"].endswith("metrics") for e in seen)
-    assert list(tmp_path.iterdir()) == []
+    assert list((tmp_path / "activations").iterdir()) == []
+
+
+def test_folders_of_runs_that_were_killed_are_removed(tmp_path):
+    model = ReusingSquare()
+    dead = tmp_path / "run-999999999-abc"  # no such process
+    live = tmp_path / f"run-{os.getpid()}-abc"  # a run of this process, still going
+    for folder in (dead, live):
+        folder.mkdir()
+        (folder / "slice0.pt").write_bytes(b"x")
+    with KeptCaches(model, memory_bytes=0, folder=tmp_path) as kept:
+        for k, c in enumerate(made(model, 2)):
+            kept.put(k, c)
+        assert not dead.exists() and live.exists() and kept.folder.name.startswith(f"run-{os.getpid()}-")

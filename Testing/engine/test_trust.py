@@ -226,14 +226,13 @@ def test_each_slice_builds_one_cache_and_its_dice_drop_reuses_it(litemedsam, mon
     scaling - the first one through a file, as a structure's older slices are - so no full pass is
     made at all: the slices' embeddings come from the session, every perturbed pass reuses."""
     import copy
-    import tempfile
 
     from xaiseg import kept_caches
     from xaiseg.sample_data import load_mni_atlas
     from xaiseg.volume import LabelBoxPrompt
 
     monkeypatch.setattr(kept_caches, "MEMORY_BYTES", 0)  # all but the newest cache go to disk
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("XAISEG_CACHE", str(tmp_path))
     calls = {"cache": 0, "full": 0, "loaded": 0}
     model = copy.copy(litemedsam)
     build, full, load = model.embed_cache, model.embed_batch, model.load_cache
@@ -268,4 +267,4 @@ def test_each_slice_builds_one_cache_and_its_dice_drop_reuses_it(litemedsam, mon
         assert m["evidence"] or m["dice_drop"] == 0.0  # no evidence: nothing painted, nothing removed
     assert run.record["evaluations"]["perturbed_encoder_passes"]["occlusion"] == 8
     assert session.volume_segmenter.encoder_passes == passes  # the slices' embeddings came from the session
-    assert list(tmp_path.iterdir()) == []  # the kept caches' folder is gone
+    assert list((tmp_path / "activations").iterdir()) == []  # the kept caches' folder is gone

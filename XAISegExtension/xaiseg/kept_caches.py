@@ -5,8 +5,10 @@ are scaled (pass 3 of :func:`~xaiseg.explain_volume.explain_volume`), long after
 activation cache was built for attribution (pass 1).  Without the cache that removal is a full
 encoder pass; with it, a reused pass of about 0.4 of one.  A LiteMedSAM cache holds about 71 MB, so a
 structure's caches cannot all stay in memory: the newest stay there up to ``memory_bytes``, the
-others go to files in a private temporary folder, which is removed when the run ends, is cancelled
-or fails.
+others go to files in a private folder of the run, which is removed when the run ends, is cancelled
+or fails.  The folder lies in xaiseg's cache folder (``XAISEG_CACHE``, else ``~/.cache/xaiseg``),
+under ``activations``, not in the system's temporary folder, which is often memory itself (tmpfs);
+folders left by a process that was killed are removed by the next run.
 
 A cache that cannot be kept (no free disk space, a write error) is dropped; pass 3 then rebuilds
 it or makes a full pass, as it would without this store, so the figures do not change.  A file is
@@ -21,19 +23,36 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, Optional
 
-from .diskspace import free_bytes
+from .diskspace import PathLike, free_bytes
+from .weights import default_cache_dir
 
 #: caches held in memory before older ones go to disk: two LiteMedSAM caches, so that a run of one
 #: or two slices (the Slicer panel's usual case) never touches the disk
 MEMORY_BYTES = 160 << 20
+PREFIX = "run-"  # a run's folder: run-<process id>-<random>
 #: free space left on the temporary folder's file system after a cache is written
 DISK_RESERVE_BYTES = 512 << 20
+
+
+def remove_stale(parent: Path) -> None:
+    """Remove the folders in ``parent`` left by runs whose process no longer exists (POSIX only:
+    elsewhere a folder stays until it is deleted by hand)."""
+    if os.name != "posix":
+        return
+    for folder in parent.glob(f"{PREFIX}*"):
+        try:
+            pid = int(folder.name[len(PREFIX):].split("-")[0])
+            os.kill(pid, 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except (ValueError, OSError):
+            continue
 
 
 class KeptCaches:
     """Activation caches by slice index: :meth:`put` in pass 1, :meth:`take` (once) in pass 3."""
 
-    def __init__(self, segmenter, memory_bytes: Optional[int] = None, folder: Optional[str] = None) -> None:
+    def __init__(self, segmenter, memory_bytes: Optional[int] = None, folder: Optional[PathLike] = None) -> None:
         self.segmenter, self.parent = segmenter, folder
         self.memory_bytes = MEMORY_BYTES if memory_bytes is None else int(memory_bytes)
         self.memory: "OrderedDict[int, object]" = OrderedDict()
@@ -63,7 +82,10 @@ class KeptCaches:
     def _spill(self, k: int, cache) -> None:
         try:
             if self.folder is None:
-                self.folder = Path(tempfile.mkdtemp(prefix="xaiseg-activations-", dir=self.parent))
+                parent = Path(self.parent) if self.parent is not None else default_cache_dir() / "activations"
+                parent.mkdir(parents=True, exist_ok=True)
+                remove_stale(parent)
+                self.folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=str(parent)))
             if free_bytes(self.folder) < cache.nbytes + DISK_RESERVE_BYTES:
                 self.dropped += 1
                 return
