@@ -66,7 +66,8 @@ class CommonSettings:
                                 "from the kept pixels around them (keep maps then count as removed below 0.5)",
                         choices=FILLS)
     batch_size: int = setting(0, "perturbed images per model call (0: chosen from the device - 1 on a CPU, "
-                                 "where larger batches are no cheaper per image, 8 on a GPU)", minimum=0)
+                                 "where larger batches are no cheaper per image; on a CUDA GPU as many as fit in "
+                                 "half its free memory, at most 32)", minimum=0)
     seed: int = setting(0, "seed of every random draw")
     metric_steps: int = setting(8, "points on the deletion/insertion curves, one encoder pass each (0: skip)",
                                 minimum=0)
@@ -183,15 +184,62 @@ def removed(image: np.ndarray, gone: np.ndarray, fill: str, filled: Optional[np.
     return np.where(gone, fill_image(image, fill) if filled is None else filled, image).astype(np.float32)
 
 
-def preferred_batch(segmenter) -> int:
-    """Perturbed images per model call when the user did not choose: 1 on a CPU, 8 on an accelerator.
+#: share of a CUDA device's free memory that one batch of perturbed passes may take
+GPU_MEMORY_SHARE = 0.5
+#: the largest batch chosen on a GPU (beyond it a batch only delays progress and cancelling)
+MAX_GPU_BATCH = 32
+
+
+def preferred_batch(segmenter, shape: Optional[Tuple[int, int]] = None) -> int:
+    """Perturbed images per model call when the user did not choose: 1 on a CPU; on a CUDA device
+    as many as fit in :data:`GPU_MEMORY_SHARE` of its free memory (:func:`batch_from_memory`), at
+    most :data:`MAX_GPU_BATCH`; 8 on other accelerators.
 
     On the 2-core CPU measured (docs/benchmarks/speed.md) larger batches of full LiteMedSAM passes
     are no cheaper per image (with 1 torch thread batch 1 is the cheapest), and passes that reuse the
     slice's activations cost more in a batch, which recomputes the union of the images' changed
-    boxes; single images also keep progress and cancel fine-grained."""
+    boxes; single images also keep progress and cancel fine-grained.  ``shape``: the slice's shape,
+    for models without a fixed input grid."""
     device = str(getattr(segmenter, "device", "cpu") or "cpu")
-    return 1 if device.startswith("cpu") else 8
+    if device.startswith("cpu"):
+        return 1
+    if device.startswith("cuda"):
+        import torch
+
+        free = int(torch.cuda.mem_get_info(torch.device(device))[0])
+        return batch_from_memory(free, pass_bytes(segmenter, shape))
+    return 8
+
+
+def batch_from_memory(free: int, per_image: int, share: float = GPU_MEMORY_SHARE, cap: int = MAX_GPU_BATCH) -> int:
+    """The batch whose passes take at most ``share`` of ``free`` bytes at ``per_image`` each (1 to ``cap``)."""
+    if per_image <= 0:
+        return cap
+    return int(max(1, min(cap, int(free * share) // int(per_image))))
+
+
+def pass_bytes(segmenter, shape: Optional[Tuple[int, int]] = None) -> int:
+    """Peak device memory one full encoder pass and decoding take above what is held before it,
+    measured once per segmenter and input grid on its CUDA device (a batch of one synthetic slice)."""
+    import torch
+
+    grid = getattr(segmenter, "model_grid", None)
+    size = (grid, grid) if grid else tuple(shape or (256, 256))
+    known = getattr(segmenter, "_pass_bytes", {})
+    if size in known:
+        return known[size]
+    device = torch.device(str(segmenter.device))
+    image = np.random.default_rng(0).random(size, dtype=np.float32)
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    box = (size[1] // 4, size[0] // 4, 3 * size[1] // 4, 3 * size[0] // 4)
+    segmenter.decode(segmenter.embed_batch([image])[0], SlicePrompt(box=box))
+    torch.cuda.synchronize(device)
+    used = int(torch.cuda.max_memory_allocated(device) - before)
+    segmenter._pass_bytes = dict(known)
+    segmenter._pass_bytes[size] = used
+    return used
 
 
 class PerturbationEngine:
@@ -224,7 +272,7 @@ class PerturbationEngine:
         self.score_name = score
         self.fill_name = fill
         self.fill = fill_image(self.image, fill)
-        self.batch_size = int(batch_size) or preferred_batch(segmenter)
+        self.batch_size = int(batch_size) or preferred_batch(segmenter, image.shape)
         self.progress = ensure(progress)
         self.stage = stage
         self.evaluations = 0
