@@ -30,6 +30,10 @@ def real_passes(outcome) -> int:
     ([{"name": "rise", "settings": {"n_masks": 30, "early_stop": False}}], {"metric_steps": 2}),
     ([{"name": "rise", "settings": {"n_masks": 12, "early_stop": False}},
       {"name": "occlusion", "settings": {"patch": 256, "stride": 256}}], {"metric_steps": 3, "noise_passes": 1}),
+    # the curves and the trivial maps on 2 of the 3 slices only
+    ([{"name": "rise", "settings": {"n_masks": 12, "early_stop": False}},
+      {"name": "occlusion", "settings": {"patch": 256, "stride": 256}}],
+     {"metric_steps": 2, "baselines": True, "metric_slices": 2}),
 ])
 def test_the_estimate_counts_the_passes_a_run_makes(case, tmp_path, methods, common):
     from xaiseg.cost import estimate_plan

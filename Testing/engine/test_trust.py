@@ -268,3 +268,24 @@ def test_each_slice_builds_one_cache_and_its_dice_drop_reuses_it(litemedsam, mon
     assert run.record["evaluations"]["perturbed_encoder_passes"]["occlusion"] == 8
     assert session.volume_segmenter.encoder_passes == passes  # the slices' embeddings came from the session
     assert list((tmp_path / "activations").iterdir()) == []  # the kept caches' folder is gone
+
+
+def test_curves_on_a_sample_of_slices_evidence_and_dice_drop_on_every_one():
+    """``metric_slices`` 2 of 5 explained slices: the first and the last get the curves and the
+    trivial maps; every slice keeps its evidence check and Dice drop; the summary says over how many
+    slices its curve means are."""
+    from xaiseg.explain.measure import curve_slices
+
+    assert curve_slices(range(10), 3) == [0, 4, 9] and curve_slices([7, 3, 5], 1) == [5]
+    assert curve_slices([1, 2], 0) == [1, 2] == curve_slices([1, 2], 5)
+    run = explain_volume([0.9, 0.8, 0.7, 0.8, 0.9], "structure", metric_slices=2, baselines=True)
+    doc = run.metrics()["methods"]["occlusion"]
+    with_curves = sorted(int(k) for k, v in doc["slices"].items() if "deletion_auc" in v)
+    assert with_curves == [0, 4] and doc["summary"]["curve_slices"] == 2
+    for k, v in doc["slices"].items():
+        assert "evidence" in v and "dice_drop" in v, k
+        assert ("best_trivial_deletion_auc" in v) == (int(k) in (0, 4))
+        # the noise passes and the Dice drop; the curves' 2 x 2 - 1 and the three trivial maps' as many too
+        assert v["metric_evaluations"] == 2 + 1 + (3 + 3 * 3 if int(k) in (0, 4) else 0), k
+    assert doc["summary"]["deletion_auc"] == pytest.approx(
+        np.mean([doc["slices"][k]["deletion_auc"] for k in ("0", "4")]), abs=1e-4)

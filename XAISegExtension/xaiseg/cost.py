@@ -50,13 +50,17 @@ def estimate_counts(request, segmented: int, extents: Sequence[Extent],
     per_method: Dict[str, int] = {}
     explained = len(extents)
     if request.explain and explained:
+        from .explain.measure import curve_slices
+
         explainers = [m.explainer() for m in request.explain.methods]
-        for m, ex in zip(request.explain.methods, explainers):
-            n = sum(ex.total_cost(extent, MODEL_GRID) for extent in extents) * turns
+        curves = [set(curve_slices(range(explained), ex.metric_slices)) for ex in explainers]  # by position
+        for m, ex, sample in zip(request.explain.methods, explainers, curves):
+            n = sum(ex.total_cost(extent, MODEL_GRID, curves=i in sample) for i, extent in enumerate(extents)) * turns
             per_method[m.name] = n
             encoder += n
             decoder += n + explained * turns
-        shared = max(ex.shared_cost() for ex in explainers) * explained * turns  # once per slice
+        shared = sum(max(ex.shared_cost(i in sample) for ex, sample in zip(explainers, curves))
+                     for i in range(explained)) * turns  # once per slice
         if shared:
             per_method["shared"] = shared
             encoder += shared

@@ -110,6 +110,8 @@ class ExplainRun:
             entry["summary"].update(self.consistency.get(method, {}))
             entry["summary"]["no_evidence_slices"] = sorted(int(k) for k, v in slices.items()
                                                              if v.get("evidence") is False)
+            # the curves' means are over these (all explained slices unless metric_slices sampled them)
+            entry["summary"]["curve_slices"] = sum("deletion_auc" in v for v in slices.values())
             entry["display_scale"] = self.record.get("display_scale", {}).get(method)
             tables = {str(k): ex.component_table for k, ex in per_slice.items() if ex.component_table}
             if tables:
@@ -366,9 +368,10 @@ class _VolumeExplanation:
     def attribute(self) -> None:
         """Pass 1: the ROI of every slice, each method's attribution there and the metrics that
         need model passes but not the structure's scale (:func:`~.explain.measure.measure_passes`)."""
-        from .explain.measure import SliceShared, measure_passes
+        from .explain.measure import SliceShared, curve_slices, measure_passes
 
         vs, run = self.vs, self.run
+        curves = {ex.name: set(curve_slices(self.chosen, ex.metric_slices)) for ex in self.bound}
         for n, k in enumerate(self.chosen, 1):
             self.progress.check()
             image, prompt = vs.model_slice(k), vs.to_model_prompt(self.prompts[k].clipped(vs.slice_shape))
@@ -388,7 +391,8 @@ class _VolumeExplanation:
                 run.explanations[ex.name][k] = e
                 # what needs passes but not the structure's scale, while this slice's activations are here
                 engine = _engine(ex, e, image, prompt, embedding, self.logits[k], self.progress, stage, cache)
-                self.early[ex.name][k] = measure_passes(ex, e, engine, self.progress, stage, shared)
+                self.early[ex.name][k] = measure_passes(ex, e, engine, self.progress, stage, shared,
+                                                        curves=k in curves[ex.name])
             if cache is not None and self._measured_later(k):
                 self.kept.put(k, cache)
 

@@ -71,6 +71,10 @@ class CommonSettings:
     seed: int = setting(0, "seed of every random draw")
     metric_steps: int = setting(8, "points on the deletion/insertion curves, one encoder pass each (0: skip)",
                                 minimum=0)
+    metric_slices: int = setting(0, "explained slices of a volume that get the deletion/insertion curves, the "
+                                    "trivial maps and the randomisation checks, spread evenly through them, the "
+                                    "first and last included (0: every one); the evidence check and the Dice drop "
+                                    "run on every slice", minimum=0)
     metric_fill: str = setting("inpaint", "what the faithfulness curves and the Dice drop put where they remove "
                                           "pixels: inpainted from the kept pixels around them (scattered removals "
                                           "do not break the image), the method's own fill, or zero/mean/blur",
@@ -83,7 +87,7 @@ class CommonSettings:
                                 minimum=0)
     baselines: bool = setting(False, "also measure the trivial maps (blurred mask, box centre, random) on the same "
                                      "engine and ROI and report each method's gain over the best of them "
-                                     "(6 x metric steps encoder passes per slice, shared by the methods)")
+                                     "(3 x (2 x metric steps - 1) encoder passes per slice, shared by the methods)")
     sanity: bool = setting(False, "also explain with re-drawn weights and report the maps' similarity (doubles "
                                   "the cost)")
     cascade: bool = setting(False, "cascading randomisation: re-draw the decoder, then the encoder stages from "
@@ -489,18 +493,23 @@ class Explainer:
 
         return metric_passes(self)
 
-    def shared_cost(self) -> int:
+    def shared_cost(self, curves: bool = True) -> int:
         """Encoder passes per slice of what the methods on one slice share (noise level, trivial
-        baselines): counted once per slice, not per method."""
+        baselines, these only with ``curves``): counted once per slice, not per method."""
         from .measure import shared_passes
 
-        return shared_passes(self)
+        return shared_passes(self, curves)
 
     def total_cost(self, roi_extent: Optional[Tuple[float, float]] = None, grid: int = 256,
-                   cascade_steps: int = 7) -> int:
+                   cascade_steps: int = 7, curves: bool = True) -> int:
         """Attribution, metrics and the randomisation checks of this method, per slice (the shared
-        passes not included)."""
+        passes not included); ``curves``: whether the slice is one of the ``metric_slices`` (else
+        only attribution and the Dice drop)."""
+        from .measure import scaled_passes
+
         n = self.cost(roi_extent, grid)
+        if not curves:
+            return n + scaled_passes(self)
         redraws = (1 if self.sanity else 0) + (cascade_steps if self.cascade else 0)
         return n * (1 + redraws) + self.metric_cost()
 

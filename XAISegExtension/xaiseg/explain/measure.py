@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -47,10 +47,25 @@ def metric_passes(explainer) -> int:
     return 1 if explainer.perturbs else 0
 
 
-def shared_passes(explainer) -> int:
-    """Encoder passes per slice shared by the methods measured there: noise and trivial maps."""
+def shared_passes(explainer, curves: bool = True) -> int:
+    """Encoder passes per slice shared by the methods measured there: noise and trivial maps (only
+    on the slices that get the curves, ``curves``)."""
     noise = int(explainer.noise_passes) if explainer.perturbs else 0
-    return noise + (len(trivial.NAMES) * 2 * int(explainer.metric_steps) if explainer.baselines else 0)
+    steps = int(explainer.metric_steps)
+    # each trivial map's two curves share the fully removed ROI: 2 x steps - 1 passes
+    return noise + (len(trivial.NAMES) * (2 * steps - 1) if explainer.baselines and curves and steps else 0)
+
+
+def curve_slices(slices: Sequence[int], count: int) -> List[int]:
+    """The slices among ``slices`` that get the curves, the trivial maps and the randomisation
+    checks when ``metric_slices`` is ``count``: ``count`` of them spread evenly, the first and last
+    included (every one for 0 or ``count`` >= their number)."""
+    ks = sorted(slices)
+    if not count or count >= len(ks):
+        return ks
+    if count == 1:
+        return [ks[len(ks) // 2]]
+    return sorted({ks[int(round(i * (len(ks) - 1) / (count - 1)))] for i in range(count)})
 
 
 @dataclasses.dataclass
@@ -62,22 +77,26 @@ class SliceShared:
 
 
 def measure_passes(explainer, explanation, engine, progress=None, stage: Optional[str] = None,
-                   shared: Optional[SliceShared] = None) -> Dict[str, Any]:
+                   shared: Optional[SliceShared] = None, curves: bool = True) -> Dict[str, Any]:
     """The figures that need model passes but not the display scale: the curves (ranked by the raw
     map), the trivial maps, the noise level and evidence, the randomisation checks.  The volume
     pipeline runs this right after attribution, while the slice's activations are still in memory;
-    :func:`measure` then adds what depends on the scale (the Dice drop of the high-saliency region)."""
+    :func:`measure` then adds what depends on the scale (the Dice drop of the high-saliency region).
+    ``curves`` False (a slice outside the ``metric_slices`` sample): the evidence only."""
     stage = stage or explainer.name
     shared = shared if shared is not None else SliceShared()
     metrics: Dict[str, Any] = {}
     before = engine.evaluations
-    if explainer.metric_steps:
+    if explainer.metric_steps and curves:
         metrics.update(faithfulness(engine, explanation.raw, explainer.metric_steps, None, stage=f"{stage} metrics",
                                     fill=explainer.metric_fill))
-    if explainer.baselines and explainer.metric_steps:
+    if explainer.baselines and explainer.metric_steps and curves:
         metrics.update(_against_trivial(explainer, engine, explanation, metrics, shared, stage))
     if explainer.perturbs and explainer.noise_passes:
         metrics.update(_evidence(explainer, engine, explanation, shared, stage))
+    if not curves:
+        metrics["metric_evaluations"] = engine.evaluations - before
+        return metrics
     if explainer.sanity:
         metrics["sanity_similarity"] = sanity_similarity(explainer, engine, explanation, progress, stage)
     if explainer.cascade:
