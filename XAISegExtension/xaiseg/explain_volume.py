@@ -333,11 +333,11 @@ class _VolumeExplanation:
     map is turned back to the array's order before it is kept."""
 
     def __init__(self, session, segmentation, explainers, roi, chosen, target, roi_mask, progress,
-                 kept: Optional[KeptCaches] = None) -> None:
+                 kept: KeptCaches) -> None:
         from .roi import RoiFinder
 
         self.session, self.segmentation, self.roi, self.chosen = session, segmentation, roi, chosen
-        self.kept = kept if kept is not None else KeptCaches(session.segmenter)
+        self.kept = kept  # activation caches from pass 1 for pass 3
         self.target, self.roi_mask, self.progress = target, roi_mask, progress
         self.finder = RoiFinder(roi)
         self.vs, self.axis = session.volume_segmenter, session.axis
@@ -368,9 +368,8 @@ class _VolumeExplanation:
     def attribute(self) -> None:
         """Pass 1: the ROI of every slice, each method's attribution there and the metrics that
         need model passes but not the structure's scale (:func:`~.explain.measure.measure_passes`)."""
-        from .explain.measure import SliceShared, curve_slices, measure_passes
-
         from .explain.base import next_frame, own_frame
+        from .explain.measure import SliceShared, curve_slices, measure_passes
         from .roi.geometry import prompt_box
 
         vs, run = self.vs, self.run
