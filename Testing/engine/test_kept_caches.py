@@ -151,3 +151,39 @@ def test_folders_of_runs_that_were_killed_are_removed(tmp_path):
         for k, c in enumerate(made(model, 2)):
             kept.put(k, c)
         assert not dead.exists() and live.exists() and kept.folder.name.startswith(f"run-{os.getpid()}-")
+
+
+def test_segmentation_keeps_the_caches_the_explanation_then_starts_from(tmp_path, monkeypatch):
+    """With ``Session.keep_activations`` (what ``xaiseg explain`` sets when it explains after
+    segmenting) segmentation encodes each slice through the activation cache and keeps it; the
+    explanation takes those caches instead of encoding each slice again, with the same maps."""
+    from test_trust import toy_volume
+
+    monkeypatch.setattr(kept_caches, "MEMORY_BYTES", 0)
+    monkeypatch.setenv("XAISEG_CACHE", str(tmp_path))
+
+    def run(keep):
+        model = ReusingSquare()
+        session = Session(toy_volume([0.9, 0.7, 0.9]), model, SegmentConfig(orientation="array"))
+        if keep:
+            assert session.keep_activations()
+        seg = session.segment(BoxPrompt((0, 36, 36), (2, 55, 55)), name="toy")
+        after_segmenting = model.embed_calls
+        out = session.explain(seg, [make_explainer("occlusion", **FINE)], roi=RoiConfig("box", margin=40))
+        session.release_activations()
+        return out, after_segmenting, model.embed_calls
+
+    kept, seg_kept, total_kept = run(True)
+    plain, seg_plain, total_plain = run(False)
+    assert seg_kept == seg_plain == 3  # one pass per slice either way
+    assert total_plain - total_kept == 3  # without kept caches the explanation encodes each slice again
+    for k in range(3):
+        np.testing.assert_allclose(kept.explanations["occlusion"][k].raw, plain.explanations["occlusion"][k].raw)
+    assert list((tmp_path / "activations").iterdir()) == []
+
+
+def test_a_segmenter_without_reuse_keeps_nothing():
+    from test_trust import toy_volume
+
+    session = Session(toy_volume([0.9]), SquareEvidence(), SegmentConfig(orientation="array"))
+    assert not session.keep_activations() and session.volume_segmenter.kept is None

@@ -221,10 +221,11 @@ def test_a_volume_measures_each_slice_as_a_single_slice_explanation_does():
 
 
 def test_each_slice_builds_one_cache_and_its_dice_drop_reuses_it(litemedsam, monkeypatch, tmp_path):
-    """Occlusion with the no-evidence check and no curves on real LiteMedSAM, two slices: each
-    slice's activation cache is built once (attribution, noise) and kept for the Dice drop after
-    scaling - the first one through a file, as a structure's older slices are - so no full pass is
-    made at all: the slices' embeddings come from the session, every perturbed pass reuses."""
+    """Occlusion with the no-evidence check and no curves on real LiteMedSAM, two slices, segmented
+    with ``keep_activations`` (as ``xaiseg explain`` does): each slice's activation cache is built
+    once, by segmentation, and serves attribution, the noise and the Dice drop after scaling - the
+    first slice's through files, as a structure's older slices are - so the explanation makes no
+    full pass at all: every perturbed pass reuses."""
     import copy
 
     from xaiseg import kept_caches
@@ -255,12 +256,16 @@ def test_each_slice_builds_one_cache_and_its_dice_drop_reuses_it(litemedsam, mon
     two = np.zeros_like(truth, np.uint8)
     two[81:83] = truth[81:83]
     session = Session(sample.image, model, SegmentConfig())
+    assert session.keep_activations()
     seg = session.segment(LabelBoxPrompt(two, 1), name="caudate")
-    passes, calls["full"] = session.volume_segmenter.encoder_passes, 0
+    assert calls == {"cache": 2, "full": 0, "loaded": 0}  # segmentation encoded each slice through its cache
+    passes = session.volume_segmenter.encoder_passes
     run = session.explain(seg, [make_explainer("occlusion", passes=4, metric_steps=0)], slices=[81, 82])
+    session.release_activations()
     metrics = [run.explanations["occlusion"][k].metrics for k in (81, 82)]
     assert calls["cache"] == 2 and calls["full"] == 0
-    assert calls["loaded"] == int(metrics[0]["evidence"])  # slice 81's cache read back where it has a Dice drop
+    # slice 81's cache read back for attribution, and again for its Dice drop where it has one
+    assert calls["loaded"] == 1 + int(metrics[0]["evidence"])
     for m in metrics:
         # the jittered copies, and the Dice drop where the label map is not empty
         assert m["metric_evaluations"] == 2 + int(m["high_saliency_fraction"] > 0)

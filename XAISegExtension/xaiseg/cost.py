@@ -29,7 +29,6 @@ MODEL_GRID = 256
 #: the upper figure, since ROI-sized changes (metrics, noise) reach the most
 REUSING_KINDS = ("litemedsam",)
 REUSE_SHARE = 0.45
-CACHE_PASSES_PER_SLICE = 1  # the explanation builds each slice's activation cache once for attribution and metrics
 CALIBRATION_FILE = "calibration.json"
 
 Extent = Optional[Tuple[float, float]]
@@ -67,8 +66,9 @@ def estimate_counts(request, segmented: int, extents: Sequence[Extent],
             decoder += shared
     reuse = request.segmenter.kind in REUSING_KINDS and turns == 1 and encoder > segmented
     perturbed = encoder - segmented * turns
-    full_equivalent = encoder if not reuse else \
-        segmented * turns + reused_equivalents(perturbed, explained)
+    # with reuse the explained slices' activation caches come from segmentation's passes (a run keeps
+    # them, Session.keep_activations) and serve every perturbed pass, the Dice drops after scaling too
+    full_equivalent = encoder if not reuse else segmented * turns + perturbed * REUSE_SHARE
     seconds = cal["seconds_load"] + full_equivalent * cal["seconds_encoder"] + decoder * cal["seconds_decoder"]
     seconds += output_bytes / 1e6 * cal.get("seconds_write_mb", 0.0)
     device = request.segmenter.device
@@ -82,14 +82,6 @@ def estimate_counts(request, segmented: int, extents: Sequence[Extent],
             "full_pass_equivalents": full_equivalent, "reuse": reuse,
             "per_method": per_method, "seconds": seconds, "minutes": seconds / 60.0,
             "calibrated": calibration is not None, "device": device, "text": text}
-
-
-def reused_equivalents(perturbed: int, explained: int) -> float:
-    """Full-pass equivalents of ``perturbed`` passes over ``explained`` slices when they reuse the
-    slice's activations: the cache's full pass per slice and each pass at ``REUSE_SHARE``, the Dice
-    drops after scaling included (the volume pipeline keeps each slice's cache for them,
-    :mod:`xaiseg.kept_caches`)."""
-    return CACHE_PASSES_PER_SLICE * explained + perturbed * REUSE_SHARE
 
 
 def box_extent(box: Optional[Sequence[float]], plane: Sequence[int], margin: int = 0) -> Extent:

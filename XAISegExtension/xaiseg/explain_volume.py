@@ -379,7 +379,9 @@ class _VolumeExplanation:
             self.progress.check()
             image, prompt = vs.model_slice(k), vs.to_model_prompt(self.prompts[k].clipped(vs.slice_shape))
             embedding, _ = vs.embedding(k)
-            cache = self._reuse(image) if any(ex.perturbs for ex in self.bound) else None
+            cache = None
+            if any(ex.perturbs for ex in self.bound):  # the segmentation's cache where it kept one
+                cache = vs.take_cache(k) or self._reuse(image)
             self.logits[k] = self.session.segmenter.decode(embedding, prompt)  # decoded once, shared
             region, source = self.finder.find(image, prompt, self.logits[k] > 0, embedding,
                                               self._take(self.roi_mask, k))

@@ -7,6 +7,7 @@ embeddings) -> masks -> explanations -> files -> report.
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
@@ -102,6 +103,28 @@ class Session:
         self.segmenter = TTASegmenter(segmenter, self.tta) if len(self.tta) > 1 else segmenter
         self.volume_segmenter = VolumeSegmenter(self.segmenter, self.image01, self.axis, self.config.cache_mb << 20,
                                       self.orientation.turn)
+        self._kept = None
+
+    def keep_activations(self, slices: Optional[Sequence[int]] = None) -> bool:
+        """Keep each slice's activation cache as segmentation encodes it (``slices`` only, None:
+        every one), so that explaining the slices later needs no full encoder pass of its own: the
+        segmentation's pass is that pass (:meth:`VolumeSegmenter.keep_activations`).  The caches stay
+        in memory up to a bound and in xaiseg's cache folder beyond it, until the explanation takes
+        them or :meth:`release_activations` (or the session's end) removes them.  False where the
+        segmenter does not reuse activations."""
+        from .kept_caches import KeptCaches
+
+        if self._kept is None:
+            self._kept = KeptCaches(self.segmenter)
+            weakref.finalize(self, self._kept.close)
+        return self.volume_segmenter.keep_activations(self._kept, slices)
+
+    def release_activations(self) -> None:
+        """Stop keeping activation caches and remove those kept."""
+        if self._kept is not None:
+            self.volume_segmenter.kept = None
+            self._kept.close()
+            self._kept = None
 
     def orientation_record(self) -> dict:
         """The orientation the model sees (turn and physical layout) and the TTA turns with their cost."""
@@ -205,23 +228,34 @@ def run(request, progress: Optional[Progress] = None, log: Optional[Callable[[st
         session = Session(volume, segmenter, SegmentConfig(
             axis=request.axis, preprocessing=request.preprocessing, margin=request.margin,
             orientation=request.orientation, tta=request.tta))
-        seg = session.segment(plan.prompt, name=request.name, progress=progress)
-        if not seg.mask.any():
-            log("the segmentation is empty: the model found nothing inside the prompt")
-        spec, explained = request.explain, None
-        with staged(request.output_dir) as stage:
-            if spec is None:
-                files = seg.write(stage, request.format)
-            else:
-                explained = session.explain(seg, plan.explainers, roi=spec.roi, slices=spec.slices,
-                                            target=plan.target, progress=progress, roi_mask=plan.roi_mask)
-                explained.record.update(input_record(volume))
-                files = dict(explained.write(stage, request.format, pngs=spec.pngs))
-                if spec.report is not None:
-                    files.update(write_report(stage, request.name, spec.report, log, progress))
-            progress.check()
-            files = _move_all(files, request.output_dir)
+        if request.explain is not None and any(ex.perturbs for ex in plan.explainers):
+            session.keep_activations(request.explain.slices)  # the explanation starts from segmentation's passes
+        try:
+            seg = session.segment(plan.prompt, name=request.name, progress=progress)
+            if not seg.mask.any():
+                log("the segmentation is empty: the model found nothing inside the prompt")
+            files, explained = _segment_outputs(request, session, seg, plan, log, progress)
+        finally:
+            session.release_activations()
     return RunOutcome(seg, explained, files, session)
+
+
+def _segment_outputs(request, session, seg, plan, log, progress):
+    """Explain ``seg`` where the request asks for it and write the outputs (staged, then moved)."""
+    spec, explained = request.explain, None
+    with staged(request.output_dir) as stage:
+        if spec is None:
+            files = seg.write(stage, request.format)
+        else:
+            explained = session.explain(seg, plan.explainers, roi=spec.roi, slices=spec.slices,
+                                        target=plan.target, progress=progress, roi_mask=plan.roi_mask)
+            explained.record.update(input_record(session.volume))
+            files = dict(explained.write(stage, request.format, pngs=spec.pngs))
+            if spec.report is not None:
+                files.update(write_report(stage, request.name, spec.report, log, progress))
+        progress.check()
+        files = _move_all(files, request.output_dir)
+    return files, explained
 
 
 def read_input(request, log: Callable[[str], None]) -> Volume:

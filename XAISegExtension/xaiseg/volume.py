@@ -192,6 +192,8 @@ class VolumeSegmenter:
         self._cache: "OrderedDict[int, Embedding]" = OrderedDict()
         self.encoder_passes = 0
         self.decoder_passes = 0
+        self.kept = None  # where slices' activation caches are kept as they are encoded (keep_activations)
+        self.kept_slices: Optional[set] = None
 
     @property
     def n_slices(self) -> int:
@@ -226,12 +228,32 @@ class VolumeSegmenter:
         """Write an array-order plane into slice ``k`` of the 3D volume ``out``."""
         put_plane(out, self.axis, k, plane)
 
+    def keep_activations(self, store, slices: Optional[Sequence[int]] = None) -> bool:
+        """From now on encode slices (``slices`` only, None: every one) through the segmenter's
+        activation cache and keep each cache in ``store`` (a :class:`~xaiseg.kept_caches.KeptCaches`)
+        for the explanation that follows, which then needs no full pass of its own.  Only for
+        segmenters that reuse activations; False (nothing kept) for the others."""
+        if not getattr(self.segmenter, "supports_reuse", False):
+            return False
+        self.kept, self.kept_slices = store, None if slices is None else {int(k) for k in slices}
+        return True
+
+    def take_cache(self, k: int):
+        """Slice ``k``'s kept activation cache (handed out once), or None."""
+        return None if self.kept is None else self.kept.take(k)
+
     def embedding(self, k: int) -> Tuple[Embedding, bool]:
         """Embedding of model slice ``k`` and whether it had to be computed."""
         if k in self._cache:
             self._cache.move_to_end(k)
             return self._cache[k], False
-        emb = self.segmenter.embed(self.model_slice(k))
+        image = self.model_slice(k)
+        if self.kept is not None and (self.kept_slices is None or k in self.kept_slices):
+            cache = self.segmenter.embed_cache(image)  # the same features, with what a changed pass reuses
+            self.kept.put(k, cache)
+            emb = cache.embedding
+        else:
+            emb = self.segmenter.embed(image)
         self.encoder_passes += 1
         self._cache[k] = emb
         while len(self._cache) > 1 and sum(e.nbytes for e in self._cache.values()) > self.cache_bytes:
