@@ -368,13 +368,10 @@ class _VolumeExplanation:
     def attribute(self) -> None:
         """Pass 1: the ROI of every slice, each method's attribution there and the metrics that
         need model passes but not the structure's scale (:func:`~.explain.measure.measure_passes`)."""
-        from .explain.base import next_frame, own_frame
         from .explain.measure import SliceShared, curve_slices, measure_passes
-        from .roi.geometry import prompt_box
 
         vs, run = self.vs, self.run
         curves = {ex.name: set(curve_slices(self.chosen, ex.metric_slices)) for ex in self.bound}
-        frame, origin = None, None  # the perturbations' frame, kept while the ROI barely moves
         for n, k in enumerate(self.chosen, 1):
             self.progress.check()
             image, prompt = vs.model_slice(k), vs.to_model_prompt(self.prompts[k].clipped(vs.slice_shape))
@@ -387,19 +384,15 @@ class _VolumeExplanation:
                                               self._take(self.roi_mask, k))
             put_plane(run.roi, self.axis, k, vs.from_model(region).astype(np.uint8))
             run.roi_sources[k], run.images[k], self.model_prompts[k] = source, vs.slice(k), prompt
-            own = own_frame(region, prompt_box(prompt.clipped(image.shape), self.logits[k] > 0))
-            frame, new = next_frame(frame, own, image.shape)
-            origin = k if new else origin
             shared = SliceShared()
             for ex in self.bound:
                 stage = self._stage(ex, n, k)
                 e = ex.explain(image, prompt, roi=region, roi_source=source, target=self._take(self.target, k),
                                progress=self.progress, stage=stage, embedding=embedding, logits=self.logits[k],
-                               measure=False, reuse_cache=cache, frame=frame)
-                e.details["frame_slice"] = origin  # the slice whose frame this one shares (itself: a new one)
+                               measure=False, reuse_cache=cache)
                 run.explanations[ex.name][k] = e
                 # what needs passes but not the structure's scale, while this slice's activations are here
-                engine = _engine(ex, e, image, prompt, embedding, self.logits[k], self.progress, stage, cache, frame)
+                engine = _engine(ex, e, image, prompt, embedding, self.logits[k], self.progress, stage, cache)
                 self.early[ex.name][k] = measure_passes(ex, e, engine, self.progress, stage, shared,
                                                         curves=k in curves[ex.name])
             if cache is not None and self._measured_later(k):
@@ -489,10 +482,9 @@ def _with_saliency(explanation, saliency: np.ndarray):
     return dataclasses.replace(explanation, saliency=saliency)
 
 
-def _engine(explainer, explanation, image, prompt, embedding, logits, progress, stage: str, reuse_cache=None,
-            frame=None):
+def _engine(explainer, explanation, image, prompt, embedding, logits, progress, stage: str, reuse_cache=None):
     from .explain.base import PerturbationEngine
 
     return PerturbationEngine(explainer.segmenter, image, prompt, explanation.roi, score=explainer.score,
                               fill=explainer.fill, batch_size=explainer.batch_size, progress=progress, stage=stage,
-                              embedding=embedding, logits=logits, reuse_cache=reuse_cache, frame=frame)
+                              embedding=embedding, logits=logits, reuse_cache=reuse_cache)

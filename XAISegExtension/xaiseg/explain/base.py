@@ -112,73 +112,6 @@ COMMON_FIELDS = tuple(f.name for f in dataclasses.fields(CommonSettings))
 
 
 @dataclass(frozen=True)
-class Frame:
-    """Where a method lays out its perturbations on a slice: ``rect`` (y0, x0, y1, x1, half-open),
-    which budgeted occlusion splits into cells and RISE covers with its masks, and ``box`` (the
-    prompt box, x0, y0, x1, y1), whose shorter side sizes the structure-sized patches and cells.
-    A slice's own frame is its ROI's bounding rectangle and its prompt box; in a volume, adjacent
-    slices share one frame while the ROI barely moves (:func:`next_frame`), so that their
-    patches, cells and RISE masks are the same and their maps compare pixel for pixel."""
-
-    rect: Tuple[int, int, int, int]
-    box: Optional[Tuple[float, float, float, float]] = None
-
-    @property
-    def area(self) -> int:
-        y0, x0, y1, x1 = self.rect
-        return max(0, y1 - y0) * max(0, x1 - x0)
-
-    def short_side(self) -> Optional[float]:
-        if self.box is None:
-            return None
-        return float(min(self.box[2] - self.box[0] + 1, self.box[3] - self.box[1] + 1))
-
-
-def own_frame(roi: np.ndarray, box: Optional[Tuple[float, float, float, float]]) -> Frame:
-    """A slice's own frame: its ROI's bounding rectangle and its prompt box."""
-    ys, xs = np.nonzero(roi)
-    if not len(ys):
-        raise InputError("the ROI is empty; expected at least one pixel where perturbations may act")
-    return Frame((int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1),
-                 None if box is None else tuple(float(v) for v in box))
-
-
-#: a frame made for sharing is the slice's own rectangle grown by this share of its height and width
-#: on each side (within the slice), so that the next slices' rectangles, which move by a few pixels,
-#: fit inside it
-FRAME_GROW = 0.1
-#: a slice shares its neighbour's frame when its own rectangle lies inside it and fills at least this
-#: share of it, and its prompt box's shorter side is within FRAME_SIDE of the frame's
-FRAME_FILL = 0.6
-FRAME_SIDE = 0.15
-
-
-def grown_frame(frame: Frame, shape: Tuple[int, int], grow: float = FRAME_GROW) -> Frame:
-    y0, x0, y1, x1 = frame.rect
-    dy, dx = int(round(grow * (y1 - y0))), int(round(grow * (x1 - x0)))
-    return Frame((max(0, y0 - dy), max(0, x0 - dx), min(shape[0], y1 + dy), min(shape[1], x1 + dx)), frame.box)
-
-
-def shares(frame: Frame, own: Frame) -> bool:
-    """Whether a slice whose own frame is ``own`` can use ``frame`` (its neighbour's)."""
-    (a0, b0, a1, b1), (c0, d0, c1, d1) = frame.rect, own.rect
-    if not (a0 <= c0 and b0 <= d0 and c1 <= a1 and d1 <= b1) or own.area < FRAME_FILL * frame.area:
-        return False
-    side, mine = frame.short_side(), own.short_side()
-    if side is None or mine is None:
-        return side is mine
-    return abs(mine - side) <= FRAME_SIDE * side
-
-
-def next_frame(previous: Optional[Frame], own: Frame, shape: Tuple[int, int]) -> Tuple[Frame, bool]:
-    """The frame of a structure's next slice, whose own frame is ``own``, and whether it is new: the
-    previous slice's while :func:`shares` allows, else ``own`` grown by :data:`FRAME_GROW`."""
-    if previous is not None and shares(previous, own):
-        return previous, False
-    return grown_frame(own, shape), True
-
-
-@dataclass(frozen=True)
 class Attribution:
     """What a method's :meth:`~Explainer.attribute` returns.
 
@@ -323,7 +256,7 @@ class PerturbationEngine:
     def __init__(self, segmenter: PromptableSegmenter, image: np.ndarray, prompt: SlicePrompt, roi: np.ndarray,
                  *, score: str = "dice", fill: str = "zero", batch_size: int = 0,
                  progress: Optional[Progress] = None, stage: str = "explain", embedding=None,
-                 logits: Optional[np.ndarray] = None, reuse_cache=None, frame: Optional[Frame] = None) -> None:
+                 logits: Optional[np.ndarray] = None, reuse_cache=None) -> None:
         check_slice(image)
         if score not in SCORES:
             raise InputError(f"score {score!r} is unknown; expected one of {', '.join(SCORES)}")
@@ -351,7 +284,6 @@ class PerturbationEngine:
         self._logits = logits
         self._baseline: Optional[float] = None
         self._reuse_cache = reuse_cache
-        self._frame = frame
         #: activation reuse: perturbed passes served from the cache, their summed share of a full
         #: pass (estimated), the summed share of slice pixels they changed, and full passes made
         #: only to build the cache
@@ -412,16 +344,6 @@ class PerturbationEngine:
     def region(self) -> np.ndarray:
         """Where the Dice score counts: the ROI and the unperturbed mask."""
         return self.roi | self.reference
-
-    @property
-    def frame(self) -> Frame:
-        """Where perturbations are laid out: the frame given (shared by adjacent slices of a volume),
-        else the slice's own (:func:`own_frame`)."""
-        if self._frame is None:
-            from ..roi.geometry import prompt_box
-
-            self._frame = own_frame(self.roi, prompt_box(self.prompt, self.reference))
-        return self._frame
 
     @property
     def baseline(self) -> float:
@@ -599,8 +521,7 @@ class Explainer:
     def explain(self, image: np.ndarray, prompt: SlicePrompt, *, roi: Optional[np.ndarray] = None,
                 roi_source: str = "image", target: Optional[np.ndarray] = None,
                 progress: Optional[Progress] = None, stage: Optional[str] = None, embedding=None,
-                logits: Optional[np.ndarray] = None, measure: bool = True, reuse_cache=None,
-                frame: Optional[Frame] = None) -> Explanation:
+                logits: Optional[np.ndarray] = None, measure: bool = True, reuse_cache=None) -> Explanation:
         """Explain the mask that ``prompt`` gives on ``image`` (2D, in [0, 1]): attribution, then
         the metrics stage (unless ``measure`` is False).
 
@@ -623,7 +544,7 @@ class Explainer:
         stage = stage or self.name
         engine = PerturbationEngine(self.segmenter, image, prompt, roi, score=self.score, fill=self.fill,
                                     batch_size=self.batch_size, progress=progress, stage=stage, embedding=embedding,
-                                    logits=logits, reuse_cache=reuse_cache, frame=frame)
+                                    logits=logits, reuse_cache=reuse_cache)
         t0 = time.perf_counter()
         attribution = self.attribute(engine)
         seconds = time.perf_counter() - t0

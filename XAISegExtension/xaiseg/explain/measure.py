@@ -230,7 +230,7 @@ def _redrawn_map(explainer, engine, explanation, parts, progress, stage: str) ->
     other = copy.copy(explainer)
     other.segmenter = randomized_copy(explainer.segmenter, seed=explainer.seed + 1, part=parts)
     again = other.explain(engine.image, engine.prompt, roi=explanation.roi, progress=progress, stage=stage,
-                          measure=False, frame=engine.frame)
+                          measure=False)
     return again.raw
 
 

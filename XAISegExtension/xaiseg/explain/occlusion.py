@@ -11,7 +11,7 @@ seed 001's fixed single-level grid, measured on the model's input grid (``grid="
 LiteMedSAM's 256) or on the slice's pixels (``grid="image"``).
 
 With a pass budget (``passes``, ``--occlusion-passes N``, N >= 4) the patches are cells of the
-ROI's bounding rectangle instead (of the frame adjacent slices share, :class:`~.base.Frame`), coarse to fine until the budget is spent: its four quadrants
+ROI's bounding rectangle instead, coarse to fine until the budget is spent: its four quadrants
 first, then the cells half a cell off that grid (the centre, the edge middles), then the quadrants
 of those cells, and so on; each round takes the cells whose area the map so far rates hottest.
 Every slice then costs at most N passes, whatever the structure's size (:func:`budget_rounds`)."""
@@ -184,10 +184,10 @@ class Occlusion(Explainer):
         return sorted(fine)
 
     def budgeted(self, engine: PerturbationEngine) -> Attribution:
-        """Cells of the frame's rectangle (the ROI's bounding rectangle, or the one adjacent slices
-        share), coarse to fine, at most ``passes`` of them."""
+        """Cells of the ROI's bounding rectangle, coarse to fine, at most ``passes`` of them."""
         shape, roi = engine.image.shape, engine.roi
-        rect = engine.frame.rect
+        ys, xs = np.nonzero(roi)
+        rect = (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)
         budget = int(self.passes)
         engine.progress.stage(engine.stage, budget)
         total = np.zeros(shape, np.float64)
@@ -220,10 +220,12 @@ class Occlusion(Explainer):
                                  "budget_rounds": rounds})
 
     def attribute(self, engine: PerturbationEngine) -> Attribution:
+        from ..roi.geometry import prompt_box
+
         if self.passes:
             return self.budgeted(engine)
         shape = engine.image.shape
-        box = engine.frame.box if not self.patch else None
+        box = prompt_box(engine.prompt, engine.reference) if not self.patch else None
         every = self.patches(shape, box)
         chosen = [(y, x, p) for (y, x, p) in every if engine.roi[y:y + p, x:x + p].any()]
         engine.progress.stage(engine.stage, len(chosen) + (0 if self.patch else 2 * 9))

@@ -80,10 +80,12 @@ class RISE(Explainer):
         shape = engine.image.shape
         if self.cells:
             return (lambda rng, n: rise_masks(rng, n, shape, self.cells, self.p)), self.cells
-        frame = engine.frame  # the ROI's bounding box and the prompt box, or what adjacent slices share
-        box = frame.box or (0, 0, shape[1] - 1, shape[0] - 1)
+        from ..roi.geometry import prompt_box
+
+        box = prompt_box(engine.prompt, engine.reference) or (0, 0, shape[1] - 1, shape[0] - 1)
         cell = max(2.0, CELL_FRACTION * min(box[2] - box[0] + 1, box[3] - box[1] + 1))
-        y0, x0, y1, x1 = frame.rect
+        ys, xs = np.nonzero(engine.roi)
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
         cells = max(2, int(np.ceil(max(y1 - y0, x1 - x0) / cell)))
 
         def make(rng, n):
