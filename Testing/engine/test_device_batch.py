@@ -16,7 +16,7 @@ def test_the_batch_takes_half_the_free_memory_within_bounds():
     assert batch_from_memory(1000 * MB, 100 * MB) == 5
     assert batch_from_memory(150 * MB, 100 * MB) == 1  # not even one fits in half: still one at a time
     assert batch_from_memory(1000 * MB, 100 * MB, share=0.9) == 9
-    assert batch_from_memory(1000 * MB, 0) == MAX_GPU_BATCH
+    assert batch_from_memory(1000 * MB, 0) == 8  # nothing measured: a middling batch
 
 
 def test_a_cpu_gets_single_passes():
@@ -36,9 +36,12 @@ def test_a_cuda_device_gets_the_batch_its_free_memory_holds(monkeypatch):
         return 1000 * MB, 80000 * MB
 
     monkeypatch.setattr(torch.cuda, "mem_get_info", free_memory)
-    assert preferred_batch(toy, (64, 64)) == 5 and seen == [torch.device("cuda:0")]
+    # torch's own reserve, held but unused, counts as free for the batch
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 300 * MB)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 100 * MB)
+    assert preferred_batch(toy, (64, 64)) == 6 and seen == [torch.device("cuda:0")]
     engine = PerturbationEngine(toy, evidence_image(), SlicePrompt(box=(36, 36, 55, 55)), np.ones((64, 64), bool))
-    assert engine.batch_size == 5
+    assert engine.batch_size == 6
     chosen = PerturbationEngine(toy, evidence_image(), SlicePrompt(box=(36, 36, 55, 55)), np.ones((64, 64), bool),
                                 batch_size=3)
     assert chosen.batch_size == 3  # the user's choice stands

@@ -142,15 +142,27 @@ def test_a_run_cancelled_after_caches_went_to_disk_removes_them(tmp_path, monkey
 
 def test_folders_of_runs_that_were_killed_are_removed(tmp_path):
     model = ReusingSquare()
-    dead = tmp_path / "run-999999999-abc"  # no such process
-    live = tmp_path / f"run-{os.getpid()}-abc"  # a run of this process, still going
-    for folder in (dead, live):
+    mine = kept_caches._prefix()  # run-<this host>-
+    dead = tmp_path / f"{mine}999999999-abc"  # no such process on this machine
+    live = tmp_path / f"{mine}{os.getpid()}-abc"  # a run of this process, still going
+    elsewhere = tmp_path / "run-otherhost-999999999-abc"  # another machine's run (a shared cache folder)
+    for folder in (dead, live, elsewhere):
         folder.mkdir()
         (folder / "slice0.pt").write_bytes(b"x")
     with KeptCaches(model, memory_bytes=0, folder=tmp_path) as kept:
+        assert not dead.exists() and live.exists() and elsewhere.exists()
         for k, c in enumerate(made(model, 2)):
             kept.put(k, c)
-        assert not dead.exists() and live.exists() and kept.folder.name.startswith(f"run-{os.getpid()}-")
+        assert kept.folder.name.startswith(f"{mine}{os.getpid()}-")
+
+
+def test_a_damaged_file_is_a_cache_lost_not_a_failed_run(tmp_path):
+    model = ReusingSquare()
+    with KeptCaches(model, memory_bytes=0, folder=tmp_path) as kept:
+        for k, c in enumerate(made(model, 2)):
+            kept.put(k, c)
+        kept.files[0].write_bytes(b"not a cache")
+        assert kept.take(0) is None and kept.dropped == 1 and not (kept.folder / "slice0.pt").exists()
 
 
 def test_segmentation_keeps_the_caches_the_explanation_then_starts_from(tmp_path, monkeypatch):

@@ -2,8 +2,8 @@
 what that costs in faithfulness, on runs of consecutive slices through real structures.
 
 Per structure (MNI152, a tight Harvard-Oxford box per axial slice, LiteMedSAM): ``--slices``
-consecutive slices from the structure's middle are explained through the volume pipeline (as
-``xaiseg explain`` does) by budgeted occlusion and RISE, with the deletion/insertion curves on
+consecutive slices from the structure's middle are segmented and explained through the volume
+pipeline by budgeted occlusion and RISE, with the deletion/insertion curves on
 every one of them.  The table gives each method's adjacent-slice Spearman (every adjacent pair,
 over the pair's common ROI), its deletion AUC against the trivial maps' on the same slices, and
 its passes per slice.  ``--merge A B`` writes one table from two runs made with different
@@ -58,10 +58,7 @@ def structure_rows(segmenter, sample, name: str, count: int, steps: int, progres
                        "adjacent_pairs": s.get("adjacent_pairs"), "deletion_auc": s.get("deletion_auc"),
                        "best_trivial_deletion_auc": s.get("best_trivial_deletion_auc"),
                        "beats_trivial_deletion": s.get("beats_trivial_deletion"),
-                       "passes_per_slice": float(np.mean([v.get("evaluations", 0) for v in per])),
-                       # slices using a frame made on an earlier slice (None where the engine has no frames)
-                       "shared_frames": sum(1 for k, v in doc[method]["slices"].items()
-                                            if v.get("frame_slice") is not None and int(v["frame_slice"]) != int(k))}
+                       "passes_per_slice": float(np.mean([v.get("evaluations", 0) for v in per]))}
     out["seconds"] = round(seconds, 1)
     return out
 
@@ -101,6 +98,8 @@ def write(outdir: Path, results: Sequence[Dict]) -> None:
           "Adjacent Spearman: the mean over every adjacent pair, over the pair's common ROI (1: the same ranking).",
           "", "| engine | structure | method | adjacent Spearman | deletion AUC | best trivial | beats all trivial "
               "| passes / slice | slices on a shared frame |", "|---|---|---|---|---|---|---|---|---|"]
+    # the last column: slices that used a frame made on an earlier slice, in runs of the engine with
+    # shared frames (commit c42499a, reverted); "-" for every other engine
     means: Dict = {}
     for r in results:
         for name, rows in r["structures"].items():
@@ -110,7 +109,7 @@ def write(outdir: Path, results: Sequence[Dict]) -> None:
                 md.append(f"| {r['label']} | {name} | {method} | {_f(row['adjacent_spearman'], 2)} | "
                           f"{_f(row['deletion_auc'])} | {_f(row['best_trivial_deletion_auc'])} | "
                           f"{_f(row['beats_trivial_deletion'], 2)} | {row['passes_per_slice']:.1f} | "
-                          f"{row['shared_frames']} |")
+                          f"{row.get('shared_frames', '-')} |")
                 m = means.setdefault((r["label"], method), {"rho": [], "auc": []})
                 m["rho"].append(row["adjacent_spearman"])
                 m["auc"].append(row["deletion_auc"])

@@ -139,9 +139,8 @@ def structure_result(segmenter, sample, name: str, passes: int, count: int, step
     kept, kept_seg, seg_kept = _segment(segmenter, sample, name, progress, keep=True)
     t0 = time.perf_counter()
     run = kept.explain(kept_seg, [make_explainer("occlusion", passes=passes, metric_steps=0)], slices=slices,
-                       progress=progress)
+                       progress=progress)  # releases what it did not take
     whole_seconds = time.perf_counter() - t0
-    kept.release_activations()
     seg_after = _segment(segmenter, sample, name, progress)[2]
     seg_seconds = (seg_before + seg_after) / 2.0
     extra = seg_kept - seg_seconds  # what keeping the caches added to segmentation: the explanation's cost

@@ -368,7 +368,7 @@ class _VolumeExplanation:
     def attribute(self) -> None:
         """Pass 1: the ROI of every slice, each method's attribution there and the metrics that
         need model passes but not the structure's scale (:func:`~.explain.measure.measure_passes`)."""
-        from .explain.measure import SliceShared, curve_slices, measure_passes
+        from .explain.measure import SliceShared, curve_slices, makes_passes, measure_passes
 
         vs, run = self.vs, self.run
         curves = {ex.name: set(curve_slices(self.chosen, ex.metric_slices)) for ex in self.bound}
@@ -377,7 +377,7 @@ class _VolumeExplanation:
             image, prompt = vs.model_slice(k), vs.to_model_prompt(self.prompts[k].clipped(vs.slice_shape))
             embedding, _ = vs.embedding(k)
             cache = None
-            if any(ex.perturbs for ex in self.bound):  # the segmentation's cache where it kept one
+            if any(makes_passes(ex) for ex in self.bound):  # the segmentation's cache where it kept one
                 cache = vs.take_cache(k) or self._reuse(image)
             self.logits[k] = self.session.segmenter.decode(embedding, prompt)  # decoded once, shared
             region, source = self.finder.find(image, prompt, self.logits[k] > 0, embedding,

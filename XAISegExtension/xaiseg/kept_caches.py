@@ -8,7 +8,7 @@ structure's caches cannot all stay in memory: the newest stay there up to ``memo
 others go to files in a private folder of the run, which is removed when the run ends, is cancelled
 or fails.  The folder lies in xaiseg's cache folder (``XAISEG_CACHE``, else ``~/.cache/xaiseg``),
 under ``activations``, not in the system's temporary folder, which is often memory itself (tmpfs);
-folders left by a process that was killed are removed by the next run.
+folders this machine's killed processes left are removed by the next run.
 
 A cache that cannot be kept (no free disk space, a write error) is dropped; pass 3 then rebuilds
 it or makes a full pass, as it would without this store, so the figures do not change.  A file is
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
@@ -29,19 +30,26 @@ from .weights import default_cache_dir
 #: caches held in memory before older ones go to disk: two LiteMedSAM caches, so that a run of one
 #: or two slices (the Slicer panel's usual case) never touches the disk
 MEMORY_BYTES = 160 << 20
-PREFIX = "run-"  # a run's folder: run-<process id>-<random>
+PREFIX = "run-"  # a run's folder: run-<host>-<process id>-<random>
 #: free space left on the temporary folder's file system after a cache is written
 DISK_RESERVE_BYTES = 512 << 20
 
 
+def _prefix() -> str:
+    """This machine's folders: run-<host>-<process id>-<random> (a cache folder may be shared by hosts)."""
+    host = "".join(c if c.isalnum() else "_" for c in socket.gethostname()) or "host"
+    return f"{PREFIX}{host}-"
+
+
 def remove_stale(parent: Path) -> None:
-    """Remove the folders in ``parent`` left by runs whose process no longer exists (POSIX only:
-    elsewhere a folder stays until it is deleted by hand)."""
-    if os.name != "posix":
+    """Remove the folders in ``parent`` left by this machine's runs whose process no longer exists
+    (POSIX only: elsewhere a folder stays until it is deleted by hand)."""
+    if os.name != "posix" or not parent.is_dir():
         return
-    for folder in parent.glob(f"{PREFIX}*"):
+    mine = _prefix()
+    for folder in parent.glob(f"{mine}*"):
         try:
-            pid = int(folder.name[len(PREFIX):].split("-")[0])
+            pid = int(folder.name[len(mine):].split("-")[0])
             os.kill(pid, 0)  # signal 0: only asks whether the process exists
         except ProcessLookupError:
             shutil.rmtree(folder, ignore_errors=True)
@@ -55,12 +63,19 @@ class KeptCaches:
     def __init__(self, segmenter, memory_bytes: Optional[int] = None, folder: Optional[PathLike] = None) -> None:
         self.segmenter, self.parent = segmenter, folder
         self.memory_bytes = MEMORY_BYTES if memory_bytes is None else int(memory_bytes)
+        remove_stale(self._parent())
         self.memory: "OrderedDict[int, object]" = OrderedDict()
         self.files: Dict[int, Path] = {}
         self.folder: Optional[Path] = None
         self.dropped = 0  # caches that could not be kept (disk full or unwritable)
 
+    def _parent(self) -> Path:
+        return Path(self.parent) if self.parent is not None else default_cache_dir() / "activations"
+
     def put(self, k: int, cache) -> None:
+        old = self.files.pop(k, None)  # a slice kept again: its older file goes
+        if old is not None:
+            old.unlink(missing_ok=True)
         self.memory[k] = cache
         self.memory.move_to_end(k)
         while len(self.memory) > 1 and sum(c.nbytes for c in self.memory.values()) > self.memory_bytes:
@@ -76,16 +91,18 @@ class KeptCaches:
             return None
         try:
             return self.segmenter.load_cache(path)
+        except Exception:  # a lost or damaged file: the caller rebuilds the cache or makes full passes
+            self.dropped += 1
+            return None
         finally:
-            path.unlink()
+            path.unlink(missing_ok=True)
 
     def _spill(self, k: int, cache) -> None:
         try:
             if self.folder is None:
-                parent = Path(self.parent) if self.parent is not None else default_cache_dir() / "activations"
+                parent = self._parent()
                 parent.mkdir(parents=True, exist_ok=True)
-                remove_stale(parent)
-                self.folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=str(parent)))
+                self.folder = Path(tempfile.mkdtemp(prefix=f"{_prefix()}{os.getpid()}-", dir=str(parent)))
             if free_bytes(self.folder) < cache.nbytes + DISK_RESERVE_BYTES:
                 self.dropped += 1
                 return

@@ -110,10 +110,12 @@ class Session:
         every one), so that explaining the slices later needs no full encoder pass of its own: the
         segmentation's pass is that pass (:meth:`VolumeSegmenter.keep_activations`).  The caches stay
         in memory up to a bound and in xaiseg's cache folder beyond it, until the explanation takes
-        them or :meth:`release_activations` (or the session's end) removes them.  False where the
-        segmenter does not reuse activations."""
+        them; what is left goes when the explanation ends, with :meth:`release_activations` or
+        with the session.  False where the segmenter does not reuse activations."""
         from .kept_caches import KeptCaches
 
+        if not getattr(self.segmenter, "supports_reuse", False):
+            return False
         if self._kept is None:
             self._kept = KeptCaches(self.segmenter)
             weakref.finalize(self, self._kept.close)
@@ -173,7 +175,10 @@ class Session:
         """
         from .explain_volume import explain_volume
 
-        return explain_volume(self, segmentation, explainers, roi, slices, target, progress, roi_mask)
+        try:
+            return explain_volume(self, segmentation, explainers, roi, slices, target, progress, roi_mask)
+        finally:
+            self.release_activations()  # the explanation took what it needed; the rest goes
 
 
 # ----------------------------------------------------------------------------------------- run
@@ -228,7 +233,9 @@ def run(request, progress: Optional[Progress] = None, log: Optional[Callable[[st
         session = Session(volume, segmenter, SegmentConfig(
             axis=request.axis, preprocessing=request.preprocessing, margin=request.margin,
             orientation=request.orientation, tta=request.tta))
-        if request.explain is not None and any(ex.perturbs for ex in plan.explainers):
+        from .explain.measure import makes_passes
+
+        if request.explain is not None and any(makes_passes(ex) for ex in plan.explainers):
             session.keep_activations(request.explain.slices)  # the explanation starts from segmentation's passes
         try:
             seg = session.segment(plan.prompt, name=request.name, progress=progress)

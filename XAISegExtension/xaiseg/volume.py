@@ -249,7 +249,9 @@ class VolumeSegmenter:
             return self._cache[k], False
         image = self.model_slice(k)
         if self.kept is not None and (self.kept_slices is None or k in self.kept_slices):
-            cache = self.segmenter.embed_cache(image)  # the same features, with what a changed pass reuses
+            # the features of a plain pass (to float rounding: the cache's pass runs the same layers
+            # in pieces), with what a changed pass reuses
+            cache = self.segmenter.embed_cache(image)
             self.kept.put(k, cache)
             emb = cache.embedding
         else:

@@ -210,15 +210,18 @@ def preferred_batch(segmenter, shape: Optional[Tuple[int, int]] = None) -> int:
     if device.startswith("cuda"):
         import torch
 
-        free = int(torch.cuda.mem_get_info(torch.device(device))[0])
+        dev = torch.device(device)
+        # free on the device, and what torch holds in reserve but does not use (it serves the batch too)
+        free = int(torch.cuda.mem_get_info(dev)[0]) + int(torch.cuda.memory_reserved(dev)
+                                                           - torch.cuda.memory_allocated(dev))
         return batch_from_memory(free, pass_bytes(segmenter, shape))
     return 8
 
 
 def batch_from_memory(free: int, per_image: int, share: float = GPU_MEMORY_SHARE, cap: int = MAX_GPU_BATCH) -> int:
     """The batch whose passes take at most ``share`` of ``free`` bytes at ``per_image`` each (1 to ``cap``)."""
-    if per_image <= 0:
-        return cap
+    if per_image <= 0:  # nothing measured: a middling batch
+        return min(cap, 8)
     return int(max(1, min(cap, int(free * share) // int(per_image))))
 
 

@@ -108,6 +108,12 @@ def measure_passes(explainer, explanation, engine, progress=None, stage: Optiona
     return metrics
 
 
+def makes_passes(explainer) -> bool:
+    """Whether ``explainer`` evaluates perturbed copies of a slice (attribution or curves), and so
+    gains from the slice's activation cache."""
+    return bool(explainer.perturbs or explainer.metric_steps)
+
+
 def scaled_passes(explainer) -> int:
     """Encoder passes :func:`measure` still makes after :func:`measure_passes` (the Dice drop; at
     most: none where the high-saliency region is empty or the slice shows no evidence)."""
