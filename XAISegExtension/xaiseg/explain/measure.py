@@ -94,12 +94,9 @@ def measure_passes(explainer, explanation, engine, progress=None, stage: Optiona
         metrics.update(_against_trivial(explainer, engine, explanation, metrics, shared, stage))
     if explainer.perturbs and explainer.noise_passes:
         metrics.update(_evidence(explainer, engine, explanation, shared, stage))
-    if not curves:
-        metrics["metric_evaluations"] = engine.evaluations - before
-        return metrics
-    if explainer.sanity:
+    if explainer.sanity and curves:
         metrics["sanity_similarity"] = sanity_similarity(explainer, engine, explanation, progress, stage)
-    if explainer.cascade:
+    if explainer.cascade and curves:
         steps = cascading_randomisation(explainer, engine, explanation, progress, stage)
         metrics["cascade"] = steps
         if steps:
@@ -117,7 +114,7 @@ def makes_passes(explainer) -> bool:
 def scaled_passes(explainer) -> int:
     """Encoder passes :func:`measure` still makes after :func:`measure_passes` (the Dice drop; at
     most: none where the high-saliency region is empty or the slice shows no evidence)."""
-    return 1 if explainer.metric_steps or explainer.perturbs else 0
+    return int(makes_passes(explainer))
 
 
 def measure(explainer, explanation, engine, progress=None, stage: Optional[str] = None,
