@@ -174,8 +174,12 @@ def test_segmentation_keeps_the_caches_the_explanation_then_starts_from(tmp_path
     monkeypatch.setattr(kept_caches, "MEMORY_BYTES", 0)
     monkeypatch.setenv("XAISEG_CACHE", str(tmp_path))
 
+    saved = []
+
     def run(keep):
         model = ReusingSquare()
+        save = model.save_cache
+        model.save_cache = lambda cache, path: (saved.append(keep), save(cache, path))
         session = Session(toy_volume([0.9, 0.7, 0.9]), model, SegmentConfig(orientation="array"))
         if keep:
             assert session.keep_activations()
@@ -189,6 +193,8 @@ def test_segmentation_keeps_the_caches_the_explanation_then_starts_from(tmp_path
     plain, seg_plain, total_plain = run(False)
     assert seg_kept == seg_plain == 3  # one pass per slice either way
     assert total_plain - total_kept == 3  # without kept caches the explanation encodes each slice again
+    # one store serves the run: segmentation writes the two older caches, the explanation none again
+    assert saved.count(True) == 2
     for k in range(3):
         np.testing.assert_allclose(kept.explanations["occlusion"][k].raw, plain.explanations["occlusion"][k].raw)
     assert list((tmp_path / "activations").iterdir()) == []

@@ -8,6 +8,7 @@ its components such as layer maps) comes from its explainer class.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -311,7 +312,9 @@ def explain_volume(session, segmentation, explainers: Sequence, roi=None, slices
         if array is not None and array.shape != shape:
             raise InputError(f"{what} of shape {array.shape} does not match the volume's shape {shape}")
     t0, enc0 = time.perf_counter(), session.volume_segmenter.encoder_passes
-    with KeptCaches(session.segmenter) as kept:
+    # the session's store where segmentation kept the caches (its owner removes it), else one of its own
+    store = getattr(session, "kept_activations", None)
+    with (contextlib.nullcontext(store) if store is not None else KeptCaches(session.segmenter)) as kept:
         job = _VolumeExplanation(session, segmentation, explainers, roi or RoiConfig(),
                                  _chosen_slices(segmentation, slices), target, roi_mask, ensure(progress), kept)
         job.attribute()
@@ -337,7 +340,7 @@ class _VolumeExplanation:
         from .roi import RoiFinder
 
         self.session, self.segmentation, self.roi, self.chosen = session, segmentation, roi, chosen
-        self.kept = kept  # activation caches from pass 1 for pass 3
+        self.kept = kept  # activation caches from segmentation or pass 1, for passes 1 and 3
         self.target, self.roi_mask, self.progress = target, roi_mask, progress
         self.finder = RoiFinder(roi)
         self.vs, self.axis = session.volume_segmenter, session.axis
@@ -378,7 +381,7 @@ class _VolumeExplanation:
             embedding, _ = vs.embedding(k)
             cache = None
             if any(makes_passes(ex) for ex in self.bound):  # the segmentation's cache where it kept one
-                cache = vs.take_cache(k) or self._reuse(image)
+                cache = self.kept.get(k) or self._reuse(image)
             self.logits[k] = self.session.segmenter.decode(embedding, prompt)  # decoded once, shared
             region, source = self.finder.find(image, prompt, self.logits[k] > 0, embedding,
                                               self._take(self.roi_mask, k))
@@ -396,7 +399,10 @@ class _VolumeExplanation:
                 self.early[ex.name][k] = measure_passes(ex, e, engine, self.progress, stage, shared,
                                                         curves=k in curves[ex.name])
             if cache is not None and self._measured_later(k):
-                self.kept.put(k, cache)
+                if k not in self.kept:  # one segmentation kept stays where it is
+                    self.kept.put(k, cache)
+            else:
+                self.kept.discard(k)
 
     def _measured_later(self, k: int) -> bool:
         """Whether pass 3 may make passes on slice ``k``: some method has a Dice drop to measure

@@ -1,4 +1,4 @@
-"""Activation caches kept from the volume pipeline's first pass to its third.
+"""Activation caches kept from segmentation and the volume pipeline's first pass to its third.
 
 The Dice drop of a slice's high-saliency region is measured after the maps of the whole structure
 are scaled (pass 3 of :func:`~xaiseg.explain_volume.explain_volume`), long after the slice's
@@ -58,7 +58,9 @@ def remove_stale(parent: Path) -> None:
 
 
 class KeptCaches:
-    """Activation caches by slice index: :meth:`put` in pass 1, :meth:`take` (once) in pass 3."""
+    """Activation caches by slice index: :meth:`put` as slices are encoded (segmentation, or pass 1),
+    :meth:`get` in pass 1, :meth:`take` (once) in pass 3.  One store serves a whole run, so a cache
+    segmentation kept is written once and read where it is needed."""
 
     def __init__(self, segmenter, memory_bytes: Optional[int] = None, folder: Optional[PathLike] = None) -> None:
         self.segmenter, self.parent = segmenter, folder
@@ -73,28 +75,41 @@ class KeptCaches:
         return Path(self.parent) if self.parent is not None else default_cache_dir() / "activations"
 
     def put(self, k: int, cache) -> None:
-        old = self.files.pop(k, None)  # a slice kept again: its older file goes
-        if old is not None:
-            old.unlink(missing_ok=True)
+        self.discard(k)  # a slice kept again: its older copy goes
         self.memory[k] = cache
         self.memory.move_to_end(k)
         while len(self.memory) > 1 and sum(c.nbytes for c in self.memory.values()) > self.memory_bytes:
             old, oldest = self.memory.popitem(last=False)
             self._spill(old, oldest)
 
-    def take(self, k: int):
-        """Slice ``k``'s cache (None when it was not kept); it is forgotten here."""
+    def __contains__(self, k: int) -> bool:
+        return k in self.memory or k in self.files
+
+    def get(self, k: int):
+        """Slice ``k``'s cache, still kept here (None when it is not)."""
         if k in self.memory:
-            return self.memory.pop(k)
-        path = self.files.pop(k, None)
+            return self.memory[k]
+        path = self.files.get(k)
         if path is None:
             return None
         try:
             return self.segmenter.load_cache(path)
         except Exception:  # a lost or damaged file: the caller rebuilds the cache or makes full passes
             self.dropped += 1
+            self.discard(k)
             return None
-        finally:
+
+    def take(self, k: int):
+        """Slice ``k``'s cache (None when it was not kept); it is forgotten here."""
+        cache = self.get(k)
+        self.discard(k)
+        return cache
+
+    def discard(self, k: int) -> None:
+        """Forget slice ``k``'s cache (and delete its file)."""
+        self.memory.pop(k, None)
+        path = self.files.pop(k, None)
+        if path is not None:
             path.unlink(missing_ok=True)
 
     def _spill(self, k: int, cache) -> None:

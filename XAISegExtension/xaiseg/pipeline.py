@@ -121,6 +121,11 @@ class Session:
             weakref.finalize(self, self._kept.close)
         return self.volume_segmenter.keep_activations(self._kept, slices)
 
+    @property
+    def kept_activations(self):
+        """The store of the caches :meth:`keep_activations` keeps (None when nothing is kept)."""
+        return self._kept
+
     def release_activations(self) -> None:
         """Stop keeping activation caches and remove those kept."""
         if self._kept is not None:

@@ -238,10 +238,6 @@ class VolumeSegmenter:
         self.kept, self.kept_slices = store, None if slices is None else {int(k) for k in slices}
         return True
 
-    def take_cache(self, k: int):
-        """Slice ``k``'s kept activation cache (handed out once), or None."""
-        return None if self.kept is None else self.kept.take(k)
-
     def embedding(self, k: int) -> Tuple[Embedding, bool]:
         """Embedding of model slice ``k`` and whether it had to be computed."""
         if k in self._cache:
