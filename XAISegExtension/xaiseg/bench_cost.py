@@ -118,14 +118,15 @@ def write_report(outdir: Path, result: dict) -> None:
           f"pass, {cal['seconds_decoder'] * 1000:.0f} ms per decoder pass, {cal['seconds_write_mb'] * 1000:.1f} ms "
           "per MB written), then, just before each run, two more timed passes (the machine is shared, so the pass time "
           "is taken again) and a timed model load (in this process the imports are done, as they are for the run; a "
-          "command line run and its `--calibrate` both load in a fresh process) and the run's estimate (as `xaiseg explain` prints it before a run) against its wall time "
+          "command line run and its `--calibrate` both load in a fresh process) and the run's estimate (as "
+          "`xaiseg explain` prints it before a run) against its wall time "
           "(read, load, segment, explain, write PNGs and volumes). Each run segments only its explained slices "
           "(Harvard-Oxford > 50 % as the label-map prompt).", "",
           "| structure | slices | methods | s per encoder pass | s model load | encoder passes est. / real "
           "| seconds est. / real | ratio |", "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        md.append(f"| {r['structure']} | {len(r['slices'])} | {_methods(r)} | {r['seconds_encoder']:.2f} | {r.get('seconds_load', 0.0):.1f} | "
-                  f"{r['estimated_passes']} / "
+        md.append(f"| {r['structure']} | {len(r['slices'])} | {_methods(r)} | {r['seconds_encoder']:.2f} | "
+                  f"{r.get('seconds_load', 0.0):.1f} | {r['estimated_passes']} / "
                   f"{r['real_passes']} | {r['estimated_seconds']:.0f} / {r['real_seconds']:.0f} | {r['ratio']:.2f} |")
     if ratios:
         md += ["", f"Ratio estimate / real: {min(ratios):.2f} - {max(ratios):.2f} (goal: 0.7 - 1.3).", ""]
