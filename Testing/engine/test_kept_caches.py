@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from toys import SquareEvidence, evidence_image
-from xaiseg import errors, kept_caches
+from xaiseg import errors, kept_caches, spill
 from xaiseg.explain import make_explainer
 from xaiseg.kept_caches import KeptCaches
 from xaiseg.pipeline import SegmentConfig, Session
@@ -57,7 +57,7 @@ def test_a_cache_that_cannot_be_kept_is_dropped_and_nothing_half_written_remains
     model = ReusingSquare()
     caches = made(model, 2)
     with monkeypatch.context() as m:
-        m.setattr(kept_caches, "free_bytes", lambda folder: 0)  # the disk is full
+        m.setattr(spill, "free_bytes", lambda folder: 0)  # the disk is full
         with KeptCaches(model, memory_bytes=0, folder=str(tmp_path)) as kept:
             kept.put(0, caches[0])
             kept.put(1, caches[1])
@@ -118,7 +118,7 @@ def test_a_volume_run_keeps_each_cache_for_the_dice_drop_and_removes_its_folder(
     assert calls == {"built": 3, "loaded": 2}
     assert list((tmp_path / "activations").iterdir()) == []
     # the same figures when no cache can be kept (pass 3 then makes full passes)
-    monkeypatch.setattr(kept_caches, "free_bytes", lambda folder: 0)
+    monkeypatch.setattr(spill, "free_bytes", lambda folder: 0)
     again, calls = toy_volume_run(monkeypatch, tmp_path)
     assert calls == {"built": 3, "loaded": 0}
     for k in range(3):
@@ -142,7 +142,7 @@ def test_a_run_cancelled_after_caches_went_to_disk_removes_them(tmp_path, monkey
 
 def test_folders_of_runs_that_were_killed_are_removed(tmp_path):
     model = ReusingSquare()
-    mine = kept_caches._prefix()  # run-<this host>-
+    mine = spill._prefix()  # run-<this host>-
     dead = tmp_path / f"{mine}999999999-abc"  # no such process on this machine
     live = tmp_path / f"{mine}{os.getpid()}-abc"  # a run of this process, still going
     elsewhere = tmp_path / "run-otherhost-999999999-abc"  # another machine's run (a shared cache folder)

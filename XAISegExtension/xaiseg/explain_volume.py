@@ -12,7 +12,7 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -21,39 +21,10 @@ from .io import move_into, staged, volume_suffix, write_planes, write_text_atomi
 from .kept_caches import KeptCaches
 from .models.base import SlicePrompt
 from .names import safe_name
+from .plane_store import ExplanationSlices, PlaneStore, PlaneVolumes, StoredSlices
 from .progress import Progress, ensure
 from .record import dumps, run_record
 from .volume import put_plane
-
-
-class PlaneVolumes(Mapping):
-    """Volumes assembled on demand from the explained slices' planes, one at a time, so a run holds
-    its maps as planes (a few MB a slice) and never one full volume per method and layer at once.
-
-    ``planes[key][k]`` is the 2D plane of slice ``k``; ``volumes[key]`` is a new float32 volume of
-    ``shape`` with those planes along ``axis`` and 0 elsewhere.
-    """
-
-    def __init__(self, shape, axis: int, planes: Optional[Dict[str, Dict[int, np.ndarray]]] = None) -> None:
-        self.shape, self.axis = tuple(shape), int(axis)
-        self.planes: Dict[str, Dict[int, np.ndarray]] = planes if planes is not None else {}
-
-    def put(self, key: str, k: int, plane: np.ndarray) -> None:
-        self.planes.setdefault(key, {})[int(k)] = np.asarray(plane, np.float32)
-
-    def __getitem__(self, key: str) -> np.ndarray:
-        if key not in self.planes:
-            raise KeyError(key)
-        out = np.zeros(self.shape, np.float32)
-        for k, plane in self.planes[key].items():
-            put_plane(out, self.axis, k, plane)
-        return out
-
-    def __iter__(self):
-        return iter(self.planes)
-
-    def __len__(self) -> int:
-        return len(self.planes)
 
 
 def _write_map(volume, maps: Mapping[str, np.ndarray], key: str, axis: int, path: Path, dtype=np.float32,
@@ -63,21 +34,23 @@ def _write_map(volume, maps: Mapping[str, np.ndarray], key: str, axis: int, path
     copy of it) is made; ``transform`` must then keep 0 at 0, as the planes' volume is 0 elsewhere."""
     keeps_zero = transform is None or not np.any(transform(np.zeros(1, np.float32)))
     if isinstance(maps, PlaneVolumes) and keeps_zero:
-        planes = maps.planes[key]
-        return write_planes(volume, {k: transform(p) if transform else p for k, p in planes.items()}, axis, path,
-                            dtype)
+        planes = maps.planes(key)  # read one at a time
+        return write_planes(volume, ((k, transform(p) if transform else p) for k, p in planes), axis, path, dtype)
     array = maps[key]
     return write_volume(volume, np.asarray(transform(array) if transform else array, dtype), path)
 
 
 @dataclass
 class ExplainRun:
-    """Saliency volumes of one segmentation, per method, and everything needed to write them.
+    """Saliency of one segmentation, per method, and everything needed to write it.
 
-    saliency[method]: float32 on the volume's grid, [0, 1] per explained slice, 0 elsewhere.
-    explanations[method][k]: the per-slice :class:`~xaiseg.explain.Explanation`.
-    components[method][name]: float32 volumes of a method's components (layer maps), like saliency.
+    explanations[method]: the per-slice :class:`~xaiseg.explain.Explanation` by slice index (an
+    :class:`~xaiseg.plane_store.ExplanationSlices`: its maps live in ``store``, in memory or, for a
+    large structure, on disk until they are written).
+    saliency[method]: float32 volume on the input's grid, the display maps of the explained slices
+    and 0 elsewhere, built when asked for; components[method][name] likewise (layer maps).
     roi: uint8 volume of the ROI used on each slice; roi_sources[k]: where it came from.
+    images[k]: the explained slice k.  :meth:`close` (or dropping the run) removes what is on disk.
     """
 
     name: str
@@ -86,27 +59,48 @@ class ExplainRun:
     slices: List[int]
     roi: np.ndarray
     roi_sources: Dict[int, str]
-    saliency: Mapping[str, np.ndarray]  # a PlaneVolumes: each volume built when asked for
-    explanations: Dict[str, Dict[int, Any]]
-    images: Dict[int, np.ndarray]
+    explanations: Dict[str, ExplanationSlices]
+    images: Mapping[int, np.ndarray]
     record: Dict
-    components: Dict[str, Mapping[str, np.ndarray]] = field(default_factory=dict)  # method -> PlaneVolumes
+    store: PlaneStore
     kinds: Dict[str, str] = field(default_factory=dict)  # method -> what its components are ("layer")
     consistency: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # method -> adjacent-slice Spearman
     perturbs: Dict[str, bool] = field(default_factory=dict)  # method -> whether its raw map is in score units
 
+    def _volumes(self, names, planes) -> PlaneVolumes:
+        return PlaneVolumes(self.roi.shape, self.axis, names, planes)
+
+    @property
+    def saliency(self) -> PlaneVolumes:
+        """Each method's display maps as volumes (built one at a time when asked for)."""
+        return self._volumes(lambda: list(self.explanations), lambda m: self.explanations[m].planes("saliency"))
+
+    @property
+    def components(self) -> Dict[str, PlaneVolumes]:
+        """method -> its components' volumes (layer maps), for the methods that have components."""
+        out = {}
+        for method, per_slice in self.explanations.items():
+            parts = per_slice.components()
+            if parts:
+                out[method] = self._volumes(lambda parts=parts: parts, per_slice.planes)
+        return out
+
     def raw(self, method: str) -> np.ndarray:
         """The method's raw maps (score units: the explained score lost when a region is removed) as a
         volume on the input's grid, 0 off the explained slices."""
-        return PlaneVolumes(self.roi.shape, self.axis, {
-            method: {k: ex.raw for k, ex in self.explanations[method].items()}})[method]
+        return self._volumes(lambda: [method], lambda m: self.explanations[m].planes("raw"))[method]
+
+    def close(self) -> None:
+        """Forget the maps and remove their files (the run can no longer be written)."""
+        self.store.close()
 
     def metrics(self) -> Dict:
         """The metrics document (``NAME_metrics.json``) without its file names."""
         methods = {}
         for method, per_slice in self.explanations.items():
-            slices = {str(k): dict(ex.metrics, **_scalars(ex.details)) for k, ex in per_slice.items()}
-            entry = {"settings": next(iter(per_slice.values())).settings if per_slice else {},
+            light = {k: per_slice.light(k) for k in per_slice}  # without their maps
+            slices = {str(k): dict(ex.metrics, **_scalars(ex.details)) for k, ex in light.items()}
+            entry = {"settings": next(iter(light.values())).settings if light else {},
                      "slices": slices, "summary": summarise(list(slices.values()))}
             entry["summary"].update(self.consistency.get(method, {}))
             entry["summary"]["no_evidence_slices"] = sorted(int(k) for k, v in slices.items()
@@ -114,7 +108,7 @@ class ExplainRun:
             # the curves' means are over these (all explained slices unless metric_slices sampled them)
             entry["summary"]["curve_slices"] = sum("deletion_auc" in v for v in slices.values())
             entry["display_scale"] = self.record.get("display_scale", {}).get(method)
-            tables = {str(k): ex.component_table for k, ex in per_slice.items() if ex.component_table}
+            tables = {str(k): ex.component_table for k, ex in light.items() if ex.component_table}
             if tables:
                 kind = self.kinds.get(method, "component")
                 for k, table in tables.items():
@@ -152,7 +146,7 @@ class ExplainRun:
 
         vol, n, axis = self.segmentation.volume, self.name, self.axis
         flips = display_flips(vol.geometry, self.axis)
-        per_slice = sorted(self.explanations[method].items())
+        per_slice = self.explanations[method]  # each slice's maps read when needed, one slice at a time
         cut = threshold if threshold is not None else self.record["methods"][method].get("threshold", 0.5)
         entry: Dict[str, Any] = {"saliency": f"{n}_{method}_saliency{suffix}", "label": f"{n}_{method}_label{suffix}",
                                  "png": []}
@@ -162,16 +156,16 @@ class ExplainRun:
                                           lambda sal: sal >= cut)}
         if self.perturbs.get(method, True):  # score units; a similarity map (layers) is its own display map
             entry["raw"] = f"{n}_{method}_raw{suffix}"
-            raws = PlaneVolumes(self.roi.shape, axis, {method: {k: ex.raw for k, ex in per_slice}})
+            raws = self._volumes(lambda: [method], lambda m: per_slice.planes("raw"))
             files[f"{method}_raw"] = _write_map(vol, raws, method, axis, stage / entry["raw"])
         if pngs:
-            for k, ex in per_slice:
+            for k in sorted(per_slice):
                 png = f"{n}_{method}_k{k:03d}.png"
                 title = f"{n}  {method}  slice {k}  (green: mask, blue: ROI)"
-                if ex.metrics.get("evidence") is False:
+                if per_slice.light(k).metrics.get("evidence") is False:
                     title = f"{n}  {method}  slice {k}  NO EVIDENCE: no change above the noise"
-                files[f"{method}_png_{k}"] = saliency_panel(self.images[k], ex.saliency, ex.reference, ex.roi,
-                                                            stage / png, title, flips)
+                maps = [per_slice.plane(k, name) for name in ("saliency", "reference", "roi")]
+                files[f"{method}_png_{k}"] = saliency_panel(self.images[k], *maps, stage / png, title, flips)
                 entry["png"].append(png)
         components = self.components.get(method, {})
         if components:
@@ -183,7 +177,8 @@ class ExplainRun:
                 entry[f"{kind}s"][part] = fname
             if pngs:
                 entry[f"{kind}_png"] = []
-                for k, ex in per_slice:
+                for k in sorted(per_slice):
+                    ex = per_slice[k]
                     png = f"{n}_{method}_{kind}s_k{k:03d}.png"
                     files[f"{method}_{kind}s_png_{k}"] = layer_sheet(
                         self.images[k], ex.components, ex.reference, stage / png, flips, target=ex.target,
@@ -257,9 +252,10 @@ def _check_explainers(explainers: Sequence) -> None:
             raise InputError(f"{ex!r} is not an explainer; build one with xaiseg.explain.make_explainer")
 
 
-def structure_scale(raws: Dict[int, np.ndarray], rois: Dict[int, np.ndarray]) -> float:
-    """The largest raw value inside the ROIs of every explained slice: the one scale of a structure."""
-    peaks = [float(raw[rois[k]].max()) for k, raw in raws.items() if rois[k].any()]
+def structure_scale(maps: Iterable[Tuple[np.ndarray, np.ndarray]]) -> float:
+    """The largest raw value inside the ROI over ``(raw, roi)`` of every explained slice (read one
+    slice at a time): the one scale of a structure."""
+    peaks = [float(raw[roi].max()) for raw, roi in maps if roi.any()]
     return max(peaks) if peaks else 0.0
 
 
@@ -276,18 +272,19 @@ def display_map(raw: np.ndarray, roi: np.ndarray, scale: Optional[float]) -> np.
     return np.where(roi, np.clip(raw / scale, 0.0, 1.0), 0.0).astype(np.float32)
 
 
-def adjacent_consistency(explanations: Dict[int, Any]) -> Dict[str, Any]:
+def adjacent_consistency(explanations: ExplanationSlices) -> Dict[str, Any]:
     """Spearman between the raw maps of adjacent explained slices (k, k + 1) over their common ROI:
-    how much a method's map flickers through the volume."""
+    how much a method's map flickers through the volume (each slice's maps read once)."""
     from .metrics import spearman
 
-    pairs = []
+    pairs, before = [], None  # before: (k, raw, roi) of the previous explained slice
     for k in sorted(explanations):
-        if k + 1 in explanations:
-            a, b = explanations[k], explanations[k + 1]
-            common = a.roi & b.roi
+        here = (k, explanations.plane(k, "raw"), explanations.plane(k, "roi"))
+        if before is not None and before[0] + 1 == k:
+            common = before[2] & here[2]
             if common.sum() >= 2:
-                pairs.append(spearman(a.raw, b.raw, common))
+                pairs.append(spearman(before[1], here[1], common))
+        before = here
     return {"adjacent_pairs": len(pairs), "adjacent_spearman": round(float(np.mean(pairs)), 4) if pairs else None,
             "adjacent_spearman_min": round(float(np.min(pairs)), 4) if pairs else None}
 
@@ -317,10 +314,14 @@ def explain_volume(session, segmentation, explainers: Sequence, roi=None, slices
     with (contextlib.nullcontext(store) if store is not None else KeptCaches(session.segmenter)) as kept:
         job = _VolumeExplanation(session, segmentation, explainers, roi or RoiConfig(),
                                  _chosen_slices(segmentation, slices), target, roi_mask, ensure(progress), kept)
-        job.attribute()
-        scales = job.scale()
-        job.measure()
-    return job.finish(scales, time.perf_counter() - t0, session.volume_segmenter.encoder_passes - enc0)
+        try:
+            job.attribute()
+            scales = job.scale()
+            job.measure()
+            return job.finish(scales, time.perf_counter() - t0, session.volume_segmenter.encoder_passes - enc0)
+        except BaseException:  # cancelled or failed: the planes kept on disk go now
+            job.run.close()
+            raise
 
 
 #: pass 3 rebuilds a slice's activation cache that was not kept (:mod:`.kept_caches`: the disk was
@@ -347,11 +348,14 @@ class _VolumeExplanation:
         self.bound = [ex if ex.segmenter is not None else ex.bind(session.segmenter) for ex in explainers]
         self.prompts = {r.index: slice_prompt(r.prompt) for r in segmentation.slices}
         self.model_prompts: Dict[int, Any] = {}
-        self.logits: Dict[int, np.ndarray] = {}
         self.early: Dict[str, Dict[int, Dict[str, Any]]] = {ex.name: {} for ex in self.bound}
-        shape = session.volume.shape
-        self.run = ExplainRun(segmentation.name, segmentation, self.axis, chosen, np.zeros(shape, np.uint8), {},
-                              PlaneVolumes(shape, self.axis), {ex.name: {} for ex in self.bound}, {}, {},
+        # every finished plane (maps, slices, logits) goes to one store: the newest in memory, the rest on disk
+        store = PlaneStore()
+        self.logits = StoredSlices(store, "logits")  # each slice's, decoded once in pass 1, used again in pass 3
+        self.run = ExplainRun(segmentation.name, segmentation, self.axis, chosen,
+                              np.zeros(session.volume.shape, np.uint8), {},
+                              {ex.name: ExplanationSlices(store, ex.name) for ex in self.bound},
+                              StoredSlices(store, "image"), {}, store,
                               kinds={ex.name: ex.component_kind for ex in self.bound},
                               perturbs={ex.name: ex.perturbs for ex in self.bound})
 
@@ -382,20 +386,19 @@ class _VolumeExplanation:
             cache = None
             if any(makes_passes(ex) for ex in self.bound):  # the segmentation's cache where it kept one
                 cache = self.kept.get(k) or self._reuse(image)
-            self.logits[k] = self.session.segmenter.decode(embedding, prompt)  # decoded once, shared
-            region, source = self.finder.find(image, prompt, self.logits[k] > 0, embedding,
-                                              self._take(self.roi_mask, k))
+            logits = self.logits[k] = self.session.segmenter.decode(embedding, prompt)  # decoded once, shared
+            region, source = self.finder.find(image, prompt, logits > 0, embedding, self._take(self.roi_mask, k))
             put_plane(run.roi, self.axis, k, vs.from_model(region).astype(np.uint8))
             run.roi_sources[k], run.images[k], self.model_prompts[k] = source, vs.slice(k), prompt
             shared = SliceShared()
             for ex in self.bound:
                 stage = self._stage(ex, n, k)
                 e = ex.explain(image, prompt, roi=region, roi_source=source, target=self._take(self.target, k),
-                               progress=self.progress, stage=stage, embedding=embedding, logits=self.logits[k],
+                               progress=self.progress, stage=stage, embedding=embedding, logits=logits,
                                measure=False, reuse_cache=cache)
                 run.explanations[ex.name][k] = e
                 # what needs passes but not the structure's scale, while this slice's activations are here
-                engine = _engine(ex, e, image, prompt, embedding, self.logits[k], self.progress, stage, cache)
+                engine = _engine(ex, e, image, prompt, embedding, logits, self.progress, stage, cache)
                 self.early[ex.name][k] = measure_passes(ex, e, engine, self.progress, stage, shared,
                                                         curves=k in curves[ex.name])
             if cache is not None and self._measured_later(k):
@@ -416,10 +419,11 @@ class _VolumeExplanation:
         scales = {}
         for ex in self.bound:
             per_slice = self.run.explanations[ex.name]
-            scale = structure_scale({k: e.raw for k, e in per_slice.items()},
-                                    {k: e.roi for k, e in per_slice.items()}) if ex.scaling == "structure" else None
+            scale = (structure_scale((per_slice.plane(k, "raw"), per_slice.plane(k, "roi")) for k in per_slice)
+                     if ex.scaling == "structure" else None)
             scales[ex.name] = scale
-            for k, e in per_slice.items():
+            for k in per_slice:
+                e = per_slice[k]
                 per_slice[k] = _with_saliency(e, display_map(e.raw, e.roi, scale))
         return scales
 
@@ -430,11 +434,11 @@ class _VolumeExplanation:
         only when enough passes remain to pay for it."""
         from .explain.measure import measure, scaled_passes
 
-        vs, run, shape = self.vs, self.run, self.session.volume.shape
+        vs, run = self.vs, self.run
         remaining = sum(scaled_passes(ex) for ex in self.bound)
         for n, k in enumerate(self.chosen, 1):
             embedding, _ = vs.embedding(k)
-            image = vs.model_slice(k)
+            image, logits = vs.model_slice(k), self.logits.pop(k)
             cache = self.kept.take(k)
             if cache is None and remaining >= REBUILD_CACHE_PASSES and self._measured_later(k):
                 cache = self._reuse(image)
@@ -442,19 +446,16 @@ class _VolumeExplanation:
                 stage = self._stage(ex, n, k)
                 e = run.explanations[ex.name][k]
                 # without a cache each engine here makes one pass (the Dice drop): a full one
-                engine = _engine(ex, e, image, self.model_prompts[k], embedding, self.logits[k], self.progress, stage,
-                                 cache)
+                engine = _engine(ex, e, image, self.model_prompts[k], embedding, logits, self.progress, stage, cache)
                 e = _in_array_order(measure(ex, e, engine, self.progress, stage, early=self.early[ex.name].pop(k)),
                                     vs)
-                run.explanations[ex.name][k] = e
-                run.saliency.put(ex.name, k, e.saliency)
-                for part, plane in e.components.items():
-                    run.components.setdefault(ex.name, PlaneVolumes(shape, self.axis)).put(part, k, plane)
+                run.explanations[ex.name][k] = e  # final: in the array's order, read back when written
 
     def finish(self, scales, seconds: float, slice_passes: int) -> ExplainRun:
         """The run record and the adjacent-slice consistency."""
         run, session, bound = self.run, self.session, self.bound
-        evaluations = {ex.name: int(sum(e.n_evaluations for e in run.explanations[ex.name].values())) for ex in bound}
+        evaluations = {ex.name: int(sum(run.explanations[ex.name].light(k).n_evaluations
+                                        for k in run.explanations[ex.name])) for ex in bound}
         run.record = run_record(model=session.segmenter.describe(), preprocessing=session.preprocessing_record(),
                                 prompt=self.segmentation.record.get("prompt", {}),
                                 settings={"slicing_axis_index": self.axis, "slices": self.chosen},

@@ -15,7 +15,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -380,23 +380,28 @@ def write_volume(volume: Volume, array: np.ndarray, path: PathLike) -> Path:
 _PIXEL_TYPES = {np.dtype(np.float32): sitk.sitkFloat32, np.dtype(np.uint8): sitk.sitkUInt8}
 
 
-def planes_image(volume: Volume, planes: Dict[int, np.ndarray], axis: int, dtype=np.float32) -> sitk.Image:
+#: planes of a volume: a mapping k -> plane, or (k, plane) pairs
+PlanesLike = Union[Mapping[int, np.ndarray], Iterable[Tuple[int, np.ndarray]]]
+
+
+def planes_image(volume: Volume, planes: PlanesLike, axis: int, dtype=np.float32) -> sitk.Image:
     """An image on ``volume``'s grid that holds ``planes[k]`` at index ``k`` along array ``axis`` and
     0 elsewhere, pasted into one zero image in place: a volume that is mostly empty costs one image
-    of ``dtype``, not the numpy volume, its cast and SimpleITK's copy of it."""
+    of ``dtype``, not the numpy volume, its cast and SimpleITK's copy of it.  ``planes``: a mapping
+    k -> plane, or ``(k, plane)`` pairs (read one at a time when they come from a generator)."""
     dtype = np.dtype(dtype)
     if dtype not in _PIXEL_TYPES:
         raise InputError(f"volumes of planes are written as float32 or uint8, not {dtype}")
     image = sitk.Image([int(n) for n in volume.shape[::-1]], _PIXEL_TYPES[dtype])
     where = 2 - int(axis)  # SimpleITK indexes (i, j, k): array axis a is index 2 - a
-    for k, plane in planes.items():
+    for k, plane in (planes.items() if isinstance(planes, Mapping) else planes):
         index = [slice(None)] * 3
         index[where] = int(k)
         image[tuple(index)] = sitk.GetImageFromArray(np.ascontiguousarray(plane, dtype=dtype))
     return volume.geometry.apply_to(image)
 
 
-def write_planes(volume: Volume, planes: Dict[int, np.ndarray], axis: int, path: PathLike, dtype=np.float32) -> Path:
+def write_planes(volume: Volume, planes: PlanesLike, axis: int, path: PathLike, dtype=np.float32) -> Path:
     """Write the volume of :func:`planes_image` (atomically, like :func:`write_volume`)."""
     return write_image(planes_image(volume, planes, axis, dtype), path)
 

@@ -16,45 +16,16 @@ written under a temporary name and renamed when complete: a half-written cache i
 """
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, Optional
 
-from .diskspace import PathLike, free_bytes
-from .weights import default_cache_dir
+from .diskspace import PathLike
+from .spill import SpillFolder
 
 #: caches held in memory before older ones go to disk: two LiteMedSAM caches, so that a run of one
 #: or two slices (the Slicer panel's usual case) never touches the disk
 MEMORY_BYTES = 160 << 20
-PREFIX = "run-"  # a run's folder: run-<host>-<process id>-<random>
-#: free space left on the temporary folder's file system after a cache is written
-DISK_RESERVE_BYTES = 512 << 20
-
-
-def _prefix() -> str:
-    """This machine's folders: run-<host>-<process id>-<random> (a cache folder may be shared by hosts)."""
-    host = "".join(c if c.isalnum() else "_" for c in socket.gethostname()) or "host"
-    return f"{PREFIX}{host}-"
-
-
-def remove_stale(parent: Path) -> None:
-    """Remove the folders in ``parent`` left by this machine's runs whose process no longer exists
-    (POSIX only: elsewhere a folder stays until it is deleted by hand)."""
-    if os.name != "posix" or not parent.is_dir():
-        return
-    mine = _prefix()
-    for folder in parent.glob(f"{mine}*"):
-        try:
-            pid = int(folder.name[len(mine):].split("-")[0])
-            os.kill(pid, 0)  # signal 0: only asks whether the process exists
-        except ProcessLookupError:
-            shutil.rmtree(folder, ignore_errors=True)
-        except (ValueError, OSError):
-            continue
 
 
 class KeptCaches:
@@ -63,16 +34,17 @@ class KeptCaches:
     segmentation kept is written once and read where it is needed."""
 
     def __init__(self, segmenter, memory_bytes: Optional[int] = None, folder: Optional[PathLike] = None) -> None:
-        self.segmenter, self.parent = segmenter, folder
+        self.segmenter = segmenter
         self.memory_bytes = MEMORY_BYTES if memory_bytes is None else int(memory_bytes)
-        remove_stale(self._parent())
+        self.spill = SpillFolder("activations", folder)
         self.memory: "OrderedDict[int, object]" = OrderedDict()
         self.files: Dict[int, Path] = {}
-        self.folder: Optional[Path] = None
         self.dropped = 0  # caches that could not be kept (disk full or unwritable)
 
-    def _parent(self) -> Path:
-        return Path(self.parent) if self.parent is not None else default_cache_dir() / "activations"
+    @property
+    def folder(self) -> Optional[Path]:
+        """The run's folder (None until a cache is written)."""
+        return self.spill.folder
 
     def put(self, k: int, cache) -> None:
         self.discard(k)  # a slice kept again: its older copy goes
@@ -113,33 +85,17 @@ class KeptCaches:
             path.unlink(missing_ok=True)
 
     def _spill(self, k: int, cache) -> None:
-        try:
-            if self.folder is None:
-                parent = self._parent()
-                parent.mkdir(parents=True, exist_ok=True)
-                self.folder = Path(tempfile.mkdtemp(prefix=f"{_prefix()}{os.getpid()}-", dir=str(parent)))
-            if free_bytes(self.folder) < cache.nbytes + DISK_RESERVE_BYTES:
-                self.dropped += 1
-                return
-            path = self.folder / f"slice{k}.pt"
-            part = path.with_suffix(".part")
-            try:
-                self.segmenter.save_cache(cache, part)
-                os.replace(part, path)
-            finally:
-                if part.exists():
-                    part.unlink()
-            self.files[k] = path
-        except (OSError, RuntimeError):  # torch reports a failed write as a RuntimeError
+        path = self.spill.write(f"slice{k}.pt", lambda part: self.segmenter.save_cache(cache, part), cache.nbytes)
+        if path is None:
             self.dropped += 1
+        else:
+            self.files[k] = path
 
     def close(self) -> None:
         """Forget every cache and remove the temporary folder."""
         self.memory.clear()
         self.files.clear()
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
-            self.folder = None
+        self.spill.close()
 
     def __enter__(self) -> "KeptCaches":
         return self
