@@ -10,7 +10,7 @@ import torch
 from xaiseg.errors import InputError
 from xaiseg.explain import make_explainer
 from xaiseg.explain.base import PerturbationEngine
-from xaiseg.models.base import SlicePrompt
+from xaiseg.models.base import SlicePrompt, without_reuse
 from xaiseg.models.tinyvit_reuse import conv_span, window_box
 from xaiseg.preprocess import resize_longest
 
@@ -162,8 +162,7 @@ def test_bad_changed_box_and_foreign_cache_are_refused(litemedsam, caudate_slice
 
 def test_maps_with_reuse_equal_maps_without(litemedsam, caudate_slice):
     image, prompt, cache = caudate_slice
-    full = copy.copy(litemedsam)
-    full.supports_reuse = False
+    full = without_reuse(litemedsam)
     x0, y0, x1, y1 = (int(v) for v in prompt.box)
     roi = np.zeros(image.shape, bool)
     roi[y0:y1 + 1, x0:x1 + 1] = True

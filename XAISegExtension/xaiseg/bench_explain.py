@@ -53,6 +53,18 @@ class _Scorer:
         return Module()
 
 
+def monai_occlusion(engine, image: np.ndarray, patch: int, stride: int, batch: int) -> np.ndarray:
+    """MONAI's OcclusionSensitivity (zero fill, full image) of ``engine``'s score on ``image``, as
+    the score lost where each pixel is removed (the engine's baseline minus MONAI's map)."""
+    import torch
+    from monai.visualize import OcclusionSensitivity
+
+    sens = OcclusionSensitivity(_Scorer(engine), mask_size=patch, n_batch=batch, mode=0.0,
+                                overlap=1.0 - stride / patch, activate=False, verbose=False)
+    occ_map, _ = sens(torch.from_numpy(image)[None, None])
+    return engine.baseline - occ_map[0, 0].detach().numpy()
+
+
 def slice_setup(session, seg, k: int):
     """Slice ``k`` of a segmentation: image, prompt, cached embedding, mask and embedding ROI."""
     from .explain_volume import slice_prompt as _slice_prompt
@@ -97,14 +109,9 @@ def occlusion_rows(session, seg, k: int, steps: int) -> List[Dict]:
     full = np.ones(image.shape, bool)
     x = torch.from_numpy(image)[None, None]
 
-    from monai.visualize import OcclusionSensitivity
-
     engine = PerturbationEngine(session.segmenter, image, prompt, full, embedding=embedding, batch_size=8)
     t0 = time.perf_counter()
-    sens = OcclusionSensitivity(_Scorer(engine), mask_size=p, n_batch=8, mode=0.0, overlap=1.0 - s / p,
-                                activate=False, verbose=False)
-    occ_map, _ = sens(x)
-    monai_map = engine.baseline - occ_map[0, 0].detach().numpy()
+    monai_map = monai_occlusion(engine, image, p, s, 8)
     rows.append({"slice": k, "method": f"MONAI OcclusionSensitivity (full image, mask {p}, overlap {1 - s / p:.2f})",
                  "encoder_passes": engine.evaluations, "seconds": time.perf_counter() - t0,
                  "deletion_auc": deletion(monai_map)})

@@ -141,16 +141,14 @@ def map_rows(segmenter, image, prompt, cache, rounds: int) -> List[Dict]:
     reuse: seconds, passes, and the largest difference between the maps.  With reuse the engine
     builds its own cache (one full pass more) as the volume pipeline's engines do today; "reuse,
     shared cache" is given the slice's cache."""
-    import copy
-
     from .explain import make_explainer
+    from .models.base import without_reuse
     from .roi import RoiConfig, RoiFinder
 
     embedding = cache.embedding
     mask = segmenter.decode(embedding, prompt.clipped(image.shape)) > 0
     roi, _ = RoiFinder(RoiConfig("embedding")).find(image, prompt, mask, embedding)
-    plain = copy.copy(segmenter)
-    plain.supports_reuse = False
+    plain = without_reuse(segmenter)
     runs: Dict[str, list] = {"full": [], "reuse": [], "reuse, shared cache": []}
 
     def run(label, seg, shared):

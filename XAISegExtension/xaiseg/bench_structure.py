@@ -21,7 +21,6 @@ All figures of a run come from one process on one machine, which is recorded; co
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -29,6 +28,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .io import write_tables
+from .models.base import without_reuse
 
 PASSES = 6
 GOALS = {"passes_per_slice": 6, "deletion_auc_margin": 0.02, "x_segmentation": 4.0}
@@ -65,8 +65,7 @@ def slice_rows(session, seg, k: int, passes: int, steps: int) -> Dict[str, Dict]
     from .bench_explain import slice_setup
 
     image, prompt, embedding, _mask, region = slice_setup(session, seg, k)
-    plain = copy.copy(session.segmenter)
-    plain.supports_reuse = False
+    plain = without_reuse(session.segmenter)
     out: Dict[str, Dict] = {}
     for key, _label, settings, batch, reuse in VARIANTS:
         settings = dict(passes=passes) if settings is None else settings
@@ -88,25 +87,18 @@ def slice_rows(session, seg, k: int, passes: int, steps: int) -> Dict[str, Dict]
 
 def monai_row(session, seg, k: int, steps: int) -> Dict:
     """MONAI's OcclusionSensitivity (full image, seed 001's 64 / 32 patches) on slice ``k``."""
-    import torch
-    from monai.visualize import OcclusionSensitivity
-
-    from .bench_explain import _Scorer, slice_setup
+    from .bench_explain import monai_occlusion, slice_setup
     from .explain import make_explainer
     from .explain.base import PerturbationEngine
     from .explain.measure import faithfulness
 
     image, prompt, embedding, _mask, region = slice_setup(session, seg, k)
     p, s = make_explainer("occlusion", session.segmenter, patch=64, stride=32).pixel_sizes(image.shape)
-    plain = copy.copy(session.segmenter)
-    plain.supports_reuse = False
+    plain = without_reuse(session.segmenter)
     engine = PerturbationEngine(plain, image, prompt, np.ones(image.shape, bool), embedding=embedding, batch_size=1)
     t0 = time.perf_counter()
-    sens = OcclusionSensitivity(_Scorer(engine), mask_size=p, n_batch=1, mode=0.0, overlap=1.0 - s / p,
-                                activate=False, verbose=False)
-    occ_map, _ = sens(torch.from_numpy(image)[None, None])
+    raw = monai_occlusion(engine, image, p, s, 1)
     seconds = time.perf_counter() - t0
-    raw = engine.baseline - occ_map[0, 0].detach().numpy()
     curves = PerturbationEngine(session.segmenter, image, prompt, region, embedding=embedding)
     return {"slice": k, "passes": engine.evaluations, "seconds": seconds,
             "deletion_auc": faithfulness(curves, np.where(region, raw, 0.0), steps)["deletion_auc"]}

@@ -259,6 +259,14 @@ def _submodule(root, dotted: str):
     return target
 
 
+def without_reuse(segmenter: PromptableSegmenter) -> PromptableSegmenter:
+    """A shallow copy of ``segmenter`` (the same weights) that makes every perturbed pass a full one:
+    the baseline that activation reuse is measured and checked against."""
+    plain = copy.copy(segmenter)
+    plain.supports_reuse = False
+    return plain
+
+
 def randomized_copy(segmenter: PromptableSegmenter, seed: int = 0, part=None) -> PromptableSegmenter:
     """A deep copy of ``segmenter`` whose weights (all, or the submodule(s) named by ``part``: a
     dotted name such as ``image_encoder.layers.3`` or a list of them) are re-drawn.
