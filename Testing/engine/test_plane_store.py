@@ -180,3 +180,12 @@ def test_a_cancelled_run_leaves_no_planes_on_disk(tmp_path, monkeypatch):
     planes = tmp_path / "cache" / "planes"
     assert planes.is_dir() and list(planes.iterdir()) == []
     assert not (tmp_path / "cancelled").exists()
+
+
+def test_the_store_replay_of_the_memory_benchmark_spills_beyond_its_bound():
+    from xaiseg.bench_memory import store_replay
+
+    spilled = store_replay(slices=3, side=16, memory_bytes=0)
+    kept = store_replay(slices=3, side=16, memory_bytes=1 << 30)
+    # with no memory every put but the newest goes to disk: 3 passes x 2 methods x 3 slices + images and logits
+    assert spilled["bundles_written"] >= 3 * 2 * 3 and kept["bundles_written"] == 0

@@ -174,6 +174,59 @@ def write_report(outdir: Path, result: Dict) -> None:
     print("\n".join(md))
 
 
+def store_replay(slices: int = 81, side: int = 512, memory_bytes: Optional[int] = None, seed: int = 0) -> Dict:
+    """Seconds the plane store (:mod:`xaiseg.plane_store`) spends on a whole structure's planes: the
+    puts and reads of a run with occlusion and the layer maps (18 components) on ``slices`` slices of
+    ``side`` x ``side``, replayed without the model, with the store's memory bound and with everything
+    in memory.  Returns both seconds and the bundles written to disk."""
+    from .explain.base import Explanation
+    from .plane_store import MEMORY_BYTES, ExplanationSlices, PlaneStore, StoredSlices
+
+    rng = np.random.default_rng(seed)
+
+    def plane():
+        return rng.random((side, side), dtype=np.float32)
+
+    def made(parts: int) -> Explanation:
+        return Explanation(saliency=plane(), raw=plane(), method="m", settings={}, n_evaluations=1, seconds=0.0,
+                           roi=plane() > 0.5, roi_source="box", reference=plane() > 0.5,
+                           components={f"layer {i}": plane() for i in range(parts)})
+
+    runs = {k: (made(0), made(18)) for k in range(slices)}
+
+    def replay(bound: int) -> Tuple[float, int]:
+        with tempfile.TemporaryDirectory(prefix="xaiseg-store-replay-") as tmp:
+            store = PlaneStore(memory_bytes=bound, folder=tmp)
+            methods = (ExplanationSlices(store, "occlusion"), ExplanationSlices(store, "layers"))
+            logits, images = StoredSlices(store, "logits"), StoredSlices(store, "image")
+            t = time.perf_counter()
+            for k, (occlusion, layers) in runs.items():  # pass 1
+                logits[k], images[k] = occlusion.raw, occlusion.raw.astype(np.int16)
+                methods[0][k], methods[1][k] = occlusion, layers
+            for per_slice in methods:  # pass 2: the structure's scale, then each display map
+                max(float(per_slice.plane(k, "raw")[per_slice.plane(k, "roi")].max()) for k in per_slice)
+                for k in per_slice:
+                    per_slice[k] = per_slice[k]
+            for k in runs:  # pass 3
+                logits.pop(k)
+                for per_slice in methods:
+                    per_slice[k] = per_slice[k]
+            for per_slice in methods:  # writing: each volume's planes, then each slice's PNGs
+                for name in ["saliency", "raw"] + per_slice.components():
+                    for _ in per_slice.planes(name):
+                        pass
+                for k in per_slice:
+                    per_slice[k], images[k]
+            seconds = time.perf_counter() - t
+            store.close()
+            return seconds, store.written
+
+    bound = MEMORY_BYTES if memory_bytes is None else memory_bytes
+    (kept, written), (in_memory, _) = replay(bound), replay(1 << 62)
+    return {"slices": slices, "side": side, "memory_bytes": bound, "seconds": round(kept, 2),
+            "seconds_in_memory": round(in_memory, 2), "bundles_written": written}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m xaiseg.bench_memory", description=__doc__.split("\n\n")[0])
     p.add_argument("-o", "--output", default="docs/benchmarks", help="folder for memory.md/.json")
@@ -182,8 +235,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--before", metavar="DIR", help="first run the same command with the engine in DIR (the "
                                                    "XAISegExtension folder of another checkout)")
     p.add_argument("--workdir", help="folder for the phantom and the outputs (default: the system's temporary folder)")
+    p.add_argument("--store-replay", action="store_true", help="only time the plane store on --slices slices of "
+                                                                  "512 x 512 (no model; prints the seconds)")
     p.add_argument("extra", nargs="*", help="more `xaiseg explain` options after --, e.g. -- --metric-steps 0")
     a = p.parse_args(argv)
+    if a.store_replay:
+        print(store_replay(a.slices))
+        return 0
     result = bench_memory(Path(a.output), a.slices, a.method, a.extra, a.before,
                           Path(a.workdir) if a.workdir else None)
     return 0 if all(r["status"] == 0 for r in result["runs"].values()) else 1
