@@ -85,10 +85,13 @@ class ExplainRun:
                 out[method] = self._volumes(lambda parts=parts: parts, per_slice.planes)
         return out
 
+    def _raws(self, method: str) -> PlaneVolumes:
+        return self._volumes(lambda: [method], lambda m: self.explanations[m].planes("raw"))
+
     def raw(self, method: str) -> np.ndarray:
         """The method's raw maps (score units: the explained score lost when a region is removed) as a
         volume on the input's grid, 0 off the explained slices."""
-        return self._volumes(lambda: [method], lambda m: self.explanations[m].planes("raw"))[method]
+        return self._raws(method)[method]
 
     def close(self) -> None:
         """Forget the maps and remove their files (the run can no longer be written)."""
@@ -156,8 +159,7 @@ class ExplainRun:
                                           lambda sal: sal >= cut)}
         if self.perturbs.get(method, True):  # score units; a similarity map (layers) is its own display map
             entry["raw"] = f"{n}_{method}_raw{suffix}"
-            raws = self._volumes(lambda: [method], lambda m: per_slice.planes("raw"))
-            files[f"{method}_raw"] = _write_map(vol, raws, method, axis, stage / entry["raw"])
+            files[f"{method}_raw"] = _write_map(vol, self._raws(method), method, axis, stage / entry["raw"])
         if pngs:
             for k in sorted(per_slice):
                 png = f"{n}_{method}_k{k:03d}.png"

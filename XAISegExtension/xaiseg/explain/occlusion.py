@@ -24,6 +24,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from ..errors import InputError
+from ..models.base import mask_rect
 from ..settings import setting
 from .base import Attribution, CommonSettings, Explainer, PerturbationEngine
 from .registry import register
@@ -186,8 +187,7 @@ class Occlusion(Explainer):
     def budgeted(self, engine: PerturbationEngine) -> Attribution:
         """Cells of the ROI's bounding rectangle, coarse to fine, at most ``passes`` of them."""
         shape, roi = engine.image.shape, engine.roi
-        ys, xs = np.nonzero(roi)
-        rect = (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)
+        rect = mask_rect(roi)
         budget = int(self.passes)
         engine.progress.stage(engine.stage, budget)
         total = np.zeros(shape, np.float64)

