@@ -16,46 +16,44 @@ written under a temporary name and renamed when complete: a half-written cache i
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Optional
 
 from .diskspace import PathLike
-from .spill import SpillFolder
+from .spill import SpillingStore
 
 #: caches held in memory before older ones go to disk: two LiteMedSAM caches, so that a run of one
 #: or two slices (the Slicer panel's usual case) never touches the disk
 MEMORY_BYTES = 160 << 20
 
 
-class KeptCaches:
+class KeptCaches(SpillingStore):
     """Activation caches by slice index: :meth:`put` as slices are encoded (segmentation, or pass 1),
     :meth:`get` in pass 1, :meth:`take` (once) in pass 3.  One store serves a whole run, so a cache
     segmentation kept is written once and read where it is needed."""
 
+    kind = "activations"
+
     def __init__(self, segmenter, memory_bytes: Optional[int] = None, folder: Optional[PathLike] = None) -> None:
+        super().__init__(MEMORY_BYTES if memory_bytes is None else memory_bytes, folder)
         self.segmenter = segmenter
-        self.memory_bytes = MEMORY_BYTES if memory_bytes is None else int(memory_bytes)
-        self.spill = SpillFolder("activations", folder)
-        self.memory: "OrderedDict[int, object]" = OrderedDict()
-        self.files: Dict[int, Path] = {}
         self.dropped = 0  # caches that could not be kept (disk full or unwritable)
 
-    @property
-    def folder(self) -> Optional[Path]:
-        """The run's folder (None until a cache is written)."""
-        return self.spill.folder
+    def _nbytes(self, cache) -> int:
+        return int(cache.nbytes)
+
+    def _name(self, k: int) -> str:
+        return f"slice{k}.pt"
+
+    def _save(self, cache, path: Path) -> None:
+        self.segmenter.save_cache(cache, path)
+
+    def _unwritten(self, k: int) -> None:
+        self.dropped += 1  # a cache is only a saving: it is dropped (rebuilt or a full pass later)
+        self._forget_memory(k)
 
     def put(self, k: int, cache) -> None:
-        self.discard(k)  # a slice kept again: its older copy goes
-        self.memory[k] = cache
-        self.memory.move_to_end(k)
-        while len(self.memory) > 1 and sum(c.nbytes for c in self.memory.values()) > self.memory_bytes:
-            old, oldest = self.memory.popitem(last=False)
-            self._spill(old, oldest)
-
-    def __contains__(self, k: int) -> bool:
-        return k in self.memory or k in self.files
+        self._put(k, cache)
 
     def get(self, k: int):
         """Slice ``k``'s cache, still kept here (None when it is not)."""
@@ -76,26 +74,6 @@ class KeptCaches:
         cache = self.get(k)
         self.discard(k)
         return cache
-
-    def discard(self, k: int) -> None:
-        """Forget slice ``k``'s cache (and delete its file)."""
-        self.memory.pop(k, None)
-        path = self.files.pop(k, None)
-        if path is not None:
-            path.unlink(missing_ok=True)
-
-    def _spill(self, k: int, cache) -> None:
-        path = self.spill.write(f"slice{k}.pt", lambda part: self.segmenter.save_cache(cache, part), cache.nbytes)
-        if path is None:
-            self.dropped += 1
-        else:
-            self.files[k] = path
-
-    def close(self) -> None:
-        """Forget every cache and remove the temporary folder."""
-        self.memory.clear()
-        self.files.clear()
-        self.spill.close()
 
     def __enter__(self) -> "KeptCaches":
         return self

@@ -13,7 +13,6 @@ write) stays in memory, and the store stops writing to disk for the rest of the 
 from __future__ import annotations
 
 import dataclasses
-from collections import OrderedDict
 from pathlib import Path
 from typing import (Any, Callable, Dict, Hashable, Iterable, Iterator, List, Mapping, MutableMapping, Optional,
                     Sequence, Tuple)
@@ -21,7 +20,7 @@ from typing import (Any, Callable, Dict, Hashable, Iterable, Iterator, List, Map
 import numpy as np
 
 from .diskspace import PathLike
-from .spill import SpillFolder
+from .spill import SpillingStore
 from .volume import put_plane
 
 #: planes held in memory before older ones go to disk: a few slices of every method at 512 x 512,
@@ -35,51 +34,32 @@ def _nbytes(bundle: Bundle) -> int:
     return sum(int(a.nbytes) for a in bundle.values())
 
 
-class PlaneStore:
+class PlaneStore(SpillingStore):
     """Bundles of named arrays by key: :meth:`put`, :meth:`get` (any number of times), :meth:`discard`.
     The newest bundles stay in memory up to ``memory_bytes``; older ones go to files."""
 
+    kind = "planes"
+
     def __init__(self, memory_bytes: Optional[int] = None, folder: Optional[PathLike] = None) -> None:
-        self.memory_bytes = MEMORY_BYTES if memory_bytes is None else int(memory_bytes)
-        self.spill = SpillFolder("planes", folder)
-        self.memory: "OrderedDict[Hashable, Bundle]" = OrderedDict()
-        self.files: Dict[Hashable, Path] = {}
-        self.in_memory_bytes = 0
-        self.written = 0  # bundles written to disk
-        self.unwritable = False  # a write failed: everything stays in memory from then on
+        super().__init__(MEMORY_BYTES if memory_bytes is None else memory_bytes, folder)
         self._serial = 0
 
-    @property
-    def folder(self) -> Optional[Path]:
-        return self.spill.folder
+    def _nbytes(self, bundle: Bundle) -> int:
+        return _nbytes(bundle)
+
+    def _name(self, key: Hashable) -> str:
+        self._serial += 1
+        return f"b{self._serial}.npz"
+
+    def _save(self, bundle: Bundle, path: Path) -> None:
+        with open(path, "wb") as fh:
+            np.savez(fh, **bundle)
+
+    def _unwritten(self, key: Hashable) -> None:
+        self.unwritable = True  # a result is never dropped: it and every later one stay in memory
 
     def put(self, key: Hashable, bundle: Bundle) -> None:
-        self.discard(key)
-        bundle = {name: np.asarray(a) for name, a in bundle.items()}
-        self.memory[key] = bundle
-        self.in_memory_bytes += _nbytes(bundle)
-        while len(self.memory) > 1 and self.in_memory_bytes > self.memory_bytes and not self.unwritable:
-            old = next(iter(self.memory))
-            if not self._write(old, self.memory[old]):
-                self.unwritable = True
-                break
-            self.in_memory_bytes -= _nbytes(self.memory.pop(old))
-
-    def _write(self, key: Hashable, bundle: Bundle) -> bool:
-        def save(part: Path) -> None:
-            with open(part, "wb") as fh:
-                np.savez(fh, **bundle)
-
-        self._serial += 1
-        path = self.spill.write(f"b{self._serial}.npz", save, _nbytes(bundle))
-        if path is None:
-            return False
-        self.files[key] = path
-        self.written += 1
-        return True
-
-    def __contains__(self, key: Hashable) -> bool:
-        return key in self.memory or key in self.files
+        self._put(key, {name: np.asarray(a) for name, a in bundle.items()})
 
     def get(self, key: Hashable, names: Optional[Sequence[str]] = None) -> Bundle:
         """The bundle of ``key`` (only ``names`` of it when given); KeyError when it is not here.  A
@@ -90,21 +70,6 @@ class PlaneStore:
         with np.load(self.files[key], allow_pickle=False) as stored:
             wanted = stored.files if names is None else [n for n in names if n in stored.files]
             return {n: stored[n] for n in wanted}
-
-    def discard(self, key: Hashable) -> None:
-        bundle = self.memory.pop(key, None)
-        if bundle is not None:
-            self.in_memory_bytes -= _nbytes(bundle)
-        path = self.files.pop(key, None)
-        if path is not None:
-            path.unlink(missing_ok=True)
-
-    def close(self) -> None:
-        """Forget every bundle and remove the folder."""
-        self.memory.clear()
-        self.files.clear()
-        self.in_memory_bytes = 0
-        self.spill.close()
 
 
 class StoredSlices(MutableMapping):
@@ -217,11 +182,6 @@ class PlaneVolumes(Mapping):
                  planes: Callable[[str], Iterable[Tuple[int, np.ndarray]]]) -> None:
         self.shape, self.axis = tuple(shape), int(axis)
         self._names, self._planes = names, planes
-
-    @classmethod
-    def of(cls, shape, axis: int, planes: Mapping[str, Mapping[int, np.ndarray]]) -> "PlaneVolumes":
-        """Volumes of planes held in a mapping ``name -> {k: plane}``."""
-        return cls(shape, axis, lambda: list(planes), lambda name: sorted(planes[name].items(), key=lambda kv: kv[0]))
 
     def planes(self, name: str) -> Iterable[Tuple[int, np.ndarray]]:
         if name not in self._names():

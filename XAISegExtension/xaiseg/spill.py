@@ -1,4 +1,4 @@
-"""A run's private folder for what it keeps on disk instead of in memory.
+"""A run's private folder for what it keeps on disk instead of in memory, and the store that fills it.
 
 Two stores use it: the activation caches kept from segmentation to the Dice drop
 (:mod:`.kept_caches`) and the finished planes of an explanation kept until its files are written
@@ -17,7 +17,8 @@ import socket
 import tempfile
 import weakref
 from pathlib import Path
-from typing import Callable, Optional
+from collections import OrderedDict
+from typing import Callable, Dict, Hashable, Optional
 
 from .diskspace import PathLike, free_bytes
 from .weights import default_cache_dir
@@ -87,3 +88,76 @@ class SpillFolder:
         if self._remove is not None:
             self._remove()
         self.folder, self._remove = None, None
+
+
+class SpillingStore:
+    """Values by key, the newest in memory up to ``memory_bytes`` and older ones written to files in a
+    :class:`SpillFolder` of ``kind``.  A subclass says how a value is sized, named, saved and read
+    back, and what a failed write means (:meth:`_unwritten`)."""
+
+    kind = "spill"
+
+    def __init__(self, memory_bytes: int, folder: Optional[PathLike] = None) -> None:
+        self.memory_bytes = int(memory_bytes)
+        self.spill = SpillFolder(self.kind, folder)
+        self.memory: "OrderedDict[Hashable, object]" = OrderedDict()
+        self.files: Dict[Hashable, Path] = {}
+        self.in_memory_bytes = 0
+        self.written = 0  # values written to disk
+        self.unwritable = False  # set by a subclass that stops writing after a failure
+
+    @property
+    def folder(self) -> Optional[Path]:
+        """The run's folder (None until a value is written)."""
+        return self.spill.folder
+
+    def _nbytes(self, value) -> int:
+        raise NotImplementedError
+
+    def _name(self, key: Hashable) -> str:
+        raise NotImplementedError
+
+    def _save(self, value, path: Path) -> None:
+        raise NotImplementedError
+
+    def _unwritten(self, key: Hashable) -> None:
+        """``key``'s value could not be written (a full disk, a failed write)."""
+        raise NotImplementedError
+
+    def _put(self, key: Hashable, value) -> None:
+        """Keep ``value`` (in memory, the oldest others going to disk beyond the bound)."""
+        self.discard(key)  # kept again: its older copy goes
+        self.memory[key] = value
+        self.in_memory_bytes += self._nbytes(value)
+        while len(self.memory) > 1 and self.in_memory_bytes > self.memory_bytes and not self.unwritable:
+            old = next(iter(self.memory))
+            value = self.memory[old]
+            path = self.spill.write(self._name(old), lambda part: self._save(value, part), self._nbytes(value))
+            if path is None:
+                self._unwritten(old)
+                continue
+            self.files[old] = path
+            self.written += 1
+            self._forget_memory(old)
+
+    def _forget_memory(self, key: Hashable) -> None:
+        value = self.memory.pop(key, None)
+        if value is not None:
+            self.in_memory_bytes -= self._nbytes(value)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self.memory or key in self.files
+
+    def discard(self, key: Hashable) -> None:
+        """Forget ``key``'s value (and delete its file)."""
+        self._forget_memory(key)
+        path = self.files.pop(key, None)
+        if path is not None:
+            path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Forget every value and remove the folder."""
+        self.memory.clear()
+        self.files.clear()
+        self.in_memory_bytes = 0
+        self.spill.close()
