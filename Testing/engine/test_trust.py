@@ -146,12 +146,33 @@ def test_structure_sized_perturbations():
     occ = make_explainer("occlusion", toy, grid="image")
     assert occ.pixel_sizes((64, 64), (36, 36, 55, 55)) == (20, 20)  # coarse level: the box's shorter side, tiled
     ex = occ.replace(metric_steps=0).explain(evidence_image(), PROMPT, roi=whole_slice())
-    # only the coarse patch over most of the evidence square moved the score; it alone is refined
+    # only the coarse patch over most of the evidence square lowered the score; it alone is refined
     assert ex.details["patches_refined"] == 9 and ex.n_evaluations == ex.details["patches_full"] + 9
     assert all(v < 20 for v in np.unravel_index(np.argmax(ex.raw), ex.raw.shape))
     ex = make_explainer("rise", toy, n_masks=100, check_every=50, metric_steps=0).explain(
         evidence_image(), PROMPT, roi=whole_slice())
     assert ex.details["cells"] == 7  # cells of half the 20 px box over the 64 px ROI
+
+
+def test_the_two_patches_that_lowered_the_score_most_are_refined():
+    """Refinement takes the two coarse patches with the largest drops (never one that did not lower
+    the score), so a slice costs the coarse patches plus 18 passes whatever its map looks like."""
+    occ = make_explainer("occlusion", SquareEvidence(), grid="image")
+    coarse = [(0, 0, 20), (0, 20, 20), (20, 0, 20), (20, 20, 20), (40, 40, 20)]
+    fine = occ.refined(coarse, np.array([0.1, 0.9, 0.5, 0.45, 0.0]), (64, 64))
+    assert len(fine) == 18 and all(q == 10 for _, _, q in fine)
+    inside = {(0, 20): 0, (20, 0): 0}
+    for y, x, q in fine:   # each finer patch lies inside one of the two hottest coarse patches
+        parent = next(c for c in inside if c[0] <= y and y + q <= c[0] + 20 and c[1] <= x and x + q <= c[1] + 20)
+        inside[parent] += 1
+    assert inside == {(0, 20): 9, (20, 0): 9}
+    # three patches as hot as each other: still two refined (the first two, the order is stable)
+    assert len(occ.refined(coarse, np.array([0.5, 0.5, 0.5, 0.0, 0.0]), (64, 64))) == 18
+    assert len(occ.refined(coarse, np.array([0.7, 0.0, -0.1, 0.0, 0.0]), (64, 64))) == 9
+    assert occ.refined(coarse, np.zeros(5), (64, 64)) == []
+    # the estimate counts the same: the coarse patches plus 9 for each of two refined ones
+    assert occ.cost((30.0, 30.0), grid=64) == 3 * 3 + 18   # 20 px patches over a 30 px ROI: 3 x 3 coarse
+    assert occ.cost((30.0, 30.0), grid=16) == 1 + 9        # a single coarse patch: only it is refined
 
 
 def test_inpainted_removal_does_not_reward_scattered_holes():

@@ -4,10 +4,11 @@ explained score when it is removed; a pixel's value is the mean drop of the patc
 
 Patch size, by default, from the structure, coarse to fine: first patches as large as the prompt
 box's shorter side (within ``[MIN_PATCH, 64]`` model-grid pixels) tile the ROI; then, only inside
-the coarse patches whose removal moved the score most (at least ``HOT`` of the largest drop), patches
-of half that size at a quarter's stride refine the map.  The map resolves the structure at a
-fraction of the passes a fine grid over the whole ROI would cost.  ``--patch 64 --stride 32`` gives
-seed 001's fixed single-level grid, measured on the model's input grid (``grid="model"``,
+the ``REFINE`` coarse patches whose removal lowered the score most, patches of half that size at a
+quarter's stride refine the map.  The map resolves the structure at a fraction of the passes a fine
+grid over the whole ROI would cost, and every slice costs the same number of passes (the coarse
+patches plus ``9 * REFINE``), so the estimate before a run does not depend on the maps.
+``--patch 64 --stride 32`` gives seed 001's fixed single-level grid, measured on the model's input grid (``grid="model"``,
 LiteMedSAM's 256) or on the slice's pixels (``grid="image"``).
 
 With a pass budget (``passes``, ``--occlusion-passes N``, N >= 4) the patches are cells of the
@@ -41,7 +42,8 @@ def positions(length: int, patch: int, stride: int) -> List[int]:
 
 
 MIN_PATCH = 8  # model-grid pixels: the smallest coarse structure-sized patch
-HOT = 0.5  # coarse patches refined: those whose drop reaches this share of the largest drop
+REFINE = 2  # coarse patches refined: those whose removal lowered the score most (if it lowered it at all)
+FINE_PER_PATCH = 9  # a refined patch's finer patches: half its size at a quarter's stride, 3 x 3
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ class Occlusion(Explainer):
         coarse = max(1, counts[0] * counts[1])
         if self.patch:
             return coarse
-        return coarse + 2 * 9  # about two coarse patches refined with 3 x 3 finer ones each (an estimate)
+        return coarse + FINE_PER_PATCH * min(REFINE, coarse)
 
     def _scores(self, engine: PerturbationEngine, cells, shape) -> np.ndarray:
         keeps = []
@@ -168,15 +170,13 @@ class Occlusion(Explainer):
         return engine.baseline - engine.scores(keeps, restrict=False, total=0)
 
     def refined(self, coarse, drops, shape) -> List[Tuple[int, int, int]]:
-        """Finer patches (half the size, a quarter's stride) inside the coarse patches whose drop
-        reaches ``HOT`` of the largest one."""
-        top = float(np.max(drops)) if len(drops) else 0.0
-        if top <= 0:
-            return []
+        """Finer patches (half the size, a quarter's stride) inside the ``REFINE`` coarse patches
+        whose removal lowered the score most; a patch that did not lower it is not refined."""
         fine: set = set()
-        for (y, x, p), d in zip(coarse, drops):
-            if d < HOT * top:
+        for i in np.argsort(-np.asarray(drops, np.float64), kind="stable")[:REFINE]:
+            if drops[i] <= 0:
                 continue
+            y, x, p = coarse[i]
             q = max(1, p // 2)
             step = max(1, q // 2)
             for yy in range(y, y + p - q + 1, step):
@@ -228,7 +228,8 @@ class Occlusion(Explainer):
         box = prompt_box(engine.prompt, engine.reference) if not self.patch else None
         every = self.patches(shape, box)
         chosen = [(y, x, p) for (y, x, p) in every if engine.roi[y:y + p, x:x + p].any()]
-        engine.progress.stage(engine.stage, len(chosen) + (0 if self.patch else 2 * 9))
+        fine_passes = 0 if self.patch else FINE_PER_PATCH * min(REFINE, len(chosen))
+        engine.progress.stage(engine.stage, len(chosen) + fine_passes)
         drops = self._scores(engine, [_square(*c) for c in chosen], shape)
         fine = [] if self.patch else self.refined(chosen, drops, shape)
         if fine:
