@@ -30,3 +30,34 @@ def test_the_structure_bench_samples_inside_the_structure():
     assert sample_slices(ks, 1) == [82] and sample_slices(ks, 2) == [77, 87]
     assert all(66 < k < 98 for k in sample_slices(ks, 5))  # not the end slices, where the structure is a speck
     assert sample_slices([3, 4], 3) == [3]  # never more slices than there are
+
+
+def test_one_method_measured_again_needs_the_others_rows(tmp_path):
+    """``--methods occlusion`` replaces only occlusion's rows, so it refuses a folder without the
+    first run's tables (or with tables of other settings) before loading anything."""
+    import json
+
+    import pytest
+
+    from xaiseg.bench_faithfulness import bench_faithfulness
+    from xaiseg.errors import InputError
+
+    with pytest.raises(InputError, match="expected some of occlusion,rise,layers"):
+        bench_faithfulness(tmp_path, methods=["gradcam"])
+    with pytest.raises(InputError, match="expected every structure .*Left_Caudate.*found none"):
+        bench_faithfulness(tmp_path, structures=["Left_Caudate"], methods=["occlusion"])
+    (tmp_path / "faithfulness.json").write_text(json.dumps({"pairs": 1, "masks": 300, "metric_fill": "inpaint",
+                                                            "maps": {"Left_Caudate": {"methods": {}}}}))
+    with pytest.raises(InputError, match="masks 100"):  # measured with other settings: not comparable
+        bench_faithfulness(tmp_path, structures=["Left_Caudate"], masks=100, methods=["occlusion"])
+    assert not list(tmp_path.glob("*.md"))  # nothing written
+
+
+def test_the_table_says_which_rows_were_measured_again():
+    per = {"1": row(True)}
+    m = {"deletion_auc": 0.2, "best_trivial_deletion_auc": 0.3, "deletion_gain": 0.1, "beats_trivial_share": 1.0,
+         "insertion_auc": 0.5, "adjacent_spearman": None, "evidence_share": 1.0, "evaluations": 27, "per_slice": per}
+    maps = {"A": {"methods": {"occlusion": m, "rise": m}, "remeasured": [
+        {"methods": ["occlusion"], "seconds": 12.0, "machine": {}, "date": "2026-12-02"}]}}
+    text = markdown({"machine": {"platform": "test"}, "pairs": 1, "masks": 100, "maps": maps, "seconds": 1})
+    assert "A: occlusion on 2026-12-02 (12 s)" in text and text.count("| A |") == 2

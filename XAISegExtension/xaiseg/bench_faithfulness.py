@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .errors import InputError
 from .io import write_tables
 
 METHODS = ("occlusion", "rise", "layers")
@@ -50,8 +51,8 @@ def _explainers(masks: int, cascade: bool = False, fill: str = "zero", only: Seq
 
 
 def structure_rows(session, sample, name: str, pairs: Optional[int], masks: int, progress,
-                   metric_fill: str = "inpaint") -> Dict:
-    """Explain one structure's sampled slices; the per-method figures and per-slice rows."""
+                   metric_fill: str = "inpaint", methods: Sequence[str] = METHODS) -> Dict:
+    """Explain one structure's sampled slices with ``methods``; the per-method figures and per-slice rows."""
     from .volume import LabelBoxPrompt
 
     truth = sample.mask(name)
@@ -66,7 +67,7 @@ def structure_rows(session, sample, name: str, pairs: Optional[int], masks: int,
     seg = session.segment(LabelBoxPrompt(boxes, 1), name=name, progress=progress)
     slices = [k for k in slices if any(r.index == k and r.voxels for r in seg.slices)]
     t0 = time.perf_counter()
-    run = session.explain(seg, _explainers(masks, metric_fill=metric_fill), slices=slices, target=truth,
+    run = session.explain(seg, _explainers(masks, metric_fill=metric_fill, only=methods), slices=slices, target=truth,
                           progress=progress)
     seconds = time.perf_counter() - t0
     doc = run.metrics()
@@ -124,7 +125,11 @@ def fill_rows(session, sample, name: str, progress, metric_fill: str = "inpaint"
 
 def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
                        structures: Optional[Sequence[str]] = None, pairs: Optional[int] = 1, masks: int = 300,
-                       parts: Sequence[str] = ("maps", "cascade", "fills"), metric_fill: str = "inpaint") -> Dict:
+                       parts: Sequence[str] = ("maps", "cascade", "fills"), metric_fill: str = "inpaint",
+                       methods: Sequence[str] = METHODS) -> Dict:
+    """``methods``: what the maps part measures; a subset measures only those methods again and
+    replaces their rows in the tables already written with the same pairs, masks and curves (the
+    other methods' rows stay; each re-measured structure records which methods, when and where)."""
     from .bench_explain import machine
     from .models.litemedsam import LiteMedSAM
     from .pipeline import SegmentConfig, Session
@@ -132,27 +137,42 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
     from .sample_data import DEMO_STRUCTURES, load_mni_atlas
 
     structures = tuple(structures or (DEMO_STRUCTURES[:1] if quick else DEMO_STRUCTURES))
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown or not methods:
+        raise InputError(f"faithfulness methods {','.join(unknown) or '(none)'}: expected some of {','.join(METHODS)}")
+    subset = set(methods) != set(METHODS)
+    path = Path(outdir) / "faithfulness.json"
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    done = {}  # structures whose maps were measured with the same pairs, masks and curves
+    if previous.get("pairs") == pairs and previous.get("masks") == masks and \
+            previous.get("metric_fill", "zero") == metric_fill:
+        done = previous.get("maps") or {}
+    if "maps" in parts and subset and not all(name in done for name in structures):
+        raise InputError(f"faithfulness methods {','.join(methods)} replace rows of {path} measured with "
+                         f"pairs {pairs}, masks {masks} and curves {metric_fill}; expected every structure "
+                         f"({', '.join(structures)}) there, found {', '.join(done) or 'none'}: run all methods")
+    result: Dict = {"machine": machine(device), "structures": list(structures), "pairs": pairs, "masks": masks,
+                    "metric_fill": metric_fill, "goals": GOALS, "parts": list(parts)}
+    # parts already measured stay (each part records its machine)
+    result.update({k: v for k, v in previous.items() if k in ("maps", "cascade", "fills") and k not in parts})
     sample = load_mni_atlas(structures)
     session = Session(sample.image, LiteMedSAM(device=device), SegmentConfig())
     progress = TqdmProgress()
-    result: Dict = {"machine": machine(device), "structures": list(structures), "pairs": pairs, "masks": masks,
-                    "metric_fill": metric_fill, "goals": GOALS, "parts": list(parts)}
-    path = Path(outdir) / "faithfulness.json"
-    if path.is_file():  # parts already measured stay (each part records its machine)
-        previous = json.loads(path.read_text())
-        result.update({k: v for k, v in previous.items() if k in ("maps", "cascade", "fills") and k not in parts})
     t0 = time.perf_counter()
     if "maps" in parts:  # one structure at a time, saved as it comes; a re-run resumes after the last
-        done = {}
-        if path.is_file():
-            previous = json.loads(path.read_text())
-            if previous.get("pairs") == pairs and previous.get("masks") == masks and \
-                    previous.get("metric_fill", "zero") == metric_fill:
-                done = previous.get("maps") or {}
-        result["maps"] = {}
+        result["maps"] = dict(done) if subset else {}
         for name in structures:
-            result["maps"][name] = done.get(name) or structure_rows(session, sample, name, pairs, masks, progress,
-                                                                    metric_fill)
+            if not subset:
+                result["maps"][name] = done.get(name) or structure_rows(session, sample, name, pairs, masks,
+                                                                        progress, metric_fill)
+            else:
+                fresh = structure_rows(session, sample, name, pairs, masks, progress, metric_fill, methods)
+                entry = dict(done[name])
+                entry["methods"] = {m: fresh["methods"].get(m, v) for m, v in entry["methods"].items()}
+                entry["remeasured"] = entry.get("remeasured", []) + [
+                    {"methods": list(methods), "seconds": fresh["seconds"], "machine": result["machine"],
+                     "date": time.strftime("%Y-%m-%d")}]
+                result["maps"][name] = entry
             _save(outdir, result)
     if "cascade" in parts:
         result["cascade"] = {structures[0]: cascade_rows(session, sample, structures[0], min(masks, 100),
@@ -230,6 +250,11 @@ def markdown(result: Dict) -> str:
             lines.append(f"| {method} | {g['slices']} | {_f(b, 2)} | "
                          f"{'yes' if b is not None and b >= GOALS['beats_trivial_share'] else 'no'} | {_f(r, 2)} | "
                          f"{'yes' if r is not None and r >= GOALS['adjacent_spearman'] else 'no'} |")
+        again = [(name, r) for name, entry in maps.items() for r in entry.get("remeasured", [])]
+        if again:
+            lines += ["", "Rows measured again on their own (`--methods`; the other methods' rows are from the "
+                      "first run): " + "; ".join(f"{name}: {', '.join(r['methods'])} on {r['date']} "
+                                                f"({r['seconds']:.0f} s)" for name, r in again) + "."]
     cascade = result.get("cascade") or {}
     for name, entry in cascade.items():
         lines += ["", f"Cascading randomisation on {name}, slice {entry['slice']} (Spearman of the map with the "

@@ -119,7 +119,8 @@ def cmd_bench(args) -> int:
         structures = [s.strip() for s in args.structures.split(",")] if args.structures else None
         bench_faithfulness(Path(args.output), quick=args.quick, device=args.device, structures=structures,
                            pairs=args.pairs or None, masks=args.masks, parts=parts or ("maps", "cascade", "fills"),
-                           metric_fill=args.metric_fill)
+                           metric_fill=args.metric_fill, **({"methods": [m.strip() for m in args.methods.split(",")
+                                                                        if m.strip()]} if args.methods else {}))
         return 0
     if args.what == "audit":
         from .bench_audit import bench_audit
@@ -208,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--pairs", type=int, default=1, help="faithfulness: pairs of adjacent slices per structure (0: "
                                                         "every slice; default 1)")
     b.add_argument("--masks", type=int, default=300, help="faithfulness: most RISE masks per slice (default 300)")
+    b.add_argument("--methods", help="faithfulness: the methods its maps part measures (default occlusion,rise,"
+                                     "layers); some of them measure those again and replace only their rows")
     b.add_argument("--metric-fill", default="inpaint", choices=METRIC_FILLS,
                    help="faithfulness: how the curves remove pixels (default inpaint; zero: the seed's zero fill)")
     b.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; on a shared machine 1 "
