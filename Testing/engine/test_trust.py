@@ -315,3 +315,30 @@ def test_curves_on_a_sample_of_slices_evidence_and_dice_drop_on_every_one():
         assert v["metric_evaluations"] == 2 + 1 + (3 + 3 * 3 if int(k) in (0, 4) else 0), k
     assert doc["summary"]["deletion_auc"] == pytest.approx(
         np.mean([doc["slices"][k]["deletion_auc"] for k in ("0", "4")]), abs=1e-4)
+
+
+def test_a_structure_is_tiled_by_one_patch_grid_on_every_slice():
+    """Structure-sized occlusion takes one patch size for the whole structure (the median shorter
+    side of the explained slices' boxes), so neighbouring slices share one grid and their maps can
+    be compared; ``sizing="slice"`` sizes each slice from its own box."""
+    from xaiseg.volume import LabelBoxPrompt
+
+    session = Session(toy_volume([0.9, 0.9, 0.9]), SquareEvidence(), SegmentConfig(orientation="array"))
+    labels = np.zeros(session.volume.shape, np.uint8)
+    for k, side in enumerate((12, 20, 28)):
+        labels[k, 30:30 + side, 30:30 + side] = 1
+    seg = session.segment(LabelBoxPrompt(labels, 1), name="toy")
+    patch = {}
+    for sizing in ("structure", "slice"):
+        run = session.explain(seg, [make_explainer("occlusion", grid="image", metric_steps=0, sizing=sizing)],
+                              roi=RoiConfig("box", margin=10))
+        patch[sizing] = [run.explanations["occlusion"].light(k).details["patch_px"] for k in range(3)]
+        side = run.record["methods"]["occlusion"]["side"]  # the size chosen, in the run record
+        assert side == (20.0 if sizing == "structure" else 0.0)
+        run.close()
+    assert patch == {"structure": [20, 20, 20], "slice": [12, 20, 28]}
+    # a single slice explained alone uses its own box
+    ex = make_explainer("occlusion", SquareEvidence(), grid="image")
+    assert ex.for_structure([(0, 0, 11, 11), (0, 0, 19, 19), (0, 0, 27, 27)]).side == 20.0
+    assert ex.replace(patch=16).for_structure([(0, 0, 11, 11)]).side == 0.0  # a fixed patch is not resized
+    assert ex.pixel_sizes((64, 64), (36, 36, 55, 55)) == (20, 20)

@@ -341,6 +341,7 @@ class _VolumeExplanation:
     def __init__(self, session, segmentation, explainers, roi, chosen, target, roi_mask, progress,
                  kept: KeptCaches) -> None:
         from .roi import RoiFinder
+        from .roi.geometry import prompt_box
 
         self.session, self.segmentation, self.roi, self.chosen = session, segmentation, roi, chosen
         self.kept = kept  # activation caches from segmentation or pass 1, for passes 1 and 3
@@ -349,6 +350,10 @@ class _VolumeExplanation:
         self.vs, self.axis = session.volume_segmenter, session.axis
         self.bound = [ex if ex.segmenter is not None else ex.bind(session.segmenter) for ex in explainers]
         self.prompts = {r.index: slice_prompt(r.prompt) for r in segmentation.slices}
+        # perturbations sized from the structure get one size for all its explained slices
+        boxes = [prompt_box(self.vs.to_model_prompt(self.prompts[k].clipped(self.vs.slice_shape)),
+                            self._take(segmentation.volume.array, k)) for k in chosen]
+        self.bound = [ex.for_structure(boxes) for ex in self.bound]
         self.model_prompts: Dict[int, Any] = {}
         self.early: Dict[str, Dict[int, Dict[str, Any]]] = {ex.name: {} for ex in self.bound}
         # every finished plane (maps, slices, logits) goes to one store: the newest in memory, the rest on disk

@@ -475,6 +475,13 @@ class Explainer:
         """A copy with some settings changed."""
         return type(self)(self.segmenter, **dict(as_dict(self.config), **changes))
 
+    def for_structure(self, boxes: Sequence[Optional[Tuple[int, int, int, int]]]) -> "Explainer":
+        """This explainer as it explains every slice of one structure, given the prompt boxes of the
+        explained slices (x0, y0, x1, y1, in the slices' pixels; None where a slice has no box):
+        a method whose perturbations are sized from the structure fixes that size here (the volume
+        pipeline calls it once per run); by default the explainer itself."""
+        return self
+
     def settings(self) -> Dict[str, Any]:
         """The settings, for the run record."""
         return dict(method=self.name, **as_dict(self.config))

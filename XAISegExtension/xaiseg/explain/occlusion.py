@@ -58,6 +58,12 @@ class OcclusionSettings(CommonSettings):
                              "first)", minimum=0, flag="--occlusion-passes")
     grid: str = setting("model", "what patch and stride are measured on: the model's input grid or the slice's "
                                  "pixels", choices=("model", "image"), flag="--occlusion-grid")
+    sizing: str = setting("structure", "structure-sized patches (patch 0): one size for the whole structure, from the "
+                                       "median of the explained slices' prompt boxes, so neighbouring slices share one "
+                                       "grid; or each slice's own box", choices=("structure", "slice"),
+                          flag="--occlusion-sizing")
+    side: float = setting(0.0, "the structure's prompt-box shorter side in slice pixels, set by the volume pipeline "
+                               "with sizing 'structure'; 0: each slice's own box", minimum=0.0, cli=False)
 
     def check(self) -> None:
         if self.passes and self.passes < 4:
@@ -130,9 +136,21 @@ class Occlusion(Explainer):
         patch = float(min(64.0, max(MIN_PATCH, round(side))))
         return patch, float(self.stride) if self.stride else patch
 
+    def for_structure(self, boxes) -> "Occlusion":
+        """With structure-sized patches and ``sizing`` 'structure': this explainer with ``side`` set
+        to the median shorter side of ``boxes`` (the explained slices' prompt boxes, x0, y0, x1, y1),
+        so every slice of the structure is tiled by the same grid."""
+        sides = [min(b[2] - b[0] + 1, b[3] - b[1] + 1) for b in boxes if b is not None]
+        if self.patch or self.passes or self.sizing != "structure" or not sides:
+            return self
+        return self.replace(side=float(np.median(sides)))
+
     def pixel_sizes(self, shape: Tuple[int, int], box=None) -> Tuple[int, int]:
-        """Patch and stride of the first level in slice pixels (``box``: the prompt box)."""
+        """Patch and stride of the first level in slice pixels (``box``: the slice's prompt box,
+        used when no structure ``side`` is set)."""
         f = self._scale(shape)
+        if self.side and not self.patch:
+            box = (0, 0, self.side - 1, self.side - 1)
         short = None if box is None else min(box[2] - box[0] + 1, box[3] - box[1] + 1) / f
         grid = getattr(self.segmenter, "model_grid", None)
         p, s = self.grid_sizes(short, int(grid or max(shape)))
