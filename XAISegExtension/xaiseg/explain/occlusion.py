@@ -7,9 +7,11 @@ box's shorter side (within ``[MIN_PATCH, 64]`` model-grid pixels) tile the ROI; 
 the ``REFINE`` coarse patches whose removal lowered the score most, patches of half that size at a
 quarter's stride refine the map.  The map resolves the structure at a fraction of the passes a fine
 grid over the whole ROI would cost, and every slice costs the same number of passes (the coarse
-patches plus ``9 * REFINE``), so the estimate before a run does not depend on the maps.
-``--patch 64 --stride 32`` gives seed 001's fixed single-level grid, measured on the model's input grid (``grid="model"``,
-LiteMedSAM's 256) or on the slice's pixels (``grid="image"``).
+patches plus ``9 * REFINE``), so the estimate before a run does not depend on the maps.  In a
+volume, with ``sizing="structure"``, the patch is sized once for the whole structure, so its slices
+share one grid.  ``--patch 64 --stride 32`` gives seed 001's fixed single-level grid, measured on
+the model's input grid (``grid="model"``, LiteMedSAM's 256) or on the slice's pixels
+(``grid="image"``).
 
 With a pass budget (``passes``, ``--occlusion-passes N``, N >= 4) the patches are cells of the
 ROI's bounding rectangle instead, coarse to fine until the budget is spent: its four quadrants
@@ -27,7 +29,7 @@ import numpy as np
 from ..errors import InputError
 from ..models.base import mask_rect
 from ..settings import setting
-from .base import Attribution, CommonSettings, Explainer, PerturbationEngine
+from .base import Attribution, Explainer, PerturbationEngine, StructureSizing, median_short_side
 from .registry import register
 
 
@@ -47,7 +49,7 @@ FINE_PER_PATCH = 9  # a refined patch's finer patches: half its size at a quarte
 
 
 @dataclass(frozen=True)
-class OcclusionSettings(CommonSettings):
+class OcclusionSettings(StructureSizing):
     patch: int = setting(0, "occlusion patch, on the model grid (or the slice, see --occlusion-grid); 0: sized "
                             "from the structure, coarse to fine (64 with --stride 32 is seed 001's fixed size)",
                          minimum=0, flag="--patch")
@@ -58,12 +60,6 @@ class OcclusionSettings(CommonSettings):
                              "first)", minimum=0, flag="--occlusion-passes")
     grid: str = setting("model", "what patch and stride are measured on: the model's input grid or the slice's "
                                  "pixels", choices=("model", "image"), flag="--occlusion-grid")
-    sizing: str = setting("structure", "structure-sized patches (patch 0): one size for the whole structure, from the "
-                                       "median of the explained slices' prompt boxes, so neighbouring slices share one "
-                                       "grid; or each slice's own box", choices=("structure", "slice"),
-                          flag="--occlusion-sizing")
-    side: float = setting(0.0, "the structure's prompt-box shorter side in slice pixels, set by the volume pipeline "
-                               "with sizing 'structure'; 0: each slice's own box", minimum=0.0, cli=False)
 
     def check(self) -> None:
         if self.passes and self.passes < 4:
@@ -140,10 +136,10 @@ class Occlusion(Explainer):
         """With structure-sized patches and ``sizing`` 'structure': this explainer with ``side`` set
         to the median shorter side of ``boxes`` (the explained slices' prompt boxes, x0, y0, x1, y1),
         so every slice of the structure is tiled by the same grid."""
-        sides = [min(b[2] - b[0] + 1, b[3] - b[1] + 1) for b in boxes if b is not None]
-        if self.patch or self.passes or self.sizing != "structure" or not sides:
+        side = median_short_side(boxes)
+        if self.patch or self.passes or self.sizing != "structure" or side is None:
             return self
-        return self.replace(side=float(np.median(sides)))
+        return self.replace(side=side)
 
     def pixel_sizes(self, shape: Tuple[int, int], box=None) -> Tuple[int, int]:
         """Patch and stride of the first level in slice pixels (``box``: the slice's prompt box,
