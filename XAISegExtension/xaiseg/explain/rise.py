@@ -98,24 +98,24 @@ class RISE(Explainer):
         from ..roi.geometry import prompt_box
 
         y0, x0, y1, x1 = mask_rect(engine.roi)
-        if self.side:
+        if self.side:  # square cells on one grid over the whole slice, cropped to the ROI's rectangle
             cell = max(2.0, CELL_FRACTION * self.side)
-            frame = max(shape)  # square cells over the whole slice
+            frame = max(shape)
             cells = max(2, int(np.ceil(frame / cell)))
 
-            def make(rng, n):
-                out = np.ones((n,) + shape, np.float32)
-                out[:, y0:y1, x0:x1] = rise_masks(rng, n, (frame, frame), cells, self.p)[:, y0:y1, x0:x1]
-                return out
+            def inside(rng, n):
+                return rise_masks(rng, n, (frame, frame), cells, self.p)[:, y0:y1, x0:x1]
+        else:  # cells on a grid over the ROI's rectangle
+            box = prompt_box(engine.prompt, engine.reference) or (0, 0, shape[1] - 1, shape[0] - 1)
+            cell = max(2.0, CELL_FRACTION * min(box[2] - box[0] + 1, box[3] - box[1] + 1))
+            cells = max(2, int(np.ceil(max(y1 - y0, x1 - x0) / cell)))
 
-            return make, cells
-        box = prompt_box(engine.prompt, engine.reference) or (0, 0, shape[1] - 1, shape[0] - 1)
-        cell = max(2.0, CELL_FRACTION * min(box[2] - box[0] + 1, box[3] - box[1] + 1))
-        cells = max(2, int(np.ceil(max(y1 - y0, x1 - x0) / cell)))
+            def inside(rng, n):
+                return rise_masks(rng, n, (int(y1 - y0), int(x1 - x0)), cells, self.p)
 
         def make(rng, n):
             out = np.ones((n,) + shape, np.float32)
-            out[:, y0:y1, x0:x1] = rise_masks(rng, n, (int(y1 - y0), int(x1 - x0)), cells, self.p)
+            out[:, y0:y1, x0:x1] = inside(rng, n)
             return out
 
         return make, cells
