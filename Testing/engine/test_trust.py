@@ -343,26 +343,3 @@ def test_a_structure_is_tiled_by_one_patch_grid_on_every_slice():
     assert ex.replace(patch=16).for_structure([(0, 0, 11, 11)]).side == 0.0  # a fixed patch is not resized
     assert ex.pixel_sizes((64, 64), (36, 36, 55, 55)) == (20, 20)
 
-
-def test_rise_draws_the_same_masks_on_every_slice_of_a_structure():
-    """With one cell size per structure on a grid anchored at the slice's corner, two slices that
-    hold the same evidence get the same RISE map wherever both ROIs reach, though their boxes (and
-    so their ROIs) differ; sized per slice, the masks and so the maps differ."""
-    from xaiseg.volume import LabelBoxPrompt
-
-    session = Session(toy_volume([0.9, 0.9]), SquareEvidence(), SegmentConfig(orientation="array"))
-    labels = np.zeros(session.volume.shape, np.uint8)
-    labels[0, 30:42, 30:42] = 1   # 12 px
-    labels[1, 30:58, 30:58] = 1   # 28 px
-    seg = session.segment(LabelBoxPrompt(labels, 1), name="toy")
-    same = {}
-    for sizing in ("structure", "slice"):
-        run = session.explain(seg, [make_explainer("rise", n_masks=100, early_stop=False, metric_steps=0,
-                                                   noise_passes=0, sizing=sizing)],
-                              roi=RoiConfig("box", margin=30))
-        a, b = (run.explanations["rise"].plane(k, "raw") for k in (0, 1))
-        both = run.roi[0].astype(bool) & run.roi[1].astype(bool)
-        assert both[8:24, 8:24].all()  # the evidence lies where both ROIs reach
-        same[sizing] = bool(np.allclose(a[both], b[both]))
-        run.close()
-    assert same == {"structure": True, "slice": False}

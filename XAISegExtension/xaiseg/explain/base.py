@@ -113,11 +113,12 @@ COMMON_FIELDS = tuple(f.name for f in dataclasses.fields(CommonSettings))
 
 @dataclass(frozen=True)
 class StructureSizing(CommonSettings):
-    """Settings of a method whose perturbations are sized from the structure (occlusion's patches,
-    RISE's cells): in a volume, one size for the whole structure, so neighbouring slices share one
-    grid (and RISE the same masks) and their maps can be compared."""
+    """Settings of a method whose perturbations are sized from the structure (occlusion's patches):
+    in a volume, one size for the whole structure, so neighbouring slices share one grid and their
+    maps can be compared.  (RISE's cells on one grid per structure were measured and left out: its
+    maps lost more faithfulness than they gained consistency, docs/explain.md.)"""
 
-    sizing: str = setting("structure", "perturbations sized from the structure: in a volume one size for the whole "
+    sizing: str = setting("structure", "occlusion's structure-sized patches: in a volume one size for the whole "
                                        "structure (from the median shorter side of the explained slices' prompt "
                                        "boxes) on one grid shared by every slice, or each slice's own box",
                           choices=("structure", "slice"))

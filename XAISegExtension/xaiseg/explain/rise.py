@@ -1,10 +1,7 @@
 """RISE restricted to the ROI (seed 001: N = 2000 masks of 7 x 7 cells kept with p = 0.5, upsampled
 bilinearly with a random shift; by default the cells are sized from the structure instead - half
 the prompt box's shorter side, laid over the ROI's bounding box - so the map resolves the structure
-whatever its size on the slice; in a volume, with ``sizing="structure"``, one cell size for the
-whole structure on one grid anchored at the slice's corner, so its slices draw the same masks;
-``cells=7`` gives the seed's grid over the whole slice).  Each pixel's saliency is the mean
-explained score of the masks
+whatever its size on the slice; ``cells=7`` gives the seed's grid over the whole slice).  Each pixel's saliency is the mean explained score of the masks
 that kept it minus the mean score of those that removed it (the masks' correlation with the score,
 which is the RISE estimate with its baseline removed).
 
@@ -24,7 +21,7 @@ from ..errors import InputError
 from ..metrics import spearman
 from ..models.base import mask_rect
 from ..settings import setting
-from .base import Attribution, Explainer, PerturbationEngine, StructureSizing, median_short_side
+from .base import Attribution, CommonSettings, Explainer, PerturbationEngine
 from .registry import register
 
 
@@ -48,7 +45,7 @@ CELL_FRACTION = 0.5  # structure-sized cells: this share of the prompt box's sho
 
 
 @dataclass(frozen=True)
-class RiseSettings(StructureSizing):
+class RiseSettings(CommonSettings):
     n_masks: int = setting(2000, "RISE: most masks (stops early on convergence)", minimum=2, flag="--masks")
     cells: int = setting(0, "RISE: mask grid cells per side over the whole slice (7 is seed 001); 0: cells of half "
                             "the prompt box's shorter side over the ROI's bounding box", minimum=0, flag="--cells")
@@ -78,44 +75,22 @@ class RISE(Explainer):
     def cost(self, roi_extent: Optional[Tuple[float, float]] = None, grid: int = 256) -> int:
         return self.n_masks
 
-    def for_structure(self, boxes) -> "RISE":
-        """With structure-sized cells and ``sizing`` 'structure': this explainer with ``side`` set to
-        the median shorter side of ``boxes``, so every slice of the structure draws the same masks
-        (the same cells at the same places on the slice, from the same seed)."""
-        side = median_short_side(boxes)
-        if self.cells or self.sizing != "structure" or side is None:
-            return self
-        return self.replace(side=side)
-
     def mask_maker(self, engine: PerturbationEngine):
         """``make(rng, n)``: n keep maps of the slice - seed 001's grid over the whole slice, or (cells 0)
-        structure-sized cells inside the ROI's bounding box, 1 outside it.  The cells lie on a grid
-        over the ROI's bounding box, or, with the structure's ``side``, on one grid anchored at the
-        slice's corner, so the slices of a structure see the same masks."""
+        a grid of structure-sized cells over the ROI's bounding box, 1 outside it."""
         shape = engine.image.shape
         if self.cells:
             return (lambda rng, n: rise_masks(rng, n, shape, self.cells, self.p)), self.cells
         from ..roi.geometry import prompt_box
 
+        box = prompt_box(engine.prompt, engine.reference) or (0, 0, shape[1] - 1, shape[0] - 1)
+        cell = max(2.0, CELL_FRACTION * min(box[2] - box[0] + 1, box[3] - box[1] + 1))
         y0, x0, y1, x1 = mask_rect(engine.roi)
-        if self.side:  # square cells on one grid over the whole slice, cropped to the ROI's rectangle
-            cell = max(2.0, CELL_FRACTION * self.side)
-            frame = max(shape)
-            cells = max(2, int(np.ceil(frame / cell)))
-
-            def inside(rng, n):
-                return rise_masks(rng, n, (frame, frame), cells, self.p)[:, y0:y1, x0:x1]
-        else:  # cells on a grid over the ROI's rectangle
-            box = prompt_box(engine.prompt, engine.reference) or (0, 0, shape[1] - 1, shape[0] - 1)
-            cell = max(2.0, CELL_FRACTION * min(box[2] - box[0] + 1, box[3] - box[1] + 1))
-            cells = max(2, int(np.ceil(max(y1 - y0, x1 - x0) / cell)))
-
-            def inside(rng, n):
-                return rise_masks(rng, n, (int(y1 - y0), int(x1 - x0)), cells, self.p)
+        cells = max(2, int(np.ceil(max(y1 - y0, x1 - x0) / cell)))
 
         def make(rng, n):
             out = np.ones((n,) + shape, np.float32)
-            out[:, y0:y1, x0:x1] = inside(rng, n)
+            out[:, y0:y1, x0:x1] = rise_masks(rng, n, (int(y1 - y0), int(x1 - x0)), cells, self.p)
             return out
 
         return make, cells
