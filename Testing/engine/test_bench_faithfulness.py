@@ -57,7 +57,12 @@ def test_the_table_says_which_rows_were_measured_again():
     per = {"1": row(True)}
     m = {"deletion_auc": 0.2, "best_trivial_deletion_auc": 0.3, "deletion_gain": 0.1, "beats_trivial_share": 1.0,
          "insertion_auc": 0.5, "adjacent_spearman": None, "evidence_share": 1.0, "evaluations": 27, "per_slice": per}
-    maps = {"A": {"methods": {"occlusion": m, "rise": m}, "remeasured": [
-        {"methods": ["occlusion"], "seconds": 12.0, "machine": {}, "date": "2026-12-02"}]}}
+    again = [{"methods": ["rise"], "seconds": 9.0, "machine": {}, "date": "2026-11-30"},
+             {"methods": ["occlusion"], "seconds": 12.0, "machine": {}, "date": "2026-12-02"}]
+    maps = {"A": {"methods": {"occlusion": m, "rise": m}, "remeasured": again},
+            "B": {"methods": {"occlusion": m, "rise": m}, "remeasured": again[1:]},
+            "C": {"methods": {"occlusion": m, "rise": m}}}
     text = markdown({"machine": {"platform": "test"}, "pairs": 1, "masks": 100, "maps": maps, "seconds": 1})
-    assert "A: occlusion on 2026-12-02 (12 s)" in text and text.count("| A |") == 2
+    # the last re-run of each structure, grouped
+    assert "first run): occlusion on 2026-12-02 (A, B)." in text and "rise on" not in text
+    assert text.count("| A |") == 2

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -250,11 +250,15 @@ def markdown(result: Dict) -> str:
             lines.append(f"| {method} | {g['slices']} | {_f(b, 2)} | "
                          f"{'yes' if b is not None and b >= GOALS['beats_trivial_share'] else 'no'} | {_f(r, 2)} | "
                          f"{'yes' if r is not None and r >= GOALS['adjacent_spearman'] else 'no'} |")
-        again = [(name, r) for name, entry in maps.items() for r in entry.get("remeasured", [])]
+        again: Dict[Tuple[str, str], List[str]] = {}  # (methods, date) of each structure's last re-run
+        for name, entry in maps.items():
+            if entry.get("remeasured"):
+                last = entry["remeasured"][-1]
+                again.setdefault((", ".join(last["methods"]), last["date"]), []).append(name)
         if again:
             lines += ["", "Rows measured again on their own (`--methods`; the other methods' rows are from the "
-                      "first run): " + "; ".join(f"{name}: {', '.join(r['methods'])} on {r['date']} "
-                                                f"({r['seconds']:.0f} s)" for name, r in again) + "."]
+                      "first run): " + "; ".join(f"{m} on {date} ({', '.join(names)})"
+                                                for (m, date), names in again.items()) + "."]
     cascade = result.get("cascade") or {}
     for name, entry in cascade.items():
         lines += ["", f"Cascading randomisation on {name}, slice {entry['slice']} (Spearman of the map with the "
