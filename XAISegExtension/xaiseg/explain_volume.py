@@ -350,11 +350,14 @@ class _VolumeExplanation:
         self.vs, self.axis = session.volume_segmenter, session.axis
         self.bound = [ex if ex.segmenter is not None else ex.bind(session.segmenter) for ex in explainers]
         self.prompts = {r.index: slice_prompt(r.prompt) for r in segmentation.slices}
-        # perturbations sized from the structure get one size for all its explained slices
-        boxes = [prompt_box(self.vs.to_model_prompt(self.prompts[k].clipped(self.vs.slice_shape)),
-                            self._take(segmentation.volume.array, k)) for k in chosen]
+        # each explained slice's prompt as the model sees it (turned into the run's orientation)
+        self.model_prompts: Dict[int, Any] = {k: self.vs.to_model_prompt(self.prompts[k].clipped(self.vs.slice_shape))
+                                              for k in chosen}
+        # perturbations sized from the structure get one size for all its explained slices (a slice
+        # prompted by points only is boxed by its mask)
+        boxes = [prompt_box(p, None if p.box is not None else self._take(segmentation.volume.array, k))
+                 for k, p in self.model_prompts.items()]
         self.bound = [ex.for_structure(boxes) for ex in self.bound]
-        self.model_prompts: Dict[int, Any] = {}
         self.early: Dict[str, Dict[int, Dict[str, Any]]] = {ex.name: {} for ex in self.bound}
         # every finished plane (maps, slices, logits) goes to one store: the newest in memory, the rest on disk
         store = PlaneStore()
@@ -388,7 +391,7 @@ class _VolumeExplanation:
         curves = {ex.name: set(curve_slices(self.chosen, ex.metric_slices)) for ex in self.bound}
         for n, k in enumerate(self.chosen, 1):
             self.progress.check()
-            image, prompt = vs.model_slice(k), vs.to_model_prompt(self.prompts[k].clipped(vs.slice_shape))
+            image, prompt = vs.model_slice(k), self.model_prompts[k]
             embedding, _ = vs.embedding(k)
             cache = None
             if any(makes_passes(ex) for ex in self.bound):  # the segmentation's cache where it kept one
@@ -396,7 +399,7 @@ class _VolumeExplanation:
             logits = self.logits[k] = self.session.segmenter.decode(embedding, prompt)  # decoded once, shared
             region, source = self.finder.find(image, prompt, logits > 0, embedding, self._take(self.roi_mask, k))
             put_plane(run.roi, self.axis, k, vs.from_model(region).astype(np.uint8))
-            run.roi_sources[k], run.images[k], self.model_prompts[k] = source, vs.slice(k), prompt
+            run.roi_sources[k], run.images[k] = source, vs.slice(k)
             shared = SliceShared()
             for ex in self.bound:
                 stage = self._stage(ex, n, k)
