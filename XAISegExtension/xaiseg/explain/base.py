@@ -112,27 +112,6 @@ COMMON_FIELDS = tuple(f.name for f in dataclasses.fields(CommonSettings))
 
 
 @dataclass(frozen=True)
-class StructureSizing(CommonSettings):
-    """Settings of a method whose perturbations are sized from the structure (occlusion's patches):
-    in a volume, one size for the whole structure, so neighbouring slices share one grid and their
-    maps can be compared.  (RISE's cells on one grid per structure were measured and left out: its
-    maps lost more faithfulness than they gained consistency, docs/explain.md.)"""
-
-    sizing: str = setting("structure", "occlusion's structure-sized patches: in a volume one size for the whole "
-                                       "structure (from the median shorter side of the explained slices' prompt "
-                                       "boxes) on one grid shared by every slice, or each slice's own box",
-                          choices=("structure", "slice"))
-    side: float = setting(0.0, "the structure's prompt-box shorter side in slice pixels, set by the volume pipeline "
-                               "with sizing 'structure'; 0: each slice's own box", minimum=0.0, cli=False)
-
-
-def median_short_side(boxes) -> Optional[float]:
-    """The median shorter side of ``boxes`` (x0, y0, x1, y1, inclusive; None entries skipped)."""
-    sides = [min(b[2] - b[0] + 1, b[3] - b[1] + 1) for b in boxes if b is not None]
-    return float(np.median(sides)) if sides else None
-
-
-@dataclass(frozen=True)
 class Attribution:
     """What a method's :meth:`~Explainer.attribute` returns.
 

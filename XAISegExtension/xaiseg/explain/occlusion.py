@@ -29,7 +29,7 @@ import numpy as np
 from ..errors import InputError
 from ..models.base import mask_rect
 from ..settings import setting
-from .base import Attribution, Explainer, PerturbationEngine, StructureSizing, median_short_side
+from .base import Attribution, CommonSettings, Explainer, PerturbationEngine
 from .registry import register
 
 
@@ -49,7 +49,7 @@ FINE_PER_PATCH = 9  # a refined patch's finer patches: half its size at a quarte
 
 
 @dataclass(frozen=True)
-class OcclusionSettings(StructureSizing):
+class OcclusionSettings(CommonSettings):
     patch: int = setting(0, "occlusion patch, on the model grid (or the slice, see --occlusion-grid); 0: sized "
                             "from the structure, coarse to fine (64 with --stride 32 is seed 001's fixed size)",
                          minimum=0, flag="--patch")
@@ -60,6 +60,12 @@ class OcclusionSettings(StructureSizing):
                              "first)", minimum=0, flag="--occlusion-passes")
     grid: str = setting("model", "what patch and stride are measured on: the model's input grid or the slice's "
                                  "pixels", choices=("model", "image"), flag="--occlusion-grid")
+    sizing: str = setting("structure", "occlusion's structure-sized patches: in a volume one size for the whole "
+                                       "structure (from the median shorter side of the explained slices' prompt "
+                                       "boxes) on one grid shared by every slice, or each slice's own box",
+                          choices=("structure", "slice"), flag="--sizing")
+    side: float = setting(0.0, "the structure's prompt-box shorter side in slice pixels, set by the volume pipeline "
+                               "with sizing 'structure'; 0: each slice's own box", minimum=0.0, cli=False)
 
     def check(self) -> None:
         if self.passes and self.passes < 4:
@@ -136,18 +142,19 @@ class Occlusion(Explainer):
         """With structure-sized patches and ``sizing`` 'structure': this explainer with ``side`` set
         to the median shorter side of ``boxes`` (the explained slices' prompt boxes, x0, y0, x1, y1),
         so every slice of the structure is tiled by the same grid."""
-        side = median_short_side(boxes)
-        if self.patch or self.passes or self.sizing != "structure" or side is None:
+        sides = [min(b[2] - b[0] + 1, b[3] - b[1] + 1) for b in boxes if b is not None]
+        if self.patch or self.passes or self.sizing != "structure" or not sides:
             return self
-        return self.replace(side=side)
+        return self.replace(side=float(np.median(sides)))
 
     def pixel_sizes(self, shape: Tuple[int, int], box=None) -> Tuple[int, int]:
         """Patch and stride of the first level in slice pixels (``box``: the slice's prompt box,
         used when no structure ``side`` is set)."""
         f = self._scale(shape)
         if self.side and not self.patch:
-            box = (0, 0, self.side - 1, self.side - 1)
-        short = None if box is None else min(box[2] - box[0] + 1, box[3] - box[1] + 1) / f
+            short: Optional[float] = self.side / f
+        else:
+            short = None if box is None else min(box[2] - box[0] + 1, box[3] - box[1] + 1) / f
         grid = getattr(self.segmenter, "model_grid", None)
         p, s = self.grid_sizes(short, int(grid or max(shape)))
         return max(1, int(round(p * f))), max(1, int(round(s * f)))
