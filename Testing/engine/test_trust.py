@@ -342,4 +342,3 @@ def test_a_structure_is_tiled_by_one_patch_grid_on_every_slice():
     assert ex.for_structure([(0, 0, 11, 11), (0, 0, 19, 19), (0, 0, 27, 27)]).side == 20.0
     assert ex.replace(patch=16).for_structure([(0, 0, 11, 11)]).side == 0.0  # a fixed patch is not resized
     assert ex.pixel_sizes((64, 64), (36, 36, 55, 55)) == (20, 20)
-

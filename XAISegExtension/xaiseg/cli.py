@@ -11,7 +11,7 @@ import argparse
 import sys
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -105,6 +105,11 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _listed(text: Optional[str]) -> Tuple[str, ...]:
+    """The names in a comma-separated option (empty when it is not given)."""
+    return tuple(p.strip() for p in (text or "").split(",") if p.strip())
+
+
 def cmd_bench(args) -> int:
     from .bench import run_bench
 
@@ -112,15 +117,14 @@ def cmd_bench(args) -> int:
         import torch
 
         torch.set_num_threads(int(args.threads))
-    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip()) if args.parts else None
+    parts = _listed(args.parts)
     if args.what == "faithfulness":
-        from .bench_faithfulness import bench_faithfulness
+        from .bench_faithfulness import METHODS, bench_faithfulness
 
         structures = [s.strip() for s in args.structures.split(",")] if args.structures else None
         bench_faithfulness(Path(args.output), quick=args.quick, device=args.device, structures=structures,
                            pairs=args.pairs or None, masks=args.masks, parts=parts or ("maps", "cascade", "fills"),
-                           metric_fill=args.metric_fill, **({"methods": [m.strip() for m in args.methods.split(",")
-                                                                        if m.strip()]} if args.methods else {}))
+                           metric_fill=args.metric_fill, methods=_listed(args.methods) if args.methods else METHODS)
         return 0
     if args.what == "audit":
         from .bench_audit import bench_audit
