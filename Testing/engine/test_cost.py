@@ -105,9 +105,10 @@ def test_a_calibration_is_kept_per_segmenter_device_and_threads(tmp_path):
 
 def test_reused_passes_and_a_calibration_without_write_timing():
     """LiteMedSAM's perturbed passes reuse the slice's activations, so they are charged at the
-    measured share of a full pass (plus the activation caches); a torch model's are full passes; a
-    calibration that did not time writing keeps the reference write figure."""
-    from xaiseg.cost import REFERENCE_WRITE, REUSE_SHARE, estimate_counts
+    share of a full pass that what they change costs (a patch less than the ROI); a torch model's
+    are full passes; a calibration that did not time writing keeps the reference write figure."""
+    from xaiseg.cost import REFERENCE_WRITE, estimate_counts, reuse_share
+    from xaiseg.explain import make_explainer
     from xaiseg.request import RunRequest
 
     def request(segmenter):
@@ -123,8 +124,38 @@ def test_reused_passes_and_a_calibration_without_write_timing():
     write = REFERENCE_WRITE["seconds_write_mb"]
     assert lite["reuse"] and not torch_["reuse"]
     # the two explained slices' activation caches come from their segmentation passes
-    assert lite["seconds"] == pytest.approx(3 + perturbed * REUSE_SHARE + write)
+    reused = lite["full_pass_equivalents"] - 3
+    assert lite["seconds"] == pytest.approx(3 + reused + write)
     assert torch_["seconds"] == pytest.approx(3 + perturbed + write)
+    # per slice: the occlusion patches by their size, the curves' and the noise level's passes change the ROI
+    occlusion = make_explainer("occlusion", metric_steps=2)
+    attribution = occlusion.cost((40.0, 40.0))
+    patches = occlusion.cost_equivalents((40.0, 40.0), 256, reuse_share)
+    assert reuse_share((8.0, 8.0)) * attribution < patches < reuse_share((40.0, 40.0)) * attribution
+    assert reused == pytest.approx(2 * (patches + (perturbed / 2 - attribution) * reuse_share((40.0, 40.0))))
+    # a larger ROI's passes cost more each, up to a full pass
+    large = estimate_counts(request({"kind": "litemedsam"}), 3, [(150.0, 150.0)] * 2, cal)
+    assert (large["full_pass_equivalents"] - 3) / (large["encoder_passes"] - 3) > reused / perturbed
+
+
+def test_reuse_shares_follow_the_encoder(litemedsam):
+    """The estimate's table of reuse shares by change size is LiteMedSAM's own cost model
+    (tinyvit_reuse.relative_cost, the mean over four positions); unknown extents take the measured
+    ROI-sized share, changes above the reuse limit a full pass."""
+    from xaiseg.cost import REUSE_LIMIT, REUSE_SHARE, REUSE_SHARES, reuse_share
+    from xaiseg.models import tinyvit_reuse as tr
+
+    enc = litemedsam.module.image_encoder
+    assert REUSE_LIMIT == litemedsam.reuse_limit
+    for side, share in REUSE_SHARES[:-1]:
+        starts = {max(0, min(256 - side, y)) for y in (0, 37, 128 - side // 2, 256 - side)}
+        costs = [tr.relative_cost(enc, (y, y, y + side, y + side), (256, 256)) for y in sorted(starts)]
+        assert sum(costs) / len(costs) == pytest.approx(share, abs=0.01), side
+    shares = [s for _, s in REUSE_SHARES]
+    assert shares == sorted(shares)
+    assert reuse_share(None) == REUSE_SHARE and reuse_share((256.0, 256.0)) == 1.0
+    assert reuse_share((230.0, 230.0)) == 1.0       # 0.92 > the limit: a full pass
+    assert reuse_share((16.0, 64.0)) == pytest.approx(reuse_share((32.0, 32.0)))   # by area
 
 
 def test_the_estimate_knows_which_segmenters_reuse_activations():

@@ -60,6 +60,15 @@ def test_default_occlusion_patch_is_sized_to_the_caudate(caudate_run):
     assert ex.details["patch_px"] < round(64 * side / 256)
     assert ex.details["stride_px"] == ex.details["patch_px"]        # tiled, then refined
     assert ex.details["patches_refined"] == 18                     # the two patches that lowered the score most
+    # what the engine charged for these passes is what the estimate before a run counts for them
+    from xaiseg.cost import reuse_share
+
+    p = ex.details["patch_px"] * 256 / side
+    coarse = ex.details["patches_evaluated"] - 18
+    expected = (coarse * reuse_share((p, p)) + 18 * reuse_share((p / 2, p / 2))) / (coarse + 18)
+    assert ex.record["reuse"]["reused_passes"] == ex.n_evaluations
+    # (the table averages four positions; near the grid's centre, where the caudate is, a change costs up to 0.03 more)
+    assert ex.record["reuse"]["mean_pass_share"] == pytest.approx(expected, abs=0.04)
     # inpainting the high-saliency region from its surroundings (the metrics' default removal, gentler
     # than zero fill) still takes a large part of the mask
     assert ex.metrics["dice_drop"] > 0.3

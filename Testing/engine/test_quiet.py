@@ -66,7 +66,7 @@ def test_cli_and_worker_start_quietly(tmp_path):
                            "16,16,48,48@0", "--threads", "1", "-q", "-o", str(tmp_path / "out")],
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0 and done.stderr == "", done.stderr
-    (tmp_path / "calibrate.json").write_text(json.dumps({"task": "calibrate", "threads": 1}))
+    (tmp_path / "calibrate.json").write_text(json.dumps({"task": "calibrate", "threads": 1, "repeats": 1}))
     done = subprocess.run([sys.executable, "-m", "xaiseg.worker", str(tmp_path / "calibrate.json")],
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0 and "Warning" not in done.stderr, done.stderr

@@ -68,12 +68,13 @@ def test_cost_counts_segmentation_and_occlusion_passes(scene):
     assert 1 + 16 <= occ <= 49 + 16  # the ROI (20 px + margins on a 100 px slice) touches some patches
     noise = 2  # the jittered copies that set the noise level, once per explained slice
     assert cost["encoder_passes"] == 5 + occ + noise
-    # LiteMedSAM's perturbed passes reuse the slice's activations: charged at REUSE_SHARE of a full pass,
-    # (the Dice drop made once the maps are scaled too); the explained slice's activation cache comes
-    # from its segmentation pass
-    from xaiseg.cost import REUSE_SHARE
+    # LiteMedSAM's perturbed passes reuse the slice's activations: each is charged at what its change
+    # costs (test_cost checks the shares), a third of a full pass or more, below the reuse limit here;
+    # the explained slice's activation cache comes from its segmentation pass
+    from xaiseg.cost import REUSE_LIMIT, REUSE_SHARES
 
-    assert cost["reuse"] and cost["full_pass_equivalents"] == pytest.approx(5 + (occ + noise) * REUSE_SHARE)
+    share = (cost["full_pass_equivalents"] - 5) / (occ + noise)
+    assert cost["reuse"] and REUSE_SHARES[0][1] <= share < REUSE_LIMIT
     assert cost["seconds"] == pytest.approx(4.0 + cost["full_pass_equivalents"] * 2.0 + cost["decoder_passes"] * 0.1)
 
 

@@ -2,8 +2,8 @@
 the run's real time, on MNI152 structures with LiteMedSAM and different methods.
 
 In one process: the calibration first (a model load, timed encoder/decoder passes, a timed write;
-:mod:`xaiseg.cost`), then for each run two more timed passes (on a shared machine the pass time
-drifts), its estimate (:func:`xaiseg.cost.estimate_plan` from the run's preflight plan, as
+:mod:`xaiseg.cost`), then for each run a new calibration of the passes (on a shared machine the
+pass time drifts), its estimate (:func:`xaiseg.cost.estimate_plan` from the run's preflight plan, as
 ``xaiseg explain`` prints it) and the wall time of
 :func:`xaiseg.pipeline.run` (reading, model load, segmentation, explanation, writing).  The goal
 is an estimate within 30 % of the real time (ratio 0.7 - 1.3).
@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from .cost import CALIBRATION_PASSES
 from .io import write_tables
 
 #: (structure, explained slices, methods and settings); each run segments only its explained slices
@@ -62,7 +63,7 @@ def bench_cost(outdir: Path, runs: Sequence = RUNS, device: str = "cpu", threads
     load = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="xaiseg-bench-cost-") as tmp:
         work = Path(tmp)
-        calibration = dict(calibrate(model, 3, load), seconds_write_mb=calibrate_write(work))
+        calibration = dict(calibrate(model, CALIBRATION_PASSES, load), seconds_write_mb=calibrate_write(work))
         first = dict(calibration)
         labels = write_volume(sample.labels, sample.labels.array, work / "labels.nrrd")
         rows: List[Dict] = []
@@ -71,7 +72,7 @@ def bench_cost(outdir: Path, runs: Sequence = RUNS, device: str = "cpu", threads
             request = run_request(work / f"run{i}", labels, sample.label_values[structure], ks, methods, common,
                                   device, threads)
             volume = read_input(request, lambda text: None)
-            calibration.update(calibrate(model, 2))  # the pass times just before the run (a shared machine)
+            calibration.update(calibrate(model, CALIBRATION_PASSES))  # the pass times just before the run (a shared machine)
             # the run loads the model in this process, where the imports are done: its load is timed
             # the same way here (a command-line run and its --calibrate both load in a fresh process)
             t = time.perf_counter()
@@ -91,6 +92,7 @@ def bench_cost(outdir: Path, runs: Sequence = RUNS, device: str = "cpu", threads
                          "seconds_encoder": round(calibration["seconds_encoder"], 3),
                          "seconds_load": round(calibration["seconds_load"], 2),
                          "estimated_passes": estimate["encoder_passes"], "real_passes": passes,
+                         "estimated_full_pass_equivalents": round(estimate["full_pass_equivalents"], 1),
                          "estimated_seconds": round(estimate["seconds"], 1), "real_seconds": round(seconds, 1),
                          "ratio": round(estimate["seconds"] / seconds, 3)})
             print(f"{structure}: estimated {estimate['seconds']:.0f} s, real {seconds:.0f} s "
@@ -116,18 +118,18 @@ def write_report(outdir: Path, result: dict) -> None:
           f"({result['machine']['device']}, {result['machine']['threads']} torch threads), in one process: the "
           f"calibration first (first model load {cal['seconds_load']:.1f} s, {cal['seconds_encoder']:.2f} s per encoder "
           f"pass, {cal['seconds_decoder'] * 1000:.0f} ms per decoder pass, {cal['seconds_write_mb'] * 1000:.1f} ms "
-          "per MB written), then, just before each run, two more timed passes (the machine is shared, so the pass time "
-          "is taken again) and a timed model load (in this process the imports are done, as they are for the run; a "
+          "per MB written), then, just before each run, the passes timed again (the median of "
+          f"{CALIBRATION_PASSES}; the machine is shared) and a timed model load (in this process the imports are done, as they are for the run; a "
           "command line run and its `--calibrate` both load in a fresh process) and the run's estimate (as "
           "`xaiseg explain` prints it before a run) against its wall time "
           "(read, load, segment, explain, write PNGs and volumes). Each run segments only its explained slices "
           "(Harvard-Oxford > 50 % as the label-map prompt).", "",
           "| structure | slices | methods | s per encoder pass | s model load | encoder passes est. / real "
-          "| seconds est. / real | ratio |", "|---|---|---|---|---|---|---|---|"]
+          "| full-pass equivalents est. | seconds est. / real | ratio |", "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         md.append(f"| {r['structure']} | {len(r['slices'])} | {_methods(r)} | {r['seconds_encoder']:.2f} | "
                   f"{r.get('seconds_load', 0.0):.1f} | {r['estimated_passes']} / "
-                  f"{r['real_passes']} | {r['estimated_seconds']:.0f} / {r['real_seconds']:.0f} | {r['ratio']:.2f} |")
+                  f"{r['real_passes']} | {r.get('estimated_full_pass_equivalents', float('nan')):.1f} | {r['estimated_seconds']:.0f} / {r['real_seconds']:.0f} | {r['ratio']:.2f} |")
     if ratios:
         md += ["", f"Ratio estimate / real: {min(ratios):.2f} - {max(ratios):.2f} (goal: 0.7 - 1.3).", ""]
     write_tables(outdir, "cost", "\n".join(md), result, indent=1)

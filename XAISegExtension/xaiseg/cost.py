@@ -25,11 +25,21 @@ DEFAULT_SECONDS = {"seconds_encoder": 1.5, "seconds_decoder": 0.065, "seconds_lo
 REFERENCE_WRITE = {"seconds_write_mb": 0.01}
 MODEL_GRID = 256
 #: segmenters whose perturbed passes reuse the unperturbed slice's activations (without TTA), and the
-#: share of a full pass such a pass costs: 0.39-0.45 measured for LiteMedSAM (docs/benchmarks/speed.md);
-#: the upper figure, since ROI-sized changes (metrics, noise) reach the most
+#: share of a full pass such a pass costs when the changed extent is unknown: 0.39-0.45 measured for
+#: LiteMedSAM on ROI-sized changes (docs/benchmarks/speed.md), the upper figure
 REUSING_KINDS = ("litemedsam",)
 REUSE_SHARE = 0.45
+#: the share of a full LiteMedSAM encoder pass that a reused pass costs, by the side of the square
+#: change on the 256 grid: :func:`xaiseg.models.tinyvit_reuse.relative_cost` (the mean over four
+#: positions, corner to centre; test_cost checks the table against it).  A change reaches at least
+#: the stage-0 window it falls in and every later stage's window around it, so even a speck costs a third
+REUSE_SHARES = ((4, 0.329), (8, 0.330), (16, 0.333), (24, 0.343), (32, 0.360), (48, 0.384), (64, 0.413),
+                (96, 0.482), (128, 0.569), (192, 0.803), (256, 1.0))
+REUSE_LIMIT = 0.85  # LiteMedSAM.reuse_limit: a change that would cost more gets a full pass
 CALIBRATION_FILE = "calibration.json"
+#: timed encoder passes of a calibration: their median holds against one or two passes slowed by
+#: the rest of a shared machine (a median of two moved a bench row's estimate by 25 %)
+CALIBRATION_PASSES = 5
 
 Extent = Optional[Tuple[float, float]]
 
@@ -48,27 +58,32 @@ def estimate_counts(request, segmented: int, extents: Sequence[Extent],
     encoder = decoder = segmented * turns
     per_method: Dict[str, int] = {}
     explained = len(extents)
+    reused = 0.0  # the perturbed passes in full-pass equivalents, were they to reuse activations
     if request.explain and explained:
         from .explain.measure import curve_slices
 
         explainers = [m.explainer() for m in request.explain.methods]
         curves = [set(curve_slices(range(explained), ex.metric_slices)) for ex in explainers]  # by position
         for m, ex, sample in zip(request.explain.methods, explainers, curves):
-            n = sum(ex.total_cost(extent, MODEL_GRID, curves=i in sample) for i, extent in enumerate(extents)) * turns
+            counts = [ex.total_cost(extent, MODEL_GRID, curves=i in sample) for i, extent in enumerate(extents)]
+            n = sum(counts) * turns
             per_method[m.name] = n
             encoder += n
             decoder += n + explained * turns
-        shared = sum(max(ex.shared_cost(i in sample) for ex, sample in zip(explainers, curves))
-                     for i in range(explained)) * turns  # once per slice
-        if shared:
-            per_method["shared"] = shared
-            encoder += shared
-            decoder += shared
+            # attribution's passes by the size of what they change; the rest (curves, checks) change the ROI
+            reused += sum(ex.cost_equivalents(e, MODEL_GRID, reuse_share) + (c - ex.cost(e, MODEL_GRID)) * reuse_share(e)
+                          for c, e in zip(counts, extents))
+        shared = [max(ex.shared_cost(i in sample) for ex, sample in zip(explainers, curves)) for i in range(explained)]
+        if sum(shared):  # once per slice
+            per_method["shared"] = sum(shared) * turns
+            encoder += sum(shared) * turns
+            decoder += sum(shared) * turns
+            reused += sum(n * reuse_share(e) for n, e in zip(shared, extents))
     reuse = request.segmenter.kind in REUSING_KINDS and turns == 1 and encoder > segmented
     perturbed = encoder - segmented * turns
     # with reuse the explained slices' activation caches come from segmentation's passes (a run keeps
     # them, Session.keep_activations) and serve every perturbed pass, the Dice drops after scaling too
-    full_equivalent = encoder if not reuse else segmented * turns + perturbed * REUSE_SHARE
+    full_equivalent = encoder if not reuse else segmented * turns + reused
     seconds = cal["seconds_load"] + full_equivalent * cal["seconds_encoder"] + decoder * cal["seconds_decoder"]
     seconds += output_bytes / 1e6 * cal.get("seconds_write_mb", 0.0)
     device = request.segmenter.device
@@ -77,11 +92,25 @@ def estimate_counts(request, segmented: int, extents: Sequence[Extent],
     if per_method:
         text += " (" + ", ".join(f"{k}: {v} evaluations" for k, v in per_method.items()) + ")"
     if reuse:
-        text += f"; perturbed passes reuse the slice's activations (about {REUSE_SHARE:.2f} of a full pass each)"
+        text += f"; perturbed passes reuse the slice's activations (about {reused / perturbed:.2f} of a full pass each)"
     return {"slices": segmented, "explained_slices": explained, "encoder_passes": encoder, "decoder_passes": decoder,
             "full_pass_equivalents": full_equivalent, "reuse": reuse,
             "per_method": per_method, "seconds": seconds, "minutes": seconds / 60.0,
             "calibrated": calibration is not None, "device": device, "text": text}
+
+
+def reuse_share(extent: Extent) -> float:
+    """The share of a full pass that a reused pass changing ``extent`` (rows, columns on the model's
+    grid) costs, from :data:`REUSE_SHARES` by the side of the square of the same area; a change
+    above :data:`REUSE_LIMIT` gets a full pass.  :data:`REUSE_SHARE` when the extent is unknown."""
+    if extent is None:
+        return REUSE_SHARE
+    import numpy as np
+
+    side = float(np.sqrt(max(1.0, extent[0]) * max(1.0, extent[1])))
+    sides, shares = zip(*REUSE_SHARES)
+    share = float(np.interp(side, sides, shares))
+    return 1.0 if share > REUSE_LIMIT else share
 
 
 def box_extent(box: Optional[Sequence[float]], plane: Sequence[int], margin: int = 0) -> Extent:
@@ -129,7 +158,7 @@ def summary(estimate: Dict[str, Any]) -> str:
 
 # ----------------------------------------------------------------------------------------- calibration
 
-def calibrate(segmenter, repeats: int = 2, load_seconds: Optional[float] = None, progress=None) -> Dict[str, float]:
+def calibrate(segmenter, repeats: int = CALIBRATION_PASSES, load_seconds: Optional[float] = None, progress=None) -> Dict[str, float]:
     """Seconds of one encoder and one decoder pass of ``segmenter`` (the median of ``repeats`` timed
     passes after one untimed warm-up pass) on a synthetic slice; ``seconds_load`` as given."""
     import numpy as np
@@ -234,6 +263,6 @@ def estimate_request(request, measure: bool = False, log=None) -> Dict[str, Any]
             torch.set_num_threads(int(request.threads))
         t0 = time.perf_counter()
         segmenter = request.segmenter.load()
-        calibration = dict(calibrate(segmenter, 2, time.perf_counter() - t0), seconds_write_mb=calibrate_write())
+        calibration = dict(calibrate(segmenter, CALIBRATION_PASSES, time.perf_counter() - t0), seconds_write_mb=calibrate_write())
         save_calibration(request, calibration)
     return estimate_plan(request, plan, volume.shape, calibration)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from .cost import CALIBRATION_PASSES
 from .errors import InputError
 from .names import safe_name, stem_name
 from .preprocess import Preprocessing
@@ -360,7 +361,7 @@ class CalibrateRequest:
     """Time one encoder and one decoder pass of a segmenter (the worker's ``calibrate`` task)."""
 
     segmenter: SegmenterSpec = field(default_factory=SegmenterSpec)
-    repeats: int = 1
+    repeats: int = CALIBRATION_PASSES
     threads: Optional[int] = None
 
     @classmethod
@@ -370,7 +371,7 @@ class CalibrateRequest:
             if segmenter.get(key):
                 segmenter[key] = _path(segmenter[key], base)
         threads = data.get("threads")
-        return cls(build(SegmenterSpec, segmenter, "segmenter"), _positive(data.get("repeats", 1), "repeats", 100),
+        return cls(build(SegmenterSpec, segmenter, "segmenter"), _positive(data.get("repeats", CALIBRATION_PASSES), "repeats", 100),
                    None if threads is None else _positive(threads, "threads", MAX_THREADS))
 
 

@@ -497,6 +497,12 @@ class Explainer:
         early).  roi_extent: the ROI's (rows, columns) on the model's ``grid`` when known."""
         raise NotImplementedError
 
+    def cost_equivalents(self, roi_extent: Optional[Tuple[float, float]], grid: int, share) -> float:
+        """Attribution's passes on one slice in full-pass equivalents when perturbed passes reuse the
+        slice's activations: ``share(extent)`` is the share of a full pass that a change of that
+        (rows, columns) on ``grid`` costs (None: unknown).  By default every pass changes the ROI."""
+        return self.cost(roi_extent, grid) * share(roi_extent)
+
     def metric_cost(self) -> int:
         """Encoder passes of the metrics stage per slice for this method alone (:func:`.measure.measure`)."""
         from .measure import metric_passes

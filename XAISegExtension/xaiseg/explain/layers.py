@@ -319,6 +319,9 @@ class LayerMaps(Explainer):
     def cost(self, roi_extent: Optional[Tuple[float, float]] = None, grid: int = 256) -> int:
         return 1  # one hooked encoder pass
 
+    def cost_equivalents(self, roi_extent: Optional[Tuple[float, float]], grid: int, share) -> float:
+        return float(self.cost(roi_extent, grid))  # the hooked pass is a full pass
+
     def chosen_layers(self) -> List[EncoderLayer]:
         which = self.layers if self.layers in SELECTIONS else [n for n in self.layers.split(",") if n.strip()]
         return select_layers(encoder_layers(self.segmenter), which)

@@ -167,18 +167,30 @@ class Occlusion(Explainer):
         p, s = self.pixel_sizes(shape, box)
         return [(y, x, p) for y in positions(shape[0], p, s) for x in positions(shape[1], p, s)]
 
-    def cost(self, roi_extent: Optional[Tuple[float, float]] = None, grid: int = 256) -> int:
-        if self.passes:
-            return int(self.passes)
+    def _levels(self, roi_extent: Optional[Tuple[float, float]], grid: int) -> Tuple[int, int, float]:
+        """Coarse patches, refining patches and the coarse patch's side on ``grid`` for a slice
+        whose ROI has ``roi_extent`` (rows, columns on that grid; None: unknown)."""
         short = min(roi_extent) / 1.5 if roi_extent is not None else None  # the ROI is about the box plus context
         patch, stride = self.grid_sizes(short, grid)
         per_axis = len(positions(grid, int(round(patch)), int(round(stride))))
         counts = [per_axis, per_axis] if roi_extent is None else \
             [min(per_axis, int(math.ceil((e + patch - 1) / stride))) for e in roi_extent]
         coarse = max(1, counts[0] * counts[1])
-        if self.patch:
-            return coarse
-        return coarse + FINE_PER_PATCH * min(REFINE, coarse)
+        return coarse, 0 if self.patch else FINE_PER_PATCH * min(REFINE, coarse), patch
+
+    def cost(self, roi_extent: Optional[Tuple[float, float]] = None, grid: int = 256) -> int:
+        if self.passes:
+            return int(self.passes)
+        coarse, fine, _ = self._levels(roi_extent, grid)
+        return coarse + fine
+
+    def cost_equivalents(self, roi_extent: Optional[Tuple[float, float]], grid: int, share) -> float:
+        """Each pass removes one patch: the coarse ones, then patches of half their side."""
+        if self.passes:  # cells of the ROI's rectangle, its quadrants first
+            half = None if roi_extent is None else (roi_extent[0] / 2.0, roi_extent[1] / 2.0)
+            return self.passes * share(half)
+        coarse, fine, patch = self._levels(roi_extent, grid)
+        return coarse * share((patch, patch)) + fine * share((patch / 2.0, patch / 2.0))
 
     def _scores(self, engine: PerturbationEngine, cells, shape) -> np.ndarray:
         keeps = []
