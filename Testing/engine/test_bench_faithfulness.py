@@ -1,10 +1,14 @@
 """The faithfulness benchmark's bookkeeping: which slices it explains and how it scores the goals."""
-from xaiseg.bench_faithfulness import GOALS, adjacent_pairs, goal_summary, markdown
+import pytest
+
+from xaiseg.bench_faithfulness import GOALS, adjacent_pairs, fill_summary, goal_summary, markdown
 
 
 def test_adjacent_pairs_are_spread_through_the_structure():
-    assert adjacent_pairs(range(10, 30), 1) == [10, 11]
-    assert adjacent_pairs(range(10, 30), 3) == [10, 11, 19, 20, 28, 29]
+    # one pair is the middle one, not the structure's end where it is a speck
+    assert adjacent_pairs(range(10, 30), 1) == [19, 20]
+    assert adjacent_pairs(range(10, 30), 3) == [14, 15, 19, 20, 24, 25]
+    assert adjacent_pairs([5, 6, 8, 9], 2) == [5, 6, 8, 9]
     assert adjacent_pairs([5, 7, 9], 2) == [5]  # no adjacent slices: the first alone
     assert adjacent_pairs([3, 4, 5], None) == [3, 4, 5]
 
@@ -66,3 +70,17 @@ def test_the_table_says_which_rows_were_measured_again():
     # the last re-run of each structure, grouped
     assert "first run): occlusion on 2026-12-02 (A, B)." in text and "rise on" not in text
     assert text.count("| A |") == 2
+
+
+def test_the_fill_summary_says_which_fill_is_lowest_where():
+    def f(auc, beats):
+        return {"deletion_auc": auc, "beats_trivial_deletion": beats}
+
+    fills = {"A": {"zero": f(0.4, 0.0), "blur": f(0.5, 0.0), "inpaint": f(0.3, 1.0)},
+             "B": {"zero": f(0.6, 0.5), "blur": f(0.7, 0.0), "inpaint": f(0.8, 0.0)}}
+    s = fill_summary(fills)
+    assert s["zero"] == {"deletion_auc": 0.5, "lowest": 1, "beats_trivial_deletion": 0.25}
+    assert s["inpaint"]["lowest"] == 1 and s["blur"]["lowest"] == 0
+    assert s["inpaint"]["deletion_auc"] == pytest.approx(0.55)
+    text = markdown({"machine": {"platform": "test"}, "pairs": 1, "masks": 100, "fills": fills, "seconds": 1})
+    assert "| inpaint | 0.550 | 1 of 2 | 0.50 |" in text

@@ -28,16 +28,25 @@ METHODS = ("occlusion", "rise", "layers")
 GOALS = {"beats_trivial_share": 0.8, "adjacent_spearman": 0.7, "randomised_similarity": 0.3}
 
 
+#: how the pairs are taken: spread through the inside of the structure, as the structure bench
+#: samples (stop 23; before, one pair was the structure's first two slices, where it is a speck);
+#: recorded with the results, which are not resumed across samplings
+SAMPLING = "middle"
+
+
 def adjacent_pairs(slices: Sequence[int], pairs: Optional[int]) -> List[int]:
-    """``pairs`` pairs (k, k+1) spread evenly over ``slices`` (all slices when ``pairs`` is None)."""
+    """``pairs`` pairs (k, k+1) spread through the inside of ``slices`` (all slices when ``pairs`` is
+    None), their first slices chosen as :func:`xaiseg.bench_structure.sample_slices` does: one pair is
+    the middle one."""
+    from .bench_structure import sample_slices
+
     ks = sorted(slices)
     if pairs is None:
         return ks
     starts = [k for k in ks if k + 1 in set(ks)]
     if not starts:
         return ks[:1]
-    idx = np.linspace(0, len(starts) - 1, min(pairs, len(starts))).round().astype(int)
-    chosen = sorted({starts[i] for i in idx})
+    chosen = sample_slices(starts, pairs)
     return sorted({k for s in chosen for k in (s, s + 1)})
 
 
@@ -101,9 +110,8 @@ def cascade_rows(session, sample, name: str, masks: int, methods: Sequence[str],
     return {"slice": k, "methods": {m: e["slices"][str(k)].get("cascade") for m, e in run.metrics()["methods"].items()}}
 
 
-#: occlusion's patch fills the ``fills`` part compares, on the first FILL_STRUCTURES structures
+#: occlusion's patch fills the ``fills`` part compares, on every structure
 FILLS_COMPARED = ("zero", "blur", "inpaint")
-FILL_STRUCTURES = 2
 
 
 def fill_rows(session, sample, name: str, progress, metric_fill: str = "inpaint") -> Dict:
@@ -120,6 +128,22 @@ def fill_rows(session, sample, name: str, progress, metric_fill: str = "inpaint"
                               slices=slices, progress=progress)
         s = run.metrics()["methods"]["occlusion"]["summary"]
         out[fill] = {k: s.get(k) for k in ("deletion_auc", "insertion_auc", "deletion_gain", "beats_trivial_deletion")}
+    return out
+
+
+def fill_summary(fills: Dict[str, Dict]) -> Dict[str, Dict]:
+    """Per patch fill over the structures of the ``fills`` part: the mean deletion AUC, on how many
+    structures it had the lowest, and the mean share of slices beating all trivial maps."""
+    out = {}
+    for fill in FILLS_COMPARED:
+        rows = [entry[fill] for entry in fills.values() if entry.get(fill, {}).get("deletion_auc") is not None]
+        lowest = sum(1 for entry in fills.values() if entry.get(fill, {}).get("deletion_auc") is not None and
+                     entry[fill]["deletion_auc"] <= min(v["deletion_auc"] for v in entry.values()
+                                                        if v.get("deletion_auc") is not None))
+        out[fill] = {"deletion_auc": float(np.mean([r["deletion_auc"] for r in rows])) if rows else None,
+                     "lowest": lowest,
+                     "beats_trivial_deletion": float(np.mean([r.get("beats_trivial_deletion") or 0.0 for r in rows]))
+                     if rows else None}
     return out
 
 
@@ -145,14 +169,14 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
     previous = json.loads(path.read_text()) if path.is_file() else {}
     done = {}  # structures whose maps were measured with the same pairs, masks and curves
     if previous.get("pairs") == pairs and previous.get("masks") == masks and \
-            previous.get("metric_fill", "zero") == metric_fill:
+            previous.get("metric_fill", "zero") == metric_fill and previous.get("sampling", "first") == SAMPLING:
         done = previous.get("maps") or {}
     if "maps" in parts and subset and not all(name in done for name in structures):
         raise InputError(f"faithfulness methods {','.join(methods)} replace rows of {path} measured with "
-                         f"pairs {pairs}, masks {masks} and curves {metric_fill}; expected every structure "
+                         f"pairs {pairs} ({SAMPLING}), masks {masks} and curves {metric_fill}; expected every structure "
                          f"({', '.join(structures)}) there, found {', '.join(done) or 'none'}: run all methods")
     result: Dict = {"machine": machine(device), "structures": list(structures), "pairs": pairs, "masks": masks,
-                    "metric_fill": metric_fill, "goals": GOALS, "parts": list(parts)}
+                    "metric_fill": metric_fill, "sampling": SAMPLING, "goals": GOALS, "parts": list(parts)}
     # parts already measured stay (each part records its machine)
     result.update({k: v for k, v in previous.items() if k in ("maps", "cascade", "fills") and k not in parts})
     sample = load_mni_atlas(structures)
@@ -180,7 +204,7 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
         _save(outdir, result)
     if "fills" in parts:
         result["fills"] = {}
-        for name in structures[:FILL_STRUCTURES]:
+        for name in structures:
             result["fills"][name] = fill_rows(session, sample, name, progress, metric_fill)
             _save(outdir, result)
     result["seconds"] = round(time.perf_counter() - t0, 1)
@@ -224,7 +248,9 @@ def markdown(result: Dict) -> str:
              f"({result['machine'].get('device', 'cpu')}). LiteMedSAM on MNI152, a tight box per axial slice from "
              "the Harvard-Oxford atlas; "
              + ("every slice with a mask" if result.get("pairs") is None else
-                f"{result.get('pairs')} pair(s) of adjacent slices per structure")
+                f"{result.get('pairs')} pair(s) of adjacent slices per structure, "
+                + ("each at the middle of its share of the structure's slices" if result.get("sampling") == "middle"
+                   else "the first pair at the structure's first slices"))
              + f"; occlusion and RISE at their structure-sized defaults (RISE at most {result.get('masks')} masks), "
              "the fused layer map; 8 metric steps, the curves removing pixels by "
              + {"inpaint": "inpainting them from the kept pixels around them"}.get(result.get("metric_fill", "zero"),
@@ -236,8 +262,8 @@ def markdown(result: Dict) -> str:
                   "insertion AUC | adjacent Spearman | evidence | passes/slice |", "|" + "---|" * 11]
         for name, entry in maps.items():
             for method, m in entry["methods"].items():
-                n = len(m["per_slice"])
-                lines.append(f"| {name} | {method} | {n} | {_f(m['deletion_auc'])} | {_f(m['best_trivial_deletion_auc'])}"
+                ks = sorted(int(k) for k in m["per_slice"])
+                lines.append(f"| {name} | {method} | {', '.join(map(str, ks))} | {_f(m['deletion_auc'])} | {_f(m['best_trivial_deletion_auc'])}"
                              f" | {_f(m['deletion_gain'])} | {_f(m['beats_trivial_share'], 2)} | "
                              f"{_f(m['insertion_auc'])} | {_f(m['adjacent_spearman'], 2)} | "
                              f"{_f(m['evidence_share'], 2)} | {_f(m['evaluations'], 0)} |")
@@ -280,5 +306,10 @@ def markdown(result: Dict) -> str:
             for fill, f in entry.items():
                 lines.append(f"| {name} | {fill} | {_f(f.get('deletion_auc'))} | {_f(f.get('deletion_gain'))} | "
                              f"{_f(f.get('beats_trivial_deletion'), 2)} | {_f(f.get('insertion_auc'))} |")
+        lines += ["", "| patch fill | mean deletion AUC | structures where it is the lowest | mean beats all trivial |",
+                  "|---|---|---|---|"]
+        for fill, row in fill_summary(fills).items():
+            lines.append(f"| {fill} | {_f(row['deletion_auc'])} | {row['lowest']} of {len(fills)} | "
+                         f"{_f(row['beats_trivial_deletion'], 2)} |")
     lines += ["", f"Total {result.get('seconds', 0):.0f} s.", ""]
     return "\n".join(lines)
