@@ -94,3 +94,16 @@ def test_embedding_roi_hugs_the_caudate(caudate_run):
     assert roi.mean() < 0.15                    # and stays a small part of the slice
     x0, y0, x1, y1 = (int(v) for v in prompt.box)
     assert roi[y0:y1 + 1, x0:x1 + 1].all()
+
+
+def test_rise_shows_its_evidence_on_the_caudate(caudate_run):
+    """RISE's map is a contrast of mean scores over many masks, far below any one pass's change and
+    below the model's noise on this slice (jittering it moves the Dice by about 0.2), so its peak
+    must not stand for the evidence: the largest fall one of its masks caused does."""
+    session, seg, truth, k = caudate_run
+    run = session.explain(seg, [make_explainer("rise", metric_steps=0, n_masks=20)], roi=RoiConfig("box"))
+    ex = run.explanations["rise"][k]
+    m = ex.metrics
+    assert m["signal"] == ex.largest_drop and m["signal"] > 2 * m["noise_level"]
+    assert ex.raw[ex.roi].max() < 2 * m["noise_level"]  # the map's peak alone would have read as noise
+    assert m["evidence"] is True and ex.saliency.any()  # painted

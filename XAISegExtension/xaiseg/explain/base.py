@@ -152,6 +152,9 @@ class Explanation:
     component_table: List[Dict[str, Any]] = field(default_factory=list)
     best_component: Optional[str] = None
     target: Optional[np.ndarray] = None
+    #: the largest fall of the score that one of attribution's perturbed passes caused (None: it
+    #: made none); what the evidence check weighs against the noise (:mod:`.measure`)
+    largest_drop: Optional[float] = None
 
 
 def fill_image(image: np.ndarray, fill: str) -> np.ndarray:
@@ -291,6 +294,7 @@ class PerturbationEngine:
         #: pass (estimated), the summed share of slice pixels they changed, and full passes made
         #: only to build the cache
         self.reused = 0
+        self.largest_drop: Optional[float] = None  # the largest fall of the score a perturbed pass caused
         self.reused_share = 0.0
         self.changed_fraction = 0.0
         self.cache_passes = 0
@@ -409,7 +413,10 @@ class PerturbationEngine:
                 embeddings = self._embed_changed(images_)
             else:
                 embeddings = self.segmenter.embed_batch(images_)
-            out.extend(self.score_logits(self.segmenter.decode(e, self.prompt)) for e in embeddings)
+            scores = [self.score_logits(self.segmenter.decode(e, self.prompt)) for e in embeddings]
+            drop = self.baseline - min(scores)
+            self.largest_drop = drop if self.largest_drop is None else max(self.largest_drop, drop)
+            out.extend(scores)
             self.evaluations += len(images_)
             self.progress.step(len(images_), evaluations=self.evaluations)
         return np.asarray(out, dtype=np.float64)
@@ -570,7 +577,7 @@ class Explainer:
         explanation = Explanation(
             normalise01(raw, roi), raw, self.name, settings, engine.evaluations, seconds, roi, roi_source,
             engine.reference, details=dict(attribution.details), components=dict(attribution.components),
-            target=None if target is None else np.asarray(target, bool),
+            target=None if target is None else np.asarray(target, bool), largest_drop=engine.largest_drop,
             record={"model": self.segmenter.describe(), "settings": settings, "seed": self.seed,
                     "prompt": prompt.record(), "seconds": round(seconds, 3), "evaluations": passes,
                     "reuse": engine.reuse_record()})

@@ -8,9 +8,10 @@
   the box centre and a random map (:mod:`.baselines`), and each method's gain over the best of
   them: ``deletion_gain`` = best trivial deletion AUC minus the method's (positive: the method
   is better), ``insertion_gain`` = the method's insertion AUC minus the best trivial one;
-* evidence: the largest score change a perturbation method found (``signal``) against the noise
-  of the model on jittered copies of the unperturbed slice (``noise_level``); a slice whose signal
-  stays within twice the noise shows ``evidence: false`` and is not painted;
+* evidence: the largest fall of the score that one of a perturbation method's passes caused
+  (``signal``) against the noise of the model on jittered copies of the unperturbed slice
+  (``noise_level``); a slice whose signal stays within twice the noise shows ``evidence: false``
+  and is not painted;
 * localisation (:func:`localisation`): pointing game, energy and IoU against a ground truth, or
   against the model's own mask for methods that declare ``localise_against_mask``;
 * components (layer maps): the localisation table of every component and the best one;
@@ -215,7 +216,12 @@ def _evidence(explainer, engine, explanation, shared: SliceShared, stage: str) -
     if key not in shared.noise:
         shared.noise[key] = noise_level(engine, explainer.noise_passes, explainer.seed, f"{stage} noise")
     noise = shared.noise[key]
-    signal = float(np.max(explanation.raw[explanation.roi])) if explanation.roi.any() else 0.0
+    # the largest fall one perturbation caused: RISE's and LIME's maps are contrasts of means over
+    # many masks, far below any single pass's change, so their maps' peaks would read as noise
+    if explanation.largest_drop is not None:
+        signal = float(explanation.largest_drop)
+    else:
+        signal = float(np.max(explanation.raw[explanation.roi])) if explanation.roi.any() else 0.0
     floor = max(2.0 * noise, MIN_SIGNAL * max(abs(engine.baseline), 1e-12))
     return {"noise_level": noise, "signal": signal, "evidence": bool(signal > floor)}
 
