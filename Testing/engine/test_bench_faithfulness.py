@@ -9,6 +9,9 @@ def test_adjacent_pairs_are_spread_through_the_structure():
     assert adjacent_pairs(range(10, 30), 1) == [19, 20]
     assert adjacent_pairs(range(10, 30), 3) == [14, 15, 19, 20, 24, 25]
     assert adjacent_pairs([5, 6, 8, 9], 2) == [5, 6, 8, 9]
+    assert adjacent_pairs([5, 6, 8, 9, 11, 12], 2) == [5, 6, 11, 12]  # as many distinct pairs as asked
+    assert adjacent_pairs([5, 6, 8, 9], 5) == [5, 6, 8, 9]  # never more than there are
+    assert len(adjacent_pairs(range(10, 30), 30)) == 20  # every pair: every slice
     assert adjacent_pairs([5, 7, 9], 2) == [5]  # no adjacent slices: the first alone
     assert adjacent_pairs([3, 4, 5], None) == [3, 4, 5]
 

@@ -46,8 +46,9 @@ class CalibrationMixin:
         return json.dumps(settings.segmenter_options(), sort_keys=True)
 
     def startCalibration(self, settings: Optional[Any] = None, timeout: float = 300.0) -> CalibrationJob:
-        """Time one encoder and one decoder pass of the chosen segmenter in the worker, without
-        blocking; :meth:`poll` finishes it (``calibrationCallback(job)``; result in :attr:`calibration`)."""
+        """Time the chosen segmenter's encoder and decoder passes in the worker (the median of
+        :data:`xaiseg.cost.CALIBRATION_PASSES` each) without blocking; :meth:`poll` finishes it
+        (``calibrationCallback(job)``; result in :attr:`calibration`)."""
         if self.calibrationJob is not None:
             return self.calibrationJob
         settings = settings or _default_settings()

@@ -36,8 +36,9 @@ SAMPLING = "middle"
 
 def adjacent_pairs(slices: Sequence[int], pairs: Optional[int]) -> List[int]:
     """``pairs`` pairs (k, k+1) spread through the inside of ``slices`` (all slices when ``pairs`` is
-    None), their first slices chosen as :func:`xaiseg.bench_structure.sample_slices` does: one pair is
-    the middle one."""
+    None): their first slices as :func:`xaiseg.bench_structure.sample_slices` takes them (a single
+    pair is the middle one), or, where that inside holds fewer distinct pairs than asked, at the
+    quantiles (i + 1/2) / n of all the pairs there are."""
     from .bench_structure import sample_slices
 
     ks = sorted(slices)
@@ -46,7 +47,10 @@ def adjacent_pairs(slices: Sequence[int], pairs: Optional[int]) -> List[int]:
     starts = [k for k in ks if k + 1 in set(ks)]
     if not starts:
         return ks[:1]
-    chosen = sample_slices(starts, pairs)
+    n = min(pairs, len(starts))
+    chosen = sample_slices(starts, n)
+    if len(chosen) < n:
+        chosen = [starts[int((i + 0.5) * len(starts) / n)] for i in range(n)]
     return sorted({k for s in chosen for k in (s, s + 1)})
 
 
@@ -131,6 +135,11 @@ def fill_rows(session, sample, name: str, progress, metric_fill: str = "inpaint"
     return out
 
 
+def _mean(values) -> Optional[float]:
+    kept = [float(v) for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
 def fill_summary(fills: Dict[str, Dict]) -> Dict[str, Dict]:
     """Per patch fill over the structures of the ``fills`` part: the mean deletion AUC, on how many
     structures it had the lowest, and the mean share of slices beating all trivial maps."""
@@ -140,10 +149,9 @@ def fill_summary(fills: Dict[str, Dict]) -> Dict[str, Dict]:
         lowest = sum(1 for entry in fills.values() if entry.get(fill, {}).get("deletion_auc") is not None and
                      entry[fill]["deletion_auc"] <= min(v["deletion_auc"] for v in entry.values()
                                                         if v.get("deletion_auc") is not None))
-        out[fill] = {"deletion_auc": float(np.mean([r["deletion_auc"] for r in rows])) if rows else None,
+        out[fill] = {"deletion_auc": _mean([r["deletion_auc"] for r in rows]),
                      "lowest": lowest,
-                     "beats_trivial_deletion": float(np.mean([r.get("beats_trivial_deletion") or 0.0 for r in rows]))
-                     if rows else None}
+                     "beats_trivial_deletion": _mean([r.get("beats_trivial_deletion") for r in rows])}
     return out
 
 
@@ -167,18 +175,19 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
     subset = set(methods) != set(METHODS)
     path = Path(outdir) / "faithfulness.json"
     previous = json.loads(path.read_text()) if path.is_file() else {}
-    done = {}  # structures whose maps were measured with the same pairs, masks and curves
-    if previous.get("pairs") == pairs and previous.get("masks") == masks and \
-            previous.get("metric_fill", "zero") == metric_fill and previous.get("sampling", "first") == SAMPLING:
-        done = previous.get("maps") or {}
+    same = previous.get("pairs") == pairs and previous.get("masks") == masks and \
+        previous.get("metric_fill", "zero") == metric_fill and previous.get("sampling", "first") == SAMPLING
+    done = (previous.get("maps") or {}) if same else {}  # structures measured with the same settings
     if "maps" in parts and subset and not all(name in done for name in structures):
         raise InputError(f"faithfulness methods {','.join(methods)} replace rows of {path} measured with "
                          f"pairs {pairs} ({SAMPLING}), masks {masks} and curves {metric_fill}; expected every structure "
                          f"({', '.join(structures)}) there, found {', '.join(done) or 'none'}: run all methods")
     result: Dict = {"machine": machine(device), "structures": list(structures), "pairs": pairs, "masks": masks,
                     "metric_fill": metric_fill, "sampling": SAMPLING, "goals": GOALS, "parts": list(parts)}
-    # parts already measured stay (each part records its machine)
-    result.update({k: v for k, v in previous.items() if k in ("maps", "cascade", "fills") and k not in parts})
+    # parts already measured with the same settings stay (each part records its machine); others go,
+    # so the table never labels rows with settings they were not measured with
+    if same:
+        result.update({k: v for k, v in previous.items() if k in ("maps", "cascade", "fills") and k not in parts})
     sample = load_mni_atlas(structures)
     session = Session(sample.image, LiteMedSAM(device=device), SegmentConfig())
     progress = TqdmProgress()

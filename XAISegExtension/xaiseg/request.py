@@ -358,7 +358,8 @@ def _nonnegative(value: Any, what: str) -> int:
 
 @dataclass(frozen=True)
 class CalibrateRequest:
-    """Time one encoder and one decoder pass of a segmenter (the worker's ``calibrate`` task)."""
+    """Time a segmenter's encoder and decoder passes, the median of ``repeats`` each (the worker's
+    ``calibrate`` task)."""
 
     segmenter: SegmenterSpec = field(default_factory=SegmenterSpec)
     repeats: int = CALIBRATION_PASSES
