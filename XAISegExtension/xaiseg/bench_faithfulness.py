@@ -145,13 +145,12 @@ def fill_summary(fills: Dict[str, Dict]) -> Dict[str, Dict]:
     structures it had the lowest, and the mean share of slices beating all trivial maps."""
     out = {}
     for fill in FILLS_COMPARED:
-        rows = [entry[fill] for entry in fills.values() if entry.get(fill, {}).get("deletion_auc") is not None]
-        lowest = sum(1 for entry in fills.values() if entry.get(fill, {}).get("deletion_auc") is not None and
-                     entry[fill]["deletion_auc"] <= min(v["deletion_auc"] for v in entry.values()
-                                                        if v.get("deletion_auc") is not None))
-        out[fill] = {"deletion_auc": _mean([r["deletion_auc"] for r in rows]),
+        measured = [entry for entry in fills.values() if entry.get(fill, {}).get("deletion_auc") is not None]
+        lowest = sum(1 for entry in measured if entry[fill]["deletion_auc"] <= min(
+            v["deletion_auc"] for v in entry.values() if v.get("deletion_auc") is not None))
+        out[fill] = {"deletion_auc": _mean([entry[fill]["deletion_auc"] for entry in measured]),
                      "lowest": lowest,
-                     "beats_trivial_deletion": _mean([r.get("beats_trivial_deletion") for r in rows])}
+                     "beats_trivial_deletion": _mean([entry[fill].get("beats_trivial_deletion") for entry in measured])}
     return out
 
 
@@ -246,8 +245,7 @@ def goal_summary(maps: Dict) -> Dict[str, Dict]:
                 slices += 1
             if m.get("adjacent_spearman") is not None:
                 rhos.append(m["adjacent_spearman"])
-        out[method] = {"slices": slices, "beats_trivial_share": float(np.mean(beats)) if beats else None,
-                       "adjacent_spearman": float(np.mean(rhos)) if rhos else None}
+        out[method] = {"slices": slices, "beats_trivial_share": _mean(beats), "adjacent_spearman": _mean(rhos)}
     return out
 
 
