@@ -154,6 +154,29 @@ def test_structure_sized_perturbations():
     assert ex.details["cells"] == 7  # cells of half the 20 px box over the 64 px ROI
 
 
+def test_occlusion_ranks_the_pixels_of_a_patch_by_its_neighbours():
+    """Structure-sized occlusion spreads each patch's drop with Gaussian weights (a quarter of the
+    patch), so the map is no longer flat over a patch, whose pixels the curves would otherwise take
+    in row order; it costs no pass, stays a weighted mean of drops (score units) and still peaks
+    where the evidence is.  ``smooth=0`` gives the plain mean of the covering patches."""
+    from xaiseg.explain.occlusion import smoothed
+
+    occ = make_explainer("occlusion", SquareEvidence(), grid="image", metric_steps=0, noise_passes=0)
+    flat = occ.replace(smooth=0.0).explain(evidence_image(), PROMPT, roi=whole_slice())
+    soft = occ.explain(evidence_image(), PROMPT, roi=whole_slice())
+    assert soft.n_evaluations == flat.n_evaluations
+    assert flat.raw.min() - 1e-9 <= soft.raw.min() and soft.raw.max() <= flat.raw.max() + 1e-9
+    assert len(np.unique(soft.raw)) > 20 * len(np.unique(flat.raw))
+    # the peak stays in the coarse patch over most of the evidence square (rows and columns 0-19)
+    assert all(v < 20 for v in np.unravel_index(np.argmax(soft.raw), soft.raw.shape))
+    # only covered pixels are averaged: a pixel no patch covered stays 0 and adds no weight
+    raw = np.zeros((9, 9))
+    raw[:, :4] = 1.0
+    covered = raw > 0
+    out = smoothed(raw, covered, 2.0)
+    assert np.allclose(out[covered], 1.0) and not out[~covered].any()
+
+
 def test_the_two_patches_that_lowered_the_score_most_are_refined():
     """Refinement takes the two coarse patches with the largest drops (never one that did not lower
     the score), so a slice costs the coarse patches plus 18 passes whatever its map looks like."""
@@ -342,3 +365,42 @@ def test_a_structure_is_tiled_by_one_patch_grid_on_every_slice():
     assert ex.for_structure([(0, 0, 11, 11), (0, 0, 19, 19), (0, 0, 27, 27)]).side == 20.0
     assert ex.replace(patch=16).for_structure([(0, 0, 11, 11)]).side == 0.0  # a fixed patch is not resized
     assert ex.pixel_sizes((64, 64), (36, 36, 55, 55)) == (20, 20)
+
+
+def test_rise_perturbs_every_slice_of_a_structure_with_the_same_masks():
+    """Structure-sized RISE lays one lattice of cells (half the structure's median box side) over
+    the whole slice, so two slices of one structure draw the same masks, whatever their own boxes;
+    ``sizing="slice"`` lays each slice's own cells over its ROI.  On two identical slices with
+    different ROIs the maps then agree on the common ROI."""
+    from xaiseg.explain.base import PerturbationEngine
+
+    image = evidence_image()  # the evidence square at rows and columns 8-23
+    boxes = [(8, 8, 30, 30), (4, 4, 32, 32)]  # shorter sides 23 and 29
+    ex = make_explainer("rise", SquareEvidence(), n_masks=60, early_stop=False, metric_steps=0)
+    shared = ex.for_structure(boxes)
+    assert shared.side == 26.0 and ex.replace(cells=7).for_structure(boxes).side == 0.0
+    assert ex.replace(sizing="slice").for_structure(boxes).side == 0.0
+    maps = {}
+    for sizing, explainer in (("structure", shared), ("slice", ex)):
+        drawn, raw = [], []
+        for (x0, y0, x1, y1) in boxes:
+            roi = np.zeros(image.shape, bool)
+            roi[max(0, y0 - 4):y1 + 5, max(0, x0 - 4):x1 + 5] = True
+            engine = PerturbationEngine(explainer.segmenter, image, SlicePrompt(box=(x0, y0, x1, y1)), roi)
+            make, cells = explainer.mask_maker(engine)
+            drawn.append(make(np.random.default_rng(0), 3))
+            raw.append(explainer.explain(image, SlicePrompt(box=(x0, y0, x1, y1)), roi=roi, measure=False).raw)
+        maps[sizing] = raw
+        assert np.array_equal(drawn[0], drawn[1]) == (sizing == "structure")
+    # an end slice, where the structure is a speck (box side below half the structure's), keeps
+    # cells of its own box: 4 px cells over its 16 px ROI, not the structure's lattice of 5 x 5
+    roi = np.zeros(image.shape, bool)
+    roi[4:20, 4:20] = True
+    speck = PerturbationEngine(shared.segmenter, image, SlicePrompt(box=(8, 8, 15, 15)), roi)
+    assert shared.mask_maker(speck)[1] == 4 and shared.mask_maker(engine)[1] == 5
+    common = np.zeros(image.shape, bool)
+    common[4:35, 4:35] = True
+    from xaiseg.metrics import spearman
+
+    same = spearman(maps["structure"][0], maps["structure"][1], common)
+    assert same > 0.9 and same > spearman(maps["slice"][0], maps["slice"][1], common)
