@@ -169,12 +169,20 @@ def test_occlusion_ranks_the_pixels_of_a_patch_by_its_neighbours():
     assert len(np.unique(soft.raw)) > 20 * len(np.unique(flat.raw))
     # the peak stays in the coarse patch over most of the evidence square (rows and columns 0-19)
     assert all(v < 20 for v in np.unravel_index(np.argmax(soft.raw), soft.raw.shape))
-    # only covered pixels are averaged: a pixel no patch covered stays 0 and adds no weight
+    # only covered pixels are averaged: a covered pixel whose patches did not lower the score (0)
+    # takes its neighbours' drops in part; a pixel no patch covered stays 0 and adds no weight
     raw = np.zeros((9, 9))
     raw[:, :4] = 1.0
-    covered = raw > 0
+    covered = np.zeros((9, 9), bool)
+    covered[:, :6] = True
     out = smoothed(raw, covered, 2.0)
-    assert np.allclose(out[covered], 1.0) and not out[~covered].any()
+    assert not out[:, 6:].any() and np.all(out[:, :6] > 0) and np.all(out[:, :6] <= 1.0)
+    assert np.all(np.diff(out[:, :6], axis=1) < 0)  # falling from the drops into the zero-drop patches
+    # seed 001's fixed grid and the budgeted cells are never smoothed
+    for fixed in (dict(patch=16, stride=8), dict(passes=8)):
+        ex = occ.replace(**fixed)
+        assert np.array_equal(ex.explain(evidence_image(), PROMPT, roi=whole_slice()).raw,
+                              ex.replace(smooth=0.0).explain(evidence_image(), PROMPT, roi=whole_slice()).raw)
 
 
 def test_the_two_patches_that_lowered_the_score_most_are_refined():

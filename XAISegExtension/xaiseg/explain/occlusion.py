@@ -1,6 +1,7 @@
 """ROI-guided occlusion sensitivity (seed 001): square patches slide over the slice; only patches
 that overlap the ROI are evaluated (each removed whole), and a patch's score is the drop of the
-explained score when it is removed; a pixel's value is the mean drop of the patches covering it.
+explained score when it is removed; a pixel's value is the mean drop of the patches covering it
+(by default then smoothed, see below).
 
 Patch size, by default, from the structure, coarse to fine: first patches as large as the prompt
 box's shorter side (within ``[MIN_PATCH, 64]`` model-grid pixels) tile the ROI; then, only inside
@@ -9,12 +10,13 @@ quarter's stride refine the map.  The map resolves the structure at a fraction o
 grid over the whole ROI would cost, and every slice costs the same number of passes (the coarse
 patches plus ``9 * REFINE``), so the estimate before a run does not depend on the maps.  In a
 volume, with ``sizing="structure"``, the patch is sized once for the whole structure, so its slices
-share one grid.  Each pixel then takes the mean drop of the patches around it with Gaussian
-weights of a quarter of the coarse patch's side (``smooth``), not only of the patches covering it:
-a flat patch left its pixels to be ranked by their position, and the neighbours' drops say which
-side of a patch lies nearer the evidence.  ``--patch 64 --stride 32`` gives seed 001's fixed
-single-level grid (not smoothed), measured on the model's input grid (``grid="model"``,
-LiteMedSAM's 256) or on the slice's pixels (``grid="image"``).
+share one grid.  In this mode (a single slice, a volume, either sizing) each pixel then takes the
+mean drop of the patches around it with Gaussian weights of a quarter of the coarse patch's side
+(``smooth``), not only of the patches covering it: a flat patch left its pixels to be ranked by
+their position, and the neighbours' drops say which side of a patch lies nearer the evidence.
+``--patch 64 --stride 32`` gives seed 001's fixed single-level grid (never smoothed, nor are the
+budgeted cells below), measured on the model's input grid (``grid="model"``, LiteMedSAM's 256) or on
+the slice's pixels (``grid="image"``).
 
 With a pass budget (``passes``, ``--occlusion-passes N``, N >= 4) the patches are cells of the
 ROI's bounding rectangle instead, coarse to fine until the budget is spent: its four quadrants
@@ -67,7 +69,8 @@ class OcclusionSettings(CommonSettings):
     smooth: float = setting(0.25, "structure-sized occlusion: each pixel takes the mean drop of the patches around "
                                   "it weighted by a Gaussian of this share of the coarse patch's side, so pixels "
                                   "inside one patch are ranked by its neighbours' drops (0: the plain mean of the "
-                                  "patches covering it, flat over each patch)", minimum=0.0,
+                                  "patches covering it, flat over each patch; the fixed --patch grid and the "
+                                  "--occlusion-passes cells are never smoothed)", minimum=0.0,
                             flag="--occlusion-smooth")
     sizing: str = sizing_setting()
     side: float = side_setting()
@@ -222,7 +225,7 @@ class Occlusion(Explainer):
             k[y0:y1, x0:x1] = 0.0
             keeps.append(k)
         # the ROI chooses the patches; each chosen patch is removed whole (seed 001), so inside the
-        # ROI this map equals full-image occlusion at a fraction of the cost
+        # ROI the drops equal full-image occlusion's at a fraction of the cost
         return engine.baseline - engine.scores(keeps, restrict=False, total=0)
 
     def refined(self, coarse, drops, shape) -> List[Tuple[int, int, int]]:
