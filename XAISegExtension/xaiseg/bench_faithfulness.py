@@ -318,5 +318,7 @@ def markdown(result: Dict) -> str:
         for fill, row in fill_summary(fills).items():
             lines.append(f"| {fill} | {_f(row['deletion_auc'])} | {row['lowest']} of {len(fills)} | "
                          f"{_f(row['beats_trivial_deletion'], 2)} |")
+    if result.get("runs"):  # how the parts of a merged table were run
+        lines += ["", f"How it was run: {result['runs']}."]
     lines += ["", f"Total {result.get('seconds', 0):.0f} s.", ""]
     return "\n".join(lines)
