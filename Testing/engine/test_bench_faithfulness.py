@@ -87,3 +87,61 @@ def test_the_fill_summary_says_which_fill_is_lowest_where():
     assert s["inpaint"]["deletion_auc"] == pytest.approx(0.55)
     text = markdown({"machine": {"platform": "test"}, "pairs": 1, "masks": 100, "fills": fills, "seconds": 1})
     assert "| inpaint | 0.550 | 1 of 2 | 0.50 |" in text
+
+
+def test_rows_of_an_older_engine_are_neither_resumed_nor_kept(tmp_path):
+    """Each row records the version of every method's map (``MAP_VERSIONS``, the stop at which it
+    last changed).  ``--methods occlusion`` refuses to keep RISE's and the layer maps' rows when they
+    were made by another engine (or recorded none), before loading anything; the fills table says
+    when it was measured with an older occlusion map."""
+    import json
+
+    from xaiseg.bench_faithfulness import MAP_VERSIONS, SAMPLING, bench_faithfulness, current
+    from xaiseg.errors import InputError
+
+    assert current(dict(MAP_VERSIONS)) and not current({}) and not current(None, ["rise"])
+    assert current({"occlusion": MAP_VERSIONS["occlusion"]}, ["occlusion"])
+    older = dict(MAP_VERSIONS, rise=MAP_VERSIONS["rise"] - 1)
+    for versions in (older, None):
+        entry = {"methods": {}} if versions is None else {"methods": {}, "versions": versions}
+        (tmp_path / "faithfulness.json").write_text(json.dumps({
+            "pairs": 1, "masks": 100, "metric_fill": "inpaint", "sampling": SAMPLING,
+            "maps": {"Left_Caudate": entry}}))
+        with pytest.raises(InputError, match="would keep rows of rise,layers .*made by another engine"):
+            bench_faithfulness(tmp_path, structures=["Left_Caudate"], masks=100, methods=["occlusion"])
+    assert not list(tmp_path.glob("*.md"))  # nothing written
+    fills = {"A": {"zero": {"deletion_auc": 0.5, "insertion_auc": 0.8, "deletion_gain": 0.0,
+                            "beats_trivial_deletion": 0.0}}}
+    base = {"machine": {"platform": "test"}, "pairs": 1, "masks": 100, "maps": {}, "seconds": 1, "fills": fills}
+    old = dict(base, fills_versions={"occlusion": MAP_VERSIONS["occlusion"] - 1})
+    assert f"map of stop {MAP_VERSIONS['occlusion'] - 1}, not the current one" in markdown(old)
+    now = dict(base, fills_versions={"occlusion": MAP_VERSIONS["occlusion"]})
+    assert "not the current one" not in markdown(now)
+
+
+def test_a_rerun_resumes_only_the_current_engines_structures(tmp_path, monkeypatch):
+    """A run into a folder with earlier tables resumes the structures measured with the same
+    settings and the current map versions; a structure measured by an older engine is measured
+    again, and parts of an older engine are left out rather than shown as current."""
+    import json
+
+    import xaiseg.bench_faithfulness as bf
+
+    fresh = {"slices": [1, 2], "seconds": 1.0, "methods": {}, "versions": dict(bf.MAP_VERSIONS)}
+    measured = []
+
+    def rows(session, sample, name, *args, **kwargs):
+        measured.append(name)
+        return dict(fresh)
+
+    monkeypatch.setattr(bf, "structure_rows", rows)
+    old = dict(bf.MAP_VERSIONS, occlusion=bf.MAP_VERSIONS["occlusion"] - 1)
+    (tmp_path / "faithfulness.json").write_text(json.dumps({
+        "pairs": 1, "masks": 100, "metric_fill": "inpaint", "sampling": bf.SAMPLING,
+        "maps": {"Left_Caudate": dict(fresh, slices=[81, 82]), "Right_Caudate": dict(fresh, versions=old)},
+        "fills": {"Left_Caudate": {}}, "fills_versions": {"occlusion": old["occlusion"]},
+        "cascade": {"Left_Caudate": {"slice": 81, "methods": {}}}, "cascade_versions": dict(bf.MAP_VERSIONS)}))
+    result = bf.bench_faithfulness(tmp_path, structures=["Left_Caudate", "Right_Caudate"], masks=100,
+                                   parts=("maps",))
+    assert measured == ["Right_Caudate"] and result["maps"]["Left_Caudate"]["slices"] == [81, 82]
+    assert "fills" not in result and result["cascade_versions"] == bf.MAP_VERSIONS

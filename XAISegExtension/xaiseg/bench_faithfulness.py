@@ -28,6 +28,20 @@ METHODS = ("occlusion", "rise", "layers")
 GOALS = {"beats_trivial_share": 0.8, "adjacent_spearman": 0.7, "randomised_similarity": 0.3}
 
 
+#: the stop at which each method's map last changed: rows recorded with another version are not
+#: resumed, a ``--methods`` run refuses to keep them beside fresh rows, and the cascade and fills parts
+#: are kept from an earlier run only when current, so a table never mixes maps of an older engine
+#: unknowingly (stop 24 smoothed occlusion's map; an earlier table's rows would have been resumed)
+MAP_VERSIONS = {"occlusion": 24, "rise": 23, "layers": 23}
+
+
+def current(versions: Optional[Dict[str, int]], methods: Sequence[str] = METHODS) -> bool:
+    """Whether rows recorded with ``versions`` (method -> :data:`MAP_VERSIONS` entry) are the
+    current engine's for ``methods``."""
+    versions = versions or {}
+    return all(versions.get(m) == MAP_VERSIONS[m] for m in methods)
+
+
 #: how the pairs are taken: spread through the inside of the structure, as the structure bench
 #: samples (stop 23; before, one pair was the structure's first two slices, where it is a speck);
 #: recorded with the results, which are not resumed across samplings
@@ -84,7 +98,8 @@ def structure_rows(session, sample, name: str, pairs: Optional[int], masks: int,
                           progress=progress)
     seconds = time.perf_counter() - t0
     doc = run.metrics()
-    out = {"slices": slices, "seconds": round(seconds, 1), "methods": {}}
+    out = {"slices": slices, "seconds": round(seconds, 1), "methods": {},
+           "versions": {m: MAP_VERSIONS[m] for m in methods}}
     for method, entry in doc["methods"].items():
         rows = entry["slices"]
         s = entry["summary"]
@@ -181,12 +196,26 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
         raise InputError(f"faithfulness methods {','.join(methods)} replace rows of {path} measured with "
                          f"pairs {pairs} ({SAMPLING}), masks {masks} and curves {metric_fill}; expected every structure "
                          f"({', '.join(structures)}) there, found {', '.join(done) or 'none'}: run all methods")
+    kept = [m for m in METHODS if m not in methods]  # the rows a --methods run keeps
+    stale = [name for name in structures if name in done and not current(done[name].get("versions"), kept)]
+    if "maps" in parts and subset and stale:
+        raise InputError(f"faithfulness methods {','.join(methods)} would keep rows of {','.join(kept)} in {path} "
+                         f"made by another engine ({', '.join(stale)}: map versions "
+                         f"{done[stale[0]].get('versions') or 'unrecorded'}, now {MAP_VERSIONS}); expected rows of "
+                         "the current engine: run all methods")
+    if not subset:  # a resumed structure must be the current engine's for every method
+        done = {name: entry for name, entry in done.items() if current(entry.get("versions"))}
     result: Dict = {"machine": machine(device), "structures": list(structures), "pairs": pairs, "masks": masks,
                     "metric_fill": metric_fill, "sampling": SAMPLING, "goals": GOALS, "parts": list(parts)}
     # parts already measured with the same settings stay (each part records its machine); others go,
     # so the table never labels rows with settings they were not measured with
     if same:
         result.update({k: v for k, v in previous.items() if k in ("maps", "cascade", "fills") and k not in parts})
+        for part, methods_of in (("cascade", METHODS), ("fills", ("occlusion",))):
+            if part in result and not current(previous.get(f"{part}_versions"), methods_of):
+                del result[part]  # measured by another engine: left out rather than shown as current
+            elif part in result:
+                result[f"{part}_versions"] = previous[f"{part}_versions"]
     sample = load_mni_atlas(structures)
     session = Session(sample.image, LiteMedSAM(device=device), SegmentConfig())
     progress = TqdmProgress()
@@ -201,6 +230,7 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
                 fresh = structure_rows(session, sample, name, pairs, masks, progress, metric_fill, methods)
                 entry = dict(done[name])
                 entry["methods"] = {m: fresh["methods"].get(m, v) for m, v in entry["methods"].items()}
+                entry["versions"] = dict(entry.get("versions") or {}, **fresh["versions"])
                 entry["remeasured"] = entry.get("remeasured", []) + [
                     {"methods": list(methods), "seconds": fresh["seconds"], "machine": result["machine"],
                      "date": time.strftime("%Y-%m-%d")}]
@@ -209,9 +239,11 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
     if "cascade" in parts:
         result["cascade"] = {structures[0]: cascade_rows(session, sample, structures[0], min(masks, 100),
                                                          ("occlusion", "rise", "layers"), progress)}
+        result["cascade_versions"] = dict(MAP_VERSIONS)
         _save(outdir, result)
     if "fills" in parts:
         result["fills"] = {}
+        result["fills_versions"] = {"occlusion": MAP_VERSIONS["occlusion"]}
         for name in structures:
             result["fills"][name] = fill_rows(session, sample, name, progress, metric_fill)
             _save(outdir, result)
@@ -305,8 +337,11 @@ def markdown(result: Dict) -> str:
                 lines.append(f"| {m} | " + " | ".join(_f(s["similarity"], 2) for s in steps) + " |")
     fills = result.get("fills") or {}
     if fills:
+        older = "" if current(result.get("fills_versions"), ("occlusion",)) else (
+            f"; measured with occlusion's map of stop {(result.get('fills_versions') or {}).get('occlusion', '?')}, "
+            f"not the current one of stop {MAP_VERSIONS['occlusion']}")
         lines += ["", "What occlusion's patches are filled with (one adjacent pair per structure; the curves remove "
-                  "pixels the same way for every fill):", "",
+                  f"pixels the same way for every fill{older}):", "",
                   "| structure | patch fill | deletion AUC | gain over best trivial | beats all trivial | insertion AUC |",
                   "|---|---|---|---|---|---|"]
         for name, entry in fills.items():
