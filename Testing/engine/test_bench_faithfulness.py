@@ -145,3 +145,12 @@ def test_a_rerun_resumes_only_the_current_engines_structures(tmp_path, monkeypat
                                    parts=("maps",))
     assert measured == ["Right_Caudate"] and result["maps"]["Left_Caudate"]["slices"] == [81, 82]
     assert "fills" not in result and result["cascade_versions"] == bf.MAP_VERSIONS
+
+
+def test_summary_means_leave_out_missing_figures():
+    """The benchmarks' summary rows (faithfulness, structure, consistency) share one mean: the
+    figures a slice or structure lacks are left out, and nothing left gives None, not NaN."""
+    from xaiseg.metrics import mean_of
+
+    assert mean_of([0.2, None, 0.4]) == pytest.approx(0.3) and mean_of(v for v in (1, 2)) == 1.5
+    assert mean_of([]) is None and mean_of([None, None]) is None

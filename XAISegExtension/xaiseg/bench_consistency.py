@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .io import write_tables
+from .metrics import mean_of
 
 METHODS = {"occlusion": {"passes": 6}, "rise": {"n_masks": 40, "early_stop": False}}
 
@@ -115,10 +116,7 @@ def write(outdir: Path, results: Sequence[Dict]) -> None:
                 m["auc"].append(row["deletion_auc"])
     md += ["", "| engine | method | mean adjacent Spearman | mean deletion AUC |", "|---|---|---|---|"]
     for (label, method), m in means.items():
-        rho = [v for v in m["rho"] if v is not None]
-        auc = [v for v in m["auc"] if v is not None]
-        md.append(f"| {label} | {method} | {_f(float(np.mean(rho)) if rho else None, 2)} | "
-                  f"{_f(float(np.mean(auc)) if auc else None)} |")
+        md.append(f"| {label} | {method} | {_f(mean_of(m['rho']), 2)} | {_f(mean_of(m['auc']))} |")
     write_tables(Path(outdir), "consistency", "\n".join(md) + "\n", {"runs": list(results)}, indent=1)
     print("\n".join(md))
 

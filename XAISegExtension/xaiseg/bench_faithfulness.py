@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import InputError
 from .io import write_tables
+from .metrics import mean_of
 
 METHODS = ("occlusion", "rise", "layers")
 GOALS = {"beats_trivial_share": 0.8, "adjacent_spearman": 0.7, "randomised_similarity": 0.3}
@@ -150,11 +151,6 @@ def fill_rows(session, sample, name: str, progress, metric_fill: str = "inpaint"
     return out
 
 
-def _mean(values) -> Optional[float]:
-    kept = [float(v) for v in values if v is not None]
-    return float(np.mean(kept)) if kept else None
-
-
 def fill_summary(fills: Dict[str, Dict]) -> Dict[str, Dict]:
     """Per patch fill over the structures of the ``fills`` part: the mean deletion AUC, on how many
     structures it had the lowest, and the mean share of slices beating all trivial maps."""
@@ -163,9 +159,9 @@ def fill_summary(fills: Dict[str, Dict]) -> Dict[str, Dict]:
         measured = [entry for entry in fills.values() if entry.get(fill, {}).get("deletion_auc") is not None]
         lowest = sum(1 for entry in measured if entry[fill]["deletion_auc"] <= min(
             v["deletion_auc"] for v in entry.values() if v.get("deletion_auc") is not None))
-        out[fill] = {"deletion_auc": _mean([entry[fill]["deletion_auc"] for entry in measured]),
+        out[fill] = {"deletion_auc": mean_of([entry[fill]["deletion_auc"] for entry in measured]),
                      "lowest": lowest,
-                     "beats_trivial_deletion": _mean([entry[fill].get("beats_trivial_deletion") for entry in measured])}
+                     "beats_trivial_deletion": mean_of([entry[fill].get("beats_trivial_deletion") for entry in measured])}
     return out
 
 
@@ -277,7 +273,7 @@ def goal_summary(maps: Dict) -> Dict[str, Dict]:
                 slices += 1
             if m.get("adjacent_spearman") is not None:
                 rhos.append(m["adjacent_spearman"])
-        out[method] = {"slices": slices, "beats_trivial_share": _mean(beats), "adjacent_spearman": _mean(rhos)}
+        out[method] = {"slices": slices, "beats_trivial_share": mean_of(beats), "adjacent_spearman": mean_of(rhos)}
     return out
 
 

@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .io import write_tables
+from .metrics import mean_of
 from .models.base import without_reuse
 
 PASSES = 6
@@ -166,10 +167,9 @@ def summary(structures: Dict[str, Dict]) -> Dict[str, Dict]:
         rows = [r[key] for s in structures.values() for r in s["sample"].values()]
         passes = float(np.mean([r["passes"] for r in rows]))
         seconds = float(np.mean([r["seconds"] for r in rows]))
-        aucs = [r["deletion_auc"] for r in rows if r.get("deletion_auc") is not None]
         out[key] = {"label": label, "slices": len(rows), "passes_per_slice": passes, "seconds_per_slice": seconds,
                     "seconds_per_pass": seconds / passes if passes else None,
-                    "deletion_auc": float(np.mean(aucs)) if aucs else None,
+                    "deletion_auc": mean_of(r.get("deletion_auc") for r in rows),
                     "max_map_difference": max((r.get("max_map_difference", 0.0) for r in rows), default=None)}
     base = out["seed001_batch8"]["seconds_per_slice"]
     for v in out.values():
@@ -296,8 +296,7 @@ def markdown(result: Dict) -> str:
               "MONAI slice | MONAI passes (ours) | MONAI s (ours) | MONAI deletion AUC (ours) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in result["structures"].items():
         def mean(key):
-            vals = [r[key]["deletion_auc"] for r in s["sample"].values() if r[key]["deletion_auc"] is not None]
-            return float(np.mean(vals)) if vals else None
+            return mean_of(r[key]["deletion_auc"] for r in s["sample"].values())
 
         a, c, b = mean("seed001_reuse"), mean("structure_sized"), mean("budget")
         mo = s.get("monai")

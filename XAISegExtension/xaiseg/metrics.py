@@ -111,6 +111,13 @@ def spearman(a: np.ndarray, b: np.ndarray, where: Optional[np.ndarray] = None) -
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def mean_of(values) -> Optional[float]:
+    """The mean of the values that are not None (a figure a slice or structure may lack), or None
+    when none is left: what the benchmarks' summary rows report."""
+    kept = [float(v) for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
 def curve_auc(fractions: Sequence[float], scores: Sequence[float]) -> float:
     """Area under a deletion or insertion curve (trapezoids over the fractions in [0, 1])."""
     x = np.asarray(fractions, dtype=np.float64)
