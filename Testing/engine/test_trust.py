@@ -373,3 +373,62 @@ def test_a_structure_is_tiled_by_one_patch_grid_on_every_slice():
     assert ex.for_structure([(0, 0, 11, 11), (0, 0, 19, 19), (0, 0, 27, 27)]).side == 20.0
     assert ex.replace(patch=16).for_structure([(0, 0, 11, 11)]).side == 0.0  # a fixed patch is not resized
     assert ex.pixel_sizes((64, 64), (36, 36, 55, 55)) == (20, 20)
+
+
+def test_rise_perturbs_every_slice_of_a_structure_with_the_same_masks():
+    """Structure-sized RISE lays one lattice of cells (half the structure's median box side) over
+    the whole slice, so two slices of one structure draw the same masks, whatever their own boxes;
+    ``sizing="slice"`` lays each slice's own cells over its ROI.  On two identical slices with
+    different ROIs the maps then agree on the common ROI."""
+    from xaiseg.explain.base import PerturbationEngine
+
+    image = evidence_image()  # the evidence square at rows and columns 8-23
+    boxes = [(8, 8, 30, 30), (4, 4, 32, 32)]  # shorter sides 23 and 29
+    ex = make_explainer("rise", SquareEvidence(), n_masks=60, early_stop=False, metric_steps=0)
+    shared = ex.for_structure(boxes)
+    assert shared.side == 26.0 and ex.replace(cells=7).for_structure(boxes).side == 0.0
+    assert ex.replace(sizing="slice").for_structure(boxes).side == 0.0
+    maps = {}
+    for sizing, explainer in (("structure", shared), ("slice", ex)):
+        drawn, raw = [], []
+        for (x0, y0, x1, y1) in boxes:
+            roi = np.zeros(image.shape, bool)
+            roi[max(0, y0 - 4):y1 + 5, max(0, x0 - 4):x1 + 5] = True
+            engine = PerturbationEngine(explainer.segmenter, image, SlicePrompt(box=(x0, y0, x1, y1)), roi)
+            make, cells = explainer.mask_maker(engine)
+            drawn.append(make(np.random.default_rng(0), 3))
+            raw.append(explainer.explain(image, SlicePrompt(box=(x0, y0, x1, y1)), roi=roi, measure=False).raw)
+        maps[sizing] = raw
+        assert np.array_equal(drawn[0], drawn[1]) == (sizing == "structure")
+    # an end slice, where the structure is a speck (box side below half the structure's), keeps
+    # cells of its own box: 4 px cells over its 16 px ROI, not the structure's lattice of 5 x 5
+    roi = np.zeros(image.shape, bool)
+    roi[4:20, 4:20] = True
+    speck = PerturbationEngine(shared.segmenter, image, SlicePrompt(box=(8, 8, 15, 15)), roi)
+    assert shared.mask_maker(speck)[1] == 4 and shared.mask_maker(engine)[1] == 5
+    common = np.zeros(image.shape, bool)
+    common[4:35, 4:35] = True
+    from xaiseg.metrics import spearman
+
+    same = spearman(maps["structure"][0], maps["structure"][1], common)
+    assert same > 0.9 and same > spearman(maps["slice"][0], maps["slice"][1], common)
+
+
+def test_rise_cells_on_one_lattice_stay_square_on_a_slice_that_is_not():
+    """The structure's lattice is drawn over a square of the slice's longer side and cropped: on a
+    40 x 96 slice its masks change as fast down the rows as along the columns (cells stretched to
+    the slice's shape would change 2.4 times faster down the rows)."""
+    from toys import BoxToy
+    from xaiseg.explain.base import PerturbationEngine
+
+    image = np.zeros((40, 96), np.float32)
+    box = (40, 10, 59, 29)  # x0, y0, x1, y1: 20 x 20
+    ex = make_explainer("rise", BoxToy(), metric_steps=0).for_structure([box])
+    engine = PerturbationEngine(ex.segmenter, image, SlicePrompt(box=box), np.ones(image.shape, bool))
+    make, lattice = ex.mask_maker(engine)
+    assert lattice == 10  # 96 px / cells of half the box's 20 px side
+    masks = make(np.random.default_rng(0), 200)
+    assert masks.shape == (200, 40, 96)
+    down = np.abs(np.diff(masks, axis=1)).mean()
+    across = np.abs(np.diff(masks, axis=2)).mean()
+    assert 0.85 < down / across < 1.15

@@ -54,6 +54,29 @@ FILLS = ("zero", "mean", "blur", "inpaint")
 METRIC_FILLS = ("method",) + FILLS
 INPAINT_RADIUS = 3  # pixels of kept neighbourhood each removed pixel is filled from
 SCALINGS = ("structure", "slice")
+SIZINGS = ("structure", "slice")
+
+
+def sizing_setting():
+    """The ``sizing`` setting of the methods whose perturbations are sized from the structure
+    (occlusion's patches, RISE's cells); they share its flag."""
+    return setting("structure", "structure-sized perturbations (occlusion's patches, RISE's cells): in a volume one "
+                                "size for the whole structure (from the median shorter side of the explained slices' "
+                                "prompt boxes) on one grid shared by every slice, or each slice's own box",
+                   choices=SIZINGS, flag="--sizing")
+
+
+def side_setting():
+    """The ``side`` the volume pipeline sets with sizing 'structure' (:func:`structure_side`)."""
+    return setting(0.0, "the structure's prompt-box shorter side in slice pixels, set by the volume pipeline with "
+                        "sizing 'structure'; 0: each slice's own box", minimum=0.0, cli=False)
+
+
+def structure_side(boxes: Sequence[Optional[Tuple[int, int, int, int]]]) -> Optional[float]:
+    """The median shorter side of the prompt boxes ``boxes`` (x0, y0, x1, y1; None entries skipped),
+    or None when there is none."""
+    sides = [min(b[2] - b[0] + 1, b[3] - b[1] + 1) for b in boxes if b is not None]
+    return float(np.median(sides)) if sides else None
 
 
 @dataclass(frozen=True)

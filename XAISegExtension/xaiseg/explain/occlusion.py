@@ -34,7 +34,8 @@ import numpy as np
 from ..errors import InputError
 from ..models.base import mask_rect
 from ..settings import setting
-from .base import Attribution, CommonSettings, Explainer, PerturbationEngine
+from .base import (Attribution, CommonSettings, Explainer, PerturbationEngine, side_setting, sizing_setting,
+                   structure_side)
 from .registry import register
 
 
@@ -71,12 +72,8 @@ class OcclusionSettings(CommonSettings):
                                   "patches covering it, flat over each patch; the fixed --patch grid and the "
                                   "--occlusion-passes cells are never smoothed)", minimum=0.0,
                             flag="--occlusion-smooth")
-    sizing: str = setting("structure", "occlusion's structure-sized patches: in a volume one size for the whole "
-                                       "structure (from the median shorter side of the explained slices' prompt "
-                                       "boxes) on one grid shared by every slice, or each slice's own box",
-                          choices=("structure", "slice"), flag="--sizing")
-    side: float = setting(0.0, "the structure's prompt-box shorter side in slice pixels, set by the volume pipeline "
-                               "with sizing 'structure'; 0: each slice's own box", minimum=0.0, cli=False)
+    sizing: str = sizing_setting()
+    side: float = side_setting()
 
     def check(self) -> None:
         if self.passes and self.passes < 4:
@@ -171,10 +168,10 @@ class Occlusion(Explainer):
         """With structure-sized patches and ``sizing`` 'structure': this explainer with ``side`` set
         to the median shorter side of ``boxes`` (the explained slices' prompt boxes, x0, y0, x1, y1),
         so every slice of the structure is tiled by the same grid."""
-        sides = [min(b[2] - b[0] + 1, b[3] - b[1] + 1) for b in boxes if b is not None]
-        if self.patch or self.passes or self.sizing != "structure" or not sides:
+        side = structure_side(boxes)
+        if self.patch or self.passes or self.sizing != "structure" or side is None:
             return self
-        return self.replace(side=float(np.median(sides)))
+        return self.replace(side=side)
 
     def pixel_sizes(self, shape: Tuple[int, int], box=None) -> Tuple[int, int]:
         """Patch and stride of the first level in slice pixels (``box``: the slice's prompt box,
