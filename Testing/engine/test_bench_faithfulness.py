@@ -70,8 +70,8 @@ def test_the_table_says_which_rows_were_measured_again():
             "B": {"methods": {"occlusion": m, "rise": m}, "remeasured": again[1:]},
             "C": {"methods": {"occlusion": m, "rise": m}}}
     text = markdown({"machine": {"platform": "test"}, "pairs": 1, "masks": 100, "maps": maps, "seconds": 1})
-    # the last re-run of each structure, grouped
-    assert "first run): occlusion on 2026-12-02 (A, B)." in text and "rise on" not in text
+    # each method's last re-run on each structure, grouped: A's RISE rows are from its first re-run
+    assert "first run): occlusion on 2026-12-02 (A, B); rise on 2026-11-30 (A)." in text
     assert text.count("| A |") == 2
 
 

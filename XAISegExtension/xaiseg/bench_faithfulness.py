@@ -311,11 +311,13 @@ def markdown(result: Dict) -> str:
             lines.append(f"| {method} | {g['slices']} | {_f(b, 2)} | "
                          f"{'yes' if b is not None and b >= GOALS['beats_trivial_share'] else 'no'} | {_f(r, 2)} | "
                          f"{'yes' if r is not None and r >= GOALS['adjacent_spearman'] else 'no'} |")
-        again: Dict[Tuple[str, str], List[str]] = {}  # (methods, date) of each structure's last re-run
+        # (method, date) of the last re-run that measured each method of each structure
+        again: Dict[Tuple[str, str], List[str]] = {}
         for name, entry in maps.items():
-            if entry.get("remeasured"):
-                last = entry["remeasured"][-1]
-                again.setdefault((", ".join(last["methods"]), last["date"]), []).append(name)
+            last = {m: run["date"] for run in entry.get("remeasured") or [] for m in run["methods"]}
+            for m in METHODS:
+                if m in last:
+                    again.setdefault((m, last[m]), []).append(name)
         if again:
             lines += ["", "Rows measured again on their own (`--methods`; the other methods' rows are from the "
                       "first run): " + "; ".join(f"{m} on {date} ({', '.join(names)})"
