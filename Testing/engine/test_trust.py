@@ -372,6 +372,7 @@ def test_a_structure_is_tiled_by_one_patch_grid_on_every_slice():
     ex = make_explainer("occlusion", SquareEvidence(), grid="image")
     assert ex.for_structure([(0, 0, 11, 11), (0, 0, 19, 19), (0, 0, 27, 27)]).side == 20.0
     assert ex.replace(patch=16).for_structure([(0, 0, 11, 11)]).side == 0.0  # a fixed patch is not resized
+    assert ex.replace(sizing="slice", side=30.0).for_structure([(0, 0, 11, 11)]).side == 0.0
     assert ex.pixel_sizes((64, 64), (36, 36, 55, 55)) == (20, 20)
 
 
@@ -388,6 +389,8 @@ def test_rise_perturbs_every_slice_of_a_structure_with_the_same_masks():
     shared = ex.for_structure(boxes)
     assert shared.side == 26.0 and ex.replace(cells=7).for_structure(boxes).side == 0.0
     assert ex.replace(sizing="slice").for_structure(boxes).side == 0.0
+    # a side copied from another run's record is not kept where this structure sets none
+    assert ex.replace(sizing="slice", side=30.0).for_structure(boxes).side == 0.0
     maps = {}
     for sizing, explainer in (("structure", shared), ("slice", ex)):
         drawn, raw = [], []

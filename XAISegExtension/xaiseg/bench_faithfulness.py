@@ -321,7 +321,7 @@ def markdown(result: Dict) -> str:
         if again:
             lines += ["", "Rows measured again on their own (`--methods`; the other methods' rows are from the "
                       "first run): " + "; ".join(f"{m} on {date} ({', '.join(names)})"
-                                                for (m, date), names in again.items()) + "."]
+                                                for (m, date), names in sorted(again.items())) + "."]
     cascade = result.get("cascade") or {}
     for name, entry in cascade.items():
         lines += ["", f"Cascading randomisation on {name}, slice {entry['slice']} (Spearman of the map with the "

@@ -170,7 +170,7 @@ class Occlusion(Explainer):
         so every slice of the structure is tiled by the same grid."""
         side = structure_side(boxes)
         if self.patch or self.passes or self.sizing != "structure" or side is None:
-            return self
+            return self.replace(side=0.0) if self.side else self  # a side from elsewhere is not this structure's
         return self.replace(side=side)
 
     def pixel_sizes(self, shape: Tuple[int, int], box=None) -> Tuple[int, int]:

@@ -55,7 +55,9 @@ SPECK = 0.5
 class RiseSettings(CommonSettings):
     n_masks: int = setting(2000, "RISE: most masks (stops early on convergence)", minimum=2, flag="--masks")
     cells: int = setting(0, "RISE: mask grid cells per side over the whole slice (7 is seed 001); 0: cells of half "
-                            "the prompt box's shorter side over the ROI's bounding box", minimum=0, flag="--cells")
+                            "the prompt box's shorter side over the ROI's bounding box (in a volume with --sizing "
+                            "structure: half the structure's median box, on one lattice over the slice)", minimum=0,
+                         flag="--cells")
     p: float = setting(0.5, "RISE: probability that a cell is kept", flag="--keep-probability")
     sizing: str = sizing_setting()
     side: float = side_setting()
@@ -90,7 +92,7 @@ class RISE(Explainer):
         of the structure is perturbed by the same masks."""
         side = structure_side(boxes)
         if self.cells or self.sizing != "structure" or side is None:
-            return self
+            return self.replace(side=0.0) if self.side else self  # a side from elsewhere is not this structure's
         return self.replace(side=side)
 
     def mask_maker(self, engine: PerturbationEngine):
