@@ -233,8 +233,8 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
                 result["maps"][name] = entry
             _save(outdir, result)
     if "cascade" in parts:
-        result["cascade"] = {structures[0]: cascade_rows(session, sample, structures[0], min(masks, 100),
-                                                         ("occlusion", "rise", "layers"), progress)}
+        result["cascade"] = {structures[0]: cascade_rows(session, sample, structures[0], min(masks, 100), METHODS,
+                                                         progress)}
         result["cascade_versions"] = dict(MAP_VERSIONS)
         _save(outdir, result)
     if "fills" in parts:
@@ -315,9 +315,8 @@ def markdown(result: Dict) -> str:
         again: Dict[Tuple[str, str], List[str]] = {}
         for name, entry in maps.items():
             last = {m: run["date"] for run in entry.get("remeasured") or [] for m in run["methods"]}
-            for m in METHODS:
-                if m in last:
-                    again.setdefault((m, last[m]), []).append(name)
+            for key in last.items():
+                again.setdefault(key, []).append(name)
         if again:
             lines += ["", "Rows measured again on their own (`--methods`; the other methods' rows are from the "
                       "first run): " + "; ".join(f"{m} on {date} ({', '.join(names)})"

@@ -79,6 +79,17 @@ def structure_side(boxes: Sequence[Optional[Tuple[int, int, int, int]]]) -> Opti
     return float(np.median(sides)) if sides else None
 
 
+def sized_for_structure(explainer, boxes: Sequence[Optional[Tuple[int, int, int, int]]], fixed: bool):
+    """``explainer`` (occlusion, RISE) with ``side`` set to :func:`structure_side` of ``boxes`` when
+    its perturbations are sized from the structure (not ``fixed`` by a setting) and its ``sizing``
+    is 'structure'; otherwise with no side, so that a side copied from another run's record is not
+    taken for this structure's."""
+    side = None if fixed or explainer.sizing != "structure" else structure_side(boxes)
+    if side is None:
+        return explainer.replace(side=0.0) if explainer.side else explainer
+    return explainer.replace(side=side)
+
+
 @dataclass(frozen=True)
 class CommonSettings:
     """Settings every method has; a method's ``Settings`` extends this class."""

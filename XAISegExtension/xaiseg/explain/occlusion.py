@@ -34,8 +34,8 @@ import numpy as np
 from ..errors import InputError
 from ..models.base import mask_rect
 from ..settings import setting
-from .base import (Attribution, CommonSettings, Explainer, PerturbationEngine, side_setting, sizing_setting,
-                   structure_side)
+from .base import (Attribution, CommonSettings, Explainer, PerturbationEngine, side_setting, sized_for_structure,
+                   sizing_setting)
 from .registry import register
 
 
@@ -168,10 +168,7 @@ class Occlusion(Explainer):
         """With structure-sized patches and ``sizing`` 'structure': this explainer with ``side`` set
         to the median shorter side of ``boxes`` (the explained slices' prompt boxes, x0, y0, x1, y1),
         so every slice of the structure is tiled by the same grid."""
-        side = structure_side(boxes)
-        if self.patch or self.passes or self.sizing != "structure" or side is None:
-            return self.replace(side=0.0) if self.side else self  # a side from elsewhere is not this structure's
-        return self.replace(side=side)
+        return sized_for_structure(self, boxes, fixed=bool(self.patch or self.passes))
 
     def pixel_sizes(self, shape: Tuple[int, int], box=None) -> Tuple[int, int]:
         """Patch and stride of the first level in slice pixels (``box``: the slice's prompt box,

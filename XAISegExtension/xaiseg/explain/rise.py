@@ -23,8 +23,8 @@ from ..errors import InputError
 from ..metrics import spearman
 from ..models.base import mask_rect
 from ..settings import setting
-from .base import (Attribution, CommonSettings, Explainer, PerturbationEngine, side_setting, sizing_setting,
-                   structure_side)
+from .base import (Attribution, CommonSettings, Explainer, PerturbationEngine, side_setting, sized_for_structure,
+                   sizing_setting)
 from .registry import register
 
 
@@ -90,10 +90,7 @@ class RISE(Explainer):
         """With structure-sized cells and ``sizing`` 'structure': this explainer with ``side`` set to
         the median shorter side of ``boxes`` (the explained slices' prompt boxes), so that every slice
         of the structure is perturbed by the same masks."""
-        side = structure_side(boxes)
-        if self.cells or self.sizing != "structure" or side is None:
-            return self.replace(side=0.0) if self.side else self  # a side from elsewhere is not this structure's
-        return self.replace(side=side)
+        return sized_for_structure(self, boxes, fixed=bool(self.cells))
 
     def mask_maker(self, engine: PerturbationEngine):
         """``make(rng, n)``: n keep maps of the slice - seed 001's grid over the whole slice; (cells 0,
