@@ -78,14 +78,12 @@ def _explainers(masks: int, cascade: bool = False, fill: str = "zero", only: Seq
     return [make_explainer(m, **dict(common, **per[m])) for m in only]
 
 
-def structure_rows(session, sample, name: str, pairs: Optional[int], masks: int, progress,
-                   metric_fill: str = "inpaint", methods: Sequence[str] = METHODS) -> Dict:
-    """Explain one structure's sampled slices with ``methods``; the per-method figures and per-slice rows."""
-    from .volume import LabelBoxPrompt
+def pair_segmentation(session, sample, name: str, pairs: Optional[int], progress):
+    """The structure's sampled slices (:func:`adjacent_pairs` of the atlas's slices), each
+    segmented from a tight atlas box, and those of them where the model drew a mask."""
+    from .volume import LabelBoxPrompt, plane_index
 
     truth = sample.mask(name)
-    from .volume import plane_index
-
     axis = session.axis
     atlas_slices = [int(k) for k in np.nonzero(truth.any(axis=tuple(a for a in range(3) if a != axis)))[0]]
     slices = adjacent_pairs(atlas_slices, pairs)
@@ -93,7 +91,14 @@ def structure_rows(session, sample, name: str, pairs: Optional[int], masks: int,
     for k in slices:
         boxes[plane_index(axis, k)] = truth[plane_index(axis, k)]
     seg = session.segment(LabelBoxPrompt(boxes, 1), name=name, progress=progress)
-    slices = [k for k in slices if any(r.index == k and r.voxels for r in seg.slices)]
+    return seg, [k for k in slices if any(r.index == k and r.voxels for r in seg.slices)]
+
+
+def structure_rows(session, sample, name: str, pairs: Optional[int], masks: int, progress,
+                   metric_fill: str = "inpaint", methods: Sequence[str] = METHODS) -> Dict:
+    """Explain one structure's sampled slices with ``methods``; the per-method figures and per-slice rows."""
+    truth = sample.mask(name)
+    seg, slices = pair_segmentation(session, sample, name, pairs, progress)
     t0 = time.perf_counter()
     run = session.explain(seg, _explainers(masks, metric_fill=metric_fill, only=methods), slices=slices, target=truth,
                           progress=progress)
