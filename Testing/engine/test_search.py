@@ -1,0 +1,117 @@
+"""The deletion order found by search (:mod:`xaiseg.explain.search`) and the bound benchmark's
+tables (:mod:`xaiseg.bench_bound`): on the known-answer toy the search must remove the evidence
+square first and beat every trivial map, the same input must give the same order, and the
+benchmark's summary must count what its rows say."""
+import json
+
+import numpy as np
+import pytest
+
+from toys import SquareEvidence, evidence_image
+from xaiseg import bench_bound
+from xaiseg.errors import InputError
+from xaiseg.explain import baselines as trivial
+from xaiseg.explain.base import PerturbationEngine
+from xaiseg.explain.measure import faithfulness
+from xaiseg.explain.search import backward_search, roi_blocks
+from xaiseg.models.base import SlicePrompt
+
+PROMPT = SlicePrompt(box=(36, 36, 55, 55))
+
+
+def engine(toy=None):
+    # the toy reads the square's mean brightness: inpainting part of the square from the rest of it
+    # keeps that mean, so the search and the curves remove with zero fill; the logit score is smooth
+    return PerturbationEngine(toy or SquareEvidence(), evidence_image(), PROMPT, np.ones((64, 64), bool),
+                              score="logit")
+
+
+def test_search_removes_the_evidence_square_first_and_beats_the_trivial_maps():
+    toy = SquareEvidence()
+    e = engine(toy)
+    found = backward_search(e, steps=4, blocks=16, fill="zero")
+    square = toy.square_mask()
+    first = found.ranking >= np.sort(found.ranking.ravel())[-64 * 64 // 4]  # what the curve removes first
+    assert first.sum() == 64 * 64 // 4
+    assert (first & square).sum() == square.sum(), "the first quarter removed leaves part of the square"
+    auc = faithfulness(e, found.ranking, 4, fill="zero")["deletion_auc"]
+    maps = trivial.trivial_maps(e.reference, PROMPT.box, 0, e.roi)
+    for name, m in maps.items():
+        assert auc < faithfulness(e, m, 4, fill="zero")["deletion_auc"], name
+    assert found.block_px == 16
+
+
+def test_search_is_deterministic_and_counts_its_passes():
+    e = engine()
+    before = e.evaluations
+    a = backward_search(e, steps=4, blocks=16, fill="zero")
+    assert a.passes == e.evaluations - before > 0
+    b = backward_search(engine(), steps=4, blocks=16, fill="zero")
+    np.testing.assert_array_equal(a.ranking, b.ranking)
+    # every ROI pixel gets its own place in the order
+    assert sorted(a.ranking.ravel()) == list(range(1, 64 * 64 + 1))
+
+
+def test_search_ranks_only_the_roi():
+    roi = np.zeros((64, 64), bool)
+    roi[4:40, 4:40] = True
+    e = PerturbationEngine(SquareEvidence(), evidence_image(), PROMPT, roi, score="logit")
+    found = backward_search(e, steps=3, blocks=9, fill="zero")
+    assert (found.ranking[~roi] == 0).all() and (found.ranking[roi] > 0).all()
+    parts, side = roi_blocks(roi, 9)
+    assert side == 12 and len(parts) == 9 and sum(len(v) for v in parts.values()) == roi.sum()
+
+
+@pytest.mark.parametrize("steps, blocks", [(0, 16), (4, 0)])
+def test_search_refuses_what_it_cannot_do(steps, blocks):
+    with pytest.raises(InputError, match=f"steps {steps} and blocks {blocks}"):
+        backward_search(engine(), steps=steps, blocks=blocks)
+
+
+def _row(trivials, search, methods):
+    return {"mask_px": 10, "roi_px": 80, "trivial": dict(zip(trivial.NAMES, trivials)), "search": min(search),
+            "searches": {str(n): {"deletion_auc": v, "block_px": 3, "passes": 20, "curve": []}
+                         for n, v in zip((4, 12), search)},
+            "methods": dict(zip(("occlusion", "rise", "layers"), methods))}
+
+
+def test_bound_summary_counts_slices_beating_every_trivial_map():
+    result = {"machine": {"platform": "test"}, "blocks": [4, 12], "seconds": 1.0, "structures": {
+        "A": {"slices": [1, 2], "rows": {"1": _row((0.3, 0.4, 0.8), (0.35, 0.25), (0.5, 0.2, None)),
+                                         "2": _row((0.5, 0.6, 0.9), (0.45, 0.55), (0.4, 0.6, None))}}}}
+    s = bench_bound.summary(result)
+    assert s["best_trivial"] == pytest.approx(0.4)
+    assert s["search"] == {"deletion_auc": pytest.approx(0.35), "beats_trivial": 1.0}
+    assert s["search, 4 blocks"]["beats_trivial"] == 0.5 and s["search, 12 blocks"]["beats_trivial"] == 0.5
+    assert s["occlusion"]["beats_trivial"] == 0.5 and s["rise"]["beats_trivial"] == 0.5
+    assert s["layers"] == {"deletion_auc": None, "beats_trivial": None}
+    text = bench_bound.markdown(result)
+    assert "| A | 1 | 10 | 10 | 0.300 | 0.400 | 0.800 | 0.350 (3, 20) | 0.250 (3, 20) | yes |" in text
+    assert "| search | 0.350 | 100% |" in text
+
+
+def test_bound_reads_the_methods_and_checks_the_trivial_maps(tmp_path):
+    result = {"blocks": [4], "structures": {"A": {"slices": [1], "rows": {"1": _row((0.3, 0.4, 0.8), (0.2,), ())}}}}
+    faith = {"maps": {"A": {"methods": {"occlusion": {
+        "per_slice": {"1": {"deletion_auc": 0.33}},
+        "trivial": {"1": {n: {"deletion_auc": v} for n, v in zip(trivial.NAMES, (0.3, 0.4, 0.8))}}}}}}}
+    row = bench_bound.with_methods(result, faith)["structures"]["A"]["rows"]["1"]
+    assert row["methods"] == {"occlusion": 0.33, "rise": None, "layers": None}
+    assert row["trivial_as_faithfulness"] is True
+    faith["maps"]["A"]["methods"]["occlusion"]["trivial"]["1"]["random"]["deletion_auc"] = 0.7
+    assert bench_bound.with_methods(result, faith)["structures"]["A"]["rows"]["1"]["trivial_as_faithfulness"] is False
+    # two runs' folders merge into one table; runs with other block counts do not
+    for name, blocks in (("a", [4]), ("b", [4]), ("c", [12])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "bound.json").write_text(json.dumps(dict(result, blocks=blocks, seconds=2.0,
+                                                                    structures={name: result["structures"]["A"]})))
+    merged = bench_bound.merge([tmp_path / "a", tmp_path / "b"])
+    assert list(merged["structures"]) == ["a", "b"] and merged["seconds"] == 4.0
+    with pytest.raises(SystemExit, match="--blocks"):
+        bench_bound.merge([tmp_path / "a", tmp_path / "c"])
+
+
+@pytest.mark.parametrize("text", ["0", "4,x", ""])
+def test_bound_blocks_option_names_the_bad_value(text):
+    with pytest.raises(SystemExit, match=f"--blocks {text!r}"):
+        bench_bound.blocks(text)
