@@ -115,3 +115,23 @@ def test_bound_reads_the_methods_and_checks_the_trivial_maps(tmp_path):
 def test_bound_blocks_option_names_the_bad_value(text):
     with pytest.raises(SystemExit, match=f"--blocks {text!r}"):
         bench_bound.blocks(text)
+
+
+def test_bound_figure_draws_one_slice():
+    pytest.importorskip("matplotlib")
+    import io
+
+    from PIL import Image
+
+    roi = np.zeros((40, 40), bool)
+    roi[5:35, 8:30] = True
+    mask = np.zeros_like(roi)
+    mask[12:24, 12:22] = True
+    row = _row((0.3, 0.4, 0.8), (0.35, 0.25), ())
+    row["trivial_curves"] = {n: [1.0] + [0.5] * 7 + [0.1] for n in trivial.NAMES}
+    row["searches"]["12"]["curve"] = [1.0] + [0.2] * 7 + [0.1]
+    keep = {"slice": 7, "image": np.random.default_rng(0).random((40, 40)).astype(np.float32), "roi": roi,
+            "mask": mask, "row": row, "best": "12",
+            "rankings": {"blurred mask": mask.astype(float), "search, 12 blocks": roi * np.arange(40.0)[None, :]}}
+    png = bench_bound.figure(keep, "toy")
+    assert Image.open(io.BytesIO(png)).size == (1200, 340)

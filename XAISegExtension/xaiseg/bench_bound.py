@@ -18,6 +18,7 @@ merged with ``--merge DIR ...``.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import time
 from pathlib import Path
@@ -26,16 +27,18 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .bench_faithfulness import METHODS, _f
-from .io import write_tables
+from .io import write_bytes_atomic, write_tables
 from .metrics import mean_of
 
 STEPS = 8
 BLOCKS = (12, 48)
 
 
-def slice_row(session, seg, k: int, blocks: Sequence[int], seed: int = 0) -> Dict:
+def slice_row(session, seg, k: int, blocks: Sequence[int], seed: int = 0, keep: Optional[Dict] = None) -> Dict:
     """The trivial maps' deletion AUC on slice ``k`` of ``seg``, and the search's with each of
-    ``blocks`` (squares over the ROI); ``search``: the lowest of them."""
+    ``blocks`` (squares over the ROI); ``search``: the lowest of them.  ``keep``: filled with what
+    :func:`figure` draws (the slice, its ROI and mask, the blurred mask and the best search's
+    rankings)."""
     from .bench_explain import slice_setup
     from .explain import baselines as trivial
     from .explain.base import PerturbationEngine
@@ -46,10 +49,13 @@ def slice_row(session, seg, k: int, blocks: Sequence[int], seed: int = 0) -> Dic
     image, prompt, embedding, _mask, region = slice_setup(session, seg, k)
     engine = PerturbationEngine(session.segmenter, image, prompt, region, embedding=embedding, stage=f"slice {k}")
     maps = trivial.trivial_maps(engine.reference, prompt_box(engine.prompt, engine.reference), seed, region)
-    row: Dict = {"mask_px": int(engine.reference.sum()), "roi_px": int(region.sum()), "trivial": {}}
+    row: Dict = {"mask_px": int(engine.reference.sum()), "roi_px": int(region.sum()), "trivial": {},
+                 "trivial_curves": {}}
     for name, m in maps.items():
-        row["trivial"][name] = faithfulness(engine, m, STEPS, stage=f"slice {k} {name}")["deletion_auc"]
+        curve = faithfulness(engine, m, STEPS, stage=f"slice {k} {name}")
+        row["trivial"][name], row["trivial_curves"][name] = curve["deletion_auc"], curve["deletion_curve"]
     row["searches"] = {}
+    rankings = {}
     for n in blocks:
         t0 = time.perf_counter()
         found = backward_search(engine, STEPS, n)
@@ -57,15 +63,73 @@ def slice_row(session, seg, k: int, blocks: Sequence[int], seed: int = 0) -> Dic
         row["searches"][str(n)] = {"deletion_auc": curve["deletion_auc"], "curve": curve["deletion_curve"],
                                    "passes": found.passes, "block_px": found.block_px,
                                    "seconds": round(time.perf_counter() - t0, 1)}
-    row["search"] = min(v["deletion_auc"] for v in row["searches"].values())
+        rankings[str(n)] = found.ranking
+    best = min(row["searches"], key=lambda n: row["searches"][n]["deletion_auc"])
+    row["search"] = row["searches"][best]["deletion_auc"]
+    if keep is not None:
+        keep.update({"slice": k, "image": image, "roi": region, "mask": engine.reference, "row": row, "best": best,
+                     "rankings": {"blurred mask": maps["blurred_mask"], f"search, {best} blocks": rankings[best]}})
     return row
 
 
-def structure_rows(session, sample, name: str, blocks: Sequence[int], progress) -> Dict:
+def figure(keep: Dict, title: str) -> bytes:
+    """A PNG of one slice: the slice with the model's mask, what the blurred mask and the best
+    search remove at the curve's first step, and the deletion curves."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    roi, row = keep["roi"], keep["row"]
+    ys, xs = np.nonzero(roi)
+    pad = 6
+    y0, y1 = max(0, ys.min() - pad), min(roi.shape[0], ys.max() + pad + 1)
+    x0, x1 = max(0, xs.min() - pad), min(roi.shape[1], xs.max() + pad + 1)
+    crop = (slice(y0, y1), slice(x0, x1))
+    fig = Figure(figsize=(12, 3.4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 4, 1)
+    ax.imshow(keep["image"][crop], cmap="gray")
+    ax.contour(keep["mask"][crop].astype(float), levels=[0.5], colors="yellow", linewidths=1)
+    ax.contour(roi[crop].astype(float), levels=[0.5], colors="cyan", linewidths=0.8)
+    ax.set_title(f"slice {keep['slice']}: mask (yellow), ROI (cyan)", fontsize=9)
+    n = int(round(roi.sum() / STEPS))
+    for i, (name, ranking) in enumerate(keep["rankings"].items()):
+        values = np.where(roi, ranking, -np.inf)
+        first = np.zeros(roi.shape, bool)
+        first.flat[np.argsort(-values, axis=None, kind="stable")[:n]] = True
+        ax = fig.add_subplot(1, 4, 2 + i)
+        ax.imshow(keep["image"][crop], cmap="gray")
+        ax.imshow(np.ma.masked_where(~first[crop], first[crop]), cmap="autumn", alpha=0.6)
+        ax.contour(keep["mask"][crop].astype(float), levels=[0.5], colors="yellow", linewidths=1)
+        ax.set_title(f"{name}: first 1/{STEPS} removed", fontsize=9)
+    for a in fig.axes:
+        a.set_xticks([])
+        a.set_yticks([])
+    ax = fig.add_subplot(1, 4, 4)
+    fractions = np.linspace(0, 1, STEPS + 1)
+    base = row["trivial_curves"]["blurred_mask"][0] or 1.0
+    curves = dict(row["trivial_curves"], **{f"search, {keep['best']} blocks": row["searches"][keep["best"]]["curve"]})
+    for name, curve in curves.items():
+        auc = row["trivial"].get(name, row["search"])
+        ax.plot(fractions, np.asarray(curve) / base, marker=".", label=f"{name.replace('_', ' ')} ({auc:.3f})")
+    ax.set_xlabel("share of the ROI removed", fontsize=8)
+    ax.set_ylabel("Dice against the unperturbed mask", fontsize=8)
+    ax.set_title("deletion curves (AUC; lower is better)", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.tick_params(labelsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def structure_rows(session, sample, name: str, blocks: Sequence[int], progress, keep: Optional[Dict] = None) -> Dict:
+    """The rows of the structure's middle pair; ``keep``: the first slice's figure data."""
     from .bench_faithfulness import pair_segmentation
 
     seg, slices = pair_segmentation(session, sample, name, 1, progress)
-    return {"slices": slices, "rows": {str(k): slice_row(session, seg, k, blocks) for k in slices}}
+    return {"slices": slices, "rows": {str(k): slice_row(session, seg, k, blocks, keep=keep if i == 0 else None)
+                                       for i, k in enumerate(slices)}}
 
 
 def with_methods(result: Dict, faithfulness: Dict) -> Dict:
@@ -176,6 +240,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="comma-separated counts of squares over the ROI, one search each (default "
                          f"{','.join(str(n) for n in BLOCKS)})")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--figure", metavar="PNG", help="also draw the first structure's first slice into PNG "
+                                                    "(needs matplotlib)")
     ap.add_argument("--merge", nargs="+", metavar="DIR", help="only write one bound.md/.json from the runs in DIR...")
     args = ap.parse_args(argv)
     out = Path(args.output)
@@ -197,8 +263,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         session = Session(sample.image, LiteMedSAM(), SegmentConfig())
         result = {"machine": machine("cpu"), "blocks": blocks(args.blocks), "structures": {}}
         t0 = time.perf_counter()
+        if args.figure:
+            try:
+                import matplotlib  # noqa: F401
+            except ImportError:
+                raise SystemExit("--figure needs matplotlib: pip install 'xaiseg[audit]' (or matplotlib)") from None
+        keep: Optional[Dict] = {} if args.figure else None
         for name in names:
-            result["structures"][name] = structure_rows(session, sample, name, result["blocks"], TqdmProgress())
+            result["structures"][name] = structure_rows(session, sample, name, result["blocks"], TqdmProgress(), keep)
+            if keep:
+                write_bytes_atomic(Path(args.figure), figure(keep, f"{name}: the blurred mask against a search"))
+                keep = None
             result["seconds"] = round(time.perf_counter() - t0, 1)
             write_tables(out, "bound", markdown(result), result)
     faith = out / "faithfulness.json"
