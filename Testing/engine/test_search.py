@@ -62,6 +62,23 @@ def test_search_ranks_only_the_roi():
     assert side == 12 and len(parts) == 9 and sum(len(v) for v in parts.values()) == roi.sum()
 
 
+def test_search_on_a_roi_that_neither_blocks_nor_steps_divide():
+    # 2421 pixels: the curve's fractions round, edge blocks are partial, and blocks are split
+    # where a fraction falls inside one; the pixels the curve removes first must still be the
+    # evidence square's (its 256 pixels lie in 9 blocks of 8 px, 576 pixels, under 2421 / 4)
+    toy = SquareEvidence()
+    roi = np.zeros((64, 64), bool)
+    roi[2:51, 2:53] = True
+    roi[45:51, 40:53] = False
+    e = PerturbationEngine(toy, evidence_image(), PROMPT, roi, score="logit")
+    found = backward_search(e, steps=4, blocks=40, fill="method")  # the engine's own fill: zero
+    n = int(roi.sum())
+    assert n == 2421 and found.block_px == 8
+    assert sorted(found.ranking[roi]) == list(range(1, n + 1))
+    first = found.ranking > n - int(round(n / 4))
+    assert first.sum() == 605 and (first & toy.square_mask()).sum() == toy.square_mask().sum()
+
+
 @pytest.mark.parametrize("steps, blocks", [(0, 16), (4, 0)])
 def test_search_refuses_what_it_cannot_do(steps, blocks):
     with pytest.raises(InputError, match=f"steps {steps} and blocks {blocks}"):

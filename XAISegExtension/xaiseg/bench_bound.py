@@ -5,9 +5,10 @@ benchmark's slices?  A greedy search that optimises the curve itself
 The faithfulness benchmark asks occlusion, RISE and the layer maps to beat the trivial maps (the
 blurred mask, the box centre, random) on 80 % of slices.  This benchmark takes the same slices
 (:func:`xaiseg.bench_faithfulness.pair_segmentation`), the same engine, ROI and curves, and
-searches for the deletion order that lowers the curve most, at a resolution of about ``--blocks``
-squares over the ROI.  Where even the search does not beat the trivial maps, no map of that
-resolution does by the search's way of ranking; where it does, the gap is the room a method has.
+searches for a deletion order that lowers the curve, at a resolution of about ``--blocks`` squares
+over the ROI.  Where the search beats the trivial maps, a ranking that does exists, and the gap
+is room a method could take; where it does not, the trivial map is hard to beat at that
+resolution (the search is greedy, so not impossible).
 The methods' figures on the same slices are read from ``faithfulness.json`` in the output folder,
 and the trivial maps' figures are checked against it (the same slices and engine give the same
 figures).
@@ -185,8 +186,8 @@ def markdown(result: Dict) -> str:
              f"ROI and curves ({STEPS} steps, removed pixels inpainted). The search starts from the whole ROI removed "
              "and, at each of the curve's fractions from the last back to the first, puts back the blocks (squares, "
              f"about {counts.replace(',', ' or ')} of them over the ROI) whose return raised the Dice least. It "
-             "optimises the curve it is measured with, so it is a bound for maps of its resolution, not an "
-             "explanation; `search` is the lower of its runs. Lower is better. The methods' figures are read from "
+             "optimises the curve it is measured with: it shows how low a ranking can drive the curve (being greedy, "
+             "not the lowest possible), and it is not an explanation; `search` is the lower of its runs. Lower is better. The methods' figures are read from "
              "faithfulness.json (its maps part, on the same slices).", "",
              "| structure | slice | mask px | ROI px per step | blurred mask | box centre | random | "
              + " | ".join(f"{c} (block px, passes)" for c in columns) + " | search beats all trivial | "
@@ -196,7 +197,7 @@ def markdown(result: Dict) -> str:
         for k, r in entry["rows"].items():
             t = r["trivial"]
             found = [r["searches"][str(n)] for n in result["blocks"]]
-            lines.append(f"| {name} | {k} | {r['mask_px']} | {r['roi_px'] // STEPS} | {_f(t['blurred_mask'])} | "
+            lines.append(f"| {name} | {k} | {r['mask_px']} | {int(round(r['roi_px'] / STEPS))} | {_f(t['blurred_mask'])} | "
                          f"{_f(t['box_centre'])} | {_f(t['random'])} | "
                          + " | ".join(f"{_f(v['deletion_auc'])} ({v['block_px']}, {v['passes']})" for v in found)
                          + f" | {'yes' if r['search'] < min(t.values()) else 'no'} | "
@@ -212,6 +213,9 @@ def markdown(result: Dict) -> str:
 
 
 def merge(dirs: Sequence[Path]) -> Dict:
+    missing = [str(d) for d in dirs if not (Path(d) / "bound.json").is_file()]
+    if missing:
+        raise SystemExit(f"--merge {' '.join(missing)}: expected a bound.json there (the -o folder of a run)")
     parts = [json.loads((Path(d) / "bound.json").read_text()) for d in dirs]
     out = dict(parts[0], structures={}, seconds=round(sum(p["seconds"] for p in parts), 1))
     for p in parts:
@@ -245,6 +249,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--merge", nargs="+", metavar="DIR", help="only write one bound.md/.json from the runs in DIR...")
     args = ap.parse_args(argv)
     out = Path(args.output)
+    if args.merge and args.figure:
+        raise SystemExit("--figure draws a slice as it is measured; it cannot be used with --merge")
+    counts = blocks(args.blocks)
+    if args.figure:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise SystemExit("--figure needs matplotlib: pip install 'xaiseg[audit]' (or matplotlib)") from None
     if args.merge:
         result = merge([Path(d) for d in args.merge])
     else:
@@ -261,13 +273,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         names: List[str] = args.structures.split(",") if args.structures else list(DEMO_STRUCTURES)
         sample = load_mni_atlas(names)
         session = Session(sample.image, LiteMedSAM(), SegmentConfig())
-        result = {"machine": machine("cpu"), "blocks": blocks(args.blocks), "structures": {}}
+        result = {"machine": machine("cpu"), "blocks": counts, "structures": {}}
         t0 = time.perf_counter()
-        if args.figure:
-            try:
-                import matplotlib  # noqa: F401
-            except ImportError:
-                raise SystemExit("--figure needs matplotlib: pip install 'xaiseg[audit]' (or matplotlib)") from None
         keep: Optional[Dict] = {} if args.figure else None
         for name in names:
             result["structures"][name] = structure_rows(session, sample, name, result["blocks"], TqdmProgress(), keep)
