@@ -41,20 +41,16 @@ def slice_row(session, seg, k: int, blocks: Sequence[int], seed: int = 0, keep: 
     :func:`figure` draws (the slice, its ROI and mask, the blurred mask and the best search's
     rankings)."""
     from .bench_explain import slice_setup
-    from .explain import baselines as trivial
     from .explain.base import PerturbationEngine
-    from .explain.measure import faithfulness
+    from .explain.measure import faithfulness, trivial_curves
     from .explain.search import backward_search
-    from .roi.geometry import prompt_box
 
     image, prompt, embedding, _mask, region = slice_setup(session, seg, k)
     engine = PerturbationEngine(session.segmenter, image, prompt, region, embedding=embedding, stage=f"slice {k}")
-    maps = trivial.trivial_maps(engine.reference, prompt_box(engine.prompt, engine.reference), seed, region)
-    row: Dict = {"mask_px": int(engine.reference.sum()), "roi_px": int(region.sum()), "trivial": {},
-                 "trivial_curves": {}}
-    for name, m in maps.items():
-        curve = faithfulness(engine, m, STEPS, stage=f"slice {k} {name}")
-        row["trivial"][name], row["trivial_curves"][name] = curve["deletion_auc"], curve["deletion_curve"]
+    maps, curves = trivial_curves(engine, STEPS, seed, "inpaint", f"slice {k}")
+    row: Dict = {"mask_px": int(engine.reference.sum()), "roi_px": int(region.sum()),
+                 "trivial": {name: c["deletion_auc"] for name, c in curves.items()},
+                 "trivial_curves": {name: c["deletion_curve"] for name, c in curves.items()}}
     row["searches"] = {}
     rankings = {}
     for n in blocks:
@@ -79,6 +75,8 @@ def figure(keep: Dict, title: str) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from .explain.measure import curve_counts, removal_order
+
     roi, row = keep["roi"], keep["row"]
     ys, xs = np.nonzero(roi)
     pad = 6
@@ -92,11 +90,11 @@ def figure(keep: Dict, title: str) -> bytes:
     ax.contour(keep["mask"][crop].astype(float), levels=[0.5], colors="yellow", linewidths=1)
     ax.contour(roi[crop].astype(float), levels=[0.5], colors="cyan", linewidths=0.8)
     ax.set_title(f"slice {keep['slice']}: mask (yellow), ROI (cyan)", fontsize=9)
-    n = int(round(roi.sum() / STEPS))
     for i, (name, ranking) in enumerate(keep["rankings"].items()):
-        values = np.where(roi, ranking, -np.inf)
+        coords = removal_order(ranking, roi)  # as the curves remove them
+        coords = coords[:curve_counts(len(coords), STEPS)[1]]
         first = np.zeros(roi.shape, bool)
-        first.flat[np.argsort(-values, axis=None, kind="stable")[:n]] = True
+        first[coords[:, 0], coords[:, 1]] = True
         ax = fig.add_subplot(1, 4, 2 + i)
         ax.imshow(keep["image"][crop], cmap="gray")
         ax.imshow(np.ma.masked_where(~first[crop], first[crop]), cmap="autumn", alpha=0.6)
@@ -187,8 +185,8 @@ def markdown(result: Dict) -> str:
              "and, at each of the curve's fractions from the last back to the first, puts back the blocks (squares, "
              f"about {counts.replace(',', ' or ')} of them over the ROI) whose return raised the Dice least. It "
              "optimises the curve it is measured with: it shows how low a ranking can drive the curve (being greedy, "
-             "not the lowest possible), and it is not an explanation; `search` is the lower of its runs. Lower is better. The methods' figures are read from "
-             "faithfulness.json (its maps part, on the same slices).", "",
+             "not the lowest possible), and it is not an explanation; `search` is the lower of its runs. Lower is "
+             "better. The methods' figures are read from faithfulness.json (its maps part, on the same slices).", "",
              "| structure | slice | mask px | ROI px per step | blurred mask | box centre | random | "
              + " | ".join(f"{c} (block px, passes)" for c in columns) + " | search beats all trivial | "
              + " | ".join(METHODS) + " | trivial maps as in faithfulness.json |",
@@ -197,8 +195,8 @@ def markdown(result: Dict) -> str:
         for k, r in entry["rows"].items():
             t = r["trivial"]
             found = [r["searches"][str(n)] for n in result["blocks"]]
-            lines.append(f"| {name} | {k} | {r['mask_px']} | {int(round(r['roi_px'] / STEPS))} | {_f(t['blurred_mask'])} | "
-                         f"{_f(t['box_centre'])} | {_f(t['random'])} | "
+            lines.append(f"| {name} | {k} | {r['mask_px']} | {int(round(r['roi_px'] / STEPS))} | "
+                         f"{_f(t['blurred_mask'])} | {_f(t['box_centre'])} | {_f(t['random'])} | "
                          + " | ".join(f"{_f(v['deletion_auc'])} ({v['block_px']}, {v['passes']})" for v in found)
                          + f" | {'yes' if r['search'] < min(t.values()) else 'no'} | "
                          + " | ".join(_f((r.get("methods") or {}).get(m)) for m in METHODS) + " | "

@@ -181,14 +181,9 @@ def _against_trivial(explainer, engine, explanation, metrics, shared: SliceShare
     fill = metric_fill(explainer.metric_fill, engine)
     key = (engine.score_name, fill, int(explainer.metric_steps), explainer.seed)
     if key not in shared.trivial:
-        from ..roi.geometry import prompt_box
-
-        box = prompt_box(engine.prompt, engine.reference)
-        maps = trivial.trivial_maps(engine.reference, box, explainer.seed, engine.roi)
-        shared.trivial[key] = {}
-        for name, m in maps.items():
-            f = faithfulness(engine, m, explainer.metric_steps, None, stage=f"{stage} baseline {name}", fill=fill)
-            shared.trivial[key][name] = {"deletion_auc": f["deletion_auc"], "insertion_auc": f["insertion_auc"]}
+        _, curves = trivial_curves(engine, explainer.metric_steps, explainer.seed, fill, f"{stage} baseline")
+        shared.trivial[key] = {name: {"deletion_auc": f["deletion_auc"], "insertion_auc": f["insertion_auc"]}
+                               for name, f in curves.items()}
     figures = shared.trivial[key]
     best_del = min(v["deletion_auc"] for v in figures.values())
     best_ins = max(v["insertion_auc"] for v in figures.values())
@@ -197,6 +192,17 @@ def _against_trivial(explainer, engine, explanation, metrics, shared: SliceShare
             "deletion_gain": best_del - metrics["deletion_auc"], "insertion_gain": metrics["insertion_auc"] - best_ins,
             "beats_trivial_deletion": bool(metrics["deletion_auc"] < min(v["deletion_auc"] for v in figures.values())),
             "beats_trivial_insertion": bool(metrics["insertion_auc"] > max(v["insertion_auc"] for v in figures.values()))}
+
+
+def trivial_curves(engine, steps: int, seed: int, fill: str,
+                   stage: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Dict]]:
+    """The trivial maps of ``engine``'s slice (:func:`.baselines.trivial_maps` on its mask, prompt
+    box and ROI) and each one's :func:`faithfulness` curves."""
+    from ..roi.geometry import prompt_box
+
+    maps = trivial.trivial_maps(engine.reference, prompt_box(engine.prompt, engine.reference), seed, engine.roi)
+    return maps, {name: faithfulness(engine, m, steps, None, stage=f"{stage} {name}", fill=fill)
+                  for name, m in maps.items()}
 
 
 def noise_level(engine, passes: int, seed: int = 0, stage: str = "noise") -> float:
@@ -277,6 +283,19 @@ def metric_fill(fill: str, engine) -> str:
     return fill
 
 
+def curve_counts(n: int, steps: int) -> List[int]:
+    """How many of ``n`` ROI pixels a curve of ``steps`` steps has removed (deletion) or put back
+    (insertion) at each of its ``steps`` + 1 evenly spaced fractions, 0 and ``n`` included."""
+    return [int(round(f * n)) for f in np.linspace(0.0, 1.0, steps + 1)]
+
+
+def removal_order(ranking: np.ndarray, roi: np.ndarray) -> np.ndarray:
+    """The ROI's (row, column) pixels in the order the curves remove them: decreasing ``ranking``,
+    ties in row order."""
+    order = np.argsort(-np.asarray(ranking)[roi], kind="stable")
+    return np.argwhere(roi)[order]
+
+
 def faithfulness(engine, ranking: np.ndarray, steps: int, high: Optional[np.ndarray] = None,
                  stage: str = "metrics", fill: str = "inpaint") -> Dict[str, Any]:
     """Dice drop of the high-saliency region and deletion / insertion AUC over the ROI.
@@ -297,20 +316,19 @@ def faithfulness(engine, ranking: np.ndarray, steps: int, high: Optional[np.ndar
     keeps = [np.where(high, 0.0, 1.0)] if high is not None and high.any() else []
     fractions: List[float] = []
     if steps:
-        order = np.argsort(-np.asarray(ranking)[roi], kind="stable")
-        coords = np.argwhere(roi)[order]
-        n = len(coords)
+        coords = removal_order(ranking, roi)
         fractions = list(np.linspace(0.0, 1.0, steps + 1))
-        for f in fractions[1:]:
+        counts = curve_counts(len(coords), steps)
+        for count in counts[1:]:
             k = np.ones(roi.shape, np.float32)
-            c = coords[: int(round(f * n))]
+            c = coords[:count]
             k[c[:, 0], c[:, 1]] = 0.0
-            keeps.append(k)  # deletion at fraction f
-        for f in fractions[1:-1]:
+            keeps.append(k)  # deletion at this fraction
+        for count in counts[1:-1]:
             k = np.zeros(roi.shape, np.float32)
-            c = coords[: int(round(f * n))]
+            c = coords[:count]
             k[c[:, 0], c[:, 1]] = 1.0
-            keeps.append(k)  # insertion at fraction f
+            keeps.append(k)  # insertion at this fraction
     engine.stage = stage
     roi_f = roi.astype(np.float32)
     filled = None if fill == "inpaint" else fill_image(engine.image, fill)  # one fill image for every curve point

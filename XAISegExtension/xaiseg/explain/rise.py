@@ -106,7 +106,7 @@ class RISE(Explainer):
         box = prompt_box(engine.prompt, engine.reference) or (0, 0, shape[1] - 1, shape[0] - 1)
         if self.side and min(box[2] - box[0] + 1, box[3] - box[1] + 1) >= SPECK * self.side:
             # neighbouring slices share the masks, so their maps differ where the slices do, not by
-            # which masks were drawn (adjacent-slice Spearman 0.56 on the middle pairs at stop 23)
+            # which masks were drawn (adjacent-slice Spearman 0.56 on the middle pairs at stop 23);
             # drawn over a square of the slice's longer side and cropped, so the cells stay square on
             # a slice that is not
             square = max(shape)

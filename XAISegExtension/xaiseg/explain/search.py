@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import InputError
 from .base import removed
-from .measure import metric_fill
+from .measure import curve_counts, metric_fill
 
 
 @dataclasses.dataclass
@@ -66,7 +66,7 @@ def backward_search(engine, steps: int = 8, blocks: int = 48, fill: str = "inpai
     parts, side = roi_blocks(roi, blocks)
     total = int(roi.sum())
     # how many pixels stay removed at each curve fraction, from the last-but-one back to the first
-    targets = [int(round(f * total)) for f in np.linspace(0.0, 1.0, steps + 1)[1:-1]][::-1]
+    targets = curve_counts(total, steps)[1:-1][::-1]
     gone = roi.copy()
     left = total
     back: List[np.ndarray] = []  # pixels put back, in the order they came back
@@ -91,8 +91,7 @@ def backward_search(engine, steps: int = 8, blocks: int = 48, fill: str = "inpai
             parts[keys[i]] = pixels[len(put):]
             left -= len(put)
     # the ranking: the pixels never put back first, then the rest, the last to come back first
-    order = [np.argwhere(gone)] + back[::-1]
-    coords = np.concatenate(order) if order else np.zeros((0, 2), int)
+    coords = np.concatenate([np.argwhere(gone)] + back[::-1])
     ranking = np.zeros(roi.shape, np.float32)
     ranking[coords[:, 0], coords[:, 1]] = np.arange(len(coords), 0, -1, dtype=np.float32)
     return SearchOrder(ranking, engine.evaluations - before, side)
