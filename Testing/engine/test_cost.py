@@ -128,10 +128,15 @@ def test_reused_passes_and_a_calibration_without_write_timing():
     assert lite["seconds"] == pytest.approx(3 + reused + write)
     assert torch_["seconds"] == pytest.approx(3 + perturbed + write)
     # per slice: the occlusion patches by their size, the curves' and the noise level's passes change the ROI
+    # (scored by restore, the default, every pass changes the whole ROI: it is inpainted but one patch)
     occlusion = make_explainer("occlusion", metric_steps=2)
     attribution = occlusion.cost((40.0, 40.0))
     patches = occlusion.cost_equivalents((40.0, 40.0), 256, reuse_share)
-    assert reuse_share((8.0, 8.0)) * attribution < patches < reuse_share((40.0, 40.0)) * attribution
+    assert patches == pytest.approx(reuse_share((40.0, 40.0)) * attribution)
+    removal = make_explainer("occlusion", metric_steps=2, mode="remove")
+    assert removal.cost((40.0, 40.0)) == attribution - 1  # no pass with the ROI removed
+    assert reuse_share((8.0, 8.0)) * (attribution - 1) < removal.cost_equivalents((40.0, 40.0), 256, reuse_share) \
+        < reuse_share((40.0, 40.0)) * (attribution - 1)
     assert reused == pytest.approx(2 * (patches + (perturbed / 2 - attribution) * reuse_share((40.0, 40.0))))
     # a larger ROI's passes cost more each, up to a full pass
     large = estimate_counts(request({"kind": "litemedsam"}), 3, [(150.0, 150.0)] * 2, cal)

@@ -9,6 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from toys import SquareEvidence, evidence_image
+from xaiseg.errors import InputError
 from xaiseg.explain import make_explainer
 from xaiseg.io import Geometry, Volume
 from xaiseg.models.base import SlicePrompt
@@ -143,7 +144,8 @@ def test_the_cascade_on_the_toy_ends_below_the_goal():
 
 def test_structure_sized_perturbations():
     toy = SquareEvidence()
-    occ = make_explainer("occlusion", toy, grid="image")
+    # scored by removal: on the whole slice there is nothing around the ROI to inpaint a restore from
+    occ = make_explainer("occlusion", toy, grid="image", mode="remove")
     assert occ.pixel_sizes((64, 64), (36, 36, 55, 55)) == (20, 20)  # coarse level: the box's shorter side, tiled
     ex = occ.replace(metric_steps=0).explain(evidence_image(), PROMPT, roi=whole_slice())
     # only the coarse patch over most of the evidence square lowered the score; it alone is refined
@@ -201,9 +203,11 @@ def test_the_two_patches_that_lowered_the_score_most_are_refined():
     assert len(occ.refined(coarse, np.array([0.5, 0.5, 0.5, 0.0, 0.0]), (64, 64))) == 18
     assert len(occ.refined(coarse, np.array([0.7, 0.0, -0.1, 0.0, 0.0]), (64, 64))) == 9
     assert occ.refined(coarse, np.zeros(5), (64, 64)) == []
-    # the estimate counts the same: the coarse patches plus 9 for each of two refined ones
-    assert occ.cost((30.0, 30.0), grid=64) == 3 * 3 + 18   # 20 px patches over a 30 px ROI: 3 x 3 coarse
-    assert occ.cost((30.0, 30.0), grid=16) == 1 + 9        # a single coarse patch: only it is refined
+    # the estimate counts the same: the coarse patches plus 9 for each of two refined ones, and (scored
+    # by restore, the default) the pass with the whole ROI removed
+    assert occ.cost((30.0, 30.0), grid=64) == 1 + 3 * 3 + 18   # 20 px patches over a 30 px ROI: 3 x 3 coarse
+    assert occ.cost((30.0, 30.0), grid=16) == 1 + 1 + 9        # a single coarse patch: only it is refined
+    assert occ.replace(mode="remove").cost((30.0, 30.0), grid=64) == 3 * 3 + 18
 
 
 def test_inpainted_removal_does_not_reward_scattered_holes():
@@ -252,6 +256,65 @@ def test_occlusion_with_inpainted_patches_finds_the_evidence():
     peak = np.unravel_index(np.argmax(ex.raw), ex.raw.shape)
     assert toy.square_mask()[peak] and ex.metrics["evidence"]
     assert ex.metrics["deletion_auc"] < 0.2
+
+
+def test_restore_occlusion_puts_back_the_evidence_square():
+    """``mode="restore"``: the ROI inpainted from around it, each patch put back on its own.  Only
+    patches over the square bring the mask back, so the map is hot there and beats every trivial
+    map; its raw map is the Dice regained, and the evidence check reads the largest rise (every pass
+    removes the ROI, so the engine's largest fall would say nothing)."""
+    toy = SquareEvidence()
+    roi = np.zeros((64, 64), bool)
+    roi[:34, :34] = True  # the square's quadrant: inpainted, it is filled from the dim background
+    occ = make_explainer("occlusion", toy, mode="restore", baselines=True, metric_steps=8, metric_fill="method",
+                         **FINE)
+    ex = occ.explain(evidence_image(), PROMPT, roi=roi)
+    square = toy.square_mask()
+    # a patch over part of the square fills the rest of it from its bright pixels, so the patches
+    # that reach into the square bring the mask back too: the map is at its top over the whole square
+    assert ex.raw[square].min() == pytest.approx(ex.raw.max())
+    assert ex.raw[square].mean() > 1.5 * ex.raw[roi & ~square].mean()
+    assert ex.details["emptied_score"] == pytest.approx(0.0)  # the square inpainted away: no mask
+    assert ex.metrics["evidence"] and ex.metrics["signal"] == pytest.approx(1.0)  # Dice 0 -> 1
+    assert ex.metrics["beats_trivial_deletion"]
+    patches = [(y, x, p) for y, x, p in occ.patches((64, 64)) if roi[y:y + p, x:x + p].any()]
+    assert ex.n_evaluations == len(patches) + 1  # the ROI removed, then each patch put back
+    assert ex.n_evaluations <= occ.cost((34.0, 34.0), 64)
+    # the fill setting is not used: the rest of the ROI is always inpainted
+    zero = make_explainer("occlusion", toy, mode="restore", fill="zero", metric_steps=0, **FINE).explain(
+        evidence_image(), PROMPT, roi=roi)
+    np.testing.assert_array_equal(zero.raw, ex.raw)
+
+
+def test_restore_occlusion_shows_no_evidence_where_nothing_moves_the_mask():
+    roi = np.zeros((64, 64), bool)
+    roi[34:58, 34:58] = True  # the box only: removing all of it leaves the toy's mask as it was
+    ex = make_explainer("occlusion", SquareEvidence(), mode="restore", metric_steps=2, **FINE).explain(
+        evidence_image(), PROMPT, roi=roi)
+    assert ex.details["emptied_score"] == pytest.approx(1.0)
+    assert ex.metrics["evidence"] is False and ex.metrics["signal"] == 0.0 and not ex.saliency.any()
+
+
+def test_restore_occlusion_changes_when_the_weights_are_redrawn():
+    roi = np.zeros((64, 64), bool)
+    roi[:34, :34] = True
+    ex = make_explainer("occlusion", SquareEvidence(), mode="restore", score="logit", sanity=True, metric_steps=0,
+                        **FINE).explain(evidence_image(), PROMPT, roi=roi)
+    assert ex.metrics["sanity_similarity"] < 0.5
+
+
+@pytest.mark.parametrize("passes", [5, 9])
+def test_budgeted_restore_occlusion_counts_the_removed_roi_in_its_passes(passes):
+    toy = SquareEvidence()
+    occ = make_explainer("occlusion", toy, mode="restore", passes=passes, metric_steps=0, noise_passes=0)
+    roi = np.zeros((64, 64), bool)
+    roi[:40, :40] = True
+    ex = occ.explain(evidence_image(), PROMPT, roi=roi)
+    assert ex.n_evaluations == passes == occ.cost()
+    y, x = np.unravel_index(np.argmax(ex.raw), ex.raw.shape)
+    assert y < 32 and x < 32, "the peak lies outside the evidence's quadrant"
+    with pytest.raises(InputError, match="at least 5 with --occlusion-mode restore"):
+        make_explainer("occlusion", mode="restore", passes=4)
 
 
 def test_a_volume_measures_each_slice_as_a_single_slice_explanation_does():

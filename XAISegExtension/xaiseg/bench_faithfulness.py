@@ -32,8 +32,9 @@ GOALS = {"beats_trivial_share": 0.8, "adjacent_spearman": 0.7, "randomised_simil
 #: the stop at which each method's map last changed: rows recorded with another version are not
 #: resumed, a ``--methods`` run refuses to keep them beside fresh rows, and the cascade and fills parts
 #: are kept from an earlier run only when current, so a table never mixes maps of an older engine
-#: unknowingly (stop 24 smoothed occlusion's map; an earlier table's rows would have been resumed)
-MAP_VERSIONS = {"occlusion": 24, "rise": 25, "layers": 23}
+#: unknowingly (stop 24 smoothed occlusion's map; an earlier table's rows would have been resumed;
+#: stop 27 scored its structure-sized patches by restore)
+MAP_VERSIONS = {"occlusion": 27, "rise": 25, "layers": 23}
 
 
 def current(versions: Optional[Dict[str, int]], methods: Sequence[str] = METHODS) -> bool:
@@ -70,11 +71,12 @@ def adjacent_pairs(slices: Sequence[int], pairs: Optional[int]) -> List[int]:
 
 
 def _explainers(masks: int, cascade: bool = False, fill: str = "zero", only: Sequence[str] = METHODS,
-                metric_fill: str = "inpaint"):
+                metric_fill: str = "inpaint", occlusion_mode: str = "auto"):
     from .explain import make_explainer
 
     common = dict(baselines=True, metric_steps=8, fill=fill, cascade=cascade, metric_fill=metric_fill)
-    per = {"occlusion": {}, "rise": {"n_masks": masks}, "layers": {}}  # layers too: curves and trivial maps
+    # layers too: curves and trivial maps
+    per = {"occlusion": {"mode": occlusion_mode}, "rise": {"n_masks": masks}, "layers": {}}
     return [make_explainer(m, **dict(common, **per[m])) for m in only]
 
 
@@ -135,7 +137,7 @@ def cascade_rows(session, sample, name: str, masks: int, methods: Sequence[str],
     return {"slice": k, "methods": {m: e["slices"][str(k)].get("cascade") for m, e in run.metrics()["methods"].items()}}
 
 
-#: occlusion's patch fills the ``fills`` part compares, on every structure
+#: occlusion's patch fills the ``fills`` part compares, on every structure (scored by removal)
 FILLS_COMPARED = ("zero", "blur", "inpaint")
 
 
@@ -149,8 +151,9 @@ def fill_rows(session, sample, name: str, progress, metric_fill: str = "inpaint"
     slices = adjacent_pairs([r.index for r in seg.slices if r.voxels > 0], 1)
     out = {}
     for fill in FILLS_COMPARED:
-        run = session.explain(seg, _explainers(100, fill=fill, only=("occlusion",), metric_fill=metric_fill),
-                              slices=slices, progress=progress)
+        # scored by removal: restore inpaints the ROI whatever the fill
+        run = session.explain(seg, _explainers(100, fill=fill, only=("occlusion",), metric_fill=metric_fill,
+                                               occlusion_mode="remove"), slices=slices, progress=progress)
         s = run.metrics()["methods"]["occlusion"]["summary"]
         out[fill] = {k: s.get(k) for k in ("deletion_auc", "insertion_auc", "deletion_gain", "beats_trivial_deletion")}
     return out
@@ -342,8 +345,9 @@ def markdown(result: Dict) -> str:
         older = "" if current(result.get("fills_versions"), ("occlusion",)) else (
             f"; measured with occlusion's map of stop {(result.get('fills_versions') or {}).get('occlusion', '?')}, "
             f"not the current one of stop {MAP_VERSIONS['occlusion']}")
-        lines += ["", "What occlusion's patches are filled with (one adjacent pair per structure; the curves remove "
-                  f"pixels the same way for every fill{older}):", "",
+        lines += ["", "What occlusion's patches are filled with when it scores them by removal (`--occlusion-mode "
+                  "remove`; restore inpaints the ROI whatever the fill); one adjacent pair per structure; the curves "
+                  f"remove pixels the same way for every fill{older}:", "",
                   "| structure | patch fill | deletion AUC | gain over best trivial | beats all trivial | insertion AUC |",
                   "|---|---|---|---|---|---|"]
         for name, entry in fills.items():

@@ -158,6 +158,9 @@ class Attribution:
     details: Dict[str, Any] = field(default_factory=dict)
     components: Dict[str, np.ndarray] = field(default_factory=dict)
     passes: Dict[str, int] = field(default_factory=dict)
+    #: what the evidence check weighs against the noise when the engine's largest fall is not it
+    #: (occlusion's restore mode: the largest rise one patch's return caused); None: that fall
+    largest_change: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -187,7 +190,8 @@ class Explanation:
     best_component: Optional[str] = None
     target: Optional[np.ndarray] = None
     #: the largest fall of the score that one of attribution's perturbed passes caused (None: it
-    #: made none); what the evidence check weighs against the noise (:mod:`.measure`)
+    #: made none), or the method's own :attr:`Attribution.largest_change`; what the evidence check
+    #: weighs against the noise (:mod:`.measure`)
     largest_drop: Optional[float] = None
 
 
@@ -611,7 +615,8 @@ class Explainer:
         explanation = Explanation(
             normalise01(raw, roi), raw, self.name, settings, engine.evaluations, seconds, roi, roi_source,
             engine.reference, details=dict(attribution.details), components=dict(attribution.components),
-            target=None if target is None else np.asarray(target, bool), largest_drop=engine.largest_drop,
+            target=None if target is None else np.asarray(target, bool),
+            largest_drop=engine.largest_drop if attribution.largest_change is None else attribution.largest_change,
             record={"model": self.segmenter.describe(), "settings": settings, "seed": self.seed,
                     "prompt": prompt.record(), "seconds": round(seconds, 3), "evaluations": passes,
                     "reuse": engine.reuse_record()})

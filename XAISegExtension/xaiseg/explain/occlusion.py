@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ..errors import InputError
 from ..models.base import mask_rect
 from ..settings import setting
-from .base import (Attribution, CommonSettings, Explainer, PerturbationEngine, side_setting, sized_for_structure,
-                   sizing_setting)
+from .base import (Attribution, CommonSettings, Explainer, PerturbationEngine, removed, side_setting,
+                   sized_for_structure, sizing_setting)
 from .registry import register
 
 
@@ -52,6 +52,13 @@ def positions(length: int, patch: int, stride: int) -> List[int]:
 MIN_PATCH = 8  # model-grid pixels: the smallest coarse structure-sized patch
 REFINE = 2  # coarse patches refined: those whose removal lowered the score most (if it lowered it at all)
 FINE_PER_PATCH = 9  # a refined patch's finer patches: half its size at a quarter's stride, 3 x 3
+#: a patch's score: the rise when it alone is kept (restore), the fall when it alone is removed
+#: (remove), or (auto) restore for the structure-sized patches and remove otherwise (:attr:`Occlusion.scoring`)
+MODES = ("auto", "restore", "remove")
+#: what the rest of the ROI becomes in mode restore, whatever ``fill`` says: emptied to zero (or a
+#: flat grey) the ROI leaves each patch put back floating in a blank hole, an image unlike any the
+#: model was trained on; inpainted from around the ROI, it is the slice without the structure
+RESTORE_FILL = "inpaint"
 
 
 @dataclass(frozen=True)
@@ -72,13 +79,21 @@ class OcclusionSettings(CommonSettings):
                                   "patches covering it, flat over each patch; the fixed --patch grid and the "
                                   "--occlusion-passes cells are never smoothed)", minimum=0.0,
                             flag="--occlusion-smooth")
+    mode: str = setting("auto", "what a patch's score is: restore - its rise when the patch alone is kept and the "
+                                "rest of the ROI is inpainted from around the ROI (--fill is not used; one pass more "
+                                "per slice, the whole ROI inpainted); remove - the fall of the score when the patch "
+                                "alone is removed by --fill (seed 001); auto - restore for the structure-sized "
+                                "patches, remove for a fixed --patch and for --occlusion-passes", choices=MODES,
+                        flag="--occlusion-mode")
     sizing: str = sizing_setting()
     side: float = side_setting()
 
     def check(self) -> None:
-        if self.passes and self.passes < 4:
-            raise InputError(f"occlusion passes {self.passes} must be 0 (no limit) or at least 4 (the ROI's four "
-                             "quadrants come first)")
+        restore = self.mode == "restore"  # auto removes with a pass budget
+        if self.passes and self.passes < (5 if restore else 4):
+            first = "the ROI removed, then its four quadrants" if restore else "the ROI's four quadrants come first"
+            raise InputError(f"occlusion passes {self.passes} must be 0 (no limit) or at least {5 if restore else 4} "
+                             f"with --occlusion-mode {self.mode} ({first})")
         if self.passes and (self.patch or self.stride):
             raise InputError(f"occlusion passes {self.passes} choose the patches themselves; expected no --patch "
                              f"(got {self.patch}) or --stride (got {self.stride}) with them")
@@ -205,17 +220,49 @@ class Occlusion(Explainer):
         if self.passes:
             return int(self.passes)
         coarse, fine, _ = self._levels(roi_extent, grid)
-        return coarse + fine
+        return coarse + fine + self._emptied_passes()
+
+    @property
+    def scoring(self) -> str:
+        """``mode`` resolved: 'restore' or 'remove' (auto: restore for the structure-sized patches;
+        remove, as measured before restore existed, for a fixed ``patch`` and with ``passes``)."""
+        if self.mode != "auto":
+            return self.mode
+        return "remove" if self.patch or self.passes else "restore"
+
+    def _emptied_passes(self) -> int:
+        """Passes before the patches: the ROI removed, when scoring by restore."""
+        return 1 if self.scoring == "restore" else 0
 
     def cost_equivalents(self, roi_extent: Optional[Tuple[float, float]], grid: int, share) -> float:
-        """Each pass removes one patch: the coarse ones, then patches of half their side."""
+        """Each pass removes one patch: the coarse ones, then patches of half their side (mode
+        restore: each pass removes the ROI but one patch, so every pass changes the ROI's extent)."""
+        if self.scoring == "restore":
+            return self.cost(roi_extent, grid) * share(roi_extent)
         if self.passes:  # cells of the ROI's rectangle, its quadrants first
             half = None if roi_extent is None else (roi_extent[0] / 2.0, roi_extent[1] / 2.0)
             return self.passes * share(half)
         coarse, fine, patch = self._levels(roi_extent, grid)
         return coarse * share((patch, patch)) + fine * share((patch / 2.0, patch / 2.0))
 
-    def _scores(self, engine: PerturbationEngine, cells, shape) -> np.ndarray:
+    def _emptied(self, engine: PerturbationEngine) -> Optional[float]:
+        """Mode restore: the score with the whole ROI removed (one pass), what each patch's return
+        is measured from; None in mode remove."""
+        if self.scoring != "restore":
+            return None
+        return float(engine.score_images([removed(engine.image, engine.roi, RESTORE_FILL)], total=0)[0])
+
+    def _scores(self, engine: PerturbationEngine, cells, shape, emptied: Optional[float] = None) -> np.ndarray:
+        """Each cell's score: the fall of the explained score when the cell alone is removed (by the
+        engine's fill), or with ``emptied`` (mode restore) its rise over ``emptied`` when the cell
+        alone is kept and the rest of the ROI removed (inpainted from around the ROI)."""
+        if emptied is not None:
+            images = []
+            for y0, x0, y1, x1 in cells:
+                gone = engine.roi.copy()
+                gone[y0:y1, x0:x1] = False
+                images.append(removed(engine.image, gone, RESTORE_FILL))
+            return engine.score_images(images, total=0) - emptied
         keeps = []
         for y0, x0, y1, x1 in cells:
             k = np.ones(shape, np.float32)
@@ -224,6 +271,15 @@ class Occlusion(Explainer):
         # the ROI chooses the patches; each chosen patch is removed whole (seed 001), so inside the
         # ROI the drops equal full-image occlusion's at a fraction of the cost
         return engine.baseline - engine.scores(keeps, restrict=False, total=0)
+
+    def _result(self, raw: np.ndarray, details: Dict, emptied: Optional[float], scores) -> Attribution:
+        """The attribution; in mode restore with the emptied ROI's score among the details, and as
+        the evidence check's signal the largest rise one patch's return caused (every pass of this
+        mode removes the ROI, so the engine's largest fall would always read as evidence)."""
+        if emptied is None:
+            return Attribution(raw, dict(details, mode="remove"))
+        rise = max([0.0] + [float(v) for s in scores for v in np.asarray(s).ravel()])
+        return Attribution(raw, dict(details, mode="restore", emptied_score=emptied), largest_change=rise)
 
     def refined(self, coarse, drops, shape) -> List[Tuple[int, int, int]]:
         """Finer patches (half the size, a quarter's stride) inside the ``REFINE`` coarse patches
@@ -246,6 +302,9 @@ class Occlusion(Explainer):
         rect = mask_rect(roi)
         budget = int(self.passes)
         engine.progress.stage(engine.stage, budget)
+        emptied = self._emptied(engine)
+        budget -= self._emptied_passes()
+        found = []
         total = np.zeros(shape, np.float64)
         count = np.zeros(shape, np.float64)
         done: List[Cell] = []
@@ -264,16 +323,17 @@ class Occlusion(Explainer):
             heat = [float(current[c[0]:c[2], c[1]:c[3]][roi[c[0]:c[2], c[1]:c[3]]].mean()) for c in fresh]
             order = np.argsort(-np.asarray(heat), kind="stable")
             take = [fresh[i] for i in order[:left]]
-            _add(total, count, take, self._scores(engine, take, shape))
+            found.append(self._scores(engine, take, shape, emptied))
+            _add(total, count, take, found[-1])
             rounds += 1
             done.extend(take)
         engine.progress.done()
         raw = np.divide(total, count, out=np.zeros(shape), where=count > 0)
         sizes = sorted({(c[2] - c[0], c[3] - c[1]) for c in done})
         # patch_px / stride_px: the longest side of the largest cell and the shortest of the smallest
-        return Attribution(raw, {"patches_evaluated": len(done), "patches_full": len(done), "patches_refined": 0,
-                                 "patch_px": max(max(s) for s in sizes), "stride_px": min(min(s) for s in sizes),
-                                 "budget_rounds": rounds})
+        return self._result(raw, {"patches_evaluated": len(done), "patches_full": len(done), "patches_refined": 0,
+                                  "patch_px": max(max(s) for s in sizes), "stride_px": min(min(s) for s in sizes),
+                                  "budget_rounds": rounds}, emptied, found)
 
     def attribute(self, engine: PerturbationEngine) -> Attribution:
         from ..roi.geometry import prompt_box
@@ -285,11 +345,12 @@ class Occlusion(Explainer):
         every = self.patches(shape, box)
         chosen = [(y, x, p) for (y, x, p) in every if engine.roi[y:y + p, x:x + p].any()]
         fine_passes = 0 if self.patch else FINE_PER_PATCH * min(REFINE, len(chosen))
-        engine.progress.stage(engine.stage, len(chosen) + fine_passes)
-        drops = self._scores(engine, [_square(*c) for c in chosen], shape)
+        engine.progress.stage(engine.stage, self._emptied_passes() + len(chosen) + fine_passes)
+        emptied = self._emptied(engine)
+        drops = self._scores(engine, [_square(*c) for c in chosen], shape, emptied)
         fine = [] if self.patch else self.refined(chosen, drops, shape)
         if fine:
-            drops = np.concatenate([drops, self._scores(engine, [_square(*c) for c in fine], shape)])
+            drops = np.concatenate([drops, self._scores(engine, [_square(*c) for c in fine], shape, emptied)])
         total = np.zeros(shape, np.float64)
         count = np.zeros(shape, np.float64)
         _add(total, count, [_square(*c) for c in chosen + fine], drops)
@@ -298,6 +359,6 @@ class Occlusion(Explainer):
         p, s = self.pixel_sizes(shape, box)
         if self.smooth and not self.patch:
             raw = smoothed(raw, count > 0, self.smooth * p)
-        return Attribution(raw, {"patches_evaluated": len(chosen) + len(fine), "patches_full": len(every),
-                                 "patches_refined": len(fine), "patch_px": p, "stride_px": s,
-                                 "roi_ratio": len(chosen) / len(every)})
+        return self._result(raw, {"patches_evaluated": len(chosen) + len(fine), "patches_full": len(every),
+                                  "patches_refined": len(fine), "patch_px": p, "stride_px": s,
+                                  "roi_ratio": len(chosen) / len(every)}, emptied, [drops])
