@@ -286,6 +286,29 @@ def test_restore_occlusion_puts_back_the_evidence_square():
     np.testing.assert_array_equal(zero.raw, ex.raw)
 
 
+def test_both_scores_each_patch_by_its_fall_and_its_rise():
+    """``mode="both"``: a patch's score is the Dice lost when it alone is removed plus the Dice it
+    brings back when it alone is kept in the inpainted ROI, two passes per patch and one for the
+    inpainted ROI; the map is the sum of the two maps, and the signal the largest single change."""
+    toy = SquareEvidence()
+    roi = np.zeros((64, 64), bool)
+    roi[:34, :34] = True
+    settings = dict(FINE, metric_steps=0, smooth=0.0)
+    maps = {mode: make_explainer("occlusion", toy, mode=mode, **settings).explain(evidence_image(), PROMPT, roi=roi)
+            for mode in ("remove", "restore", "both")}
+    both = maps["both"]
+    np.testing.assert_allclose(both.raw, maps["remove"].raw + maps["restore"].raw, atol=1e-6)
+    patches = maps["remove"].n_evaluations
+    assert both.n_evaluations == 2 * patches + 1
+    estimate = {mode: make_explainer("occlusion", mode=mode, patch=16, stride=8).cost((34.0, 34.0), 64)
+                for mode in ("remove", "both")}
+    assert estimate["both"] == 2 * estimate["remove"] + 1
+    assert both.details["mode"] == "both" and both.metrics["signal"] == pytest.approx(1.0)
+    assert toy.square_mask()[np.unravel_index(np.argmax(both.raw), both.raw.shape)]
+    with pytest.raises(InputError, match="at least 9 with --occlusion-mode both"):
+        make_explainer("occlusion", mode="both", passes=8)
+
+
 def test_restore_occlusion_shows_no_evidence_where_nothing_moves_the_mask():
     roi = np.zeros((64, 64), bool)
     roi[34:58, 34:58] = True  # the box only: removing all of it leaves the toy's mask as it was

@@ -1,24 +1,35 @@
 """ROI-guided occlusion sensitivity (seed 001): square patches slide over the slice; only patches
-that overlap the ROI are evaluated (each removed whole), and a patch's score is the drop of the
-explained score when it is removed; a pixel's value is the mean drop of the patches covering it
-(by default then smoothed, see below).
+that overlap the ROI are evaluated, and a pixel's value is the mean score of the patches covering
+it (by default then smoothed, see below).  A patch's score (``mode``):
+
+* restore (the default for the structure-sized patches, below): the whole ROI is inpainted from
+  the pixels around it (the slice without the structure, one pass), then each patch alone is put
+  back; its score is the rise of the explained score over the inpainted ROI (the Dice it brings
+  back).  LiteMedSAM keeps a mask until most of the structure is gone, so removing one patch at a
+  time shows little; what one patch restores on its own says which part the mask needs.  Measured
+  on the faithfulness bench's 12 middle slices (stop 27), it beat the trivial maps on more slices
+  than removal at one pass more (docs/explain.md, "Occlusion scored by restore").
+* remove (seed 001; the fixed ``--patch`` grid and the ``--occlusion-passes`` cells keep it): a
+  patch's score is the drop of the explained score when it alone is removed (by ``fill``).
 
 Patch size, by default, from the structure, coarse to fine: first patches as large as the prompt
 box's shorter side (within ``[MIN_PATCH, 64]`` model-grid pixels) tile the ROI; then, only inside
-the ``REFINE`` coarse patches whose removal lowered the score most, patches of half that size at a
-quarter's stride refine the map.  The map resolves the structure at a fraction of the passes a fine
+the ``REFINE`` coarse patches with the highest scores, patches of half that size at a quarter's
+stride refine the map.  The map resolves the structure at a fraction of the passes a fine
 grid over the whole ROI would cost, and every slice costs the same number of passes (the coarse
-patches plus ``9 * REFINE``), so the estimate before a run does not depend on the maps.  In a
+patches plus ``9 * REFINE``, and the inpainted ROI's pass when restoring), so the estimate before a
+run does not depend on the maps.  In a
 volume, with ``sizing="structure"``, the patch is sized once for the whole structure, so its slices
 share one grid.  In this mode (a single slice, a volume, either sizing) each pixel then takes the
-mean drop of the patches around it with Gaussian weights of a quarter of the coarse patch's side
+mean score of the patches around it with Gaussian weights of a quarter of the coarse patch's side
 (``smooth``), not only of the patches covering it: a flat patch left its pixels to be ranked by
-their position, and the neighbours' drops say which side of a patch lies nearer the evidence.
+their position, and the neighbours' scores say which side of a patch lies nearer the evidence.
 ``--patch 64 --stride 32`` gives seed 001's fixed single-level grid (never smoothed, nor are the
 budgeted cells below), measured on the model's input grid (``grid="model"``, LiteMedSAM's 256) or on
 the slice's pixels (``grid="image"``).
 
-With a pass budget (``passes``, ``--occlusion-passes N``, N >= 4) the patches are cells of the
+With a pass budget (``passes``, ``--occlusion-passes N``, N >= 4; N >= 5 when restoring, whose
+inpainted ROI is one of the N) the patches are cells of the
 ROI's bounding rectangle instead, coarse to fine until the budget is spent: its four quadrants
 first, then the cells half a cell off that grid (the centre, the edge middles), then the quadrants
 of those cells, and so on; each round takes the cells whose area the map so far rates hottest.
@@ -53,8 +64,12 @@ MIN_PATCH = 8  # model-grid pixels: the smallest coarse structure-sized patch
 REFINE = 2  # coarse patches refined: those whose removal lowered the score most (if it lowered it at all)
 FINE_PER_PATCH = 9  # a refined patch's finer patches: half its size at a quarter's stride, 3 x 3
 #: a patch's score: the rise when it alone is kept (restore), the fall when it alone is removed
-#: (remove), or (auto) restore for the structure-sized patches and remove otherwise (:attr:`Occlusion.scoring`)
-MODES = ("auto", "restore", "remove")
+#: (remove), the sum of the two (both), or (auto) :data:`AUTO_SCORING` for the structure-sized
+#: patches and remove otherwise (:attr:`Occlusion.scoring`)
+MODES = ("auto", "both", "restore", "remove")
+AUTO_SCORING = "restore"
+#: passes a pass budget must allow: the ROI's four quadrants, and the inpainted ROI when restoring
+LEAST_PASSES = {"remove": 4, "restore": 5, "both": 9}
 #: what the rest of the ROI becomes in mode restore, whatever ``fill`` says: emptied to zero (or a
 #: flat grey) the ROI leaves each patch put back floating in a blank hole, an image unlike any the
 #: model was trained on; inpainted from around the ROI, it is the slice without the structure
@@ -73,26 +88,29 @@ class OcclusionSettings(CommonSettings):
                              "first)", minimum=0, flag="--occlusion-passes")
     grid: str = setting("model", "what patch and stride are measured on: the model's input grid or the slice's "
                                  "pixels", choices=("model", "image"), flag="--occlusion-grid")
-    smooth: float = setting(0.25, "structure-sized occlusion: each pixel takes the mean drop of the patches around "
+    smooth: float = setting(0.25, "structure-sized occlusion: each pixel takes the mean score of the patches around "
                                   "it weighted by a Gaussian of this share of the coarse patch's side, so pixels "
-                                  "inside one patch are ranked by its neighbours' drops (0: the plain mean of the "
+                                  "inside one patch are ranked by its neighbours' scores (0: the plain mean of the "
                                   "patches covering it, flat over each patch; the fixed --patch grid and the "
                                   "--occlusion-passes cells are never smoothed)", minimum=0.0,
                             flag="--occlusion-smooth")
     mode: str = setting("auto", "what a patch's score is: restore - its rise when the patch alone is kept and the "
-                                "rest of the ROI is inpainted from around the ROI (--fill is not used; one pass more "
-                                "per slice, the whole ROI inpainted); remove - the fall of the score when the patch "
-                                "alone is removed by --fill (seed 001); auto - restore for the structure-sized "
-                                "patches, remove for a fixed --patch and for --occlusion-passes", choices=MODES,
+                                "rest of the ROI is inpainted from around the ROI (--fill is not used there; one "
+                                "pass more per slice, the whole ROI inpainted); remove - the fall of the score when "
+                                "the patch alone is removed by --fill (seed 001); both - the sum of the two (two "
+                                "passes per patch); auto - " + AUTO_SCORING + " for the structure-sized patches, "
+                                "remove for a fixed --patch and for --occlusion-passes", choices=MODES,
                         flag="--occlusion-mode")
     sizing: str = sizing_setting()
     side: float = side_setting()
 
     def check(self) -> None:
-        restore = self.mode == "restore"  # auto removes with a pass budget
-        if self.passes and self.passes < (5 if restore else 4):
-            first = "the ROI removed, then its four quadrants" if restore else "the ROI's four quadrants come first"
-            raise InputError(f"occlusion passes {self.passes} must be 0 (no limit) or at least {5 if restore else 4} "
+        how = "remove" if self.mode == "auto" else self.mode  # auto removes with a pass budget
+        if self.passes and self.passes < LEAST_PASSES[how]:
+            first = {"remove": "the ROI's four quadrants come first",
+                     "restore": "the ROI removed, then its four quadrants put back",
+                     "both": "the ROI removed, then its four quadrants removed and put back"}[how]
+            raise InputError(f"occlusion passes {self.passes} must be 0 (no limit) or at least {LEAST_PASSES[how]} "
                              f"with --occlusion-mode {self.mode} ({first})")
         if self.passes and (self.patch or self.stride):
             raise InputError(f"occlusion passes {self.passes} choose the patches themselves; expected no --patch "
@@ -100,6 +118,16 @@ class OcclusionSettings(CommonSettings):
 
 
 Cell = Tuple[int, int, int, int]  # y0, x0, y1, x1 (end exclusive)
+
+
+@dataclass
+class PatchScoring:
+    """One slice's patch scoring: ``how`` (remove, restore or both), the inpainted ROI's score when
+    patches are put back (``emptied``), and the largest single fall or rise a patch's pass caused."""
+
+    how: str
+    emptied: Optional[float] = None
+    largest: float = 0.0
 
 
 def _cells(rect: Cell, level: int, offset: bool) -> List[Cell]:
@@ -165,8 +193,9 @@ class Occlusion(Explainer):
 
     name = "occlusion"
     title = "Occlusion"
-    limits = ("occlusion shows which patches change the mask when they are blanked out; its resolution is the "
-              "patch size and it misses evidence spread over several patches")
+    limits = ("occlusion shows which patches bring the mask back when each alone is kept in an ROI inpainted from "
+              "around it (or, scored by removal, change the mask when blanked out); its resolution is the patch size "
+              "and it misses evidence that only works together with other patches")
     Settings = OcclusionSettings
 
     def grid_sizes(self, short_side: Optional[float], grid: int = 256) -> Tuple[float, float]:
@@ -220,70 +249,89 @@ class Occlusion(Explainer):
         if self.passes:
             return int(self.passes)
         coarse, fine, _ = self._levels(roi_extent, grid)
-        return coarse + fine + self._emptied_passes()
+        return (coarse + fine) * self._per_patch() + self._emptied_passes()
 
     @property
     def scoring(self) -> str:
-        """``mode`` resolved: 'restore' or 'remove' (auto: restore for the structure-sized patches;
-        remove, as measured before restore existed, for a fixed ``patch`` and with ``passes``)."""
+        """``mode`` resolved: 'restore', 'remove' or 'both' (auto: both for the structure-sized
+        patches; remove, as measured before restore existed, for a fixed ``patch`` and with
+        ``passes``)."""
         if self.mode != "auto":
             return self.mode
-        return "remove" if self.patch or self.passes else "restore"
+        return "remove" if self.patch or self.passes else AUTO_SCORING
+
+    def _per_patch(self) -> int:
+        """Passes per patch: one, or two when scoring by both."""
+        return 2 if self.scoring == "both" else 1
 
     def _emptied_passes(self) -> int:
-        """Passes before the patches: the ROI removed, when scoring by restore."""
-        return 1 if self.scoring == "restore" else 0
+        """Passes before the patches: the ROI removed, when the patches are put back."""
+        return 0 if self.scoring == "remove" else 1
 
     def cost_equivalents(self, roi_extent: Optional[Tuple[float, float]], grid: int, share) -> float:
-        """Each pass removes one patch: the coarse ones, then patches of half their side (mode
-        restore: each pass removes the ROI but one patch, so every pass changes the ROI's extent)."""
+        """A removal pass removes one patch: the coarse ones, then patches of half their side; a
+        restore pass removes the ROI but one patch, so it changes the ROI's whole extent."""
+        restoring = 0.0 if self.scoring == "remove" else self.cost(roi_extent, grid) * share(roi_extent)
         if self.scoring == "restore":
-            return self.cost(roi_extent, grid) * share(roi_extent)
+            return restoring
         if self.passes:  # cells of the ROI's rectangle, its quadrants first
             half = None if roi_extent is None else (roi_extent[0] / 2.0, roi_extent[1] / 2.0)
             return self.passes * share(half)
         coarse, fine, patch = self._levels(roi_extent, grid)
-        return coarse * share((patch, patch)) + fine * share((patch / 2.0, patch / 2.0))
+        removal = coarse * share((patch, patch)) + fine * share((patch / 2.0, patch / 2.0))
+        if self.scoring == "both":  # half the passes of each kind, the inpainted ROI's among the restoring
+            return removal + (coarse + fine + 1) * share(roi_extent)
+        return removal
 
-    def _emptied(self, engine: PerturbationEngine) -> Optional[float]:
-        """Mode restore: the score with the whole ROI removed (one pass), what each patch's return
-        is measured from; None in mode remove."""
-        if self.scoring != "restore":
-            return None
-        return float(engine.score_images([removed(engine.image, engine.roi, RESTORE_FILL)], total=0)[0])
+    def _begin(self, engine: PerturbationEngine) -> "PatchScoring":
+        """One slice's scoring; when patches are put back, the inpainted ROI's score (one pass)."""
+        how = self.scoring
+        emptied = None if how == "remove" else \
+            float(engine.score_images([removed(engine.image, engine.roi, RESTORE_FILL)], total=0)[0])
+        return PatchScoring(how, emptied)
 
-    def _scores(self, engine: PerturbationEngine, cells, shape, emptied: Optional[float] = None) -> np.ndarray:
-        """Each cell's score: the fall of the explained score when the cell alone is removed (by the
-        engine's fill), or with ``emptied`` (mode restore) its rise over ``emptied`` when the cell
-        alone is kept and the rest of the ROI removed (inpainted from around the ROI)."""
-        if emptied is not None:
+    def _scores(self, engine: PerturbationEngine, cells, shape, scoring: "PatchScoring") -> np.ndarray:
+        """Each cell's score (see the module docs): the fall of the explained score when the cell
+        alone is removed (by the engine's fill), its rise over the inpainted ROI when the cell alone
+        is kept, or (both) the sum of the two; ``scoring`` keeps the largest single change."""
+        out = np.zeros(len(cells))
+        if scoring.how in ("remove", "both"):
+            keeps = []
+            for y0, x0, y1, x1 in cells:
+                k = np.ones(shape, np.float32)
+                k[y0:y1, x0:x1] = 0.0
+                keeps.append(k)
+            # the ROI chooses the patches; each chosen patch is removed whole (seed 001), so inside the
+            # ROI the drops equal full-image occlusion's at a fraction of the cost
+            drops = engine.baseline - engine.scores(keeps, restrict=False, total=0)
+            scoring.largest = max([scoring.largest] + list(drops))
+            out += drops
+        if scoring.emptied is not None:
             images = []
             for y0, x0, y1, x1 in cells:
                 gone = engine.roi.copy()
                 gone[y0:y1, x0:x1] = False
                 images.append(removed(engine.image, gone, RESTORE_FILL))
-            return engine.score_images(images, total=0) - emptied
-        keeps = []
-        for y0, x0, y1, x1 in cells:
-            k = np.ones(shape, np.float32)
-            k[y0:y1, x0:x1] = 0.0
-            keeps.append(k)
-        # the ROI chooses the patches; each chosen patch is removed whole (seed 001), so inside the
-        # ROI the drops equal full-image occlusion's at a fraction of the cost
-        return engine.baseline - engine.scores(keeps, restrict=False, total=0)
+            rises = engine.score_images(images, total=0) - scoring.emptied
+            scoring.largest = max([scoring.largest] + list(rises))
+            out += rises
+        return out
 
-    def _result(self, raw: np.ndarray, details: Dict, emptied: Optional[float], scores) -> Attribution:
-        """The attribution; in mode restore with the emptied ROI's score among the details, and as
-        the evidence check's signal the largest rise one patch's return caused (every pass of this
-        mode removes the ROI, so the engine's largest fall would always read as evidence)."""
-        if emptied is None:
-            return Attribution(raw, dict(details, mode="remove"))
-        rise = max([0.0] + [float(v) for s in scores for v in np.asarray(s).ravel()])
-        return Attribution(raw, dict(details, mode="restore", emptied_score=emptied), largest_change=rise)
+    @staticmethod
+    def _result(raw: np.ndarray, details: Dict, scoring: "PatchScoring") -> Attribution:
+        """The attribution, with how the patches were scored among the details; when they were put
+        back, also the inpainted ROI's score, and as the evidence check's signal the largest single
+        change a patch caused (every restore pass removes the ROI, so the engine's largest fall
+        would always read as evidence)."""
+        if scoring.emptied is None:
+            return Attribution(raw, dict(details, mode=scoring.how))
+        return Attribution(raw, dict(details, mode=scoring.how, emptied_score=scoring.emptied),
+                           largest_change=float(max(0.0, scoring.largest)))
 
     def refined(self, coarse, drops, shape) -> List[Tuple[int, int, int]]:
         """Finer patches (half the size, a quarter's stride) inside the ``REFINE`` coarse patches
-        whose removal lowered the score most; a patch that did not lower it is not refined."""
+        with the highest scores (``drops``: removal's falls or restore's rises); a patch whose score
+        is not positive is not refined."""
         fine: set = set()
         for i in np.argsort(-np.asarray(drops, np.float64), kind="stable")[:REFINE]:
             if drops[i] <= 0:
@@ -302,9 +350,8 @@ class Occlusion(Explainer):
         rect = mask_rect(roi)
         budget = int(self.passes)
         engine.progress.stage(engine.stage, budget)
-        emptied = self._emptied(engine)
-        budget -= self._emptied_passes()
-        found = []
+        scoring = self._begin(engine)
+        budget = (budget - self._emptied_passes()) // self._per_patch()  # cells
         total = np.zeros(shape, np.float64)
         count = np.zeros(shape, np.float64)
         done: List[Cell] = []
@@ -323,8 +370,7 @@ class Occlusion(Explainer):
             heat = [float(current[c[0]:c[2], c[1]:c[3]][roi[c[0]:c[2], c[1]:c[3]]].mean()) for c in fresh]
             order = np.argsort(-np.asarray(heat), kind="stable")
             take = [fresh[i] for i in order[:left]]
-            found.append(self._scores(engine, take, shape, emptied))
-            _add(total, count, take, found[-1])
+            _add(total, count, take, self._scores(engine, take, shape, scoring))
             rounds += 1
             done.extend(take)
         engine.progress.done()
@@ -333,7 +379,7 @@ class Occlusion(Explainer):
         # patch_px / stride_px: the longest side of the largest cell and the shortest of the smallest
         return self._result(raw, {"patches_evaluated": len(done), "patches_full": len(done), "patches_refined": 0,
                                   "patch_px": max(max(s) for s in sizes), "stride_px": min(min(s) for s in sizes),
-                                  "budget_rounds": rounds}, emptied, found)
+                                  "budget_rounds": rounds}, scoring)
 
     def attribute(self, engine: PerturbationEngine) -> Attribution:
         from ..roi.geometry import prompt_box
@@ -345,12 +391,12 @@ class Occlusion(Explainer):
         every = self.patches(shape, box)
         chosen = [(y, x, p) for (y, x, p) in every if engine.roi[y:y + p, x:x + p].any()]
         fine_passes = 0 if self.patch else FINE_PER_PATCH * min(REFINE, len(chosen))
-        engine.progress.stage(engine.stage, self._emptied_passes() + len(chosen) + fine_passes)
-        emptied = self._emptied(engine)
-        drops = self._scores(engine, [_square(*c) for c in chosen], shape, emptied)
+        engine.progress.stage(engine.stage, self._emptied_passes() + (len(chosen) + fine_passes) * self._per_patch())
+        scoring = self._begin(engine)
+        drops = self._scores(engine, [_square(*c) for c in chosen], shape, scoring)
         fine = [] if self.patch else self.refined(chosen, drops, shape)
         if fine:
-            drops = np.concatenate([drops, self._scores(engine, [_square(*c) for c in fine], shape, emptied)])
+            drops = np.concatenate([drops, self._scores(engine, [_square(*c) for c in fine], shape, scoring)])
         total = np.zeros(shape, np.float64)
         count = np.zeros(shape, np.float64)
         _add(total, count, [_square(*c) for c in chosen + fine], drops)
@@ -361,4 +407,4 @@ class Occlusion(Explainer):
             raw = smoothed(raw, count > 0, self.smooth * p)
         return self._result(raw, {"patches_evaluated": len(chosen) + len(fine), "patches_full": len(every),
                                   "patches_refined": len(fine), "patch_px": p, "stride_px": s,
-                                  "roi_ratio": len(chosen) / len(every)}, emptied, [drops])
+                                  "roi_ratio": len(chosen) / len(every)}, scoring)
