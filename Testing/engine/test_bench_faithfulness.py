@@ -113,10 +113,15 @@ def test_rows_of_an_older_engine_are_neither_resumed_nor_kept(tmp_path):
     fills = {"A": {"zero": {"deletion_auc": 0.5, "insertion_auc": 0.8, "deletion_gain": 0.0,
                             "beats_trivial_deletion": 0.0}}}
     base = {"machine": {"platform": "test"}, "pairs": 1, "masks": 100, "maps": {}, "seconds": 1, "fills": fills}
-    old = dict(base, fills_versions={"occlusion": MAP_VERSIONS["occlusion"] - 1})
-    assert f"map of stop {MAP_VERSIONS['occlusion'] - 1}, not the current one" in markdown(old)
-    now = dict(base, fills_versions={"occlusion": MAP_VERSIONS["occlusion"]})
-    assert "not the current one" not in markdown(now)
+    # the fills part measures occlusion scored by removal, whose map has its own version; before stop
+    # 27 it was recorded as occlusion's
+    from xaiseg.bench_faithfulness import FILLS_VERSION, fills_current
+
+    old = dict(base, fills_versions={"occlusion_remove": FILLS_VERSION - 1})
+    assert f"removal map of stop {FILLS_VERSION - 1}, not the current one of stop {FILLS_VERSION}" in markdown(old)
+    for versions in ({"occlusion_remove": FILLS_VERSION}, {"occlusion": FILLS_VERSION}):
+        assert fills_current(versions) and "not the current one" not in markdown(dict(base, fills_versions=versions))
+    assert not fills_current({"occlusion": MAP_VERSIONS["occlusion"]}) and not fills_current(None)
 
 
 def test_a_rerun_resumes_only_the_current_engines_structures(tmp_path, monkeypatch):
@@ -139,7 +144,7 @@ def test_a_rerun_resumes_only_the_current_engines_structures(tmp_path, monkeypat
     (tmp_path / "faithfulness.json").write_text(json.dumps({
         "pairs": 1, "masks": 100, "metric_fill": "inpaint", "sampling": bf.SAMPLING,
         "maps": {"Left_Caudate": dict(fresh, slices=[81, 82]), "Right_Caudate": dict(fresh, versions=old)},
-        "fills": {"Left_Caudate": {}}, "fills_versions": {"occlusion": old["occlusion"]},
+        "fills": {"Left_Caudate": {}}, "fills_versions": {"occlusion_remove": bf.FILLS_VERSION - 1},
         "cascade": {"Left_Caudate": {"slice": 81, "methods": {}}}, "cascade_versions": dict(bf.MAP_VERSIONS)}))
     result = bf.bench_faithfulness(tmp_path, structures=["Left_Caudate", "Right_Caudate"], masks=100,
                                    parts=("maps",))

@@ -35,6 +35,16 @@ GOALS = {"beats_trivial_share": 0.8, "adjacent_spearman": 0.7, "randomised_simil
 #: unknowingly (stop 24 smoothed occlusion's map; an earlier table's rows would have been resumed;
 #: stop 27 scored its structure-sized patches by restore)
 MAP_VERSIONS = {"occlusion": 27, "rise": 25, "layers": 23}
+#: the ``fills`` part measures occlusion scored by removal (``--occlusion-mode remove``), whose map
+#: last changed at stop 24; until stop 27 that was occlusion's only map, recorded as "occlusion"
+FILLS_VERSION = 24
+
+
+def fills_current(versions: Optional[Dict[str, int]]) -> bool:
+    """Whether a ``fills`` part recorded with ``versions`` measured the current removal map."""
+    versions = versions or {}
+    legacy = versions.get("occlusion") if versions.get("occlusion", 27) < 27 else None
+    return versions.get("occlusion_remove", legacy) == FILLS_VERSION
 
 
 def current(versions: Optional[Dict[str, int]], methods: Sequence[str] = METHODS) -> bool:
@@ -215,8 +225,8 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
     # so the table never labels rows with settings they were not measured with
     if same:
         result.update({k: v for k, v in previous.items() if k in ("maps", "cascade", "fills") and k not in parts})
-        for part, methods_of in (("cascade", METHODS), ("fills", ("occlusion",))):
-            if part in result and not current(previous.get(f"{part}_versions"), methods_of):
+        for part, fresh in (("cascade", lambda v: current(v, METHODS)), ("fills", fills_current)):
+            if part in result and not fresh(previous.get(f"{part}_versions")):
                 del result[part]  # measured by another engine: left out rather than shown as current
             elif part in result:
                 result[f"{part}_versions"] = previous[f"{part}_versions"]
@@ -247,7 +257,7 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
         _save(outdir, result)
     if "fills" in parts:
         result["fills"] = {}
-        result["fills_versions"] = {"occlusion": MAP_VERSIONS["occlusion"]}
+        result["fills_versions"] = {"occlusion_remove": FILLS_VERSION}
         for name in structures:
             result["fills"][name] = fill_rows(session, sample, name, progress, metric_fill)
             _save(outdir, result)
@@ -342,9 +352,11 @@ def markdown(result: Dict) -> str:
                 lines.append(f"| {m} | " + " | ".join(_f(s["similarity"], 2) for s in steps) + " |")
     fills = result.get("fills") or {}
     if fills:
-        older = "" if current(result.get("fills_versions"), ("occlusion",)) else (
-            f"; measured with occlusion's map of stop {(result.get('fills_versions') or {}).get('occlusion', '?')}, "
-            f"not the current one of stop {MAP_VERSIONS['occlusion']}")
+        versions = result.get("fills_versions") or {}
+        older = "" if fills_current(versions) else (
+            f"; measured with occlusion's removal map of stop "
+            f"{versions.get('occlusion_remove', versions.get('occlusion', '?'))}, not the current one of stop "
+            f"{FILLS_VERSION}")
         lines += ["", "What occlusion's patches are filled with when it scores them by removal (`--occlusion-mode "
                   "remove`; restore inpaints the ROI whatever the fill); one adjacent pair per structure; the curves "
                   f"remove pixels the same way for every fill{older}:", "",
