@@ -51,7 +51,9 @@ def test_default_occlusion_patch_is_sized_to_the_caudate(caudate_run):
     """The default patch follows the prompt box's short side (not the seed's 64 px), tiles it and
     refines the two hottest at half size, so the map can resolve a structure smaller than 64 px."""
     session, seg, truth, k = caudate_run
-    run = session.explain(seg, [make_explainer("occlusion", metric_steps=2)], roi=RoiConfig("box"), target=truth)
+    # scored by removal, so that each pass changes one patch (the sizing is the same in every mode)
+    run = session.explain(seg, [make_explainer("occlusion", metric_steps=2, mode="remove")], roi=RoiConfig("box"),
+                          target=truth)
     ex = run.explanations["occlusion"][k]
     jj, ii = np.nonzero(truth[k])
     short = min(jj.max() - jj.min() + 1, ii.max() - ii.min() + 1)
@@ -77,6 +79,14 @@ def test_default_occlusion_patch_is_sized_to_the_caudate(caudate_run):
     yy, xx = np.nonzero(truth[k])
     # the strongest evidence lies on or right beside the caudate
     assert np.min(np.hypot(yy - peak[0], xx - peak[1])) <= ex.details["patch_px"]
+    # by default the patches are put back into the inpainted ROI: every pass changes the ROI's extent,
+    # and the estimate charges each at that share
+    default = session.explain(seg, [make_explainer("occlusion", metric_steps=0)], roi=RoiConfig("box"),
+                              slices=[k]).explanations["occlusion"][k]
+    assert default.details["mode"] != "remove" and default.details["patch_px"] == ex.details["patch_px"]
+    rows, cols = np.nonzero(default.roi)
+    extent = ((rows.max() - rows.min() + 1) * 256 / side, (cols.max() - cols.min() + 1) * 256 / side)
+    assert default.record["reuse"]["mean_pass_share"] == pytest.approx(reuse_share(extent), abs=0.04)
 
 
 def test_embedding_roi_hugs_the_caudate(caudate_run):
