@@ -133,6 +133,16 @@ def test_reused_passes_and_a_calibration_without_write_timing():
     attribution = occlusion.cost((40.0, 40.0))
     patches = occlusion.cost_equivalents((40.0, 40.0), 256, reuse_share)
     assert patches == pytest.approx(reuse_share((40.0, 40.0)) * attribution)
+    # both: each patch removed (its own share) and put back (the ROI's), and the inpainted ROI once;
+    # with a budget of 9: the inpainted ROI and four cells, each removed and put back
+    both = make_explainer("occlusion", metric_steps=2, mode="both")
+    assert both.cost((40.0, 40.0)) == 2 * (attribution - 1) + 1
+    assert both.cost_equivalents((40.0, 40.0), 256, reuse_share) == pytest.approx(
+        make_explainer("occlusion", mode="remove").cost_equivalents((40.0, 40.0), 256, reuse_share)
+        + attribution * reuse_share((40.0, 40.0)))
+    budget = make_explainer("occlusion", mode="both", passes=9)
+    assert budget.cost_equivalents((40.0, 40.0), 256, reuse_share) == pytest.approx(
+        4 * reuse_share((20.0, 20.0)) + 5 * reuse_share((40.0, 40.0)))
     removal = make_explainer("occlusion", metric_steps=2, mode="remove")
     assert removal.cost((40.0, 40.0)) == attribution - 1  # no pass with the ROI removed
     assert reuse_share((8.0, 8.0)) * (attribution - 1) < removal.cost_equivalents((40.0, 40.0), 256, reuse_share) \

@@ -279,7 +279,7 @@ def test_restore_occlusion_puts_back_the_evidence_square():
     assert ex.metrics["beats_trivial_deletion"]
     patches = [(y, x, p) for y, x, p in occ.patches((64, 64)) if roi[y:y + p, x:x + p].any()]
     assert ex.n_evaluations == len(patches) + 1  # the ROI removed, then each patch put back
-    assert ex.n_evaluations <= occ.cost((34.0, 34.0), 64)
+    assert ex.n_evaluations <= occ.cost((34.0, 34.0), 64)  # the estimate before a run: an upper bound
     # the fill setting is not used: the rest of the ROI is always inpainted
     zero = make_explainer("occlusion", toy, mode="restore", fill="zero", metric_steps=0, **FINE).explain(
         evidence_image(), PROMPT, roi=roi)
@@ -307,6 +307,36 @@ def test_both_scores_each_patch_by_its_fall_and_its_rise():
     assert toy.square_mask()[np.unravel_index(np.argmax(both.raw), both.raw.shape)]
     with pytest.raises(InputError, match="at least 9 with --occlusion-mode both"):
         make_explainer("occlusion", mode="both", passes=8)
+
+
+def test_structure_sized_restore_refines_the_patches_that_bring_the_mask_back():
+    """The default (``auto``) scores structure-sized patches by restore: the two coarse patches whose
+    return brought the mask back are refined (9 finer patches each, all put back on their own)."""
+    toy = SquareEvidence()
+    roi = np.zeros((64, 64), bool)
+    roi[:34, :34] = True
+    occ = make_explainer("occlusion", toy, grid="image", metric_steps=0, noise_passes=0)
+    ex = occ.explain(evidence_image(), PROMPT, roi=roi)
+    assert ex.details["mode"] == "restore" and ex.details["patch_px"] == 20
+    coarse = [(y, x, p) for y, x, p in occ.patches((64, 64), PROMPT.box) if roi[y:y + p, x:x + p].any()]
+    assert ex.details["patches_refined"] == 18
+    assert ex.n_evaluations == 1 + len(coarse) + ex.details["patches_refined"]
+    # inpainting spreads a bright patch's value over the square, so every patch that reaches into it
+    # brings the mask back (the toy reads the square's mean): the square is near the map's top, and
+    # hotter on average than the rest of the ROI
+    square = toy.square_mask()
+    assert ex.raw[square].mean() > 0.9 and ex.raw[square].mean() > ex.raw[roi & ~square].mean()
+    assert ex.details["emptied_score"] == 0.0 and ex.raw[roi].min() < 0.5
+
+
+@pytest.mark.parametrize("passes, used", [(9, 9), (10, 9), (13, 13)])
+def test_budgeted_both_spends_two_passes_per_cell(passes, used):
+    roi = np.zeros((64, 64), bool)
+    roi[:40, :40] = True
+    ex = make_explainer("occlusion", SquareEvidence(), mode="both", passes=passes, metric_steps=0,
+                        noise_passes=0).explain(evidence_image(), PROMPT, roi=roi)
+    # the inpainted ROI, then each cell removed and put back: an odd budget is spent whole
+    assert ex.n_evaluations == used and ex.details["mode"] == "both"
 
 
 def test_restore_occlusion_shows_no_evidence_where_nothing_moves_the_mask():

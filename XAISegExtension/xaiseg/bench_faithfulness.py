@@ -38,12 +38,14 @@ MAP_VERSIONS = {"occlusion": 27, "rise": 25, "layers": 23}
 #: the ``fills`` part measures occlusion scored by removal (``--occlusion-mode remove``), whose map
 #: last changed at stop 24; until stop 27 that was occlusion's only map, recorded as "occlusion"
 FILLS_VERSION = 24
+#: the stop from which occlusion's own version is no longer its removal map's
+SCORING_SPLIT = 27
 
 
 def fills_current(versions: Optional[Dict[str, int]]) -> bool:
     """Whether a ``fills`` part recorded with ``versions`` measured the current removal map."""
     versions = versions or {}
-    legacy = versions.get("occlusion") if versions.get("occlusion", 27) < 27 else None
+    legacy = versions.get("occlusion") if versions.get("occlusion", SCORING_SPLIT) < SCORING_SPLIT else None
     return versions.get("occlusion_remove", legacy) == FILLS_VERSION
 
 

@@ -16,7 +16,8 @@ The explained score is explicit (``score``):
 A perturbation is a *keep map* ``k`` in [0, 1] (1 = original pixel): the engine shows the model
 ``image * k' + fill * (1 - k')`` with ``k' = 1 - (1 - k) * roi``, so pixels outside the ROI are
 never changed (seed 001: multiplier 1.0 outside the ROI) - except for occlusion, where the ROI
-picks the patches and each chosen patch is removed whole, as in seed 001's occlusion.  ``fill`` is
+picks the patches and each chosen patch is removed whole, as in seed 001's occlusion (scored by
+removal; restoring, occlusion builds its images itself).  ``fill`` is
 ``zero``, ``mean`` (of the slice) or ``blur`` (Gaussian, sigma 5 pixels).
 
 The engine encodes the unperturbed slice once (or reuses the caller's cached embedding), keeps it
@@ -423,7 +424,8 @@ class PerturbationEngine:
         Opens a progress stage of ``total`` steps (the number of keep maps when it is a sequence)
         unless ``total`` is 0, which continues the current stage (for methods that evaluate in
         several rounds).  ``restrict=False`` applies keep maps outside the ROI too (occlusion: the
-        ROI chooses which patches are evaluated, each patch is removed whole, as in seed 001).
+        ROI chooses which patches are evaluated, each patch is removed whole, as in seed 001, when
+        it scores patches by removal).
         """
         keeps = list(keeps)
         return self.score_images(keeps, total, perturb="roi" if restrict else "all")

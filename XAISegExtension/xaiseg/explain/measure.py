@@ -9,8 +9,10 @@
   them: ``deletion_gain`` = best trivial deletion AUC minus the method's (positive: the method
   is better), ``insertion_gain`` = the method's insertion AUC minus the best trivial one;
 * evidence: the largest fall of the score that one of a perturbation method's passes caused
-  (``signal``) against the noise of the model on jittered copies of the unperturbed slice
-  (``noise_level``); a slice whose signal stays within twice the noise shows ``evidence: false``
+  (occlusion scoring patches by restore: the largest rise one patch's return caused) (``signal``)
+  against the noise of the model on jittered copies of the unperturbed slice (``noise_level``; for
+  restore that is the noise around the unperturbed score, not around the inpainted ROI's, which
+  is not measured); a slice whose signal stays within twice the noise shows ``evidence: false``
   and is not painted;
 * localisation (:func:`localisation`): pointing game, energy and IoU against a ground truth, or
   against the model's own mask for methods that declare ``localise_against_mask``;
@@ -222,8 +224,9 @@ def _evidence(explainer, engine, explanation, shared: SliceShared, stage: str) -
     if key not in shared.noise:
         shared.noise[key] = noise_level(engine, explainer.noise_passes, explainer.seed, f"{stage} noise")
     noise = shared.noise[key]
-    # the largest fall one perturbation caused: RISE's and LIME's maps are contrasts of means over
-    # many masks, far below any single pass's change, so their maps' peaks would read as noise
+    # the largest fall one perturbation caused (or the method's own largest change, occlusion's rise
+    # when restoring): RISE's and LIME's maps are contrasts of means over many masks, far below any
+    # single pass's change, so their maps' peaks would read as noise
     if explanation.largest_drop is not None:
         signal = float(explanation.largest_drop)
     else:

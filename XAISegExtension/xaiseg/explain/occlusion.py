@@ -29,7 +29,7 @@ budgeted cells below), measured on the model's input grid (``grid="model"``, Lit
 the slice's pixels (``grid="image"``).
 
 With a pass budget (``passes``, ``--occlusion-passes N``, N >= 4; N >= 5 when restoring, whose
-inpainted ROI is one of the N) the patches are cells of the
+inpainted ROI is one of the N, and 9 with ``both``, two passes per cell) the patches are cells of the
 ROI's bounding rectangle instead, coarse to fine until the budget is spent: its four quadrants
 first, then the cells half a cell off that grid (the centre, the edge middles), then the quadrants
 of those cells, and so on; each round takes the cells whose area the map so far rates hottest.
@@ -61,7 +61,7 @@ def positions(length: int, patch: int, stride: int) -> List[int]:
 
 
 MIN_PATCH = 8  # model-grid pixels: the smallest coarse structure-sized patch
-REFINE = 2  # coarse patches refined: those whose removal lowered the score most (if it lowered it at all)
+REFINE = 2  # coarse patches refined: those with the highest scores (if positive at all)
 FINE_PER_PATCH = 9  # a refined patch's finer patches: half its size at a quarter's stride, 3 x 3
 #: a patch's score: the rise when it alone is kept (restore), the fall when it alone is removed
 #: (remove), the sum of the two (both), or (auto) :data:`AUTO_SCORING` for the structure-sized
@@ -85,7 +85,7 @@ class OcclusionSettings(CommonSettings):
                           flag="--stride")
     passes: int = setting(0, "most encoder passes per slice: 0 for no limit (structure-sized patches, coarse to "
                              "fine); N >= 4 for cells of the ROI coarse to fine until N are spent (its quadrants "
-                             "first)", minimum=0, flag="--occlusion-passes")
+                             "first; N >= 5 with --occlusion-mode restore, 9 with both)", minimum=0, flag="--occlusion-passes")
     grid: str = setting("model", "what patch and stride are measured on: the model's input grid or the slice's "
                                  "pixels", choices=("model", "image"), flag="--occlusion-grid")
     smooth: float = setting(0.25, "structure-sized occlusion: each pixel takes the mean score of the patches around "
@@ -105,6 +105,8 @@ class OcclusionSettings(CommonSettings):
     side: float = side_setting()
 
     def check(self) -> None:
+        if self.mode not in MODES:
+            raise InputError(f"occlusion mode {self.mode!r} is unknown; expected one of {', '.join(MODES)}")
         how = "remove" if self.mode == "auto" else self.mode  # auto removes with a pass budget
         if self.passes and self.passes < LEAST_PASSES[how]:
             first = {"remove": "the ROI's four quadrants come first",
@@ -156,16 +158,16 @@ def _square(y: int, x: int, p: int) -> Cell:
 
 
 def _add(total: np.ndarray, count: np.ndarray, cells, drops) -> None:
-    """Each cell's drop added over its pixels (the map is ``total / count``)."""
+    """Each cell's score added over its pixels (the map is ``total / count``)."""
     for (y0, x0, y1, x1), d in zip(cells, drops):
         total[y0:y1, x0:x1] += d
         count[y0:y1, x0:x1] += 1
 
 
 def smoothed(raw: np.ndarray, covered: np.ndarray, sigma: float) -> np.ndarray:
-    """``raw`` (the mean drop of the patches covering each pixel) averaged with Gaussian weights of
+    """``raw`` (the mean score of the patches covering each pixel) averaged with Gaussian weights of
     ``sigma`` pixels over the ``covered`` pixels only (normalised convolution), 0 elsewhere: a
-    weighted mean of drops, so still in score units, and no longer flat inside a patch.
+    weighted mean of scores, so still in score units, and no longer flat inside a patch.
 
     Measured on the faithfulness bench's middle pairs (stop 24, sigma a quarter of the patch):
     deletion AUC lower than the flat map's on 10 of 12 slices, by 0.05 on average, at no extra
@@ -253,8 +255,8 @@ class Occlusion(Explainer):
 
     @property
     def scoring(self) -> str:
-        """``mode`` resolved: 'restore', 'remove' or 'both' (auto: both for the structure-sized
-        patches; remove, as measured before restore existed, for a fixed ``patch`` and with
+        """``mode`` resolved: 'restore', 'remove' or 'both' (auto: :data:`AUTO_SCORING` for the
+        structure-sized patches; remove, as measured before restore existed, for a fixed ``patch`` and with
         ``passes``)."""
         if self.mode != "auto":
             return self.mode
@@ -271,17 +273,16 @@ class Occlusion(Explainer):
     def cost_equivalents(self, roi_extent: Optional[Tuple[float, float]], grid: int, share) -> float:
         """A removal pass removes one patch: the coarse ones, then patches of half their side; a
         restore pass removes the ROI but one patch, so it changes the ROI's whole extent."""
-        restoring = 0.0 if self.scoring == "remove" else self.cost(roi_extent, grid) * share(roi_extent)
         if self.scoring == "restore":
-            return restoring
-        if self.passes:  # cells of the ROI's rectangle, its quadrants first
+            return self.cost(roi_extent, grid) * share(roi_extent)
+        both = self.scoring == "both"  # each patch removed and put back, and the inpainted ROI once
+        if self.passes:  # cells of the ROI's rectangle, its quadrants first (their size at most)
             half = None if roi_extent is None else (roi_extent[0] / 2.0, roi_extent[1] / 2.0)
-            return self.passes * share(half)
+            cells = (self.passes - self._emptied_passes()) // self._per_patch()
+            return cells * share(half) + ((cells + 1) * share(roi_extent) if both else 0.0)
         coarse, fine, patch = self._levels(roi_extent, grid)
         removal = coarse * share((patch, patch)) + fine * share((patch / 2.0, patch / 2.0))
-        if self.scoring == "both":  # half the passes of each kind, the inpainted ROI's among the restoring
-            return removal + (coarse + fine + 1) * share(roi_extent)
-        return removal
+        return removal + ((coarse + fine + 1) * share(roi_extent) if both else 0.0)
 
     def _begin(self, engine: PerturbationEngine) -> "PatchScoring":
         """One slice's scoring; when patches are put back, the inpainted ROI's score (one pass)."""
