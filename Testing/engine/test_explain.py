@@ -25,7 +25,9 @@ METHODS = methods(perturbation_only=True)
 PROMPT = SlicePrompt(box=(36, 36, 55, 55))
 FAST = {
     "occlusion": dict(patch=16, stride=8, grid="image"),
-    "rise": dict(n_masks=400, check_every=50),
+    # zero fill: the toy reads the square's mean, which inpainting part of it from the rest keeps
+    # (RISE's own fill, inpaint, is tested on a dot smaller than its cells below)
+    "rise": dict(n_masks=400, check_every=50, fill="zero"),
     "lime": dict(n_samples=150),
     "shap": dict(budget=200),
 }
@@ -72,6 +74,20 @@ def test_same_seed_same_map(method):
     a, b = explain(method, seed=7), explain(method, seed=7)
     np.testing.assert_array_equal(a.saliency, b.saliency)
     assert a.record["seed"] == 7 and a.settings["seed"] == 7
+
+
+def test_rise_inpaints_what_it_removes_and_finds_a_dot_smaller_than_its_cells():
+    # "auto" fill resolves per method, and the run record names the fill used
+    dot = (14, 14, 18, 18)  # 4 x 4 pixels; RISE's cells are half the 20-pixel box: 10 pixels
+    toy = SquareEvidence(square=dot)
+    rise = make_explainer("rise", toy, n_masks=200, metric_steps=0)
+    assert rise.fill == "inpaint" and rise.settings()["fill"] == "inpaint"
+    assert make_explainer("occlusion").fill == "zero" and make_explainer("rise", fill="zero").fill == "zero"
+    assert make_explainer("rise", fill="auto").replace(seed=3).fill == "inpaint"
+    ex = rise.explain(evidence_image(square=dot), PROMPT, target=toy.square_mask())
+    # a removed cell over the dot is filled from the dim texture around it, and the mask goes
+    assert toy.square_mask()[peak(ex.saliency)], peak(ex.saliency)
+    assert ex.record["settings"]["fill"] == "inpaint"
 
 
 def test_another_seed_changes_the_rise_map():

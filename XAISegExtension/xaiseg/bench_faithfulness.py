@@ -34,7 +34,7 @@ GOALS = {"beats_trivial_share": 0.8, "adjacent_spearman": 0.7, "randomised_simil
 #: are kept from an earlier run only when current, so a table never mixes maps of an older engine
 #: unknowingly (stop 24 smoothed occlusion's map; an earlier table's rows would have been resumed;
 #: stop 27 scored its structure-sized patches by restore)
-MAP_VERSIONS = {"occlusion": 27, "rise": 25, "layers": 23}
+MAP_VERSIONS = {"occlusion": 27, "rise": 28, "layers": 23}
 #: the ``fills`` part measures occlusion scored by removal (``--occlusion-mode remove``), whose map
 #: last changed at stop 24; until stop 27 that was occlusion's only map, recorded as "occlusion"
 FILLS_VERSION = 24
@@ -82,7 +82,7 @@ def adjacent_pairs(slices: Sequence[int], pairs: Optional[int]) -> List[int]:
     return sorted({k for s in chosen for k in (s, s + 1)})
 
 
-def _explainers(masks: int, cascade: bool = False, fill: str = "zero", only: Sequence[str] = METHODS,
+def _explainers(masks: int, cascade: bool = False, fill: str = "auto", only: Sequence[str] = METHODS,
                 metric_fill: str = "inpaint", occlusion_mode: str = "auto"):
     from .explain import make_explainer
 

@@ -49,6 +49,8 @@ from ..settings import as_dict, build, setting
 
 SCORES = ("dice", "logit")
 FILLS = ("zero", "mean", "blur", "inpaint")
+#: the ``fill`` setting's choices: "auto" is each method's own (:attr:`Explainer.auto_fill`)
+FILL_CHOICES = ("auto",) + FILLS
 #: what the deletion / insertion curves put where they remove pixels: "inpaint" fills the removed
 #: pixels from the kept ones around them (a removal scattered over single pixels then removes little,
 #: as it should, instead of breaking the image), "method" uses the method's own ``fill``
@@ -97,9 +99,10 @@ class CommonSettings:
 
     score: str = setting("dice", "explained score: Dice of the perturbed mask against the unperturbed one inside "
                                  "the ROI, or the mean logit in the mask", choices=SCORES)
-    fill: str = setting("zero", "what removed pixels become: zero, the slice's mean, a blurred copy, or inpainted "
-                                "from the kept pixels around them (keep maps then count as removed below 0.5)",
-                        choices=FILLS)
+    fill: str = setting("auto", "what removed pixels become: zero, the slice's mean, a blurred copy, or inpainted "
+                                "from the kept pixels around them (keep maps then count as removed below 0.5); "
+                                "auto: each method's own (inpaint for RISE, zero for the others)",
+                        choices=FILL_CHOICES)
     batch_size: int = setting(0, "perturbed images per model call (0: chosen from the device - 1 on a CPU, "
                                  "where larger batches are no cheaper per image; on a CUDA GPU as many as fit in "
                                  "half its free memory, at most 32)", minimum=0)
@@ -505,10 +508,14 @@ class Explainer:
     component_kind: ClassVar[str] = "component"
     #: localise against the model's own mask when no ground truth is given
     localise_against_mask: ClassVar[bool] = False
+    #: what ``fill`` "auto" means for this method
+    auto_fill: ClassVar[str] = "zero"
 
     def __init__(self, segmenter: Optional[PromptableSegmenter] = None, **settings: Any) -> None:
         self.segmenter = segmenter
         self.config = build(self.Settings, settings, f"{self.name} settings")
+        if self.config.fill == "auto":  # resolved here, so that the run record names the fill used
+            self.config = dataclasses.replace(self.config, fill=self.auto_fill)
         for f in dataclasses.fields(self.config):
             setattr(self, f.name, getattr(self.config, f.name))
 

@@ -82,6 +82,9 @@ class RISE(Explainer):
     limits = ("RISE weights random coarse masks by the score they keep; the map is blurry at the mask grid's scale "
               "and varies with the seed and the number of masks")
     Settings = RiseSettings
+    #: removed cells are inpainted from the kept ones around them, not zeroed (stop 28: a zeroed
+    #: cell is a black hole the model reads as an edge, whatever the cell held)
+    auto_fill = "inpaint"
 
     def cost(self, roi_extent: Optional[Tuple[float, float]] = None, grid: int = 256) -> int:
         return self.n_masks
