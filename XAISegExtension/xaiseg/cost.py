@@ -4,8 +4,8 @@ The encoder dominates (about 1.5 s per LiteMedSAM pass on two CPU cores, 65 ms p
 so the estimate counts encoder passes: one per segmented slice (times the TTA orientations), plus
 what each method states it needs per explained slice (:meth:`xaiseg.explain.Explainer.total_cost`:
 attribution, the metrics stage and the sanity checks, given the ROI's extent on that slice) and
-what the methods on a slice share once (:meth:`~xaiseg.explain.Explainer.shared_cost`: the noise
-level, the trivial maps).  Seconds come from a calibration - one model load and the median of timed
+what the methods on a slice share once (:func:`~xaiseg.explain.measure.shared_passes_of`: the noise
+level, the trivial maps once per fill their curves remove with).  Seconds come from a calibration - one model load and the median of timed
 encoder and decoder passes on this machine (:func:`calibrate`, kept by :func:`save_calibration`) -
 or from the reference figures above.
 
@@ -60,7 +60,7 @@ def estimate_counts(request, segmented: int, extents: Sequence[Extent],
     explained = len(extents)
     reused = 0.0  # the perturbed passes in full-pass equivalents, were they to reuse activations
     if request.explain and explained:
-        from .explain.measure import curve_slices
+        from .explain.measure import curve_slices, shared_passes_of
 
         explainers = [m.explainer() for m in request.explain.methods]
         curves = [set(curve_slices(range(explained), ex.metric_slices)) for ex in explainers]  # by position
@@ -73,7 +73,8 @@ def estimate_counts(request, segmented: int, extents: Sequence[Extent],
             # attribution's passes by the size of what they change; the rest (curves, checks) change the ROI
             reused += sum(ex.cost_equivalents(e, MODEL_GRID, reuse_share) + (c - ex.cost(e, MODEL_GRID)) * reuse_share(e)
                           for c, e in zip(counts, extents))
-        shared = [max(ex.shared_cost(i in sample) for ex, sample in zip(explainers, curves)) for i in range(explained)]
+        shared = [shared_passes_of([(ex, i in sample) for ex, sample in zip(explainers, curves)])
+                  for i in range(explained)]
         if sum(shared):  # once per slice
             per_method["shared"] = sum(shared) * turns
             encoder += sum(shared) * turns

@@ -18,7 +18,9 @@ A perturbation is a *keep map* ``k`` in [0, 1] (1 = original pixel): the engine 
 never changed (seed 001: multiplier 1.0 outside the ROI) - except for occlusion, where the ROI
 picks the patches and each chosen patch is removed whole, as in seed 001's occlusion (scored by
 removal; restoring, occlusion builds its images itself).  ``fill`` is
-``zero``, ``mean`` (of the slice) or ``blur`` (Gaussian, sigma 5 pixels).
+``zero``, ``mean`` (of the slice), ``blur`` (Gaussian, sigma 5 pixels) or ``inpaint`` (the pixels
+where ``k'`` is below 0.5 filled from the kept ones around them); the setting's default, ``auto``,
+is each method's :attr:`Explainer.auto_fill` (inpaint for RISE, zero for the others).
 
 The engine encodes the unperturbed slice once (or reuses the caller's cached embedding), keeps it
 and the prompt, evaluates keep maps in batches of ``batch_size`` through ``embed_batch`` +
@@ -562,13 +564,6 @@ class Explainer:
         from .measure import metric_passes
 
         return metric_passes(self)
-
-    def shared_cost(self, curves: bool = True) -> int:
-        """Encoder passes per slice of what the methods on one slice share (noise level, trivial
-        baselines, these only with ``curves``): counted once per slice, not per method."""
-        from .measure import shared_passes
-
-        return shared_passes(self, curves)
 
     def total_cost(self, roi_extent: Optional[Tuple[float, float]] = None, grid: int = 256,
                    cascade_steps: int = 7, curves: bool = True) -> int:

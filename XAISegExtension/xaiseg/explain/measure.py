@@ -53,10 +53,28 @@ def metric_passes(explainer) -> int:
 def shared_passes(explainer, curves: bool = True) -> int:
     """Encoder passes per slice shared by the methods measured there: noise and trivial maps (only
     on the slices that get the curves, ``curves``)."""
-    noise = int(explainer.noise_passes) if explainer.perturbs else 0
+    return _noise_passes(explainer) + _trivial_passes(explainer, curves)
+
+
+def shared_passes_of(measured: Sequence[Tuple[Any, bool]]) -> int:
+    """Encoder passes of what the methods on one slice share, for (explainer, curves) pairs: the
+    noise once, and the trivial maps once per fill their curves remove with (with ``metric_fill``
+    "method" each method's own fill, which "auto" makes inpaint for RISE and zero for the others)."""
+    trivial_by_fill: Dict[str, int] = {}
+    for ex, curves in measured:
+        fill = ex.fill if ex.metric_fill == "method" else ex.metric_fill
+        trivial_by_fill[fill] = max(trivial_by_fill.get(fill, 0), _trivial_passes(ex, curves))
+    return max((_noise_passes(ex) for ex, _ in measured), default=0) + sum(trivial_by_fill.values())
+
+
+def _noise_passes(explainer) -> int:
+    return int(explainer.noise_passes) if explainer.perturbs else 0
+
+
+def _trivial_passes(explainer, curves: bool) -> int:
     steps = int(explainer.metric_steps)
     # each trivial map's two curves share the fully removed ROI: 2 x steps - 1 passes
-    return noise + (len(trivial.NAMES) * (2 * steps - 1) if explainer.baselines and curves and steps else 0)
+    return len(trivial.NAMES) * (2 * steps - 1) if explainer.baselines and curves and steps else 0
 
 
 def curve_slices(slices: Sequence[int], count: int) -> List[int]:
