@@ -164,6 +164,20 @@ def test_a_removed_node_reads_as_none_and_a_missing_parameter_as_its_default(sce
     assert read.methods == ("rise", "layers") and read.slice_range == (3, 9)
 
 
+def test_a_scene_saved_before_rise_inpainted_takes_the_new_fill_default(scene):
+    # version 1 saved every common control, so its fill "zero" was the default of the day; RISE
+    # should inpaint when that scene is opened again. A choice saved by version 2 stays.
+    node = parameter_node(scene)
+    settings = dataclasses.replace(default_settings(), methods=("rise",), common={"fill": "zero", "seed": 4})
+    write_parameters(node, settings)
+    assert read_parameters(node)[0].common == {"fill": "zero", "seed": 4}
+    node.SetParameter("version", "1")
+    read, _ = read_parameters(node)
+    assert read.common == {"seed": 4} and "fill" not in read.explain_options()["common"]
+    node.SetParameter("common", '{"fill": "blur"}')  # not version 1's default: a choice, kept
+    assert read_parameters(node)[0].common == {"fill": "blur"}
+
+
 def test_a_damaged_parameter_is_named(scene):
     node = parameter_node(scene)
     node.SetParameter("methods", "[occlusion")

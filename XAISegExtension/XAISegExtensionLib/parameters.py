@@ -21,7 +21,10 @@ from .mrml import InputError
 from .run_settings import RunSettings
 
 MODULE_NAME = "XAISegExtension"
-PARAMETERS_VERSION = "1"
+PARAMETERS_VERSION = "2"
+#: version 1 (before stop 28) saved every common control, so its ``fill`` "zero" was that version's
+#: default rather than a choice; since version 2 the default is "auto" (RISE inpaints its cells)
+FILL_DEFAULT_BEFORE = {"1": "zero"}
 PROMPT_TYPES = ("box", "points", "segment")
 
 
@@ -120,7 +123,11 @@ def _read_into(obj, node):
 def read_parameters(node) -> Tuple[RunSettings, PanelState]:
     """The settings and panel state a parameter node holds; a field it does not hold takes the
     panel's default, a node reference whose node is gone becomes "" (none)."""
-    return _read_into(default_settings(), node), _read_into(PanelState(), node)
+    settings = _read_into(default_settings(), node)
+    old_default = FILL_DEFAULT_BEFORE.get(node.GetParameter("version") or "1")
+    if old_default is not None and settings.common.get("fill") == old_default:
+        settings = dataclasses.replace(settings, common={k: v for k, v in settings.common.items() if k != "fill"})
+    return settings, _read_into(PanelState(), node)
 
 
 def parameter_node(scene, create: bool = True):
