@@ -132,7 +132,7 @@ EXPLAIN_OPTIONS = {
     "--clip-model": (["@empty"], ["@missing", "nobody/x", "a/b/c"]), "--clip-prompts": (["tumour;liver"], [";"]),
     "--ground-truth": (["@labels"], ["@missing", "@nan", "@cut"]), "--ground-truth-label": (["1"], ["7", "x"]),
     "--roi-mask": (["@labels"], ["@missing"]), "--seed": (["0", "7"], BAD_NUMBERS),
-    "--score": (["dice", "logit"], ["iou"]), "--fill": (["zero", "mean", "blur"], ["noise"]),
+    "--score": (["dice", "logit"], ["iou"]), "--fill": (["auto", "zero", "mean", "blur"], ["noise"]),
     "--threshold": (["0.5", "0.2"], ["0", "1", "nan", "x"]), "--batch-size": (["1", "8"], ["0", "-1"]),
     "--occlusion-grid": (["model", "image"], ["slice"]), "--cells": (["3", "5"], ["0", "x"]),
     "--keep-probability": (["0.5", "0.3"], ["0", "2", "x"]), "--shap-algorithm": (["kernel", "permutation"], ["x"]),

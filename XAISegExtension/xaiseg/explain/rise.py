@@ -3,7 +3,9 @@ bilinearly with a random shift; by default the cells are sized from the structur
 the prompt box's shorter side - so the map resolves the structure whatever its size on the slice;
 in a volume one size for the whole structure on one lattice over the slice, so that neighbouring
 slices are perturbed by the same masks (see :meth:`RISE.mask_maker`); ``cells=7`` gives the seed's
-grid over the whole slice).  Each pixel's saliency is the mean explained score of the masks
+grid over the whole slice).  The cells a mask removes are inpainted from the kept pixels around
+them (``fill`` auto; stop 28: zero-filled cells, seed 001's, are black holes the model reads as
+edges; ``fill="zero"`` gives them back).  Each pixel's saliency is the mean explained score of the masks
 that kept it minus the mean score of those that removed it (the masks' correlation with the score,
 which is the RISE estimate with its baseline removed).
 
