@@ -50,16 +50,11 @@ def metric_passes(explainer) -> int:
     return 1 if explainer.perturbs else 0
 
 
-def shared_passes(explainer, curves: bool = True) -> int:
-    """Encoder passes per slice shared by the methods measured there: noise and trivial maps (only
-    on the slices that get the curves, ``curves``)."""
-    return _noise_passes(explainer) + _trivial_passes(explainer, curves)
-
-
 def shared_passes_of(measured: Sequence[Tuple[Any, bool]]) -> int:
-    """Encoder passes of what the methods on one slice share, for (explainer, curves) pairs: the
-    noise once, and the trivial maps once per fill their curves remove with (with ``metric_fill``
-    "method" each method's own fill, which "auto" makes inpaint for RISE and zero for the others)."""
+    """Encoder passes of what the methods on one slice share, for (explainer, curves) pairs, curves
+    telling whether the slice gets the curves: the noise once, and the trivial maps once per fill
+    their curves remove with (with ``metric_fill`` "method" each method's own fill, which "auto"
+    makes inpaint for RISE and zero for the others)."""
     trivial_by_fill: Dict[str, int] = {}
     for ex, curves in measured:
         fill = ex.fill if ex.metric_fill == "method" else ex.metric_fill

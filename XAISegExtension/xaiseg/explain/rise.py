@@ -4,8 +4,8 @@ the prompt box's shorter side - so the map resolves the structure whatever its s
 in a volume one size for the whole structure on one lattice over the slice, so that neighbouring
 slices are perturbed by the same masks (see :meth:`RISE.mask_maker`); ``cells=7`` gives the seed's
 grid over the whole slice).  The cells a mask removes are inpainted from the kept pixels around
-them (``fill`` auto; stop 28: zero-filled cells, seed 001's, are black holes the model reads as
-edges; ``fill="zero"`` gives them back).  Each pixel's saliency is the mean explained score of the masks
+them (``fill`` auto; stop 28: with seed 001's zero-filled cells every mask is an image full of
+black holes, and the maps were less faithful; ``fill="zero"`` gives them back).  Each pixel's saliency is the mean explained score of the masks
 that kept it minus the mean score of those that removed it (the masks' correlation with the score,
 which is the RISE estimate with its baseline removed).
 
@@ -84,8 +84,8 @@ class RISE(Explainer):
     limits = ("RISE weights random coarse masks by the score they keep; the map is blurry at the mask grid's scale "
               "and varies with the seed and the number of masks")
     Settings = RiseSettings
-    #: removed cells are inpainted from the kept ones around them, not zeroed (stop 28: a zeroed
-    #: cell is a black hole the model reads as an edge, whatever the cell held)
+    #: removed cells are inpainted from the kept ones around them, not zeroed (stop 28: mean
+    #: deletion AUC 0.576 against 0.712 on the faithfulness bench)
     auto_fill = "inpaint"
 
     def cost(self, roi_extent: Optional[Tuple[float, float]] = None, grid: int = 256) -> int:
