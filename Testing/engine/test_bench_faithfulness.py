@@ -60,6 +60,54 @@ def test_one_method_measured_again_needs_the_others_rows(tmp_path):
     assert not list(tmp_path.glob("*.md"))  # nothing written
 
 
+def test_rise_measured_again_everywhere_may_take_other_masks(tmp_path, monkeypatch):
+    """Masks touch only RISE's rows: ``--methods rise`` with other masks replaces them when it covers
+    every structure of the table (the cascade, at most 100 masks, unchanged), and the table then says
+    the new masks; on part of the structures, or with the cascade's masks changed, it refuses."""
+    import json
+
+    import pytest
+
+    import xaiseg.bench_faithfulness as bf
+    from xaiseg.errors import InputError
+
+    def method_row(auc):
+        return {"deletion_auc": auc, "best_trivial_deletion_auc": 0.45, "deletion_gain": 0.45 - auc,
+                "beats_trivial_share": 0.0, "insertion_auc": 0.6, "adjacent_spearman": 0.8, "evidence_share": 1.0,
+                "evaluations": 30, "per_slice": {"1": {"beats_trivial_deletion": False}}}
+
+    row = method_row(0.5)
+    entry = {"slices": [1, 2], "methods": {"occlusion": row, "rise": row, "layers": row},
+             "versions": dict(bf.MAP_VERSIONS)}
+    (tmp_path / "faithfulness.json").write_text(json.dumps({
+        "pairs": 1, "masks": 100, "metric_fill": "inpaint", "sampling": bf.SAMPLING,
+        "maps": {"Left_Caudate": entry, "Right_Caudate": entry},
+        "cascade": {"Left_Caudate": {"slice": 81, "methods": {}}}, "cascade_versions": dict(bf.MAP_VERSIONS)}))
+    measured = []
+
+    def rows(session, sample, name, pairs, masks, *args):
+        measured.append((name, masks))
+        return {"slices": [1, 2], "seconds": 1.0, "methods": {"rise": method_row(0.4)},
+                "versions": {"rise": bf.MAP_VERSIONS["rise"]}}
+
+    monkeypatch.setattr(bf, "structure_rows", rows)
+    with pytest.raises(InputError, match="masks 300"):  # the right caudate's RISE rows would stay at 100
+        bf.bench_faithfulness(tmp_path, structures=["Left_Caudate"], masks=300, methods=["rise"], parts=("maps",))
+    with pytest.raises(InputError, match="masks 50"):  # the kept cascade took 100
+        bf.bench_faithfulness(tmp_path, structures=["Left_Caudate", "Right_Caudate"], masks=50, methods=["rise"],
+                              parts=("maps",))
+    assert not measured
+    result = bf.bench_faithfulness(tmp_path, structures=["Left_Caudate", "Right_Caudate"], masks=300,
+                                   methods=["rise"], parts=("maps",))
+    assert measured == [("Left_Caudate", 300), ("Right_Caudate", 300)] and result["masks"] == 300
+    assert result["maps"]["Right_Caudate"]["methods"]["rise"]["deletion_auc"] == 0.4
+    assert result["maps"]["Right_Caudate"]["methods"]["occlusion"]["deletion_auc"] == 0.5
+    assert result["maps"]["Left_Caudate"]["remeasured"][-1]["masks"] == 300
+    assert "cascade" in result
+    text = (tmp_path / "faithfulness.md").read_text()
+    assert "RISE at most 300 masks" in text and "(RISE at most 100 masks; Spearman" in text
+
+
 def test_the_table_says_which_rows_were_measured_again():
     per = {"1": row(True)}
     m = {"deletion_auc": 0.2, "best_trivial_deletion_auc": 0.3, "deletion_gain": 0.1, "beats_trivial_share": 1.0,

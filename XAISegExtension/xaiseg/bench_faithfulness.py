@@ -185,6 +185,23 @@ def fill_summary(fills: Dict[str, Dict]) -> Dict[str, Dict]:
     return out
 
 
+#: the cascade's RISE masks: at most this many whatever ``masks`` is
+CASCADE_MASKS = 100
+
+
+def _same_masks(previous: Dict, masks: int, structures: Sequence[str], methods: Sequence[str]) -> bool:
+    """Whether a run with ``masks`` may keep rows of ``previous``: the same masks, or a run that measures
+    RISE again (masks touch only its rows) on every structure the table holds, with the cascade's masks
+    unchanged (so that no row is left labelled with masks it was not measured with)."""
+    before = previous.get("masks")
+    if before == masks:
+        return True
+    subset = set(methods) != set(METHODS)
+    return (subset and "rise" in methods and isinstance(before, int)
+            and set(previous.get("maps") or {}) <= set(structures)
+            and min(before, CASCADE_MASKS) == min(masks, CASCADE_MASKS))
+
+
 def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
                        structures: Optional[Sequence[str]] = None, pairs: Optional[int] = 1, masks: int = 300,
                        parts: Sequence[str] = ("maps", "cascade", "fills"), metric_fill: str = "inpaint",
@@ -205,7 +222,7 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
     subset = set(methods) != set(METHODS)
     path = Path(outdir) / "faithfulness.json"
     previous = json.loads(path.read_text()) if path.is_file() else {}
-    same = previous.get("pairs") == pairs and previous.get("masks") == masks and \
+    same = previous.get("pairs") == pairs and _same_masks(previous, masks, structures, methods) and \
         previous.get("metric_fill", "zero") == metric_fill and previous.get("sampling", "first") == SAMPLING
     done = (previous.get("maps") or {}) if same else {}  # structures measured with the same settings
     if "maps" in parts and subset and not all(name in done for name in structures):
@@ -249,12 +266,12 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
                 entry["versions"] = dict(entry.get("versions") or {}, **fresh["versions"])
                 entry["remeasured"] = entry.get("remeasured", []) + [
                     {"methods": list(methods), "seconds": fresh["seconds"], "machine": result["machine"],
-                     "date": time.strftime("%Y-%m-%d")}]
+                     "date": time.strftime("%Y-%m-%d"), "masks": masks}]
                 result["maps"][name] = entry
             _save(outdir, result)
     if "cascade" in parts:
-        result["cascade"] = {structures[0]: cascade_rows(session, sample, structures[0], min(masks, 100), METHODS,
-                                                         progress)}
+        result["cascade"] = {structures[0]: cascade_rows(session, sample, structures[0], min(masks, CASCADE_MASKS),
+                                                         METHODS, progress)}
         result["cascade_versions"] = dict(MAP_VERSIONS)
         _save(outdir, result)
     if "fills" in parts:
@@ -343,7 +360,8 @@ def markdown(result: Dict) -> str:
                                                 for (m, date), names in sorted(again.items())) + "."]
     cascade = result.get("cascade") or {}
     for name, entry in cascade.items():
-        lines += ["", f"Cascading randomisation on {name}, slice {entry['slice']} (Spearman of the map with the "
+        lines += ["", f"Cascading randomisation on {name}, slice {entry['slice']} (RISE at most "
+                  f"{min(result.get('masks') or CASCADE_MASKS, CASCADE_MASKS)} masks; Spearman of the map with the "
                   "trained model's after re-drawing each part, cumulatively, from the output back; goal: below "
                   f"{GOALS['randomised_similarity']} once everything is re-drawn):", ""]
         methods = {m: steps for m, steps in entry["methods"].items() if steps}
