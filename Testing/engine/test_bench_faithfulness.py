@@ -51,11 +51,12 @@ def test_one_method_measured_again_needs_the_others_rows(tmp_path):
 
     with pytest.raises(InputError, match="expected some of occlusion,rise,layers"):
         bench_faithfulness(tmp_path, methods=["gradcam"])
-    with pytest.raises(InputError, match="expected every structure .*Left_Caudate.*found none"):
+    with pytest.raises(InputError, match="it holds no table; expected every structure of this run \\(Left_Caudate\\)"):
         bench_faithfulness(tmp_path, structures=["Left_Caudate"], methods=["occlusion"])
     (tmp_path / "faithfulness.json").write_text(json.dumps({"pairs": 1, "masks": 300, "metric_fill": "inpaint",
                                                             "maps": {"Left_Caudate": {"methods": {}}}}))
-    with pytest.raises(InputError, match="masks 100"):  # measured with other settings: not comparable
+    other = "holds Left_Caudate measured with pairs 1 \\(first\\), masks 300 .*masks 100"
+    with pytest.raises(InputError, match=other):  # measured with other settings: not comparable
         bench_faithfulness(tmp_path, structures=["Left_Caudate"], masks=100, methods=["occlusion"])
     assert not list(tmp_path.glob("*.md"))  # nothing written
 
@@ -91,12 +92,35 @@ def test_rise_measured_again_everywhere_may_take_other_masks(tmp_path, monkeypat
                 "versions": {"rise": bf.MAP_VERSIONS["rise"]}}
 
     monkeypatch.setattr(bf, "structure_rows", rows)
-    with pytest.raises(InputError, match="masks 300"):  # the right caudate's RISE rows would stay at 100
+    held = "it holds Left_Caudate, Right_Caudate measured with pairs 1 .*masks 100"
+    with pytest.raises(InputError, match=held + ".*masks 300"):  # the right caudate's RISE rows would stay at 100
         bf.bench_faithfulness(tmp_path, structures=["Left_Caudate"], masks=300, methods=["rise"], parts=("maps",))
-    with pytest.raises(InputError, match="masks 50"):  # the kept cascade took 100
+    with pytest.raises(InputError, match=held + ".*masks 50"):  # the kept cascade took 100
         bf.bench_faithfulness(tmp_path, structures=["Left_Caudate", "Right_Caudate"], masks=50, methods=["rise"],
                               parts=("maps",))
     assert not measured
+    # only the maps part measures RISE's rows: a cascade or fills run with other masks keeps none of them
+    previous = json.loads((tmp_path / "faithfulness.json").read_text())
+    both = ["Left_Caudate", "Right_Caudate"]
+    assert bf._same_masks(previous, 300, both, ["rise"], ("maps",))
+    assert not bf._same_masks(previous, 300, both, ["rise"], ("cascade",))
+    assert not bf._same_masks(previous, 300, both, ["rise", "occlusion", "layers"], ("maps",))
+
+    def stopped(session, sample, name, *args):  # a run stopped after its first structure
+        if name == "Right_Caudate":
+            raise KeyboardInterrupt
+        return rows(session, sample, name, *args)
+
+    monkeypatch.setattr(bf, "structure_rows", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        bf.bench_faithfulness(tmp_path, structures=both, masks=300, methods=["rise"], parts=("maps",))
+    left = json.loads((tmp_path / "faithfulness.json").read_text())
+    assert left["masks"] == 100 and left["maps"]["Left_Caudate"]["remeasured"][-1]["masks"] == 300
+    assert bf.rise_masks(left) == {"Left_Caudate": 300, "Right_Caudate": 100}
+    assert "(RISE at most 300 masks on Left_Caudate; 100 masks on Right_Caudate)" in \
+        (tmp_path / "faithfulness.md").read_text()
+    measured.clear()
+    monkeypatch.setattr(bf, "structure_rows", rows)
     result = bf.bench_faithfulness(tmp_path, structures=["Left_Caudate", "Right_Caudate"], masks=300,
                                    methods=["rise"], parts=("maps",))
     assert measured == [("Left_Caudate", 300), ("Right_Caudate", 300)] and result["masks"] == 300

@@ -189,17 +189,28 @@ def fill_summary(fills: Dict[str, Dict]) -> Dict[str, Dict]:
 CASCADE_MASKS = 100
 
 
-def _same_masks(previous: Dict, masks: int, structures: Sequence[str], methods: Sequence[str]) -> bool:
-    """Whether a run with ``masks`` may keep rows of ``previous``: the same masks, or a run that measures
-    RISE again (masks touch only its rows) on every structure the table holds, with the cascade's masks
-    unchanged (so that no row is left labelled with masks it was not measured with)."""
+def _same_masks(previous: Dict, masks: int, structures: Sequence[str], methods: Sequence[str],
+                parts: Sequence[str] = ("maps",)) -> bool:
+    """Whether a run with ``masks`` may keep rows of ``previous``: the same masks, or a run of the maps
+    part that measures RISE again (masks touch only its rows) on every structure the table holds, with
+    the cascade's masks unchanged (so that no row is left labelled with masks it was not measured with)."""
     before = previous.get("masks")
     if before == masks:
         return True
     subset = set(methods) != set(METHODS)
-    return (subset and "rise" in methods and isinstance(before, int)
+    return (subset and "rise" in methods and "maps" in parts and isinstance(before, int)
             and set(previous.get("maps") or {}) <= set(structures)
             and min(before, CASCADE_MASKS) == min(masks, CASCADE_MASKS))
+
+
+def rise_masks(result: Dict) -> Dict[str, Optional[int]]:
+    """The masks each structure's RISE rows were measured with: its last re-measure of RISE that
+    recorded them, else the table's (a re-run interrupted part way leaves both kinds in one table)."""
+    out: Dict[str, Optional[int]] = {}
+    for name, entry in (result.get("maps") or {}).items():
+        runs = [r for r in entry.get("remeasured") or [] if "rise" in r.get("methods", ()) and "masks" in r]
+        out[name] = runs[-1]["masks"] if runs else result.get("masks")
+    return out
 
 
 def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
@@ -222,13 +233,18 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
     subset = set(methods) != set(METHODS)
     path = Path(outdir) / "faithfulness.json"
     previous = json.loads(path.read_text()) if path.is_file() else {}
-    same = previous.get("pairs") == pairs and _same_masks(previous, masks, structures, methods) and \
+    same = previous.get("pairs") == pairs and _same_masks(previous, masks, structures, methods, parts) and \
         previous.get("metric_fill", "zero") == metric_fill and previous.get("sampling", "first") == SAMPLING
     done = (previous.get("maps") or {}) if same else {}  # structures measured with the same settings
     if "maps" in parts and subset and not all(name in done for name in structures):
-        raise InputError(f"faithfulness methods {','.join(methods)} replace rows of {path} measured with "
-                         f"pairs {pairs} ({SAMPLING}), masks {masks} and curves {metric_fill}; expected every structure "
-                         f"({', '.join(structures)}) there, found {', '.join(done) or 'none'}: run all methods")
+        held = (f"it holds {', '.join(previous.get('maps') or {}) or 'none'} measured with pairs "
+                f"{previous.get('pairs')} ({previous.get('sampling', 'first')}), masks {previous.get('masks')} and "
+                f"curves {previous.get('metric_fill', 'zero')}") if previous else "it holds no table"
+        raise InputError(f"faithfulness methods {','.join(methods)} replace rows of {path}; {held}; expected every "
+                         f"structure of this run ({', '.join(structures)}) there with this run's pairs {pairs} "
+                         f"({SAMPLING}), masks {masks} and curves {metric_fill} (other masks only when RISE is "
+                         f"measured again on every structure there, the cascade's {CASCADE_MASKS} unchanged): "
+                         "run all methods")
     kept = [m for m in METHODS if m not in methods]  # the rows a --methods run keeps
     stale = [name for name in structures if name in done and not current(done[name].get("versions"), kept)]
     if "maps" in parts and subset and stale:
@@ -255,6 +271,10 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
     t0 = time.perf_counter()
     if "maps" in parts:  # one structure at a time, saved as it comes; a re-run resumes after the last
         result["maps"] = dict(done) if subset else {}
+        if subset and same and previous.get("masks") != masks:
+            # RISE measured again with other masks: the table keeps its label until every structure is,
+            # so a run stopped part way is not resumed as if measured with the new masks
+            result["masks"] = previous.get("masks")
         for name in structures:
             if not subset:
                 result["maps"][name] = done.get(name) or structure_rows(session, sample, name, pairs, masks,
@@ -269,6 +289,7 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
                      "date": time.strftime("%Y-%m-%d"), "masks": masks}]
                 result["maps"][name] = entry
             _save(outdir, result)
+        result["masks"] = masks
     if "cascade" in parts:
         result["cascade"] = {structures[0]: cascade_rows(session, sample, structures[0], min(masks, CASCADE_MASKS),
                                                          METHODS, progress)}
@@ -314,6 +335,16 @@ def goal_summary(maps: Dict) -> Dict[str, Dict]:
     return out
 
 
+def _masks_text(result: Dict) -> str:
+    by = rise_masks(result)
+    if set(by.values()) <= {result.get("masks")}:
+        return f"{result.get('masks')} masks"
+    groups: Dict[Optional[int], List[str]] = {}
+    for name, n in by.items():
+        groups.setdefault(n, []).append(name)
+    return "; ".join(f"{n} masks on {', '.join(names)}" for n, names in groups.items())
+
+
 def markdown(result: Dict) -> str:
     lines = ["# Faithfulness benchmark: maps against trivial maps, through the volume, and against a re-drawn model",
              "", f"Produced by `xaiseg bench faithfulness` on {result['machine'].get('platform', '?')} "
@@ -323,7 +354,7 @@ def markdown(result: Dict) -> str:
                 f"{result.get('pairs')} pair(s) of adjacent slices per structure, "
                 + ("each at the middle of its share of the structure's slices" if result.get("sampling") == "middle"
                    else "the first pair at the structure's first slices"))
-             + f"; occlusion and RISE at their structure-sized defaults (RISE at most {result.get('masks')} masks), "
+             + f"; occlusion and RISE at their structure-sized defaults (RISE at most {_masks_text(result)}), "
              "the fused layer map; 8 metric steps, the curves removing pixels by "
              + {"inpaint": "inpainting them from the kept pixels around them"}.get(result.get("metric_fill", "zero"),
                                                                                f"{result.get('metric_fill', 'zero')} fill")
