@@ -231,3 +231,59 @@ def test_summary_means_leave_out_missing_figures():
 
     assert mean_of([0.2, None, 0.4]) == pytest.approx(0.3) and mean_of(v for v in (1, 2)) == 1.5
     assert mean_of([]) is None and mean_of([None, None]) is None
+
+
+def test_runs_of_some_structures_each_merge_into_one_table(tmp_path):
+    """``xaiseg bench faithfulness --merge A B -o OUT``: the rows of runs that each measured some
+    structures become one table (goals and shares over all of them), measuring nothing; runs with
+    other settings, or with other rows of one structure, are refused and nothing is written."""
+    import json
+
+    import xaiseg.bench_faithfulness as bf
+    from xaiseg.cli import main
+    from xaiseg.errors import InputError
+
+    def table(names, auc, beats, **extra):
+        row = {"deletion_auc": auc, "best_trivial_deletion_auc": 0.45, "deletion_gain": 0.45 - auc,
+               "beats_trivial_share": beats, "insertion_auc": 0.6, "adjacent_spearman": 0.8, "evidence_share": 1.0,
+               "evaluations": 30, "per_slice": {"1": {"beats_trivial_deletion": bool(beats)},
+                                                "2": {"beats_trivial_deletion": bool(beats)}}}
+        entry = {"slices": [1, 2], "methods": {m: row for m in bf.METHODS}, "versions": dict(bf.MAP_VERSIONS)}
+        return dict({"machine": {"platform": "test"}, "pairs": 1, "masks": 300, "metric_fill": "inpaint",
+                     "sampling": bf.SAMPLING, "goals": bf.GOALS, "parts": ["maps"], "structures": list(names),
+                     "maps": {n: entry for n in names}, "seconds": 10.0}, **extra)
+
+    def folder(name, doc):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "faithfulness.json").write_text(json.dumps(doc))
+        return str(tmp_path / name)
+
+    a = folder("a", table(["Left_Amygdala"], 0.3, 1.0))
+    b = folder("b", table(["Right_Amygdala", "Left_Pallidum"], 0.6, 0.0,
+                          cascade={"Right_Amygdala": {"slice": 50, "methods": {}}},
+                          cascade_versions=dict(bf.MAP_VERSIONS)))
+    out = tmp_path / "out"
+    assert main(["bench", "faithfulness", "--merge", a, b, "-o", str(out)]) == 0
+    merged = json.loads((out / "faithfulness.json").read_text())
+    assert merged["structures"] == ["Left_Amygdala", "Right_Amygdala", "Left_Pallidum"]
+    assert merged["seconds"] == 20.0 and merged["merged"] == 2 and "Right_Amygdala" in merged["cascade"]
+    goals = bf.goal_summary(merged["maps"])
+    assert goals["rise"]["slices"] == 6 and goals["rise"]["beats_trivial_share"] == pytest.approx(1 / 3)
+    assert "Merged from 2 runs" in (out / "faithfulness.md").read_text()
+    # the same rows of a structure in two runs (copies of one table) are kept once
+    assert bf.merge_faithfulness([a, a], tmp_path / "same")["structures"] == ["Left_Amygdala"]
+
+    refused = [
+        (folder("masks", table(["Left_Caudate"], 0.3, 1.0, masks=100)), "measured with masks 100 and .* with 300"),
+        (folder("other", table(["Left_Amygdala"], 0.5, 1.0)), "other maps rows of Left_Amygdala"),
+        (folder("engine", table(["Left_Caudate"], 0.3, 1.0, cascade={"Left_Caudate": {}},
+                                cascade_versions={"rise": 1})), "cascade with map versions"),
+        (str(tmp_path / "nothing"), "expected faithfulness.json there"),
+    ]
+    for bad, reason in refused:
+        with pytest.raises(InputError, match=reason):
+            bf.merge_faithfulness([b, bad] if reason.startswith("cascade") else [a, bad], tmp_path / "refused")
+    with pytest.raises(InputError, match="at least two"):
+        bf.merge_faithfulness([a], tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    assert main(["bench", "explain", "--merge", a, b, "-o", str(tmp_path / "refused")]) == 2

@@ -308,6 +308,51 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
     return result
 
 
+#: what every table merged into one must share: rows measured otherwise are not comparable
+MERGE_KEYS = ("pairs", "masks", "metric_fill", "sampling", "machine")
+
+
+def merge_faithfulness(dirs: Sequence, outdir) -> Dict:
+    """``xaiseg bench faithfulness --merge DIR ...``: one table from the runs written into each DIR,
+    such as processes that each measured some structures, measuring nothing.  Their settings
+    (``MERGE_KEYS``) must agree; a structure's rows, cascade row or fills held by two runs must be the
+    same; a part's map versions must agree wherever it is held.  The seconds are the runs' summed."""
+    tables = []
+    for d in dirs:
+        path = Path(d) / "faithfulness.json"
+        if not path.is_file():
+            raise InputError(f"--merge {d}: expected faithfulness.json there (the -o folder of a faithfulness run)")
+        tables.append((path, json.loads(path.read_text())))
+    if len(tables) < 2:
+        raise InputError(f"--merge {' '.join(map(str, dirs))}: expected at least two folders to merge")
+    first_path, first = tables[0]
+    for path, table in tables[1:]:
+        for key in MERGE_KEYS:
+            if table.get(key) != first.get(key):
+                raise InputError(f"--merge: {path} was measured with {key} {table.get(key)!r} and {first_path} with "
+                                 f"{first.get(key)!r}; expected the same {key} in every run")
+    out: Dict = {k: v for k, v in first.items() if k in MERGE_KEYS + ("goals",)}
+    seconds = round(sum(table.get("seconds", 0) for _, table in tables), 1)
+    out.update(structures=[], parts=[], merged=len(tables), seconds=seconds)
+    for part in ("maps", "cascade", "fills"):
+        held = [(path, t) for path, t in tables if t.get(part)]
+        for path, table in held:
+            versions = f"{part}_versions"
+            if versions in table and out.setdefault(versions, table[versions]) != table[versions]:
+                raise InputError(f"--merge: {path} holds its {part} with map versions {table[versions]} and an earlier "
+                                 f"folder with {out[versions]}; expected one engine's")
+            rows = out.setdefault(part, {})
+            for name, entry in table[part].items():
+                if rows.setdefault(name, entry) != entry:
+                    raise InputError(f"--merge: {path} holds other {part} rows of {name} than an earlier folder; "
+                                     "expected each structure measured by one run")
+    for _, table in tables:
+        out["structures"] += [n for n in table.get("structures") or [] if n not in out["structures"]]
+        out["parts"] += [n for n in table.get("parts") or [] if n not in out["parts"]]
+    _save(Path(outdir), out)
+    return out
+
+
 def _save(outdir: Path, result: Dict) -> None:
     write_tables(outdir, "faithfulness", markdown(result), result)
 
@@ -424,5 +469,8 @@ def markdown(result: Dict) -> str:
                          f"{_f(row['beats_trivial_deletion'], 2)} |")
     if result.get("runs"):  # how the parts of a merged table were run
         lines += ["", f"How it was run: {result['runs']}."]
+    if result.get("merged"):
+        lines += ["", f"Merged from {result['merged']} runs (`xaiseg bench faithfulness --merge`); the total is their "
+                  "wall times summed."]
     lines += ["", f"Total {result.get('seconds', 0):.0f} s.", ""]
     return "\n".join(lines)

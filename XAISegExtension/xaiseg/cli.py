@@ -118,6 +118,14 @@ def cmd_bench(args) -> int:
 
         torch.set_num_threads(int(args.threads))
     parts = _listed(args.parts)
+    if args.merge and args.what != "faithfulness":
+        raise InputError(f"--merge: only the faithfulness bench merges runs, not {args.what}")
+    if args.what == "faithfulness" and args.merge:
+        from .bench_faithfulness import merge_faithfulness
+
+        merge_faithfulness(args.merge, Path(args.output))
+        print(f"merged {len(args.merge)} runs into {Path(args.output) / 'faithfulness.md'}")
+        return 0
     if args.what == "faithfulness":
         from .bench_faithfulness import METHODS, bench_faithfulness
 
@@ -219,6 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="faithfulness: how the curves remove pixels (default inpaint; zero: the seed's zero fill)")
     b.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; on a shared machine 1 "
                                                "can be faster, see docs/benchmarks/speed.md)")
+    b.add_argument("--merge", nargs="+", metavar="DIR", help="faithfulness: measure nothing, write one table into -o "
+                                                            "from the runs in DIR ... (each the -o folder of a run "
+                                                            "with the same settings, such as one process per part "
+                                                            "of the structures)")
     b.add_argument("-o", "--output", default="docs/benchmarks", help="folder for the tables (default docs/benchmarks)")
     b.add_argument("--quick", action="store_true", help="one structure only (a smoke run)")
     b.add_argument("--device", default="cpu", help="torch device for LiteMedSAM, e.g. cpu or cuda (default cpu)")
