@@ -121,6 +121,12 @@ def test_rise_measured_again_everywhere_may_take_other_masks(tmp_path, monkeypat
         (tmp_path / "faithfulness.md").read_text()
     measured.clear()
     monkeypatch.setattr(bf, "structure_rows", rows)
+    # a run of every method with 100 masks resumes the right caudate, not the left's 300-mask RISE rows
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "faithfulness.json").write_text(json.dumps(left))
+    bf.bench_faithfulness(tmp_path / "full", structures=both, masks=100, parts=("maps",))
+    assert measured == [("Left_Caudate", 100)]
+    measured.clear()
     result = bf.bench_faithfulness(tmp_path, structures=["Left_Caudate", "Right_Caudate"], masks=300,
                                    methods=["rise"], parts=("maps",))
     assert measured == [("Left_Caudate", 300), ("Right_Caudate", 300)] and result["masks"] == 300
@@ -129,7 +135,7 @@ def test_rise_measured_again_everywhere_may_take_other_masks(tmp_path, monkeypat
     assert result["maps"]["Left_Caudate"]["remeasured"][-1]["masks"] == 300
     assert "cascade" in result
     text = (tmp_path / "faithfulness.md").read_text()
-    assert "RISE at most 300 masks" in text and "(RISE at most 100 masks; Spearman" in text
+    assert "(RISE at most 300 masks)," in text and "(RISE at most 100 masks; Spearman" in text
 
 
 def test_the_table_says_which_rows_were_measured_again():
@@ -270,8 +276,18 @@ def test_runs_of_some_structures_each_merge_into_one_table(tmp_path):
     goals = bf.goal_summary(merged["maps"])
     assert goals["rise"]["slices"] == 6 and goals["rise"]["beats_trivial_share"] == pytest.approx(1 / 3)
     assert "Merged from 2 runs" in (out / "faithfulness.md").read_text()
-    # the same rows of a structure in two runs (copies of one table) are kept once
-    assert bf.merge_faithfulness([a, a], tmp_path / "same")["structures"] == ["Left_Amygdala"]
+    # the same rows of a structure in two runs (copies of one table) are kept once; a folder named
+    # twice is one run; a merged table counts its runs
+    copy = folder("copy", table(["Left_Amygdala"], 0.3, 1.0, runs="one process"))
+    same = bf.merge_faithfulness([a, copy], tmp_path / "same")
+    assert same["structures"] == ["Left_Amygdala"] and same["parts"] == ["maps"] and same["runs"] == "one process"
+    assert bf.merge_faithfulness([out, copy], tmp_path / "three")["merged"] == 3
+    # what the table holds, not what the runs asked for: a run stopped before its second structure
+    stopped = folder("stopped", table(["Left_Thalamus"], 0.3, 1.0, structures=["Left_Thalamus", "Right_Thalamus"],
+                                      parts=["maps", "cascade", "fills"]))
+    held = bf.merge_faithfulness([a, stopped], tmp_path / "held")
+    assert held["structures"] == ["Left_Amygdala", "Left_Thalamus"] and held["parts"] == ["maps"]
+    assert "sampling" in held and held["goals"] == bf.GOALS
 
     refused = [
         (folder("masks", table(["Left_Caudate"], 0.3, 1.0, masks=100)), "measured with masks 100 and .* with 300"),
@@ -279,11 +295,24 @@ def test_runs_of_some_structures_each_merge_into_one_table(tmp_path):
         (folder("engine", table(["Left_Caudate"], 0.3, 1.0, cascade={"Left_Caudate": {}},
                                 cascade_versions={"rise": 1})), "cascade with map versions"),
         (str(tmp_path / "nothing"), "expected faithfulness.json there"),
+        (folder("threads", table(["Left_Caudate"], 0.3, 1.0, machine={"platform": "test", "threads": 2})),
+         "measured with machine"),
     ]
+    older = table(["Left_Caudate"], 0.3, 1.0)
+    older["maps"]["Left_Caudate"]["versions"] = dict(bf.MAP_VERSIONS, rise=bf.MAP_VERSIONS["rise"] - 1)
+    refused.append((folder("older", older), "different engines .*Left_Caudate"))
+    unversioned = table(["Left_Caudate"], 0.3, 1.0, cascade={"Left_Caudate": {}})  # an older table's cascade
+    refused.append((folder("unversioned", unversioned), "cascade with map versions unrecorded"))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "faithfulness.json").write_text("{")
+    refused.append((str(tmp_path / "broken"), "is not a faithfulness table"))
     for bad, reason in refused:
         with pytest.raises(InputError, match=reason):
-            bf.merge_faithfulness([b, bad] if reason.startswith("cascade") else [a, bad], tmp_path / "refused")
+            bf.merge_faithfulness([b, bad] if "cascade" in reason else [a, bad], tmp_path / "refused")
     with pytest.raises(InputError, match="at least two"):
-        bf.merge_faithfulness([a], tmp_path / "refused")
+        bf.merge_faithfulness([a, a], tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
     assert main(["bench", "explain", "--merge", a, b, "-o", str(tmp_path / "refused")]) == 2
+    assert main(["bench", "faithfulness", "--merge", a, b, "--structures", "Left_Caudate", "-o",
+                 str(tmp_path / "refused")]) == 2
+    assert not (tmp_path / "refused").exists()

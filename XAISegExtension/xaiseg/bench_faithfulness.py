@@ -252,8 +252,9 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
                          f"made by another engine ({', '.join(stale)}: map versions "
                          f"{done[stale[0]].get('versions') or 'unrecorded'}, now {MAP_VERSIONS}); expected rows of "
                          "the current engine: run all methods")
-    if not subset:  # a resumed structure must be the current engine's for every method
-        done = {name: entry for name, entry in done.items() if current(entry.get("versions"))}
+    if not subset:  # a resumed structure must be the current engine's for every method, RISE's masks these
+        held = rise_masks(previous)
+        done = {name: entry for name, entry in done.items() if current(entry.get("versions")) and held[name] == masks}
     result: Dict = {"machine": machine(device), "structures": list(structures), "pairs": pairs, "masks": masks,
                     "metric_fill": metric_fill, "sampling": SAMPLING, "goals": GOALS, "parts": list(parts)}
     # parts already measured with the same settings stay (each part records its machine); others go,
@@ -290,6 +291,7 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
                 result["maps"][name] = entry
             _save(outdir, result)
         result["masks"] = masks
+        _save(outdir, result)
     if "cascade" in parts:
         result["cascade"] = {structures[0]: cascade_rows(session, sample, structures[0], min(masks, CASCADE_MASKS),
                                                          METHODS, progress)}
@@ -308,47 +310,74 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
     return result
 
 
-#: what every table merged into one must share: rows measured otherwise are not comparable
-MERGE_KEYS = ("pairs", "masks", "metric_fill", "sampling", "machine")
+#: what every table merged into one must share: rows measured otherwise are not comparable (a key an
+#: older table lacks reads as the bench's default then)
+MERGE_KEYS = {"pairs": None, "masks": None, "metric_fill": "zero", "sampling": "first", "machine": None}
 
 
 def merge_faithfulness(dirs: Sequence, outdir) -> Dict:
     """``xaiseg bench faithfulness --merge DIR ...``: one table from the runs written into each DIR,
     such as processes that each measured some structures, measuring nothing.  Their settings
-    (``MERGE_KEYS``) must agree; a structure's rows, cascade row or fills held by two runs must be the
-    same; a part's map versions must agree wherever it is held.  The seconds are the runs' summed."""
-    tables = []
+    (``MERGE_KEYS``) must agree, and so must every structure's map versions and each part's versions
+    (a part without them is of another engine); a structure's rows, cascade row or fills held by two
+    runs must be the same.  The seconds are the runs' summed; nothing is written when it refuses."""
+    tables, seen = [], set()
     for d in dirs:
         path = Path(d) / "faithfulness.json"
         if not path.is_file():
             raise InputError(f"--merge {d}: expected faithfulness.json there (the -o folder of a faithfulness run)")
-        tables.append((path, json.loads(path.read_text())))
+        if path.resolve() in seen:
+            continue  # one folder named twice is one run
+        seen.add(path.resolve())
+        try:
+            tables.append((path, json.loads(path.read_text())))
+        except ValueError as exc:
+            raise InputError(f"--merge: {path} is not a faithfulness table ({exc}); expected the JSON a run writes") \
+                from exc
     if len(tables) < 2:
-        raise InputError(f"--merge {' '.join(map(str, dirs))}: expected at least two folders to merge")
+        raise InputError(f"--merge {' '.join(map(str, dirs))}: expected at least two folders of runs to merge")
     first_path, first = tables[0]
     for path, table in tables[1:]:
-        for key in MERGE_KEYS:
-            if table.get(key) != first.get(key):
-                raise InputError(f"--merge: {path} was measured with {key} {table.get(key)!r} and {first_path} with "
-                                 f"{first.get(key)!r}; expected the same {key} in every run")
-    out: Dict = {k: v for k, v in first.items() if k in MERGE_KEYS + ("goals",)}
-    seconds = round(sum(table.get("seconds", 0) for _, table in tables), 1)
-    out.update(structures=[], parts=[], merged=len(tables), seconds=seconds)
+        for key, default in MERGE_KEYS.items():
+            if table.get(key, default) != first.get(key, default):
+                raise InputError(f"--merge: {path} was measured with {key} {table.get(key, default)!r} and "
+                                 f"{first_path} with {first.get(key, default)!r}; expected the same {key} in every run")
+    out: Dict = {k: first.get(k, default) for k, default in MERGE_KEYS.items()}
+    out.update(goals=GOALS, merged=sum(table.get("merged", 1) for _, table in tables),
+               seconds=round(sum(table.get("seconds", 0) for _, table in tables), 1))
+    missing = object()
     for part in ("maps", "cascade", "fills"):
-        held = [(path, t) for path, t in tables if t.get(part)]
-        for path, table in held:
-            versions = f"{part}_versions"
-            if versions in table and out.setdefault(versions, table[versions]) != table[versions]:
-                raise InputError(f"--merge: {path} holds its {part} with map versions {table[versions]} and an earlier "
-                                 f"folder with {out[versions]}; expected one engine's")
-            rows = out.setdefault(part, {})
+        rows: Dict = {}
+        for path, table in tables:
+            if not table.get(part):
+                continue
+            if part != "maps":  # the maps' versions are each structure's, below
+                versions = f"{part}_versions"
+                if out.setdefault(versions, table.get(versions, missing)) != table.get(versions, missing):
+                    raise InputError(f"--merge: {path} holds its {part} with map versions "
+                                     f"{table.get(versions, 'unrecorded')} and an earlier folder with "
+                                     f"{'unrecorded' if out[versions] is missing else out[versions]}; expected one "
+                                     "engine's")
             for name, entry in table[part].items():
                 if rows.setdefault(name, entry) != entry:
                     raise InputError(f"--merge: {path} holds other {part} rows of {name} than an earlier folder; "
                                      "expected each structure measured by one run")
-    for _, table in tables:
-        out["structures"] += [n for n in table.get("structures") or [] if n not in out["structures"]]
-        out["parts"] += [n for n in table.get("parts") or [] if n not in out["parts"]]
+        if rows:
+            out[part] = rows
+        if out.get(f"{part}_versions") is missing:
+            del out[f"{part}_versions"]
+    maps = out.get("maps") or {}
+    kinds = {name: entry.get("versions") for name, entry in maps.items()}
+    if len({json.dumps(v, sort_keys=True) for v in kinds.values()}) > 1:
+        raise InputError("--merge: the structures' maps were made by different engines (map versions "
+                         + "; ".join(f"{name} {v or 'unrecorded'}" for name, v in kinds.items())
+                         + "); expected one engine's rows")
+    out["parts"] = [part for part in ("maps", "cascade", "fills") if out.get(part)]
+    out["structures"] = list(dict.fromkeys(name for part in ("maps", "cascade", "fills")
+                                           for name in out.get(part) or {}))
+    runs = list(dict.fromkeys(table["runs"] for _, table in tables if table.get("runs")))
+    if runs:  # how each run's own parts were run, said once
+        out["runs"] = "; ".join(runs)
     _save(Path(outdir), out)
     return out
 

@@ -120,6 +120,8 @@ def cmd_bench(args) -> int:
     parts = _listed(args.parts)
     if args.merge and args.what != "faithfulness":
         raise InputError(f"--merge: only the faithfulness bench merges runs, not {args.what}")
+    if args.merge and (args.structures or args.methods or args.parts or args.quick):
+        raise InputError("--merge measures nothing: expected no --structures, --methods, --parts or --quick with it")
     if args.what == "faithfulness" and args.merge:
         from .bench_faithfulness import merge_faithfulness
 
