@@ -188,6 +188,14 @@ def fill_summary(fills: Dict[str, Dict]) -> Dict[str, Dict]:
 #: the cascade's RISE masks: at most this many whatever ``masks`` is
 CASCADE_MASKS = 100
 
+#: what a table was measured with, and what a key an older table lacks reads as (the bench's default
+#: then); tables merged into one must agree on all of it
+TABLE_SETTINGS = {"pairs": None, "masks": None, "metric_fill": "zero", "sampling": "first", "machine": None}
+
+
+def table_setting(table: Dict, key: str):
+    return table.get(key, TABLE_SETTINGS[key])
+
 
 def _same_masks(previous: Dict, masks: int, structures: Sequence[str], methods: Sequence[str],
                 parts: Sequence[str] = ("maps",)) -> bool:
@@ -234,12 +242,12 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
     path = Path(outdir) / "faithfulness.json"
     previous = json.loads(path.read_text()) if path.is_file() else {}
     same = previous.get("pairs") == pairs and _same_masks(previous, masks, structures, methods, parts) and \
-        previous.get("metric_fill", "zero") == metric_fill and previous.get("sampling", "first") == SAMPLING
+        table_setting(previous, "metric_fill") == metric_fill and table_setting(previous, "sampling") == SAMPLING
     done = (previous.get("maps") or {}) if same else {}  # structures measured with the same settings
     if "maps" in parts and subset and not all(name in done for name in structures):
         held = (f"it holds {', '.join(previous.get('maps') or {}) or 'none'} measured with pairs "
-                f"{previous.get('pairs')} ({previous.get('sampling', 'first')}), masks {previous.get('masks')} and "
-                f"curves {previous.get('metric_fill', 'zero')}") if previous else "it holds no table"
+                f"{previous.get('pairs')} ({table_setting(previous, 'sampling')}), masks {previous.get('masks')} and "
+                f"curves {table_setting(previous, 'metric_fill')}") if previous else "it holds no table"
         raise InputError(f"faithfulness methods {','.join(methods)} replace rows of {path}; {held}; expected every "
                          f"structure of this run ({', '.join(structures)}) there with this run's pairs {pairs} "
                          f"({SAMPLING}), masks {masks} and curves {metric_fill} (other masks only when RISE is "
@@ -253,8 +261,9 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
                          f"{done[stale[0]].get('versions') or 'unrecorded'}, now {MAP_VERSIONS}); expected rows of "
                          "the current engine: run all methods")
     if not subset:  # a resumed structure must be the current engine's for every method, RISE's masks these
-        held = rise_masks(previous)
-        done = {name: entry for name, entry in done.items() if current(entry.get("versions")) and held[name] == masks}
+        measured = rise_masks(previous)
+        done = {name: entry for name, entry in done.items()
+                if current(entry.get("versions")) and measured[name] == masks}
     result: Dict = {"machine": machine(device), "structures": list(structures), "pairs": pairs, "masks": masks,
                     "metric_fill": metric_fill, "sampling": SAMPLING, "goals": GOALS, "parts": list(parts)}
     # parts already measured with the same settings stay (each part records its machine); others go,
@@ -290,8 +299,9 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
                      "date": time.strftime("%Y-%m-%d"), "masks": masks}]
                 result["maps"][name] = entry
             _save(outdir, result)
-        result["masks"] = masks
-        _save(outdir, result)
+        if result["masks"] != masks:  # every structure measured again: the table takes the new label
+            result["masks"] = masks
+            _save(outdir, result)
     if "cascade" in parts:
         result["cascade"] = {structures[0]: cascade_rows(session, sample, structures[0], min(masks, CASCADE_MASKS),
                                                          METHODS, progress)}
@@ -310,15 +320,10 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
     return result
 
 
-#: what every table merged into one must share: rows measured otherwise are not comparable (a key an
-#: older table lacks reads as the bench's default then)
-MERGE_KEYS = {"pairs": None, "masks": None, "metric_fill": "zero", "sampling": "first", "machine": None}
-
-
 def merge_faithfulness(dirs: Sequence, outdir) -> Dict:
     """``xaiseg bench faithfulness --merge DIR ...``: one table from the runs written into each DIR,
     such as processes that each measured some structures, measuring nothing.  Their settings
-    (``MERGE_KEYS``) must agree, and so must every structure's map versions and each part's versions
+    (``TABLE_SETTINGS``) must agree, and so must every structure's map versions and each part's versions
     (a part without them is of another engine); a structure's rows, cascade row or fills held by two
     runs must be the same.  The seconds are the runs' summed; nothing is written when it refuses."""
     tables, seen = [], set()
@@ -338,11 +343,12 @@ def merge_faithfulness(dirs: Sequence, outdir) -> Dict:
         raise InputError(f"--merge {' '.join(map(str, dirs))}: expected at least two folders of runs to merge")
     first_path, first = tables[0]
     for path, table in tables[1:]:
-        for key, default in MERGE_KEYS.items():
-            if table.get(key, default) != first.get(key, default):
-                raise InputError(f"--merge: {path} was measured with {key} {table.get(key, default)!r} and "
-                                 f"{first_path} with {first.get(key, default)!r}; expected the same {key} in every run")
-    out: Dict = {k: first.get(k, default) for k, default in MERGE_KEYS.items()}
+        for key in TABLE_SETTINGS:
+            if table_setting(table, key) != table_setting(first, key):
+                raise InputError(f"--merge: {path} was measured with {key} {table_setting(table, key)!r} and "
+                                 f"{first_path} with {table_setting(first, key)!r}; expected the same {key} in "
+                                 "every run")
+    out: Dict = {key: table_setting(first, key) for key in TABLE_SETTINGS}
     out.update(goals=GOALS, merged=sum(table.get("merged", 1) for _, table in tables),
                seconds=round(sum(table.get("seconds", 0) for _, table in tables), 1))
     missing = object()
@@ -430,8 +436,8 @@ def markdown(result: Dict) -> str:
                    else "the first pair at the structure's first slices"))
              + f"; occlusion and RISE at their structure-sized defaults (RISE at most {_masks_text(result)}), "
              "the fused layer map; 8 metric steps, the curves removing pixels by "
-             + {"inpaint": "inpainting them from the kept pixels around them"}.get(result.get("metric_fill", "zero"),
-                                                                               f"{result.get('metric_fill', 'zero')} fill")
+             + {"inpaint": "inpainting them from the kept pixels around them"}.get(
+                 table_setting(result, "metric_fill"), f"{table_setting(result, 'metric_fill')} fill")
              + "; the trivial maps on the same engine and ROI.", ""]
     maps = result.get("maps") or {}
     if maps:

@@ -122,11 +122,11 @@ def cmd_bench(args) -> int:
         raise InputError(f"--merge: only the faithfulness bench merges runs, not {args.what}")
     if args.merge and (args.structures or args.methods or args.parts or args.quick):
         raise InputError("--merge measures nothing: expected no --structures, --methods, --parts or --quick with it")
-    if args.what == "faithfulness" and args.merge:
+    if args.merge:  # the faithfulness bench's, checked above
         from .bench_faithfulness import merge_faithfulness
 
-        merge_faithfulness(args.merge, Path(args.output))
-        print(f"merged {len(args.merge)} runs into {Path(args.output) / 'faithfulness.md'}")
+        merged = merge_faithfulness(args.merge, Path(args.output))
+        print(f"merged {merged['merged']} runs into {Path(args.output) / 'faithfulness.md'}")
         return 0
     if args.what == "faithfulness":
         from .bench_faithfulness import METHODS, bench_faithfulness
