@@ -79,7 +79,7 @@ def test_rise_measured_again_everywhere_may_take_other_masks(tmp_path, monkeypat
 
     row = method_row(0.5)
     entry = {"slices": [1, 2], "methods": {"occlusion": row, "rise": row, "layers": row},
-             "versions": dict(bf.MAP_VERSIONS)}
+             "versions": bf.row_versions(bf.METHODS)}
     (tmp_path / "faithfulness.json").write_text(json.dumps({
         "pairs": 1, "masks": 100, "metric_fill": "inpaint", "sampling": bf.SAMPLING,
         "maps": {"Left_Caudate": entry, "Right_Caudate": entry},
@@ -89,7 +89,7 @@ def test_rise_measured_again_everywhere_may_take_other_masks(tmp_path, monkeypat
     def rows(session, sample, name, pairs, masks, *args):
         measured.append((name, masks))
         return {"slices": [1, 2], "seconds": 1.0, "methods": {"rise": method_row(0.4)},
-                "versions": {"rise": bf.MAP_VERSIONS["rise"]}}
+                "versions": bf.row_versions(["rise"])}
 
     monkeypatch.setattr(bf, "structure_rows", rows)
     held = "it holds Left_Caudate, Right_Caudate measured with pairs 1 .*masks 100"
@@ -174,13 +174,17 @@ def test_rows_of_an_older_engine_are_neither_resumed_nor_kept(tmp_path):
     when it was measured with an older occlusion map."""
     import json
 
-    from xaiseg.bench_faithfulness import MAP_VERSIONS, SAMPLING, bench_faithfulness, current
+    from xaiseg.bench_faithfulness import MAP_VERSIONS, SAMPLING, bench_faithfulness, current, row_versions
     from xaiseg.errors import InputError
 
-    assert current(dict(MAP_VERSIONS)) and not current({}) and not current(None, ["rise"])
+    assert current(row_versions(["occlusion", "rise", "layers"])) and not current({}) and not current(None, ["rise"])
     assert current({"occlusion": MAP_VERSIONS["occlusion"]}, ["occlusion"])
+    # RISE's rows also record where its early stop ended them (stop 31: split-half reliability); rows
+    # of the older stop are another engine's, the cascade (never cut short) is not
+    assert not current(dict(MAP_VERSIONS)) and current(dict(MAP_VERSIONS), rows=False)
+    assert row_versions(["rise"]) == {"rise": MAP_VERSIONS["rise"], "rise_stop": 31}
     older = dict(MAP_VERSIONS, rise=MAP_VERSIONS["rise"] - 1)
-    for versions in (older, None):
+    for versions in (older, dict(MAP_VERSIONS), None):
         entry = {"methods": {}} if versions is None else {"methods": {}, "versions": versions}
         (tmp_path / "faithfulness.json").write_text(json.dumps({
             "pairs": 1, "masks": 100, "metric_fill": "inpaint", "sampling": SAMPLING,
@@ -210,7 +214,7 @@ def test_a_rerun_resumes_only_the_current_engines_structures(tmp_path, monkeypat
 
     import xaiseg.bench_faithfulness as bf
 
-    fresh = {"slices": [1, 2], "seconds": 1.0, "methods": {}, "versions": dict(bf.MAP_VERSIONS)}
+    fresh = {"slices": [1, 2], "seconds": 1.0, "methods": {}, "versions": bf.row_versions(bf.METHODS)}
     measured = []
 
     def rows(session, sample, name, *args, **kwargs):
@@ -218,7 +222,7 @@ def test_a_rerun_resumes_only_the_current_engines_structures(tmp_path, monkeypat
         return dict(fresh)
 
     monkeypatch.setattr(bf, "structure_rows", rows)
-    old = dict(bf.MAP_VERSIONS, occlusion=bf.MAP_VERSIONS["occlusion"] - 1)
+    old = dict(bf.row_versions(bf.METHODS), occlusion=bf.MAP_VERSIONS["occlusion"] - 1)
     (tmp_path / "faithfulness.json").write_text(json.dumps({
         "pairs": 1, "masks": 100, "metric_fill": "inpaint", "sampling": bf.SAMPLING,
         "maps": {"Left_Caudate": dict(fresh, slices=[81, 82]), "Right_Caudate": dict(fresh, versions=old)},
@@ -254,7 +258,7 @@ def test_runs_of_some_structures_each_merge_into_one_table(tmp_path):
                "beats_trivial_share": beats, "insertion_auc": 0.6, "adjacent_spearman": 0.8, "evidence_share": 1.0,
                "evaluations": 30, "per_slice": {"1": {"beats_trivial_deletion": bool(beats)},
                                                 "2": {"beats_trivial_deletion": bool(beats)}}}
-        entry = {"slices": [1, 2], "methods": {m: row for m in bf.METHODS}, "versions": dict(bf.MAP_VERSIONS)}
+        entry = {"slices": [1, 2], "methods": {m: row for m in bf.METHODS}, "versions": bf.row_versions(bf.METHODS)}
         return dict({"machine": {"platform": "test"}, "pairs": 1, "masks": 300, "metric_fill": "inpaint",
                      "sampling": bf.SAMPLING, "goals": bf.GOALS, "parts": ["maps"], "structures": list(names),
                      "maps": {n: entry for n in names}, "seconds": 10.0}, **extra)
@@ -299,7 +303,7 @@ def test_runs_of_some_structures_each_merge_into_one_table(tmp_path):
          "measured with machine"),
     ]
     older = table(["Left_Caudate"], 0.3, 1.0)
-    older["maps"]["Left_Caudate"]["versions"] = dict(bf.MAP_VERSIONS, rise=bf.MAP_VERSIONS["rise"] - 1)
+    older["maps"]["Left_Caudate"]["versions"] = dict(bf.row_versions(bf.METHODS), rise=bf.MAP_VERSIONS["rise"] - 1)
     refused.append((folder("older", older), "different engines .*Left_Caudate"))
     unversioned = table(["Left_Caudate"], 0.3, 1.0, cascade={"Left_Caudate": {}})  # an older table's cascade
     refused.append((folder("unversioned", unversioned), "cascade with map versions unrecorded"))

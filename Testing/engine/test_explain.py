@@ -99,8 +99,49 @@ def test_rise_stops_early_and_says_so():
     stopped = explain("rise", n_masks=2000, score="logit")
     assert stopped.details["converged"] is True
     assert stopped.n_evaluations == stopped.details["stopped_at"] < 2000
+    # it stopped because its two halves of masks drew the same map
+    assert stopped.details["reliability"] >= 0.9 and stopped.details["convergence"][-1][1] >= 0.9
     full = explain("rise", n_masks=300, early_stop=False, score="logit")
     assert full.n_evaluations == 300 and full.details["converged"] is False
+
+
+class HashedEvidence(SquareEvidence):
+    """A model whose logit is noise: a pseudo-random function of the whole image, so no region
+    explains it and every RISE map of it is the draw's noise."""
+
+    def decode(self, embedding, prompt):
+        import hashlib
+
+        digest = hashlib.sha256(np.ascontiguousarray(embedding.features).tobytes()).digest()
+        noise = int.from_bytes(digest[:4], "little") / 2 ** 32
+        out = np.full(embedding.image_shape, -5.0, dtype=np.float32)
+        x0, y0, x1, y1 = (int(round(v)) for v in prompt.box)
+        out[y0:y1 + 1, x0:x1 + 1] = 10.0 * (noise - 0.5)
+        return out
+
+
+def test_rise_does_not_call_noise_converged():
+    """The early stop compares the maps of two halves of the masks, which share none: on a model
+    whose score is noise they disagree however many masks are drawn, so the run uses every mask and
+    says it did not converge (until stop 31 the map was compared with the map 50 masks earlier,
+    which shares most of its masks and agrees whatever the noise)."""
+    ex = explain("rise", HashedEvidence(), n_masks=400, score="logit")
+    assert ex.details["converged"] is False and ex.n_evaluations == 400
+    assert abs(ex.details["reliability"]) < 0.5, ex.details["convergence"]
+    # the old criterion: the map against the map 50 masks earlier agrees although it is noise
+    from xaiseg.explain.rise import RiseSums
+
+    rise = make_explainer("rise", HashedEvidence(), n_masks=400, fill="zero", score="logit")
+    engine = PerturbationEngine(rise.segmenter, evidence_image(), PROMPT, np.ones((64, 64), bool), score="logit",
+                                fill="zero")
+    make, _ = rise.mask_maker(engine)
+    rng = np.random.default_rng(0)
+    sums, maps = RiseSums(engine.image.shape), []
+    for _ in range(8):
+        masks = make(rng, 50)
+        sums.add(engine.scores(masks, total=0), masks)
+        maps.append(sums.map())
+    assert spearman(maps[-1], maps[-2], engine.roi) > 0.8 > sums.reliability(engine.roi)
 
 
 def test_occlusion_evaluates_only_patches_that_touch_the_roi():

@@ -132,19 +132,15 @@ def occlusion_rows(session, seg, k: int, steps: int) -> List[Dict]:
 
 
 def rise_stream(engine, rng, n: int, cells: int = 7, p: float = 0.5, every: int = 50):
-    """RISE maps after every ``every`` masks of one random stream (the estimator of :class:`RISE`)."""
-    from .explain.rise import RISE, rise_masks
+    """RISE's map and its split-half reliability after every ``every`` masks of one random stream
+    (the estimator and the sums of :class:`RISE`)."""
+    from .explain.rise import RiseSums, rise_masks
 
-    shape = engine.image.shape
-    kept_sum, kept_w, score_sum, used = np.zeros(shape), np.zeros(shape), 0.0, 0
-    while used < n:
-        masks = rise_masks(rng, min(every, n - used), shape, cells, p)
-        scores = engine.scores(masks, total=0)
-        kept_sum += np.tensordot(scores, masks, axes=1)
-        kept_w += masks.sum(axis=0)
-        score_sum += float(scores.sum())
-        used += len(masks)
-        yield used, RISE._map(kept_sum, kept_w, score_sum, used)
+    sums = RiseSums(engine.image.shape)
+    while sums.used < n:
+        masks = rise_masks(rng, min(every, n - sums.used), engine.image.shape, cells, p)
+        sums.add(engine.scores(masks, total=0), masks)
+        yield sums.used, sums.map(), sums.reliability(engine.roi)
 
 
 def rise_convergence(session, seg, k: int, reference: int, budget: int, seed: int = 0,
@@ -164,19 +160,18 @@ def rise_convergence(session, seg, k: int, reference: int, budget: int, seed: in
     engine = PerturbationEngine(session.segmenter, image, prompt, region, embedding=embedding, batch_size=16)
     # the test stream; RISE's early stop (same seed, same masks) sees exactly these checkpoints
     defaults = RISE(None)
-    checkpoints, previous, streak, stop_at = [], None, 0, None
+    checkpoints, streak, stop_at = [], 0, None
     t0 = time.perf_counter()
-    for n, m in rise_stream(engine, np.random.default_rng(seed), budget, every=defaults.check_every):
-        if previous is not None and stop_at is None:
-            streak = streak + 1 if spearman(m, previous, region) >= defaults.converge else 0
+    for n, m, reliability in rise_stream(engine, np.random.default_rng(seed), budget, every=defaults.check_every):
+        if stop_at is None:
+            streak = streak + 1 if reliability >= defaults.converge else 0
             if n >= defaults.min_masks and streak >= defaults.patience:
                 stop_at = n
         checkpoints.append((n, m))
-        previous = m
     seconds_per_mask = (time.perf_counter() - t0) / budget
     result: Dict = {"slice": k, "early_stop_at": stop_at, "seconds_per_mask": round(seconds_per_mask, 3)}
     marks = sorted({m for m in (250, 500, 1000, 1500) if m < reference} | {reference})
-    for n_ref, ref_map in rise_stream(engine, np.random.default_rng(seed + 1000), reference):
+    for n_ref, ref_map, _ in rise_stream(engine, np.random.default_rng(seed + 1000), reference):
         if n_ref not in marks:
             continue
         curve = [[n, round(spearman(m, ref_map, region), 4)] for n, m in checkpoints]

@@ -35,6 +35,11 @@ GOALS = {"beats_trivial_share": 0.8, "adjacent_spearman": 0.7, "randomised_simil
 #: unknowingly (stop 24 smoothed occlusion's map; an earlier table's rows would have been resumed;
 #: stop 27 scored its structure-sized patches by restore)
 MAP_VERSIONS = {"occlusion": 27, "rise": 28, "layers": 23}
+#: the stop at which a method's early stop (where it ends a run, so which map a row holds) last
+#: changed, recorded in the maps rows as ``<method>_stop``: stop 31 stops RISE on its split-half
+#: reliability.  The cascade (at most ``CASCADE_MASKS`` masks, which no early stop cuts short) does
+#: not depend on it, so its rows stay current.
+STOP_VERSIONS = {"rise": 31}
 #: the ``fills`` part measures occlusion scored by removal (``--occlusion-mode remove``), whose map
 #: last changed at stop 24; until stop 27 that was occlusion's only map, recorded as "occlusion"
 FILLS_VERSION = 24
@@ -49,11 +54,20 @@ def fills_current(versions: Optional[Dict[str, int]]) -> bool:
     return versions.get("occlusion_remove", legacy) == FILLS_VERSION
 
 
-def current(versions: Optional[Dict[str, int]], methods: Sequence[str] = METHODS) -> bool:
-    """Whether rows recorded with ``versions`` (method -> :data:`MAP_VERSIONS` entry) are the
-    current engine's for ``methods``."""
+def row_versions(methods: Sequence[str]) -> Dict[str, int]:
+    """What a maps row of ``methods`` records: each map's version and, where it has one, its early
+    stop's (``<method>_stop``)."""
+    out = {m: MAP_VERSIONS[m] for m in methods}
+    out.update({f"{m}_stop": STOP_VERSIONS[m] for m in methods if m in STOP_VERSIONS})
+    return out
+
+
+def current(versions: Optional[Dict[str, int]], methods: Sequence[str] = METHODS, rows: bool = True) -> bool:
+    """Whether rows recorded with ``versions`` are the current engine's for ``methods``: maps rows
+    (``rows``) by :func:`row_versions`, the cascade's by the maps' versions alone."""
     versions = versions or {}
-    return all(versions.get(m) == MAP_VERSIONS[m] for m in methods)
+    want = row_versions(methods) if rows else {m: MAP_VERSIONS[m] for m in methods}
+    return all(versions.get(k) == v for k, v in want.items())
 
 
 #: how the pairs are taken: spread through the inside of the structure, as the structure bench
@@ -119,7 +133,7 @@ def structure_rows(session, sample, name: str, pairs: Optional[int], masks: int,
     seconds = time.perf_counter() - t0
     doc = run.metrics()
     out = {"slices": slices, "seconds": round(seconds, 1), "methods": {},
-           "versions": {m: MAP_VERSIONS[m] for m in methods}}
+           "versions": row_versions(methods)}
     for method, entry in doc["methods"].items():
         rows = entry["slices"]
         s = entry["summary"]
@@ -131,7 +145,7 @@ def structure_rows(session, sample, name: str, pairs: Optional[int], masks: int,
             "adjacent_spearman": s.get("adjacent_spearman"), "evaluations": s.get("evaluations"),
             "per_slice": {k: {x: v.get(x) for x in ("deletion_auc", "insertion_auc", "best_trivial_deletion_auc",
                                                       "beats_trivial_deletion", "evidence", "evaluations",
-                                                      "patch_px", "cells", "stopped_at")}
+                                                      "patch_px", "cells", "stopped_at", "reliability")}
                           for k, v in rows.items()},
             "trivial": {k: v.get("trivial") for k, v in rows.items()}}
     return out
@@ -258,7 +272,7 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
     if "maps" in parts and subset and stale:
         raise InputError(f"faithfulness methods {','.join(methods)} would keep rows of {','.join(kept)} in {path} "
                          f"made by another engine ({', '.join(stale)}: map versions "
-                         f"{done[stale[0]].get('versions') or 'unrecorded'}, now {MAP_VERSIONS}); expected rows of "
+                         f"{done[stale[0]].get('versions') or 'unrecorded'}, now {row_versions(METHODS)}); expected rows of "
                          "the current engine: run all methods")
     if not subset:  # a resumed structure must be the current engine's for every method, RISE's masks these
         measured = rise_masks(previous)
@@ -270,7 +284,7 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
     # so the table never labels rows with settings they were not measured with
     if same:
         result.update({k: v for k, v in previous.items() if k in ("maps", "cascade", "fills") and k not in parts})
-        for part, fresh in (("cascade", lambda v: current(v, METHODS)), ("fills", fills_current)):
+        for part, fresh in (("cascade", lambda v: current(v, METHODS, rows=False)), ("fills", fills_current)):
             if part in result and not fresh(previous.get(f"{part}_versions")):
                 del result[part]  # measured by another engine: left out rather than shown as current
             elif part in result:

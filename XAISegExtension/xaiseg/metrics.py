@@ -111,6 +111,17 @@ def spearman(a: np.ndarray, b: np.ndarray, where: Optional[np.ndarray] = None) -
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def pearson(a: np.ndarray, b: np.ndarray, where: Optional[np.ndarray] = None) -> float:
+    """Pearson correlation of two maps (over ``where`` when given); 0 when either is flat."""
+    a, b = _pair(a, b, "pearson")
+    if where is not None:
+        a, b = a[np.asarray(where, bool)], b[np.asarray(where, bool)]
+    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
 def mean_of(values) -> Optional[float]:
     """The mean of the values that are not None (a figure a slice or structure may lack), or None
     when none is left: what the benchmarks' summary rows report."""
