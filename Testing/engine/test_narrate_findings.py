@@ -254,6 +254,20 @@ def test_two_methods_lead_by_faithfulness_and_stay_grounded(tmp_path):
     assert unsupported(check_text(text, f)) == [], [c.text for c in unsupported(check_text(text, f))]
 
 
+def test_template_says_when_a_rise_map_is_mostly_noise(ho_findings):
+    """RISE records its map's split-half reliability; the text gives it, and below 0.7 says that the
+    map's detail is the draw's noise.  Every figure stays grounded in findings."""
+    _, f = ho_findings
+    for rel, noisy in ((0.42, True), (0.93, False)):
+        g = json.loads(json.dumps(f))
+        g["methods"]["occlusion"]["summary"]["reliability"] = rel
+        text = render_text(g)
+        assert f"split-half reliability of {rel:.2f}" in text
+        assert ("draw's noise" in text) is noisy
+        assert unsupported(check_text(text, g)) == [], [c.text for c in unsupported(check_text(text, g))]
+    assert "split-half" not in render_text(f)  # occlusion records none
+
+
 def test_model_context_withholds_paths_and_dates(ho_findings):
     """What a model sees: the figures and names, not the checkpoint path, input path or timestamps."""
     from xaiseg.narrate import model_context

@@ -66,6 +66,12 @@ def _metrics(summary: dict, hints: bool = True) -> str:
     return ", ".join(parts)
 
 
+#: a RISE map whose split-half reliability is below this is mostly the draw's noise in its detail
+LOW_RELIABILITY = 0.7
+RELIABILITY_LOW = (" - much of its detail is the draw's noise, so compare its broad shape only (more masks, "
+                   "--masks, steady it).")
+
+
 def _trust(summary: dict, title: str) -> List[str]:
     """Sentences on whether the map can be trusted: against trivial maps, noise, flicker, randomisation."""
     out = []
@@ -84,6 +90,10 @@ def _trust(summary: dict, title: str) -> List[str]:
     if isinstance(quiet, list) and quiet:
         out.append(f"On {_slices([int(k) for k in quiet])}, {title} found no score change above the model's noise: "
                    "no evidence is shown there.")
+    rel = summary.get("reliability")
+    if isinstance(rel, (int, float)) and not isinstance(rel, bool):
+        out.append(f"Two halves of its random masks draw the {title} map alike to a split-half reliability of "
+                   f"{_num(rel)}" + (RELIABILITY_LOW if rel < LOW_RELIABILITY else "."))
     rho = summary.get("adjacent_spearman")
     if isinstance(rho, (int, float)) and not isinstance(rho, bool):
         out.append(f"Maps of adjacent slices agree with a mean Spearman of {_num(rho)}"
