@@ -183,6 +183,11 @@ def test_rows_of_an_older_engine_are_neither_resumed_nor_kept(tmp_path):
     # of the older stop are another engine's, the cascade (never cut short) is not
     assert not current(dict(MAP_VERSIONS)) and current(dict(MAP_VERSIONS), rows=False)
     assert row_versions(["rise"]) == {"rise": MAP_VERSIONS["rise"], "rise_stop": 31}
+    # ... which holds because the cascade's RISE draws no more masks than any early stop lets pass
+    from xaiseg.bench_faithfulness import CASCADE_MASKS
+    from xaiseg.explain.rise import RiseSettings
+
+    assert RiseSettings().min_masks >= CASCADE_MASKS
     older = dict(MAP_VERSIONS, rise=MAP_VERSIONS["rise"] - 1)
     for versions in (older, dict(MAP_VERSIONS), None):
         entry = {"methods": {}} if versions is None else {"methods": {}, "versions": versions}

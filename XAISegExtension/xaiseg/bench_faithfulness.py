@@ -439,6 +439,30 @@ def _masks_text(result: Dict) -> str:
     return "; ".join(f"{n} masks on {', '.join(names)}" for n, names in groups.items())
 
 
+def _reliability_lines(maps: Dict) -> List[str]:
+    """RISE's split-half reliability over the table's slices, and which structures' RISE rows an
+    older early stop ended (rows without ``rise_stop``)."""
+    from .explain.rise import RiseSettings
+
+    values = [(v["reliability"], name, k) for name, entry in maps.items()
+              for k, v in (((entry.get("methods") or {}).get("rise") or {}).get("per_slice") or {}).items()
+              if isinstance(v.get("reliability"), (int, float))]
+    old = [name for name, entry in maps.items()
+           if "rise" in (entry.get("methods") or {}) and "rise_stop" not in (entry.get("versions") or {})]
+    out = []
+    if values:
+        low = min(values)
+        out += ["", f"RISE's split-half reliability (the share of its map's variance over the ROI that a second draw "
+                    f"of as many masks would repeat; its early stop needs {RiseSettings().converge}): mean "
+                    f"{_f(float(np.mean([v[0] for v in values])), 2)} over {len(values)} slices, lowest "
+                    f"{_f(low[0], 2)} ({low[1]} {low[2]}); below 0.7 on "
+                    f"{sum(v[0] < 0.7 for v in values)} of {len(values)}."]
+    if old:
+        out += ["", f"RISE's rows of {', '.join(old)} were ended by the early stop before stop 31 (the map against "
+                    "the map 50 masks earlier), and record no reliability."]
+    return out
+
+
 def markdown(result: Dict) -> str:
     lines = ["# Faithfulness benchmark: maps against trivial maps, through the volume, and against a re-drawn model",
              "", f"Produced by `xaiseg bench faithfulness` on {result['machine'].get('platform', '?')} "
@@ -473,6 +497,7 @@ def markdown(result: Dict) -> str:
             lines.append(f"| {method} | {g['slices']} | {_f(b, 2)} | "
                          f"{'yes' if b is not None and b >= GOALS['beats_trivial_share'] else 'no'} | {_f(r, 2)} | "
                          f"{'yes' if r is not None and r >= GOALS['adjacent_spearman'] else 'no'} |")
+        lines += _reliability_lines(maps)
         # (method, date) of the last re-run that measured each method of each structure
         again: Dict[Tuple[str, str], List[str]] = {}
         for name, entry in maps.items():

@@ -80,14 +80,15 @@ class RiseSettings(CommonSettings):
     converge: float = setting(0.9, "RISE: split-half reliability of the map (the correlation of the maps of two "
                                    "halves of the masks over the ROI, stepped up to the whole map by Spearman-Brown) "
                                    "that ends the run early: the share of the map's variance that is not noise",
-                              flag="--rise-reliability")
+                              flag="--rise-reliability", minimum=0.0, maximum=1.0)
+    #: one check is enough: unlike the old rule's, the reliability compares maps that share no mask
     patience: int = setting(1, "RISE: converged checks in a row before stopping", minimum=1, cli=False)
 
     def check(self) -> None:
         if not 0.0 < self.p < 1.0:
             raise InputError(f"RISE keep probability {self.p} must lie strictly between 0 and 1")
         if not 0.0 < self.converge <= 1.0:
-            raise InputError(f"RISE convergence level {self.converge} must lie in (0, 1]")
+            raise InputError(f"RISE reliability (--rise-reliability) {self.converge} must lie in (0, 1]")
 
 
 @register
@@ -173,9 +174,14 @@ class RISE(Explainer):
         return kept_mean - removed_mean
 
 
+#: a ROI of fewer pixels than this has no reliability (two or three pixels correlate perfectly by chance)
+MIN_RELIABILITY_PIXELS = 8
+
+
 def spearman_brown(r: float) -> float:
-    """The reliability of a map of twice the masks whose halves correlate at ``r``."""
-    r = float(np.clip(r, -0.999999, 1.0))
+    """The reliability, in [0, 1], of a map of twice the masks whose halves correlate at ``r`` (a
+    negative correlation is noise: reliability 0)."""
+    r = float(np.clip(r, 0.0, 1.0))
     return 2.0 * r / (1.0 + r)
 
 
@@ -210,5 +216,7 @@ class RiseSums:
     def reliability(self, roi: np.ndarray) -> float:
         """Split-half reliability of :meth:`map` over ``roi``: the share of its variance over the ROI
         that is not the draw's noise (0 while a half's map is flat)."""
+        if int(np.count_nonzero(roi)) < MIN_RELIABILITY_PIXELS:
+            return 0.0
         a, b = (RISE._map(*half) for half in self.halves)
         return spearman_brown(pearson(a, b, roi))

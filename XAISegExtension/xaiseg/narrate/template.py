@@ -93,7 +93,7 @@ def _trust(summary: dict, title: str) -> List[str]:
     rel = summary.get("reliability")
     if isinstance(rel, (int, float)) and not isinstance(rel, bool):
         out.append(f"Two halves of its random masks draw the {title} map alike to a split-half reliability of "
-                   f"{_num(rel)}" + (RELIABILITY_LOW if rel < LOW_RELIABILITY else "."))
+                   f"{_num(rel)}" + (RELIABILITY_LOW if round(float(rel), 2) < LOW_RELIABILITY else "."))
     rho = summary.get("adjacent_spearman")
     if isinstance(rho, (int, float)) and not isinstance(rho, bool):
         out.append(f"Maps of adjacent slices agree with a mean Spearman of {_num(rho)}"
