@@ -97,29 +97,28 @@ def thresholded_iou(saliency: np.ndarray, target: np.ndarray, threshold: Optiona
     return iou(region, target)
 
 
-def spearman(a: np.ndarray, b: np.ndarray, where: Optional[np.ndarray] = None) -> float:
-    """Spearman rank correlation of two maps (over ``where`` when given); 0 when either is flat."""
-    from scipy.stats import rankdata
-
-    a, b = _pair(a, b, "spearman")
+def _correlated(a: np.ndarray, b: np.ndarray, where: Optional[np.ndarray], what: str, ranks: bool) -> float:
+    a, b = _pair(a, b, what)
     if where is not None:
         a, b = a[np.asarray(where, bool)], b[np.asarray(where, bool)]
     a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
     if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return 0.0
-    ra, rb = rankdata(a), rankdata(b)
-    return float(np.corrcoef(ra, rb)[0, 1])
+    if ranks:
+        from scipy.stats import rankdata
+
+        a, b = rankdata(a), rankdata(b)
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def spearman(a: np.ndarray, b: np.ndarray, where: Optional[np.ndarray] = None) -> float:
+    """Spearman rank correlation of two maps (over ``where`` when given); 0 when either is flat."""
+    return _correlated(a, b, where, "spearman", ranks=True)
 
 
 def pearson(a: np.ndarray, b: np.ndarray, where: Optional[np.ndarray] = None) -> float:
     """Pearson correlation of two maps (over ``where`` when given); 0 when either is flat."""
-    a, b = _pair(a, b, "pearson")
-    if where is not None:
-        a, b = a[np.asarray(where, bool)], b[np.asarray(where, bool)]
-    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
-    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return 0.0
-    return float(np.corrcoef(a, b)[0, 1])
+    return _correlated(a, b, where, "pearson", ranks=False)
 
 
 def mean_of(values) -> Optional[float]:
