@@ -413,6 +413,25 @@ class XAISegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.layerSliderWidget.maximum = max(0, len(layers) - 1)
         self.ui.layerNameLabel.text = layers[0] if layers else "-"
         self.ui.compareLayoutButton.enabled = result is not None and bool(result.methods())
+        red = slicer.mrmlScene.GetNodeByID("vtkMRMLSliceNodeRed")
+        if red is not None and not self.hasObserver(red, vtk.vtkCommand.ModifiedEvent, self.updateSliceTrust):
+            self.addObserver(red, vtk.vtkCommand.ModifiedEvent, self.updateSliceTrust)
+        self.updateSliceTrust()
+
+    def updateSliceTrust(self, *args):
+        """The trust line of the shown method's map on the slice under the Red view."""
+        result = self.logic.result if self.logic is not None else None
+        method = self.ui.methodComboBox.currentText
+        text, marked = "-", False
+        if result is not None and method in result.saliency:
+            try:
+                trust = self.logic.sliceTrust(result, method)
+                text, marked = trust["text"], bool(trust["marks"])
+            except Exception as exc:  # a view or volume gone: say so, never raise from an observer
+                text = str(exc)
+        text = ("(!) " + text) if marked else text
+        if self.ui.sliceTrustLabel.text != text:
+            self.ui.sliceTrustLabel.text = text
 
     def _red(self, call):
         volume = self.ui.inputVolumeSelector.currentNode()
@@ -462,6 +481,7 @@ class XAISegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if name:
             self._withResult(lambda r: self.logic.showMethod(r, name, self.ui.opacitySliderWidget.value),
                              _("Could not show the method."))
+        self.updateSliceTrust()
 
     def onLayerChanged(self, value):
         name = self._withResult(lambda r: self.logic.showLayer(r, int(value), self.ui.opacitySliderWidget.value),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from toys import SquareEvidence, evidence_image
+from toys import HashedEvidence, SquareEvidence, evidence_image
 from xaiseg import errors
 from xaiseg.explain import make_explainer, methods
 from xaiseg.explain.base import PerturbationEngine
@@ -130,21 +130,6 @@ def test_rise_sums_deal_masks_alternately_and_keep_the_whole_map():
     assert sums.reliability(np.eye(6, 5, dtype=bool)) == 0.0
     a = rng.random((6, 5))
     assert pearson(a, 2 * a + 1) == pytest.approx(1.0) and pearson(a, np.ones_like(a)) == 0.0
-
-
-class HashedEvidence(SquareEvidence):
-    """A model whose logit is noise: a pseudo-random function of the whole image, so no region
-    explains it and every RISE map of it is the draw's noise."""
-
-    def decode(self, embedding, prompt):
-        import hashlib
-
-        digest = hashlib.sha256(np.ascontiguousarray(embedding.features).tobytes()).digest()
-        noise = int.from_bytes(digest[:4], "little") / 2 ** 32
-        out = np.full(embedding.image_shape, -5.0, dtype=np.float32)
-        x0, y0, x1, y1 = (int(round(v)) for v in prompt.box)
-        out[y0:y1 + 1, x0:x1 + 1] = 10.0 * (noise - 0.5)
-        return out
 
 
 def test_rise_does_not_call_noise_converged():

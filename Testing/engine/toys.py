@@ -189,3 +189,18 @@ def evidence_image(shape=(64, 64), square=(8, 8, 24, 24), seed: int = 0) -> np.n
     img[y0:y1, x0:x1] = 0.9
     img[36:56, 36:56] = 0.7
     return img.astype(np.float32)
+
+
+class HashedEvidence(SquareEvidence):
+    """A model whose logit is noise: a pseudo-random function of the whole image, so no region
+    explains it and every RISE map of it is the draw's noise."""
+
+    def decode(self, embedding, prompt):
+        import hashlib
+
+        digest = hashlib.sha256(np.ascontiguousarray(embedding.features).tobytes()).digest()
+        noise = int.from_bytes(digest[:4], "little") / 2 ** 32
+        out = np.full(embedding.image_shape, -5.0, dtype=np.float32)
+        x0, y0, x1, y1 = (int(round(v)) for v in prompt.box)
+        out[y0:y1 + 1, x0:x1 + 1] = 10.0 * (noise - 0.5)
+        return out

@@ -262,3 +262,35 @@ def test_box_top_and_bottom_from_the_current_slice(run, caudate_box):
             logic.setRoiFaceAtSlice(roi, volume, "middle")
     finally:
         mrml.remove_node(scene, roi)
+
+
+def test_the_trust_line_of_the_slice_under_the_red_view(run):
+    """The panel's "This slice" line: the shown method's trust on the slice under the Red view, from
+    the run's own metrics (each figure as the metrics table holds it), and the saliency node lists
+    the slices of each mark."""
+    from xaiseg.explain import title_of
+    from xaiseg.explain.trust import slice_row, slice_trust
+
+    logic, result, centre = run["logic"], run["result"], run["centre"]
+    logic.jumpToSlice(result, centre)
+    trust = logic.sliceTrust(result, "occlusion")
+    row = slice_row(result.metrics, "occlusion", centre)
+    title = title_of("occlusion")
+    assert trust == slice_trust(row, "occlusion", centre, title) and trust["explained"]
+    assert trust["text"].startswith(f"Slice {centre}, {title}: ")
+    # this run measures the curves (2 steps) without the trivial maps (off by default: they cost passes)
+    assert f"deletion AUC {row['deletion_auc']:.3f}, not compared with the trivial maps" in trust["text"]
+    assert ("evidence beyond the model's noise" in trust["text"]) == (row["evidence"] is True)
+    assert ("below_trivial" in trust["marks"]) == (row.get("beats_trivial_deletion") is False)
+    # the attributes agree with the marks of every explained slice
+    node = result.saliency["occlusion"]
+    for mark, attribute in (("no_evidence", "XAISeg.noEvidenceSlices"), ("below_trivial", "XAISeg.belowTrivialSlices"),
+                            ("low_reliability", "XAISeg.lowReliabilitySlices")):
+        listed = [int(k) for k in (node.GetAttribute(attribute) or "").split(",") if k]
+        assert listed == [k for k in result.explained if mark in logic.sliceTrust(result, "occlusion", k)["marks"]]
+    # a slice that was not explained, reached by moving the Red view
+    logic.jumpToSlice(result, centre - 2)
+    assert logic.sliceTrust(result, "occlusion") == {"slice": centre - 2, "method": "occlusion", "explained": False,
+                                                      "marks": [], "text": f"Slice {centre - 2}: not explained by {title}."}
+    with pytest.raises(InputError, match="method 'rise' has no map in this result; it holds"):
+        logic.sliceTrust(result, "rise")

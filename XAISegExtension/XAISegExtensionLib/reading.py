@@ -69,6 +69,23 @@ class ReadingMixin:
         self.jumpToSlice(result, k)
         return k
 
+    def sliceTrust(self, result: RunResult, method: str, k: Optional[int] = None, view: str = "Red") -> dict:
+        """How far method ``method``'s map on slice ``k`` (default: the slice under ``view``) can be
+        trusted: ``{"slice", "method", "explained", "marks", "text"}`` from the run's metrics
+        (:func:`xaiseg.explain.trust.slice_trust`: no evidence, not beating the trivial maps, RISE's
+        low split-half reliability).  The panel shows the text under the views' controls."""
+        from xaiseg.explain import title_of
+        from xaiseg.explain.trust import slice_row, slice_trust
+
+        if method not in result.saliency:
+            raise mrml.InputError(f"method {method!r} has no map in this result; it holds {result.methods()}")
+        if k is None:  # along the run's own slicing axis
+            node = views.slice_node(self.scene, view)
+            if node is None:
+                raise mrml.InputError(f"there is no slice view '{view}' in the scene; expected Red, Yellow or Green")
+            k = views.slice_index_at(result.input_volume, views.view_centre(node), result.axis)
+        return slice_trust(slice_row(result.metrics, method, int(k)), method, int(k), title_of(method))
+
     # ------------------------------------------------------------------ what the views show
 
     def showMethod(self, result: RunResult, name: str, opacity: float = 0.5, outline: bool = True) -> object:

@@ -18,6 +18,10 @@ import numpy as np
 from . import mrml, segment_output, views
 from .mrml import InputError
 
+#: the saliency node's attribute that lists the slices of each trust mark
+TRUST_ATTRIBUTES = {"no_evidence": "XAISeg.noEvidenceSlices", "below_trivial": "XAISeg.belowTrivialSlices",
+                    "low_reliability": "XAISeg.lowReliabilitySlices"}
+
 
 @dataclass
 class RunResult:
@@ -202,8 +206,12 @@ def _add_map(scene, key: str, method: str, array: np.ndarray, input_node, job, i
         node = mrml.add_volume(scene, array.astype(np.float32), input_node, f"{base} saliency")
         mrml.style_saliency(scene, node)
         result.saliency[method] = node
-        quiet = [k for k, v in (info.get("slices") or {}).items() if v.get("evidence") is False]
-        node.SetAttribute("XAISeg.noEvidenceSlices", ",".join(sorted(quiet, key=int)))
+        from xaiseg.explain.trust import slices_marked
+
+        # the slices each trust mark flags (xaiseg.explain.trust), for a reader or a script to find
+        doc = {"methods": {method: info}}
+        for mark, attribute in TRUST_ATTRIBUTES.items():
+            node.SetAttribute(attribute, ",".join(str(k) for k in slices_marked(doc, method, mark)))
 
 
 def _add_texts(scene, job, outdir: Path, files, seg_record, record, mask, input_node, final, result: RunResult) -> None:

@@ -5,6 +5,7 @@ import time
 from typing import List, Sequence
 
 from ..explain import title_of
+from ..explain.trust import low_reliability
 from .base import Narrative, Narrator, ReportImage
 
 
@@ -66,8 +67,6 @@ def _metrics(summary: dict, hints: bool = True) -> str:
     return ", ".join(parts)
 
 
-#: a RISE map whose split-half reliability is below this is mostly the draw's noise in its detail
-LOW_RELIABILITY = 0.7
 RELIABILITY_LOW = (" - much of its detail is the draw's noise, so compare its broad shape only (more masks, "
                    "--masks, steady it).")
 
@@ -93,7 +92,7 @@ def _trust(summary: dict, title: str) -> List[str]:
     rel = summary.get("reliability")
     if isinstance(rel, (int, float)) and not isinstance(rel, bool):
         out.append(f"Two halves of its random masks draw the {title} map alike to a split-half reliability of "
-                   f"{_num(rel)}" + (RELIABILITY_LOW if round(float(rel), 2) < LOW_RELIABILITY else "."))
+                   f"{_num(rel)}" + (RELIABILITY_LOW if low_reliability(rel) else "."))
     rho = summary.get("adjacent_spearman")
     if isinstance(rho, (int, float)) and not isinstance(rho, bool):
         out.append(f"Maps of adjacent slices agree with a mean Spearman of {_num(rho)}"

@@ -1,0 +1,121 @@
+"""One slice's trust line (xaiseg.explain.trust), read from the rows a real run writes on
+known-answer toys: a faithful map beats the trivial maps and carries no mark, a map where the model
+looks at the box loses to the blob at the box centre, a slice where nothing moves the mask shows no
+evidence, and a RISE map of a model whose score is noise is marked unreliable.  Every figure in the
+text is the row's, as rounded there."""
+import json
+
+import numpy as np
+import pytest
+
+from toys import HashedEvidence, SquareEvidence, evidence_image
+from xaiseg.errors import InputError
+from xaiseg.explain import make_explainer
+from xaiseg.explain.trust import LOW_RELIABILITY, slice_row, slice_trust, slices_marked
+from xaiseg.io import Geometry, Volume
+from xaiseg.models.base import SlicePrompt
+from xaiseg.pipeline import SegmentConfig, Session
+from xaiseg.roi import RoiConfig
+from xaiseg.volume import BoxPrompt
+
+PROMPT = SlicePrompt(box=(36, 36, 55, 55))
+FINE = dict(patch=16, stride=8, grid="image", baselines=True, metric_steps=8)
+
+
+class DrawnNoise(HashedEvidence):
+    """The box is always drawn (so the run has a mask to explain), its logit noise as before."""
+
+    def decode(self, embedding, prompt):
+        out = super().decode(embedding, prompt)
+        return np.where(out > -5.0, out + 6.0, out)
+
+
+def slice_metrics(model, method="occlusion", **settings):
+    """One slice explained; its metrics row as the volume run writes it."""
+    return make_explainer(method, model, **dict(FINE, **settings)).explain(
+        evidence_image(), PROMPT, roi=np.ones((64, 64), bool)).metrics
+
+
+def volume_doc(tmp_path, model, explainer, n=2, roi_mask=None):
+    """NAME_metrics.json of a real volume run on ``n`` copies of the evidence image."""
+    arr = (np.stack([evidence_image(seed=k) for k in range(n)]) * 1000).astype(np.float32)
+    volume = Volume(arr, Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()), arr.shape[::-1]), "toy")
+    session = Session(volume, model, SegmentConfig(orientation="array"))
+    seg = session.segment(BoxPrompt((0, 36, 36), (n - 1, 55, 55)), name="toy")
+    roi = RoiConfig("box", margin=40) if roi_mask is None else RoiConfig("mask", margin=0)
+    run = session.explain(seg, [explainer], roi=roi, roi_mask=roi_mask)
+    return json.loads(run.write(tmp_path, pngs=False)["metrics"].read_text())
+
+
+def test_a_faithful_map_carries_no_mark_and_quotes_its_figures():
+    row = slice_metrics(SquareEvidence())
+    trust = slice_trust(row, "occlusion", 4, "ROI occlusion")
+    assert trust["explained"] and trust["marks"] == []
+    best = min(row["trivial"], key=lambda n: row["trivial"][n]["deletion_auc"])
+    assert trust["text"].startswith("Slice 4, ROI occlusion: ")
+    assert f"deletion AUC {row['deletion_auc']:.3f} beats every trivial map" in trust["text"]
+    assert f"{row['trivial'][best]['deletion_auc']:.3f}" in trust["text"]
+    assert "reliability" not in trust["text"]  # occlusion measures none
+    assert f"evidence beyond the model's noise (largest change {row['signal']:.3g}" in trust["text"]
+    # without the trivial maps (off by default: they cost encoder passes) the line says so
+    alone = slice_metrics(SquareEvidence(), baselines=False)
+    assert "trivial" not in alone
+    assert (f"deletion AUC {alone['deletion_auc']:.3f}, not compared with the trivial maps (turn on baselines)"
+            in slice_trust(alone, "occlusion", 4)["text"])
+
+
+def test_a_map_that_loses_to_the_box_centre_is_marked():
+    # the evidence is the box itself: the blob at the box centre removes the mask at least as fast
+    row = slice_metrics(SquareEvidence(square=(36, 36, 56, 56)), patch=32, stride=32)
+    assert not row["beats_trivial_deletion"]
+    trust = slice_trust(row, "occlusion", 0)
+    assert "below_trivial" in trust["marks"]
+    winner = min(row["trivial"], key=lambda n: row["trivial"][n]["deletion_auc"])
+    title = {"blurred_mask": "the blurred mask", "box_centre": "a blob at the box centre", "random": "a random map"}
+    assert f"does not beat {title[winner]} {row['best_trivial_deletion_auc']:.3f}" in trust["text"]
+
+
+def test_no_evidence_is_marked_on_the_slice_the_run_lists(tmp_path):
+    # on slice 1 the ROI leaves the evidence square out: occluding inside it changes nothing there
+    roi = np.ones((2, 64, 64), np.uint8)
+    roi[1] = 0
+    roi[1, 34:58, 34:58] = 1
+    doc = volume_doc(tmp_path, SquareEvidence(), make_explainer("occlusion", **dict(FINE, metric_steps=2)),
+                     roi_mask=roi)
+    assert slices_marked(doc, "occlusion", "no_evidence") == doc["methods"]["occlusion"]["summary"][
+        "no_evidence_slices"] == [1]
+    quiet, fine = (slice_trust(slice_row(doc, "occlusion", k), "occlusion", k) for k in (1, 0))
+    row = slice_row(doc, "occlusion", 1)
+    assert "no_evidence" in quiet["marks"] and "not painted" in quiet["text"]
+    assert f"largest change {row['signal']:.3g}, model noise {row['noise_level']:.3g}" in quiet["text"]
+    assert "no_evidence" not in fine["marks"]
+
+
+def test_rise_of_a_model_that_is_noise_is_marked_unreliable(tmp_path):
+    rise = make_explainer("rise", n_masks=200, metric_steps=2, baselines=True, score="logit")
+    doc = volume_doc(tmp_path, DrawnNoise(), rise, n=1)
+    row = slice_row(doc, "rise", 0)
+    assert row["reliability"] < LOW_RELIABILITY
+    trust = slice_trust(row, "rise", 0, "RISE")
+    assert "low_reliability" in trust["marks"]
+    assert f"split-half reliability {row['reliability']:.2f}, low" in trust["text"]
+    assert slices_marked(doc, "rise", "low_reliability") == [0]
+    # the known-answer toy's RISE map is reliable: the same run there carries no such mark
+    good = volume_doc(tmp_path / "good", SquareEvidence(), make_explainer("rise", n_masks=300, metric_steps=2,
+                                                                         baselines=True, score="logit"), n=1)
+    good_row = slice_row(good, "rise", 0)
+    assert good_row["reliability"] >= LOW_RELIABILITY
+    assert "low_reliability" not in slice_trust(good_row, "rise", 0)["marks"]
+
+
+def test_rows_without_figures_and_slices_not_explained():
+    assert slice_trust(None, "rise", 7) == {"slice": 7, "method": "rise", "explained": False, "marks": [],
+                                             "text": "Slice 7: not explained by rise."}
+    assert slice_trust({}, "layers", 3)["text"] == "Slice 3, layers: no trust figures were measured on this slice."
+    # the mark follows the rounding the text shows: 0.696 reads 0.70, not low
+    assert slice_trust({"reliability": 0.696}, "rise", 0)["marks"] == []
+    assert slice_trust({"reliability": 0.694}, "rise", 0)["marks"] == ["low_reliability"]
+    assert slice_row({"methods": {"rise": {"slices": {"5": {"evidence": True}}}}}, "rise", 5) == {"evidence": True}
+    assert slice_row({"methods": {}}, "rise", 5) is None
+    with pytest.raises(InputError, match="mark 'noisy' is unknown; expected one of no_evidence"):
+        slices_marked({}, "rise", "noisy")

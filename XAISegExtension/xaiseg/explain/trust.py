@@ -1,0 +1,109 @@
+"""How far one slice's map can be trusted, in a line a reader takes in while paging through the volume.
+
+:func:`slice_trust` reads what the metrics stage recorded for one method on one slice (its row in
+``NAME_metrics.json``) and returns *marks* (codes a viewer can colour or filter by) and a short
+text.  The marks, each only where its figure was measured:
+
+* ``no_evidence``: nothing the method removed changed the score by more than the model's own noise;
+  the slice is not painted (:mod:`.measure`);
+* ``below_trivial``: a trivial map (the blurred mask, a blob at the box centre, a random map)
+  removes the mask at least as fast as the method's map on the deletion curve, so the map shows
+  little more than where the structure is;
+* ``low_reliability`` (RISE): the maps of the two halves of its random masks agree so little that
+  much of the map's detail is the draw's noise (split-half reliability below
+  :data:`LOW_RELIABILITY`, :mod:`.rise`).
+
+Every number in the text is copied from the row, rounded as shown; nothing is computed again.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Optional
+
+from ..errors import InputError
+
+#: a RISE map whose split-half reliability (rounded to two decimals) is below this is mostly the
+#: draw's noise in its detail
+LOW_RELIABILITY = 0.7
+
+#: the trivial maps' names as a reader reads them
+TRIVIAL_TITLES = {"blurred_mask": "the blurred mask", "box_centre": "a blob at the box centre",
+                  "random": "a random map"}
+
+MARKS = ("no_evidence", "below_trivial", "low_reliability")
+
+
+def _number(v: Any) -> Optional[float]:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def low_reliability(value: Any) -> bool:
+    """Whether a split-half reliability (None: not measured) is low, as the report rounds it."""
+    v = _number(value)
+    return v is not None and round(v, 2) < LOW_RELIABILITY
+
+
+def slice_row(metrics: Mapping[str, Any], method: str, k: int) -> Optional[Dict[str, Any]]:
+    """Method ``method``'s row for slice ``k`` in a ``NAME_metrics.json`` document, or None."""
+    info = (metrics.get("methods") or {}).get(method) or {}
+    slices = info.get("slices") or {}
+    row = slices.get(str(int(k)), slices.get(int(k)))
+    return dict(row) if isinstance(row, Mapping) else None
+
+
+def slice_trust(row: Optional[Mapping[str, Any]], method: str, k: int, title: Optional[str] = None) -> Dict[str, Any]:
+    """``{"slice", "method", "explained", "marks", "text"}`` for method ``method``'s ``row`` on slice
+    ``k`` (None: the slice was not explained by it).  ``title``: the method's name in the text."""
+    name = title or method
+    out: Dict[str, Any] = {"slice": int(k), "method": method, "explained": row is not None, "marks": []}
+    if row is None:
+        out["text"] = f"Slice {int(k)}: not explained by {name}."
+        return out
+    marks: List[str] = out["marks"]
+    parts: List[str] = []
+    if row.get("evidence") is False:
+        marks.append("no_evidence")
+        signal, noise = _number(row.get("signal")), _number(row.get("noise_level"))
+        within = (f" (largest change {signal:.3g}, model noise {noise:.3g})"
+                  if signal is not None and noise is not None else "")
+        parts.append(f"no evidence{within}: nothing it removed moved the mask beyond the model's noise; not painted")
+    elif row.get("evidence") is True:
+        signal, noise = _number(row.get("signal")), _number(row.get("noise_level"))
+        beyond = (f" (largest change {signal:.3g}, model noise {noise:.3g})"
+                  if signal is not None and noise is not None else "")
+        parts.append(f"evidence beyond the model's noise{beyond}")
+    auc, best = _number(row.get("deletion_auc")), _number(row.get("best_trivial_deletion_auc"))
+    if auc is not None and best is not None:
+        trivial = row.get("trivial") or {}
+        winner = min((n for n in trivial if _number((trivial[n] or {}).get("deletion_auc")) is not None),
+                     key=lambda n: float(trivial[n]["deletion_auc"]), default=None)
+        against = f"{TRIVIAL_TITLES.get(winner, winner)} {best:.3f}" if winner else f"best trivial map {best:.3f}"
+        beats = row.get("beats_trivial_deletion")
+        beats = bool(beats) if isinstance(beats, bool) else auc < best
+        if beats:
+            parts.append(f"deletion AUC {auc:.3f} beats every trivial map (best: {against})")
+        else:
+            marks.append("below_trivial")
+            parts.append(f"deletion AUC {auc:.3f} does not beat {against}: the map shows little more than "
+                         "where the structure is")
+    elif auc is not None:
+        parts.append(f"deletion AUC {auc:.3f}, not compared with the trivial maps (turn on baselines)")
+    rel = _number(row.get("reliability"))
+    if rel is not None:
+        if low_reliability(rel):
+            marks.append("low_reliability")
+            parts.append(f"split-half reliability {rel:.2f}, low: much of its detail is the random masks' noise")
+        else:
+            parts.append(f"split-half reliability {rel:.2f}")
+    if not parts:
+        parts.append("no trust figures were measured on this slice")
+    out["text"] = f"Slice {int(k)}, {name}: " + "; ".join(parts) + "."
+    return out
+
+
+def slices_marked(metrics: Mapping[str, Any], method: str, mark: str) -> List[int]:
+    """The slices whose row for ``method`` carries ``mark`` (one of :data:`MARKS`), in order."""
+    if mark not in MARKS:
+        raise InputError(f"mark {mark!r} is unknown; expected one of {', '.join(MARKS)}")
+    slices = ((metrics.get("methods") or {}).get(method) or {}).get("slices") or {}
+    return sorted(int(k) for k, row in slices.items()
+                  if isinstance(row, Mapping) and mark in slice_trust(row, method, int(k))["marks"])
