@@ -133,6 +133,8 @@ def run_selftest(scene, volume_node, lo_kji, hi_kji, truth: Optional[np.ndarray]
     rows = {(r[0], r[1], r[2]): r[3] for r in mrml.table_rows(result.table)}
     assert rows[("segmentation", "all", "voxels")] == mask.sum()
     assert ("occlusion", str(centre), "dice_drop") in rows, "the metrics table lacks the Dice drop"
+    trust = logic.sliceTrust(result, "occlusion", centre)
+    assert trust["explained"] and trust["text"].startswith(f"Slice {centre}, "), trust
     sh = mrml.subject_hierarchy(scene)
     for node in result.nodes():
         assert sh.GetItemParent(sh.GetItemByDataNode(node)) == result.folder_item, f"{node.GetName()} not in folder"
