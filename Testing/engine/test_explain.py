@@ -428,3 +428,16 @@ def test_budgeted_occlusion_evaluates_each_cell_once_on_a_thin_roi():
     occ_rounds = list(budget_rounds(rect))
     ex = occ.explain(evidence_image(), PROMPT, roi=roi)
     assert ex.n_evaluations == len(set(c for r in occ_rounds for c in r)) >= len(distinct)
+
+
+def test_rise_early_stop_rule_is_one_method_of_its_settings():
+    """The rule RISE stops by (and the explain bench replays): checks in a row at or above the
+    reliability, from ``min_masks`` on, never with the early stop off."""
+    from xaiseg.explain.rise import RiseSettings
+
+    s = RiseSettings(converge=0.9, min_masks=100, patience=2)
+    assert s.next_streak(0, 0.95, 50) == (1, False)  # before min_masks
+    assert s.next_streak(1, 0.95, 100) == (2, True)
+    assert s.next_streak(1, 0.89, 150) == (0, False)  # a check below the bar resets the streak
+    assert RiseSettings(early_stop=False).next_streak(5, 1.0, 10_000) == (6, False)
+    assert make_explainer("rise").config.next_streak(0, 0.9, 100) == (1, True)  # the defaults: patience 1

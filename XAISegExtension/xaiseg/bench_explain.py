@@ -172,8 +172,8 @@ def rise_convergence(session, seg, k: int, reference: int, budget: int, seed: in
     t0 = time.perf_counter()
     for n, m, reliability in rise_stream(engine, np.random.default_rng(seed), budget, every=defaults.check_every):
         if stop_at is None:
-            streak = streak + 1 if reliability >= defaults.converge else 0
-            if n >= defaults.min_masks and streak >= defaults.patience:
+            streak, stop = defaults.config.next_streak(streak, reliability, n)
+            if stop:
                 stop_at, stop_reliability = n, round(reliability, 4)
         checkpoints.append((n, m))
     seconds_per_mask = (time.perf_counter() - t0) / budget

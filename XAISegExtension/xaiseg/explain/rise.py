@@ -84,6 +84,12 @@ class RiseSettings(CommonSettings):
     #: one check is enough: unlike the old rule's, the reliability compares maps that share no mask
     patience: int = setting(1, "RISE: converged checks in a row before stopping", minimum=1, cli=False)
 
+    def next_streak(self, streak: int, reliability: float, used: int) -> Tuple[int, bool]:
+        """After one more check (the map's ``reliability`` at ``used`` masks): the checks in a row at
+        or above ``converge``, and whether the early stop ends the run there."""
+        streak = streak + 1 if reliability >= self.converge else 0
+        return streak, bool(self.early_stop and used >= self.min_masks and streak >= self.patience)
+
     def check(self) -> None:
         if not 0.0 < self.p < 1.0:
             raise InputError(f"RISE keep probability {self.p} must lie strictly between 0 and 1")
@@ -157,9 +163,8 @@ class RISE(Explainer):
             sums.add(engine.scores(masks, total=0), masks)
             reliability = sums.reliability(engine.roi)
             history.append([sums.used, round(reliability, 4)])
-            streak = streak + 1 if reliability >= self.converge else 0
-            if self.early_stop and sums.used >= self.min_masks and streak >= self.patience:
-                converged = True
+            streak, converged = self.config.next_streak(streak, reliability, sums.used)
+            if converged:
                 break
         engine.progress.done()
         return Attribution(sums.map(), {"masks_used": sums.used, "stopped_at": sums.used, "converged": converged,
