@@ -268,6 +268,28 @@ def test_template_says_when_a_rise_map_is_mostly_noise(ho_findings):
     assert "split-half" not in render_text(f)  # occlusion records none
 
 
+def test_template_names_the_slices_a_mark_flags(ho_findings):
+    """A map that beats the trivial maps on most slices but not all names the others; a reliable
+    RISE map names its slices of low reliability.  The slices come from the summary's lists, which
+    the run fills from the same rule as the Slicer panel's trust line."""
+    _, f = ho_findings
+    summary = f["methods"]["occlusion"]["summary"]
+    assert {"no_evidence_slices", "below_trivial_slices", "low_reliability_slices"} <= set(summary)
+    g = json.loads(json.dumps(f))
+    s = g["methods"]["occlusion"]["summary"]
+    s.update(beats_trivial_deletion=0.75, below_trivial_slices=[81], reliability=0.83,
+             low_reliability_slices=[80, 82])
+    text = render_text(g)
+    assert "On slice 81 a trivial map removes the mask at least as fast as the" in text
+    assert "On slices 80, 82 the two halves agree far less" in text
+    assert unsupported(check_text(text, g)) == [], [c.text for c in unsupported(check_text(text, g))]
+    # a map that loses on most slices says so once; a noisy map's mean says so once
+    s.update(beats_trivial_deletion=0.25, reliability=0.5)
+    text = render_text(g)
+    assert "a trivial map removes the mask" not in text and "the two halves agree far less" not in text
+    assert "does not beat the trivial maps" in text and "draw's noise" in text
+
+
 def test_model_context_withholds_paths_and_dates(ho_findings):
     """What a model sees: the figures and names, not the checkpoint path, input path or timestamps."""
     from xaiseg.narrate import model_context

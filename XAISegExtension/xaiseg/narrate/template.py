@@ -89,10 +89,18 @@ def _trust(summary: dict, title: str) -> List[str]:
     if isinstance(quiet, list) and quiet:
         out.append(f"On {_slices([int(k) for k in quiet])}, {title} found no score change above the model's noise: "
                    "no evidence is shown there.")
+    behind = summary.get("below_trivial_slices")
+    if isinstance(behind, list) and behind and isinstance(share, (int, float)) and share >= 0.5:
+        out.append(f"On {_slices([int(k) for k in behind])} a trivial map removes the mask at least as fast as the "
+                   f"{title} map: read it there as little more than where the structure is.")
     rel = summary.get("reliability")
     if isinstance(rel, (int, float)) and not isinstance(rel, bool):
         out.append(f"Two halves of its random masks draw the {title} map alike to a split-half reliability of "
                    f"{_num(rel)}" + (RELIABILITY_LOW if low_reliability(rel) else "."))
+        noisy = summary.get("low_reliability_slices")
+        if isinstance(noisy, list) and noisy and not low_reliability(rel):
+            out.append(f"On {_slices([int(k) for k in noisy])} the two halves agree far less: there the map's "
+                       "detail is mostly the draw's noise.")
     rho = summary.get("adjacent_spearman")
     if isinstance(rho, (int, float)) and not isinstance(rho, bool):
         out.append(f"Maps of adjacent slices agree with a mean Spearman of {_num(rho)}"
