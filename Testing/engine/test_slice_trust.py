@@ -115,6 +115,11 @@ def test_rows_without_figures_and_slices_not_explained():
     # the mark follows the rounding the text shows: 0.696 reads 0.70, not low
     assert slice_trust({"reliability": 0.696}, "rise", 0)["marks"] == []
     assert slice_trust({"reliability": 0.694}, "rise", 0)["marks"] == ["low_reliability"]
+    # a win too close for three decimals is written with four, so it never reads as a tie
+    close = {"deletion_auc": 0.2941, "best_trivial_deletion_auc": 0.2944, "beats_trivial_deletion": True,
+             "trivial": {"blurred_mask": {"deletion_auc": 0.2944}, "random": {"deletion_auc": 0.8}}}
+    assert "deletion AUC 0.2941 beats every trivial map (best: the blurred mask 0.2944)" in slice_trust(
+        close, "rise", 0)["text"]
     assert slice_row({"methods": {"rise": {"slices": {"5": {"evidence": True}}}}}, "rise", 5) == {"evidence": True}
     assert slice_row({"methods": {}}, "rise", 5) is None
     with pytest.raises(InputError, match="mark 'noisy' is unknown; expected one of no_evidence"):

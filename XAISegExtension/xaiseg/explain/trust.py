@@ -76,14 +76,16 @@ def slice_trust(row: Optional[Mapping[str, Any]], method: str, k: int, title: Op
         trivial = row.get("trivial") or {}
         winner = min((n for n in trivial if _number((trivial[n] or {}).get("deletion_auc")) is not None),
                      key=lambda n: float(trivial[n]["deletion_auc"]), default=None)
-        against = f"{TRIVIAL_TITLES.get(winner, winner)} {best:.3f}" if winner else f"best trivial map {best:.3f}"
+        # the run's verdict (taken on unrounded figures); four decimals where three would read as a tie
+        nd = 4 if f"{auc:.3f}" == f"{best:.3f}" and auc != best else 3
+        against = f"{TRIVIAL_TITLES.get(winner, winner)} {best:.{nd}f}" if winner else f"best trivial map {best:.{nd}f}"
         beats = row.get("beats_trivial_deletion")
         beats = bool(beats) if isinstance(beats, bool) else auc < best
         if beats:
-            parts.append(f"deletion AUC {auc:.3f} beats every trivial map (best: {against})")
+            parts.append(f"deletion AUC {auc:.{nd}f} beats every trivial map (best: {against})")
         else:
             marks.append("below_trivial")
-            parts.append(f"deletion AUC {auc:.3f} does not beat {against}: the map shows little more than "
+            parts.append(f"deletion AUC {auc:.{nd}f} does not beat {against}: the map shows little more than "
                          "where the structure is")
     elif auc is not None:
         parts.append(f"deletion AUC {auc:.3f}, not compared with the trivial maps (turn on baselines)")
