@@ -551,3 +551,52 @@ def test_rise_cells_on_one_lattice_stay_square_on_a_slice_that_is_not():
     down = np.abs(np.diff(masks, axis=1)).mean()
     across = np.abs(np.diff(masks, axis=2)).mean()
     assert 0.85 < down / across < 1.15
+
+
+class WaversWhenIntact(SquareEvidence):
+    """The square toy whose logit wavers with the slightest change of the intact square (a structure
+    whose mask is unstable on the unperturbed slice): a checkerboard-weighted sum of the square's
+    departures from its value, which is 0 on the slice and on any image that keeps the square as it
+    was, and is switched off while the square is gone."""
+
+    def decode(self, embedding, prompt):
+        out = super().decode(embedding, prompt)
+        y0, x0, y1, x1 = self.square
+        square = embedding.features[y0:y1, x0:x1].astype(np.float64)
+        if square.mean() > 0.8:
+            board = np.indices(square.shape).sum(axis=0) % 2 * 2 - 1
+            out = np.where(out > -5.0, out + 100.0 * float(((square - 0.9) * board).sum()), out)
+        return out
+
+
+def test_restore_weighs_its_rises_against_the_noise_around_the_inpainted_roi():
+    """Restore's rises start from the inpainted ROI, so the noise they must beat is measured there;
+    measured around the unperturbed slice (until stop 32), a mask that wavers on the slice hid
+    evidence that is plain once the square is gone."""
+    from xaiseg.explain.base import PerturbationEngine
+    from xaiseg.explain.measure import noise_level
+
+    roi = np.zeros((64, 64), bool)
+    roi[:34, :34] = True
+    toy = WaversWhenIntact()
+    occ = make_explainer("occlusion", toy, mode="restore", score="logit", metric_steps=0, **FINE)
+    ex = occ.explain(evidence_image(), PROMPT, roi=roi)
+    m = ex.metrics
+    assert occ.noise_removal == "inpaint" and m["noise_around"] == "roi removed (inpaint)"
+    assert m["evidence"] and m["signal"] > 10.0 and m["noise_level"] < 0.1  # nothing wavers without the square
+    engine = PerturbationEngine(toy, evidence_image(), PROMPT, roi, score="logit")
+    assert 2 * noise_level(engine, occ.noise_passes, occ.seed) > m["signal"], "the slice's own noise hid it"
+    # removal scores falls from the unperturbed slice: its noise is the slice's
+    remove = make_explainer("occlusion", toy, mode="remove", score="logit", metric_steps=0, **FINE)
+    assert remove.noise_removal is None and "noise_around" not in remove.explain(evidence_image(), PROMPT,
+                                                                                roi=roi).metrics
+
+
+def test_the_cost_counts_the_noise_once_per_image_it_is_measured_around():
+    from xaiseg.explain.measure import shared_passes_of
+
+    restore, remove = (make_explainer("occlusion", mode=m, metric_steps=0, noise_passes=3) for m in ("restore", "remove"))
+    rise = make_explainer("rise", metric_steps=0, noise_passes=2)
+    assert shared_passes_of([(restore, False)]) == shared_passes_of([(remove, False)]) == 3
+    assert shared_passes_of([(remove, False), (rise, False)]) == 3  # one image: the larger count
+    assert shared_passes_of([(restore, False), (rise, False)]) == 5  # two images
