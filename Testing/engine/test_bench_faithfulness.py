@@ -178,14 +178,11 @@ def test_rows_of_an_older_engine_are_neither_resumed_nor_kept(tmp_path):
     from xaiseg.errors import InputError
 
     assert current(row_versions(["occlusion", "rise", "layers"])) and not current({}) and not current(None, ["rise"])
-    assert current({"occlusion": MAP_VERSIONS["occlusion"], "occlusion_evidence": 32}, ["occlusion"])
+    assert current({"occlusion": MAP_VERSIONS["occlusion"]}, ["occlusion"])
     # RISE's rows also record where its early stop ended them (stop 31: split-half reliability); rows
     # of the older stop are another engine's, the cascade (never cut short) is not
     assert not current(dict(MAP_VERSIONS)) and current(dict(MAP_VERSIONS), rows=False)
     assert row_versions(["rise"]) == {"rise": MAP_VERSIONS["rise"], "rise_stop": 31}
-    # occlusion's rows record their evidence check (stop 32: restore's noise around the inpainted ROI)
-    assert row_versions(["occlusion"]) == {"occlusion": MAP_VERSIONS["occlusion"], "occlusion_evidence": 32}
-    assert not current({"occlusion": MAP_VERSIONS["occlusion"]}, ["occlusion"])
     # ... which holds because the cascade's RISE draws no more masks than any early stop lets pass
     from xaiseg.bench_faithfulness import CASCADE_MASKS
     from xaiseg.explain.rise import RiseSettings

@@ -40,10 +40,6 @@ MAP_VERSIONS = {"occlusion": 27, "rise": 28, "layers": 23}
 #: reliability.  The cascade (at most ``CASCADE_MASKS`` masks, which no early stop cuts short) does
 #: not depend on it, so its rows stay current.
 STOP_VERSIONS = {"rise": 31}
-#: the stop at which a method's evidence check (the row's ``evidence``, whether a slice is painted)
-#: last changed, recorded as ``<method>_evidence``: stop 32 weighs occlusion restore's rises against
-#: the noise around the inpainted ROI.  Not the map's: the cascade stays current.
-EVIDENCE_VERSIONS = {"occlusion": 32}
 #: the ``fills`` part measures occlusion scored by removal (``--occlusion-mode remove``), whose map
 #: last changed at stop 24; until stop 27 that was occlusion's only map, recorded as "occlusion"
 FILLS_VERSION = 24
@@ -60,10 +56,9 @@ def fills_current(versions: Optional[Dict[str, int]]) -> bool:
 
 def row_versions(methods: Sequence[str]) -> Dict[str, int]:
     """What a maps row of ``methods`` records: each map's version and, where it has one, its early
-    stop's (``<method>_stop``) and its evidence check's (``<method>_evidence``)."""
+    stop's (``<method>_stop``)."""
     out = {m: MAP_VERSIONS[m] for m in methods}
     out.update({f"{m}_stop": STOP_VERSIONS[m] for m in methods if m in STOP_VERSIONS})
-    out.update({f"{m}_evidence": EVIDENCE_VERSIONS[m] for m in methods if m in EVIDENCE_VERSIONS})
     return out
 
 
