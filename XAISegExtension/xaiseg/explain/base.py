@@ -167,10 +167,6 @@ class Attribution:
     #: what the evidence check weighs against the noise when the engine's largest fall is not it
     #: (occlusion's restore mode: the largest rise one patch's return caused); None: that fall
     largest_change: Optional[float] = None
-    #: the score of the image the evidence check's noise is measured around when that is not the
-    #: unperturbed slice: the slice with its ROI removed by :attr:`Explainer.noise_removal`
-    #: (occlusion's restore mode: the inpainted ROI its patches' rises start from)
-    noise_reference: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -203,10 +199,6 @@ class Explanation:
     #: made none), or the method's own :attr:`Attribution.largest_change`; what the evidence check
     #: weighs against the noise (:mod:`.measure`)
     largest_drop: Optional[float] = None
-    #: how the image the evidence noise is measured around removes the ROI (None: the unperturbed
-    #: slice is jittered) and that image's score (:attr:`Attribution.noise_reference`)
-    noise_removal: Optional[str] = None
-    noise_reference: Optional[float] = None
 
 
 def fill_image(image: np.ndarray, fill: str) -> np.ndarray:
@@ -521,13 +513,6 @@ class Explainer:
     #: what ``fill`` "auto" means for this method
     auto_fill: ClassVar[str] = "zero"
 
-    @property
-    def noise_removal(self) -> Optional[str]:
-        """How the image the evidence check's noise is measured around removes the ROI, when the
-        method's signal is a change from that image rather than from the unperturbed slice (see
-        :attr:`Attribution.noise_reference`); None: the unperturbed slice."""
-        return None
-
     def __init__(self, segmenter: Optional[PromptableSegmenter] = None, **settings: Any) -> None:
         self.segmenter = segmenter
         self.config = build(self.Settings, settings, f"{self.name} settings")
@@ -636,8 +621,6 @@ class Explainer:
             engine.reference, details=dict(attribution.details), components=dict(attribution.components),
             target=None if target is None else np.asarray(target, bool),
             largest_drop=engine.largest_drop if attribution.largest_change is None else attribution.largest_change,
-            noise_removal=self.noise_removal if attribution.noise_reference is not None else None,
-            noise_reference=attribution.noise_reference,
             record={"model": self.segmenter.describe(), "settings": settings, "seed": self.seed,
                     "prompt": prompt.record(), "seconds": round(seconds, 3), "evaluations": passes,
                     "reuse": engine.reuse_record()})

@@ -11,9 +11,9 @@
 * evidence: the largest fall of the score that one of a perturbation method's passes caused
   (occlusion scoring patches by restore: the largest rise one patch's return caused) (``signal``)
   against the noise of the model on jittered copies of the unperturbed slice (``noise_level``; for
-  restore, whose rises start from the inpainted ROI, jittered copies of that image against its
-  score: ``noise_around``, :attr:`~.base.Explainer.noise_removal`); a slice whose signal stays
-  within twice the noise shows ``evidence: false`` and is not painted;
+  restore that is the noise around the unperturbed score, not around the inpainted ROI's, which
+  is not measured); a slice whose signal stays within twice the noise shows ``evidence: false``
+  and is not painted;
 * localisation (:func:`localisation`): pointing game, energy and IoU against a ground truth, or
   against the model's own mask for methods that declare ``localise_against_mask``;
 * components (layer maps): the localisation table of every component and the best one;
@@ -59,11 +59,11 @@ def shared_passes_of(measured: Sequence[Tuple[Any, bool]]) -> int:
     for ex, curves in measured:
         fill = ex.fill if ex.metric_fill == "method" else ex.metric_fill
         trivial_by_fill[fill] = max(trivial_by_fill.get(fill, 0), _trivial_passes(ex, curves))
-    noise: Dict[Optional[str], int] = {}  # once per image the noise is measured around
-    for ex, _ in measured:
-        if ex.perturbs:
-            noise[ex.noise_removal] = max(noise.get(ex.noise_removal, 0), int(ex.noise_passes))
-    return sum(noise.values()) + sum(trivial_by_fill.values())
+    return max((_noise_passes(ex) for ex, _ in measured), default=0) + sum(trivial_by_fill.values())
+
+
+def _noise_passes(explainer) -> int:
+    return int(explainer.noise_passes) if explainer.perturbs else 0
 
 
 def _trivial_passes(explainer, curves: bool) -> int:
@@ -220,28 +220,22 @@ def trivial_curves(engine, steps: int, seed: int, fill: str,
                   for name, m in maps.items()}
 
 
-def noise_level(engine, passes: int, seed: int = 0, stage: str = "noise", removal: Optional[str] = None,
-                reference: Optional[float] = None) -> float:
-    """The largest change of the explained score when the unperturbed slice (or, with ``removal``,
-    the slice whose ROI that fill removed, whose score is ``reference``) is re-evaluated with a
-    small jitter (Gaussian, sigma ``NOISE_SIGMA``) inside the ROI: what a perturbation must beat."""
+def noise_level(engine, passes: int, seed: int = 0, stage: str = "noise") -> float:
+    """The largest change of the explained score when the unperturbed slice is re-evaluated with
+    a small jitter (Gaussian, sigma ``NOISE_SIGMA``) inside the ROI: what a perturbation must beat."""
     rng = np.random.default_rng(seed)
     roi = engine.roi.astype(np.float32)
-    image = engine.image if removal is None else removed(engine.image, engine.roi, removal)
-    reference = engine.baseline if removal is None else float(reference)
-    images = [np.clip(image + rng.normal(0.0, NOISE_SIGMA, image.shape).astype(np.float32) * roi, 0, 1)
+    images = [np.clip(engine.image + rng.normal(0.0, NOISE_SIGMA, engine.image.shape).astype(np.float32) * roi, 0, 1)
               for _ in range(int(passes))]
     engine.stage = stage
     scores = engine.score_images(images)
-    return float(np.max(np.abs(scores - reference))) if len(scores) else 0.0
+    return float(np.max(np.abs(scores - engine.baseline))) if len(scores) else 0.0
 
 
 def _evidence(explainer, engine, explanation, shared: SliceShared, stage: str) -> Dict[str, Any]:
-    removal = explanation.noise_removal
-    key = (engine.score_name, int(explainer.noise_passes), explainer.seed, removal)
+    key = (engine.score_name, int(explainer.noise_passes), explainer.seed)
     if key not in shared.noise:
-        shared.noise[key] = noise_level(engine, explainer.noise_passes, explainer.seed, f"{stage} noise", removal,
-                                        explanation.noise_reference)
+        shared.noise[key] = noise_level(engine, explainer.noise_passes, explainer.seed, f"{stage} noise")
     noise = shared.noise[key]
     # the largest fall one perturbation caused (or the method's own largest change, occlusion's rise
     # when restoring): RISE's and LIME's maps are contrasts of means over many masks, far below any
@@ -251,10 +245,7 @@ def _evidence(explainer, engine, explanation, shared: SliceShared, stage: str) -
     else:
         signal = float(np.max(explanation.raw[explanation.roi])) if explanation.roi.any() else 0.0
     floor = max(2.0 * noise, MIN_SIGNAL * max(abs(engine.baseline), 1e-12))
-    out = {"noise_level": noise, "signal": signal, "evidence": bool(signal > floor)}
-    if removal is not None:
-        out["noise_around"] = f"roi removed ({removal})"
-    return out
+    return {"noise_level": noise, "signal": signal, "evidence": bool(signal > floor)}
 
 
 def localisation(saliency: np.ndarray, target: np.ndarray) -> Dict[str, Any]:

@@ -262,14 +262,6 @@ class Occlusion(Explainer):
             return self.mode
         return "remove" if self.patch or self.passes else AUTO_SCORING
 
-    @property
-    def noise_removal(self) -> Optional[str]:
-        """Restore's rises start from the inpainted ROI, so its evidence noise is measured around
-        that image (jittered inside the ROI) against its score, not around the unperturbed slice
-        (until stop 32), where a structure whose mask wavers under the jitter drowned every rise.
-        Mode both mixes falls from the slice with rises from the inpainted ROI: the slice's noise."""
-        return RESTORE_FILL if self.scoring == "restore" else None
-
     def _per_patch(self) -> int:
         """Passes per patch: one, or two when scoring by both."""
         return 2 if self.scoring == "both" else 1
@@ -335,8 +327,7 @@ class Occlusion(Explainer):
         if scoring.emptied is None:
             return Attribution(raw, dict(details, mode=scoring.how))
         return Attribution(raw, dict(details, mode=scoring.how, emptied_score=scoring.emptied),
-                           largest_change=float(max(0.0, scoring.largest)),
-                           noise_reference=scoring.emptied if scoring.how == "restore" else None)
+                           largest_change=float(max(0.0, scoring.largest)))
 
     def refined(self, coarse, drops, shape) -> List[Tuple[int, int, int]]:
         """Finer patches (half the size, a quarter's stride) inside the ``REFINE`` coarse patches
