@@ -124,3 +124,27 @@ def test_rows_without_figures_and_slices_not_explained():
     assert slice_row({"methods": {}}, "rise", 5) is None
     with pytest.raises(InputError, match="mark 'noisy' is unknown; expected one of no_evidence"):
         slices_marked({}, "rise", "noisy")
+
+
+def test_rise_says_how_many_masks_would_reach_its_reliability():
+    """A RISE run cut short by --masks records about how many masks its early stop needed (the
+    Spearman-Brown prophecy); on the known-answer toy a fresh draw of that many masks gets there
+    (within a draw's width), and the trust line quotes it."""
+    from xaiseg.explain.rise import masks_for_reliability
+    from xaiseg.models.base import SlicePrompt
+
+    assert masks_for_reliability(0.8, 300, 0.9) == 675 and masks_for_reliability(0.95, 300, 0.9) == 300
+    assert masks_for_reliability(0.0, 300, 0.9) is None
+    r, k = 0.7, masks_for_reliability(0.7, 100, 0.9) / 100  # the prophecy, run forward, reaches the bar
+    assert k * r / (1 + (k - 1) * r) >= 0.9 > (k - 0.1) * r / (1 + (k - 1.1) * r)
+    for seed in (0, 1, 2):
+        short = make_explainer("rise", SquareEvidence(), n_masks=100, early_stop=False, metric_steps=0,
+                               score="logit", seed=seed).explain(evidence_image(), SlicePrompt(box=(36, 36, 55, 55)))
+        need = short.details["masks_for_reliability"]
+        assert short.details["reliability"] < 0.9 and need > 100
+        again = make_explainer("rise", SquareEvidence(), n_masks=need, early_stop=False, metric_steps=0,
+                               score="logit", seed=seed + 10).explain(evidence_image(), SlicePrompt(box=(36, 36, 55, 55)))
+        assert again.details["reliability"] >= 0.85, (seed, need, again.details["reliability"])
+    row = dict(short.metrics, **{k: v for k, v in short.details.items() if not isinstance(v, list)})
+    assert (f"split-half reliability {row['reliability']:.2f}" in slice_trust(row, "rise", 0)["text"]
+            and f"after 100 masks (about {need} would reach the early stop's bar)" in slice_trust(row, "rise", 0)["text"])

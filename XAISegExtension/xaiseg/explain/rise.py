@@ -167,9 +167,12 @@ class RISE(Explainer):
             if converged:
                 break
         engine.progress.done()
-        return Attribution(sums.map(), {"masks_used": sums.used, "stopped_at": sums.used, "converged": converged,
-                                        "reliability": None if reliability is None else round(reliability, 4),
-                                        "convergence": history, "cells": cells})
+        details = {"masks_used": sums.used, "stopped_at": sums.used, "converged": converged,
+                   "reliability": None if reliability is None else round(reliability, 4),
+                   "convergence": history, "cells": cells}
+        if reliability is not None and not converged:  # what --masks would have to be for --rise-reliability
+            details["masks_for_reliability"] = masks_for_reliability(reliability, sums.used, self.converge)
+        return Attribution(sums.map(), details)
 
     @staticmethod
     def _map(kept_sum, kept_w, score_sum, n):
@@ -188,6 +191,19 @@ def spearman_brown(r: float) -> float:
     negative correlation is noise: reliability 0)."""
     r = float(np.clip(r, 0.0, 1.0))
     return 2.0 * r / (1.0 + r)
+
+
+def masks_for_reliability(reliability: float, used: int, target: float) -> Optional[int]:
+    """About how many masks a map of reliability ``reliability`` from ``used`` masks needs to reach
+    ``target`` (the Spearman-Brown prophecy: a map of k times the masks has reliability
+    k r / (1 + (k - 1) r)); ``used`` when it is already there, None when ``reliability`` is 0 (no
+    number of masks is predicted to help) or ``target`` is 1."""
+    r, t = float(reliability), float(target)
+    if r >= t:
+        return int(used)
+    if r <= 0.0 or t >= 1.0:
+        return None
+    return int(np.ceil(used * (t / (1.0 - t)) / (r / (1.0 - r))))
 
 
 class RiseSums:

@@ -11,7 +11,8 @@ text.  The marks, each only where its figure was measured:
   little more than where the structure is;
 * ``low_reliability`` (RISE): the maps of the two halves of its random masks agree so little that
   much of the map's detail is the draw's noise (split-half reliability below
-  :data:`LOW_RELIABILITY`, :mod:`.rise`).
+  :data:`LOW_RELIABILITY`, :mod:`.rise`).  A RISE run that ended at ``--masks`` before its early stop
+  also says about how many masks would have reached the stop's reliability (Spearman-Brown).
 
 Every number in the text is copied from the row, rounded as shown; nothing is computed again.
 """
@@ -96,6 +97,9 @@ def slice_trust(row: Optional[Mapping[str, Any]], method: str, k: int, title: Op
             parts.append(f"split-half reliability {rel:.2f}, low: much of its detail is the random masks' noise")
         else:
             parts.append(f"split-half reliability {rel:.2f}")
+        need, used = _number(row.get("masks_for_reliability")), _number(row.get("stopped_at"))
+        if need is not None and used is not None and need > used:  # the run ended before its early stop
+            parts[-1] += f" after {int(used)} masks (about {int(need)} would reach the early stop's bar)"
     if not parts:
         parts.append("no trust figures were measured on this slice")
     out["text"] = f"Slice {int(k)}, {name}: " + "; ".join(parts) + "."
