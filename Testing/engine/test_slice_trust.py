@@ -134,17 +134,28 @@ def test_rise_says_how_many_masks_would_reach_its_reliability():
     from xaiseg.models.base import SlicePrompt
 
     assert masks_for_reliability(0.8, 300, 0.9) == 675 and masks_for_reliability(0.95, 300, 0.9) == 300
-    assert masks_for_reliability(0.0, 300, 0.9) is None
+    assert masks_for_reliability(0.0, 300, 0.9) is None and masks_for_reliability(float("nan"), 300, 0.9) is None
+    assert masks_for_reliability(0.05, 50, 0.8) == 3800  # exact answers are not rounded up
     r, k = 0.7, masks_for_reliability(0.7, 100, 0.9) / 100  # the prophecy, run forward, reaches the bar
     assert k * r / (1 + (k - 1) * r) >= 0.9 > (k - 0.1) * r / (1 + (k - 1.1) * r)
     for seed in (0, 1, 2):
-        short = make_explainer("rise", SquareEvidence(), n_masks=100, early_stop=False, metric_steps=0,
+        short = make_explainer("rise", SquareEvidence(), n_masks=100, metric_steps=0,
                                score="logit", seed=seed).explain(evidence_image(), SlicePrompt(box=(36, 36, 55, 55)))
         need = short.details["masks_for_reliability"]
-        assert short.details["reliability"] < 0.9 and need > 100
+        assert short.details["reliability"] < 0.9 and not short.details["converged"] and need > 100
         again = make_explainer("rise", SquareEvidence(), n_masks=need, early_stop=False, metric_steps=0,
                                score="logit", seed=seed + 10).explain(evidence_image(), SlicePrompt(box=(36, 36, 55, 55)))
         assert again.details["reliability"] >= 0.85, (seed, need, again.details["reliability"])
     row = dict(short.metrics, **{k: v for k, v in short.details.items() if not isinstance(v, list)})
-    assert (f"split-half reliability {row['reliability']:.2f}" in slice_trust(row, "rise", 0)["text"]
-            and f"after 100 masks (about {need} would reach the early stop's bar)" in slice_trust(row, "rise", 0)["text"])
+    assert (f"split-half reliability {row['reliability']:.2f} after 100 masks (about {need} would reach the early "
+            "stop's bar)" in slice_trust(row, "rise", 0)["text"])
+    low = dict(row, reliability=0.55)
+    assert (f"split-half reliability 0.55 after 100 masks (about {need} would reach the early stop's bar), low: much "
+            "of its detail is the random masks' noise" in slice_trust(low, "rise", 0)["text"])
+    # a run that stopped, or whose early stop was off, records no prediction
+    off = make_explainer("rise", SquareEvidence(), n_masks=100, early_stop=False, metric_steps=0, score="logit",
+                         seed=0).explain(evidence_image(), SlicePrompt(box=(36, 36, 55, 55)))
+    done = make_explainer("rise", SquareEvidence(), n_masks=2000, metric_steps=0, score="logit",
+                          seed=0).explain(evidence_image(), SlicePrompt(box=(36, 36, 55, 55)))
+    assert done.details["converged"]
+    assert "masks_for_reliability" not in off.details and "masks_for_reliability" not in done.details

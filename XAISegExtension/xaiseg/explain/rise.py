@@ -170,7 +170,7 @@ class RISE(Explainer):
         details = {"masks_used": sums.used, "stopped_at": sums.used, "converged": converged,
                    "reliability": None if reliability is None else round(reliability, 4),
                    "convergence": history, "cells": cells}
-        if reliability is not None and not converged:  # what --masks would have to be for --rise-reliability
+        if reliability is not None and self.early_stop and not converged:  # --masks ended it before the stop
             details["masks_for_reliability"] = masks_for_reliability(reliability, sums.used, self.converge)
         return Attribution(sums.map(), details)
 
@@ -199,11 +199,13 @@ def masks_for_reliability(reliability: float, used: int, target: float) -> Optio
     k r / (1 + (k - 1) r)); ``used`` when it is already there, None when ``reliability`` is 0 (no
     number of masks is predicted to help) or ``target`` is 1."""
     r, t = float(reliability), float(target)
+    if not np.isfinite(r):
+        return None
     if r >= t:
         return int(used)
     if r <= 0.0 or t >= 1.0:
         return None
-    return int(np.ceil(used * (t / (1.0 - t)) / (r / (1.0 - r))))
+    return int(np.ceil(used * (t / (1.0 - t)) / (r / (1.0 - r)) - 1e-9))  # exact answers stay exact
 
 
 class RiseSums:

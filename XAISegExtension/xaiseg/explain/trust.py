@@ -92,14 +92,14 @@ def slice_trust(row: Optional[Mapping[str, Any]], method: str, k: int, title: Op
         parts.append(f"deletion AUC {auc:.3f}, not compared with the trivial maps (turn on baselines)")
     rel = _number(row.get("reliability"))
     if rel is not None:
+        text = f"split-half reliability {rel:.2f}"
+        need, used = _number(row.get("masks_for_reliability")), _number(row.get("stopped_at"))
+        if need is not None and used is not None and need > used:  # --masks ended it before its early stop
+            text += f" after {int(used)} masks (about {int(need)} would reach the early stop's bar)"
         if low_reliability(rel):
             marks.append("low_reliability")
-            parts.append(f"split-half reliability {rel:.2f}, low: much of its detail is the random masks' noise")
-        else:
-            parts.append(f"split-half reliability {rel:.2f}")
-        need, used = _number(row.get("masks_for_reliability")), _number(row.get("stopped_at"))
-        if need is not None and used is not None and need > used:  # the run ended before its early stop
-            parts[-1] += f" after {int(used)} masks (about {int(need)} would reach the early stop's bar)"
+            text += ", low: much of its detail is the random masks' noise"
+        parts.append(text)
     if not parts:
         parts.append("no trust figures were measured on this slice")
     out["text"] = f"Slice {int(k)}, {name}: " + "; ".join(parts) + "."
