@@ -11,7 +11,7 @@ import pytest
 from toys import HashedEvidence, SquareEvidence, evidence_image
 from xaiseg.errors import InputError
 from xaiseg.explain import make_explainer
-from xaiseg.explain.trust import LOW_RELIABILITY, slice_row, slice_trust, slices_marked
+from xaiseg.explain.trust import LOW_RELIABILITY, short_marks, slice_row, slice_trust, slices_marked
 from xaiseg.io import Geometry, Volume
 from xaiseg.models.base import SlicePrompt
 from xaiseg.pipeline import SegmentConfig, Session
@@ -159,3 +159,10 @@ def test_rise_says_how_many_masks_would_reach_its_reliability():
                           seed=0).explain(evidence_image(), SlicePrompt(box=(36, 36, 55, 55)))
     assert done.details["converged"]
     assert "masks_for_reliability" not in off.details and "masks_for_reliability" not in done.details
+
+
+def test_a_slice_figure_title_carries_its_marks():
+    assert short_marks(None) == [] and short_marks({"evidence": True, "reliability": 0.93}) == []
+    assert short_marks({"evidence": False, "reliability": 0.41, "deletion_auc": 0.5,
+                        "best_trivial_deletion_auc": 0.4, "beats_trivial_deletion": False}) == [
+        "NO EVIDENCE: no change above the noise", "a trivial map does as well", "reliability 0.41: mostly noise"]

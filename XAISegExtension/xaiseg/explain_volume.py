@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import InputError
-from .explain.trust import MARKS, slices_marked
+from .explain.trust import MARKS, short_marks, slices_marked
 from .io import move_into, staged, volume_suffix, write_planes, write_text_atomic, write_volume
 from .kept_caches import KeptCaches
 from .models.base import SlicePrompt
@@ -165,9 +165,9 @@ class ExplainRun:
         if pngs:
             for k in sorted(per_slice):
                 png = f"{n}_{method}_k{k:03d}.png"
-                title = f"{n}  {method}  slice {k}  (green: mask, blue: ROI)"
-                if per_slice.light(k).metrics.get("evidence") is False:
-                    title = f"{n}  {method}  slice {k}  NO EVIDENCE: no change above the noise"
+                light = per_slice.light(k)
+                marks = short_marks(dict(light.metrics, **_scalars(light.details)), method, k)
+                title = f"{n}  {method}  slice {k}  " + ("; ".join(marks) if marks else "(green: mask, blue: ROI)")
                 maps = [per_slice.plane(k, name) for name in ("saliency", "reference", "roi")]
                 files[f"{method}_png_{k}"] = saliency_panel(self.images[k], *maps, stage / png, title, flips)
                 entry["png"].append(png)

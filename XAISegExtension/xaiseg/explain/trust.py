@@ -106,6 +106,20 @@ def slice_trust(row: Optional[Mapping[str, Any]], method: str, k: int, title: Op
     return out
 
 
+def short_marks(row: Optional[Mapping[str, Any]], method: str = "", k: int = 0) -> List[str]:
+    """The marks of ``row`` as the few words a figure's title holds (the PNG of each explained slice)."""
+    if row is None:
+        return []
+    words = {"no_evidence": "NO EVIDENCE: no change above the noise", "below_trivial": "a trivial map does as well"}
+    out = []
+    for mark in slice_trust(row, method, k)["marks"]:
+        if mark == "low_reliability":
+            out.append(f"reliability {float(row['reliability']):.2f}: mostly noise")
+        else:
+            out.append(words[mark])
+    return out
+
+
 def slices_marked(metrics: Mapping[str, Any], method: str, mark: str) -> List[int]:
     """The slices whose row for ``method`` carries ``mark`` (one of :data:`MARKS`), in order."""
     if mark not in MARKS:
