@@ -206,12 +206,12 @@ def _add_map(scene, key: str, method: str, array: np.ndarray, input_node, job, i
         node = mrml.add_volume(scene, array.astype(np.float32), input_node, f"{base} saliency")
         mrml.style_saliency(scene, node)
         result.saliency[method] = node
-        from xaiseg.explain.trust import slices_marked
+        from xaiseg.explain.trust import slices_by_mark
 
         # the slices each trust mark flags (xaiseg.explain.trust), for a reader or a script to find
-        doc = {"methods": {method: info}}
+        marked = slices_by_mark(info.get("slices") or {})
         for mark, attribute in TRUST_ATTRIBUTES.items():
-            node.SetAttribute(attribute, ",".join(str(k) for k in slices_marked(doc, method, mark)))
+            node.SetAttribute(attribute, ",".join(str(k) for k in marked[mark]))
 
 
 def _add_texts(scene, job, outdir: Path, files, seg_record, record, mask, input_node, final, result: RunResult) -> None:

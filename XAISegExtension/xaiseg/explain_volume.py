@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import InputError
-from .explain.trust import MARKS, short_marks, slices_marked
+from .explain.trust import short_marks, slices_by_mark
 from .io import move_into, staged, volume_suffix, write_planes, write_text_atomic, write_volume
 from .kept_caches import KeptCaches
 from .models.base import SlicePrompt
@@ -108,8 +108,8 @@ class ExplainRun:
                      "slices": slices, "summary": summarise(list(slices.values()))}
             entry["summary"].update(self.consistency.get(method, {}))
             # the slices of each trust mark (no_evidence_slices, below_trivial_slices, low_reliability_slices)
-            for mark in MARKS:
-                entry["summary"][f"{mark}_slices"] = slices_marked({"methods": {method: entry}}, method, mark)
+            for mark, ks in slices_by_mark(slices).items():
+                entry["summary"][f"{mark}_slices"] = ks
             # the curves' means are over these (all explained slices unless metric_slices sampled them)
             entry["summary"]["curve_slices"] = sum("deletion_auc" in v for v in slices.values())
             entry["display_scale"] = self.record.get("display_scale", {}).get(method)

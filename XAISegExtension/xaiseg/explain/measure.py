@@ -12,8 +12,8 @@
   (occlusion scoring patches by restore: the largest rise one patch's return caused) (``signal``)
   against the noise of the model on jittered copies of the unperturbed slice (``noise_level``; for
   restore that is the noise around the unperturbed score too: around the inpainted ROI the jitter
-  shifts the score one way, a bias rather than noise, see docs/explain.md); a slice whose signal stays within twice the noise shows ``evidence: false``
-  and is not painted;
+  shifts the score one way, a bias rather than noise, see docs/explain.md); a slice whose signal
+  stays within twice the noise shows ``evidence: false`` and is not painted;
 * localisation (:func:`localisation`): pointing game, energy and IoU against a ground truth, or
   against the model's own mask for methods that declare ``localise_against_mask``;
 * components (layer maps): the localisation table of every component and the best one;

@@ -61,17 +61,14 @@ def slice_trust(row: Optional[Mapping[str, Any]], method: str, k: int, title: Op
         return out
     marks: List[str] = out["marks"]
     parts: List[str] = []
+    signal, noise = _number(row.get("signal")), _number(row.get("noise_level"))
+    sizes = (f" (largest change {signal:.3g}, model noise {noise:.3g})"
+             if signal is not None and noise is not None else "")
     if row.get("evidence") is False:
         marks.append("no_evidence")
-        signal, noise = _number(row.get("signal")), _number(row.get("noise_level"))
-        within = (f" (largest change {signal:.3g}, model noise {noise:.3g})"
-                  if signal is not None and noise is not None else "")
-        parts.append(f"no evidence{within}: nothing it removed moved the mask beyond the model's noise; not painted")
+        parts.append(f"no evidence{sizes}: nothing it removed moved the mask beyond the model's noise; not painted")
     elif row.get("evidence") is True:
-        signal, noise = _number(row.get("signal")), _number(row.get("noise_level"))
-        beyond = (f" (largest change {signal:.3g}, model noise {noise:.3g})"
-                  if signal is not None and noise is not None else "")
-        parts.append(f"evidence beyond the model's noise{beyond}")
+        parts.append(f"evidence beyond the model's noise{sizes}")
     auc, best = _number(row.get("deletion_auc")), _number(row.get("best_trivial_deletion_auc"))
     if auc is not None and best is not None:
         trivial = row.get("trivial") or {}
@@ -120,10 +117,20 @@ def short_marks(row: Optional[Mapping[str, Any]], method: str = "", k: int = 0) 
     return out
 
 
+def slices_by_mark(slices: Mapping[Any, Any]) -> Dict[str, List[int]]:
+    """For one method's rows by slice (the ``slices`` of its ``NAME_metrics.json`` entry): the slices
+    each of :data:`MARKS` flags, in order (each row read once)."""
+    out: Dict[str, List[int]] = {mark: [] for mark in MARKS}
+    for k in sorted(slices, key=int):
+        if isinstance(slices[k], Mapping):
+            for mark in slice_trust(slices[k], "", int(k))["marks"]:
+                out[mark].append(int(k))
+    return out
+
+
 def slices_marked(metrics: Mapping[str, Any], method: str, mark: str) -> List[int]:
-    """The slices whose row for ``method`` carries ``mark`` (one of :data:`MARKS`), in order."""
+    """The slices whose row for ``method`` in a ``NAME_metrics.json`` document carries ``mark`` (one
+    of :data:`MARKS`), in order."""
     if mark not in MARKS:
         raise InputError(f"mark {mark!r} is unknown; expected one of {', '.join(MARKS)}")
-    slices = ((metrics.get("methods") or {}).get(method) or {}).get("slices") or {}
-    return sorted(int(k) for k, row in slices.items()
-                  if isinstance(row, Mapping) and mark in slice_trust(row, method, int(k))["marks"])
+    return slices_by_mark(((metrics.get("methods") or {}).get(method) or {}).get("slices") or {})[mark]
