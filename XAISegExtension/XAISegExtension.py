@@ -413,10 +413,26 @@ class XAISegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.layerSliderWidget.maximum = max(0, len(layers) - 1)
         self.ui.layerNameLabel.text = layers[0] if layers else "-"
         self.ui.compareLayoutButton.enabled = result is not None and bool(result.methods())
-        red = slicer.mrmlScene.GetNodeByID("vtkMRMLSliceNodeRed")
-        if red is not None and not self.hasObserver(red, vtk.vtkCommand.ModifiedEvent, self.updateSliceTrust):
-            self.addObserver(red, vtk.vtkCommand.ModifiedEvent, self.updateSliceTrust)
         self.updateSliceTrust()
+
+    def enter(self):
+        """The module is shown: follow the Red view's slice for the trust line."""
+        self._watchRedSlice(True)
+        self.updateSliceTrust()
+
+    def exit(self):
+        """The module is hidden: stop reading the trust line on every scroll of the Red view."""
+        self._watchRedSlice(False)
+
+    def _watchRedSlice(self, on):
+        red = slicer.mrmlScene.GetNodeByID("vtkMRMLSliceNodeRed")
+        if red is None:
+            return
+        watching = self.hasObserver(red, vtk.vtkCommand.ModifiedEvent, self.updateSliceTrust)
+        if on and not watching:
+            self.addObserver(red, vtk.vtkCommand.ModifiedEvent, self.updateSliceTrust)
+        elif not on and watching:
+            self.removeObserver(red, vtk.vtkCommand.ModifiedEvent, self.updateSliceTrust)
 
     def updateSliceTrust(self, *args):
         """The trust line of the shown method's map on the slice under the Red view."""
