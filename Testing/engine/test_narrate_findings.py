@@ -274,12 +274,14 @@ def test_template_names_the_slices_a_mark_flags(ho_findings):
     the run fills from the same rule as the Slicer panel's trust line."""
     _, f = ho_findings
     summary = f["methods"]["occlusion"]["summary"]
-    assert {"no_evidence_slices", "below_trivial_slices", "low_reliability_slices"} <= set(summary)
+    assert {"prompt_driven_slices", "no_evidence_slices", "below_trivial_slices", "low_reliability_slices"} <= set(
+        summary)
     g = json.loads(json.dumps(f))
     s = g["methods"]["occlusion"]["summary"]
     s.update(beats_trivial_deletion=0.75, below_trivial_slices=[81], reliability=0.83,
-             low_reliability_slices=[80, 82])
+             low_reliability_slices=[80, 82], prompt_driven_slices=[79, 83])
     text = render_text(g)
+    assert "On slices 79, 83 the prompt and the tissue around the ROI draw most of the mask" in text
     assert "On slice 81 a trivial map removes the mask at least as fast as the" in text
     assert "On slices 80, 82 the two halves agree far less" in text
     assert unsupported(check_text(text, g)) == [], [c.text for c in unsupported(check_text(text, g))]

@@ -89,6 +89,25 @@ def test_no_evidence_is_marked_on_the_slice_the_run_lists(tmp_path):
     assert "no_evidence" in quiet["marks"] and "not painted" in quiet["text"]
     assert f"largest change {row['signal']:.3g}, model noise {row['noise_level']:.3g}" in quiet["text"]
     assert "no_evidence" not in fine["marks"]
+    # the same slice keeps its whole mask with the ROI's image removed (the evidence lies outside it):
+    # the mask is not the ROI's doing, and the line says so before anything else
+    assert row["kept_without_roi"] == pytest.approx(1.0)
+    assert slices_marked(doc, "occlusion", "prompt_driven") == doc["methods"]["occlusion"]["summary"][
+        "prompt_driven_slices"] == [1]
+    assert quiet["marks"][0] == "prompt_driven"
+    assert quiet["text"].startswith("Slice 1, occlusion: the prompt and the tissue around the ROI draw most of this "
+                                    "mask (with the ROI's image removed the score keeps 1.00)")
+    assert slice_row(doc, "occlusion", 0)["kept_without_roi"] < 0.5 and "prompt_driven" not in fine["marks"]
+
+
+def test_kept_without_roi_is_the_deletion_curves_end_and_marks_by_its_rounding():
+    row = slice_metrics(SquareEvidence())  # the ROI holds the evidence square: removing it removes the mask
+    assert row["kept_without_roi"] == pytest.approx(row["deletion_curve"][-1] / row["baseline_score"], abs=1e-4)
+    assert row["kept_without_roi"] < 0.5
+    assert "prompt_driven" not in slice_trust(row, "occlusion", 0)["marks"]
+    assert slice_trust({"kept_without_roi": 0.746}, "rise", 0)["marks"] == ["prompt_driven"]  # reads 0.75
+    assert slice_trust({"kept_without_roi": 0.744}, "rise", 0)["marks"] == []  # reads 0.74
+    assert short_marks({"kept_without_roi": 0.9}) == ["the prompt draws most of the mask"]
 
 
 def test_rise_of_a_model_that_is_noise_is_marked_unreliable(tmp_path):
@@ -122,7 +141,7 @@ def test_rows_without_figures_and_slices_not_explained():
         close, "rise", 0)["text"]
     assert slice_row({"methods": {"rise": {"slices": {"5": {"evidence": True}}}}}, "rise", 5) == {"evidence": True}
     assert slice_row({"methods": {}}, "rise", 5) is None
-    with pytest.raises(InputError, match="mark 'noisy' is unknown; expected one of no_evidence"):
+    with pytest.raises(InputError, match="mark 'noisy' is unknown; expected one of prompt_driven, no_evidence"):
         slices_marked({}, "rise", "noisy")
 
 

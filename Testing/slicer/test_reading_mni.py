@@ -269,7 +269,8 @@ def test_the_trust_line_of_the_slice_under_the_red_view(run):
     the run's own metrics (each figure as the metrics table holds it), and the saliency node lists
     the slices of each mark."""
     from xaiseg.explain import title_of
-    from xaiseg.explain.trust import slice_row, slice_trust
+    from xaiseg.explain.trust import MARKS, slice_row, slice_trust
+    from XAISegExtensionLib.results import TRUST_ATTRIBUTES
 
     logic, result, centre = run["logic"], run["result"], run["centre"]
     logic.jumpToSlice(result, centre)
@@ -284,8 +285,8 @@ def test_the_trust_line_of_the_slice_under_the_red_view(run):
     assert ("below_trivial" in trust["marks"]) == (row.get("beats_trivial_deletion") is False)
     # the attributes agree with the marks of every explained slice
     node = result.saliency["occlusion"]
-    for mark, attribute in (("no_evidence", "XAISeg.noEvidenceSlices"), ("below_trivial", "XAISeg.belowTrivialSlices"),
-                            ("low_reliability", "XAISeg.lowReliabilitySlices")):
+    assert set(TRUST_ATTRIBUTES) == set(MARKS)
+    for mark, attribute in TRUST_ATTRIBUTES.items():
         listed = [int(k) for k in (node.GetAttribute(attribute) or "").split(",") if k]
         assert listed == [k for k in result.explained if mark in logic.sliceTrust(result, "occlusion", k)["marks"]]
     # a slice that was not explained, reached by moving the Red view

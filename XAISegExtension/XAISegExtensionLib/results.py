@@ -19,8 +19,8 @@ from . import mrml, segment_output, views
 from .mrml import InputError
 
 #: the saliency node's attribute that lists the slices of each trust mark
-TRUST_ATTRIBUTES = {"no_evidence": "XAISeg.noEvidenceSlices", "below_trivial": "XAISeg.belowTrivialSlices",
-                    "low_reliability": "XAISeg.lowReliabilitySlices"}
+TRUST_ATTRIBUTES = {"prompt_driven": "XAISeg.promptDrivenSlices", "no_evidence": "XAISeg.noEvidenceSlices",
+                    "below_trivial": "XAISeg.belowTrivialSlices", "low_reliability": "XAISeg.lowReliabilitySlices"}
 
 
 @dataclass

@@ -107,7 +107,7 @@ class ExplainRun:
             entry = {"settings": next(iter(light.values())).settings if light else {},
                      "slices": slices, "summary": summarise(list(slices.values()))}
             entry["summary"].update(self.consistency.get(method, {}))
-            # the slices of each trust mark (no_evidence_slices, below_trivial_slices, low_reliability_slices)
+            # the slices of each trust mark (prompt_driven_slices, no_evidence_slices, below_trivial_slices, ...)
             for mark, ks in slices_by_mark(slices).items():
                 entry["summary"][f"{mark}_slices"] = ks
             # the curves' means are over these (all explained slices unless metric_slices sampled them)

@@ -3,7 +3,9 @@
 * faithfulness (:func:`faithfulness`): Dice drop of the high-saliency region and deletion /
   insertion AUC over the ROI, through the same perturbation engine (perturbation methods always;
   other methods when ``metric_steps`` asks for curves).  Pixels are ranked by the raw map, so the
-  display scaling cannot change the curves;
+  display scaling cannot change the curves; ``kept_without_roi``, the curve's end (the score with
+  every ROI pixel removed, over the unperturbed score), is the share of the mask that the prompt
+  and the tissue around the ROI draw without the ROI's image, which no map of the ROI can explain;
 * trivial baselines (``baselines``): the same curves for a blurred copy of the mask, a Gaussian at
   the box centre and a random map (:mod:`.baselines`), and each method's gain over the best of
   them: ``deletion_gain`` = best trivial deletion AUC minus the method's (positive: the method
@@ -363,6 +365,9 @@ def faithfulness(engine, ranking: np.ndarray, steps: int, high: Optional[np.ndar
         insertion = [removed_all] + list(scores[first + steps:]) + [engine.baseline]
         out["deletion_auc"] = curve_auc(fractions, np.asarray(deletion) / base)
         out["insertion_auc"] = curve_auc(fractions, np.asarray(insertion) / base)
+        # how much of the score survives without the ROI's image: the prompt and the tissue around
+        # the ROI draw that much of the mask, and no ranking of the ROI's pixels can explain it
+        out["kept_without_roi"] = float(removed_all / base)
         out["deletion_curve"] = [round(float(v), 4) for v in deletion]
         out["insertion_curve"] = [round(float(v), 4) for v in insertion]
     return out

@@ -4,6 +4,9 @@
 ``NAME_metrics.json``) and returns *marks* (codes a viewer can colour or filter by) and a short
 text.  The marks, each only where its figure was measured:
 
+* ``prompt_driven``: with every pixel of the ROI removed (the deletion curve's end) the score keeps at
+  least :data:`PROMPT_DRIVEN` of its value, so the prompt and the tissue around the ROI draw most of
+  the mask and any map of the ROI explains only the rest (``kept_without_roi``, :mod:`.measure`);
 * ``no_evidence``: nothing the method removed changed the score by more than the model's own noise;
   the slice is not painted (:mod:`.measure`);
 * ``below_trivial``: a trivial map (the blurred mask, a blob at the box centre, a random map)
@@ -26,11 +29,15 @@ from ..errors import InputError
 #: draw's noise in its detail
 LOW_RELIABILITY = 0.7
 
+#: a slice whose score keeps at least this share with the ROI's image removed is drawn mostly by the
+#: prompt (and the tissue around the ROI), not by what a map of the ROI can point at
+PROMPT_DRIVEN = 0.75
+
 #: the trivial maps' names as a reader reads them
 TRIVIAL_TITLES = {"blurred_mask": "the blurred mask", "box_centre": "a blob at the box centre",
                   "random": "a random map"}
 
-MARKS = ("no_evidence", "below_trivial", "low_reliability")
+MARKS = ("prompt_driven", "no_evidence", "below_trivial", "low_reliability")
 
 
 def _number(v: Any) -> Optional[float]:
@@ -61,6 +68,11 @@ def slice_trust(row: Optional[Mapping[str, Any]], method: str, k: int, title: Op
         return out
     marks: List[str] = out["marks"]
     parts: List[str] = []
+    kept = _number(row.get("kept_without_roi"))
+    if kept is not None and round(kept, 2) >= PROMPT_DRIVEN:
+        marks.append("prompt_driven")
+        parts.append("the prompt and the tissue around the ROI draw most of this mask (with the ROI's image removed "
+                     f"the score keeps {kept:.2f}), so the map explains only the rest")
     signal, noise = _number(row.get("signal")), _number(row.get("noise_level"))
     sizes = (f" (largest change {signal:.3g}, model noise {noise:.3g})"
              if signal is not None and noise is not None else "")
@@ -107,7 +119,7 @@ def short_marks(row: Optional[Mapping[str, Any]], method: str = "", k: int = 0) 
     """The marks of ``row`` as the few words a figure's title holds (the PNG of each explained slice)."""
     if row is None:
         return []
-    words = {"no_evidence": "NO EVIDENCE: no change above the noise", "below_trivial": "a trivial map does as well"}
+    words = {"prompt_driven": "the prompt draws most of the mask", "no_evidence": "NO EVIDENCE: no change above the noise", "below_trivial": "a trivial map does as well"}
     out = []
     for mark in slice_trust(row, method, k)["marks"]:
         if mark == "low_reliability":

@@ -5,7 +5,7 @@ import time
 from typing import List, Sequence
 
 from ..explain import title_of
-from ..explain.trust import low_reliability
+from ..explain.trust import PROMPT_DRIVEN, low_reliability
 from .base import Narrative, Narrator, ReportImage
 
 
@@ -85,6 +85,11 @@ def _trust(summary: dict, title: str) -> List[str]:
             out.append(f"The {title} map does not beat the trivial maps (the mask blurred, a blob at the box centre, "
                        f"a random map): it removes the mask faster than all of them on only {_pct(share)} of the "
                        f"explained slices{gain_text}, so it shows little more than where the structure is.")
+    driven = summary.get("prompt_driven_slices")
+    if isinstance(driven, list) and driven:
+        out.append(f"On {_slices([int(k) for k in driven])} the prompt and the tissue around the ROI draw most of "
+                   f"the mask: with the image in the ROI removed the score keeps at least {_pct(PROMPT_DRIVEN)} of "
+                   f"its value, so the {title} map explains only the rest there.")
     quiet = summary.get("no_evidence_slices")
     if isinstance(quiet, list) and quiet:
         out.append(f"On {_slices([int(k) for k in quiet])}, {title} found no score change above the model's noise: "
