@@ -108,6 +108,19 @@ def test_kept_without_roi_is_the_deletion_curves_end_and_marks_by_its_rounding()
     assert slice_trust({"kept_without_roi": 0.746}, "rise", 0)["marks"] == ["prompt_driven"]  # reads 0.75
     assert slice_trust({"kept_without_roi": 0.744}, "rise", 0)["marks"] == []  # reads 0.74
     assert short_marks({"kept_without_roi": 0.9}) == ["the prompt draws most of the mask"]
+    # a PNG title is one line: the prompt's share comes after what says whether to read the map at all
+    assert short_marks({"kept_without_roi": 0.9, "evidence": False}) == [
+        "NO EVIDENCE: no change above the noise", "the prompt draws most of the mask"]
+    # no mask drawn (the evidence square dark): Dice's baseline is 1 and the logit's negative, and a
+    # share of either would read as "the prompt draws it all"; the row leaves the figure out
+    dark = evidence_image()
+    dark[8:24, 8:24] = 0.2
+    for score in ("dice", "logit"):
+        row = make_explainer("occlusion", SquareEvidence(), **dict(FINE, metric_steps=2, baselines=False,
+                                                                   score=score)).explain(
+            dark, PROMPT, roi=np.ones((64, 64), bool)).metrics
+        assert "deletion_curve" in row and "kept_without_roi" not in row
+        assert "prompt_driven" not in slice_trust(row, "occlusion", 0)["marks"]
 
 
 def test_rise_of_a_model_that_is_noise_is_marked_unreliable(tmp_path):

@@ -367,7 +367,10 @@ def faithfulness(engine, ranking: np.ndarray, steps: int, high: Optional[np.ndar
         out["insertion_auc"] = curve_auc(fractions, np.asarray(insertion) / base)
         # how much of the score survives without the ROI's image: the prompt and the tissue around
         # the ROI draw that much of the mask, and no ranking of the ROI's pixels can explain it
-        out["kept_without_roi"] = float(removed_all / base)
+        # (only of a drawn mask with a positive score: a ratio to an empty mask's or a negative
+        # logit's score says nothing of the kind)
+        if engine.reference.any() and engine.baseline > 1e-12:
+            out["kept_without_roi"] = float(removed_all / engine.baseline)
         out["deletion_curve"] = [round(float(v), 4) for v in deletion]
         out["insertion_curve"] = [round(float(v), 4) for v in insertion]
     return out

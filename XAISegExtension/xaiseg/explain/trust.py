@@ -119,9 +119,12 @@ def short_marks(row: Optional[Mapping[str, Any]], method: str = "", k: int = 0) 
     """The marks of ``row`` as the few words a figure's title holds (the PNG of each explained slice)."""
     if row is None:
         return []
-    words = {"prompt_driven": "the prompt draws most of the mask", "no_evidence": "NO EVIDENCE: no change above the noise", "below_trivial": "a trivial map does as well"}
+    words = {"prompt_driven": "the prompt draws most of the mask", "no_evidence": "NO EVIDENCE: no change above the noise",
+             "below_trivial": "a trivial map does as well"}
     out = []
-    for mark in slice_trust(row, method, k)["marks"]:
+    marks = slice_trust(row, method, k)["marks"]
+    # the title is one line: what decides whether the map is read at all comes before the prompt's share
+    for mark in [m for m in marks if m != "prompt_driven"] + [m for m in marks if m == "prompt_driven"]:
         if mark == "low_reliability":
             out.append(f"reliability {float(row['reliability']):.2f}: mostly noise")
         else:

@@ -87,9 +87,10 @@ def _trust(summary: dict, title: str) -> List[str]:
                        f"explained slices{gain_text}, so it shows little more than where the structure is.")
     driven = summary.get("prompt_driven_slices")
     if isinstance(driven, list) and driven:
+        bar = summary.get("prompt_driven_at", PROMPT_DRIVEN)  # in the findings, so the figure is grounded
         out.append(f"On {_slices([int(k) for k in driven])} the prompt and the tissue around the ROI draw most of "
-                   f"the mask: with the image in the ROI removed the score keeps at least {_pct(PROMPT_DRIVEN)} of "
-                   f"its value, so the {title} map explains only the rest there.")
+                   f"the mask: with the image in the ROI removed the score keeps about {_pct(bar)} of its value or "
+                   f"more, so the {title} map explains only the rest there.")
     quiet = summary.get("no_evidence_slices")
     if isinstance(quiet, list) and quiet:
         out.append(f"On {_slices([int(k) for k in quiet])}, {title} found no score change above the model's noise: "
