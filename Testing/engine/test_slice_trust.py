@@ -158,6 +158,29 @@ def test_rows_without_figures_and_slices_not_explained():
         slices_marked({}, "rise", "noisy")
 
 
+def test_occlusion_by_restore_gives_the_share_without_curves():
+    """Occlusion scored by restore has already scored the ROI inpainted whole, the image the curves
+    end on: the share needs no curves there, and where both exist they agree."""
+    restore = dict(patch=16, stride=8, grid="image", mode="restore")
+    inside, outside = np.ones((64, 64), bool), np.zeros((64, 64), bool)
+    outside[34:58, 34:58] = True  # the evidence square (8..24) is left out
+    for roi, drawn_by_prompt in ((inside, False), (outside, True)):
+        explained = make_explainer("occlusion", SquareEvidence(), metric_steps=0, **restore).explain(
+            evidence_image(), PROMPT, roi=roi)
+        bare = explained.metrics
+        assert "deletion_curve" not in bare and explained.details["emptied_score"] is not None
+        assert ("prompt_driven" in slice_trust(bare, "occlusion", 0)["marks"]) is drawn_by_prompt
+        kept = bare["kept_without_roi"]
+        assert kept == pytest.approx(1.0) if drawn_by_prompt else kept < 0.5
+        curved = make_explainer("occlusion", SquareEvidence(), metric_steps=2, **restore).explain(
+            evidence_image(), PROMPT, roi=roi).metrics
+        assert curved["kept_without_roi"] == pytest.approx(bare["kept_without_roi"], abs=1e-6)
+    # scored by removal there is no such pass: without curves, no figure
+    removal = make_explainer("occlusion", SquareEvidence(), metric_steps=0, **dict(restore, mode="remove")).explain(
+        evidence_image(), PROMPT, roi=outside).metrics
+    assert "kept_without_roi" not in removal
+
+
 def test_rise_says_how_many_masks_would_reach_its_reliability():
     """A RISE run cut short by --masks records about how many masks its early stop needed (the
     Spearman-Brown prophecy); on the known-answer toy a fresh draw of that many masks gets there

@@ -108,6 +108,10 @@ def measure_passes(explainer, explanation, engine, progress=None, stage: Optiona
     if explainer.metric_steps and curves:
         metrics.update(faithfulness(engine, explanation.raw, explainer.metric_steps, None, stage=f"{stage} metrics",
                                     fill=explainer.metric_fill))
+    if "kept_without_roi" not in metrics and explainer.metric_fill == "inpaint":
+        # no curves here: occlusion scored by restore has already scored the ROI inpainted whole
+        # (the image the curves end on with their default inpainting), so the share costs no pass
+        metrics.update(kept_without_roi(engine, explanation.details.get("emptied_score")))
     if explainer.baselines and explainer.metric_steps and curves:
         metrics.update(_against_trivial(explainer, engine, explanation, metrics, shared, stage))
     if explainer.perturbs and explainer.noise_passes:
@@ -314,6 +318,17 @@ def removal_order(ranking: np.ndarray, roi: np.ndarray) -> np.ndarray:
     return np.argwhere(roi)[order]
 
 
+def kept_without_roi(engine, emptied: Optional[float]) -> Dict[str, float]:
+    """``{"kept_without_roi": share}``: the score with every ROI pixel removed (``emptied``) over the
+    unperturbed score.  The prompt and the tissue around the ROI draw that much of the mask, and
+    no ranking of the ROI's pixels can explain it.  Empty where nothing was measured, no mask was
+    drawn or the score is not positive: a share of an empty mask's Dice of 1, or of a negative
+    logit, would say nothing of the kind."""
+    if emptied is None or not engine.reference.any() or engine.baseline <= 1e-12:
+        return {}
+    return {"kept_without_roi": float(emptied / engine.baseline)}
+
+
 def faithfulness(engine, ranking: np.ndarray, steps: int, high: Optional[np.ndarray] = None,
                  stage: str = "metrics", fill: str = "inpaint") -> Dict[str, Any]:
     """Dice drop of the high-saliency region and deletion / insertion AUC over the ROI.
@@ -365,12 +380,7 @@ def faithfulness(engine, ranking: np.ndarray, steps: int, high: Optional[np.ndar
         insertion = [removed_all] + list(scores[first + steps:]) + [engine.baseline]
         out["deletion_auc"] = curve_auc(fractions, np.asarray(deletion) / base)
         out["insertion_auc"] = curve_auc(fractions, np.asarray(insertion) / base)
-        # how much of the score survives without the ROI's image: the prompt and the tissue around
-        # the ROI draw that much of the mask, and no ranking of the ROI's pixels can explain it
-        # (only of a drawn mask with a positive score: a ratio to an empty mask's or a negative
-        # logit's score says nothing of the kind)
-        if engine.reference.any() and engine.baseline > 1e-12:
-            out["kept_without_roi"] = float(removed_all / engine.baseline)
+        out.update(kept_without_roi(engine, removed_all))
         out["deletion_curve"] = [round(float(v), 4) for v in deletion]
         out["insertion_curve"] = [round(float(v), 4) for v in insertion]
     return out
