@@ -122,9 +122,8 @@ def short_marks(row: Optional[Mapping[str, Any]], method: str = "", k: int = 0) 
     words = {"prompt_driven": "the prompt draws most of the mask", "no_evidence": "NO EVIDENCE: no change above the noise",
              "below_trivial": "a trivial map does as well"}
     out = []
-    marks = slice_trust(row, method, k)["marks"]
     # the title is one line: what decides whether the map is read at all comes before the prompt's share
-    for mark in [m for m in marks if m != "prompt_driven"] + [m for m in marks if m == "prompt_driven"]:
+    for mark in sorted(slice_trust(row, method, k)["marks"], key=lambda m: m == "prompt_driven"):
         if mark == "low_reliability":
             out.append(f"reliability {float(row['reliability']):.2f}: mostly noise")
         else:
