@@ -135,53 +135,6 @@ def test_maps_live_in_the_roi():
         assert not m[~roi].any()
 
 
-class TwoSquareToy(MarkedSquareToy):
-    """The encoder marks two squares alike, but the model draws only the left one (its decoder
-    ignores the right half): a map of the features must find both, a map of the mask only one."""
-
-    name = "two-square toy"
-
-    def __init__(self):
-        super().__init__()
-        with torch.no_grad():
-            self.module.image_encoder.mark.marker[0, 0, 40:52, 34:46] = 4.0
-        self.right = np.zeros((SIZE, SIZE), bool)
-        self.right[40:52, 34:46] = True
-
-    def decode(self, embedding, prompt):
-        logits = super().decode(embedding, prompt)
-        logits[self.right] = -1.0
-        return logits
-
-
-def test_the_mask_reference_finds_tissue_like_the_masked_structure_not_the_mask_itself():
-    toy, image, left = TwoSquareToy(), noise(), square_mask()
-    ex = LayerMaps(toy).explain(image, SlicePrompt((18.0, 8.0, 57.0, 57.0)))
-    assert ex.details["reference"] == "mask" and (ex.reference == left).all()
-    rest = ~(left | toy.right)
-    for m in (ex.components["mark"], ex.components["head"]):
-        # the square the model left out has the drawn one's features, so the map holds it as high
-        assert m[toy.right].mean() > m[rest].mean() + 0.3 and m[left].mean() > m[rest].mean() + 0.3
-        assert abs(m[toy.right].mean() - m[left].mean()) < 0.1
-    assert left[peak(ex.saliency)] or toy.right[peak(ex.saliency)]
-
-
-def test_the_box_reference_and_where_the_model_draws_nothing():
-    toy, image = MarkedSquareToy(), noise()
-    box = LayerMaps(toy, reference="box").explain(image, SlicePrompt(BOX))
-    assert box.details["reference"] == "box"
-    assert LayerMaps(toy, stage=2).explain(image, SlicePrompt(BOX)).details["reference"] == "box"
-
-    class Blank(MarkedSquareToy):
-        def decode(self, embedding, prompt):
-            return np.full(embedding.image_shape, -1.0, np.float32)
-
-    blank = LayerMaps(Blank()).explain(image, SlicePrompt(BOX))  # no mask: the box prototype, said so
-    assert blank.details["reference"] == "box" and np.array_equal(blank.saliency, box.saliency)
-    with pytest.raises(InputError, match="reference 'mask' with stage 2"):
-        LayerMaps(toy, stage=2, reference="mask")
-
-
 def test_hooks_are_removed_after_success_and_after_a_failing_pass():
     toy = MarkedSquareToy()
     mods = list(toy.module.modules())

@@ -196,9 +196,7 @@ def rise_convergence(session, seg, k: int, reference: int, budget: int, seed: in
 def layers_part(sample, segmenter, stride: int = 3, quick: bool = False) -> Dict:
     """Layer maps on every ``stride``-th slice through the left caudate: cost against segmenting
     the same slices, and the per-layer localisation table for the three stages, beside the
-    spatial weighting alone and a re-drawn encoder.  Stage 1 compares with the box prototype here
-    (``reference="box"``), as seed 002's three stages do and as the table was measured, not with the
-    explainer's default mask reference (stop 34)."""
+    spatial weighting alone and a re-drawn encoder."""
     from .explain.layers import LayerMaps, spatial_weight
     from .explain.measure import localisation
     from .metrics import normalise01
@@ -232,7 +230,7 @@ def layers_part(sample, segmenter, stride: int = 3, quick: bool = False) -> Dict
                 segmenter.decode(segmenter.embed(image), p.clipped(image.shape))
                 seg_seconds += time.perf_counter() - t0
                 continue
-            run = session.explain(seg, [LayerMaps(stage=job, reference="box")], slices=[k], target=truth)
+            run = session.explain(seg, [LayerMaps(stage=job)], slices=[k], target=truth)
             seconds[job] += time.perf_counter() - t0
             per_slice[job].append(run.explanations["layers"][k])
             rois[k] = run.roi[k].astype(bool)
@@ -245,7 +243,7 @@ def layers_part(sample, segmenter, stride: int = 3, quick: bool = False) -> Dict
                          "best_layer": summary["best_layer"],
                          "fused": {key: mean([e.metrics for e in exs], key) for key in keys}}
         tables[stage] = summary["layers"]
-    redrawn = LayerMaps(randomized_copy(segmenter, seed=1, part="image_encoder"), reference="box")
+    redrawn = LayerMaps(randomized_copy(segmenter, seed=1, part="image_encoder"))
     prior, random_rows = [], {}
     for k in ks:
         image, p = (session.volume_segmenter.model_slice(k),

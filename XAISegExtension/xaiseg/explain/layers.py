@@ -6,11 +6,7 @@ read as an (h, w, C) feature grid over the slice, and each position is compared 
 similarity with reference features:
 
 stage 1 ("prototype")
-    by default (reference ``mask``, ours, stop 34) the model's own mask against the rest of the ROI:
-    each position's similarity to the difference between the mean feature under the mask and the
-    mean feature of the ROI outside it, so tissue that differs from its surroundings as the
-    structure does stands out; with reference ``box`` (seed 002) the structure prototype, the mean feature inside the
-    prompt box;
+    the structure prototype, the mean feature inside the prompt box;
 stage 2 ("prompt")
     stage 1 mixed with a second reference taken from the prompt encoder: where the prompt's
     sparse embeddings (box corners or points) attend over the image embedding plus its positional
@@ -46,10 +42,6 @@ from .base import Attribution, CommonSettings, Explainer, PerturbationEngine
 from .registry import register
 
 STAGES = (1, 2, 3)
-#: what stage 1 compares each position with: the model's mask against the rest of the ROI, or the
-#: mean inside the prompt box; "auto" is the mask at stage 1 and the box at stages 2 and 3, which
-#: seed 002 builds on the box prototype
-REFERENCES = ("auto", "mask", "box")
 LAYOUTS = ("nchw", "nhwc", "nlc")
 SELECTIONS = ("all", "blocks", "stages")
 
@@ -281,53 +273,12 @@ def layer_map(f, box, image_shape, embedding: Embedding, stage: int, weights: La
     return normalise01(out, where)
 
 
-def grid_share(mask: np.ndarray, grid: Tuple[int, int]) -> np.ndarray:
-    """The share of each cell of an (h, w) feature grid over the slice that ``mask`` (slice pixels)
-    covers: the weights of a mean over the mask's positions."""
-    import torch
-    import torch.nn.functional as F
-
-    t = torch.as_tensor(np.asarray(mask, np.float32))[None, None]
-    return F.adaptive_avg_pool2d(t, tuple(int(v) for v in grid))[0, 0].numpy()
-
-
-def mask_contrast_map(f, mask: np.ndarray, image_shape, embedding: Embedding,
-                      where: Optional[np.ndarray] = None) -> np.ndarray:
-    """One layer's map against the model's mask, [0, 1] inside ``where`` (default: the whole slice)
-    and 0 outside: each position's cosine similarity to the difference between the mean feature
-    under ``mask`` and the mean feature of ``where`` outside the mask (of the whole slice outside it
-    when the mask fills ``where``), the direction in which the structure's features differ from
-    their surroundings'.  ``f``: (gh, gw, C) tensor over the model grid."""
-    import torch
-
-    mask = np.asarray(mask, bool)
-    if not mask.any() or mask.all():
-        raise InputError(f"a mask of {int(mask.sum())} of {mask.size} pixels gives no reference; expected a mask "
-                         "that covers part of the slice (use the box reference)")
-    fh, fw = slice_extent(tuple(f.shape[:2]), embedding)
-    flat = f[:fh, :fw].reshape(fh * fw, f.shape[2])
-    region = np.ones(mask.shape, bool) if where is None else np.asarray(where, bool)
-    rest = grid_share(region & ~mask, (fh, fw))
-    if rest.sum() <= 1e-6:
-        rest = grid_share(~mask, (fh, fw))
-    w = torch.as_tensor(np.stack([grid_share(mask, (fh, fw)).reshape(-1), rest.reshape(-1)]), dtype=flat.dtype,
-                        device=flat.device)
-    means = (w / w.sum(dim=1, keepdim=True)) @ flat  # (2, C): under the mask, around it
-    direction = means[0] - means[1]
-    sim = (flat @ direction) / (flat.norm(dim=1) * direction.norm() + 1e-8)
-    return normalise01(_resize(sim.reshape(fh, fw), image_shape).cpu().numpy(), where)
-
-
 # the explainer ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class LayerSettings(CommonSettings):
     stage: int = setting(1, "layers (seed 002): 1 prototype similarity, 2 + prompt embedding, 3 four components with "
                             "spatial weighting", choices=STAGES, flag="--layer-stage")
-    reference: str = setting("auto", "layers, stage 1: what each position is compared with: mask (the model's mask "
-                                     "against the rest of the ROI) or box (seed 002's prototype, the mean inside the "
-                                     "prompt box); auto: mask at stage 1, box at stages 2 and 3",
-                             choices=REFERENCES, flag="--layer-reference")
     layers: str = setting("all", "layers: all, blocks, stages, or comma-separated layer names", flag="--layers")
     weights: LayerWeights = setting(None, "stage 2 and 3 weights", cli=False, default_factory=LayerWeights)
     metric_steps: int = setting(0, "points on the deletion/insertion curves, one encoder pass each (0: skip; "
@@ -339,9 +290,6 @@ class LayerSettings(CommonSettings):
         w = self.weights
         if not 0.0 <= w.floor <= 1.0 or not 0.0 <= w.prompt <= 1.0:
             raise InputError(f"layer weights {w}: floor and prompt must lie in [0, 1]")
-        if self.reference == "mask" and self.stage != 1:
-            raise InputError(f"layer reference 'mask' with stage {self.stage}: the mask reference is stage 1's; "
-                             "expected stage 1, or reference box or auto (stages 2 and 3 build on the box prototype)")
 
 
 @register
@@ -349,8 +297,7 @@ class LayerMaps(Explainer):
     """Similarity maps of every encoder layer and their fusion (seed 002); no perturbations.
 
     stage: 1 (prototype; the default), 2 (+ prompt embedding) or 3 (four components, spatially
-    weighted).  reference (stage 1): the model's mask against the rest of the ROI (the default) or
-    the box prototype; a slice whose mask is empty uses the box, and its details say which.  Stage 3's weighting towards the box centre localises a structure in a tight box on
+    weighted).  Stage 3's weighting towards the box centre localises a structure in a tight box on
     its own, whatever the encoder says (docs/layers.md and the benchmark compare it with the
     weighting alone and with a re-drawn encoder), so the default shows the encoder's evidence
     unweighted.  As for every method, the maps are normalised inside the ROI and 0 outside it.
@@ -361,9 +308,8 @@ class LayerMaps(Explainer):
 
     name = "layers"
     title = "Layer maps"
-    limits = ("layer maps show where MedSAM's encoder features resemble the structure's (by default those under the "
-              "model's mask, against the rest of the ROI), layer by layer; similarity is not causation: they do not "
-              "show what changed the mask")
+    limits = ("layer maps show where MedSAM's encoder features resemble the structure's prototype, layer by layer; "
+              "similarity is not causation: they do not show what changed the mask")
     Settings = LayerSettings
     perturbs = False
     randomise = "image_encoder"
@@ -396,17 +342,11 @@ class LayerMaps(Explainer):
             if att is None:
                 att = _location_weights(prompt, box, image.shape)
         spatial = spatial_weight(image.shape, box, self.weights.floor) if self.stage == 3 else None
-        mask = engine.reference
-        # a slice where the model drew nothing (or everything) has no mask to compare with: the box
-        reference = "mask" if self.stage == 1 and self.reference != "box" and mask.any() and not mask.all() \
-            else "box"
         per_layer = {}
         for lay in chosen:
-            f = grids.pop(lay.name)
-            per_layer[lay.name] = mask_contrast_map(f, mask, image.shape, embedding, roi) if reference == "mask" \
-                else layer_map(f, box, image.shape, embedding, self.stage, self.weights, att, spatial, roi)
+            per_layer[lay.name] = layer_map(grids.pop(lay.name), box, image.shape, embedding, self.stage,
+                                            self.weights, att, spatial, roi)
         progress.step(1, layers=len(per_layer))
         progress.check()
         fused = normalise01(np.mean(np.stack(list(per_layer.values())), axis=0), roi)
-        return Attribution(fused, {"stage": self.stage, "reference": reference}, components=per_layer,
-                           passes={"hooked_encoder_passes": 1})
+        return Attribution(fused, {"stage": self.stage}, components=per_layer, passes={"hooked_encoder_passes": 1})
