@@ -274,12 +274,12 @@ def test_template_names_the_slices_a_mark_flags(ho_findings):
     the run fills from the same rule as the Slicer panel's trust line."""
     _, f = ho_findings
     summary = f["methods"]["occlusion"]["summary"]
-    assert {"prompt_driven_slices", "no_evidence_slices", "below_trivial_slices", "low_reliability_slices"} <= set(
-        summary)
+    assert {"prompt_driven_slices", "no_evidence_slices", "below_trivial_slices", "low_reliability_slices",
+            "survives_randomisation_slices"} <= set(summary)
     g = json.loads(json.dumps(f))
     s = g["methods"]["occlusion"]["summary"]
     s.update(beats_trivial_deletion=0.6, below_trivial_slices=[81], reliability=0.83,
-             low_reliability_slices=[80, 82], prompt_driven_slices=[79, 83])
+             low_reliability_slices=[80, 82], prompt_driven_slices=[79, 83], survives_randomisation_slices=[84])
     text = render_text(g)
     # the bar it quotes is in the findings (prompt_driven_at), so the grounding check finds it
     assert s["prompt_driven_at"] == 0.75
@@ -287,6 +287,9 @@ def test_template_names_the_slices_a_mark_flags(ho_findings):
             "ROI removed the score keeps about 75% of its value or more") in text
     assert "On slice 81 a trivial map removes the mask at least as fast as the" in text
     assert "On slices 80, 82 the two halves agree far less" in text
+    assert s["survives_randomisation_at"] == 0.3
+    assert ("On slice 84 the Occlusion map stays much as it was with the model re-drawn (Spearman 0.30 or more): "
+            "there it shows the image more than the model.") in text
     assert unsupported(check_text(text, g)) == [], [c.text for c in unsupported(check_text(text, g))]
     # a map that loses on most slices says so once; a noisy map's mean says so once
     s.update(beats_trivial_deletion=0.25, reliability=0.5)

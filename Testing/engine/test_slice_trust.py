@@ -11,7 +11,7 @@ import pytest
 from toys import HashedEvidence, SquareEvidence, evidence_image
 from xaiseg.errors import InputError
 from xaiseg.explain import make_explainer
-from xaiseg.explain.trust import LOW_RELIABILITY, short_marks, slice_row, slice_trust, slices_marked
+from xaiseg.explain.trust import LOW_RELIABILITY, RANDOMISED_SIMILAR, short_marks, slice_row, slice_trust, slices_marked
 from xaiseg.io import Geometry, Volume
 from xaiseg.models.base import SlicePrompt
 from xaiseg.pipeline import SegmentConfig, Session
@@ -138,6 +138,45 @@ def test_rise_of_a_model_that_is_noise_is_marked_unreliable(tmp_path):
     good_row = slice_row(good, "rise", 0)
     assert good_row["reliability"] >= LOW_RELIABILITY
     assert "low_reliability" not in slice_trust(good_row, "rise", 0)["marks"]
+
+
+class WeightBlind(SquareEvidence):
+    """The same evidence square, read through a fixed mask instead of the decoder's weights: re-drawing
+    the weights changes nothing, so a map of this model survives the sanity check - the case of a map
+    that shows the image, not the model."""
+
+    def decode(self, embedding, prompt):
+        w = self.square_mask().astype(np.float64)
+        evidence = float((w * embedding.features).sum() / w.sum())
+        out = np.full(embedding.image_shape, -5.0, dtype=np.float32)
+        x0, y0, x1, y1 = (int(round(v)) for v in prompt.box)
+        out[y0:y1 + 1, x0:x1 + 1] = self.gain * (evidence - 0.5)
+        return out
+
+
+def test_a_map_that_survives_a_redrawn_model_is_marked(tmp_path):
+    for model, survives in ((SquareEvidence(), False), (WeightBlind(), True)):
+        occlusion = make_explainer("occlusion", **dict(FINE, metric_steps=2, baselines=False, sanity=True))
+        doc = volume_doc(tmp_path / type(model).__name__, model, occlusion, n=1)
+        row = slice_row(doc, "occlusion", 0)
+        assert (row["sanity_similarity"] > 0.9) is survives and (row["sanity_similarity"] < 0.3) is not survives
+        trust = slice_trust(row, "occlusion", 0)
+        assert ("survives_randomisation" in trust["marks"]) is survives
+        line = f"with part of the model re-drawn the map keeps Spearman {row['sanity_similarity']:.2f} with this one"
+        assert line in trust["text"]
+        assert trust["text"].endswith(line + (": it shows the image more than the model." if survives else "."))
+        summary = doc["methods"]["occlusion"]["summary"]
+        assert summary["survives_randomisation_slices"] == slices_marked(doc, "occlusion", "survives_randomisation") \
+            == ([0] if survives else [])
+        assert summary["survives_randomisation_at"] == RANDOMISED_SIMILAR
+    # the bar is read as the text rounds it; the cascade's last step counts as well
+    assert slice_trust({"sanity_similarity": 0.296}, "layers", 0)["marks"] == ["survives_randomisation"]
+    assert slice_trust({"sanity_similarity": 0.294}, "layers", 0)["marks"] == []
+    both = slice_trust({"sanity_similarity": 0.1, "cascade_final_similarity": 0.41}, "rise", 0)
+    assert both["marks"] == ["survives_randomisation"] and both["text"].endswith(
+        "with part of the model re-drawn the map keeps Spearman 0.10 with this one; with the whole model re-drawn "
+        "the map keeps Spearman 0.41 with this one: it shows the image more than the model.")
+    assert short_marks({"cascade_final_similarity": 0.5}) == ["survives a re-drawn model"]
 
 
 def test_rows_without_figures_and_slices_not_explained():

@@ -20,7 +20,8 @@ from .mrml import InputError
 
 #: the saliency node's attribute that lists the slices of each trust mark
 TRUST_ATTRIBUTES = {"prompt_driven": "XAISeg.promptDrivenSlices", "no_evidence": "XAISeg.noEvidenceSlices",
-                    "below_trivial": "XAISeg.belowTrivialSlices", "low_reliability": "XAISeg.lowReliabilitySlices"}
+                    "below_trivial": "XAISeg.belowTrivialSlices", "low_reliability": "XAISeg.lowReliabilitySlices",
+                    "survives_randomisation": "XAISeg.survivesRandomisationSlices"}
 
 
 @dataclass

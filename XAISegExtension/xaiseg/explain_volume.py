@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import InputError
-from .explain.trust import PROMPT_DRIVEN, short_marks, slices_by_mark
+from .explain.trust import PROMPT_DRIVEN, RANDOMISED_SIMILAR, short_marks, slices_by_mark
 from .io import move_into, staged, volume_suffix, write_planes, write_text_atomic, write_volume
 from .kept_caches import KeptCaches
 from .models.base import SlicePrompt
@@ -111,6 +111,7 @@ class ExplainRun:
             for mark, ks in slices_by_mark(slices).items():
                 entry["summary"][f"{mark}_slices"] = ks
             entry["summary"]["prompt_driven_at"] = PROMPT_DRIVEN  # the bar those slices reached, for the text
+            entry["summary"]["survives_randomisation_at"] = RANDOMISED_SIMILAR
             # the curves' means are over these (all explained slices unless metric_slices sampled them)
             entry["summary"]["curve_slices"] = sum("deletion_auc" in v for v in slices.values())
             entry["display_scale"] = self.record.get("display_scale", {}).get(method)

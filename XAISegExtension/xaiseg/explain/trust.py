@@ -15,7 +15,10 @@ text.  The marks, each only where its figure was measured:
 * ``low_reliability`` (RISE): the maps of the two halves of its random masks agree so little that
   much of the map's detail is the draw's noise (split-half reliability below
   :data:`LOW_RELIABILITY`, :mod:`.rise`).  A RISE run that ended at ``--masks`` before its early stop
-  also says about how many masks would have reached the stop's reliability (Spearman-Brown).
+  also says about how many masks would have reached the stop's reliability (Spearman-Brown);
+* ``survives_randomisation``: with part of the model re-drawn (``--sanity``), or all of it (the last
+  step of ``--cascade``), the map keeps a Spearman of at least :data:`RANDOMISED_SIMILAR` with this
+  one, so it shows the image more than the model (Adebayo et al.'s model-randomisation check).
 
 Every number in the text is copied from the row, rounded as shown; nothing is computed again.
 """
@@ -33,11 +36,15 @@ LOW_RELIABILITY = 0.7
 #: prompt (and the tissue around the ROI), not by what a map of the ROI can point at
 PROMPT_DRIVEN = 0.75
 
+#: a map that keeps at least this Spearman (rounded to two decimals) with the map of a re-drawn model
+#: shows the image more than the model (issue 13's bar for the similarity after the full cascade)
+RANDOMISED_SIMILAR = 0.3
+
 #: the trivial maps' names as a reader reads them
 TRIVIAL_TITLES = {"blurred_mask": "the blurred mask", "box_centre": "a blob at the box centre",
                   "random": "a random map"}
 
-MARKS = ("prompt_driven", "no_evidence", "below_trivial", "low_reliability")
+MARKS = ("prompt_driven", "no_evidence", "below_trivial", "low_reliability", "survives_randomisation")
 
 
 def _number(v: Any) -> Optional[float]:
@@ -109,6 +116,14 @@ def slice_trust(row: Optional[Mapping[str, Any]], method: str, k: int, title: Op
             marks.append("low_reliability")
             text += ", low: much of its detail is the random masks' noise"
         parts.append(text)
+    redrawn = [(what, v) for what, v in (("part of the model re-drawn", _number(row.get("sanity_similarity"))),
+                                         ("the whole model re-drawn", _number(row.get("cascade_final_similarity"))))
+               if v is not None]
+    for what, v in redrawn:
+        parts.append(f"with {what} the map keeps Spearman {v:.2f} with this one")
+    if any(round(v, 2) >= RANDOMISED_SIMILAR for _, v in redrawn):
+        marks.append("survives_randomisation")
+        parts[-1] += ": it shows the image more than the model"
     if not parts:
         parts.append("no trust figures were measured on this slice")
     out["text"] = f"Slice {int(k)}, {name}: " + "; ".join(parts) + "."
@@ -120,7 +135,8 @@ def short_marks(row: Optional[Mapping[str, Any]], method: str = "", k: int = 0) 
     if row is None:
         return []
     words = {"prompt_driven": "the prompt draws most of the mask", "no_evidence": "NO EVIDENCE: no change above the noise",
-             "below_trivial": "a trivial map does as well"}
+             "below_trivial": "a trivial map does as well",
+             "survives_randomisation": "survives a re-drawn model"}
     out = []
     # the title is one line: what decides whether the map is read at all comes before the prompt's share
     for mark in sorted(slice_trust(row, method, k)["marks"], key=lambda m: m == "prompt_driven"):

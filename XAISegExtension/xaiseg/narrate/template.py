@@ -5,7 +5,7 @@ import time
 from typing import List, Sequence
 
 from ..explain import title_of
-from ..explain.trust import PROMPT_DRIVEN, low_reliability
+from ..explain.trust import PROMPT_DRIVEN, RANDOMISED_SIMILAR, low_reliability
 from .base import Narrative, Narrator, ReportImage
 
 
@@ -111,6 +111,11 @@ def _trust(summary: dict, title: str) -> List[str]:
     if isinstance(rho, (int, float)) and not isinstance(rho, bool):
         out.append(f"Maps of adjacent slices agree with a mean Spearman of {_num(rho)}"
                    + (" (they flicker from slice to slice)." if rho < 0.5 else "."))
+    kept = summary.get("survives_randomisation_slices")
+    if isinstance(kept, list) and kept:
+        bar = summary.get("survives_randomisation_at", RANDOMISED_SIMILAR)  # in the findings: grounded
+        out.append(f"On {_slices([int(k) for k in kept])} the {title} map stays much as it was with the model "
+                   f"re-drawn (Spearman {_num(bar)} or more): there it shows the image more than the model.")
     final = summary.get("cascade_final_similarity")
     if isinstance(final, (int, float)) and not isinstance(final, bool):
         out.append(f"With the whole model re-drawn, the map's similarity to the trained model's is {_num(final)}"
