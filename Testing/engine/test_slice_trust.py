@@ -162,9 +162,11 @@ def test_a_map_that_survives_a_redrawn_model_is_marked(tmp_path):
         assert (row["sanity_similarity"] > 0.9) is survives and (row["sanity_similarity"] < 0.3) is not survives
         trust = slice_trust(row, "occlusion", 0)
         assert ("survives_randomisation" in trust["marks"]) is survives
-        line = f"with part of the model re-drawn the map keeps Spearman {row['sanity_similarity']:.2f} with this one"
-        assert line in trust["text"]
-        assert trust["text"].endswith(line + (": it shows the image more than the model." if survives else "."))
+        # the toys' weights are their mask decoder's: the line names what the sanity check re-drew
+        assert row["sanity_redrawn"] == "mask_decoder"
+        line = (f"with the mask decoder re-drawn (sanity check) its map has Spearman {row['sanity_similarity']:.2f} "
+                "with this one")
+        assert trust["text"].endswith(line + (": it depends little on the mask decoder." if survives else "."))
         summary = doc["methods"]["occlusion"]["summary"]
         assert summary["survives_randomisation_slices"] == slices_marked(doc, "occlusion", "survives_randomisation") \
             == ([0] if survives else [])
@@ -174,8 +176,16 @@ def test_a_map_that_survives_a_redrawn_model_is_marked(tmp_path):
     assert slice_trust({"sanity_similarity": 0.294}, "layers", 0)["marks"] == []
     both = slice_trust({"sanity_similarity": 0.1, "cascade_final_similarity": 0.41}, "rise", 0)
     assert both["marks"] == ["survives_randomisation"] and both["text"].endswith(
-        "with part of the model re-drawn the map keeps Spearman 0.10 with this one; with the whole model re-drawn "
-        "the map keeps Spearman 0.41 with this one: it shows the image more than the model.")
+        "with part of the model re-drawn (sanity check) its map has Spearman 0.10 with this one; with the whole "
+        "model re-drawn (cascade) its map has Spearman 0.41 with this one: it shows the image more than the model.")
+    # each figure's verdict stays beside it, whichever of the two reaches the bar
+    other = slice_trust({"sanity_similarity": 0.5, "cascade_final_similarity": 0.1, "sanity_redrawn": "image_encoder"},
+                        "layers", 0)
+    assert other["marks"] == ["survives_randomisation"] and other["text"].endswith(
+        "with the image encoder re-drawn (sanity check) its map has Spearman 0.50 with this one: it depends little "
+        "on the image encoder; with the whole model re-drawn (cascade) its map has Spearman 0.10 with this one.")
+    assert slice_trust({"sanity_similarity": float("nan")}, "layers", 0)["text"].endswith("no trust figures were "
+                                                                                          "measured on this slice.")
     assert short_marks({"cascade_final_similarity": 0.5}) == ["survives a re-drawn model"]
 
 

@@ -118,6 +118,7 @@ def measure_passes(explainer, explanation, engine, progress=None, stage: Optiona
         metrics.update(_evidence(explainer, engine, explanation, shared, stage))
     if explainer.sanity and curves:
         metrics["sanity_similarity"] = sanity_similarity(explainer, engine, explanation, progress, stage)
+        metrics["sanity_redrawn"] = sanity_part(explainer) or "all"  # what the trust line names
     if explainer.cascade and curves:
         steps = cascading_randomisation(explainer, engine, explanation, progress, stage)
         metrics["cascade"] = steps
@@ -271,14 +272,19 @@ def _redrawn_map(explainer, engine, explanation, parts, progress, stage: str) ->
     return again.raw
 
 
+def sanity_part(explainer) -> Optional[str]:
+    """The part of the model the sanity check re-draws: ``explainer.randomise`` where the model has
+    it, else None (the whole model)."""
+    module = getattr(explainer.segmenter, "module", None)
+    return explainer.randomise if module is not None and explainer.randomise and hasattr(module, explainer.randomise) \
+        else None
+
+
 def sanity_similarity(explainer, engine, explanation, progress, stage: str) -> float:
     """Spearman rank correlation over the ROI between the map and the map of a copy whose
-    ``explainer.randomise`` part is re-drawn.  A map that explains the model must change, so low
-    (or negative) is good; near 1 means the map shows the image, not the model."""
-    module = getattr(explainer.segmenter, "module", None)
-    part = explainer.randomise if module is not None and explainer.randomise and hasattr(module, explainer.randomise) \
-        else None
-    redrawn = _redrawn_map(explainer, engine, explanation, part, progress, f"{stage} sanity")
+    :func:`sanity_part` is re-drawn.  A map that explains the model must change, so low (or
+    negative) is good; near 1 means the map shows the image, not the model."""
+    redrawn = _redrawn_map(explainer, engine, explanation, sanity_part(explainer), progress, f"{stage} sanity")
     return spearman(explanation.raw, redrawn, explanation.roi)
 
 

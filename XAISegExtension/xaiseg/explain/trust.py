@@ -16,14 +16,17 @@ text.  The marks, each only where its figure was measured:
   much of the map's detail is the draw's noise (split-half reliability below
   :data:`LOW_RELIABILITY`, :mod:`.rise`).  A RISE run that ended at ``--masks`` before its early stop
   also says about how many masks would have reached the stop's reliability (Spearman-Brown);
-* ``survives_randomisation``: with part of the model re-drawn (``--sanity``), or all of it (the last
-  step of ``--cascade``), the map keeps a Spearman of at least :data:`RANDOMISED_SIMILAR` with this
-  one, so it shows the image more than the model (Adebayo et al.'s model-randomisation check).
+* ``survives_randomisation``: with the method's randomised part re-drawn (``--sanity``: the mask
+  decoder for the perturbation methods, the image encoder for the layer maps, the whole model where
+  it has no such part; ``sanity_redrawn`` says which), or the whole model (the last step of
+  ``--cascade``), the map keeps a Spearman of at least :data:`RANDOMISED_SIMILAR` with this one, so
+  it depends little on those weights (Adebayo et al.'s model-randomisation check).
 
 Every number in the text is copied from the row, rounded as shown; nothing is computed again.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Mapping, Optional
 
 from ..errors import InputError
@@ -47,8 +50,14 @@ TRIVIAL_TITLES = {"blurred_mask": "the blurred mask", "box_centre": "a blob at t
 MARKS = ("prompt_driven", "no_evidence", "below_trivial", "low_reliability", "survives_randomisation")
 
 
+#: what the sanity check re-drew (``sanity_redrawn`` in a row), as a reader reads it
+REDRAWN_TITLES = {"mask_decoder": "the mask decoder", "image_encoder": "the image encoder", "all": "the whole model"}
+
+
 def _number(v: Any) -> Optional[float]:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    """A finite number, or None (booleans, text, NaN and infinities are no figure)."""
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return float(v) if ok else None
 
 
 def low_reliability(value: Any) -> bool:
@@ -116,14 +125,18 @@ def slice_trust(row: Optional[Mapping[str, Any]], method: str, k: int, title: Op
             marks.append("low_reliability")
             text += ", low: much of its detail is the random masks' noise"
         parts.append(text)
-    redrawn = [(what, v) for what, v in (("part of the model re-drawn", _number(row.get("sanity_similarity"))),
-                                         ("the whole model re-drawn", _number(row.get("cascade_final_similarity"))))
-               if v is not None]
-    for what, v in redrawn:
-        parts.append(f"with {what} the map keeps Spearman {v:.2f} with this one")
-    if any(round(v, 2) >= RANDOMISED_SIMILAR for _, v in redrawn):
-        marks.append("survives_randomisation")
-        parts[-1] += ": it shows the image more than the model"
+    part = REDRAWN_TITLES.get(row.get("sanity_redrawn"), "part of the model")
+    for what, v in ((f"{part} re-drawn (sanity check)", _number(row.get("sanity_similarity"))),
+                    ("the whole model re-drawn (cascade)", _number(row.get("cascade_final_similarity")))):
+        if v is None:
+            continue
+        text = f"with {what} its map has Spearman {v:.2f} with this one"
+        if round(v, 2) >= RANDOMISED_SIMILAR:  # as the text rounds it
+            if "survives_randomisation" not in marks:
+                marks.append("survives_randomisation")
+            text += ": it shows the image more than the model" if what.startswith("the whole model") \
+                else f": it depends little on {part}"
+        parts.append(text)
     if not parts:
         parts.append("no trust figures were measured on this slice")
     out["text"] = f"Slice {int(k)}, {name}: " + "; ".join(parts) + "."

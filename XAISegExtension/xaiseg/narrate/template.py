@@ -114,12 +114,14 @@ def _trust(summary: dict, title: str) -> List[str]:
     kept = summary.get("survives_randomisation_slices")
     if isinstance(kept, list) and kept:
         bar = summary.get("survives_randomisation_at", RANDOMISED_SIMILAR)  # in the findings: grounded
-        out.append(f"On {_slices([int(k) for k in kept])} the {title} map stays much as it was with the model "
-                   f"re-drawn (Spearman {_num(bar)} or more): there it shows the image more than the model.")
+        out.append(f"On {_slices([int(k) for k in kept])} the {title} map keeps a Spearman of {_num(bar)} or more "
+                   "with the map of a model whose weights were partly or wholly re-drawn (the sanity or cascade "
+                   "check): there it follows the image more than those weights.")
     final = summary.get("cascade_final_similarity")
     if isinstance(final, (int, float)) and not isinstance(final, bool):
         out.append(f"With the whole model re-drawn, the map's similarity to the trained model's is {_num(final)}"
-                   + (" - it depends on the image more than on the model." if final >= 0.3 else "."))
+                   + (" - it depends on the image more than on the model."
+                      if round(final, 2) >= RANDOMISED_SIMILAR else "."))
     return out
 
 
