@@ -74,8 +74,7 @@ class ReadingMixin:
         trusted: ``{"slice", "method", "explained", "marks", "text"}`` from the run's metrics
         (:func:`xaiseg.explain.trust.slice_trust`: the prompt drawing most of the mask, no evidence,
         not beating the trivial maps, RISE's low split-half reliability, a map that survives a
-        re-drawn model).  The panel shows the text
-        under the views' controls."""
+        re-drawn model).  The panel shows the text under the views' controls."""
         from xaiseg.explain import title_of
         from xaiseg.explain.trust import slice_row, slice_trust
 

@@ -60,6 +60,13 @@ def _number(v: Any) -> Optional[float]:
     return float(v) if ok else None
 
 
+def survives_randomisation(value: Any) -> bool:
+    """Whether a similarity to a re-drawn model's map (None: not measured) reaches
+    :data:`RANDOMISED_SIMILAR`, as the text rounds it."""
+    v = _number(value)
+    return v is not None and round(v, 2) >= RANDOMISED_SIMILAR
+
+
 def low_reliability(value: Any) -> bool:
     """Whether a split-half reliability (None: not measured) is low, as the report rounds it."""
     v = _number(value)
@@ -125,18 +132,21 @@ def slice_trust(row: Optional[Mapping[str, Any]], method: str, k: int, title: Op
             marks.append("low_reliability")
             text += ", low: much of its detail is the random masks' noise"
         parts.append(text)
+    whole = REDRAWN_TITLES["all"]
     part = REDRAWN_TITLES.get(row.get("sanity_redrawn"), "part of the model")
-    for what, v in ((f"{part} re-drawn (sanity check)", _number(row.get("sanity_similarity"))),
-                    ("the whole model re-drawn (cascade)", _number(row.get("cascade_final_similarity")))):
+    checks = [(f"{part} re-drawn (sanity check)", row.get("sanity_similarity"), part),
+              (f"{whole} re-drawn (cascade)", row.get("cascade_final_similarity"), whole)]
+    for what, value, redrawn in checks:
+        v = _number(value)
         if v is None:
             continue
         text = f"with {what} its map has Spearman {v:.2f} with this one"
-        if round(v, 2) >= RANDOMISED_SIMILAR:  # as the text rounds it
-            if "survives_randomisation" not in marks:
-                marks.append("survives_randomisation")
-            text += ": it shows the image more than the model" if what.startswith("the whole model") \
-                else f": it depends little on {part}"
+        if survives_randomisation(v):
+            text += ": it shows the image more than the model" if redrawn == whole \
+                else f": it depends little on {redrawn}"
         parts.append(text)
+    if any(survives_randomisation(value) for _, value, _ in checks):
+        marks.append("survives_randomisation")
     if not parts:
         parts.append("no trust figures were measured on this slice")
     out["text"] = f"Slice {int(k)}, {name}: " + "; ".join(parts) + "."

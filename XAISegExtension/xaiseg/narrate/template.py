@@ -5,7 +5,7 @@ import time
 from typing import List, Sequence
 
 from ..explain import title_of
-from ..explain.trust import PROMPT_DRIVEN, RANDOMISED_SIMILAR, low_reliability
+from ..explain.trust import PROMPT_DRIVEN, RANDOMISED_SIMILAR, low_reliability, survives_randomisation
 from .base import Narrative, Narrator, ReportImage
 
 
@@ -120,8 +120,7 @@ def _trust(summary: dict, title: str) -> List[str]:
     final = summary.get("cascade_final_similarity")
     if isinstance(final, (int, float)) and not isinstance(final, bool):
         out.append(f"With the whole model re-drawn, the map's similarity to the trained model's is {_num(final)}"
-                   + (" - it depends on the image more than on the model."
-                      if round(final, 2) >= RANDOMISED_SIMILAR else "."))
+                   + (" - it depends on the image more than on the model." if survives_randomisation(final) else "."))
     return out
 
 
