@@ -35,15 +35,18 @@ STEPS = 8
 BLOCKS = (12, 48)
 
 
-def slice_row(session, seg, k: int, blocks: Sequence[int], seed: int = 0, keep: Optional[Dict] = None) -> Dict:
+def slice_row(session, seg, k: int, blocks: Sequence[int], seed: int = 0, keep: Optional[Dict] = None,
+              polish_blocks: int = 0) -> Dict:
     """The trivial maps' deletion AUC on slice ``k`` of ``seg``, and the search's with each of
-    ``blocks`` (squares over the ROI); ``search``: the lowest of them.  ``keep``: filled with what
-    :func:`figure` draws (the slice, its ROI and mask, the blurred mask and the best search's
-    rankings)."""
+    ``blocks`` (squares over the ROI); ``search``: the lowest of them.  With ``polish_blocks``, on a
+    slice where no search beats every trivial map, :func:`~xaiseg.explain.search.polish` (blocks of
+    about that many over the ROI) refines the lowest order found so far (``polished``).  ``keep``:
+    filled with what :func:`figure` draws (the slice, its ROI and mask, the blurred mask and the best
+    search's rankings)."""
     from .bench_explain import slice_setup
     from .explain.base import PerturbationEngine
     from .explain.measure import faithfulness, trivial_curves
-    from .explain.search import backward_search
+    from .explain.search import backward_search, polish
 
     image, prompt, embedding, _mask, region = slice_setup(session, seg, k)
     engine = PerturbationEngine(session.segmenter, image, prompt, region, embedding=embedding, stage=f"slice {k}")
@@ -63,6 +66,15 @@ def slice_row(session, seg, k: int, blocks: Sequence[int], seed: int = 0, keep: 
         rankings[str(n)] = found.ranking
     best = min(row["searches"], key=lambda n: row["searches"][n]["deletion_auc"])
     row["search"] = row["searches"][best]["deletion_auc"]
+    if polish_blocks and row["search"] >= min(row["trivial"].values()):
+        orders = dict({name: (c["deletion_auc"], maps[name]) for name, c in curves.items()},
+                      **{f"search, {n} blocks": (v["deletion_auc"], rankings[n]) for n, v in row["searches"].items()})
+        start = min(orders, key=lambda name: orders[name][0])
+        t0 = time.perf_counter()
+        done = polish(engine, orders[start][1], STEPS, polish_blocks)
+        row["polished"] = {"deletion_auc": done.deletion_auc, "from": start, "start_auc": done.start_auc,
+                           "moves": done.moves, "passes": done.passes, "block_px": done.block_px,
+                           "seconds": round(time.perf_counter() - t0, 1)}
     if keep is not None:
         keep.update({"slice": k, "image": image, "roi": region, "mask": engine.reference, "row": row, "best": best,
                      "rankings": {"blurred mask": maps["blurred_mask"], f"search, {best} blocks": rankings[best]}})
@@ -122,12 +134,15 @@ def figure(keep: Dict, title: str) -> bytes:
     return buf.getvalue()
 
 
-def structure_rows(session, sample, name: str, blocks: Sequence[int], progress, keep: Optional[Dict] = None) -> Dict:
-    """The rows of the structure's middle pair; ``keep``: the first slice's figure data."""
+def structure_rows(session, sample, name: str, blocks: Sequence[int], progress, keep: Optional[Dict] = None,
+                   pairs: int = 1, polish_blocks: int = 0) -> Dict:
+    """The rows of the structure's ``pairs`` adjacent pairs as the faithfulness benchmark takes them
+    (one: the middle pair); ``keep``: the first slice's figure data."""
     from .bench_faithfulness import pair_segmentation
 
-    seg, slices = pair_segmentation(session, sample, name, 1, progress)
-    return {"slices": slices, "rows": {str(k): slice_row(session, seg, k, blocks, keep=keep if i == 0 else None)
+    seg, slices = pair_segmentation(session, sample, name, pairs, progress)
+    return {"slices": slices, "rows": {str(k): slice_row(session, seg, k, blocks, keep=keep if i == 0 else None,
+                                                         polish_blocks=polish_blocks)
                                        for i, k in enumerate(slices)}}
 
 
@@ -151,9 +166,21 @@ def searchers(result: Dict):
     return tuple(f"search, {n} blocks" for n in result["blocks"])
 
 
+def _columns(result: Dict):
+    """The summary's orders: each search, the lowest of them, and with ``--polish`` the polished."""
+    return searchers(result) + ("search",) + ((BEST_ORDER,) if result.get("polish") else ())
+
+
+#: the summary's column for the lowest order per slice: the search's, or the polished one's where
+#: the search did not beat the trivial maps and ``--polish`` refined it
+BEST_ORDER = "search, then polish"
+
+
 def _value(row: Dict, who: str) -> Optional[float]:
     if who == "search":
         return row["search"]
+    if who == BEST_ORDER:
+        return min(row["search"], (row.get("polished") or {}).get("deletion_auc", row["search"]))
     if who.startswith("search, "):
         return row["searches"][who.split()[1]]["deletion_auc"]
     return (row.get("methods") or {}).get(who)
@@ -164,7 +191,7 @@ def summary(result: Dict) -> Dict:
     rows = [r for e in result["structures"].values() for r in e["rows"].values()]
     best = [min(r["trivial"].values()) for r in rows]
     out = {"slices": len(rows), "best_trivial": mean_of(best)}
-    for who in searchers(result) + ("search",) + METHODS:
+    for who in _columns(result) + METHODS:
         values = [_value(r, who) for r in rows]
         known = [(v, b) for v, b in zip(values, best) if v is not None]
         out[who] = {"deletion_auc": mean_of([v for v, _ in known]),
@@ -172,25 +199,42 @@ def summary(result: Dict) -> Dict:
     return out
 
 
+def _polished_cells(row: Dict) -> str:
+    p = row.get("polished")
+    if not p:
+        return "- (the search beats them) | - | "
+    won = p["deletion_auc"] < min(row["trivial"].values())
+    return f"{_f(p['deletion_auc'])} ({p['from'].replace('_', ' ')}; {p['moves']}, {p['passes']}) | {'yes' if won else 'no'} | "
+
+
 def markdown(result: Dict) -> str:
     s = summary(result)
     counts = ",".join(str(n) for n in result["blocks"])
     columns = searchers(result)
     machine = result["machine"]
+    pairs, polished = int(result.get("pairs") or 1), int(result.get("polish") or 0)
+    options = "".join([f" --pairs {pairs}" if pairs != 1 else "", f" --polish {polished}" if polished else ""])
+    which = "the middle adjacent pair" if pairs == 1 else f"{pairs} adjacent pairs, as `--pairs {pairs}` takes them,"
     lines = ["# How low can the deletion curve go? A search beside the trivial maps and the methods", "",
-             f"Produced by `python -m xaiseg.bench_bound --blocks {counts}` on {machine.get('platform', '?')} "
+             f"Produced by `python -m xaiseg.bench_bound --blocks {counts}{options}` on {machine.get('platform', '?')} "
              f"({machine.get('device', 'cpu')}, {machine.get('threads', '?')} torch threads). The faithfulness "
-             "benchmark's slices (the middle adjacent pair of each structure, a tight atlas box per slice), engine, "
+             f"benchmark's slices ({which} of each structure, a tight atlas box per slice), engine, "
              f"ROI and curves ({STEPS} steps, removed pixels inpainted). The search starts from the whole ROI removed "
              "and, at each of the curve's fractions from the last back to the first, puts back the blocks (squares, "
              f"about {counts.replace(',', ' or ')} of them over the ROI) whose return raised the Dice least. It "
              "optimises the curve it is measured with: it shows how low a ranking can drive the curve (being greedy, "
              "not the lowest possible), and it is not an explanation; `search` is the lower of its runs. Lower is "
-             "better. The methods' figures are read from faithfulness.json (its maps part, on the same slices).", "",
+             "better. The methods' figures are read from faithfulness.json (its maps part, on the same slices)."
+             + ("" if not polished else
+                f" Where no search beats every trivial map, `polished` starts from the lowest order found (a trivial "
+                f"map's or a search's) and moves one block (about {polished} over the ROI) at a time a curve step "
+                "earlier or later, keeping the moves that lower the curve: never worse than where it started, "
+                "so a polished order below the best trivial map shows that one beating them exists there."), "",
              "| structure | slice | mask px | ROI px per step | blurred mask | box centre | random | "
              + " | ".join(f"{c} (block px, passes)" for c in columns) + " | search beats all trivial | "
+             + ("polished (from; moves, passes) | polished beats all trivial | " if polished else "")
              + " | ".join(METHODS) + " | trivial maps as in faithfulness.json |",
-             "|" + "---|" * (9 + len(columns) + len(METHODS))]
+             "|" + "---|" * (9 + len(columns) + len(METHODS) + (2 if polished else 0))]
     for name, entry in result["structures"].items():
         for k, r in entry["rows"].items():
             t = r["trivial"]
@@ -199,11 +243,12 @@ def markdown(result: Dict) -> str:
                          f"{_f(t['blurred_mask'])} | {_f(t['box_centre'])} | {_f(t['random'])} | "
                          + " | ".join(f"{_f(v['deletion_auc'])} ({v['block_px']}, {v['passes']})" for v in found)
                          + f" | {'yes' if r['search'] < min(t.values()) else 'no'} | "
+                         + (_polished_cells(r) if polished else "")
                          + " | ".join(_f((r.get("methods") or {}).get(m)) for m in METHODS) + " | "
                          + {True: "yes", False: "no", None: "-"}[r.get("trivial_as_faithfulness")] + " |")
     lines += ["", f"Over {s['slices']} slices (the best trivial map's mean deletion AUC: {_f(s['best_trivial'])}):", "",
               "| map | mean deletion AUC | slices beating all three trivial maps |", "|---|---|---|"]
-    for who in columns + ("search",) + METHODS:
+    for who in _columns(result) + METHODS:
         share = s[who]["beats_trivial"]
         lines.append(f"| {who} | {_f(s[who]['deletion_auc'])} | {'-' if share is None else f'{share:.0%}'} |")
     lines += ["", f"Total {result['seconds']} s."]
@@ -217,8 +262,9 @@ def merge(dirs: Sequence[Path]) -> Dict:
     parts = [json.loads((Path(d) / "bound.json").read_text()) for d in dirs]
     out = dict(parts[0], structures={}, seconds=round(sum(p["seconds"] for p in parts), 1))
     for p in parts:
-        if p["blocks"] != out["blocks"]:
-            raise SystemExit(f"bound runs with --blocks {p['blocks']} and {out['blocks']} cannot be merged")
+        for key in ("blocks", "pairs", "polish"):
+            if p.get(key) != out.get(key):
+                raise SystemExit(f"bound runs with --{key} {p.get(key)} and {out.get(key)} cannot be merged")
         out["structures"].update(p["structures"])
     return out
 
@@ -241,6 +287,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--blocks", default=",".join(str(n) for n in BLOCKS),
                     help="comma-separated counts of squares over the ROI, one search each (default "
                          f"{','.join(str(n) for n in BLOCKS)})")
+    ap.add_argument("--pairs", type=int, default=1, help="adjacent pairs per structure, taken as the faithfulness "
+                                                         "benchmark's --pairs takes them (default 1: the middle pair)")
+    ap.add_argument("--polish", type=int, default=0, metavar="BLOCKS",
+                    help="where no search beats every trivial map, refine the lowest order found by moving blocks "
+                         "(about BLOCKS over the ROI) one curve step at a time (default 0: off; 48 is a start)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--figure", metavar="PNG", help="also draw the first structure's first slice into PNG "
                                                     "(needs matplotlib)")
@@ -250,6 +301,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.merge and args.figure:
         raise SystemExit("--figure draws a slice as it is measured; it cannot be used with --merge")
     counts = blocks(args.blocks)
+    if args.pairs < 1 or args.polish < 0:
+        raise SystemExit(f"--pairs {args.pairs} and --polish {args.polish}: expected a whole number of pairs of at "
+                         "least 1 and a block count of at least 0 (0: no polish)")
     if args.figure:
         try:
             import matplotlib  # noqa: F401
@@ -271,11 +325,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         names: List[str] = args.structures.split(",") if args.structures else list(DEMO_STRUCTURES)
         sample = load_mni_atlas(names)
         session = Session(sample.image, LiteMedSAM(), SegmentConfig())
-        result = {"machine": machine("cpu"), "blocks": counts, "structures": {}}
+        result = {"machine": machine("cpu"), "blocks": counts, "pairs": args.pairs, "polish": args.polish,
+                  "structures": {}}
         t0 = time.perf_counter()
         keep: Optional[Dict] = {} if args.figure else None
         for name in names:
-            result["structures"][name] = structure_rows(session, sample, name, result["blocks"], TqdmProgress(), keep)
+            result["structures"][name] = structure_rows(session, sample, name, result["blocks"], TqdmProgress(), keep,
+                                                        args.pairs, args.polish)
             if keep:
                 write_bytes_atomic(Path(args.figure), figure(keep, f"{name}: the blurred mask against a search"))
                 keep = None
