@@ -1,7 +1,9 @@
 """The deletion order found by search (:mod:`xaiseg.explain.search`) and the bound benchmark's
 tables (:mod:`xaiseg.bench_bound`): on the known-answer toy the search must remove the evidence
 square first and beat every trivial map, the same input must give the same order, and the
-benchmark's summary must count what its rows say."""
+benchmark's summary must count what its rows say.  The polish (local search from a given order) must
+never end above where it started, must report the AUC the curves measure for its order, and on the
+toy must lift a trivial map's order to one that removes the evidence square first."""
 import json
 
 import numpy as np
@@ -13,7 +15,7 @@ from xaiseg.errors import InputError
 from xaiseg.explain import baselines as trivial
 from xaiseg.explain.base import PerturbationEngine
 from xaiseg.explain.measure import faithfulness
-from xaiseg.explain.search import backward_search, roi_blocks
+from xaiseg.explain.search import backward_search, polish, roi_blocks
 from xaiseg.models.base import SlicePrompt
 
 PROMPT = SlicePrompt(box=(36, 36, 55, 55))
@@ -85,6 +87,50 @@ def test_search_refuses_what_it_cannot_do(steps, blocks):
         backward_search(engine(), steps=steps, blocks=blocks)
 
 
+def test_polish_improves_a_trivial_order_to_the_evidence_square_and_reports_its_curve():
+    toy = SquareEvidence()
+    e = engine(toy)
+    maps = trivial.trivial_maps(e.reference, PROMPT.box, 0, e.roi)
+    square = toy.square_mask()
+    for name, m in maps.items():
+        start = faithfulness(e, m, 4, fill="zero")["deletion_auc"]
+        done = polish(e, m, steps=4, blocks=16, fill="zero")
+        assert done.start_auc == pytest.approx(start), name
+        # the AUC it reports is the curves' own for the order it returns
+        assert done.deletion_auc == pytest.approx(faithfulness(e, done.ranking, 4, fill="zero")["deletion_auc"])
+        assert done.deletion_auc < start - 0.5 and done.moves > 0 and done.passes > 0, name
+        assert sorted(done.ranking.ravel()) == list(range(1, 64 * 64 + 1))
+        first = done.ranking > 64 * 64 - 64 * 64 // 4  # what the curve removes first
+        assert (first & square).sum() == square.sum(), name
+    # the same start gives the same order
+    again = polish(engine(), maps["random"], steps=4, blocks=16, fill="zero")
+    np.testing.assert_array_equal(again.ranking, polish(e, maps["random"], steps=4, blocks=16, fill="zero").ranking)
+
+
+def test_polish_keeps_an_order_no_move_improves_and_ranks_only_the_roi():
+    roi = np.zeros((64, 64), bool)
+    roi[4:40, 4:40] = True
+    toy = SquareEvidence()
+    e = PerturbationEngine(toy, evidence_image(), PROMPT, roi, score="logit")
+    found = backward_search(e, steps=4, blocks=16, fill="zero")
+    once = polish(e, found.ranking, steps=4, blocks=16, fill="zero")
+    assert once.deletion_auc <= once.start_auc
+    assert (once.ranking[~roi] == 0).all() and sorted(once.ranking[roi]) == list(range(1, roi.sum() + 1))
+    # polishing the polished order again: no sweep keeps a move, and the order comes back as it was
+    twice = polish(e, once.ranking, steps=4, blocks=16, fill="zero")
+    assert twice.moves == 0 and twice.deletion_auc == pytest.approx(once.deletion_auc)
+    np.testing.assert_array_equal(twice.ranking, once.ranking)
+    # no sweep at all: the start, measured once
+    still = polish(e, found.ranking, steps=4, blocks=16, fill="zero", sweeps=0)
+    assert still.moves == 0 and still.deletion_auc == still.start_auc
+
+
+@pytest.mark.parametrize("steps, blocks, sweeps", [(1, 16, 1), (4, 0, 1), (4, 16, -1)])
+def test_polish_refuses_what_it_cannot_do(steps, blocks, sweeps):
+    with pytest.raises(InputError, match=f"steps {steps} .*blocks {blocks} .*sweeps {sweeps}"):
+        polish(engine(), np.ones((64, 64)), steps=steps, blocks=blocks, sweeps=sweeps)
+
+
 def _row(trivials, search, methods):
     return {"mask_px": 10, "roi_px": 80, "trivial": dict(zip(trivial.NAMES, trivials)), "search": min(search),
             "searches": {str(n): {"deletion_auc": v, "block_px": 3, "passes": 20, "curve": []}
@@ -126,6 +172,46 @@ def test_bound_reads_the_methods_and_checks_the_trivial_maps(tmp_path):
     assert list(merged["structures"]) == ["a", "b"] and merged["seconds"] == 4.0
     with pytest.raises(SystemExit, match="--blocks"):
         bench_bound.merge([tmp_path / "a", tmp_path / "c"])
+
+
+def test_bound_counts_the_polished_order_where_the_search_lost():
+    lost = _row((0.3, 0.4, 0.8), (0.35, 0.32), ())
+    lost["polished"] = {"deletion_auc": 0.28, "from": "blurred_mask", "start_auc": 0.3, "moves": 3, "passes": 40,
+                        "block_px": 2, "seconds": 1.0}
+    tied = _row((0.5, 0.6, 0.9), (0.55, 0.52), ())
+    tied["polished"] = dict(lost["polished"], deletion_auc=0.5, moves=0, passes=7)
+    won = _row((0.5, 0.6, 0.9), (0.45, 0.55), ())  # the search beat them: not polished
+    result = {"machine": {"platform": "test"}, "blocks": [4, 12], "pairs": 2, "polish": 48, "seconds": 1.0,
+              "structures": {"A": {"slices": [1, 2, 3], "rows": {"1": lost, "2": tied, "3": won}}}}
+    s = bench_bound.summary(result)
+    assert s["search"]["beats_trivial"] == pytest.approx(1 / 3)
+    assert s[bench_bound.BEST_ORDER] == {"deletion_auc": pytest.approx((0.28 + 0.5 + 0.45) / 3),
+                                         "beats_trivial": pytest.approx(2 / 3)}
+    text = bench_bound.markdown(result)
+    assert "--blocks 4,12 --pairs 2 --polish 48" in text and "2 adjacent pairs" in text
+    assert "| 0.280 (blurred mask; 3, 40) | yes |" in text and "| 0.500 (blurred mask; 0, 7) | no |" in text
+    assert "| - (the search beats them) | - |" in text
+    assert f"| {bench_bound.BEST_ORDER} | 0.410 | 67% |" in text
+    # without --polish the tables keep their columns
+    assert bench_bound.BEST_ORDER not in bench_bound.markdown(dict(result, polish=0))
+
+
+def test_bound_runs_with_other_pairs_or_polish_do_not_merge(tmp_path):
+    result = {"machine": {}, "blocks": [4], "seconds": 1.0,
+              "structures": {"A": {"slices": [1], "rows": {"1": _row((0.3, 0.4, 0.8), (0.2,), ())}}}}
+    for name, extra in (("a", {"pairs": 1}), ("b", {"pairs": 2}), ("c", {"pairs": 1, "polish": 48})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "bound.json").write_text(json.dumps(dict(result, **extra)))
+    with pytest.raises(SystemExit, match="--pairs 2 and 1"):
+        bench_bound.merge([tmp_path / "a", tmp_path / "b"])
+    with pytest.raises(SystemExit, match="--polish 48 and None"):
+        bench_bound.merge([tmp_path / "a", tmp_path / "c"])
+
+
+@pytest.mark.parametrize("argv", [["--pairs", "0"], ["--polish", "-1"]])
+def test_bound_pairs_and_polish_options_name_the_bad_value(argv):
+    with pytest.raises(SystemExit, match=f"{argv[0]} {argv[1]}"):
+        bench_bound.main(argv + ["-o", "unused"])
 
 
 @pytest.mark.parametrize("text", ["0", "4,x", ""])
