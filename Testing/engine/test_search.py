@@ -125,10 +125,23 @@ def test_polish_keeps_an_order_no_move_improves_and_ranks_only_the_roi():
     assert still.moves == 0 and still.deletion_auc == still.start_auc
 
 
-@pytest.mark.parametrize("steps, blocks, sweeps", [(1, 16, 1), (4, 0, 1), (4, 16, -1)])
-def test_polish_refuses_what_it_cannot_do(steps, blocks, sweeps):
-    with pytest.raises(InputError, match=f"steps {steps} .*blocks {blocks} .*sweeps {sweeps}"):
+@pytest.mark.parametrize("steps, blocks, sweeps, bad", [(1, 16, 1, "steps 1"), (4, 0, 1, "blocks 0"),
+                                                        (4, 16, -1, "sweeps -1")])
+def test_polish_refuses_what_it_cannot_do(steps, blocks, sweeps, bad):
+    with pytest.raises(InputError, match=f"^polish {bad} \\(expected at least [0-2]\\)$"):
         polish(engine(), np.ones((64, 64)), steps=steps, blocks=blocks, sweeps=sweeps)
+    with pytest.raises(InputError, match=r"shape \(32, 64\); expected the slice's \(64, 64\)"):
+        polish(engine(), np.ones((32, 64)))
+
+
+def test_polish_reports_the_inpainted_curve_of_its_order():
+    # the benchmark's curves inpaint what they remove
+    e = engine()
+    m = trivial.trivial_maps(e.reference, PROMPT.box, 0, e.roi)["box_centre"]
+    done = polish(e, m, steps=4, blocks=9, sweeps=1)
+    assert done.start_auc == pytest.approx(faithfulness(e, m, 4)["deletion_auc"])
+    assert done.deletion_auc == pytest.approx(faithfulness(e, done.ranking, 4)["deletion_auc"])
+    assert done.deletion_auc <= done.start_auc
 
 
 def _row(trivials, search, methods):
@@ -204,8 +217,12 @@ def test_bound_runs_with_other_pairs_or_polish_do_not_merge(tmp_path):
         (tmp_path / name / "bound.json").write_text(json.dumps(dict(result, **extra)))
     with pytest.raises(SystemExit, match="--pairs 2 and 1"):
         bench_bound.merge([tmp_path / "a", tmp_path / "b"])
-    with pytest.raises(SystemExit, match="--polish 48 and None"):
+    with pytest.raises(SystemExit, match="--polish 48 and 0"):
         bench_bound.merge([tmp_path / "a", tmp_path / "c"])
+    # a run before --pairs and --polish (neither key) is a default run's
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "bound.json").write_text(json.dumps(dict(result, structures={"B": result["structures"]["A"]})))
+    assert list(bench_bound.merge([tmp_path / "a", tmp_path / "old"])["structures"]) == ["A", "B"]
 
 
 @pytest.mark.parametrize("argv", [["--pairs", "0"], ["--polish", "-1"]])

@@ -22,8 +22,9 @@ Blocks are squares of the ROI's bounding rectangle, about ``blocks`` of them ove
 :func:`polish` starts from a given order instead (the best trivial map's, say) and moves one block
 at a time a curve step earlier or later, keeping a move only where it lowers the deletion AUC.  The
 order it returns is never worse than the one it started from, so where it ends strictly below the
-best trivial map, an order that beats every trivial map on that slice exists; where it ends equal,
-no single-block move away from the trivial map helps.
+best trivial map, an order that beats every trivial map on that slice exists.  Where it ends equal,
+no block of its grid moved one curve step earlier or later lowers the curve; other moves (further,
+of other shapes, of several blocks together) are not tried.
 """
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from ..errors import InputError
-from .base import removed
 from ..metrics import curve_auc
+from .base import removed
 from .measure import curve_counts, metric_fill, removal_order
 
 
@@ -108,7 +109,8 @@ def backward_search(engine, steps: int = 8, blocks: int = 48, fill: str = "inpai
 class Polished:
     """``ranking``: the polished order (higher first, 0 outside the ROI); ``deletion_auc``: its
     curve's, as :func:`~.measure.faithfulness` computes it; ``start_auc``: the starting order's;
-    ``moves``: the moves kept; ``passes``: encoder passes spent."""
+    ``moves``: the moves kept; ``passes``: encoder passes spent; ``block_px``: the blocks' side in
+    slice pixels."""
 
     ranking: np.ndarray
     deletion_auc: float
@@ -123,15 +125,19 @@ def polish(engine, ranking: np.ndarray, steps: int = 8, blocks: int = 48, fill: 
     """Local search from ``ranking`` (module docs): in each of at most ``sweeps`` sweeps over the
     blocks (row order), move each block's pixels one curve step earlier, else one later, where
     that lowers the deletion AUC; stop early after a sweep that kept no move.  Each curve point's
-    removed set is scored once (a move re-scores only the points whose set it changes)."""
+    removed set is scored once (a move re-scores only the points whose set it changes), so a sweep
+    costs at most two passes per block and move, about ``2 * blocks`` passes when few moves are kept."""
     steps, blocks, sweeps = int(steps), int(blocks), int(sweeps)
-    if steps < 2 or blocks < 1 or sweeps < 0:
-        raise InputError(f"polish steps {steps} (at least 2), blocks {blocks} (at least 1) and sweeps {sweeps} "
-                         "(at least 0) are out of range")
+    bad = [f"{name} {value} (expected at least {least})" for name, value, least in
+           (("steps", steps, 2), ("blocks", blocks, 1), ("sweeps", sweeps, 0)) if value < least]
+    if bad:
+        raise InputError("polish " + ", ".join(bad))
     fill = metric_fill(fill, engine)
     roi = np.asarray(engine.roi, bool)
     if not roi.any():
         raise InputError("the ROI is empty; expected at least one ROI pixel to order")
+    if np.shape(ranking) != roi.shape:
+        raise InputError(f"the ranking to polish has shape {np.shape(ranking)}; expected the slice's {roi.shape}")
     before = engine.evaluations
     total = int(roi.sum())
     counts = curve_counts(total, steps)
