@@ -97,7 +97,9 @@ def test_polish_improves_a_trivial_order_to_the_evidence_square_and_reports_its_
         done = polish(e, m, steps=4, blocks=16, fill="zero")
         assert done.start_auc == pytest.approx(start), name
         # the AUC it reports is the curves' own for the order it returns
-        assert done.deletion_auc == pytest.approx(faithfulness(e, done.ranking, 4, fill="zero")["deletion_auc"])
+        measured = faithfulness(e, done.ranking, 4, fill="zero")
+        assert done.deletion_auc == pytest.approx(measured["deletion_auc"])
+        np.testing.assert_allclose(done.curve, measured["deletion_curve"], atol=1e-4)
         assert done.deletion_auc < start - 0.5 and done.moves > 0 and done.passes > 0, name
         assert sorted(done.ranking.ravel()) == list(range(1, 64 * 64 + 1))
         first = done.ranking > 64 * 64 - 64 * 64 // 4  # what the curve removes first
@@ -251,7 +253,8 @@ def test_bound_figure_draws_one_slice():
     row["trivial_curves"] = {n: [1.0] + [0.5] * 7 + [0.1] for n in trivial.NAMES}
     row["searches"]["12"]["curve"] = [1.0] + [0.2] * 7 + [0.1]
     keep = {"slice": 7, "image": np.random.default_rng(0).random((40, 40)).astype(np.float32), "roi": roi,
-            "mask": mask, "row": row, "best": "12",
+            "mask": mask, "row": row,
+            "lowest": {"name": "search, 12 blocks", "curve": row["searches"]["12"]["curve"], "deletion_auc": 0.25},
             "rankings": {"blurred mask": mask.astype(float), "search, 12 blocks": roi * np.arange(40.0)[None, :]}}
     png = bench_bound.figure(keep, "toy")
     assert Image.open(io.BytesIO(png)).size == (1200, 340)

@@ -75,6 +75,7 @@ def slice_row(session, seg, k: int, blocks: Sequence[int], seed: int = 0, keep: 
         rankings[str(n)] = found.ranking
     best = min(row["searches"], key=lambda n: row["searches"][n]["deletion_auc"])
     row["search"] = row["searches"][best]["deletion_auc"]
+    lowest = (f"search, {best} blocks", rankings[best], row["searches"][best]["curve"], row["search"])
     if polish_blocks and row["search"] >= min(row["trivial"].values()):
         orders = dict({name: (c["deletion_auc"], maps[name]) for name, c in curves.items()},
                       **{f"search, {n} blocks": (v["deletion_auc"], rankings[n]) for n, v in row["searches"].items()})
@@ -83,18 +84,23 @@ def slice_row(session, seg, k: int, blocks: Sequence[int], seed: int = 0, keep: 
         done = polish(engine, orders[start][1], STEPS, polish_blocks)
         # unmoved, the start keeps the AUC its own curve measured (a batch of other images could
         # differ in the last digits on a GPU, and an unchanged order must not read as a win)
-        row["polished"] = {"deletion_auc": done.deletion_auc if done.moves else orders[start][0], "from": start, "start_auc": done.start_auc,
-                           "moves": done.moves, "passes": done.passes, "block_px": done.block_px,
+        row["polished"] = {"deletion_auc": done.deletion_auc if done.moves else orders[start][0], "from": start,
+                           "start_auc": done.start_auc, "moves": done.moves, "passes": done.passes,
+                           "block_px": done.block_px, "curve": done.curve,
                            "seconds": round(time.perf_counter() - t0, 1)}
+        if done.moves and done.deletion_auc < lowest[3]:
+            lowest = (f"polished from the {start.replace('_', ' ')}", done.ranking, done.curve, done.deletion_auc)
     if keep is not None:
-        keep.update({"slice": k, "image": image, "roi": region, "mask": engine.reference, "row": row, "best": best,
-                     "rankings": {"blurred mask": maps["blurred_mask"], f"search, {best} blocks": rankings[best]}})
+        keep.update({"slice": k, "image": image, "roi": region, "mask": engine.reference, "row": row,
+                     "lowest": {"name": lowest[0], "curve": lowest[2], "deletion_auc": lowest[3]},
+                     "rankings": {"blurred mask": maps["blurred_mask"], lowest[0]: lowest[1]}})
     return row
 
 
 def figure(keep: Dict, title: str) -> bytes:
-    """A PNG of one slice: the slice with the model's mask, what the blurred mask and the best
-    search remove at the curve's first step, and the deletion curves."""
+    """A PNG of one slice: the slice with the model's mask, what the blurred mask and the lowest
+    order found (the best search's, or the polished one's where it is lower) remove at the curve's
+    first step, and the deletion curves."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -129,9 +135,10 @@ def figure(keep: Dict, title: str) -> bytes:
     ax = fig.add_subplot(1, 4, 4)
     fractions = np.linspace(0, 1, STEPS + 1)
     base = row["trivial_curves"]["blurred_mask"][0] or 1.0
-    curves = dict(row["trivial_curves"], **{f"search, {keep['best']} blocks": row["searches"][keep["best"]]["curve"]})
+    lowest = keep["lowest"]
+    curves = dict(row["trivial_curves"], **{lowest["name"]: lowest["curve"]})
     for name, curve in curves.items():
-        auc = row["trivial"].get(name, row["search"])
+        auc = row["trivial"].get(name, lowest["deletion_auc"])
         ax.plot(fractions, np.asarray(curve) / base, marker=".", label=f"{name.replace('_', ' ')} ({auc:.3f})")
     ax.set_xlabel("share of the ROI removed", fontsize=8)
     ax.set_ylabel("Dice against the unperturbed mask", fontsize=8)

@@ -110,7 +110,8 @@ class Polished:
     """``ranking``: the polished order (higher first, 0 outside the ROI); ``deletion_auc``: its
     curve's, as :func:`~.measure.faithfulness` computes it; ``start_auc``: the starting order's;
     ``moves``: the moves kept; ``passes``: encoder passes spent; ``block_px``: the blocks' side in
-    slice pixels."""
+    slice pixels; ``curve``: the polished order's deletion curve (scores, not divided by the
+    unperturbed one, as :func:`~.measure.faithfulness` gives it)."""
 
     ranking: np.ndarray
     deletion_auc: float
@@ -118,6 +119,7 @@ class Polished:
     moves: int
     passes: int
     block_px: int
+    curve: List[float]
 
 
 def polish(engine, ranking: np.ndarray, steps: int = 8, blocks: int = 48, fill: str = "inpaint",
@@ -160,7 +162,7 @@ def polish(engine, ranking: np.ndarray, steps: int = 8, blocks: int = 48, fill: 
             keys.append(np.packbits(gone).tobytes())
         return keys
 
-    def auc(order: np.ndarray) -> float:
+    def curve(order: np.ndarray) -> List[float]:
         keys = points(order)
         todo = list(dict.fromkeys(k for k in keys if k not in known))
         if todo:
@@ -172,8 +174,10 @@ def polish(engine, ranking: np.ndarray, steps: int = 8, blocks: int = 48, fill: 
                 images.append(removed(engine.image, gone, fill))
             for k, v in zip(todo, engine.score_images(images)):
                 known[k] = float(v)
-        curve = [engine.baseline] + [known[k] for k in keys]
-        return curve_auc(fractions, np.asarray(curve) / base)
+        return [float(engine.baseline)] + [known[k] for k in keys]
+
+    def auc(order: np.ndarray) -> float:
+        return curve_auc(fractions, np.asarray(curve(order)) / base)
 
     parts, side = roi_blocks(roi, blocks)
     members = [index[p[:, 0], p[:, 1]] for _, p in sorted(parts.items())]
@@ -198,4 +202,5 @@ def polish(engine, ranking: np.ndarray, steps: int = 8, blocks: int = 48, fill: 
             break
     out = np.zeros(roi.shape, np.float32)
     out[ys, xs] = (total - place).astype(np.float32)
-    return Polished(out, best, start, moves, engine.evaluations - before, side)
+    return Polished(out, best, start, moves, engine.evaluations - before, side,
+                    [round(v, 4) for v in curve(place)])
