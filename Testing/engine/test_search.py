@@ -203,7 +203,7 @@ def test_bound_counts_the_polished_order_where_the_search_lost():
     assert s[bench_bound.BEST_ORDER] == {"deletion_auc": pytest.approx((0.28 + 0.5 + 0.45) / 3),
                                          "beats_trivial": pytest.approx(2 / 3)}
     text = bench_bound.markdown(result)
-    assert "--blocks 4,12 --pairs 2 --polish 48" in text and "2 adjacent pairs" in text
+    assert "--blocks 4,12 --pairs 2 --polish 48 --structures A`" in text and "2 adjacent pairs" in text
     assert "| 0.280 (blurred mask; 3, 40) | yes |" in text and "| 0.500 (blurred mask; 0, 7) | no |" in text
     assert "| - (the search beats them) | - |" in text
     assert f"| {bench_bound.BEST_ORDER} | 0.410 | 67% |" in text

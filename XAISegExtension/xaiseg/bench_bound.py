@@ -35,6 +35,7 @@ import numpy as np
 from .bench_faithfulness import METHODS, _f
 from .io import write_bytes_atomic, write_tables
 from .metrics import mean_of
+from .sample_data import DEMO_STRUCTURES
 
 STEPS = 8
 BLOCKS = (12, 48)
@@ -227,7 +228,9 @@ def markdown(result: Dict) -> str:
     columns = searchers(result)
     machine = result["machine"]
     pairs, polished = int(result.get("pairs") or 1), int(result.get("polish") or 0)
-    options = "".join([f" --pairs {pairs}" if pairs != 1 else "", f" --polish {polished}" if polished else ""])
+    names = list(result["structures"])
+    options = "".join([f" --pairs {pairs}" if pairs != 1 else "", f" --polish {polished}" if polished else "",
+                       "" if set(names) == set(DEMO_STRUCTURES) else f" --structures {','.join(names)}"])
     which = "the middle adjacent pair" if pairs == 1 else f"{pairs} adjacent pairs, as `--pairs {pairs}` takes them,"
     lines = ["# How low can the deletion curve go? A search beside the trivial maps and the methods", "",
              f"Produced by `python -m xaiseg.bench_bound --blocks {counts}{options}` on {machine.get('platform', '?')} "
