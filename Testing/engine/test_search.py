@@ -146,6 +146,43 @@ def test_polish_reports_the_inpainted_curve_of_its_order():
     assert done.deletion_auc <= done.start_auc
 
 
+def _toy_session(square):
+    from xaiseg.io import Geometry, Volume
+    from xaiseg.pipeline import SegmentConfig, Session
+    from xaiseg.volume import BoxPrompt
+
+    arr = (np.stack([evidence_image(square=square, seed=k) for k in range(2)]) * 1000).astype(np.float32)
+    volume = Volume(arr, Geometry((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()), arr.shape[::-1]), "toy")
+    session = Session(volume, SquareEvidence(square=square), SegmentConfig(orientation="array"))
+    return session, session.segment(BoxPrompt((0, 36, 36), (1, 55, 55)), name="toy")
+
+
+def test_bound_row_polishes_only_where_the_search_lost_and_reports_the_curves_figure():
+    # the evidence square overlaps the box: the trivial maps remove the box's middle first, and the
+    # mask stays until the whole square is gone
+    session, seg = _toy_session((26, 26, 46, 46))
+    keep = {}
+    row = bench_bound.slice_row(session, seg, 0, [1], keep=keep, polish_blocks=4)
+    best = min(row["trivial"].values())
+    assert row["search"] >= best  # one block: no order at all
+    p = row["polished"]
+    assert p["from"] == "blurred_mask" and p["moves"] > 0 and p["passes"] > 0
+    assert p["deletion_auc"] == pytest.approx(p["polish_auc"]) and p["deletion_auc"] < best
+    assert keep["lowest"]["name"] == "polished from the blurred mask"
+    assert keep["lowest"]["deletion_auc"] == p["deletion_auc"] and len(keep["lowest"]["curve"]) == 9
+    # where a search beats the trivial maps, no polish
+    assert "polished" not in bench_bound.slice_row(session, seg, 0, [4], polish_blocks=4)
+
+
+def test_bound_row_keeps_the_start_figure_where_polish_moved_nothing():
+    # the square under the box: the blurred mask already takes it first, and no one-block move helps
+    session, seg = _toy_session((36, 36, 56, 56))
+    row = bench_bound.slice_row(session, seg, 0, [1], polish_blocks=16)
+    p = row["polished"]
+    assert p["moves"] == 0 and p["deletion_auc"] == row["trivial"][p["from"]] == min(row["trivial"].values())
+    assert bench_bound._polished_cells(row).endswith("| no | ")
+
+
 def _row(trivials, search, methods):
     return {"mask_px": 10, "roi_px": 80, "trivial": dict(zip(trivial.NAMES, trivials)), "search": min(search),
             "searches": {str(n): {"deletion_auc": v, "block_px": 3, "passes": 20, "curve": []}
