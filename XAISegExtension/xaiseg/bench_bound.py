@@ -40,6 +40,9 @@ from .sample_data import DEMO_STRUCTURES
 STEPS = 8
 BLOCKS = (12, 48)
 
+#: what a run before ``--pairs`` and ``--polish`` (stop 35) measured, holding neither key
+OPTION_DEFAULTS = {"pairs": 1, "polish": 0}
+
 #: the summary's column for the lowest order per slice: the search's, or the polished one's where
 #: the search did not beat the trivial maps and ``--polish`` refined it
 BEST_ORDER = "search, then polish"
@@ -76,7 +79,8 @@ def slice_row(session, seg, k: int, blocks: Sequence[int], seed: int = 0, keep: 
         rankings[str(n)] = found.ranking
     best = min(row["searches"], key=lambda n: row["searches"][n]["deletion_auc"])
     row["search"] = row["searches"][best]["deletion_auc"]
-    lowest = (f"search, {best} blocks", rankings[best], row["searches"][best]["curve"], row["search"])
+    lowest = {"name": f"search, {best} blocks", "ranking": rankings[best], "curve": row["searches"][best]["curve"],
+              "deletion_auc": row["search"]}
     if polish_blocks and row["search"] >= min(row["trivial"].values()):
         orders = dict({name: (c["deletion_auc"], maps[name]) for name, c in curves.items()},
                       **{f"search, {n} blocks": (v["deletion_auc"], rankings[n]) for n, v in row["searches"].items()})
@@ -92,13 +96,13 @@ def slice_row(session, seg, k: int, blocks: Sequence[int], seed: int = 0, keep: 
                            "polish_auc": done.deletion_auc, "from": start, "start_auc": done.start_auc,
                            "moves": done.moves, "passes": done.passes, "block_px": done.block_px,
                            "curve": measured["deletion_curve"] if measured else done.curve, "seconds": seconds}
-        if measured and measured["deletion_auc"] < lowest[3]:
-            lowest = (f"polished from the {start.replace('_', ' ')}", done.ranking, measured["deletion_curve"],
-                      measured["deletion_auc"])
+        if measured and measured["deletion_auc"] < lowest["deletion_auc"]:
+            lowest = {"name": f"polished from the {start.replace('_', ' ')}", "ranking": done.ranking,
+                      "curve": measured["deletion_curve"], "deletion_auc": measured["deletion_auc"]}
     if keep is not None:
         keep.update({"slice": k, "image": image, "roi": region, "mask": engine.reference, "row": row,
-                     "lowest": {"name": lowest[0], "curve": lowest[2], "deletion_auc": lowest[3]},
-                     "rankings": {"blurred mask": maps["blurred_mask"], lowest[0]: lowest[1]}})
+                     "lowest": {k: lowest[k] for k in ("name", "curve", "deletion_auc")},
+                     "rankings": {"blurred mask": maps["blurred_mask"], lowest["name"]: lowest["ranking"]}})
     return row
 
 
@@ -231,7 +235,7 @@ def markdown(result: Dict) -> str:
     counts = ",".join(str(n) for n in result["blocks"])
     columns = searchers(result)
     machine = result["machine"]
-    pairs, polished = int(result.get("pairs") or 1), int(result.get("polish") or 0)
+    pairs, polished = (int(result.get(k, v)) for k, v in OPTION_DEFAULTS.items())
     names = list(result["structures"])
     options = "".join([f" --pairs {pairs}" if pairs != 1 else "", f" --polish {polished}" if polished else "",
                        "" if set(names) == set(DEMO_STRUCTURES) else f" --structures {','.join(names)}"])
@@ -283,7 +287,7 @@ def merge(dirs: Sequence[Path]) -> Dict:
     parts = [json.loads((Path(d) / "bound.json").read_text()) for d in dirs]
     out = dict(parts[0], structures={}, seconds=round(sum(p["seconds"] for p in parts), 1))
     for p in parts:
-        for key, default in (("blocks", None), ("pairs", 1), ("polish", 0)):  # runs before stop 35 hold neither
+        for key, default in dict(blocks=None, **OPTION_DEFAULTS).items():
             if p.get(key, default) != out.get(key, default):
                 raise SystemExit(f"bound runs with --{key} {p.get(key, default)} and {out.get(key, default)} cannot be "
                                  "merged")

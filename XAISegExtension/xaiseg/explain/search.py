@@ -50,6 +50,14 @@ class SearchOrder:
     block_px: int
 
 
+def _roi(engine) -> np.ndarray:
+    """The engine's ROI as booleans; an empty one is refused (there is nothing to order)."""
+    roi = np.asarray(engine.roi, bool)
+    if not roi.any():
+        raise InputError("the ROI is empty; expected at least one ROI pixel to order")
+    return roi
+
+
 def roi_blocks(roi: np.ndarray, blocks: int) -> Tuple[Dict[Tuple[int, int], np.ndarray], int]:
     """The ROI's pixels grouped into squares of one side, chosen so that about ``blocks`` of them
     cover the ROI; each block's (row, column) pixels in row order, and the side."""
@@ -68,9 +76,7 @@ def backward_search(engine, steps: int = 8, blocks: int = 48, fill: str = "inpai
     if steps < 1 or blocks < 1:
         raise InputError(f"search steps {steps} and blocks {blocks} must both be at least 1")
     fill = metric_fill(fill, engine)  # as the curves resolve it ("method": the engine's own fill)
-    roi = np.asarray(engine.roi, bool)
-    if not roi.any():
-        raise InputError("the ROI is empty; expected at least one ROI pixel to order")
+    roi = _roi(engine)
     parts, side = roi_blocks(roi, blocks)
     total = int(roi.sum())
     # how many pixels stay removed at each curve fraction, from the last-but-one back to the first
@@ -135,9 +141,7 @@ def polish(engine, ranking: np.ndarray, steps: int = 8, blocks: int = 48, fill: 
     if bad:
         raise InputError("polish " + ", ".join(bad))
     fill = metric_fill(fill, engine)
-    roi = np.asarray(engine.roi, bool)
-    if not roi.any():
-        raise InputError("the ROI is empty; expected at least one ROI pixel to order")
+    roi = _roi(engine)
     if np.shape(ranking) != roi.shape:
         raise InputError(f"the ranking to polish has shape {np.shape(ranking)}; expected the slice's {roi.shape}")
     before = engine.evaluations
@@ -151,29 +155,26 @@ def polish(engine, ranking: np.ndarray, steps: int = 8, blocks: int = 48, fill: 
     coords = removal_order(ranking, roi)
     place = np.empty(total, np.float64)  # each pixel's place in the removal order, 0 first
     place[index[coords[:, 0], coords[:, 1]]] = np.arange(total)
-    known: Dict[bytes, float] = {}
+    known: Dict[bytes, float] = {}  # a curve point's score, by its removed ROI pixels' packed bits
 
-    def points(order: np.ndarray) -> List[bytes]:
+    def curve(order: np.ndarray) -> List[float]:
         first = np.argsort(order, kind="stable")  # pixels, earliest removed first
-        keys = []
+        keys, todo = [], {}
         for count in counts[1:]:
             gone = np.zeros(total, bool)
             gone[first[:count]] = True
-            keys.append(np.packbits(gone).tobytes())
-        return keys
-
-    def curve(order: np.ndarray) -> List[float]:
-        keys = points(order)
-        todo = list(dict.fromkeys(k for k in keys if k not in known))
+            key = np.packbits(gone).tobytes()
+            keys.append(key)
+            if key not in known:
+                todo[key] = gone
         if todo:
             images = []
-            for k in todo:
-                gone = np.zeros(roi.shape, bool)
-                flat = np.unpackbits(np.frombuffer(k, np.uint8))[:total].astype(bool)
-                gone[ys[flat], xs[flat]] = True
-                images.append(removed(engine.image, gone, fill))
-            for k, v in zip(todo, engine.score_images(images)):
-                known[k] = float(v)
+            for gone in todo.values():
+                image_gone = np.zeros(roi.shape, bool)
+                image_gone[ys[gone], xs[gone]] = True
+                images.append(removed(engine.image, image_gone, fill))
+            for key, v in zip(todo, engine.score_images(images)):
+                known[key] = float(v)
         return [float(engine.baseline)] + [known[k] for k in keys]
 
     def auc(order: np.ndarray) -> float:
