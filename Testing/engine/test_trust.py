@@ -34,6 +34,12 @@ def test_a_faithful_map_beats_every_trivial_map():
     assert m["trivial"]["box_centre"]["deletion_auc"] > 0.5 and m["trivial"]["blurred_mask"]["deletion_auc"] > 0.5
     assert m["beats_trivial_deletion"] and m["deletion_gain"] > 0.2
     assert m["evidence"] and m["signal"] > 0.5  # only patches over the whole square remove the mask
+    # each trivial map keeps its deletion curve beside its area, so the two can be drawn together
+    for name, figures in m["trivial"].items():
+        curve = figures["deletion_curve"]
+        assert len(curve) == 9 and curve[0] == pytest.approx(m["baseline_score"], abs=1e-4)
+        assert np.trapezoid(np.asarray(curve) / m["baseline_score"], dx=1 / 8) == pytest.approx(
+            figures["deletion_auc"], abs=1e-3), name
 
 
 def test_the_box_centre_wins_where_the_model_looks_at_the_box(monkeypatch):

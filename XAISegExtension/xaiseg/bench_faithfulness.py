@@ -146,7 +146,8 @@ def structure_rows(session, sample, name: str, pairs: Optional[int], masks: int,
             "per_slice": {k: {x: v.get(x) for x in ("deletion_auc", "insertion_auc", "best_trivial_deletion_auc",
                                                       "beats_trivial_deletion", "evidence", "evaluations",
                                                       "patch_px", "cells", "stopped_at", "reliability",
-                                                      "masks_for_reliability", "kept_without_roi")}
+                                                      "masks_for_reliability", "kept_without_roi",
+                                                      "deletion_curve")}
                           for k, v in rows.items()},
             "trivial": {k: v.get("trivial") for k, v in rows.items()}}
     return out

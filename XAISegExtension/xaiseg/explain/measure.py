@@ -204,7 +204,10 @@ def _against_trivial(explainer, engine, explanation, metrics, shared: SliceShare
     key = (engine.score_name, fill, int(explainer.metric_steps), explainer.seed)
     if key not in shared.trivial:
         _, curves = trivial_curves(engine, explainer.metric_steps, explainer.seed, fill, f"{stage} baseline")
-        shared.trivial[key] = {name: {"deletion_auc": f["deletion_auc"], "insertion_auc": f["insertion_auc"]}
+        # with its deletion curve, so a reader (or a later analysis of the run) can set a method's
+        # curve beside the trivial map's, not only its area
+        shared.trivial[key] = {name: {"deletion_auc": f["deletion_auc"], "insertion_auc": f["insertion_auc"],
+                                      "deletion_curve": f["deletion_curve"]}
                                for name, f in curves.items()}
     figures = shared.trivial[key]
     best_del = min(v["deletion_auc"] for v in figures.values())
