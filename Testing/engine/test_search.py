@@ -212,6 +212,10 @@ def test_bound_reads_the_methods_and_checks_the_trivial_maps(tmp_path):
         "trivial": {"1": {n: {"deletion_auc": v} for n, v in zip(trivial.NAMES, (0.3, 0.4, 0.8))}}}}}}}
     row = bench_bound.with_methods(result, faith)["structures"]["A"]["rows"]["1"]
     assert row["methods"] == {"occlusion": 0.33, "rise": None, "layers": None}
+    assert "method_curves" not in row  # a table that kept no curves
+    faith["maps"]["A"]["methods"]["occlusion"]["per_slice"]["1"]["deletion_curve"] = [1.0, 0.5, 0.2]
+    row = bench_bound.with_methods(result, faith)["structures"]["A"]["rows"]["1"]
+    assert row["method_curves"] == {"occlusion": [1.0, 0.5, 0.2]}
     assert row["trivial_as_faithfulness"] is True
     faith["maps"]["A"]["methods"]["occlusion"]["trivial"]["1"]["random"]["deletion_auc"] = 0.7
     assert bench_bound.with_methods(result, faith)["structures"]["A"]["rows"]["1"]["trivial_as_faithfulness"] is False
@@ -224,6 +228,35 @@ def test_bound_reads_the_methods_and_checks_the_trivial_maps(tmp_path):
     assert list(merged["structures"]) == ["a", "b"] and merged["seconds"] == 4.0
     with pytest.raises(SystemExit, match="--blocks"):
         bench_bound.merge([tmp_path / "a", tmp_path / "c"])
+
+
+def test_a_floored_curve_earns_nothing_below_the_emptied_roi():
+    # the baseline first, the whole ROI removed last: the dip to 0.2 counts as 0.5, the end
+    assert bench_bound.floored_auc([1.0, 0.2, 0.5]) == pytest.approx((1.0 + 0.5) / 4 + (0.5 + 0.5) / 4)
+    assert bench_bound.floored_auc([2.0, 1.5, 1.0]) == pytest.approx((1.0 + 0.75) / 4 + (0.75 + 0.5) / 4)  # scaled
+    assert bench_bound.floored_auc([]) is None and bench_bound.floored_auc(None) is None
+
+
+def test_the_bound_table_floors_every_stored_curve_the_trivial_maps_too():
+    row = _row((0.3, 0.4, 0.8), (0.35, 0.25), (0.5, None, None))
+    # the blurred mask's curve dips below its end; the search's does not
+    row["trivial_curves"] = {"blurred_mask": [1.0, 0.0, 0.6], "box_centre": [1.0, 0.7, 0.6],
+                             "random": [1.0, 1.0, 0.6]}
+    row["searches"]["4"]["curve"] = [1.0, 0.5, 0.6]
+    row["searches"]["12"]["curve"] = [1.0, 0.4, 0.2]
+    row["method_curves"] = {"occlusion": [1.0, 0.5, 0.3]}
+    bare = _row((0.5, 0.6, 0.9), (0.45, 0.55), ())  # a run that stored no trivial curves: left out
+    result = {"machine": {"platform": "test"}, "blocks": [4, 12], "seconds": 1.0,
+              "structures": {"A": {"slices": [1, 2], "rows": {"1": row, "2": bare}}}}
+    f = bench_bound.floored_summary(result)
+    assert f["slices"] == 1 and f["best_trivial"] == pytest.approx(0.25 * (1.6 + 1.2))  # the blurred mask, floored
+    assert f["search, 4 blocks"] == {"deletion_auc": pytest.approx(0.25 * (1.6 + 1.2)), "measured": 1,
+                                     "beats_trivial": 0.0}                             # ties it: no win
+    assert f["search"]["deletion_auc"] == pytest.approx(0.25 * (1.4 + 0.6))            # the 12-block search
+    assert f["occlusion"]["beats_trivial"] == 1.0 and f["rise"]["measured"] == 0
+    text = bench_bound.markdown(result)
+    assert "Over the 1 slices whose curves the run stored (the best trivial map's mean: 0.700)" in text
+    assert "| occlusion | 0.575 | 100% | 1 |" in text and "| rise | - | - | 0 |" in text
 
 
 def test_bound_counts_the_polished_order_where_the_search_lost():

@@ -34,7 +34,7 @@ import numpy as np
 
 from .bench_faithfulness import METHODS, _f
 from .io import write_bytes_atomic, write_tables
-from .metrics import mean_of
+from .metrics import curve_auc, mean_of
 from .sample_data import DEMO_STRUCTURES
 
 STEPS = 8
@@ -180,8 +180,11 @@ def with_methods(result: Dict, faithfulness: Dict) -> Dict:
     for name, entry in result["structures"].items():
         methods = (maps.get(name) or {}).get("methods") or {}
         for k, row in entry["rows"].items():
-            row["methods"] = {m: ((methods.get(m) or {}).get("per_slice") or {}).get(k, {}).get("deletion_auc")
-                              for m in METHODS}
+            rows = {m: ((methods.get(m) or {}).get("per_slice") or {}).get(k, {}) for m in METHODS}
+            row["methods"] = {m: rows[m].get("deletion_auc") for m in METHODS}
+            curves = {m: rows[m]["deletion_curve"] for m in METHODS if rows[m].get("deletion_curve")}
+            if curves:  # the faithfulness bench keeps them since stop 36
+                row["method_curves"] = curves
             theirs = ((methods.get("occlusion") or {}).get("trivial") or {}).get(k)
             row["trivial_as_faithfulness"] = None if not theirs else all(
                 abs(theirs[t]["deletion_auc"] - v) < 1e-6 for t, v in row["trivial"].items())
@@ -194,8 +197,10 @@ def searchers(result: Dict):
 
 
 def _columns(result: Dict):
-    """The summary's orders: each search, the lowest of them, and with ``--polish`` the polished."""
-    return searchers(result) + ("search",) + ((BEST_ORDER,) if result.get("polish") else ())
+    """The summary's orders: each search, the lowest of them (where there are several), and with
+    ``--polish`` the polished."""
+    return searchers(result) + (("search",) if len(result["blocks"]) > 1 else ()) \
+        + ((BEST_ORDER,) if result.get("polish") else ())
 
 
 def _value(row: Dict, who: str) -> Optional[float]:
@@ -206,6 +211,49 @@ def _value(row: Dict, who: str) -> Optional[float]:
     if who.startswith("search, "):
         return row["searches"][who.split()[1]]["deletion_auc"]
     return (row.get("methods") or {}).get(who)
+
+
+def floored_auc(curve: Optional[Sequence[float]]) -> Optional[float]:
+    """The deletion AUC of ``curve`` (raw scores, the unperturbed slice's first, the whole ROI removed
+    last) with every point below the last raised to it: a removal after which the model draws less of
+    its mask than with the whole ROI gone (a changed shape, not missing evidence) earns no more than
+    emptying the ROI.  None without a stored curve."""
+    if not curve or len(curve) < 2:
+        return None
+    c = np.asarray(curve, np.float64)
+    base = c[0] if abs(c[0]) > 1e-12 else 1.0
+    return curve_auc(np.linspace(0.0, 1.0, len(c)), np.maximum(c, c[-1]) / base)
+
+
+def _curve(row: Dict, who: str) -> Optional[Sequence[float]]:
+    """The stored deletion curve of ``who``'s order on ``row`` (None where the run kept none)."""
+    searches = row["searches"]
+    lowest = min(searches, key=lambda n: searches[n]["deletion_auc"])
+    if who == BEST_ORDER:
+        polished = row.get("polished") or {}
+        if polished.get("deletion_auc", row["search"]) < row["search"]:
+            return polished.get("curve")
+        return searches[lowest].get("curve")
+    if who == "search":
+        return searches[lowest].get("curve")
+    if who.startswith("search, "):
+        return searches[who.split()[1]].get("curve")
+    return (row.get("method_curves") or {}).get(who)
+
+
+def floored_summary(result: Dict) -> Dict:
+    """:func:`summary`'s figures with every curve floored at its end (:func:`floored_auc`), the trivial
+    maps' too, over the slices whose trivial curves the run stored; ``measured``: each order's slices
+    with a stored curve."""
+    rows = [r for e in result["structures"].values() for r in e["rows"].values()
+            if all(r.get("trivial_curves", {}).get(n) for n in r["trivial"])]
+    best = [min(floored_auc(c) for c in r["trivial_curves"].values()) for r in rows]
+    out: Dict = {"slices": len(rows), "best_trivial": mean_of(best)}
+    for who in _columns(result) + METHODS:
+        known = [(v, b) for v, b in ((floored_auc(_curve(r, who)), b) for r, b in zip(rows, best)) if v is not None]
+        out[who] = {"deletion_auc": mean_of([v for v, _ in known]), "measured": len(known),
+                    "beats_trivial": None if not known else sum(v < b for v, b in known) / len(known)}
+    return out
 
 
 def summary(result: Dict) -> Dict:
@@ -248,8 +296,11 @@ def markdown(result: Dict) -> str:
              "and, at each of the curve's fractions from the last back to the first, puts back the blocks (squares, "
              f"about {counts.replace(',', ' or ')} of them over the ROI) whose return raised the Dice least. It "
              "optimises the curve it is measured with: it shows how low a ranking can drive the curve (being greedy, "
-             "not the lowest possible), and it is not an explanation; `search` is the lower of its runs. Lower is "
-             "better. The methods' figures are read from faithfulness.json (its maps part, on the same slices)."
+             "not the lowest possible), and it is not an explanation"
+             + ("; `search` is the lowest of its runs" if len(result["blocks"]) > 1 else "") + ". Lower is better. "
+             + ("The methods' figures are read from faithfulness.json (its maps part, on the same slices)."
+                if any(r.get("methods") for e in result["structures"].values() for r in e["rows"].values()) else
+                "No faithfulness.json lay in the output folder: no method figures.")
              + ("" if not polished else
                 f" Where no search beats every trivial map, `polished` starts from the lowest order found (a trivial "
                 f"map's or a search's) and moves one block (about {polished} over the ROI) at a time a curve step "
@@ -276,6 +327,19 @@ def markdown(result: Dict) -> str:
     for who in _columns(result) + METHODS:
         share = s[who]["beats_trivial"]
         lines.append(f"| {who} | {_f(s[who]['deletion_auc'])} | {'-' if share is None else f'{share:.0%}'} |")
+    f = floored_summary(result)
+    if f["slices"]:
+        lines += ["", f"With no credit below the whole ROI removed: each curve's points below its last raised to it, the "
+                  "trivial maps' too, so that a removal after which the model draws less of its mask than with the "
+                  "whole ROI gone (a changed shape, not missing evidence) earns no more than emptying the ROI. Over "
+                  f"the {f['slices']} slices whose curves the run stored (the best trivial map's mean: "
+                  f"{_f(f['best_trivial'])}):", "",
+                  "| map | mean deletion AUC, floored | slices beating all three trivial maps, floored | slices with a "
+                  "stored curve |", "|---|---|---|---|"]
+        for who in _columns(result) + METHODS:
+            share = f[who]["beats_trivial"]
+            lines.append(f"| {who} | {_f(f[who]['deletion_auc'])} | {'-' if share is None else f'{share:.0%}'} | "
+                         f"{f[who]['measured']} |")
     lines += ["", f"Total {result['seconds']} s."]
     return "\n".join(lines) + "\n"
 
