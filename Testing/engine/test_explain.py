@@ -168,9 +168,10 @@ def test_occlusion_evaluates_only_patches_that_touch_the_roi():
     assert not ex.saliency[~roi].any()
     # unperturbed slice, 9 patches, the two jittered copies that set the noise level; every patch
     # here covers the square (the same drop everywhere), so the display map is flat, no pixel is
-    # high-saliency and the Dice drop needs no pass
+    # high-saliency and the Dice drop needs no pass; and the ROI inpainted whole, for the share of
+    # the mask the prompt draws
     assert ex.metrics["high_saliency_fraction"] == 0.0 and ex.metrics["dice_drop"] == 0.0
-    assert toy.embed_calls == 1 + 9 + 2
+    assert toy.embed_calls == 1 + 9 + 2 + 1 and "kept_without_roi" in ex.metrics
 
 
 def test_roi_occlusion_equals_full_image_occlusion_inside_the_roi():
@@ -197,7 +198,8 @@ def test_budgeted_occlusion_spends_at_most_its_passes_and_finds_the_evidence_qua
     occ = make_explainer("occlusion", toy, passes=passes, metric_steps=0, noise_passes=0, score="logit")
     ex = occ.explain(evidence_image(), PROMPT, target=toy.square_mask())
     assert ex.n_evaluations == passes == occ.cost()
-    assert toy.embed_calls == 1 + passes + 1  # the unperturbed slice, the cells, the Dice-drop check
+    # the unperturbed slice, the cells, the ROI inpainted whole (the prompt's share), the Dice-drop check
+    assert toy.embed_calls == 1 + passes + 1 + 1
     square = toy.square_mask()
     # the square lies in the top-left quadrant: only cells over it move the score
     assert ex.raw[square].mean() > 2 * ex.raw[~square].mean()

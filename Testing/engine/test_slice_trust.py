@@ -224,10 +224,23 @@ def test_occlusion_by_restore_gives_the_share_without_curves():
         curved = make_explainer("occlusion", SquareEvidence(), metric_steps=2, **restore).explain(
             evidence_image(), PROMPT, roi=roi).metrics
         assert curved["kept_without_roi"] == pytest.approx(bare["kept_without_roi"], abs=1e-6)
-    # scored by removal there is no such pass: without curves, no figure
-    removal = make_explainer("occlusion", SquareEvidence(), metric_steps=0, **dict(restore, mode="remove")).explain(
-        evidence_image(), PROMPT, roi=outside).metrics
-    assert "kept_without_roi" not in removal
+    # scored by removal (or RISE) there is no such pass in attribution: one pass more gives the figure,
+    # so the mark is there on every slice, not only where the curves are
+    for name, options in (("occlusion", dict(restore, mode="remove")), ("rise", dict(n_masks=20, early_stop=False))):
+        ex = make_explainer(name, SquareEvidence(), metric_steps=0, **options)
+        bare = ex.explain(evidence_image(), PROMPT, roi=outside).metrics
+        assert bare["kept_without_roi"] == pytest.approx(1.0), name
+        assert "prompt_driven" in slice_trust(bare, name, 0)["marks"]
+        assert bare["metric_evaluations"] == ex.noise_passes + 1  # the noise and that pass (nothing painted: no Dice drop)
+    # the methods on a slice share that pass, and need none after a curve or occlusion putting patches back
+    from xaiseg.explain.measure import shared_passes_of
+
+    rise = make_explainer("rise", metric_steps=0, noise_passes=0)
+    removal, back = (make_explainer("occlusion", metric_steps=0, noise_passes=0, mode=m) for m in ("remove", "restore"))
+    assert shared_passes_of([(rise, False), (removal, False)]) == 1
+    assert shared_passes_of([(back, False), (rise, False)]) == 0 == shared_passes_of([(rise, False)][:0])
+    assert shared_passes_of([(make_explainer("rise", metric_steps=2, noise_passes=0), True), (rise, False)]) == 0
+    assert shared_passes_of([(make_explainer("rise", metric_steps=0, noise_passes=0, metric_fill="zero"), False)]) == 0
 
 
 def test_rise_says_how_many_masks_would_reach_its_reliability():

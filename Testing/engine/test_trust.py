@@ -441,8 +441,9 @@ def test_each_slice_builds_one_cache_and_its_dice_drop_reuses_it(litemedsam, mon
     # slice 81's cache read back for attribution, and again for its Dice drop where it has one
     assert calls["loaded"] == 1 + int(metrics[0]["evidence"])
     for m in metrics:
-        # the jittered copies, and the Dice drop where the label map is not empty
-        assert m["metric_evaluations"] == 2 + int(m["high_saliency_fraction"] > 0)
+        # the jittered copies, the ROI inpainted whole (the share the prompt draws; this occlusion
+        # removes patches, so it has not scored that image), and the Dice drop where the label map is not empty
+        assert m["metric_evaluations"] == 2 + 1 + int(m["high_saliency_fraction"] > 0)
         assert m["evidence"] or m["dice_drop"] == 0.0  # no evidence: nothing painted, nothing removed
     assert run.record["evaluations"]["perturbed_encoder_passes"]["occlusion"] == 8
     assert session.volume_segmenter.encoder_passes == passes  # the slices' embeddings came from the session
@@ -464,8 +465,10 @@ def test_curves_on_a_sample_of_slices_evidence_and_dice_drop_on_every_one():
     for k, v in doc["slices"].items():
         assert "evidence" in v and "dice_drop" in v, k
         assert ("best_trivial_deletion_auc" in v) == (int(k) in (0, 4))
-        # the noise passes and the Dice drop; the curves' 2 x 2 - 1 and the three trivial maps' as many too
-        assert v["metric_evaluations"] == 2 + 1 + (3 + 3 * 3 if int(k) in (0, 4) else 0), k
+        # the noise passes and the Dice drop; the curves' 2 x 2 - 1 and the three trivial maps' as many
+        # too, or without curves the ROI inpainted whole (the share the prompt draws, on every slice)
+        assert v["metric_evaluations"] == 2 + 1 + (3 + 3 * 3 if int(k) in (0, 4) else 1), k
+        assert "kept_without_roi" in v, k
     assert doc["summary"]["deletion_auc"] == pytest.approx(
         np.mean([doc["slices"][k]["deletion_auc"] for k in ("0", "4")]), abs=1e-4)
 

@@ -61,7 +61,20 @@ def shared_passes_of(measured: Sequence[Tuple[Any, bool]]) -> int:
     for ex, curves in measured:
         fill = ex.fill if ex.metric_fill == "method" else ex.metric_fill
         trivial_by_fill[fill] = max(trivial_by_fill.get(fill, 0), _trivial_passes(ex, curves))
-    return max((_noise_passes(ex) for ex, _ in measured), default=0) + sum(trivial_by_fill.values())
+    return max((_noise_passes(ex) for ex, _ in measured), default=0) + sum(trivial_by_fill.values()) \
+        + _emptied_pass(measured)
+
+
+def _emptied_pass(measured: Sequence[Tuple[Any, bool]]) -> int:
+    """The pass that scores the slice with its whole ROI inpainted, for the share the prompt draws
+    (``kept_without_roi``): 1 where, in the methods' order, a method that needs it (it perturbs and
+    its metrics inpaint) comes before any that has scored that image already (a curve's end, or
+    occlusion putting patches back)."""
+    for ex, curves in measured:
+        if not ex.perturbs or ex.metric_fill != "inpaint":
+            continue
+        return 0 if (curves and ex.metric_steps) or getattr(ex, "scores_emptied", False) else 1
+    return 0
 
 
 def _noise_passes(explainer) -> int:
@@ -92,6 +105,8 @@ class SliceShared:
 
     noise: Dict[Tuple, float] = dataclasses.field(default_factory=dict)
     trivial: Dict[Tuple, Dict[str, Dict[str, float]]] = dataclasses.field(default_factory=dict)
+    #: the score with the whole ROI inpainted, by score name
+    emptied: Dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def measure_passes(explainer, explanation, engine, progress=None, stage: Optional[str] = None,
@@ -108,10 +123,8 @@ def measure_passes(explainer, explanation, engine, progress=None, stage: Optiona
     if explainer.metric_steps and curves:
         metrics.update(faithfulness(engine, explanation.raw, explainer.metric_steps, None, stage=f"{stage} metrics",
                                     fill=explainer.metric_fill))
-    if "kept_without_roi" not in metrics and explainer.metric_fill == "inpaint":
-        # no curves here: occlusion scored by restore has already scored the ROI inpainted whole
-        # (the image the curves end on with their default inpainting), so the share costs no pass
-        metrics.update(kept_without_roi(engine, explanation.details.get("emptied_score")))
+    if explainer.metric_fill == "inpaint":
+        metrics.update(_prompt_share(explainer, explanation, engine, metrics, shared, stage))
     if explainer.baselines and explainer.metric_steps and curves:
         metrics.update(_against_trivial(explainer, engine, explanation, metrics, shared, stage))
     if explainer.perturbs and explainer.noise_passes:
@@ -126,6 +139,28 @@ def measure_passes(explainer, explanation, engine, progress=None, stage: Optiona
             metrics["cascade_final_similarity"] = steps[-1]["similarity"]
     metrics["metric_evaluations"] = engine.evaluations - before
     return metrics
+
+
+def _prompt_share(explainer, explanation, engine, metrics: Dict[str, Any], shared: SliceShared,
+                  stage: str) -> Dict[str, float]:
+    """``kept_without_roi`` on every slice a perturbing method explains, not only where it has curves:
+    the score with the whole ROI inpainted is a curve's end, or occlusion's when it puts patches back
+    (the same image), or else one pass that the methods on the slice share."""
+    if "deletion_curve" in metrics:  # the curve ends on that image, and its share is in metrics
+        end = metrics["kept_without_roi"] * engine.baseline if "kept_without_roi" in metrics else \
+            float(metrics["deletion_curve"][-1])  # unrounded where the share is written
+        shared.emptied.setdefault(engine.score_name, end)
+        return {}
+    emptied = explanation.details.get("emptied_score")
+    if emptied is not None:
+        shared.emptied.setdefault(engine.score_name, float(emptied))
+    elif explainer.perturbs:
+        if engine.score_name not in shared.emptied:
+            engine.stage = f"{stage} ROI inpainted whole"
+            shared.emptied[engine.score_name] = float(engine.score_images([removed(engine.image, engine.roi,
+                                                                                   "inpaint")])[0])
+        emptied = shared.emptied[engine.score_name]
+    return kept_without_roi(engine, emptied)
 
 
 def makes_passes(explainer) -> bool:

@@ -262,6 +262,12 @@ class Occlusion(Explainer):
             return self.mode
         return "remove" if self.patch or self.passes else AUTO_SCORING
 
+    @property
+    def scores_emptied(self) -> bool:
+        """Whether attribution scores the slice with its whole ROI inpainted (``emptied_score``), the
+        image the metrics' share of the prompt needs (:func:`.measure._emptied_pass`)."""
+        return self.scoring != "remove"
+
     def _per_patch(self) -> int:
         """Passes per patch: one, or two when scoring by both."""
         return 2 if self.scoring == "both" else 1
