@@ -218,7 +218,9 @@ def test_bound_reads_the_methods_and_checks_the_trivial_maps(tmp_path):
     assert row["method_curves"] == {"occlusion": [1.0, 0.5, 0.2]}
     assert row["trivial_as_faithfulness"] is True
     faith["maps"]["A"]["methods"]["occlusion"]["trivial"]["1"]["random"]["deletion_auc"] = 0.7
-    assert bench_bound.with_methods(result, faith)["structures"]["A"]["rows"]["1"]["trivial_as_faithfulness"] is False
+    row = bench_bound.with_methods(result, faith)["structures"]["A"]["rows"]["1"]
+    assert row["trivial_as_faithfulness"] is False
+    assert "method_curves" not in row  # other trivial curves there: the methods' are not floored beside these
     # two runs' folders merge into one table; runs with other block counts do not
     for name, blocks in (("a", [4]), ("b", [4]), ("c", [12])):
         (tmp_path / name).mkdir()
@@ -239,7 +241,7 @@ def test_a_floored_curve_earns_nothing_below_the_emptied_roi():
 
 def test_the_bound_table_floors_every_stored_curve_the_trivial_maps_too():
     row = _row((0.3, 0.4, 0.8), (0.35, 0.25), (0.5, None, None))
-    # the blurred mask's curve dips below its end; the search's does not
+    # the blurred mask's curve and the 4-block search's dip below their end, the 12-block search's does not
     row["trivial_curves"] = {"blurred_mask": [1.0, 0.0, 0.6], "box_centre": [1.0, 0.7, 0.6],
                              "random": [1.0, 1.0, 0.6]}
     row["searches"]["4"]["curve"] = [1.0, 0.5, 0.6]
@@ -250,13 +252,29 @@ def test_the_bound_table_floors_every_stored_curve_the_trivial_maps_too():
               "structures": {"A": {"slices": [1, 2], "rows": {"1": row, "2": bare}}}}
     f = bench_bound.floored_summary(result)
     assert f["slices"] == 1 and f["best_trivial"] == pytest.approx(0.25 * (1.6 + 1.2))  # the blurred mask, floored
+    assert f["rise"]["best_trivial"] is None  # compared over the slices with a curve: none
     assert f["search, 4 blocks"] == {"deletion_auc": pytest.approx(0.25 * (1.6 + 1.2)), "measured": 1,
-                                     "beats_trivial": 0.0}                             # ties it: no win
+                                     "best_trivial": pytest.approx(0.7), "beats_trivial": 0.0}  # ties it: no win
     assert f["search"]["deletion_auc"] == pytest.approx(0.25 * (1.4 + 0.6))            # the 12-block search
     assert f["occlusion"]["beats_trivial"] == 1.0 and f["rise"]["measured"] == 0
     text = bench_bound.markdown(result)
     assert "Over the 1 slices whose curves the run stored (the best trivial map's mean: 0.700)" in text
-    assert "| occlusion | 0.575 | 100% | 1 |" in text and "| rise | - | - | 0 |" in text
+    assert "| occlusion | 0.575 | 0.700 | 100% | 1 |" in text and "| rise | - | - | - | 0 |" in text
+    assert "No faithfulness.json lay in the output folder" not in text  # it holds an occlusion figure
+    # one block count: no separate row for the lowest search; no method figure: the header says so
+    one = {"machine": {"platform": "test"}, "blocks": [4], "seconds": 1.0, "structures": {
+        "A": {"slices": [2], "rows": {"2": _row((0.5, 0.6, 0.9), (0.45,), (None, None, None))}}}}
+    text = bench_bound.markdown(one)
+    assert "| search, 4 blocks |" in text and "| search |" not in text and "`search` is the lowest" not in text
+    assert "No faithfulness.json lay in the output folder: no method figures." in text
+    # a polished order lower than the search is floored with its own curve; unstored, it is not measured
+    row["polished"] = {"deletion_auc": 0.1, "from": "blurred_mask", "start_auc": 0.3, "moves": 3, "passes": 40,
+                       "block_px": 2, "seconds": 1.0, "curve": [1.0, 0.2, 0.4]}
+    polished = dict(result, polish=48)
+    assert bench_bound.floored_summary(polished)[bench_bound.BEST_ORDER]["deletion_auc"] == pytest.approx(
+        0.25 * (1.4 + 0.8))
+    del row["polished"]["curve"]
+    assert bench_bound.floored_summary(polished)[bench_bound.BEST_ORDER]["measured"] == 0
 
 
 def test_bound_counts_the_polished_order_where_the_search_lost():

@@ -12,6 +12,7 @@ from toys import SquareEvidence, evidence_image
 from xaiseg.errors import InputError
 from xaiseg.explain import make_explainer
 from xaiseg.io import Geometry, Volume
+from xaiseg.metrics import curve_auc
 from xaiseg.models.base import SlicePrompt
 from xaiseg.pipeline import SegmentConfig, Session
 from xaiseg.roi import RoiConfig
@@ -38,7 +39,7 @@ def test_a_faithful_map_beats_every_trivial_map():
     for name, figures in m["trivial"].items():
         curve = figures["deletion_curve"]
         assert len(curve) == 9 and curve[0] == pytest.approx(m["baseline_score"], abs=1e-4)
-        assert np.trapezoid(np.asarray(curve) / m["baseline_score"], dx=1 / 8) == pytest.approx(
+        assert curve_auc(np.linspace(0, 1, 9), np.asarray(curve) / m["baseline_score"]) == pytest.approx(
             figures["deletion_auc"], abs=1e-3), name
 
 

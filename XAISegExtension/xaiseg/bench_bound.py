@@ -182,12 +182,15 @@ def with_methods(result: Dict, faithfulness: Dict) -> Dict:
         for k, row in entry["rows"].items():
             rows = {m: ((methods.get(m) or {}).get("per_slice") or {}).get(k, {}) for m in METHODS}
             row["methods"] = {m: rows[m].get("deletion_auc") for m in METHODS}
-            curves = {m: rows[m]["deletion_curve"] for m in METHODS if rows[m].get("deletion_curve")}
-            if curves:  # the faithfulness bench keeps them since stop 36
-                row["method_curves"] = curves
             theirs = ((methods.get("occlusion") or {}).get("trivial") or {}).get(k)
             row["trivial_as_faithfulness"] = None if not theirs else all(
                 abs(theirs[t]["deletion_auc"] - v) < 1e-6 for t, v in row["trivial"].items())
+            curves = {m: rows[m]["deletion_curve"] for m in METHODS if rows[m].get("deletion_curve")}
+            # kept since stop 36; only where the trivial maps measure the same there (the same slices,
+            # engine and curve fill), so that the floored figures compare like with like
+            row.pop("method_curves", None)
+            if curves and row["trivial_as_faithfulness"]:
+                row["method_curves"] = curves
     return result
 
 
@@ -244,7 +247,7 @@ def _curve(row: Dict, who: str) -> Optional[Sequence[float]]:
 def floored_summary(result: Dict) -> Dict:
     """:func:`summary`'s figures with every curve floored at its end (:func:`floored_auc`), the trivial
     maps' too, over the slices whose trivial curves the run stored; ``measured``: each order's slices
-    with a stored curve."""
+    with a stored curve, and ``best_trivial`` the best trivial map's mean over those same slices."""
     rows = [r for e in result["structures"].values() for r in e["rows"].values()
             if all(r.get("trivial_curves", {}).get(n) for n in r["trivial"])]
     best = [min(floored_auc(c) for c in r["trivial_curves"].values()) for r in rows]
@@ -252,6 +255,7 @@ def floored_summary(result: Dict) -> Dict:
     for who in _columns(result) + METHODS:
         known = [(v, b) for v, b in ((floored_auc(_curve(r, who)), b) for r, b in zip(rows, best)) if v is not None]
         out[who] = {"deletion_auc": mean_of([v for v, _ in known]), "measured": len(known),
+                    "best_trivial": mean_of([b for _, b in known]),
                     "beats_trivial": None if not known else sum(v < b for v, b in known) / len(known)}
     return out
 
@@ -299,7 +303,8 @@ def markdown(result: Dict) -> str:
              "not the lowest possible), and it is not an explanation"
              + ("; `search` is the lowest of its runs" if len(result["blocks"]) > 1 else "") + ". Lower is better. "
              + ("The methods' figures are read from faithfulness.json (its maps part, on the same slices)."
-                if any(r.get("methods") for e in result["structures"].values() for r in e["rows"].values()) else
+                if any(v is not None for e in result["structures"].values() for r in e["rows"].values()
+                       for v in (r.get("methods") or {}).values()) else
                 "No faithfulness.json lay in the output folder: no method figures.")
              + ("" if not polished else
                 f" Where no search beats every trivial map, `polished` starts from the lowest order found (a trivial "
@@ -334,12 +339,12 @@ def markdown(result: Dict) -> str:
                   "whole ROI gone (a changed shape, not missing evidence) earns no more than emptying the ROI. Over "
                   f"the {f['slices']} slices whose curves the run stored (the best trivial map's mean: "
                   f"{_f(f['best_trivial'])}):", "",
-                  "| map | mean deletion AUC, floored | slices beating all three trivial maps, floored | slices with a "
-                  "stored curve |", "|---|---|---|---|"]
+                  "| map | mean deletion AUC, floored | the best trivial map's, floored, on the same slices | slices "
+                  "beating all three trivial maps, floored | slices with a stored curve |", "|---|---|---|---|---|"]
         for who in _columns(result) + METHODS:
             share = f[who]["beats_trivial"]
-            lines.append(f"| {who} | {_f(f[who]['deletion_auc'])} | {'-' if share is None else f'{share:.0%}'} | "
-                         f"{f[who]['measured']} |")
+            lines.append(f"| {who} | {_f(f[who]['deletion_auc'])} | {_f(f[who]['best_trivial'])} | "
+                         f"{'-' if share is None else f'{share:.0%}'} | {f[who]['measured']} |")
     lines += ["", f"Total {result['seconds']} s."]
     return "\n".join(lines) + "\n"
 

@@ -5,7 +5,8 @@ so the estimate counts encoder passes: one per segmented slice (times the TTA or
 what each method states it needs per explained slice (:meth:`xaiseg.explain.Explainer.total_cost`:
 attribution, the metrics stage and the sanity checks, given the ROI's extent on that slice) and
 what the methods on a slice share once (:func:`~xaiseg.explain.measure.shared_passes_of`: the noise
-level, the trivial maps once per fill their curves remove with).  Seconds come from a calibration - one model load and the median of timed
+level, the trivial maps once per fill their curves remove with, the ROI inpainted whole for the
+share of the mask the prompt draws).  Seconds come from a calibration - one model load and the median of timed
 encoder and decoder passes on this machine (:func:`calibrate`, kept by :func:`save_calibration`) -
 or from the reference figures above.
 

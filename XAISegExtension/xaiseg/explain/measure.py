@@ -23,8 +23,9 @@
   ``randomise`` part is re-drawn; ``cascade``: the same after re-drawing the model's parts one
   after another from the output back (:func:`xaiseg.models.base.randomisation_cascade`).
 
-What the methods explained on one slice share (the noise level, the trivial maps' curves) is
-computed once per slice and kept in a :class:`SliceShared`.
+What the methods explained on one slice share (the noise level, the trivial maps' curves, the
+score with the whole ROI inpainted for ``kept_without_roi``) is computed once per slice and kept
+in a :class:`SliceShared`.
 """
 from __future__ import annotations
 
@@ -45,7 +46,9 @@ MIN_SIGNAL = 0.01  # a score change below 1 % of the unperturbed score is no evi
 
 
 def metric_passes(explainer) -> int:
-    """Encoder passes :func:`measure` spends on one slice for ``explainer`` alone."""
+    """Encoder passes :func:`measure` spends on one slice for ``explainer`` alone, beside what the
+    methods on the slice share (:func:`shared_passes_of`), which a method explained on its own pays
+    too."""
     steps = int(explainer.metric_steps)
     if steps:
         return 2 * steps
@@ -56,24 +59,34 @@ def shared_passes_of(measured: Sequence[Tuple[Any, bool]]) -> int:
     """Encoder passes of what the methods on one slice share, for (explainer, curves) pairs, curves
     telling whether the slice gets the curves: the noise once, and the trivial maps once per fill
     their curves remove with (with ``metric_fill`` "method" each method's own fill, which "auto"
-    makes inpaint for RISE and zero for the others)."""
+    makes inpaint for RISE and zero for the others), and the slice with its ROI inpainted whole
+    where a method without curves needs it (:func:`_emptied_pass`)."""
     trivial_by_fill: Dict[str, int] = {}
     for ex, curves in measured:
-        fill = ex.fill if ex.metric_fill == "method" else ex.metric_fill
+        fill = _curve_fill(ex)
         trivial_by_fill[fill] = max(trivial_by_fill.get(fill, 0), _trivial_passes(ex, curves))
     return max((_noise_passes(ex) for ex, _ in measured), default=0) + sum(trivial_by_fill.values()) \
         + _emptied_pass(measured)
 
 
+def _curve_fill(explainer) -> str:
+    """The removal ``explainer``'s curves use, "method" resolved to its own (resolved) fill."""
+    return explainer.fill if explainer.metric_fill == "method" else explainer.metric_fill
+
+
 def _emptied_pass(measured: Sequence[Tuple[Any, bool]]) -> int:
     """The pass that scores the slice with its whole ROI inpainted, for the share the prompt draws
     (``kept_without_roi``): 1 where, in the methods' order, a method that needs it (it perturbs and
-    its metrics inpaint) comes before any that has scored that image already (a curve's end, or
-    occlusion putting patches back)."""
+    its curves inpaint) comes before any that has scored that image already (an inpainting curve's
+    end, the layer maps' too, or occlusion putting patches back).  An upper bound: no pass is made
+    where no mask was drawn (the share would say nothing)."""
     for ex, curves in measured:
-        if not ex.perturbs or ex.metric_fill != "inpaint":
+        if _curve_fill(ex) != "inpaint":
             continue
-        return 0 if (curves and ex.metric_steps) or getattr(ex, "scores_emptied", False) else 1
+        if (curves and ex.metric_steps) or getattr(ex, "scores_emptied", False):
+            return 0
+        if ex.perturbs:
+            return 1
     return 0
 
 
@@ -123,7 +136,7 @@ def measure_passes(explainer, explanation, engine, progress=None, stage: Optiona
     if explainer.metric_steps and curves:
         metrics.update(faithfulness(engine, explanation.raw, explainer.metric_steps, None, stage=f"{stage} metrics",
                                     fill=explainer.metric_fill))
-    if explainer.metric_fill == "inpaint":
+    if metric_fill(explainer.metric_fill, engine) == "inpaint":
         metrics.update(_prompt_share(explainer, explanation, engine, metrics, shared, stage))
     if explainer.baselines and explainer.metric_steps and curves:
         metrics.update(_against_trivial(explainer, engine, explanation, metrics, shared, stage))
@@ -154,7 +167,7 @@ def _prompt_share(explainer, explanation, engine, metrics: Dict[str, Any], share
     emptied = explanation.details.get("emptied_score")
     if emptied is not None:
         shared.emptied.setdefault(engine.score_name, float(emptied))
-    elif explainer.perturbs:
+    elif explainer.perturbs and engine.reference.any() and engine.baseline > 1e-12:  # else no share to give
         if engine.score_name not in shared.emptied:
             engine.stage = f"{stage} ROI inpainted whole"
             shared.emptied[engine.score_name] = float(engine.score_images([removed(engine.image, engine.roi,
