@@ -504,6 +504,9 @@ class Explainer:
     Settings: ClassVar[Type[CommonSettings]] = CommonSettings
     #: a perturbation method (part of ``--method all``; faithfulness is always measured)
     perturbs: ClassVar[bool] = True
+    #: whether attribution scores the slice with its whole ROI inpainted (``emptied_score`` in its
+    #: details), the image the metrics' share of the prompt needs (occlusion putting patches back)
+    scores_emptied: ClassVar[bool] = False
     #: the part of the model the sanity check re-draws (None: all of it)
     randomise: ClassVar[Optional[str]] = "mask_decoder"
     #: what a component is called in the metrics (``"layer"``: per-layer table, ``best_layer``)

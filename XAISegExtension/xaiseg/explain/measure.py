@@ -83,7 +83,7 @@ def _emptied_pass(measured: Sequence[Tuple[Any, bool]]) -> int:
     for ex, curves in measured:
         if _curve_fill(ex) != "inpaint":
             continue
-        if (curves and ex.metric_steps) or getattr(ex, "scores_emptied", False):
+        if (curves and ex.metric_steps) or ex.scores_emptied:
             return 0
         if ex.perturbs:
             return 1
@@ -167,7 +167,7 @@ def _prompt_share(explainer, explanation, engine, metrics: Dict[str, Any], share
     emptied = explanation.details.get("emptied_score")
     if emptied is not None:
         shared.emptied.setdefault(engine.score_name, float(emptied))
-    elif explainer.perturbs and engine.reference.any() and engine.baseline > 1e-12:  # else no share to give
+    elif explainer.perturbs and _has_share(engine):
         if engine.score_name not in shared.emptied:
             engine.stage = f"{stage} ROI inpainted whole"
             shared.emptied[engine.score_name] = float(engine.score_images([removed(engine.image, engine.roi,
@@ -381,9 +381,15 @@ def kept_without_roi(engine, emptied: Optional[float]) -> Dict[str, float]:
     no ranking of the ROI's pixels can explain it.  Empty where nothing was measured, no mask was
     drawn or the score is not positive: a share of an empty mask's Dice of 1, or of a negative
     logit, would say nothing of the kind."""
-    if emptied is None or not engine.reference.any() or engine.baseline <= 1e-12:
+    if emptied is None or not _has_share(engine):
         return {}
     return {"kept_without_roi": float(emptied / engine.baseline)}
+
+
+def _has_share(engine) -> bool:
+    """Whether a share of the unperturbed score means anything: a mask was drawn and its score is
+    positive (see :func:`kept_without_roi`)."""
+    return bool(engine.reference.any()) and engine.baseline > 1e-12
 
 
 def faithfulness(engine, ranking: np.ndarray, steps: int, high: Optional[np.ndarray] = None,

@@ -263,9 +263,9 @@ class Occlusion(Explainer):
         return "remove" if self.patch or self.passes else AUTO_SCORING
 
     @property
-    def scores_emptied(self) -> bool:
-        """Whether attribution scores the slice with its whole ROI inpainted (``emptied_score``), the
-        image the metrics' share of the prompt needs (:func:`.measure._emptied_pass`)."""
+    def scores_emptied(self) -> bool:  # type: ignore[override]
+        """Whether attribution scores the slice with its whole ROI inpainted (``emptied_score``): when
+        the patches are put back, the image the metrics' share of the prompt needs too."""
         return self.scoring != "remove"
 
     def _per_patch(self) -> int:
@@ -274,7 +274,7 @@ class Occlusion(Explainer):
 
     def _emptied_passes(self) -> int:
         """Passes before the patches: the ROI removed, when the patches are put back."""
-        return 0 if self.scoring == "remove" else 1
+        return int(self.scores_emptied)
 
     def cost_equivalents(self, roi_extent: Optional[Tuple[float, float]], grid: int, share) -> float:
         """A removal pass removes one patch: the coarse ones, then patches of half their side; a
