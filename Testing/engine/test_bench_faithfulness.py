@@ -325,3 +325,72 @@ def test_runs_of_some_structures_each_merge_into_one_table(tmp_path):
     assert main(["bench", "faithfulness", "--merge", a, b, "--structures", "Left_Caudate", "-o",
                  str(tmp_path / "refused")]) == 2
     assert not (tmp_path / "refused").exists()
+
+
+def test_kept_maps_score_again_as_the_bench_measured_them(tmp_path, capsys):
+    """``--keep-maps``: every explained slice's maps, ROI and prompt are kept, and scoring the kept
+    maps again on the kept slice gives the bench's own figures exactly; a map of one's own is scored
+    on the same curves (known answer: the toy's mask needs only its evidence square, so the square
+    first beats every trivial map and the square last does not).  Bad maps, another model and other
+    files are refused by name, and a bench other than faithfulness does not take the option."""
+    import json
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    import xaiseg.bench_faithfulness as bf
+    from xaiseg.cli import main
+    from xaiseg.errors import InputError
+    from xaiseg import kept_maps
+    from xaiseg.kept_maps import kept_name, load_kept, rescore
+    from xaiseg.pipeline import Session
+    from xaiseg.progress import ensure
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_explain import toy_volume
+    from toys import SquareEvidence
+
+    session = Session(toy_volume(), SquareEvidence())
+    truth = np.zeros(session.volume.shape, bool)
+    truth[:, 20:40, 22:42] = True  # boxed beside the evidence square (8:24), which the ROI reaches
+
+    class Atlas:
+        def mask(self, name):
+            return truth
+
+    # zero fill: the toy's evidence is the square's mean, which inpainting from the square itself keeps
+    rows = bf.structure_rows(session, Atlas(), "toy", 1, 60, ensure(None), "zero", ("occlusion", "rise"),
+                             keep=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [kept_name("toy", k) for k in rows["slices"]]
+    for k in rows["slices"]:
+        kept = load_kept(tmp_path / kept_name("toy", k))
+        assert set(kept.maps) == {"occlusion", "rise"} and kept.meta["slice"] == k and kept.meta["metric_fill"] == "zero"
+        square = np.zeros(kept.image.shape, np.float32)
+        square[8:24, 8:24] = 1.0
+        again = rescore(kept, dict(kept.maps, square=square, elsewhere=1.0 - square), session.segmenter)
+        best = min(c["deletion_auc"] for c in again["trivial"].values())
+        for method in ("occlusion", "rise"):
+            measured = rows["methods"][method]["per_slice"][str(k)]
+            assert again[method]["deletion_auc"] == pytest.approx(measured["deletion_auc"], abs=1e-12)
+            assert again[method]["deletion_curve"] == pytest.approx(measured["deletion_curve"], abs=1e-12)
+            assert best == pytest.approx(measured["best_trivial_deletion_auc"], abs=1e-12)
+            assert kept.meta["measured"][method]["deletion_auc"] == measured["deletion_auc"]
+        assert again["square"]["deletion_auc"] < best <= again["elsewhere"]["deletion_auc"]
+        with pytest.raises(InputError, match=r"map 'small' of shape \(3, 3\): expected the kept slice's \(64, 64\)"):
+            rescore(kept, {"small": np.zeros((3, 3))}, session.segmenter)
+    other = SquareEvidence()
+    other.name = "another model"
+    with pytest.raises(InputError, match="measured with .*square-evidence toy.*expected the same model"):
+        rescore(kept, {}, other)
+    (tmp_path / "notes.npz").write_bytes(b"not a kept slice")
+    with pytest.raises(InputError, match="notes.npz: not a kept slice"):
+        load_kept(tmp_path / "notes.npz")
+    assert main(["bench", "audit", "--keep-maps", str(tmp_path), "-o", str(tmp_path)]) == 2
+    assert "--keep-maps: only the faithfulness bench keeps maps, not audit" in capsys.readouterr().err
+    assert json.loads(str(np.load(tmp_path / kept_name("toy", k))["meta"]))["structure"] == "toy"
+    # the check scores every kept file again with LiteMedSAM: these were measured with the toy
+    assert kept_maps.main([str(tmp_path), "--threads", "1"]) == 2
+    assert "was measured with {'name': 'square-evidence toy'" in capsys.readouterr().err
+    assert kept_maps.main([str(tmp_path / "none")]) == 2
+    assert "none: no kept slices (STRUCTURE_kNNN.npz)" in capsys.readouterr().err

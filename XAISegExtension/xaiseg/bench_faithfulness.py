@@ -123,14 +123,19 @@ def pair_segmentation(session, sample, name: str, pairs: Optional[int], progress
 
 
 def structure_rows(session, sample, name: str, pairs: Optional[int], masks: int, progress,
-                   metric_fill: str = "inpaint", methods: Sequence[str] = METHODS) -> Dict:
-    """Explain one structure's sampled slices with ``methods``; the per-method figures and per-slice rows."""
+                   metric_fill: str = "inpaint", methods: Sequence[str] = METHODS, keep: Optional[Path] = None) -> Dict:
+    """Explain one structure's sampled slices with ``methods``; the per-method figures and per-slice
+    rows.  ``keep``: a folder where each explained slice's maps are kept (:mod:`xaiseg.kept_maps`)."""
     truth = sample.mask(name)
     seg, slices = pair_segmentation(session, sample, name, pairs, progress)
     t0 = time.perf_counter()
-    run = session.explain(seg, _explainers(masks, metric_fill=metric_fill, only=methods), slices=slices, target=truth,
-                          progress=progress)
+    explainers = _explainers(masks, metric_fill=metric_fill, only=methods)
+    run = session.explain(seg, explainers, slices=slices, target=truth, progress=progress)
     seconds = time.perf_counter() - t0
+    if keep is not None:
+        from .kept_maps import keep_slices
+
+        keep_slices(keep, name, session, seg, run, explainers)
     doc = run.metrics()
     out = {"slices": slices, "seconds": round(seconds, 1), "methods": {},
            "versions": row_versions(methods)}
@@ -240,10 +245,12 @@ def rise_masks(result: Dict) -> Dict[str, Optional[int]]:
 def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
                        structures: Optional[Sequence[str]] = None, pairs: Optional[int] = 1, masks: int = 300,
                        parts: Sequence[str] = ("maps", "cascade", "fills"), metric_fill: str = "inpaint",
-                       methods: Sequence[str] = METHODS) -> Dict:
+                       methods: Sequence[str] = METHODS, keep_maps: Optional[Path] = None) -> Dict:
     """``methods``: what the maps part measures; a subset measures only those methods again and
     replaces their rows in the tables already written with the same pairs, masks and curves (the
-    other methods' rows stay; each re-measured structure records which methods, when and where)."""
+    other methods' rows stay; each re-measured structure records which methods, when and where).
+    ``keep_maps``: a folder where the maps part keeps every slice it explains (:mod:`xaiseg.kept_maps`);
+    a structure resumed from the table is not explained, so keeps nothing."""
     from .bench_explain import machine
     from .models.litemedsam import LiteMedSAM
     from .pipeline import SegmentConfig, Session
@@ -303,10 +310,13 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
             result["masks"] = previous.get("masks")
         for name in structures:
             if not subset:
+                if name in done and keep_maps is not None:
+                    print(f"{name}: resumed from {path}, so no maps kept for it in {keep_maps}")
                 result["maps"][name] = done.get(name) or structure_rows(session, sample, name, pairs, masks,
-                                                                        progress, metric_fill)
+                                                                        progress, metric_fill, keep=keep_maps)
             else:
-                fresh = structure_rows(session, sample, name, pairs, masks, progress, metric_fill, methods)
+                fresh = structure_rows(session, sample, name, pairs, masks, progress, metric_fill, methods,
+                                       keep=keep_maps)
                 entry = dict(done[name])
                 entry["methods"] = {m: fresh["methods"].get(m, v) for m, v in entry["methods"].items()}
                 entry["versions"] = dict(entry.get("versions") or {}, **fresh["versions"])

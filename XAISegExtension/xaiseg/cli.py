@@ -120,8 +120,11 @@ def cmd_bench(args) -> int:
     parts = _listed(args.parts)
     if args.merge and args.what != "faithfulness":
         raise InputError(f"--merge: only the faithfulness bench merges runs, not {args.what}")
-    if args.merge and (args.structures or args.methods or args.parts or args.quick):
-        raise InputError("--merge measures nothing: expected no --structures, --methods, --parts or --quick with it")
+    if args.keep_maps and args.what != "faithfulness":
+        raise InputError(f"--keep-maps: only the faithfulness bench keeps maps, not {args.what}")
+    if args.merge and (args.structures or args.methods or args.parts or args.quick or args.keep_maps):
+        raise InputError("--merge measures nothing: expected no --structures, --methods, --parts, --quick or "
+                         "--keep-maps with it")
     if args.merge:  # the faithfulness bench's, checked above
         from .bench_faithfulness import merge_faithfulness
 
@@ -134,7 +137,8 @@ def cmd_bench(args) -> int:
         structures = [s.strip() for s in args.structures.split(",")] if args.structures else None
         bench_faithfulness(Path(args.output), quick=args.quick, device=args.device, structures=structures,
                            pairs=args.pairs or None, masks=args.masks, parts=parts or ("maps", "cascade", "fills"),
-                           metric_fill=args.metric_fill, methods=_listed(args.methods) if args.methods else METHODS)
+                           metric_fill=args.metric_fill, methods=_listed(args.methods) if args.methods else METHODS,
+                           keep_maps=Path(args.keep_maps) if args.keep_maps else None)
         return 0
     if args.what == "audit":
         from .bench_audit import bench_audit
@@ -233,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "from the runs in DIR ... (each the -o folder of a run "
                                                             "with the same settings, such as one process per part "
                                                             "of the structures)")
+    b.add_argument("--keep-maps", metavar="DIR", help="faithfulness: keep every explained slice's maps, ROI and "
+                                                     "prompt in DIR (one npz per slice), to score other maps of "
+                                                     "those slices later (python -m xaiseg.kept_maps)")
     b.add_argument("-o", "--output", default="docs/benchmarks", help="folder for the tables (default docs/benchmarks)")
     b.add_argument("--quick", action="store_true", help="one structure only (a smoke run)")
     b.add_argument("--device", default="cpu", help="torch device for LiteMedSAM, e.g. cpu or cuda (default cpu)")
