@@ -54,8 +54,9 @@ MARKS = ("prompt_driven", "no_evidence", "below_trivial", "low_reliability", "su
 REDRAWN_TITLES = {"mask_decoder": "the mask decoder", "image_encoder": "the image encoder", "all": "the whole model"}
 
 
-def _number(v: Any) -> Optional[float]:
-    """A finite number, or None (booleans, text, NaN and infinities are no figure)."""
+def number(v: Any) -> Optional[float]:
+    """A finite number, or None (booleans, text, NaN and infinities are no figure): how the trust
+    marks and the narrative read a figure of the metrics."""
     ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     return float(v) if ok else None
 
@@ -63,13 +64,13 @@ def _number(v: Any) -> Optional[float]:
 def survives_randomisation(value: Any) -> bool:
     """Whether a similarity to a re-drawn model's map (None: not measured) reaches
     :data:`RANDOMISED_SIMILAR`, as the text rounds it."""
-    v = _number(value)
+    v = number(value)
     return v is not None and round(v, 2) >= RANDOMISED_SIMILAR
 
 
 def low_reliability(value: Any) -> bool:
     """Whether a split-half reliability (None: not measured) is low, as the report rounds it."""
-    v = _number(value)
+    v = number(value)
     return v is not None and round(v, 2) < LOW_RELIABILITY
 
 
@@ -91,12 +92,12 @@ def slice_trust(row: Optional[Mapping[str, Any]], method: str, k: int, title: Op
         return out
     marks: List[str] = out["marks"]
     parts: List[str] = []
-    kept = _number(row.get("kept_without_roi"))
+    kept = number(row.get("kept_without_roi"))
     if kept is not None and round(kept, 2) >= PROMPT_DRIVEN:
         marks.append("prompt_driven")
         parts.append("the prompt and the tissue around the ROI draw most of this mask (with the ROI's image removed "
                      f"the score keeps {kept:.2f}), so the map explains only the rest")
-    signal, noise = _number(row.get("signal")), _number(row.get("noise_level"))
+    signal, noise = number(row.get("signal")), number(row.get("noise_level"))
     sizes = (f" (largest change {signal:.3g}, model noise {noise:.3g})"
              if signal is not None and noise is not None else "")
     if row.get("evidence") is False:
@@ -104,10 +105,10 @@ def slice_trust(row: Optional[Mapping[str, Any]], method: str, k: int, title: Op
         parts.append(f"no evidence{sizes}: nothing it removed moved the mask beyond the model's noise; not painted")
     elif row.get("evidence") is True:
         parts.append(f"evidence beyond the model's noise{sizes}")
-    auc, best = _number(row.get("deletion_auc")), _number(row.get("best_trivial_deletion_auc"))
+    auc, best = number(row.get("deletion_auc")), number(row.get("best_trivial_deletion_auc"))
     if auc is not None and best is not None:
         trivial = row.get("trivial") or {}
-        winner = min((n for n in trivial if _number((trivial[n] or {}).get("deletion_auc")) is not None),
+        winner = min((n for n in trivial if number((trivial[n] or {}).get("deletion_auc")) is not None),
                      key=lambda n: float(trivial[n]["deletion_auc"]), default=None)
         # the run's verdict (taken on unrounded figures); four decimals where three would read as a tie
         nd = 4 if f"{auc:.3f}" == f"{best:.3f}" and auc != best else 3
@@ -122,10 +123,10 @@ def slice_trust(row: Optional[Mapping[str, Any]], method: str, k: int, title: Op
                          "where the structure is")
     elif auc is not None:
         parts.append(f"deletion AUC {auc:.3f}, not compared with the trivial maps (turn on baselines)")
-    rel = _number(row.get("reliability"))
+    rel = number(row.get("reliability"))
     if rel is not None:
         text = f"split-half reliability {rel:.2f}"
-        need, used = _number(row.get("masks_for_reliability")), _number(row.get("stopped_at"))
+        need, used = number(row.get("masks_for_reliability")), number(row.get("stopped_at"))
         if need is not None and used is not None and need > used:  # --masks ended it before its early stop
             text += f" after {int(used)} masks (about {int(need)} would reach the early stop's bar)"
         if low_reliability(rel):
@@ -137,7 +138,7 @@ def slice_trust(row: Optional[Mapping[str, Any]], method: str, k: int, title: Op
     checks = [(f"{part} re-drawn (sanity check)", row.get("sanity_similarity"), part),
               (f"{whole} re-drawn (cascade)", row.get("cascade_final_similarity"), whole)]
     for what, value, redrawn in checks:
-        v = _number(value)
+        v = number(value)
         if v is None:
             continue
         text = f"with {what} its map has Spearman {v:.2f} with this one"

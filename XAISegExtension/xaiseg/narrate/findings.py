@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import FileFormatError, InputError
 from ..explain import limits_of
+from ..explain.trust import number
 from ..io import Geometry, axis_codes, read_image
 from ..volume import in_plane_axes, plane_index, put_plane
 from .labels import UNLABELLED, LabelMap
@@ -324,8 +325,7 @@ def leading_method(methods: Dict[str, dict]) -> Tuple[Optional[str], str]:
     if not methods:
         return None, "no explanation in this run"
     def val(m, k):
-        v = methods[m]["summary"].get(k)
-        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+        return number(methods[m]["summary"].get(k))
     if all(val(m, "insertion_auc") is not None and val(m, "deletion_auc") is not None for m in methods):
         best = max(methods, key=lambda m: val(m, "insertion_auc") - val(m, "deletion_auc"))
         return best, "largest insertion AUC minus deletion AUC" if len(methods) > 1 else "the only method"

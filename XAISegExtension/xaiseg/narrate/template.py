@@ -5,7 +5,7 @@ import time
 from typing import List, Sequence
 
 from ..explain import title_of
-from ..explain.trust import PROMPT_DRIVEN, RANDOMISED_SIMILAR, low_reliability, survives_randomisation
+from ..explain.trust import PROMPT_DRIVEN, RANDOMISED_SIMILAR, low_reliability, number, survives_randomisation
 from .base import Narrative, Narrator, ReportImage
 
 
@@ -53,15 +53,15 @@ def _metrics(summary: dict, hints: bool = True) -> str:
                              ("insertion_auc", "insertion AUC", " (higher is better)"),
                              ("dice_drop", "Dice drop", " when its high-saliency region is removed")):
         v = summary.get(key)
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
+        if number(v) is not None:
             parts.append(f"{title} {_num(v)}{hint if hints else ''}")
     v = summary.get("energy_in_target")
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
+    if number(v) is not None:
         parts.append(f"{_pct(v)} of the saliency in the reference mask")
     pg = summary.get("pointing_game")
     if isinstance(pg, bool):
         parts.append("pointing game " + ("hit" if pg else "missed"))
-    elif isinstance(pg, (int, float)):
+    elif number(pg) is not None:
         parts.append(f"pointing game hit on {_pct(pg)} of slices" if summary.get("slices", 2) != 1
                      else "pointing game " + ("hit" if pg >= 0.5 else "missed"))
     return ", ".join(parts)
@@ -75,9 +75,9 @@ def _trust(summary: dict, title: str) -> List[str]:
     """Sentences on whether the map can be trusted: against trivial maps, noise, flicker, randomisation."""
     out = []
     share = summary.get("beats_trivial_deletion")
-    if isinstance(share, (int, float)) and not isinstance(share, bool):
+    if number(share) is not None:
         gain = summary.get("deletion_gain")
-        gain_text = f" (mean deletion-AUC gain {_num(gain, 3)})" if isinstance(gain, (int, float)) else ""
+        gain_text = f" (mean deletion-AUC gain {_num(gain, 3)})" if number(gain) is not None else ""
         if share >= 0.5:
             out.append(f"Against trivial maps (the mask blurred, a blob at the box centre, a random map), the {title} "
                        f"map removes the mask faster on {_pct(share)} of the explained slices{gain_text}.")
@@ -96,11 +96,11 @@ def _trust(summary: dict, title: str) -> List[str]:
         out.append(f"On {_slices([int(k) for k in quiet])}, {title} found no score change above the model's noise: "
                    "no evidence is shown there.")
     behind = summary.get("below_trivial_slices")
-    if isinstance(behind, list) and behind and isinstance(share, (int, float)) and share >= 0.5:
+    if isinstance(behind, list) and behind and number(share) is not None and share >= 0.5:
         out.append(f"On {_slices([int(k) for k in behind])} a trivial map removes the mask at least as fast as the "
                    f"{title} map: read it there as little more than where the structure is.")
     rel = summary.get("reliability")
-    if isinstance(rel, (int, float)) and not isinstance(rel, bool):
+    if number(rel) is not None:
         out.append(f"Two halves of its random masks draw the {title} map alike to a split-half reliability of "
                    f"{_num(rel)}" + (RELIABILITY_LOW if low_reliability(rel) else "."))
         noisy = summary.get("low_reliability_slices")
@@ -108,7 +108,7 @@ def _trust(summary: dict, title: str) -> List[str]:
             out.append(f"On {_slices([int(k) for k in noisy])} the two halves agree far less: there the map's "
                        "detail is mostly the draw's noise.")
     rho = summary.get("adjacent_spearman")
-    if isinstance(rho, (int, float)) and not isinstance(rho, bool):
+    if number(rho) is not None:
         out.append(f"Maps of adjacent slices agree with a mean Spearman of {_num(rho)}"
                    + (" (they flicker from slice to slice)." if rho < 0.5 else "."))
     kept = summary.get("survives_randomisation_slices")
@@ -118,7 +118,7 @@ def _trust(summary: dict, title: str) -> List[str]:
                    "with the map of a model whose weights were partly or wholly re-drawn (the sanity or cascade "
                    "check): there it follows the image more than those weights.")
     final = summary.get("cascade_final_similarity")
-    if isinstance(final, (int, float)) and not isinstance(final, bool):
+    if number(final) is not None:
         out.append(f"With the whole model re-drawn, the map's similarity to the trained model's is {_num(final)}"
                    + (" - it depends on the image more than on the model." if survives_randomisation(final) else "."))
     return out
