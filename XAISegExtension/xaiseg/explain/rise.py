@@ -56,6 +56,44 @@ def rise_masks(rng: np.random.Generator, n: int, shape: Tuple[int, int], cells: 
     return out
 
 
+def oriented_masks(rng: np.random.Generator, n: int, shape: Tuple[int, int], width: float, length: float,
+                   angle: float, p: float) -> np.ndarray:
+    """``n`` smooth keep maps of ``shape`` whose cells are ``width`` across and ``length`` along the
+    direction ``angle`` (degrees from the columns' axis towards the rows'): Bernoulli(p) cells,
+    upsampled bilinearly and shifted at random as :func:`rise_masks` does, drawn on a canvas of the
+    slice's diagonal and turned about the slice's centre.  The draws depend on ``shape``, the cell
+    sizes and the seed only, so two slices of one structure whose axes differ a little get masks
+    that differ as little."""
+    import cv2
+
+    h, w = shape
+    side = int(np.ceil(np.hypot(h, w))) + 2  # the turned canvas covers the slice whatever the angle
+    cw, cl = max(1, int(np.ceil(width))), max(1, int(np.ceil(length)))
+    rows, cols = int(np.ceil(side / cw)) + 1, int(np.ceil(side / cl)) + 1
+    turn = cv2.getRotationMatrix2D((side / 2.0, side / 2.0), -float(angle), 1.0)
+    turn[0, 2] -= side / 2.0 - w / 2.0  # the canvas's centre onto the slice's
+    turn[1, 2] -= side / 2.0 - h / 2.0
+    out = np.empty((n, h, w), np.float32)
+    for i in range(n):
+        grid = (rng.random((rows, cols)) < p).astype(np.float32)
+        big = cv2.resize(grid, ((cols + 1) * cl, (rows + 1) * cw), interpolation=cv2.INTER_LINEAR)
+        dy, dx = int(rng.integers(0, cw)), int(rng.integers(0, cl))
+        canvas = np.ascontiguousarray(big[dy:dy + side, dx:dx + side])
+        out[i] = cv2.warpAffine(canvas, turn, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return out
+
+
+def main_axis(mask: np.ndarray) -> Optional[float]:
+    """The direction of ``mask``'s longer principal axis in degrees (as :func:`oriented_masks` reads
+    it), or None for fewer than three pixels."""
+    ys, xs = np.nonzero(mask)
+    if len(ys) < 3:
+        return None
+    _, vectors = np.linalg.eigh(np.cov(np.stack([xs, ys]).astype(np.float64)))
+    x, y = vectors[:, 1]  # the eigenvector of the larger eigenvalue
+    return float(np.degrees(np.arctan2(y, x)))
+
+
 CELL_FRACTION = 0.5  # structure-sized cells: this share of the prompt box's shorter side
 #: a slice whose box's shorter side is below this share of the structure's (an end slice, where the
 #: structure is a speck) keeps cells of its own box: the structure's cells would be too coarse
@@ -71,6 +109,9 @@ class RiseSettings(CommonSettings):
                             "structure: half the structure's median box, on one lattice over the slice)", minimum=0,
                          flag="--cells")
     p: float = setting(0.5, "RISE: probability that a cell is kept", flag="--keep-probability")
+    cell_aspect: float = setting(1.0, "RISE: structure-sized cells this many times longer along the structure's "
+                                      "main axis on the slice (its mask's longer principal axis) than across "
+                                      "it; 1: square cells", minimum=1.0, flag="--cell-aspect")
     sizing: str = sizing_setting()
     side: float = side_setting()
     early_stop: bool = setting(True, "RISE: stop when the map has converged (--no-early-stop: always use --masks "
@@ -135,8 +176,13 @@ class RISE(Explainer):
             # drawn over a square of the slice's longer side and cropped, so the cells stay square on
             # a slice that is not
             square = max(shape)
-            lattice = max(2, int(np.ceil(square / max(2.0, CELL_FRACTION * self.side))))
+            width = max(2.0, CELL_FRACTION * self.side)
+            lattice = max(2, int(np.ceil(square / width)))
             h, w = shape
+            angle = main_axis(engine.reference) if self.cell_aspect > 1.0 else None
+            if angle is not None:  # cells along the structure, turned with it from slice to slice
+                return (lambda rng, n: oriented_masks(rng, n, shape, width, self.cell_aspect * width, angle,
+                                                      self.p)), lattice
             return (lambda rng, n: rise_masks(rng, n, (square, square), lattice, self.p)[:, :h, :w]), lattice
         cell = max(2.0, CELL_FRACTION * min(box[2] - box[0] + 1, box[3] - box[1] + 1))
         y0, x0, y1, x1 = mask_rect(engine.roi)
