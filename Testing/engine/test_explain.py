@@ -156,6 +156,44 @@ def test_rise_does_not_call_noise_converged():
     assert spearman(maps[-1], maps[-2], engine.roi) > 0.8 > sums.reliability(engine.roi)
 
 
+
+def test_rise_cells_can_follow_the_structures_main_axis():
+    """``cell_aspect``: structure-sized cells that many times longer along the mask's main axis (a
+    wide box draws a wide mask, so the cells lie along the rows); the keep share stays p, the same
+    seed draws the same masks, the map still finds the evidence, and 1 keeps the square cells'
+    masks exactly."""
+    from xaiseg.explain.rise import main_axis, rise_masks
+
+    bar = np.zeros((64, 64), bool)
+    for i in range(40):  # down two pixels for each one across: 63.4 degrees from the columns' axis
+        bar[10 + i, 10 + i // 2:14 + i // 2] = True
+    assert main_axis(bar) == pytest.approx(np.degrees(np.arctan2(2, 1)), abs=2.0)
+    assert main_axis(np.eye(64, dtype=bool)[:2]) is None  # two pixels: no axis
+    toy, wide = SquareEvidence(), SlicePrompt(box=(26, 40, 62, 50))  # 37 x 11: its mask lies along the rows
+    image = evidence_image()
+    engine = PerturbationEngine(toy, image, wide, np.ones((64, 64), bool), fill="zero")
+    assert engine.reference.sum() == 37 * 11 and main_axis(engine.reference) == pytest.approx(0.0, abs=1e-6)
+
+    def drawn(**kw):
+        make, _ = make_explainer("rise", toy, side=11.0, **kw).mask_maker(engine)
+        return make(np.random.default_rng(0), 200)
+
+    def lagged(masks, dy, dx):  # correlation of the keep maps with themselves shifted by (dy, dx)
+        a, b = masks[:, 16:48, 16:48], masks[:, 16 + dy:48 + dy, 16 + dx:48 + dx]
+        return np.corrcoef(a.ravel(), b.ravel())[0, 1]
+
+    long = drawn(cell_aspect=3.0)
+    assert long.shape == (200, 64, 64) and abs(long.mean() - 0.5) < 0.03
+    assert lagged(long, 0, 8) > 0.6 > 0.2 > lagged(long, 8, 0)  # cells 5.5 across, 16.5 along the rows
+    np.testing.assert_array_equal(long, drawn(cell_aspect=3.0))
+    lattice = int(np.ceil(64 / 5.5))
+    np.testing.assert_array_equal(drawn(), rise_masks(np.random.default_rng(0), 200, (64, 64), lattice, 0.5))
+    ex = make_explainer("rise", toy, side=11.0, cell_aspect=3.0, **dict(FAST["rise"], metric_steps=0)).explain(
+        image, wide, target=toy.square_mask())
+    assert toy.square_mask()[peak(ex.saliency)] and ex.settings["cell_aspect"] == 3.0
+    with pytest.raises(errors.InputError, match="cell_aspect"):
+        make_explainer("rise", cell_aspect=0.5)
+
 def test_occlusion_evaluates_only_patches_that_touch_the_roi():
     toy = SquareEvidence()
     roi = np.zeros((64, 64), bool)
