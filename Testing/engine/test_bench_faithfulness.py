@@ -327,10 +327,16 @@ def test_runs_of_some_structures_each_merge_into_one_table(tmp_path):
     assert not (tmp_path / "refused").exists()
 
 
-def test_kept_maps_score_again_as_the_bench_measured_them(tmp_path, capsys):
+def rows_slices(rows):
+    return sorted({r["slice"] for r in rows})
+
+
+@pytest.mark.parametrize("orientation", ["auto", "transpose"])
+def test_kept_maps_score_again_as_the_bench_measured_them(tmp_path, capsys, orientation):
     """``--keep-maps``: every explained slice's maps, ROI and prompt are kept, and scoring the kept
-    maps again on the kept slice gives the bench's own figures exactly; a map of one's own is scored
-    on the same curves (known answer: the toy's mask needs only its evidence square, so the square
+    maps again on the kept slice gives the bench's own figures exactly, also where the model sees
+    the slices turned (transposed: the kept slice, ROI and maps are the model's view, the table's
+    rows come from maps turned back); a map of one's own is scored on the same curves (known answer: the toy's mask needs only its evidence square, so the square
     first beats every trivial map and the square last does not).  Bad maps, another model and other
     files are refused by name, and a bench other than faithfulness does not take the option."""
     import json
@@ -344,14 +350,16 @@ def test_kept_maps_score_again_as_the_bench_measured_them(tmp_path, capsys):
     from xaiseg.errors import InputError
     from xaiseg import kept_maps
     from xaiseg.kept_maps import kept_name, load_kept, rescore
-    from xaiseg.pipeline import Session
+    from xaiseg.pipeline import SegmentConfig, Session
     from xaiseg.progress import ensure
 
     sys.path.insert(0, str(Path(__file__).parent))
     from test_explain import toy_volume
     from toys import SquareEvidence
 
-    session = Session(toy_volume(), SquareEvidence())
+    # the toy reads its evidence at a fixed place of the model's grid: the square (8:24, 8:24) is
+    # where it was in the transposed slice too
+    session = Session(toy_volume(), SquareEvidence(), SegmentConfig(orientation=orientation))
     truth = np.zeros(session.volume.shape, bool)
     truth[:, 20:40, 22:42] = True  # boxed beside the evidence square (8:24), which the ROI reaches
 
@@ -379,9 +387,11 @@ def test_kept_maps_score_again_as_the_bench_measured_them(tmp_path, capsys):
         assert again["square"]["deletion_auc"] < best <= again["elsewhere"]["deletion_auc"]
         with pytest.raises(InputError, match=r"map 'small' of shape \(3, 3\): expected the kept slice's \(64, 64\)"):
             rescore(kept, {"small": np.zeros((3, 3))}, session.segmenter)
+    assert kept.meta["versions"] == bf.row_versions(["occlusion", "rise"])
+    assert kept.meta["settings"]["rise"]["n_masks"] == 60
     other = SquareEvidence()
     other.name = "another model"
-    with pytest.raises(InputError, match="measured with .*square-evidence toy.*expected the same model"):
+    with pytest.raises(InputError, match="measured with name square-evidence toy.*expected the same model"):
         rescore(kept, {}, other)
     (tmp_path / "notes.npz").write_bytes(b"not a kept slice")
     with pytest.raises(InputError, match="notes.npz: not a kept slice"):
@@ -389,8 +399,28 @@ def test_kept_maps_score_again_as_the_bench_measured_them(tmp_path, capsys):
     assert main(["bench", "audit", "--keep-maps", str(tmp_path), "-o", str(tmp_path)]) == 2
     assert "--keep-maps: only the faithfulness bench keeps maps, not audit" in capsys.readouterr().err
     assert json.loads(str(np.load(tmp_path / kept_name("toy", k))["meta"]))["structure"] == "toy"
-    # the check scores every kept file again with LiteMedSAM: these were measured with the toy
-    assert kept_maps.main([str(tmp_path), "--threads", "1"]) == 2
-    assert "was measured with {'name': 'square-evidence toy'" in capsys.readouterr().err
+    # the check scores every kept map again, beside the recorded figures: all agree
+    rows = kept_maps.check(tmp_path, session.segmenter)
+    assert len(rows) == 2 * len(rows_slices(rows)) == 4 and kept_maps.largest_difference(rows) < 1e-12
+    # with LiteMedSAM, the command's model, these files (measured with the toy) are refused by name
+    assert kept_maps.main([str(tmp_path)]) == 2
+    assert "was measured with name square-evidence toy" in capsys.readouterr().err
     assert kept_maps.main([str(tmp_path / "none")]) == 2
     assert "none: no kept slices (STRUCTURE_kNNN.npz)" in capsys.readouterr().err
+    assert kept_maps.main([str(tmp_path), "--threads", "0"]) == 2
+    assert "--threads 0: expected 1 or more" in capsys.readouterr().err
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "image_only.npz", "w") as z:  # an npz without a kept slice's parts
+        z.writestr("image.npy", b"")
+    (tmp_path / "cut_k001.npz").write_bytes((tmp_path / kept_name("toy", k)).read_bytes()[:200])  # half copied
+    for bad, needle in (("image_only.npz", "not a kept slice"), ("cut_k001.npz", "not a kept slice")):
+        with pytest.raises(InputError, match=needle):
+            load_kept(tmp_path / bad)
+    assert [p.name for p in kept_maps.kept_files(tmp_path)] == ["cut_k001.npz"] + [kept_name("toy", s) for s in
+                                                                                  rows_slices(rows)]
+    with pytest.raises(InputError, match="a map named 'trivial'"):
+        rescore(load_kept(tmp_path / kept_name("toy", k)), {"trivial": np.zeros((64, 64))}, session.segmenter)
+    assert main(["bench", "faithfulness", "--keep-maps", str(tmp_path), "--parts", "cascade", "-o",
+                 str(tmp_path)]) == 2
+    assert "--keep-maps with --parts cascade: only the maps part explains slices" in capsys.readouterr().err

@@ -162,13 +162,25 @@ def test_rise_cells_can_follow_the_structures_main_axis():
     wide box draws a wide mask, so the cells lie along the rows); the keep share stays p, the same
     seed draws the same masks, the map still finds the evidence, and 1 keeps the square cells'
     masks exactly."""
-    from xaiseg.explain.rise import main_axis, rise_masks
+    from xaiseg.explain.rise import main_axis, oriented_masks, rise_masks
 
     bar = np.zeros((64, 64), bool)
     for i in range(40):  # down two pixels for each one across: 63.4 degrees from the columns' axis
         bar[10 + i, 10 + i // 2:14 + i // 2] = True
     assert main_axis(bar) == pytest.approx(np.degrees(np.arctan2(2, 1)), abs=2.0)
     assert main_axis(np.eye(64, dtype=bool)[:2]) is None  # two pixels: no axis
+    disc = np.hypot(*np.mgrid[-20:21, -20:21]) <= 15
+    assert main_axis(disc) is None  # round: no axis, square cells
+    for degrees in (-89, -60, -20, 0, 10, 20, 40, 89):  # an axis, not a direction: always in [-90, 90)
+        line = np.zeros((101, 101), bool)
+        t = np.radians(degrees)
+        for r in np.linspace(-45, 45, 400):
+            for d in (-2, -1, 0, 1, 2):  # five pixels wide
+                line[int(round(50 + r * np.sin(t) + d * np.cos(t))), int(round(50 + r * np.cos(t) - d * np.sin(t)))] = True
+        assert main_axis(line) == pytest.approx(degrees, abs=2.0), degrees
+    # two slices whose axes differ by a few degrees get nearly the same masks
+    near = [oriented_masks(np.random.default_rng(0), 100, (64, 64), 5.0, 15.0, a, 0.5) for a in (10.0, 14.0)]
+    assert np.corrcoef(near[0].ravel(), near[1].ravel())[0, 1] > 0.8
     toy, wide = SquareEvidence(), SlicePrompt(box=(26, 40, 62, 50))  # 37 x 11: its mask lies along the rows
     image = evidence_image()
     engine = PerturbationEngine(toy, image, wide, np.ones((64, 64), bool), fill="zero")
@@ -191,8 +203,11 @@ def test_rise_cells_can_follow_the_structures_main_axis():
     ex = make_explainer("rise", toy, side=11.0, cell_aspect=3.0, **dict(FAST["rise"], metric_steps=0)).explain(
         image, wide, target=toy.square_mask())
     assert toy.square_mask()[peak(ex.saliency)] and ex.settings["cell_aspect"] == 3.0
+    assert ex.details["cell_angle"] == 0.0 and "cell_angle" not in explain("rise").details
     with pytest.raises(errors.InputError, match="cell_aspect"):
         make_explainer("rise", cell_aspect=0.5)
+    with pytest.raises(errors.InputError, match=r"cell aspect \(--cell-aspect\) 3.0 with a fixed grid \(--cells 7\)"):
+        make_explainer("rise", cells=7, cell_aspect=3.0)
 
 def test_occlusion_evaluates_only_patches_that_touch_the_roi():
     toy = SquareEvidence()

@@ -135,7 +135,7 @@ EXPLAIN_OPTIONS = {
     "--score": (["dice", "logit"], ["iou"]), "--fill": (["auto", "zero", "mean", "blur"], ["noise"]),
     "--threshold": (["0.5", "0.2"], ["0", "1", "nan", "x"]), "--batch-size": (["1", "8"], ["0", "-1"]),
     "--occlusion-grid": (["model", "image"], ["slice"]), "--cells": (["3", "5"], ["0", "x"]),
-    "--keep-probability": (["0.5", "0.3"], ["0", "2", "x"]), "--rise-reliability": (["0.9", "0.5"], ["0", "2", "x"]), "--shap-algorithm": (["kernel", "permutation"], ["x"]),
+    "--keep-probability": (["0.5", "0.3"], ["0", "2", "x"]), "--cell-aspect": (["1", "3"], ["0.5", "11", "nan", "x"]), "--rise-reliability": (["0.9", "0.5"], ["0", "2", "x"]), "--shap-algorithm": (["kernel", "permutation"], ["x"]),
     "--layer-stage": (["1", "2", "3"], ["4"]), "--layers": (["all", "blocks"], ["", "nonexistent"]),
     "--narrator": (["template"], ["llava", "openai", "gpt"]), "--llava-model": (["@empty"], ["@missing"]),
     "--openai-base-url": (["http://127.0.0.1:9/v1"], ["ftp://x", "not a url"]),

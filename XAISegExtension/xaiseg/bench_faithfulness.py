@@ -132,11 +132,11 @@ def structure_rows(session, sample, name: str, pairs: Optional[int], masks: int,
     explainers = _explainers(masks, metric_fill=metric_fill, only=methods)
     run = session.explain(seg, explainers, slices=slices, target=truth, progress=progress)
     seconds = time.perf_counter() - t0
+    doc = run.metrics()
     if keep is not None:
         from .kept_maps import keep_slices
 
-        keep_slices(keep, name, session, seg, run, explainers)
-    doc = run.metrics()
+        keep_slices(keep, name, session, seg, run, explainers, row_versions(methods), doc)
     out = {"slices": slices, "seconds": round(seconds, 1), "methods": {},
            "versions": row_versions(methods)}
     for method, entry in doc["methods"].items():

@@ -122,6 +122,14 @@ def cmd_bench(args) -> int:
         raise InputError(f"--merge: only the faithfulness bench merges runs, not {args.what}")
     if args.keep_maps and args.what != "faithfulness":
         raise InputError(f"--keep-maps: only the faithfulness bench keeps maps, not {args.what}")
+    if args.keep_maps and parts and "maps" not in parts:
+        raise InputError(f"--keep-maps with --parts {args.parts}: only the maps part explains slices to keep; "
+                         "expected maps among the parts")
+    if args.keep_maps and not args.merge:  # a folder that cannot be written is found now, not after an hour
+        from .io import staged
+
+        with staged(Path(args.keep_maps)):
+            pass
     if args.merge and (args.structures or args.methods or args.parts or args.quick or args.keep_maps):
         raise InputError("--merge measures nothing: expected no --structures, --methods, --parts, --quick or "
                          "--keep-maps with it")

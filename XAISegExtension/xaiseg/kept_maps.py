@@ -13,19 +13,29 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, XAISegError
 
 #: what a kept file holds; a file of another version is refused rather than misread
 KEPT_VERSION = 1
 #: the per-slice figures of each method kept beside its map
 MEASURED = ("deletion_auc", "insertion_auc", "best_trivial_deletion_auc", "beats_trivial_deletion")
+#: what identifies the model a map was measured with (not its device or where its weights lie)
+MODEL_KEYS = ("name", "weights_sha256", "input_size")
+#: what a kept file's meta must hold
+META_KEYS = ("structure", "slice", "model", "prompt", "score", "metric_steps", "metric_fill", "seed", "measured")
+#: the largest difference between a figure scored again and the one recorded that the check accepts
+#: (the same passes on the same machine agree to the last digit)
+TOLERANCE = 1e-6
+KEPT_FILE = re.compile(r".+_k\d{3,}\.npz$")
 
 
 @dataclass
@@ -53,15 +63,17 @@ def kept_name(structure: str, k: int) -> str:
     return f"{structure}_k{int(k):03d}.npz"
 
 
-def keep_slices(folder, structure: str, session, segmentation, run, explainers: Sequence) -> List[Path]:
+def keep_slices(folder, structure: str, session, segmentation, run, explainers: Sequence,
+                versions: Optional[Dict] = None, doc: Optional[Dict] = None) -> List[Path]:
     """Write every explained slice of ``run`` (a :meth:`Session.explain` of ``segmentation`` with
-    ``explainers``) into ``folder``; each file is written whole or not at all."""
+    ``explainers``; ``doc`` its :meth:`metrics` when already made) into ``folder``, with each method's
+    settings and the bench's map ``versions``; each file is written whole or not at all."""
     from .explain_volume import slice_prompt
     from .io import write_bytes_atomic
 
     vs, axis = session.volume_segmenter, session.axis
     prompts = {r.index: slice_prompt(r.prompt) for r in segmentation.slices}
-    metrics = run.metrics()["methods"]
+    metrics = (doc or run.metrics())["methods"]
     first = explainers[0]
     written = []
     for k in run.slices:
@@ -75,7 +87,8 @@ def keep_slices(folder, structure: str, session, segmentation, run, explainers: 
                            "points": None if not prompt.points else [list(map(float, p)) for p in prompt.points],
                            "labels": None if prompt.labels is None else [int(v) for v in prompt.labels]},
                 "score": first.score, "metric_steps": int(first.metric_steps), "metric_fill": first.metric_fill,
-                "seed": int(first.seed),
+                "seed": int(first.seed), "versions": dict(versions or {}),
+                "settings": {m: e.get("settings") for m, e in metrics.items()},
                 "measured": {m: {x: e["slices"][str(k)].get(x) for x in MEASURED} for m, e in metrics.items()}}
         arrays["meta"] = np.array(json.dumps(meta))
         buffer = io.BytesIO()
@@ -87,17 +100,25 @@ def keep_slices(folder, structure: str, session, segmentation, run, explainers: 
 def load_kept(path) -> KeptSlice:
     """A file :func:`keep_slices` wrote; a clear error for anything else."""
     path = Path(path)
+    expected = "expected a STRUCTURE_kNNN.npz written by xaiseg bench faithfulness --keep-maps"
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
         meta = json.loads(str(arrays.pop("meta")))
-    except (OSError, ValueError, KeyError) as exc:
-        raise InputError(f"{path}: not a kept slice ({exc}); expected a STRUCTURE_kNNN.npz written by "
-                         "xaiseg bench faithfulness --keep-maps") from exc
-    if meta.get("version") != KEPT_VERSION:
-        raise InputError(f"{path}: kept-slice version {meta.get('version')!r}; expected {KEPT_VERSION}")
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{path}: not a kept slice ({type(exc).__name__}: {exc}); {expected}") from exc
+    if not isinstance(meta, dict) or meta.get("version") != KEPT_VERSION:
+        version = meta.get("version") if isinstance(meta, dict) else None
+        raise InputError(f"{path}: kept-slice version {version!r}; expected {KEPT_VERSION} ({expected})")
+    missing = [k for k in ("image", "roi") if k not in arrays] + [k for k in META_KEYS if k not in meta]
+    if missing:
+        raise InputError(f"{path}: a kept slice without {', '.join(missing)}; {expected}")
+    image = arrays["image"]
     maps = {key[len("map_"):]: v for key, v in arrays.items() if key.startswith("map_")}
-    return KeptSlice(path, arrays["image"], arrays["roi"].astype(bool), maps, meta)
+    odd = [name for name, a in [("roi", arrays["roi"])] + list(maps.items()) if a.shape != image.shape or image.ndim != 2]
+    if odd:
+        raise InputError(f"{path}: {', '.join(odd)} of another shape than the slice's {image.shape}; {expected}")
+    return KeptSlice(path, image, arrays["roi"].astype(bool), maps, meta)
 
 
 def rescore(kept: KeptSlice, maps: Mapping[str, np.ndarray], segmenter, trivial: bool = True,
@@ -110,9 +131,12 @@ def rescore(kept: KeptSlice, maps: Mapping[str, np.ndarray], segmenter, trivial:
     from .explain.measure import faithfulness, trivial_curves
 
     meta = kept.meta
-    if segmenter.describe() != meta["model"]:
-        raise InputError(f"{kept.path} was measured with {meta['model']}; expected the same model, got "
-                         f"{segmenter.describe()}")
+    model = segmenter.describe()
+    if any(model.get(k) != meta["model"].get(k) for k in MODEL_KEYS):
+        raise InputError(f"{kept.path} was measured with {_model_text(meta['model'])}; expected the same model, got "
+                         f"{_model_text(model)}")
+    if "trivial" in maps:
+        raise InputError("a map named 'trivial': expected another name (the trivial maps' figures come under it)")
     for name, m in maps.items():
         if np.shape(m) != kept.image.shape:
             raise InputError(f"map {name!r} of shape {np.shape(m)}: expected the kept slice's {kept.image.shape} "
@@ -122,7 +146,7 @@ def rescore(kept: KeptSlice, maps: Mapping[str, np.ndarray], segmenter, trivial:
     engine = PerturbationEngine(segmenter, kept.image, kept.prompt, kept.roi, score=meta["score"], progress=progress,
                                 stage=f"{meta['structure']} slice {meta['slice']}")
     steps, fill = meta["metric_steps"], meta["metric_fill"]
-    out: Dict[str, Dict] = {name: _curve(faithfulness(engine, np.asarray(m, np.float32), steps, fill=fill))
+    out: Dict[str, Dict] = {name: _curve(faithfulness(engine, np.asarray(m), steps, fill=fill))
                             for name, m in maps.items()}
     if trivial:
         _, curves = trivial_curves(engine, steps, meta["seed"], fill, "trivial")
@@ -130,52 +154,79 @@ def rescore(kept: KeptSlice, maps: Mapping[str, np.ndarray], segmenter, trivial:
     return out
 
 
+def _model_text(model: Dict) -> str:
+    return ", ".join(f"{k} {model.get(k)}" for k in MODEL_KEYS)
+
+
 def _curve(figures: Dict) -> Dict:
     return {k: figures[k] for k in ("deletion_auc", "insertion_auc", "deletion_curve")}
 
 
-def _check(folder: Path, device: str = "cpu", threads: Optional[int] = None) -> List[Dict]:
-    """Every kept slice's maps scored again, beside the figures the bench recorded."""
-    from .models.litemedsam import LiteMedSAM
+def kept_files(folder) -> List[Path]:
+    """The kept slices in ``folder``, by name."""
+    return sorted(p for p in Path(folder).glob("*.npz") if KEPT_FILE.match(p.name))
 
-    if threads:
-        import torch
 
-        torch.set_num_threads(int(threads))
-    files = sorted(Path(folder).glob("*_k[0-9][0-9][0-9].npz"))
+def check(folder, model=None, progress=None) -> List[Dict]:
+    """Every kept slice's maps in ``folder`` scored again with ``model`` (LiteMedSAM when None), beside
+    the figures the bench recorded: per map its deletion AUC both ways and the best trivial map's
+    both ways."""
+    files = kept_files(folder)
     if not files:
         raise InputError(f"{folder}: no kept slices (STRUCTURE_kNNN.npz); expected the folder given to "
                          "xaiseg bench faithfulness --keep-maps")
-    model = LiteMedSAM(device=device)
+    if model is None:
+        from .models.litemedsam import LiteMedSAM
+
+        model = LiteMedSAM()
     rows = []
     for path in files:
         kept = load_kept(path)
-        again = rescore(kept, kept.maps, model)
+        again = rescore(kept, kept.maps, model, progress=progress)
         best = min(c["deletion_auc"] for c in again["trivial"].values())
         for method in kept.maps:
+            measured = kept.meta["measured"].get(method, {})
             rows.append({"structure": kept.meta["structure"], "slice": kept.meta["slice"], "method": method,
-                         "measured": kept.meta["measured"].get(method, {}).get("deletion_auc"),
-                         "rescored": again[method]["deletion_auc"], "best_trivial": best})
-            measured = "-" if rows[-1]["measured"] is None else f"{rows[-1]['measured']:.4f}"
-            print(f"{kept.meta['structure']} {kept.meta['slice']} {method}: deletion AUC measured {measured}, "
-                  f"scored again {rows[-1]['rescored']:.4f}; best trivial {best:.4f}", flush=True)
+                         "measured": measured.get("deletion_auc"), "rescored": again[method]["deletion_auc"],
+                         "best_trivial_measured": measured.get("best_trivial_deletion_auc"), "best_trivial": best})
     return rows
+
+
+def largest_difference(rows: Sequence[Dict]) -> Optional[float]:
+    """The largest difference between a recorded figure and the same figure scored again (None when
+    no row recorded one)."""
+    gaps = [abs(r[a] - r[b]) for r in rows for a, b in (("measured", "rescored"), ("best_trivial_measured",
+                                                                                     "best_trivial"))
+            if r[a] is not None]
+    return max(gaps) if gaps else None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m xaiseg.kept_maps",
-                                description="Score the maps kept by xaiseg bench faithfulness --keep-maps again, "
-                                            "beside the figures the bench recorded (with LiteMedSAM).")
+                                description="Score the maps kept by xaiseg bench faithfulness --keep-maps again "
+                                            "with LiteMedSAM, beside the figures the bench recorded; exit status 1 "
+                                            f"when one differs by more than {TOLERANCE:g}.")
     p.add_argument("folder", help="the --keep-maps folder")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args(argv)
     try:
-        _check(Path(args.folder), args.device, args.threads)
-    except InputError as exc:
+        if args.threads is not None and args.threads < 1:
+            raise InputError(f"--threads {args.threads}: expected 1 or more")
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(int(args.threads))
+        rows = check(Path(args.folder))
+    except XAISegError as exc:
         print(f"{p.prog}: error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    for r in rows:
+        recorded = "-" if r["measured"] is None else f"{r['measured']:.6f}"
+        print(f"{r['structure']} {r['slice']} {r['method']}: deletion AUC recorded {recorded}, scored again "
+              f"{r['rescored']:.6f}; best trivial map {r['best_trivial']:.6f}")
+    gap = largest_difference(rows)
+    print(f"{len(rows)} maps; largest difference from the recorded figures: {'-' if gap is None else f'{gap:.2e}'}")
+    return 1 if gap is not None and gap > TOLERANCE else 0
 
 
 if __name__ == "__main__":

@@ -40,30 +40,42 @@ from .base import (Attribution, CommonSettings, Explainer, PerturbationEngine, s
 from .registry import register
 
 
+def _cells(rng: np.random.Generator, rows: int, cols: int, ch: int, cw: int, h: int, w: int, p: float) -> np.ndarray:
+    """One keep map of ``h`` x ``w``: a ``rows`` x ``cols`` Bernoulli(p) grid upsampled bilinearly to
+    cells of ``ch`` x ``cw`` pixels (one cell more each way) and cropped at a random shift."""
+    import cv2
+
+    grid = (rng.random((rows, cols)) < p).astype(np.float32)
+    big = cv2.resize(grid, ((cols + 1) * cw, (rows + 1) * ch), interpolation=cv2.INTER_LINEAR)
+    dy, dx = int(rng.integers(0, ch)), int(rng.integers(0, cw))
+    return big[dy:dy + h, dx:dx + w]
+
+
 def rise_masks(rng: np.random.Generator, n: int, shape: Tuple[int, int], cells: int, p: float) -> np.ndarray:
     """``n`` smooth keep maps of ``shape``: ``cells`` x ``cells`` Bernoulli(p) grids, upsampled bilinearly
     to (cells + 1) cell sizes and cropped at a random shift (Petsiuk et al. 2018)."""
-    import cv2
-
     h, w = shape
     ch, cw = int(np.ceil(h / cells)), int(np.ceil(w / cells))
     out = np.empty((n, h, w), np.float32)
     for i in range(n):
-        grid = (rng.random((cells, cells)) < p).astype(np.float32)
-        big = cv2.resize(grid, ((cells + 1) * cw, (cells + 1) * ch), interpolation=cv2.INTER_LINEAR)
-        dy, dx = int(rng.integers(0, ch)), int(rng.integers(0, cw))
-        out[i] = big[dy:dy + h, dx:dx + w]
+        out[i] = _cells(rng, cells, cells, ch, cw, h, w, p)
     return out
+
+
+#: the longest cells ``--cell-aspect`` draws, in widths (longer ones only cost memory: the canvas is
+#: drawn cell by cell)
+MAX_ASPECT = 10.0
 
 
 def oriented_masks(rng: np.random.Generator, n: int, shape: Tuple[int, int], width: float, length: float,
                    angle: float, p: float) -> np.ndarray:
     """``n`` smooth keep maps of ``shape`` whose cells are ``width`` across and ``length`` along the
-    direction ``angle`` (degrees from the columns' axis towards the rows'): Bernoulli(p) cells,
-    upsampled bilinearly and shifted at random as :func:`rise_masks` does, drawn on a canvas of the
-    slice's diagonal and turned about the slice's centre.  The draws depend on ``shape``, the cell
-    sizes and the seed only, so two slices of one structure whose axes differ a little get masks
-    that differ as little."""
+    direction ``angle`` (degrees from the columns' axis towards the rows', as :func:`main_axis`
+    gives it): Bernoulli(p) cells, upsampled bilinearly and shifted at random as :func:`rise_masks`
+    does, on a canvas of the slice's diagonal turned about the slice's centre.  The draws depend on
+    ``shape``, the cell sizes and the seed only, so two slices of one structure whose axes differ a
+    little get masks that differ as little (except across the seam at +-90 degrees, where the same
+    axis is drawn half a turn apart)."""
     import cv2
 
     h, w = shape
@@ -75,23 +87,27 @@ def oriented_masks(rng: np.random.Generator, n: int, shape: Tuple[int, int], wid
     turn[1, 2] -= side / 2.0 - h / 2.0
     out = np.empty((n, h, w), np.float32)
     for i in range(n):
-        grid = (rng.random((rows, cols)) < p).astype(np.float32)
-        big = cv2.resize(grid, ((cols + 1) * cl, (rows + 1) * cw), interpolation=cv2.INTER_LINEAR)
-        dy, dx = int(rng.integers(0, cw)), int(rng.integers(0, cl))
-        canvas = np.ascontiguousarray(big[dy:dy + side, dx:dx + side])
+        canvas = np.ascontiguousarray(_cells(rng, rows, cols, cw, cl, side, side, p))
         out[i] = cv2.warpAffine(canvas, turn, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return out
 
 
+#: a mask whose principal axes' lengths differ by less than this ratio has no main axis (a round one)
+ROUND = 1.2
+
+
 def main_axis(mask: np.ndarray) -> Optional[float]:
-    """The direction of ``mask``'s longer principal axis in degrees (as :func:`oriented_masks` reads
-    it), or None for fewer than three pixels."""
+    """The longer principal axis of ``mask`` in degrees from the columns' axis towards the rows', in
+    [-90, 90) (an axis, not a direction: the eigenvector's sign is arbitrary); None for fewer than
+    three pixels or a round mask (axes' lengths within :data:`ROUND` of each other)."""
     ys, xs = np.nonzero(mask)
     if len(ys) < 3:
         return None
-    _, vectors = np.linalg.eigh(np.cov(np.stack([xs, ys]).astype(np.float64)))
+    values, vectors = np.linalg.eigh(np.cov(np.stack([xs, ys]).astype(np.float64)))
+    if values[1] <= 0 or values[1] < ROUND ** 2 * max(values[0], 0.0):
+        return None
     x, y = vectors[:, 1]  # the eigenvector of the larger eigenvalue
-    return float(np.degrees(np.arctan2(y, x)))
+    return float((np.degrees(np.arctan2(y, x)) + 90.0) % 180.0 - 90.0)
 
 
 CELL_FRACTION = 0.5  # structure-sized cells: this share of the prompt box's shorter side
@@ -109,9 +125,11 @@ class RiseSettings(CommonSettings):
                             "structure: half the structure's median box, on one lattice over the slice)", minimum=0,
                          flag="--cells")
     p: float = setting(0.5, "RISE: probability that a cell is kept", flag="--keep-probability")
-    cell_aspect: float = setting(1.0, "RISE: structure-sized cells this many times longer along the structure's "
-                                      "main axis on the slice (its mask's longer principal axis) than across "
-                                      "it; 1: square cells", minimum=1.0, flag="--cell-aspect")
+    cell_aspect: float = setting(1.0, "RISE: structure-sized cells (in a volume, one lattice over the slice) this "
+                                      "many times longer along the structure's main axis on the slice (its "
+                                      "mask's longer principal axis) than across it; 1: square cells (a round "
+                                      "mask, a speck slice and --cells keep them square)", minimum=1.0,
+                                 maximum=MAX_ASPECT, flag="--cell-aspect")
     sizing: str = sizing_setting()
     side: float = side_setting()
     early_stop: bool = setting(True, "RISE: stop when the map has converged (--no-early-stop: always use --masks "
@@ -136,6 +154,10 @@ class RiseSettings(CommonSettings):
             raise InputError(f"RISE keep probability {self.p} must lie strictly between 0 and 1")
         if not 0.0 < self.converge <= 1.0:
             raise InputError(f"RISE reliability (--rise-reliability) {self.converge} must lie in (0, 1]")
+        if self.cells and self.cell_aspect != 1.0:
+            raise InputError(f"RISE cell aspect (--cell-aspect) {self.cell_aspect} with a fixed grid (--cells "
+                             f"{self.cells}): expected --cell-aspect 1, or --cells 0 for cells sized from the "
+                             "structure")
 
 
 @register
@@ -163,7 +185,8 @@ class RISE(Explainer):
         ``side`` set) structure-sized cells on one lattice over the whole slice, the same masks on
         every slice of the structure (they act inside each slice's ROI only); or (cells 0, no
         ``side``, or a box below ``SPECK`` of ``side``) cells sized from the slice's own box over the
-        ROI's bounding box, 1 outside it."""
+        ROI's bounding box, 1 outside it.  With ``cell_aspect`` above 1 the structure's cells are that
+        many times longer along the mask's :func:`main_axis` (square where the mask has none)."""
         shape = engine.image.shape
         if self.cells:
             return (lambda rng, n: rise_masks(rng, n, shape, self.cells, self.p)), self.cells
@@ -181,8 +204,11 @@ class RISE(Explainer):
             h, w = shape
             angle = main_axis(engine.reference) if self.cell_aspect > 1.0 else None
             if angle is not None:  # cells along the structure, turned with it from slice to slice
-                return (lambda rng, n: oriented_masks(rng, n, shape, width, self.cell_aspect * width, angle,
-                                                      self.p)), lattice
+                def along(rng, n):
+                    return oriented_masks(rng, n, shape, width, self.cell_aspect * width, angle, self.p)
+
+                along.cell_angle = round(angle, 1)  # recorded with the map
+                return along, lattice
             return (lambda rng, n: rise_masks(rng, n, (square, square), lattice, self.p)[:, :h, :w]), lattice
         cell = max(2.0, CELL_FRACTION * min(box[2] - box[0] + 1, box[3] - box[1] + 1))
         y0, x0, y1, x1 = mask_rect(engine.roi)
@@ -216,6 +242,8 @@ class RISE(Explainer):
         details = {"masks_used": sums.used, "stopped_at": sums.used, "converged": converged,
                    "reliability": None if reliability is None else round(reliability, 4),
                    "convergence": history, "cells": cells}
+        if self.cell_aspect != 1.0:  # the main axis the cells followed (None: square cells on this slice)
+            details["cell_angle"] = getattr(make, "cell_angle", None)
         if reliability is not None and self.early_stop and not converged:  # --masks ended it before the stop
             details["masks_for_reliability"] = masks_for_reliability(reliability, sums.used, self.converge)
         return Attribution(sums.map(), details)
