@@ -86,7 +86,7 @@ def test_rise_measured_again_everywhere_may_take_other_masks(tmp_path, monkeypat
         "cascade": {"Left_Caudate": {"slice": 81, "methods": {}}}, "cascade_versions": dict(bf.MAP_VERSIONS)}))
     measured = []
 
-    def rows(session, sample, name, pairs, masks, *args):
+    def rows(session, sample, name, pairs, masks, *args, **kwargs):
         measured.append((name, masks))
         return {"slices": [1, 2], "seconds": 1.0, "methods": {"rise": method_row(0.4)},
                 "versions": bf.row_versions(["rise"])}
@@ -106,10 +106,10 @@ def test_rise_measured_again_everywhere_may_take_other_masks(tmp_path, monkeypat
     assert not bf._same_masks(previous, 300, both, ["rise"], ("cascade",))
     assert not bf._same_masks(previous, 300, both, ["rise", "occlusion", "layers"], ("maps",))
 
-    def stopped(session, sample, name, *args):  # a run stopped after its first structure
+    def stopped(session, sample, name, *args, **kwargs):  # a run stopped after its first structure
         if name == "Right_Caudate":
             raise KeyboardInterrupt
-        return rows(session, sample, name, *args)
+        return rows(session, sample, name, *args, **kwargs)
 
     monkeypatch.setattr(bf, "structure_rows", stopped)
     with pytest.raises(KeyboardInterrupt):
