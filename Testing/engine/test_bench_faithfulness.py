@@ -55,7 +55,7 @@ def test_one_method_measured_again_needs_the_others_rows(tmp_path):
         bench_faithfulness(tmp_path, structures=["Left_Caudate"], methods=["occlusion"])
     (tmp_path / "faithfulness.json").write_text(json.dumps({"pairs": 1, "masks": 300, "metric_fill": "inpaint",
                                                             "maps": {"Left_Caudate": {"methods": {}}}}))
-    other = "holds Left_Caudate measured with pairs 1 \\(first\\), masks 300 .*masks 100"
+    other = "holds Left_Caudate measured with pairs 1 \\(first\\), masks 300, .*masks 100"
     with pytest.raises(InputError, match=other):  # measured with other settings: not comparable
         bench_faithfulness(tmp_path, structures=["Left_Caudate"], masks=100, methods=["occlusion"])
     assert not list(tmp_path.glob("*.md"))  # nothing written
@@ -424,3 +424,38 @@ def test_kept_maps_score_again_as_the_bench_measured_them(tmp_path, capsys, orie
     assert main(["bench", "faithfulness", "--keep-maps", str(tmp_path), "--parts", "cascade", "-o",
                  str(tmp_path)]) == 2
     assert "--keep-maps with --parts cascade: only the maps part explains slices" in capsys.readouterr().err
+
+
+def test_the_bench_seed_reaches_every_draw_and_labels_its_table(tmp_path, monkeypatch):
+    """``--seed``: every explainer of the bench draws from it (RISE's masks, the random trivial map);
+    a table keeps only rows of its own seed (an older table without one reads as seed 0), the table
+    says a seed other than 0, and runs of different seeds do not merge."""
+    import json
+
+    import xaiseg.bench_faithfulness as bf
+    from xaiseg.errors import InputError
+
+    assert {ex.seed for ex in bf._explainers(100, seed=3)} == {3} and {ex.seed for ex in bf._explainers(100)} == {0}
+    measured = []
+
+    def rows(session, sample, name, *args, **kwargs):
+        measured.append((name, kwargs.get("seed")))
+        return {"slices": [1, 2], "seconds": 1.0, "methods": {}, "versions": bf.row_versions(bf.METHODS)}
+
+    monkeypatch.setattr(bf, "structure_rows", rows)
+    entry = {"slices": [81, 82], "methods": {}, "versions": bf.row_versions(bf.METHODS)}
+    (tmp_path / "faithfulness.json").write_text(json.dumps({  # written before the bench had a seed
+        "pairs": 1, "masks": 100, "metric_fill": "inpaint", "sampling": bf.SAMPLING, "maps": {"Left_Caudate": entry}}))
+    bf.bench_faithfulness(tmp_path, structures=["Left_Caudate"], masks=100, parts=("maps",))
+    assert measured == []  # seed 0: resumed
+    result = bf.bench_faithfulness(tmp_path, structures=["Left_Caudate"], masks=100, parts=("maps",), seed=1)
+    assert measured == [("Left_Caudate", 1)] and result["seed"] == 1
+    assert "seed 1 for every random draw" in (tmp_path / "faithfulness.md").read_text()
+    with pytest.raises(InputError, match="seed 1.*expected every structure of this run.*seed 2"):
+        bf.bench_faithfulness(tmp_path, structures=["Left_Caudate"], masks=100, parts=("maps",), seed=2,
+                              methods=["rise"])
+    (tmp_path / "zero").mkdir()
+    bf.bench_faithfulness(tmp_path / "zero", structures=["Right_Caudate"], masks=100, parts=("maps",))
+    assert "for every random draw" not in (tmp_path / "zero" / "faithfulness.md").read_text()
+    with pytest.raises(InputError, match="was measured with seed 1 and .* with 0; expected the same seed"):
+        bf.merge_faithfulness([tmp_path, tmp_path / "zero"][::-1], tmp_path / "merged")

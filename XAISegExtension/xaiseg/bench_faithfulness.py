@@ -97,10 +97,11 @@ def adjacent_pairs(slices: Sequence[int], pairs: Optional[int]) -> List[int]:
 
 
 def _explainers(masks: int, cascade: bool = False, fill: str = "auto", only: Sequence[str] = METHODS,
-                metric_fill: str = "inpaint", occlusion_mode: str = "auto"):
+                metric_fill: str = "inpaint", occlusion_mode: str = "auto", seed: int = 0):
     from .explain import make_explainer
 
-    common = dict(baselines=True, metric_steps=8, fill=fill, cascade=cascade, metric_fill=metric_fill)
+    # the seed of every draw: RISE's masks, the random trivial map
+    common = dict(baselines=True, metric_steps=8, fill=fill, cascade=cascade, metric_fill=metric_fill, seed=seed)
     # layers too: curves and trivial maps
     per = {"occlusion": {"mode": occlusion_mode}, "rise": {"n_masks": masks}, "layers": {}}
     return [make_explainer(m, **dict(common, **per[m])) for m in only]
@@ -123,13 +124,14 @@ def pair_segmentation(session, sample, name: str, pairs: Optional[int], progress
 
 
 def structure_rows(session, sample, name: str, pairs: Optional[int], masks: int, progress,
-                   metric_fill: str = "inpaint", methods: Sequence[str] = METHODS, keep: Optional[Path] = None) -> Dict:
+                   metric_fill: str = "inpaint", methods: Sequence[str] = METHODS, keep: Optional[Path] = None,
+                   seed: int = 0) -> Dict:
     """Explain one structure's sampled slices with ``methods``; the per-method figures and per-slice
     rows.  ``keep``: a folder where each explained slice's maps are kept (:mod:`xaiseg.kept_maps`)."""
     truth = sample.mask(name)
     seg, slices = pair_segmentation(session, sample, name, pairs, progress)
     t0 = time.perf_counter()
-    explainers = _explainers(masks, metric_fill=metric_fill, only=methods)
+    explainers = _explainers(masks, metric_fill=metric_fill, only=methods, seed=seed)
     run = session.explain(seg, explainers, slices=slices, target=truth, progress=progress)
     seconds = time.perf_counter() - t0
     doc = run.metrics()
@@ -158,7 +160,7 @@ def structure_rows(session, sample, name: str, pairs: Optional[int], masks: int,
     return out
 
 
-def cascade_rows(session, sample, name: str, masks: int, methods: Sequence[str], progress) -> Dict:
+def cascade_rows(session, sample, name: str, masks: int, methods: Sequence[str], progress, seed: int = 0) -> Dict:
     """Cascading randomisation on the structure's central slice, for ``methods``."""
     from .volume import LabelBoxPrompt
 
@@ -166,7 +168,7 @@ def cascade_rows(session, sample, name: str, masks: int, methods: Sequence[str],
     seg = session.segment(LabelBoxPrompt(truth.astype(np.uint8), 1), name=name, progress=progress)
     ks = [r.index for r in seg.slices if r.voxels > 0]
     k = ks[len(ks) // 2]
-    run = session.explain(seg, _explainers(masks, cascade=True, only=methods), slices=[k], progress=progress)
+    run = session.explain(seg, _explainers(masks, cascade=True, only=methods, seed=seed), slices=[k], progress=progress)
     return {"slice": k, "methods": {m: e["slices"][str(k)].get("cascade") for m, e in run.metrics()["methods"].items()}}
 
 
@@ -174,7 +176,7 @@ def cascade_rows(session, sample, name: str, masks: int, methods: Sequence[str],
 FILLS_COMPARED = ("zero", "blur", "inpaint")
 
 
-def fill_rows(session, sample, name: str, progress, metric_fill: str = "inpaint") -> Dict:
+def fill_rows(session, sample, name: str, progress, metric_fill: str = "inpaint", seed: int = 0) -> Dict:
     """Occlusion's deletion AUC and gain with each of :data:`FILLS_COMPARED` for its patches, on one
     adjacent pair; the curves remove pixels the same way (``metric_fill``) for all."""
     from .volume import LabelBoxPrompt
@@ -186,7 +188,7 @@ def fill_rows(session, sample, name: str, progress, metric_fill: str = "inpaint"
     for fill in FILLS_COMPARED:
         # scored by removal: restore inpaints the ROI whatever the fill
         run = session.explain(seg, _explainers(100, fill=fill, only=("occlusion",), metric_fill=metric_fill,
-                                               occlusion_mode="remove"), slices=slices, progress=progress)
+                                               occlusion_mode="remove", seed=seed), slices=slices, progress=progress)
         s = run.metrics()["methods"]["occlusion"]["summary"]
         out[fill] = {k: s.get(k) for k in ("deletion_auc", "insertion_auc", "deletion_gain", "beats_trivial_deletion")}
     return out
@@ -211,7 +213,7 @@ CASCADE_MASKS = 100
 
 #: what a table was measured with, and what a key an older table lacks reads as (the bench's default
 #: then); tables merged into one must agree on all of it
-TABLE_SETTINGS = {"pairs": None, "masks": None, "metric_fill": "zero", "sampling": "first", "machine": None}
+TABLE_SETTINGS = {"pairs": None, "masks": None, "metric_fill": "zero", "sampling": "first", "machine": None, "seed": 0}
 
 
 def table_setting(table: Dict, key: str):
@@ -245,12 +247,13 @@ def rise_masks(result: Dict) -> Dict[str, Optional[int]]:
 def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
                        structures: Optional[Sequence[str]] = None, pairs: Optional[int] = 1, masks: int = 300,
                        parts: Sequence[str] = ("maps", "cascade", "fills"), metric_fill: str = "inpaint",
-                       methods: Sequence[str] = METHODS, keep_maps: Optional[Path] = None) -> Dict:
+                       methods: Sequence[str] = METHODS, keep_maps: Optional[Path] = None, seed: int = 0) -> Dict:
     """``methods``: what the maps part measures; a subset measures only those methods again and
     replaces their rows in the tables already written with the same pairs, masks and curves (the
     other methods' rows stay; each re-measured structure records which methods, when and where).
     ``keep_maps``: a folder where the maps part keeps every slice it explains (:mod:`xaiseg.kept_maps`);
-    a structure resumed from the table is not explained, so keeps nothing."""
+    a structure resumed from the table is not explained, so keeps nothing.  ``seed``: of every random
+    draw (RISE's masks, the random trivial map); a table keeps only rows of its own seed."""
     from .bench_explain import machine
     from .models.litemedsam import LiteMedSAM
     from .pipeline import SegmentConfig, Session
@@ -265,15 +268,17 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
     path = Path(outdir) / "faithfulness.json"
     previous = json.loads(path.read_text()) if path.is_file() else {}
     same = previous.get("pairs") == pairs and _same_masks(previous, masks, structures, methods, parts) and \
-        table_setting(previous, "metric_fill") == metric_fill and table_setting(previous, "sampling") == SAMPLING
+        table_setting(previous, "metric_fill") == metric_fill and table_setting(previous, "sampling") == SAMPLING and \
+        table_setting(previous, "seed") == seed
     done = (previous.get("maps") or {}) if same else {}  # structures measured with the same settings
     if "maps" in parts and subset and not all(name in done for name in structures):
         held = (f"it holds {', '.join(previous.get('maps') or {}) or 'none'} measured with pairs "
-                f"{previous.get('pairs')} ({table_setting(previous, 'sampling')}), masks {previous.get('masks')} and "
-                f"curves {table_setting(previous, 'metric_fill')}") if previous else "it holds no table"
+                f"{previous.get('pairs')} ({table_setting(previous, 'sampling')}), masks {previous.get('masks')}, "
+                f"curves {table_setting(previous, 'metric_fill')} and seed {table_setting(previous, 'seed')}") \
+            if previous else "it holds no table"
         raise InputError(f"faithfulness methods {','.join(methods)} replace rows of {path}; {held}; expected every "
                          f"structure of this run ({', '.join(structures)}) there with this run's pairs {pairs} "
-                         f"({SAMPLING}), masks {masks} and curves {metric_fill} (other masks only when RISE is "
+                         f"({SAMPLING}), masks {masks}, curves {metric_fill} and seed {seed} (other masks only when RISE is "
                          f"measured again on every structure there, the cascade's {CASCADE_MASKS} unchanged): "
                          "run all methods")
     kept = [m for m in METHODS if m not in methods]  # the rows a --methods run keeps
@@ -288,7 +293,7 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
         done = {name: entry for name, entry in done.items()
                 if current(entry.get("versions")) and measured[name] == masks}
     result: Dict = {"machine": machine(device), "structures": list(structures), "pairs": pairs, "masks": masks,
-                    "metric_fill": metric_fill, "sampling": SAMPLING, "goals": GOALS, "parts": list(parts)}
+                    "metric_fill": metric_fill, "sampling": SAMPLING, "seed": seed, "goals": GOALS, "parts": list(parts)}
     # parts already measured with the same settings stay (each part records its machine); others go,
     # so the table never labels rows with settings they were not measured with
     if same:
@@ -313,10 +318,11 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
                 if name in done and keep_maps is not None:
                     print(f"{name}: resumed from {path}, so no maps kept for it in {keep_maps}")
                 result["maps"][name] = done.get(name) or structure_rows(session, sample, name, pairs, masks,
-                                                                        progress, metric_fill, keep=keep_maps)
+                                                                        progress, metric_fill, keep=keep_maps,
+                                                                        seed=seed)
             else:
                 fresh = structure_rows(session, sample, name, pairs, masks, progress, metric_fill, methods,
-                                       keep=keep_maps)
+                                       keep=keep_maps, seed=seed)
                 entry = dict(done[name])
                 entry["methods"] = {m: fresh["methods"].get(m, v) for m, v in entry["methods"].items()}
                 entry["versions"] = dict(entry.get("versions") or {}, **fresh["versions"])
@@ -330,14 +336,14 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
             _save(outdir, result)
     if "cascade" in parts:
         result["cascade"] = {structures[0]: cascade_rows(session, sample, structures[0], min(masks, CASCADE_MASKS),
-                                                         METHODS, progress)}
+                                                         METHODS, progress, seed)}
         result["cascade_versions"] = dict(MAP_VERSIONS)
         _save(outdir, result)
     if "fills" in parts:
         result["fills"] = {}
         result["fills_versions"] = {"occlusion_remove": FILLS_VERSION}
         for name in structures:
-            result["fills"][name] = fill_rows(session, sample, name, progress, metric_fill)
+            result["fills"][name] = fill_rows(session, sample, name, progress, metric_fill, seed)
             _save(outdir, result)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     _save(outdir, result)
@@ -488,7 +494,9 @@ def markdown(result: Dict) -> str:
              "the fused layer map; 8 metric steps, the curves removing pixels by "
              + {"inpaint": "inpainting them from the kept pixels around them"}.get(
                  table_setting(result, "metric_fill"), f"{table_setting(result, 'metric_fill')} fill")
-             + "; the trivial maps on the same engine and ROI.", ""]
+             + "; the trivial maps on the same engine and ROI"
+             + (f"; seed {table_setting(result, 'seed')} for every random draw" if table_setting(result, "seed") else "")
+             + ".", ""]
     maps = result.get("maps") or {}
     if maps:
         lines += ["| structure | method | slices | deletion AUC | best trivial | gain | beats all trivial | "

@@ -120,6 +120,8 @@ def cmd_bench(args) -> int:
     parts = _listed(args.parts)
     if args.merge and args.what != "faithfulness":
         raise InputError(f"--merge: only the faithfulness bench merges runs, not {args.what}")
+    if args.seed and args.what != "faithfulness":
+        raise InputError(f"--seed: only the faithfulness bench takes a seed, not {args.what}")
     if args.keep_maps and args.what != "faithfulness":
         raise InputError(f"--keep-maps: only the faithfulness bench keeps maps, not {args.what}")
     if args.keep_maps and parts and "maps" not in parts:
@@ -130,9 +132,9 @@ def cmd_bench(args) -> int:
 
         with staged(Path(args.keep_maps)):
             pass
-    if args.merge and (args.structures or args.methods or args.parts or args.quick or args.keep_maps):
-        raise InputError("--merge measures nothing: expected no --structures, --methods, --parts, --quick or "
-                         "--keep-maps with it")
+    if args.merge and (args.structures or args.methods or args.parts or args.quick or args.keep_maps or args.seed):
+        raise InputError("--merge measures nothing: expected no --structures, --methods, --parts, --quick, "
+                         "--keep-maps or --seed with it")
     if args.merge:  # the faithfulness bench's, checked above
         from .bench_faithfulness import merge_faithfulness
 
@@ -146,7 +148,7 @@ def cmd_bench(args) -> int:
         bench_faithfulness(Path(args.output), quick=args.quick, device=args.device, structures=structures,
                            pairs=args.pairs or None, masks=args.masks, parts=parts or ("maps", "cascade", "fills"),
                            metric_fill=args.metric_fill, methods=_listed(args.methods) if args.methods else METHODS,
-                           keep_maps=Path(args.keep_maps) if args.keep_maps else None)
+                           keep_maps=Path(args.keep_maps) if args.keep_maps else None, seed=args.seed)
         return 0
     if args.what == "audit":
         from .bench_audit import bench_audit
@@ -245,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "from the runs in DIR ... (each the -o folder of a run "
                                                             "with the same settings, such as one process per part "
                                                             "of the structures)")
+    b.add_argument("--seed", type=int, default=0, help="faithfulness: seed of every random draw (RISE's masks, the "
+                                                        "random trivial map; default 0); a table keeps only rows "
+                                                        "of its own seed")
     b.add_argument("--keep-maps", metavar="DIR", help="faithfulness: keep every explained slice's maps, ROI and "
                                                      "prompt in DIR (one npz per slice), to score other maps of "
                                                      "those slices later (python -m xaiseg.kept_maps)")
