@@ -135,12 +135,12 @@ def structure_rows(session, sample, name: str, pairs: Optional[int], masks: int,
     run = session.explain(seg, explainers, slices=slices, target=truth, progress=progress)
     seconds = time.perf_counter() - t0
     doc = run.metrics()
+    versions = row_versions(methods)
     if keep is not None:
         from .kept_maps import keep_slices
 
-        keep_slices(keep, name, session, seg, run, explainers, row_versions(methods), doc)
-    out = {"slices": slices, "seconds": round(seconds, 1), "methods": {},
-           "versions": row_versions(methods)}
+        keep_slices(keep, name, session, seg, run, explainers, versions, doc)
+    out = {"slices": slices, "seconds": round(seconds, 1), "methods": {}, "versions": versions}
     for method, entry in doc["methods"].items():
         rows = entry["slices"]
         s = entry["summary"]

@@ -51,12 +51,9 @@ class KeptSlice:
 
     @property
     def prompt(self):
-        from .models.base import SlicePrompt
+        from .explain_volume import slice_prompt
 
-        p = self.meta["prompt"]
-        points = tuple(tuple(x) for x in p["points"]) if p.get("points") else None
-        return SlicePrompt(tuple(p["box"]) if p.get("box") else None, points,
-                           tuple(p["labels"]) if p.get("labels") else None)
+        return slice_prompt(self.meta["prompt"])
 
 
 def kept_name(structure: str, k: int) -> str:
@@ -83,9 +80,7 @@ def keep_slices(folder, structure: str, session, segmentation, run, explainers: 
         for method, per_slice in run.explanations.items():
             arrays[f"map_{method}"] = np.asarray(vs.to_model(per_slice[k].raw), np.float32)
         meta = {"version": KEPT_VERSION, "structure": structure, "slice": int(k), "model": session.segmenter.describe(),
-                "prompt": {"box": None if prompt.box is None else [float(v) for v in prompt.box],
-                           "points": None if not prompt.points else [list(map(float, p)) for p in prompt.points],
-                           "labels": None if prompt.labels is None else [int(v) for v in prompt.labels]},
+                "prompt": prompt.record(),
                 "score": first.score, "metric_steps": int(first.metric_steps), "metric_fill": first.metric_fill,
                 "seed": int(first.seed), "versions": dict(versions or {}),
                 "settings": {m: e.get("settings") for m, e in metrics.items()},
@@ -128,7 +123,7 @@ def rescore(kept: KeptSlice, maps: Mapping[str, np.ndarray], segmenter, trivial:
     slice's engine and ROI, and with ``trivial`` the trivial maps' under ``"trivial"``.
     ``segmenter`` must be the model the bench ran (its name and weights are checked)."""
     from .explain.base import PerturbationEngine
-    from .explain.measure import faithfulness, trivial_curves
+    from .explain.measure import curve_figures, faithfulness, trivial_curves
 
     meta = kept.meta
     model = segmenter.describe()
@@ -146,20 +141,16 @@ def rescore(kept: KeptSlice, maps: Mapping[str, np.ndarray], segmenter, trivial:
     engine = PerturbationEngine(segmenter, kept.image, kept.prompt, kept.roi, score=meta["score"], progress=progress,
                                 stage=f"{meta['structure']} slice {meta['slice']}")
     steps, fill = meta["metric_steps"], meta["metric_fill"]
-    out: Dict[str, Dict] = {name: _curve(faithfulness(engine, np.asarray(m), steps, fill=fill))
+    out: Dict[str, Dict] = {name: curve_figures(faithfulness(engine, np.asarray(m), steps, fill=fill))
                             for name, m in maps.items()}
     if trivial:
         _, curves = trivial_curves(engine, steps, meta["seed"], fill, "trivial")
-        out["trivial"] = {name: _curve(c) for name, c in curves.items()}
+        out["trivial"] = {name: curve_figures(c) for name, c in curves.items()}
     return out
 
 
 def _model_text(model: Dict) -> str:
     return ", ".join(f"{k} {model.get(k)}" for k in MODEL_KEYS)
-
-
-def _curve(figures: Dict) -> Dict:
-    return {k: figures[k] for k in ("deletion_auc", "insertion_auc", "deletion_curve")}
 
 
 def kept_files(folder) -> List[Path]:

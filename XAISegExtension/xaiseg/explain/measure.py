@@ -254,9 +254,7 @@ def _against_trivial(explainer, engine, explanation, metrics, shared: SliceShare
         _, curves = trivial_curves(engine, explainer.metric_steps, explainer.seed, fill, f"{stage} baseline")
         # with its deletion curve, so a reader (or a later analysis of the run) can set a method's
         # curve beside the trivial map's, not only its area
-        shared.trivial[key] = {name: {"deletion_auc": f["deletion_auc"], "insertion_auc": f["insertion_auc"],
-                                      "deletion_curve": f["deletion_curve"]}
-                               for name, f in curves.items()}
+        shared.trivial[key] = {name: curve_figures(f) for name, f in curves.items()}
     figures = shared.trivial[key]
     best_del = min(v["deletion_auc"] for v in figures.values())
     best_ins = max(v["insertion_auc"] for v in figures.values())
@@ -390,6 +388,12 @@ def _has_share(engine) -> bool:
     """Whether a share of the unperturbed score means anything: a mask was drawn and its score is
     positive (see :func:`kept_without_roi`)."""
     return bool(engine.reference.any()) and engine.baseline > 1e-12
+
+
+def curve_figures(figures: Dict[str, Any]) -> Dict[str, Any]:
+    """Of :func:`faithfulness`'s figures, the curves' own: deletion and insertion AUC and the deletion
+    curve (what a trivial map keeps beside a method's, and what a kept map is scored again with)."""
+    return {k: figures[k] for k in ("deletion_auc", "insertion_auc", "deletion_curve")}
 
 
 def faithfulness(engine, ranking: np.ndarray, steps: int, high: Optional[np.ndarray] = None,
