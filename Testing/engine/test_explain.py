@@ -209,6 +209,71 @@ def test_rise_cells_can_follow_the_structures_main_axis():
     with pytest.raises(errors.InputError, match=r"cell aspect \(--cell-aspect\) 3.0 with a fixed grid \(--cells 7\)"):
         make_explainer("rise", cells=7, cell_aspect=3.0)
 
+def test_rise_keep_strata_estimate_shapley_values_where_one_probability_gives_banzhaf():
+    """``--keep-strata``: on a game whose values are known (three pixels that matter only together,
+    a fourth worth 0.3 alone), masks in five keep-probability strata give each pixel about its
+    Shapley value (1/3 for each of the three), where one probability of 0.5 gives its Banzhaf value
+    (1/4): the two rank the lone pixel on opposite sides of the three."""
+    from xaiseg.explain.rise import StrataSums, keep_probabilities
+
+    def game(coalitions):
+        c = np.asarray(coalitions).reshape(len(coalitions), -1) > 0.5
+        return (c[:, 0] & c[:, 1] & c[:, 2]).astype(float) + 0.3 * c[:, 3]
+
+    assert keep_probabilities(1, 0.3) == (0.3,) and keep_probabilities(5, 0.5) == (0.1, 0.3, 0.5, 0.7, 0.9)
+    rng = np.random.default_rng(0)
+
+    def estimate(strata):
+        sums = StrataSums((1, 4), strata)
+        for j, p in enumerate(keep_probabilities(strata, 0.5)):
+            masks = (rng.random((40000 // strata, 1, 4)) < p).astype(np.float32)
+            sums.add(j, game(masks), masks)
+        return sums.map().ravel()
+
+    shapley, banzhaf = estimate(5), estimate(1)
+    exact = exact_shapley(game, 4)
+    np.testing.assert_allclose(exact, [1 / 3, 1 / 3, 1 / 3, 0.3], atol=1e-12)
+    # the midpoint rule over five strata: the mean of t^2 at 0.1 ... 0.9 is 0.33 (exactly 1/3 as K grows)
+    np.testing.assert_allclose(shapley, [0.33, 0.33, 0.33, 0.3], atol=0.02)
+    np.testing.assert_allclose(banzhaf, [0.25, 0.25, 0.25, 0.3], atol=0.02)
+    assert shapley[:3].min() > shapley[3] and banzhaf[:3].max() < banzhaf[3]
+    # one stratum is RiseSums itself: the same map and reliability
+    from xaiseg.explain.rise import RiseSums
+
+    masks = rng.random((30, 6, 5)).astype(np.float32)
+    scores = rng.random(30)
+    one, plain = StrataSums((6, 5)), RiseSums((6, 5))
+    one.add(0, scores, masks)
+    plain.add(scores, masks)
+    roi = np.ones((6, 5), bool)
+    assert np.array_equal(one.map(), plain.map()) and one.reliability(roi) == plain.reliability(roi)
+
+
+def test_rise_with_keep_strata_finds_the_evidence_and_records_its_probabilities():
+    toy = SquareEvidence()
+    ex = explain("rise", toy, strata=5, n_masks=300, early_stop=False)
+    assert toy.square_mask()[peak(ex.saliency)], peak(ex.saliency)
+    assert ex.details["keep_probabilities"] == [0.1, 0.3, 0.5, 0.7, 0.9] and ex.n_evaluations == 300
+    assert ex.settings["strata"] == 5 and "keep_probabilities" not in explain("rise", toy).details
+    again = explain("rise", toy, strata=5, n_masks=300, early_stop=False)
+    np.testing.assert_array_equal(ex.raw, again.raw)  # the same seed draws the same map
+    assert not np.array_equal(ex.raw, explain("rise", toy, seed=1, strata=5, n_masks=300, early_stop=False).raw)
+    # the default's masks are drawn as before the strata: one probability, the same stream
+    one = explain("rise", toy, strata=1, n_masks=100, early_stop=False)
+    rng, engine = np.random.default_rng(0), PerturbationEngine(toy, evidence_image(), PROMPT, one.roi, fill="zero")
+    make, _ = make_explainer("rise", toy, **FAST["rise"]).mask_maker(engine)
+    masks = np.concatenate([make(rng, 50), make(rng, 50)])
+    from xaiseg.explain.rise import RISE
+
+    scores = engine.scores(masks, total=0)
+    expected = RISE._map(np.tensordot(scores, masks, axes=1), masks.sum(axis=0), float(scores.sum()), 100)
+    np.testing.assert_allclose(one.raw, np.where(one.roi, expected, 0.0), rtol=0, atol=1e-6)
+    with pytest.raises(errors.InputError, match=r"keep probability \(--keep-probability\) 0.3 with 5 strata"):
+        make_explainer("rise", p=0.3, strata=5)
+    with pytest.raises(errors.InputError, match="strata"):
+        make_explainer("rise", strata=0)
+
+
 def test_occlusion_evaluates_only_patches_that_touch_the_roi():
     toy = SquareEvidence()
     roi = np.zeros((64, 64), bool)

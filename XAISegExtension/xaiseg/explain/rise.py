@@ -23,6 +23,15 @@ the map was compared with the map 50 masks earlier; the two share most of their 
 agreed whatever the noise, and runs stopped "converged" with maps that two seeds drew differently
 (two draws of 300 masks on the left amygdala agree at Spearman 0.6).  The whole map is the same sum
 over all masks as before, so for the same masks it is the same map.
+
+Keep probabilities in strata (stop 39, ``--keep-strata K``): with one keep probability p each
+pixel's map is its mean score kept minus removed when every cell is kept with p, a Banzhaf value at
+p (p = 0.5: the plain Banzhaf value).  The Shapley value is the same difference averaged over p
+from 0 to 1 (Owen's multilinear extension of the game), so it also weighs what a pixel does when
+most of the slice is removed, or most of it kept.  With K > 1 the masks are drawn in turn with the
+midpoints of K equal parts of (0, 1) as their keep probability, each stratum keeps its own sums
+(and its own two halves), and the map is the mean of the strata's maps: the midpoint rule for that
+integral over the drawn cells.
 """
 from __future__ import annotations
 
@@ -110,6 +119,18 @@ def main_axis(mask: np.ndarray) -> Optional[float]:
     return float((np.degrees(np.arctan2(y, x)) + 90.0) % 180.0 - 90.0)
 
 
+#: the most keep-probability strata (each needs masks of its own before the map settles)
+MAX_STRATA = 20
+
+
+def keep_probabilities(strata: int, p: float) -> Tuple[float, ...]:
+    """The keep probability of each stratum: ``p`` alone for one, else the midpoints of ``strata``
+    equal parts of (0, 1)."""
+    if strata <= 1:
+        return (float(p),)
+    return tuple((j + 0.5) / strata for j in range(strata))
+
+
 CELL_FRACTION = 0.5  # structure-sized cells: this share of the prompt box's shorter side
 #: a slice whose box's shorter side is below this share of the structure's (an end slice, where the
 #: structure is a speck) keeps cells of its own box: the structure's cells would be too coarse
@@ -130,6 +151,11 @@ class RiseSettings(CommonSettings):
                                       "mask's longer principal axis) than across it; 1: square cells (a round "
                                       "mask, a speck slice and --cells keep them square)", minimum=1.0,
                                  maximum=MAX_ASPECT, flag="--cell-aspect")
+    strata: int = setting(1, "RISE: keep probabilities the masks are drawn with, in turn; 1: every mask keeps "
+                             "cells with --keep-probability (the map is each pixel's Banzhaf value at that "
+                             "probability, as in seed 001); K: the midpoints of K equal parts of (0, 1), and the "
+                             "map is the mean of their maps (about each pixel's Shapley value)", minimum=1,
+                          maximum=MAX_STRATA, flag="--keep-strata")
     sizing: str = sizing_setting()
     side: float = side_setting()
     early_stop: bool = setting(True, "RISE: stop when the map has converged (--no-early-stop: always use --masks "
@@ -154,6 +180,10 @@ class RiseSettings(CommonSettings):
             raise InputError(f"RISE keep probability {self.p} must lie strictly between 0 and 1")
         if not 0.0 < self.converge <= 1.0:
             raise InputError(f"RISE reliability (--rise-reliability) {self.converge} must lie in (0, 1]")
+        if self.strata > 1 and self.p != 0.5:
+            raise InputError(f"RISE keep probability (--keep-probability) {self.p} with {self.strata} strata "
+                             "(--keep-strata): the strata set each mask's keep probability; expected --keep-strata 1, "
+                             "or the default --keep-probability 0.5")
         if self.cells and self.cell_aspect != 1.0:
             raise InputError(f"RISE cell aspect (--cell-aspect) {self.cell_aspect} with a fixed grid (--cells "
                              f"{self.cells}): expected --cell-aspect 1, or --cells 0 for cells sized from the "
@@ -181,7 +211,7 @@ class RISE(Explainer):
         return sized_for_structure(self, boxes, fixed=bool(self.cells))
 
     def mask_maker(self, engine: PerturbationEngine):
-        """``make(rng, n)``: n keep maps of the slice - seed 001's grid over the whole slice; (cells 0,
+        """``make(rng, n, p=self.p)``: n keep maps of the slice - seed 001's grid over the whole slice; (cells 0,
         ``side`` set) structure-sized cells on one lattice over the whole slice, the same masks on
         every slice of the structure (they act inside each slice's ROI only); or (cells 0, no
         ``side``, or a box below ``SPECK`` of ``side``) cells sized from the slice's own box over the
@@ -189,7 +219,7 @@ class RISE(Explainer):
         many times longer along the mask's :func:`main_axis` (square where the mask has none)."""
         shape = engine.image.shape
         if self.cells:
-            return (lambda rng, n: rise_masks(rng, n, shape, self.cells, self.p)), self.cells
+            return (lambda rng, n, p=self.p: rise_masks(rng, n, shape, self.cells, p)), self.cells
         from ..roi.geometry import prompt_box
 
         box = prompt_box(engine.prompt, engine.reference) or (0, 0, shape[1] - 1, shape[0] - 1)
@@ -204,19 +234,19 @@ class RISE(Explainer):
             h, w = shape
             angle = main_axis(engine.reference) if self.cell_aspect > 1.0 else None
             if angle is not None:  # cells along the structure, turned with it from slice to slice
-                def along(rng, n):
-                    return oriented_masks(rng, n, shape, width, self.cell_aspect * width, angle, self.p)
+                def along(rng, n, p=self.p):
+                    return oriented_masks(rng, n, shape, width, self.cell_aspect * width, angle, p)
 
                 along.cell_angle = round(angle, 1)  # recorded with the map
                 return along, lattice
-            return (lambda rng, n: rise_masks(rng, n, (square, square), lattice, self.p)[:, :h, :w]), lattice
+            return (lambda rng, n, p=self.p: rise_masks(rng, n, (square, square), lattice, p)[:, :h, :w]), lattice
         cell = max(2.0, CELL_FRACTION * min(box[2] - box[0] + 1, box[3] - box[1] + 1))
         y0, x0, y1, x1 = mask_rect(engine.roi)
         cells = max(2, int(np.ceil(max(y1 - y0, x1 - x0) / cell)))
 
-        def make(rng, n):
+        def make(rng, n, p=self.p):
             out = np.ones((n,) + shape, np.float32)
-            out[:, y0:y1, x0:x1] = rise_masks(rng, n, (int(y1 - y0), int(x1 - x0)), cells, self.p)
+            out[:, y0:y1, x0:x1] = rise_masks(rng, n, (int(y1 - y0), int(x1 - x0)), cells, p)
             return out
 
         return make, cells
@@ -225,14 +255,20 @@ class RISE(Explainer):
         rng = np.random.default_rng(self.seed)
         shape = engine.image.shape
         make, cells = self.mask_maker(engine)
-        sums = RiseSums(shape)
+        probabilities = keep_probabilities(self.strata, self.p)
+        sums = StrataSums(shape, len(probabilities))
         streak, history = 0, []
         converged = False
         reliability = None
         engine.progress.stage(engine.stage, self.n_masks)
         while sums.used < self.n_masks:
-            masks = make(rng, min(self.check_every, self.n_masks - sums.used))
-            sums.add(engine.scores(masks, total=0), masks)
+            # mask i of the run is drawn in stratum i mod K; a block draws each stratum's masks in turn
+            block = sums.used + np.arange(min(self.check_every, self.n_masks - sums.used))
+            for j, p in enumerate(probabilities):
+                n = int(np.count_nonzero(block % len(probabilities) == j))
+                if n:
+                    masks = make(rng, n, p)
+                    sums.add(j, engine.scores(masks, total=0), masks)
             reliability = sums.reliability(engine.roi)
             history.append([sums.used, round(reliability, 4)])
             streak, converged = self.config.next_streak(streak, reliability, sums.used)
@@ -242,6 +278,8 @@ class RISE(Explainer):
         details = {"masks_used": sums.used, "stopped_at": sums.used, "converged": converged,
                    "reliability": None if reliability is None else round(reliability, 4),
                    "convergence": history, "cells": cells}
+        if len(probabilities) > 1:
+            details["keep_probabilities"] = [round(p, 4) for p in probabilities]
         if self.cell_aspect != 1.0:  # the main axis the cells followed (None: square cells on this slice)
             details["cell_angle"] = getattr(make, "cell_angle", None)
         if reliability is not None and self.early_stop and not converged:  # --masks ended it before the stop
@@ -316,4 +354,36 @@ class RiseSums:
         if int(np.count_nonzero(roi)) < MIN_RELIABILITY_PIXELS:
             return 0.0
         a, b = (RISE._map(*half) for half in self.halves)
+        return spearman_brown(pearson(a, b, roi))
+
+
+class StrataSums:
+    """:class:`RiseSums` for each keep-probability stratum; the map and its halves are the means of
+    the strata's (one stratum: exactly its :class:`RiseSums`)."""
+
+    def __init__(self, shape: Tuple[int, int], strata: int = 1) -> None:
+        self.strata = [RiseSums(shape) for _ in range(max(1, int(strata)))]
+
+    @property
+    def used(self) -> int:
+        return sum(s.used for s in self.strata)
+
+    def add(self, stratum: int, scores: np.ndarray, masks: np.ndarray) -> None:
+        self.strata[stratum].add(scores, masks)
+
+    def map(self) -> np.ndarray:
+        drawn = [s for s in self.strata if s.used]
+        return np.mean([s.map() for s in drawn], axis=0) if drawn else self.strata[0].map()
+
+    def half_maps(self) -> Tuple[np.ndarray, np.ndarray]:
+        return tuple(np.mean([RISE._map(*s.halves[h]) for s in self.strata], axis=0) for h in range(2))
+
+    def reliability(self, roi: np.ndarray) -> float:
+        """As :meth:`RiseSums.reliability`, of the mean map: its two halves are the strata's halves
+        averaged."""
+        if len(self.strata) == 1:
+            return self.strata[0].reliability(roi)
+        if int(np.count_nonzero(roi)) < MIN_RELIABILITY_PIXELS:
+            return 0.0
+        a, b = self.half_maps()
         return spearman_brown(pearson(a, b, roi))
