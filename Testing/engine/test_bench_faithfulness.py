@@ -459,3 +459,53 @@ def test_the_bench_seed_reaches_every_draw_and_labels_its_table(tmp_path, monkey
     assert "for every random draw" not in (tmp_path / "zero" / "faithfulness.md").read_text()
     with pytest.raises(InputError, match="was measured with seed 1 and .* with 0; expected the same seed"):
         bf.merge_faithfulness([tmp_path, tmp_path / "zero"][::-1], tmp_path / "merged")
+
+
+def test_the_bench_measures_a_rise_variant_and_keeps_its_rows_apart(tmp_path, monkeypatch, capsys):
+    """``--rise KEY=VALUE,...``: RISE's own settings reach its explainer (in the maps and the cascade),
+    are typed and checked, and label the table; defaults are left out, so ``strata=1`` is the
+    default table; a table keeps only rows of its own variant, and runs of two variants do not merge."""
+    import json
+
+    import xaiseg.bench_faithfulness as bf
+    from xaiseg.cli import main
+    from xaiseg.errors import InputError
+
+    assert bf.rise_variant("strata=5, p=0.5") == {"strata": 5} and bf.rise_variant({"strata": "1"}) == {}
+    assert bf.rise_variant(None) == {} and bf.rise_variant("cell_aspect=3,p=0.25") == {"cell_aspect": 3.0, "p": 0.25}
+    rise = [ex for ex in bf._explainers(100, rise={"strata": 5}, cascade=True) if ex.name == "rise"][0]
+    assert rise.strata == 5 and rise.n_masks == 100 and rise.cascade
+    for bad, message in (("n_masks=50", "n_masks: expected RISE's own settings.*--masks"),
+                         ("seed=3", "seed: expected RISE's own settings"), ("strata", "'strata': expected KEY=VALUE"),
+                         ("strata=x", "must be an integer"), ("strata=0", "too small"),
+                         ("strata=5,p=0.3", r"keep probability \(--keep-probability\) 0.3 with 5 strata")):
+        with pytest.raises(InputError, match=message):
+            bf.rise_variant(bad)
+    measured = []
+
+    def rows(session, sample, name, *args, **kwargs):
+        measured.append((name, kwargs.get("rise")))
+        return {"slices": [1, 2], "seconds": 1.0, "methods": {}, "versions": bf.row_versions(bf.METHODS)}
+
+    monkeypatch.setattr(bf, "structure_rows", rows)
+    entry = {"slices": [81, 82], "methods": {}, "versions": bf.row_versions(bf.METHODS)}
+    (tmp_path / "faithfulness.json").write_text(json.dumps({  # written before the bench took RISE's settings
+        "pairs": 1, "masks": 100, "metric_fill": "inpaint", "sampling": bf.SAMPLING, "maps": {"Left_Caudate": entry}}))
+    bf.bench_faithfulness(tmp_path, structures=["Left_Caudate"], masks=100, parts=("maps",), rise="strata=1")
+    assert measured == []  # the defaults: resumed
+    result = bf.bench_faithfulness(tmp_path, structures=["Left_Caudate"], masks=100, parts=("maps",), rise="strata=5")
+    assert measured == [("Left_Caudate", {"strata": 5})] and result["rise"] == {"strata": 5}
+    assert "RISE with strata 5 (`--rise`)" in (tmp_path / "faithfulness.md").read_text()
+    with pytest.raises(InputError, match="RISE strata 5.*expected every structure of this run.*RISE its defaults"):
+        bf.bench_faithfulness(tmp_path, structures=["Left_Caudate"], masks=100, parts=("maps",), methods=["rise"])
+    (tmp_path / "plain").mkdir()
+    bf.bench_faithfulness(tmp_path / "plain", structures=["Right_Caudate"], masks=100, parts=("maps",))
+    assert "`--rise`" not in (tmp_path / "plain" / "faithfulness.md").read_text()
+    with pytest.raises(InputError, match=r"plain.* was measured with rise \{\} and .* with \{'strata': 5\}; expected the same rise"):
+        bf.merge_faithfulness([tmp_path, tmp_path / "plain"], tmp_path / "merged")
+    # the command line: only the faithfulness bench takes it, and a bad one is named before any work
+    assert main(["bench", "explain", "--rise", "strata=5", "-o", str(tmp_path / "x")]) == 2
+    assert "--rise: only the faithfulness bench takes RISE's settings, not explain" in capsys.readouterr().err
+    assert main(["bench", "faithfulness", "--rise", "bogus=1", "-o", str(tmp_path / "y")]) == 2
+    assert "--rise bogus: expected RISE's own settings" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()

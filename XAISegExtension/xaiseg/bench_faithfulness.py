@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -97,14 +97,52 @@ def adjacent_pairs(slices: Sequence[int], pairs: Optional[int]) -> List[int]:
 
 
 def _explainers(masks: int, cascade: bool = False, fill: str = "auto", only: Sequence[str] = METHODS,
-                metric_fill: str = "inpaint", occlusion_mode: str = "auto", seed: int = 0):
+                metric_fill: str = "inpaint", occlusion_mode: str = "auto", seed: int = 0,
+                rise: Optional[Mapping[str, Any]] = None):
     from .explain import make_explainer
 
     # the seed of every draw: RISE's masks, the random trivial map
     common = dict(baselines=True, metric_steps=8, fill=fill, cascade=cascade, metric_fill=metric_fill, seed=seed)
     # layers too: curves and trivial maps
-    per = {"occlusion": {"mode": occlusion_mode}, "rise": {"n_masks": masks}, "layers": {}}
+    per = {"occlusion": {"mode": occlusion_mode}, "rise": dict(rise or {}, n_masks=masks), "layers": {}}
     return [make_explainer(m, **dict(common, **per[m])) for m in only]
+
+
+def rise_variant(value: Union[None, str, Mapping[str, Any]]) -> Dict[str, Any]:
+    """RISE's own settings for a faithfulness run (``--rise KEY=VALUE,...``, field names of
+    :class:`~xaiseg.explain.rise.RiseSettings`), typed and checked, those at their defaults left
+    out (so the default table's are ``{}``).  Not the masks (``--masks``), the seed (``--seed``),
+    the curves or the fill, which the bench sets for every method, nor the side each structure sets."""
+    import dataclasses
+
+    from .explain import make_explainer
+    from .explain.base import CommonSettings
+    from .explain.rise import RiseSettings
+
+    if not value:
+        return {}
+    if isinstance(value, str):
+        pairs = {}
+        for item in (v.strip() for v in value.split(",")):
+            key, eq, text = item.partition("=")
+            if not eq or not key.strip() or not text.strip():
+                raise InputError(f"--rise {item!r}: expected KEY=VALUE, such as strata=5 or p=0.25")
+            pairs[key.strip()] = text.strip()
+    else:
+        pairs = dict(value)
+    common = {f.name for f in dataclasses.fields(CommonSettings)}
+    allowed = sorted(f.name for f in dataclasses.fields(RiseSettings) if f.name not in common | {"n_masks", "side"})
+    odd = [k for k in pairs if k not in allowed]
+    if odd:
+        raise InputError(f"--rise {', '.join(odd)}: expected RISE's own settings, some of {', '.join(allowed)} (the "
+                         "bench sets the masks with --masks and the seed with --seed)")
+    rise = make_explainer("rise", **pairs)  # typed and checked as any run's
+    default = make_explainer("rise")
+    return {k: getattr(rise, k) for k in pairs if getattr(rise, k) != getattr(default, k)}
+
+
+def _variant_text(rise: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(rise.items())) or "its defaults"
 
 
 def pair_segmentation(session, sample, name: str, pairs: Optional[int], progress):
@@ -125,13 +163,13 @@ def pair_segmentation(session, sample, name: str, pairs: Optional[int], progress
 
 def structure_rows(session, sample, name: str, pairs: Optional[int], masks: int, progress,
                    metric_fill: str = "inpaint", methods: Sequence[str] = METHODS, keep: Optional[Path] = None,
-                   seed: int = 0) -> Dict:
+                   seed: int = 0, rise: Optional[Mapping[str, Any]] = None) -> Dict:
     """Explain one structure's sampled slices with ``methods``; the per-method figures and per-slice
     rows.  ``keep``: a folder where each explained slice's maps are kept (:mod:`xaiseg.kept_maps`)."""
     truth = sample.mask(name)
     seg, slices = pair_segmentation(session, sample, name, pairs, progress)
     t0 = time.perf_counter()
-    explainers = _explainers(masks, metric_fill=metric_fill, only=methods, seed=seed)
+    explainers = _explainers(masks, metric_fill=metric_fill, only=methods, seed=seed, rise=rise)
     run = session.explain(seg, explainers, slices=slices, target=truth, progress=progress)
     seconds = time.perf_counter() - t0
     doc = run.metrics()
@@ -160,7 +198,8 @@ def structure_rows(session, sample, name: str, pairs: Optional[int], masks: int,
     return out
 
 
-def cascade_rows(session, sample, name: str, masks: int, methods: Sequence[str], progress, seed: int = 0) -> Dict:
+def cascade_rows(session, sample, name: str, masks: int, methods: Sequence[str], progress, seed: int = 0,
+                 rise: Optional[Mapping[str, Any]] = None) -> Dict:
     """Cascading randomisation on the structure's central slice, for ``methods``."""
     from .volume import LabelBoxPrompt
 
@@ -168,7 +207,8 @@ def cascade_rows(session, sample, name: str, masks: int, methods: Sequence[str],
     seg = session.segment(LabelBoxPrompt(truth.astype(np.uint8), 1), name=name, progress=progress)
     ks = [r.index for r in seg.slices if r.voxels > 0]
     k = ks[len(ks) // 2]
-    run = session.explain(seg, _explainers(masks, cascade=True, only=methods, seed=seed), slices=[k], progress=progress)
+    run = session.explain(seg, _explainers(masks, cascade=True, only=methods, seed=seed, rise=rise), slices=[k],
+                          progress=progress)
     return {"slice": k, "methods": {m: e["slices"][str(k)].get("cascade") for m, e in run.metrics()["methods"].items()}}
 
 
@@ -213,7 +253,8 @@ CASCADE_MASKS = 100
 
 #: what a table was measured with, and what a key an older table lacks reads as (the bench's default
 #: then); tables merged into one must agree on all of it
-TABLE_SETTINGS = {"pairs": None, "masks": None, "metric_fill": "zero", "sampling": "first", "machine": None, "seed": 0}
+TABLE_SETTINGS = {"pairs": None, "masks": None, "metric_fill": "zero", "sampling": "first", "machine": None, "seed": 0,
+                  "rise": {}}
 
 
 def table_setting(table: Dict, key: str):
@@ -247,13 +288,16 @@ def rise_masks(result: Dict) -> Dict[str, Optional[int]]:
 def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
                        structures: Optional[Sequence[str]] = None, pairs: Optional[int] = 1, masks: int = 300,
                        parts: Sequence[str] = ("maps", "cascade", "fills"), metric_fill: str = "inpaint",
-                       methods: Sequence[str] = METHODS, keep_maps: Optional[Path] = None, seed: int = 0) -> Dict:
+                       methods: Sequence[str] = METHODS, keep_maps: Optional[Path] = None, seed: int = 0,
+                       rise: Union[None, str, Mapping[str, Any]] = None) -> Dict:
     """``methods``: what the maps part measures; a subset measures only those methods again and
     replaces their rows in the tables already written with the same pairs, masks and curves (the
     other methods' rows stay; each re-measured structure records which methods, when and where).
     ``keep_maps``: a folder where the maps part keeps every slice it explains (:mod:`xaiseg.kept_maps`);
     a structure resumed from the table is not explained, so keeps nothing.  ``seed``: of every random
-    draw (RISE's masks, the random trivial map); a table keeps only rows of its own seed."""
+    draw (RISE's masks, the random trivial map); a table keeps only rows of its own seed.  ``rise``: RISE's
+    own settings (:func:`rise_variant`; its defaults when None), to measure a variant of it with the
+    bench itself; a table keeps only rows of its own."""
     from .bench_explain import machine
     from .models.litemedsam import LiteMedSAM
     from .pipeline import SegmentConfig, Session
@@ -261,6 +305,7 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
     from .sample_data import DEMO_STRUCTURES, load_mni_atlas
 
     structures = tuple(structures or (DEMO_STRUCTURES[:1] if quick else DEMO_STRUCTURES))
+    rise = rise_variant(rise)
     unknown = sorted(set(methods) - set(METHODS))
     if unknown or not methods:
         raise InputError(f"faithfulness methods {','.join(unknown) or '(none)'}: expected some of {','.join(METHODS)}")
@@ -269,16 +314,18 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
     previous = json.loads(path.read_text()) if path.is_file() else {}
     same = previous.get("pairs") == pairs and _same_masks(previous, masks, structures, methods, parts) and \
         table_setting(previous, "metric_fill") == metric_fill and table_setting(previous, "sampling") == SAMPLING and \
-        table_setting(previous, "seed") == seed
+        table_setting(previous, "seed") == seed and table_setting(previous, "rise") == rise
     done = (previous.get("maps") or {}) if same else {}  # structures measured with the same settings
     if "maps" in parts and subset and not all(name in done for name in structures):
         held = (f"it holds {', '.join(previous.get('maps') or {}) or 'none'} measured with pairs "
                 f"{previous.get('pairs')} ({table_setting(previous, 'sampling')}), masks {previous.get('masks')}, "
-                f"curves {table_setting(previous, 'metric_fill')} and seed {table_setting(previous, 'seed')}") \
+                f"curves {table_setting(previous, 'metric_fill')}, seed {table_setting(previous, 'seed')} and RISE "
+                f"{_variant_text(table_setting(previous, 'rise'))}") \
             if previous else "it holds no table"
         raise InputError(f"faithfulness methods {','.join(methods)} replace rows of {path}; {held}; expected every "
                          f"structure of this run ({', '.join(structures)}) there with this run's pairs {pairs} "
-                         f"({SAMPLING}), masks {masks}, curves {metric_fill} and seed {seed} (other masks only when RISE is "
+                         f"({SAMPLING}), masks {masks}, curves {metric_fill}, seed {seed} and RISE {_variant_text(rise)} "
+                         "(other masks only when RISE is "
                          f"measured again on every structure there, the cascade's {CASCADE_MASKS} unchanged): "
                          "run all methods")
     kept = [m for m in METHODS if m not in methods]  # the rows a --methods run keeps
@@ -293,7 +340,8 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
         done = {name: entry for name, entry in done.items()
                 if current(entry.get("versions")) and measured[name] == masks}
     result: Dict = {"machine": machine(device), "structures": list(structures), "pairs": pairs, "masks": masks,
-                    "metric_fill": metric_fill, "sampling": SAMPLING, "seed": seed, "goals": GOALS, "parts": list(parts)}
+                    "metric_fill": metric_fill, "sampling": SAMPLING, "seed": seed, "rise": rise, "goals": GOALS,
+                    "parts": list(parts)}
     # parts already measured with the same settings stay (each part records its machine); others go,
     # so the table never labels rows with settings they were not measured with
     if same:
@@ -319,10 +367,10 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
                     print(f"{name}: resumed from {path}, so no maps kept for it in {keep_maps}")
                 result["maps"][name] = done.get(name) or structure_rows(session, sample, name, pairs, masks,
                                                                         progress, metric_fill, keep=keep_maps,
-                                                                        seed=seed)
+                                                                        seed=seed, rise=rise)
             else:
                 fresh = structure_rows(session, sample, name, pairs, masks, progress, metric_fill, methods,
-                                       keep=keep_maps, seed=seed)
+                                       keep=keep_maps, seed=seed, rise=rise)
                 entry = dict(done[name])
                 entry["methods"] = {m: fresh["methods"].get(m, v) for m, v in entry["methods"].items()}
                 entry["versions"] = dict(entry.get("versions") or {}, **fresh["versions"])
@@ -336,7 +384,7 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
             _save(outdir, result)
     if "cascade" in parts:
         result["cascade"] = {structures[0]: cascade_rows(session, sample, structures[0], min(masks, CASCADE_MASKS),
-                                                         METHODS, progress, seed)}
+                                                         METHODS, progress, seed, rise)}
         result["cascade_versions"] = dict(MAP_VERSIONS)
         _save(outdir, result)
     if "fills" in parts:
@@ -496,6 +544,8 @@ def markdown(result: Dict) -> str:
                  table_setting(result, "metric_fill"), f"{table_setting(result, 'metric_fill')} fill")
              + "; the trivial maps on the same engine and ROI"
              + (f"; seed {table_setting(result, 'seed')} for every random draw" if table_setting(result, "seed") else "")
+             + (f"; RISE with {_variant_text(table_setting(result, 'rise'))} (`--rise`)" if table_setting(result, "rise")
+                else "")
              + ".", ""]
     maps = result.get("maps") or {}
     if maps:

@@ -122,6 +122,8 @@ def cmd_bench(args) -> int:
         raise InputError(f"--merge: only the faithfulness bench merges runs, not {args.what}")
     if args.seed and args.what != "faithfulness":
         raise InputError(f"--seed: only the faithfulness bench takes a seed, not {args.what}")
+    if args.rise and args.what != "faithfulness":
+        raise InputError(f"--rise: only the faithfulness bench takes RISE's settings, not {args.what}")
     if args.keep_maps and args.what != "faithfulness":
         raise InputError(f"--keep-maps: only the faithfulness bench keeps maps, not {args.what}")
     if args.keep_maps and parts and "maps" not in parts:
@@ -132,9 +134,10 @@ def cmd_bench(args) -> int:
 
         with staged(Path(args.keep_maps)):
             pass
-    if args.merge and (args.structures or args.methods or args.parts or args.quick or args.keep_maps or args.seed):
+    if args.merge and (args.structures or args.methods or args.parts or args.quick or args.keep_maps or args.seed
+                       or args.rise):
         raise InputError("--merge measures nothing: expected no --structures, --methods, --parts, --quick, "
-                         "--keep-maps or --seed with it")
+                         "--keep-maps, --seed or --rise with it")
     if args.merge:  # the faithfulness bench's, checked above
         from .bench_faithfulness import merge_faithfulness
 
@@ -148,7 +151,8 @@ def cmd_bench(args) -> int:
         bench_faithfulness(Path(args.output), quick=args.quick, device=args.device, structures=structures,
                            pairs=args.pairs or None, masks=args.masks, parts=parts or ("maps", "cascade", "fills"),
                            metric_fill=args.metric_fill, methods=_listed(args.methods) if args.methods else METHODS,
-                           keep_maps=Path(args.keep_maps) if args.keep_maps else None, seed=args.seed)
+                           keep_maps=Path(args.keep_maps) if args.keep_maps else None, seed=args.seed,
+                           rise=args.rise)
         return 0
     if args.what == "audit":
         from .bench_audit import bench_audit
@@ -250,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0, help="faithfulness: seed of every random draw (RISE's masks, the "
                                                         "random trivial map; default 0); a table keeps only rows "
                                                         "of its own seed")
+    b.add_argument("--rise", metavar="KEY=VALUE,...", help="faithfulness: RISE's own settings for this run, such as "
+                                                            "strata=5 or p=0.25,cell_aspect=3 (their names in "
+                                                            "docs/explain.md); a table keeps only rows of its own")
     b.add_argument("--keep-maps", metavar="DIR", help="faithfulness: keep every explained slice's maps, ROI and "
                                                      "prompt in DIR (one npz per slice), to score other maps of "
                                                      "those slices later (python -m xaiseg.kept_maps)")
