@@ -478,7 +478,8 @@ def test_the_bench_measures_a_rise_variant_and_keeps_its_rows_apart(tmp_path, mo
     for bad, message in (("n_masks=50", "n_masks: expected RISE's own settings.*--masks"),
                          ("seed=3", "seed: expected RISE's own settings"), ("strata", "'strata': expected KEY=VALUE"),
                          ("strata=x", "must be an integer"), ("strata=0", "too small"),
-                         ("strata=5,p=0.3", r"keep probability \(--keep-probability\) 0.3 with 5 strata")):
+                         ("strata=5,p=0.3", r"keep probability \(--keep-probability\) 0.3 with 5 strata"),
+                         ("strata=5,strata=1", "sets strata twice")):
         with pytest.raises(InputError, match=message):
             bf.rise_variant(bad)
     measured = []
@@ -498,6 +499,10 @@ def test_the_bench_measures_a_rise_variant_and_keeps_its_rows_apart(tmp_path, mo
     assert "RISE with strata 5 (`--rise`)" in (tmp_path / "faithfulness.md").read_text()
     with pytest.raises(InputError, match="RISE strata 5.*expected every structure of this run.*RISE its defaults"):
         bf.bench_faithfulness(tmp_path, structures=["Left_Caudate"], masks=100, parts=("maps",), methods=["rise"])
+    with pytest.raises(InputError, match="--rise strata 5 with --parts maps and --methods occlusion: this run "
+                                         "measures no RISE map"):
+        bf.bench_faithfulness(tmp_path, structures=["Left_Caudate"], masks=100, parts=("maps",), rise="strata=5",
+                              methods=["occlusion"])
     (tmp_path / "plain").mkdir()
     bf.bench_faithfulness(tmp_path / "plain", structures=["Right_Caudate"], masks=100, parts=("maps",))
     assert "`--rise`" not in (tmp_path / "plain" / "faithfulness.md").read_text()

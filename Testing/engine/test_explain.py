@@ -210,36 +210,42 @@ def test_rise_cells_can_follow_the_structures_main_axis():
         make_explainer("rise", cells=7, cell_aspect=3.0)
 
 def test_rise_keep_strata_estimate_shapley_values_where_one_probability_gives_banzhaf():
-    """``--keep-strata``: on a game whose values are known (three pixels that matter only together,
-    a fourth worth 0.3 alone), masks in five keep-probability strata give each pixel about its
-    Shapley value (1/3 for each of the three), where one probability of 0.5 gives its Banzhaf value
-    (1/4): the two rank the lone pixel on opposite sides of the three."""
-    from xaiseg.explain.rise import StrataSums, keep_probabilities
+    """``--keep-strata``: on a game whose values are known (four pixels that matter only together,
+    a fifth worth 0.2 alone), masks in five keep-probability strata give each pixel about its
+    Shapley value (1/4 for each of the four), where one probability of 0.5 gives its Banzhaf value
+    (1/8): the two rank the lone pixel on opposite sides of the four.  All strata's masks pooled into
+    one map would give about 0.28, so the strata must be kept apart."""
+    from xaiseg.explain.rise import RiseSums, StrataSums, keep_probabilities
 
     def game(coalitions):
         c = np.asarray(coalitions).reshape(len(coalitions), -1) > 0.5
-        return (c[:, 0] & c[:, 1] & c[:, 2]).astype(float) + 0.3 * c[:, 3]
+        return c[:, :4].all(axis=1).astype(float) + 0.2 * c[:, 4]
 
     assert keep_probabilities(1, 0.3) == (0.3,) and keep_probabilities(5, 0.5) == (0.1, 0.3, 0.5, 0.7, 0.9)
     rng = np.random.default_rng(0)
 
-    def estimate(strata):
-        sums = StrataSums((1, 4), strata)
+    def estimate(strata, n=200000):
+        sums, pooled = StrataSums((1, 5), strata), RiseSums((1, 5))
         for j, p in enumerate(keep_probabilities(strata, 0.5)):
-            masks = (rng.random((40000 // strata, 1, 4)) < p).astype(np.float32)
+            masks = (rng.random((n // strata, 1, 5)) < p).astype(np.float32)
             sums.add(j, game(masks), masks)
-        return sums.map().ravel()
+            pooled.add(game(masks), masks)
+        return sums.map().ravel(), pooled.map().ravel()
 
-    shapley, banzhaf = estimate(5), estimate(1)
-    exact = exact_shapley(game, 4)
-    np.testing.assert_allclose(exact, [1 / 3, 1 / 3, 1 / 3, 0.3], atol=1e-12)
-    # the midpoint rule over five strata: the mean of t^2 at 0.1 ... 0.9 is 0.33 (exactly 1/3 as K grows)
-    np.testing.assert_allclose(shapley, [0.33, 0.33, 0.33, 0.3], atol=0.02)
-    np.testing.assert_allclose(banzhaf, [0.25, 0.25, 0.25, 0.3], atol=0.02)
-    assert shapley[:3].min() > shapley[3] and banzhaf[:3].max() < banzhaf[3]
+    (shapley, pooled), (banzhaf, _) = estimate(5), estimate(1)
+    np.testing.assert_allclose(exact_shapley(game, 5), [0.25] * 4 + [0.2], atol=1e-12)
+    # the midpoint rule over five strata: the mean of t^3 at 0.1 ... 0.9 is 0.245 (1/4 as K grows)
+    np.testing.assert_allclose(shapley, [0.245] * 4 + [0.2], atol=0.01)
+    np.testing.assert_allclose(banzhaf, [0.125] * 4 + [0.2], atol=0.01)
+    assert np.all(pooled[:4] > 0.265)  # what one pooled map of the same masks would say
+    assert shapley[:4].min() > shapley[4] and banzhaf[:4].max() < banzhaf[4]
+    # a stratum whose masks all kept (or all removed) a pixel says nothing about it: left out of its mean
+    sums = StrataSums((1, 2), 2)
+    sums.add(0, np.array([1.0, 0.0]), np.array([[[1, 1]], [[0, 1]]], np.float32))  # pixel 1 never removed
+    sums.add(1, np.array([0.5, 0.1]), np.array([[[1, 0]], [[0, 1]]], np.float32))
+    np.testing.assert_allclose(sums.map(), [[(1.0 + 0.4) / 2, -0.4]])
+    assert not StrataSums((1, 2), 2).every_half_drawn() and sums.every_half_drawn()
     # one stratum is RiseSums itself: the same map and reliability
-    from xaiseg.explain.rise import RiseSums
-
     masks = rng.random((30, 6, 5)).astype(np.float32)
     scores = rng.random(30)
     one, plain = StrataSums((6, 5)), RiseSums((6, 5))
@@ -272,6 +278,43 @@ def test_rise_with_keep_strata_finds_the_evidence_and_records_its_probabilities(
         make_explainer("rise", p=0.3, strata=5)
     with pytest.raises(errors.InputError, match="strata"):
         make_explainer("rise", strata=0)
+    with pytest.raises(errors.InputError, match=r"RISE masks \(--masks\) 9 for 5 keep-probability strata.*at least 10"):
+        make_explainer("rise", strata=5, n_masks=9)
+
+
+def test_rise_keep_strata_deal_masks_in_turn_and_stop_only_with_every_half_drawn(monkeypatch):
+    """Mask i is drawn in stratum i mod K, each block scored in one call; the early stop waits until
+    every stratum has masks in both its halves, and the reliability stays in [0, 1]."""
+    from xaiseg.explain.rise import RISE
+
+    toy, drawn, calls = SquareEvidence(), [], []
+    plain_maker, plain_scores = RISE.mask_maker, PerturbationEngine.scores
+
+    def maker(self, engine):
+        make, cells = plain_maker(self, engine)
+
+        def recording(rng, n, p=self.p):
+            drawn.append((n, p))
+            return make(rng, n, p)
+        return recording, cells
+
+    def scores(self, masks, **kw):
+        calls.append(len(masks))
+        return plain_scores(self, masks, **kw)
+
+    monkeypatch.setattr(RISE, "mask_maker", maker)
+    monkeypatch.setattr(PerturbationEngine, "scores", scores)
+    ex = explain("rise", toy, strata=3, n_masks=7, check_every=2, min_masks=0, converge=0.01, metric_steps=0)
+    # blocks of 2: masks 0 1 | 2 3 | 4 5 | 6 in strata 0 1 | 2 0 | 1 2 | 0, each block drawn by stratum
+    assert drawn[:7] == [(1, 1 / 6), (1, 0.5), (1, 1 / 6), (1, 5 / 6), (1, 0.5), (1, 5 / 6), (1, 1 / 6)]
+    assert calls == [2, 2, 2, 1] and ex.details["stopped_at"] == 7 and 0.0 <= ex.details["reliability"] <= 1.0
+    # a map reliable at once still waits for strata 1 and 2's second halves (masks 4 and 5)
+    from xaiseg.explain.rise import StrataSums
+
+    monkeypatch.setattr(StrataSums, "reliability", lambda self, roi: 1.0)
+    held = explain("rise", toy, strata=3, n_masks=7, check_every=2, min_masks=0, metric_steps=0)
+    assert held.details["stopped_at"] == 6 and held.details["converged"] is True
+    assert explain("rise", toy, n_masks=7, check_every=2, min_masks=0, metric_steps=0).details["stopped_at"] == 2
 
 
 def test_occlusion_evaluates_only_patches_that_touch_the_roi():

@@ -127,6 +127,8 @@ def rise_variant(value: Union[None, str, Mapping[str, Any]]) -> Dict[str, Any]:
             key, eq, text = item.partition("=")
             if not eq or not key.strip() or not text.strip():
                 raise InputError(f"--rise {item!r}: expected KEY=VALUE, such as strata=5 or p=0.25")
+            if key.strip() in pairs:
+                raise InputError(f"--rise {value!r} sets {key.strip()} twice; expected each setting once")
             pairs[key.strip()] = text.strip()
     else:
         pairs = dict(value)
@@ -306,6 +308,10 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
 
     structures = tuple(structures or (DEMO_STRUCTURES[:1] if quick else DEMO_STRUCTURES))
     rise = rise_variant(rise)
+    if rise and not (("maps" in parts and "rise" in methods) or "cascade" in parts):
+        raise InputError(f"--rise {_variant_text(rise)} with --parts {','.join(parts)} and --methods "
+                         f"{','.join(methods)}: this run measures no RISE map; expected the maps part with rise "
+                         "among the methods, or the cascade part")
     unknown = sorted(set(methods) - set(METHODS))
     if unknown or not methods:
         raise InputError(f"faithfulness methods {','.join(unknown) or '(none)'}: expected some of {','.join(METHODS)}")

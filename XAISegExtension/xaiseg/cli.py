@@ -255,8 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "random trivial map; default 0); a table keeps only rows "
                                                         "of its own seed")
     b.add_argument("--rise", metavar="KEY=VALUE,...", help="faithfulness: RISE's own settings for this run, such as "
-                                                            "strata=5 or p=0.25,cell_aspect=3 (their names in "
-                                                            "docs/explain.md); a table keeps only rows of its own")
+                                                            "strata=5 or p=0.25,cell_aspect=3 (the field names of "
+                                                            "RiseSettings; a wrong name lists them); a table "
+                                                            "keeps only rows of its own")
     b.add_argument("--keep-maps", metavar="DIR", help="faithfulness: keep every explained slice's maps, ROI and "
                                                      "prompt in DIR (one npz per slice), to score other maps of "
                                                      "those slices later (python -m xaiseg.kept_maps)")

@@ -31,7 +31,10 @@ from 0 to 1 (Owen's multilinear extension of the game), so it also weighs what a
 most of the slice is removed, or most of it kept.  With K > 1 the masks are drawn in turn with the
 midpoints of K equal parts of (0, 1) as their keep probability, each stratum keeps its own sums
 (and its own two halves), and the map is the mean of the strata's maps: the midpoint rule for that
-integral over the drawn cells.
+integral.  The players of that game are the cells, and a pixel's keep value is a blend of the cells
+around it, so the map is about the Shapley value of the cells around each pixel.  (With inpainting a
+pixel counts as removed where its keep value is below 0.5, so the share of pixels kept is near but
+not exactly p: 0.07 at p = 0.1, 0.93 at 0.9.)
 """
 from __future__ import annotations
 
@@ -154,7 +157,8 @@ class RiseSettings(CommonSettings):
     strata: int = setting(1, "RISE: keep probabilities the masks are drawn with, in turn; 1: every mask keeps "
                              "cells with --keep-probability (the map is each pixel's Banzhaf value at that "
                              "probability, as in seed 001); K: the midpoints of K equal parts of (0, 1), and the "
-                             "map is the mean of their maps (about each pixel's Shapley value)", minimum=1,
+                             "map is the mean of their maps (about the Shapley value of the cells around each "
+                             "pixel)", minimum=1,
                           maximum=MAX_STRATA, flag="--keep-strata")
     sizing: str = sizing_setting()
     side: float = side_setting()
@@ -180,6 +184,9 @@ class RiseSettings(CommonSettings):
             raise InputError(f"RISE keep probability {self.p} must lie strictly between 0 and 1")
         if not 0.0 < self.converge <= 1.0:
             raise InputError(f"RISE reliability (--rise-reliability) {self.converge} must lie in (0, 1]")
+        if self.strata > 1 and self.n_masks < 2 * self.strata:
+            raise InputError(f"RISE masks (--masks) {self.n_masks} for {self.strata} keep-probability strata "
+                             f"(--keep-strata): expected at least {2 * self.strata}, two per stratum")
         if self.strata > 1 and self.p != 0.5:
             raise InputError(f"RISE keep probability (--keep-probability) {self.p} with {self.strata} strata "
                              "(--keep-strata): the strata set each mask's keep probability; expected --keep-strata 1, "
@@ -263,15 +270,21 @@ class RISE(Explainer):
         engine.progress.stage(engine.stage, self.n_masks)
         while sums.used < self.n_masks:
             # mask i of the run is drawn in stratum i mod K; a block draws each stratum's masks in turn
+            # and scores them in one call
             block = sums.used + np.arange(min(self.check_every, self.n_masks - sums.used))
-            for j, p in enumerate(probabilities):
-                n = int(np.count_nonzero(block % len(probabilities) == j))
+            counts = [int(np.count_nonzero(block % len(probabilities) == j)) for j in range(len(probabilities))]
+            drawn = [make(rng, n, p) for n, p in zip(counts, probabilities) if n]
+            masks = drawn[0] if len(drawn) == 1 else np.concatenate(drawn)
+            scores = np.asarray(engine.scores(masks, total=0))
+            start = 0
+            for j, n in enumerate(counts):
                 if n:
-                    masks = make(rng, n, p)
-                    sums.add(j, engine.scores(masks, total=0), masks)
+                    sums.add(j, scores[start:start + n], masks[start:start + n])
+                    start += n
             reliability = sums.reliability(engine.roi)
             history.append([sums.used, round(reliability, 4)])
             streak, converged = self.config.next_streak(streak, reliability, sums.used)
+            converged = converged and sums.every_half_drawn()  # no stop before each stratum has both halves
             if converged:
                 break
         engine.progress.done()
@@ -348,20 +361,31 @@ class RiseSums:
     def map(self) -> np.ndarray:
         return RISE._map(self.kept_sum, self.kept_w, self.score_sum, self.used)
 
+    def half_maps(self) -> Tuple[np.ndarray, np.ndarray]:
+        return RISE._map(*self.halves[0]), RISE._map(*self.halves[1])
+
     def reliability(self, roi: np.ndarray) -> float:
         """Split-half reliability of :meth:`map` over ``roi``: the share of its variance over the ROI
         that is not the draw's noise (0 while a half's map is flat)."""
-        if int(np.count_nonzero(roi)) < MIN_RELIABILITY_PIXELS:
-            return 0.0
-        a, b = (RISE._map(*half) for half in self.halves)
-        return spearman_brown(pearson(a, b, roi))
+        return split_half(self.half_maps(), roi)
+
+
+def split_half(halves: Tuple[np.ndarray, np.ndarray], roi: np.ndarray) -> float:
+    """The reliability of a map whose two halves of masks drew ``halves``: their correlation over
+    ``roi`` stepped up to the whole map (0 for a ROI of too few pixels)."""
+    if int(np.count_nonzero(roi)) < MIN_RELIABILITY_PIXELS:
+        return 0.0
+    return spearman_brown(pearson(halves[0], halves[1], roi))
 
 
 class StrataSums:
-    """:class:`RiseSums` for each keep-probability stratum; the map and its halves are the means of
-    the strata's (one stratum: exactly its :class:`RiseSums`)."""
+    """:class:`RiseSums` for each keep-probability stratum.  The map (and each half's) is, per
+    pixel, the mean of the strata's maps over the strata where masks both kept and removed it: at a
+    probability near 0 or 1 a pixel may be removed (or kept) by every mask of a stratum, which then
+    says nothing about it.  One stratum: exactly its :class:`RiseSums`."""
 
     def __init__(self, shape: Tuple[int, int], strata: int = 1) -> None:
+        self.shape = tuple(shape)
         self.strata = [RiseSums(shape) for _ in range(max(1, int(strata)))]
 
     @property
@@ -371,19 +395,30 @@ class StrataSums:
     def add(self, stratum: int, scores: np.ndarray, masks: np.ndarray) -> None:
         self.strata[stratum].add(scores, masks)
 
+    def _mean(self, parts) -> np.ndarray:
+        """The mean map of ``parts`` (each ``(kept_sum, kept_w, score_sum, n)``), per pixel over those
+        that both kept and removed it (0 where none did); one part's map as it is."""
+        parts = [part for part in parts if part[3]]
+        if len(parts) == 1:
+            return RISE._map(*parts[0])
+        total = np.zeros(self.shape, np.float64)
+        count = np.zeros(self.shape, np.float64)
+        for kept_sum, kept_w, score_sum, n in parts:
+            told = (kept_w > 0) & (n - kept_w > 0)
+            total = total + np.where(told, RISE._map(kept_sum, kept_w, score_sum, n), 0.0)
+            count = count + told
+        return np.divide(total, count, out=np.zeros_like(total), where=count > 0)
+
     def map(self) -> np.ndarray:
-        drawn = [s for s in self.strata if s.used]
-        return np.mean([s.map() for s in drawn], axis=0) if drawn else self.strata[0].map()
+        return self._mean([(s.kept_sum, s.kept_w, s.score_sum, s.used) for s in self.strata])
 
     def half_maps(self) -> Tuple[np.ndarray, np.ndarray]:
-        return tuple(np.mean([RISE._map(*s.halves[h]) for s in self.strata], axis=0) for h in range(2))
+        return self._mean([s.halves[0] for s in self.strata]), self._mean([s.halves[1] for s in self.strata])
+
+    def every_half_drawn(self) -> bool:
+        """Whether every stratum has drawn masks into both of its halves."""
+        return all(half[3] for s in self.strata for half in s.halves)
 
     def reliability(self, roi: np.ndarray) -> float:
-        """As :meth:`RiseSums.reliability`, of the mean map: its two halves are the strata's halves
-        averaged."""
-        if len(self.strata) == 1:
-            return self.strata[0].reliability(roi)
-        if int(np.count_nonzero(roi)) < MIN_RELIABILITY_PIXELS:
-            return 0.0
-        a, b = self.half_maps()
-        return spearman_brown(pearson(a, b, roi))
+        """As :meth:`RiseSums.reliability`, of the mean map: its halves are the strata's halves, averaged."""
+        return split_half(self.half_maps(), roi)
