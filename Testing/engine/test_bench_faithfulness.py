@@ -426,26 +426,35 @@ def test_kept_maps_score_again_as_the_bench_measured_them(tmp_path, capsys, orie
     assert "--keep-maps with --parts cascade: only the maps part explains slices" in capsys.readouterr().err
 
 
-def test_the_bench_seed_reaches_every_draw_and_labels_its_table(tmp_path, monkeypatch):
-    """``--seed``: every explainer of the bench draws from it (RISE's masks, the random trivial map);
-    a table keeps only rows of its own seed (an older table without one reads as seed 0), the table
-    says a seed other than 0, and runs of different seeds do not merge."""
+def _recorded_rows(folder, monkeypatch, setting):
+    """The bench's structures measured from here on, as (name, the ``setting`` it was given), with
+    ``folder`` holding a table of Left_Caudate written before that setting existed."""
     import json
 
     import xaiseg.bench_faithfulness as bf
-    from xaiseg.errors import InputError
 
-    assert {ex.seed for ex in bf._explainers(100, seed=3)} == {3} and {ex.seed for ex in bf._explainers(100)} == {0}
     measured = []
 
     def rows(session, sample, name, *args, **kwargs):
-        measured.append((name, kwargs.get("seed")))
+        measured.append((name, kwargs.get(setting)))
         return {"slices": [1, 2], "seconds": 1.0, "methods": {}, "versions": bf.row_versions(bf.METHODS)}
 
     monkeypatch.setattr(bf, "structure_rows", rows)
     entry = {"slices": [81, 82], "methods": {}, "versions": bf.row_versions(bf.METHODS)}
-    (tmp_path / "faithfulness.json").write_text(json.dumps({  # written before the bench had a seed
+    (folder / "faithfulness.json").write_text(json.dumps({
         "pairs": 1, "masks": 100, "metric_fill": "inpaint", "sampling": bf.SAMPLING, "maps": {"Left_Caudate": entry}}))
+    return measured
+
+
+def test_the_bench_seed_reaches_every_draw_and_labels_its_table(tmp_path, monkeypatch):
+    """``--seed``: every explainer of the bench draws from it (RISE's masks, the random trivial map);
+    a table keeps only rows of its own seed (an older table without one reads as seed 0), the table
+    says a seed other than 0, and runs of different seeds do not merge."""
+    import xaiseg.bench_faithfulness as bf
+    from xaiseg.errors import InputError
+
+    assert {ex.seed for ex in bf._explainers(100, seed=3)} == {3} and {ex.seed for ex in bf._explainers(100)} == {0}
+    measured = _recorded_rows(tmp_path, monkeypatch, "seed")  # a table written before the bench had a seed
     bf.bench_faithfulness(tmp_path, structures=["Left_Caudate"], masks=100, parts=("maps",))
     assert measured == []  # seed 0: resumed
     result = bf.bench_faithfulness(tmp_path, structures=["Left_Caudate"], masks=100, parts=("maps",), seed=1)
@@ -465,8 +474,6 @@ def test_the_bench_measures_a_rise_variant_and_keeps_its_rows_apart(tmp_path, mo
     """``--rise KEY=VALUE,...``: RISE's own settings reach its explainer (in the maps and the cascade),
     are typed and checked, and label the table; defaults are left out, so ``strata=1`` is the
     default table; a table keeps only rows of its own variant, and runs of two variants do not merge."""
-    import json
-
     import xaiseg.bench_faithfulness as bf
     from xaiseg.cli import main
     from xaiseg.errors import InputError
@@ -482,16 +489,7 @@ def test_the_bench_measures_a_rise_variant_and_keeps_its_rows_apart(tmp_path, mo
                          ("strata=5,strata=1", "sets strata twice")):
         with pytest.raises(InputError, match=message):
             bf.rise_variant(bad)
-    measured = []
-
-    def rows(session, sample, name, *args, **kwargs):
-        measured.append((name, kwargs.get("rise")))
-        return {"slices": [1, 2], "seconds": 1.0, "methods": {}, "versions": bf.row_versions(bf.METHODS)}
-
-    monkeypatch.setattr(bf, "structure_rows", rows)
-    entry = {"slices": [81, 82], "methods": {}, "versions": bf.row_versions(bf.METHODS)}
-    (tmp_path / "faithfulness.json").write_text(json.dumps({  # written before the bench took RISE's settings
-        "pairs": 1, "masks": 100, "metric_fill": "inpaint", "sampling": bf.SAMPLING, "maps": {"Left_Caudate": entry}}))
+    measured = _recorded_rows(tmp_path, monkeypatch, "rise")  # a table written before the bench took RISE's
     bf.bench_faithfulness(tmp_path, structures=["Left_Caudate"], masks=100, parts=("maps",), rise="strata=1")
     assert measured == []  # the defaults: resumed
     result = bf.bench_faithfulness(tmp_path, structures=["Left_Caudate"], masks=100, parts=("maps",), rise="strata=5")
