@@ -118,14 +118,10 @@ def cmd_bench(args) -> int:
 
         torch.set_num_threads(int(args.threads))
     parts = _listed(args.parts)
-    if args.merge and args.what != "faithfulness":
-        raise InputError(f"--merge: only the faithfulness bench merges runs, not {args.what}")
-    if args.seed and args.what != "faithfulness":
-        raise InputError(f"--seed: only the faithfulness bench takes a seed, not {args.what}")
-    if args.rise and args.what != "faithfulness":
-        raise InputError(f"--rise: only the faithfulness bench takes RISE's settings, not {args.what}")
-    if args.keep_maps and args.what != "faithfulness":
-        raise InputError(f"--keep-maps: only the faithfulness bench keeps maps, not {args.what}")
+    for flag, given, does in (("--merge", args.merge, "merges runs"), ("--seed", args.seed, "takes a seed"),
+                              ("--rise", args.rise, "takes RISE's settings"), ("--keep-maps", args.keep_maps, "keeps maps")):
+        if given and args.what != "faithfulness":
+            raise InputError(f"{flag}: only the faithfulness bench {does}, not {args.what}")
     if args.keep_maps and parts and "maps" not in parts:
         raise InputError(f"--keep-maps with --parts {args.parts}: only the maps part explains slices to keep; "
                          "expected maps among the parts")
