@@ -358,8 +358,13 @@ class RiseSums:
                 half[3] += int(pick.sum())
         self.used += len(scores)
 
+    @property
+    def whole(self) -> Tuple:
+        """The sums over every mask, as a half's: ``(kept_sum, kept_w, score_sum, n)``."""
+        return self.kept_sum, self.kept_w, self.score_sum, self.used
+
     def map(self) -> np.ndarray:
-        return RISE._map(self.kept_sum, self.kept_w, self.score_sum, self.used)
+        return RISE._map(*self.whole)
 
     def half_maps(self) -> Tuple[np.ndarray, np.ndarray]:
         return RISE._map(*self.halves[0]), RISE._map(*self.halves[1])
@@ -410,7 +415,7 @@ class StrataSums:
         return np.divide(total, count, out=np.zeros_like(total), where=count > 0)
 
     def map(self) -> np.ndarray:
-        return self._mean([(s.kept_sum, s.kept_w, s.score_sum, s.used) for s in self.strata])
+        return self._mean([s.whole for s in self.strata])
 
     def half_maps(self) -> Tuple[np.ndarray, np.ndarray]:
         return self._mean([s.halves[0] for s in self.strata]), self._mean([s.halves[1] for s in self.strata])
