@@ -105,6 +105,14 @@ def test_rise_stops_early_and_says_so():
     assert full.n_evaluations == 300 and full.details["converged"] is False
 
 
+def rise_map(scores, masks):
+    """RISE's map of ``masks`` with ``scores``, from its sums over all of them at once."""
+    from xaiseg.explain.rise import RISE
+
+    scores = np.asarray(scores)
+    return RISE._map(np.tensordot(scores, masks, axes=1), masks.sum(axis=0), float(scores.sum()), len(scores))
+
+
 def test_rise_sums_deal_masks_alternately_and_keep_the_whole_map():
     """The halves take masks by their place in the whole stream, whatever the chunks; the whole map
     is the sum over every mask, as it was before the halves existed."""
@@ -123,7 +131,7 @@ def test_rise_sums_deal_masks_alternately_and_keep_the_whole_map():
         total += float(scores[a:b].sum())
     assert sums.used == 15 and [h[3] for h in sums.halves] == [8, 7]
     assert np.array_equal(sums.map(), RISE._map(kept, weight, total, 15))
-    even = RISE._map(np.tensordot(scores[::2], masks[::2], axes=1), masks[::2].sum(axis=0), float(scores[::2].sum()), 8)
+    even = rise_map(scores[::2], masks[::2])
     assert np.allclose(RISE._map(*sums.halves[0]), even, rtol=0, atol=1e-6)  # float32 masks summed by chunk
     # reliability stays in [0, 1]: a negative correlation is noise, a ROI of a few pixels has none
     assert spearman_brown(-0.8) == 0.0 and spearman_brown(1.0) == 1.0 and spearman_brown(0.5) == pytest.approx(2 / 3)
@@ -269,10 +277,7 @@ def test_rise_with_keep_strata_finds_the_evidence_and_records_its_probabilities(
     rng, engine = np.random.default_rng(0), PerturbationEngine(toy, evidence_image(), PROMPT, one.roi, fill="zero")
     make, _ = make_explainer("rise", toy, **FAST["rise"]).mask_maker(engine)
     masks = np.concatenate([make(rng, 50), make(rng, 50)])
-    from xaiseg.explain.rise import RISE
-
-    scores = engine.scores(masks, total=0)
-    expected = RISE._map(np.tensordot(scores, masks, axes=1), masks.sum(axis=0), float(scores.sum()), 100)
+    expected = rise_map(engine.scores(masks, total=0), masks)
     np.testing.assert_allclose(one.raw, np.where(one.roi, expected, 0.0), rtol=0, atol=1e-6)
     with pytest.raises(errors.InputError, match=r"keep probability \(--keep-probability\) 0.3 with 5 strata"):
         make_explainer("rise", p=0.3, strata=5)
