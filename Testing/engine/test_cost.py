@@ -133,25 +133,27 @@ def test_reused_passes_and_a_calibration_without_write_timing():
     assert lite["seconds"] == pytest.approx(3 + reused + write)
     assert torch_["seconds"] == pytest.approx(3 + perturbed + write)
     # per slice: the occlusion patches by their size, the curves' and the noise level's passes change the ROI
-    # (scored by restore, the default, every pass changes the whole ROI: it is inpainted but one patch)
+    # (scored by restore, every pass changes the whole ROI: it is inpainted but one patch)
+    restore = make_explainer("occlusion", metric_steps=2, mode="restore")
+    restored = restore.cost((40.0, 40.0))
+    assert restore.cost_equivalents((40.0, 40.0), 256, reuse_share) == pytest.approx(reuse_share((40.0, 40.0)) * restored)
+    # both (the default): each patch removed (its own share) and put back (the ROI's), and the inpainted
+    # ROI once; with a budget of 9: the inpainted ROI and four cells, each removed and put back
     occlusion = make_explainer("occlusion", metric_steps=2)
+    assert occlusion.scoring == "both"
     attribution = occlusion.cost((40.0, 40.0))
     patches = occlusion.cost_equivalents((40.0, 40.0), 256, reuse_share)
-    assert patches == pytest.approx(reuse_share((40.0, 40.0)) * attribution)
-    # both: each patch removed (its own share) and put back (the ROI's), and the inpainted ROI once;
-    # with a budget of 9: the inpainted ROI and four cells, each removed and put back
-    both = make_explainer("occlusion", metric_steps=2, mode="both")
-    assert both.cost((40.0, 40.0)) == 2 * (attribution - 1) + 1
-    assert both.cost_equivalents((40.0, 40.0), 256, reuse_share) == pytest.approx(
+    assert attribution == 2 * (restored - 1) + 1
+    assert patches == pytest.approx(
         make_explainer("occlusion", mode="remove").cost_equivalents((40.0, 40.0), 256, reuse_share)
-        + attribution * reuse_share((40.0, 40.0)))
+        + restored * reuse_share((40.0, 40.0)))
     budget = make_explainer("occlusion", mode="both", passes=9)
     assert budget.cost_equivalents((40.0, 40.0), 256, reuse_share) == pytest.approx(
         4 * reuse_share((20.0, 20.0)) + 5 * reuse_share((40.0, 40.0)))
     removal = make_explainer("occlusion", metric_steps=2, mode="remove")
-    assert removal.cost((40.0, 40.0)) == attribution - 1  # no pass with the ROI removed
-    assert reuse_share((8.0, 8.0)) * (attribution - 1) < removal.cost_equivalents((40.0, 40.0), 256, reuse_share) \
-        < reuse_share((40.0, 40.0)) * (attribution - 1)
+    assert removal.cost((40.0, 40.0)) == restored - 1  # no pass with the ROI removed
+    assert reuse_share((8.0, 8.0)) * (restored - 1) < removal.cost_equivalents((40.0, 40.0), 256, reuse_share) \
+        < reuse_share((40.0, 40.0)) * (restored - 1)
     assert reused == pytest.approx(2 * (patches + (perturbed / 2 - attribution) * reuse_share((40.0, 40.0))))
     # a larger ROI's passes cost more each, up to a full pass
     large = estimate_counts(request({"kind": "litemedsam"}), 3, [(150.0, 150.0)] * 2, cal)

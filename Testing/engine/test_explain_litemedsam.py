@@ -79,9 +79,9 @@ def test_default_occlusion_patch_is_sized_to_the_caudate(caudate_run):
     yy, xx = np.nonzero(truth[k])
     # the strongest evidence lies on or right beside the caudate
     assert np.min(np.hypot(yy - peak[0], xx - peak[1])) <= ex.details["patch_px"]
-    # by default the patches are put back into the inpainted ROI: every pass changes the ROI's extent,
-    # and the estimate charges each at that share
-    default = session.explain(seg, [make_explainer("occlusion", metric_steps=0)], roi=RoiConfig("box"),
+    # scored by restore, the patches are put back into the inpainted ROI: every pass changes the ROI's
+    # extent, and the estimate charges each at that share
+    default = session.explain(seg, [make_explainer("occlusion", metric_steps=0, mode="restore")], roi=RoiConfig("box"),
                               slices=[k]).explanations["occlusion"][k]
     assert default.details["mode"] == "restore" and default.details["patch_px"] == ex.details["patch_px"]
     assert 0.0 <= default.details["emptied_score"] < 1.0  # the inpainted ROI loses part of the mask

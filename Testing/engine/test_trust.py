@@ -210,10 +210,11 @@ def test_the_two_patches_that_lowered_the_score_most_are_refined():
     assert len(occ.refined(coarse, np.array([0.5, 0.5, 0.5, 0.0, 0.0]), (64, 64))) == 18
     assert len(occ.refined(coarse, np.array([0.7, 0.0, -0.1, 0.0, 0.0]), (64, 64))) == 9
     assert occ.refined(coarse, np.zeros(5), (64, 64)) == []
-    # the estimate counts the same: the coarse patches plus 9 for each of two refined ones, and (scored
-    # by restore, the default) the pass with the whole ROI removed
-    assert occ.cost((30.0, 30.0), grid=64) == 1 + 3 * 3 + 18   # 20 px patches over a 30 px ROI: 3 x 3 coarse
-    assert occ.cost((30.0, 30.0), grid=16) == 1 + 1 + 9        # a single coarse patch: only it is refined
+    # the estimate counts the same: the coarse patches plus 9 for each of two refined ones, twice when
+    # scored both ways (the default), and (when the patches are put back) the pass with the ROI removed
+    assert occ.cost((30.0, 30.0), grid=64) == 1 + 2 * (3 * 3 + 18)   # 20 px patches over a 30 px ROI: 3 x 3
+    assert occ.cost((30.0, 30.0), grid=16) == 1 + 2 * (1 + 9)        # a single coarse patch: only it is refined
+    assert occ.replace(mode="restore").cost((30.0, 30.0), grid=64) == 1 + 3 * 3 + 18
     assert occ.replace(mode="remove").cost((30.0, 30.0), grid=64) == 3 * 3 + 18
 
 
@@ -317,12 +318,12 @@ def test_both_scores_each_patch_by_its_fall_and_its_rise():
 
 
 def test_structure_sized_restore_refines_the_patches_that_bring_the_mask_back():
-    """The default (``auto``) scores structure-sized patches by restore: the two coarse patches whose
-    return brought the mask back are refined (9 finer patches each, all put back on their own)."""
+    """Structure-sized patches scored by restore: the two coarse patches whose return brought the
+    mask back are refined (9 finer patches each, all put back on their own)."""
     toy = SquareEvidence()
     roi = np.zeros((64, 64), bool)
     roi[:34, :34] = True
-    occ = make_explainer("occlusion", toy, grid="image", metric_steps=0, noise_passes=0)
+    occ = make_explainer("occlusion", toy, grid="image", metric_steps=0, noise_passes=0, mode="restore")
     ex = occ.explain(evidence_image(), PROMPT, roi=roi)
     assert ex.details["mode"] == "restore" and ex.details["patch_px"] == 20
     coarse = [(y, x, p) for y, x, p in occ.patches((64, 64), PROMPT.box) if roi[y:y + p, x:x + p].any()]
@@ -334,6 +335,30 @@ def test_structure_sized_restore_refines_the_patches_that_bring_the_mask_back():
     square = toy.square_mask()
     assert ex.raw[square].mean() > 0.9 and ex.raw[square].mean() > ex.raw[roi & ~square].mean()
     assert ex.details["emptied_score"] == 0.0 and ex.raw[roi].min() < 0.5
+
+
+def test_the_default_scores_structure_sized_patches_both_ways():
+    """``auto`` (the default) scores structure-sized patches both ways (stop 40): each patch removed
+    and put back, its map the sum of removal's and restore's with the same patches, refined where
+    that sum is highest; a fixed ``--patch`` and a pass budget keep removal."""
+    toy = SquareEvidence()
+    roi = np.zeros((64, 64), bool)
+    roi[:34, :34] = True
+    settings = dict(grid="image", metric_steps=0, noise_passes=0, smooth=0.0)
+    default = make_explainer("occlusion", toy, **settings)
+    assert default.scoring == "both" and default.scores_emptied
+    ex = default.explain(evidence_image(), PROMPT, roi=roi)
+    both = make_explainer("occlusion", toy, mode="both", **settings).explain(evidence_image(), PROMPT, roi=roi)
+    assert ex.details["mode"] == "both" and ex.details["patch_px"] == 20
+    np.testing.assert_array_equal(ex.raw, both.raw)
+    coarse = [(y, x, p) for y, x, p in default.patches((64, 64), PROMPT.box) if roi[y:y + p, x:x + p].any()]
+    assert ex.n_evaluations == 1 + 2 * (len(coarse) + ex.details["patches_refined"])
+    # the square (what the toy reads) is where removing a patch loses the mask and putting it back
+    # brings the mask back: hotter on average than the rest of the ROI
+    square = toy.square_mask()
+    assert ex.raw[square].mean() > ex.raw[roi & ~square].mean()
+    assert make_explainer("occlusion", patch=16, stride=8).scoring == "remove"
+    assert make_explainer("occlusion", passes=6).scoring == "remove"
 
 
 @pytest.mark.parametrize("passes, used", [(9, 9), (10, 9), (13, 13)])

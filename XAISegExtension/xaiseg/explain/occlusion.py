@@ -2,13 +2,16 @@
 that overlap the ROI are evaluated, and a pixel's value is the mean score of the patches covering
 it (by default then smoothed, see below).  A patch's score (``mode``):
 
-* restore (the default for the structure-sized patches, below): the whole ROI is inpainted from
-  the pixels around it (the slice without the structure, one pass), then each patch alone is put
-  back; its score is the rise of the explained score over the inpainted ROI (the Dice it brings
-  back).  LiteMedSAM keeps a mask until most of the structure is gone, so removing one patch at a
-  time shows little; what one patch restores on its own says which part the mask needs.  Measured
-  on the faithfulness bench's 12 middle slices (stop 27), it beat the trivial maps on more slices
-  than removal at one pass more (docs/explain.md, "Occlusion scored by restore").
+* both (the default for the structure-sized patches, below, since stop 40): the sum of the two
+  scores below, two passes per patch and one for the inpainted ROI.  Restore alone won more of the
+  faithfulness bench's middle slices (7 of 12 against 6), but on structures no issue names it found
+  no change above the model's noise on 7 of 8 slices, so those maps were not painted, and the maps
+  of neighbouring slices hardly agreed (docs/explain.md, "Occlusion scored both ways").
+* restore: the whole ROI is inpainted from the pixels around it (the slice without the structure,
+  one pass), then each patch alone is put back; its score is the rise of the explained score over
+  the inpainted ROI (the Dice it brings back).  LiteMedSAM keeps a mask until most of the structure
+  is gone, so removing one patch at a time shows little; what one patch restores on its own says
+  which part the mask needs (stop 27, docs/explain.md, "Occlusion scored by restore").
 * remove (seed 001; the fixed ``--patch`` grid and the ``--occlusion-passes`` cells keep it): a
   patch's score is the drop of the explained score when it alone is removed (by ``fill``).
 
@@ -17,7 +20,8 @@ box's shorter side (within ``[MIN_PATCH, 64]`` model-grid pixels) tile the ROI; 
 the ``REFINE`` coarse patches with the highest scores, patches of half that size at a quarter's
 stride refine the map.  The map resolves the structure at a fraction of the passes a fine
 grid over the whole ROI would cost, and every slice costs the same number of passes (the coarse
-patches plus ``9 * REFINE``, and the inpainted ROI's pass when restoring), so the estimate before a
+patches plus ``9 * REFINE``, twice that when scoring both ways, and the inpainted ROI's pass when
+the patches are put back), so the estimate before a
 run does not depend on the maps.  In a
 volume, with ``sizing="structure"``, the patch is sized once for the whole structure, so its slices
 share one grid.  In this mode (a single slice, a volume, either sizing) each pixel then takes the
@@ -67,7 +71,7 @@ FINE_PER_PATCH = 9  # a refined patch's finer patches: half its size at a quarte
 #: (remove), the sum of the two (both), or (auto) :data:`AUTO_SCORING` for the structure-sized
 #: patches and remove otherwise (:attr:`Occlusion.scoring`)
 MODES = ("auto", "both", "restore", "remove")
-AUTO_SCORING = "restore"
+AUTO_SCORING = "both"
 #: passes a pass budget must allow: the ROI's four quadrants, and the inpainted ROI when restoring
 LEAST_PASSES = {"remove": 4, "restore": 5, "both": 9}
 #: what the rest of the ROI becomes in mode restore, whatever ``fill`` says: emptied to zero (or a
