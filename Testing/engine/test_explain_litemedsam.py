@@ -81,13 +81,13 @@ def test_default_occlusion_patch_is_sized_to_the_caudate(caudate_run):
     assert np.min(np.hypot(yy - peak[0], xx - peak[1])) <= ex.details["patch_px"]
     # scored by restore, the patches are put back into the inpainted ROI: every pass changes the ROI's
     # extent, and the estimate charges each at that share
-    default = session.explain(seg, [make_explainer("occlusion", metric_steps=0, mode="restore")], roi=RoiConfig("box"),
-                              slices=[k]).explanations["occlusion"][k]
-    assert default.details["mode"] == "restore" and default.details["patch_px"] == ex.details["patch_px"]
-    assert 0.0 <= default.details["emptied_score"] < 1.0  # the inpainted ROI loses part of the mask
-    rows, cols = np.nonzero(default.roi)
+    restored = session.explain(seg, [make_explainer("occlusion", metric_steps=0, mode="restore")], roi=RoiConfig("box"),
+                               slices=[k]).explanations["occlusion"][k]
+    assert restored.details["mode"] == "restore" and restored.details["patch_px"] == ex.details["patch_px"]
+    assert 0.0 <= restored.details["emptied_score"] < 1.0  # the inpainted ROI loses part of the mask
+    rows, cols = np.nonzero(restored.roi)
     extent = ((rows.max() - rows.min() + 1) * 256 / side, (cols.max() - cols.min() + 1) * 256 / side)
-    assert default.record["reuse"]["mean_pass_share"] == pytest.approx(reuse_share(extent), abs=0.04)
+    assert restored.record["reuse"]["mean_pass_share"] == pytest.approx(reuse_share(extent), abs=0.04)
 
 
 def test_embedding_roi_hugs_the_caudate(caudate_run):

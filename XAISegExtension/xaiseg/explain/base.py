@@ -165,7 +165,8 @@ class Attribution:
     components: Dict[str, np.ndarray] = field(default_factory=dict)
     passes: Dict[str, int] = field(default_factory=dict)
     #: what the evidence check weighs against the noise when the engine's largest fall is not it
-    #: (occlusion's restore mode: the largest rise one patch's return caused); None: that fall
+    #: (occlusion's restore and both modes: the largest rise one patch's return caused, or with both
+    #: the largest fall one patch's removal caused if larger); None: that fall
     largest_change: Optional[float] = None
 
 

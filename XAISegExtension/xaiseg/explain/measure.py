@@ -11,7 +11,8 @@
   them: ``deletion_gain`` = best trivial deletion AUC minus the method's (positive: the method
   is better), ``insertion_gain`` = the method's insertion AUC minus the best trivial one;
 * evidence: the largest fall of the score that one of a perturbation method's passes caused
-  (occlusion scoring patches by restore: the largest rise one patch's return caused) (``signal``)
+  (occlusion scoring patches by restore: the largest rise one patch's return caused; both ways, the
+  default: the largest of those rises and of the falls) (``signal``)
   against the noise of the model on jittered copies of the unperturbed slice (``noise_level``; for
   restore that is the noise around the unperturbed score too: around the inpainted ROI the jitter
   shifts the score one way, a bias rather than noise, see docs/explain.md); a slice whose signal
