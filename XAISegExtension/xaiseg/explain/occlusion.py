@@ -19,10 +19,10 @@ Patch size, by default, from the structure, coarse to fine: first patches as lar
 box's shorter side (within ``[MIN_PATCH, 64]`` model-grid pixels) tile the ROI; then, only inside
 the ``REFINE`` coarse patches with the highest scores, patches of half that size at a quarter's
 stride refine the map.  The map resolves the structure at a fraction of the passes a fine
-grid over the whole ROI would cost, and every slice costs the same number of passes (the coarse
-patches plus ``9 * REFINE``, twice that when scoring both ways, and the inpainted ROI's pass when
-the patches are put back), so the estimate before a
-run does not depend on the maps.  In a
+grid over the whole ROI would cost, and a slice costs at most its coarse patches plus
+``9 * REFINE`` (twice that when scoring both ways, and the inpainted ROI's pass when the patches are
+put back; fewer only where a coarse patch scored nothing and is not refined), so the estimate before
+a run, which counts that most, does not depend on the maps.  In a
 volume, with ``sizing="structure"``, the patch is sized once for the whole structure, so its slices
 share one grid.  In this mode (a single slice, a volume, either sizing) each pixel then takes the
 mean score of the patches around it with Gaussian weights of a quarter of the coarse patch's side
