@@ -21,7 +21,8 @@ the ``REFINE`` coarse patches with the highest scores, patches of half that size
 stride refine the map.  The map resolves the structure at a fraction of the passes a fine
 grid over the whole ROI would cost, and a slice costs at most its coarse patches plus
 ``9 * REFINE`` (twice that when scoring both ways, and the inpainted ROI's pass when the patches are
-put back; fewer only where a coarse patch scored nothing and is not refined), so the estimate before
+put back; fewer only where a coarse patch scored nothing, so is not refined, or finer patches
+coincide at the slice's edge), so the estimate before
 a run, which counts that most, does not depend on the maps.  In a
 volume, with ``sizing="structure"``, the patch is sized once for the whole structure, so its slices
 share one grid.  In this mode (a single slice, a volume, either sizing) each pixel then takes the
