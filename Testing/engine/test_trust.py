@@ -317,6 +317,11 @@ def test_both_scores_each_patch_by_its_fall_and_its_rise():
         make_explainer("occlusion", mode="both", passes=8)
 
 
+def coarse_in_roi(occ, roi):
+    """The coarse structure-sized patches of the toy's 64 x 64 slice that touch ``roi``: those occlusion scores."""
+    return [(y, x, p) for y, x, p in occ.patches((64, 64), PROMPT.box) if roi[y:y + p, x:x + p].any()]
+
+
 def test_structure_sized_restore_refines_the_patches_that_bring_the_mask_back():
     """Structure-sized patches scored by restore: the two coarse patches whose return brought the
     mask back are refined (9 finer patches each, all put back on their own)."""
@@ -326,7 +331,7 @@ def test_structure_sized_restore_refines_the_patches_that_bring_the_mask_back():
     occ = make_explainer("occlusion", toy, grid="image", metric_steps=0, noise_passes=0, mode="restore")
     ex = occ.explain(evidence_image(), PROMPT, roi=roi)
     assert ex.details["mode"] == "restore" and ex.details["patch_px"] == 20
-    coarse = [(y, x, p) for y, x, p in occ.patches((64, 64), PROMPT.box) if roi[y:y + p, x:x + p].any()]
+    coarse = coarse_in_roi(occ, roi)
     assert ex.details["patches_refined"] == 18
     assert ex.n_evaluations == 1 + len(coarse) + ex.details["patches_refined"]
     # inpainting spreads a bright patch's value over the square, so every patch that reaches into it
@@ -351,7 +356,7 @@ def test_the_default_scores_structure_sized_patches_both_ways():
     both = make_explainer("occlusion", toy, mode="both", **settings).explain(evidence_image(), PROMPT, roi=roi)
     assert ex.details["mode"] == "both" and ex.details["patch_px"] == 20
     np.testing.assert_array_equal(ex.raw, both.raw)
-    coarse = [(y, x, p) for y, x, p in default.patches((64, 64), PROMPT.box) if roi[y:y + p, x:x + p].any()]
+    coarse = coarse_in_roi(default, roi)
     assert ex.n_evaluations == 1 + 2 * (len(coarse) + ex.details["patches_refined"])
     # the square (what the toy reads) is where removing a patch loses the mask and putting it back
     # brings the mask back: hotter on average than the rest of the ROI
