@@ -83,7 +83,7 @@ def test_rise_measured_again_everywhere_may_take_other_masks(tmp_path, monkeypat
     (tmp_path / "faithfulness.json").write_text(json.dumps({
         "pairs": 1, "masks": 100, "metric_fill": "inpaint", "sampling": bf.SAMPLING,
         "maps": {"Left_Caudate": entry, "Right_Caudate": entry},
-        "cascade": {"Left_Caudate": {"slice": 81, "methods": {}}}, "cascade_versions": dict(bf.MAP_VERSIONS)}))
+        "cascade": {"Left_Caudate": {"slice": 81, "draws": bf.CASCADE_DRAWS, "methods": {}}}, "cascade_versions": dict(bf.MAP_VERSIONS)}))
     measured = []
 
     def rows(session, sample, name, pairs, masks, *args, **kwargs):
@@ -232,7 +232,7 @@ def test_a_rerun_resumes_only_the_current_engines_structures(tmp_path, monkeypat
         "pairs": 1, "masks": 100, "metric_fill": "inpaint", "sampling": bf.SAMPLING,
         "maps": {"Left_Caudate": dict(fresh, slices=[81, 82]), "Right_Caudate": dict(fresh, versions=old)},
         "fills": {"Left_Caudate": {}}, "fills_versions": {"occlusion_remove": bf.FILLS_VERSION - 1},
-        "cascade": {"Left_Caudate": {"slice": 81, "methods": {}}}, "cascade_versions": dict(bf.MAP_VERSIONS)}))
+        "cascade": {"Left_Caudate": {"slice": 81, "draws": bf.CASCADE_DRAWS, "methods": {}}}, "cascade_versions": dict(bf.MAP_VERSIONS)}))
     result = bf.bench_faithfulness(tmp_path, structures=["Left_Caudate", "Right_Caudate"], masks=100,
                                    parts=("maps",))
     assert measured == ["Right_Caudate"] and result["maps"]["Left_Caudate"]["slices"] == [81, 82]

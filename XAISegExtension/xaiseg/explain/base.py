@@ -133,6 +133,9 @@ class CommonSettings:
     cascade: bool = setting(False, "cascading randomisation: re-draw the decoder, then the encoder stages from "
                                    "the top, one at a time, and report the similarity after each (one attribution "
                                    "per step)")
+    cascade_draws: int = setting(1, "with the cascade: how many times its last step (the whole model re-drawn) "
+                                    "is drawn, each with its own seed; the final similarity is their mean, the "
+                                    "range is reported too (one more attribution per draw)", minimum=1)
 
     def __post_init__(self) -> None:
         if self.metric_steps == 1:
@@ -570,16 +573,20 @@ class Explainer:
         return metric_passes(self)
 
     def total_cost(self, roi_extent: Optional[Tuple[float, float]] = None, grid: int = 256,
-                   cascade_steps: int = 7, curves: bool = True) -> int:
+                   cascade_steps: Optional[int] = None, curves: bool = True) -> int:
         """Attribution, metrics and the randomisation checks of this method, per slice (the shared
         passes not included); ``curves``: whether the slice is one of the ``metric_slices`` (else
-        only attribution and the Dice drop)."""
+        only attribution and the Dice drop); ``cascade_steps``: the cascade's steps (default: the
+        model's, :func:`~xaiseg.models.base.randomisation_cascade`, 7 without a model)."""
+        from ..models.base import randomisation_cascade
         from .measure import scaled_passes
 
         n = self.cost(roi_extent, grid)
         if not curves:
             return n + scaled_passes(self)
-        redraws = (1 if self.sanity else 0) + (cascade_steps if self.cascade else 0)
+        if cascade_steps is None:
+            cascade_steps = len(randomisation_cascade(self.segmenter)) if self.segmenter is not None else 7
+        redraws = (1 if self.sanity else 0) + (cascade_steps + self.cascade_draws - 1 if self.cascade else 0)
         return n * (1 + redraws) + self.metric_cost()
 
     # the template ----------------------------------------------------------------------------
