@@ -237,6 +237,26 @@ def test_a_rerun_resumes_only_the_current_engines_structures(tmp_path, monkeypat
                                    parts=("maps",))
     assert measured == ["Right_Caudate"] and result["maps"]["Left_Caudate"]["slices"] == [81, 82]
     assert "fills" not in result and result["cascade_versions"] == bf.MAP_VERSIONS
+    # a cascade row whose last step was drawn another number of times (older rows: once) is left out too
+    table = json.loads((tmp_path / "faithfulness.json").read_text())
+    del table["cascade"]["Left_Caudate"]["draws"]
+    (tmp_path / "faithfulness.json").write_text(json.dumps(table))
+    assert "cascade" not in bf.bench_faithfulness(tmp_path, structures=["Left_Caudate", "Right_Caudate"], masks=100,
+                                                  parts=("maps",))
+
+
+def test_the_cascade_table_shows_each_draw_of_its_last_step():
+    from xaiseg.bench_faithfulness import markdown
+
+    steps = [{"redrawn": "mask_decoder", "similarity": 0.9},
+             {"redrawn": "image_encoder", "similarity": 0.2, "draws": [0.34, -0.08, 0.34]}]
+    base = {"machine": {"platform": "test"}, "pairs": 1, "masks": 100, "maps": {}, "seconds": 1}
+    text = markdown(dict(base, cascade={"A": {"slice": 3, "draws": 3, "methods": {"layers": steps}}}))
+    assert "drawn 3 times with their own seeds" in text
+    assert "| method | mask_decoder | image_encoder | each draw |" in text
+    assert "| layers | 0.90 | 0.20 | 0.34, -0.08, 0.34 |" in text
+    once = markdown(dict(base, cascade={"A": {"slice": 3, "methods": {"layers": steps[:1]}}}))
+    assert "one draw;" in once and "each draw" not in once
 
 
 def test_summary_means_leave_out_missing_figures():

@@ -141,6 +141,36 @@ def test_cascading_randomisation_redraws_from_the_output_back(litemedsam):
         assert (not np.array_equal(p.detach().numpy(), before[name].detach().numpy())) == redrawn or p.numel() == 0, name
 
 
+def test_the_cascades_last_step_is_drawn_with_its_own_seeds(litemedsam):
+    """One draw of random weights is one sample: with ``cascade_draws`` the last step (the whole model
+    re-drawn) is drawn that many times, the first draw being the single draw's, and the final
+    similarity is their mean; the cost counts the model's eight steps and the extra draws."""
+    from xaiseg.sample_data import load_mni_atlas
+    from xaiseg.volume import LabelBoxPrompt
+
+    sample = load_mni_atlas(["Left_Caudate"])
+    truth = sample.mask("Left_Caudate")
+    ks = np.unique(np.nonzero(truth)[0])
+    k = int(ks[len(ks) // 2])
+    labels = np.zeros(truth.shape, np.uint8)
+    labels[k] = truth[k]
+    session = Session(sample.image, litemedsam)
+    seg = session.segment(LabelBoxPrompt(labels, 1), name="caudate")
+
+    def cascade(draws):
+        ex = make_explainer("layers", cascade=True, cascade_draws=draws)
+        return session.explain(seg, [ex], slices=[k]).metrics()["methods"]["layers"]["slices"][str(k)]
+
+    once, thrice = cascade(1), cascade(3)
+    assert len(thrice["cascade"]) == 8 and thrice["cascade"][:-1] == once["cascade"][:-1]
+    draws = thrice["cascade"][-1]["draws"]
+    assert len(draws) == 3 and draws[0] == once["cascade"][-1]["similarity"] and len(set(draws)) == 3
+    assert thrice["cascade_final_similarity"] == thrice["cascade"][-1]["similarity"] == round(float(np.mean(draws)), 4)
+    assert "draws" not in once["cascade"][-1]
+    ex = make_explainer("layers", litemedsam, cascade=True, cascade_draws=3)
+    assert ex.total_cost() == 1 * (1 + 8 + 2) + ex.metric_cost()
+
+
 def test_the_cascade_on_the_toy_ends_below_the_goal():
     ex = make_explainer("occlusion", SquareEvidence(), metric_steps=0, cascade=True, **FINE).explain(
         evidence_image(), PROMPT, roi=whole_slice())

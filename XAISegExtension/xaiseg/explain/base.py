@@ -134,8 +134,8 @@ class CommonSettings:
                                    "the top, one at a time, and report the similarity after each (one attribution "
                                    "per step)")
     cascade_draws: int = setting(1, "with the cascade: how many times its last step (the whole model re-drawn) "
-                                    "is drawn, each with its own seed; the final similarity is their mean, the "
-                                    "range is reported too (one more attribution per draw)", minimum=1)
+                                    "is drawn, each with its own seed; the final similarity is their mean, each "
+                                    "draw's is kept beside it (one more attribution per draw)", minimum=1)
 
     def __post_init__(self) -> None:
         if self.metric_steps == 1:
