@@ -50,6 +50,12 @@ TRIVIAL_TITLES = {"blurred_mask": "the blurred mask", "box_centre": "a blob at t
 MARKS = ("prompt_driven", "no_evidence", "below_trivial", "low_reliability", "survives_randomisation")
 
 
+def _draws_text(row: Mapping[str, Any]) -> str:
+    """", mean of N draws" where the cascade's last step was drawn N > 1 times, else nothing."""
+    draws = row.get("cascade_final_draws")
+    return f", mean of {len(draws)} draws" if isinstance(draws, list) and len(draws) > 1 else ""
+
+
 #: what the sanity check re-drew (``sanity_redrawn`` in a row), as a reader reads it
 REDRAWN_TITLES = {"mask_decoder": "the mask decoder", "image_encoder": "the image encoder", "all": "the whole model"}
 
@@ -136,7 +142,7 @@ def slice_trust(row: Optional[Mapping[str, Any]], method: str, k: int, title: Op
     whole = REDRAWN_TITLES["all"]
     part = REDRAWN_TITLES.get(row.get("sanity_redrawn"), "part of the model")
     checks = [(f"{part} re-drawn (sanity check)", row.get("sanity_similarity"), part),
-              (f"{whole} re-drawn (cascade)", row.get("cascade_final_similarity"), whole)]
+              (f"{whole} re-drawn (cascade{_draws_text(row)})", row.get("cascade_final_similarity"), whole)]
     for what, value, redrawn in checks:
         v = number(value)
         if v is None:
