@@ -295,7 +295,7 @@ def test_runs_of_some_structures_each_merge_into_one_table(tmp_path):
 
     a = folder("a", table(["Left_Amygdala"], 0.3, 1.0))
     b = folder("b", table(["Right_Amygdala", "Left_Pallidum"], 0.6, 0.0,
-                          cascade={"Right_Amygdala": {"slice": 50, "methods": {}}},
+                          cascade={"Right_Amygdala": {"slice": 50, "draws": bf.CASCADE_DRAWS, "methods": {}}},
                           cascade_versions=dict(bf.MAP_VERSIONS)))
     out = tmp_path / "out"
     assert main(["bench", "faithfulness", "--merge", a, b, "-o", str(out)]) == 0
@@ -331,6 +331,8 @@ def test_runs_of_some_structures_each_merge_into_one_table(tmp_path):
     older["maps"]["Left_Caudate"]["versions"] = dict(bf.row_versions(bf.METHODS), rise=bf.MAP_VERSIONS["rise"] - 1)
     refused.append((folder("older", older), "different engines .*Left_Caudate"))
     unversioned = table(["Left_Caudate"], 0.3, 1.0, cascade={"Left_Caudate": {}})  # an older table's cascade
+    refused.append((folder("once", dict(unversioned, cascade_versions=dict(bf.MAP_VERSIONS))),
+                    "cascade row of Left_Caudate whose last step was drawn 1 time"))
     refused.append((folder("unversioned", unversioned), "cascade with map versions unrecorded"))
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "faithfulness.json").write_text("{")

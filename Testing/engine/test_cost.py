@@ -198,3 +198,22 @@ def test_budgeted_occlusion_costs_its_passes_whatever_the_roi():
     occ = make_explainer("occlusion", passes=6)
     assert occ.cost((10.0, 10.0)) == occ.cost((200.0, 150.0)) == occ.cost() == 6
     assert make_explainer("occlusion", passes=6, metric_steps=0).total_cost((40.0, 40.0)) == 6 + 1  # + Dice drop
+
+
+def test_the_estimate_counts_the_models_own_cascade_steps_and_draws(litemedsam):
+    """The estimate knows each kind's cascade without loading the model: LiteMedSAM's is its eight
+    parts, and the last step's extra draws cost one attribution each."""
+    from xaiseg.cost import CASCADE_STEPS, estimate_counts
+    from xaiseg.explain import make_explainer
+    from xaiseg.models.base import randomisation_cascade
+    from xaiseg.request import RunRequest
+
+    assert CASCADE_STEPS["litemedsam"] == len(randomisation_cascade(litemedsam)) == 8
+    ex = make_explainer("layers", metric_steps=0, cascade=True, cascade_draws=3)
+    assert ex.total_cost(cascade_steps=8) == 1 + 8 + 2
+    assert ex.total_cost(cascade_steps=0) == 1  # a model without parts to re-draw: no cascade at all
+    request = RunRequest.from_dict({"input": "v.nrrd", "output_dir": "out", "segmenter": {"kind": "litemedsam"},
+                                    "prompt": BOX_KJI, "explain": {"methods": [{"name": "layers"}], "common": {
+                                        "metric_steps": 0, "cascade": True, "cascade_draws": 3}}})
+    cal = {"seconds_encoder": 1.0, "seconds_decoder": 0.0, "seconds_load": 0.0}
+    assert estimate_counts(request, 2, [(40.0, 40.0)] * 2, cal)["per_method"]["layers"] == 2 * (1 + 8 + 2)

@@ -294,6 +294,12 @@ def test_template_names_the_slices_a_mark_flags(ho_findings):
     # the cascade's sentence reads its figure as rounded, as the mark does
     s.update(cascade_final_similarity=0.296)
     assert "is 0.30 - it depends on the image more than on the model." in render_text(g)
+    # drawn several times, the figure says it is their mean, the count grounded in the findings
+    s.update(cascade_draws=5.0)
+    drawn = render_text(g)
+    assert "is 0.30 (the mean of 5 draws of random weights) - it depends on the image" in drawn
+    assert unsupported(check_text(drawn, g)) == [], [c.text for c in unsupported(check_text(drawn, g))]
+    del s["cascade_draws"]
     assert unsupported(check_text(text, g)) == [], [c.text for c in unsupported(check_text(text, g))]
     # a map that loses on most slices says so once; a noisy map's mean says so once
     s.update(beats_trivial_deletion=0.25, reliability=0.5)

@@ -459,6 +459,10 @@ def merge_faithfulness(dirs: Sequence, outdir) -> Dict:
                                      f"{'unrecorded' if out[versions] is missing else out[versions]}; expected one "
                                      "engine's")
             for name, entry in table[part].items():
+                if part == "cascade" and entry.get("draws", 1) != CASCADE_DRAWS:  # as a re-run would not keep it
+                    raise InputError(f"--merge: {path} holds a cascade row of {name} whose last step was drawn "
+                                     f"{entry.get('draws', 1)} time(s); expected {CASCADE_DRAWS} (run --parts "
+                                     "cascade again)")
                 if rows.setdefault(name, entry) != entry:
                     raise InputError(f"--merge: {path} holds other {part} rows of {name} than an earlier folder; "
                                      "expected each structure measured by one run")

@@ -25,6 +25,12 @@ DEFAULT_SECONDS = {"seconds_encoder": 1.5, "seconds_decoder": 0.065, "seconds_lo
 #: seconds per MB of (uncompressed) output written, used when there is no calibration at all
 REFERENCE_WRITE = {"seconds_write_mb": 0.01}
 MODEL_GRID = 256
+#: the cascading randomisation's steps (:func:`~xaiseg.models.base.randomisation_cascade`) of each
+#: segmenter kind, known without loading it: LiteMedSAM's decoder, prompt encoder, neck, four stages
+#: and patch embedding; MedSAM ViT-B's decoder, prompt encoder, neck, twelve blocks and patch
+#: embedding; other models their top-level parts, counted as 7
+CASCADE_STEPS = {"litemedsam": 8, "medsam": 16}
+
 #: segmenters whose perturbed passes reuse the unperturbed slice's activations (without TTA), and the
 #: share of a full pass such a pass costs when the changed extent is unknown: 0.39-0.45 measured for
 #: LiteMedSAM on ROI-sized changes (docs/benchmarks/speed.md), the upper figure
@@ -66,7 +72,9 @@ def estimate_counts(request, segmented: int, extents: Sequence[Extent],
         explainers = [m.explainer() for m in request.explain.methods]
         curves = [set(curve_slices(range(explained), ex.metric_slices)) for ex in explainers]  # by position
         for m, ex, sample in zip(request.explain.methods, explainers, curves):
-            counts = [ex.total_cost(extent, MODEL_GRID, curves=i in sample) for i, extent in enumerate(extents)]
+            steps = CASCADE_STEPS.get(request.segmenter.kind, 7)
+            counts = [ex.total_cost(extent, MODEL_GRID, cascade_steps=steps, curves=i in sample)
+                      for i, extent in enumerate(extents)]
             n = sum(counts) * turns
             per_method[m.name] = n
             encoder += n

@@ -586,7 +586,9 @@ class Explainer:
             return n + scaled_passes(self)
         if cascade_steps is None:
             cascade_steps = len(randomisation_cascade(self.segmenter)) if self.segmenter is not None else 7
-        redraws = (1 if self.sanity else 0) + (cascade_steps + self.cascade_draws - 1 if self.cascade else 0)
+        # the last step is drawn cascade_draws times (none where the model has no steps)
+        redraws = (1 if self.sanity else 0) + (cascade_steps + self.cascade_draws - 1
+                                               if self.cascade and cascade_steps else 0)
         return n * (1 + redraws) + self.metric_cost()
 
     # the template ----------------------------------------------------------------------------

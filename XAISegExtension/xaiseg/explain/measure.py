@@ -153,6 +153,7 @@ def measure_passes(explainer, explanation, engine, progress=None, stage: Optiona
             metrics["cascade_final_similarity"] = steps[-1]["similarity"]
             if "draws" in steps[-1]:  # the last step drawn several times: the final figure is their mean
                 metrics["cascade_final_draws"] = steps[-1]["draws"]
+                metrics["cascade_draws"] = len(steps[-1]["draws"])
     metrics["metric_evaluations"] = engine.evaluations - before
     return metrics
 

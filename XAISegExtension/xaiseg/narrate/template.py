@@ -119,7 +119,9 @@ def _trust(summary: dict, title: str) -> List[str]:
                    "check): there it follows the image more than those weights.")
     final = summary.get("cascade_final_similarity")
     if number(final) is not None:
-        out.append(f"With the whole model re-drawn, the map's similarity to the trained model's is {_num(final)}"
+        draws = number(summary.get("cascade_draws"))
+        drawn = f" (the mean of {int(draws)} draws of random weights)" if draws is not None and draws > 1 else ""
+        out.append(f"With the whole model re-drawn, the map's similarity to the trained model's is {_num(final)}{drawn}"
                    + (" - it depends on the image more than on the model." if survives_randomisation(final) else "."))
     return out
 
