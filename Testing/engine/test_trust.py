@@ -171,6 +171,18 @@ def test_the_cascades_last_step_is_drawn_with_its_own_seeds(litemedsam):
     assert ex.total_cost() == 1 * (1 + 8 + 2) + ex.metric_cost()
 
 
+def test_rise_draws_a_zero_map_where_no_mask_moved_the_model():
+    """A model whose mask ignores the image (as a cascade's re-drawn decoder that draws no mask on
+    any masked image) scores every mask the same: RISE's map is then 0, not float rounding that a
+    rank correlation would read a pattern into, and its reliability is 0."""
+    from toys import box_toy
+
+    image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    ex = make_explainer("rise", box_toy(), n_masks=40, metric_steps=0).explain(
+        image, SlicePrompt((20, 20, 40, 40)), roi=whole_slice())
+    assert not ex.raw.any() and ex.details["reliability"] == 0.0 and ex.details["masks_used"] == 40
+
+
 def test_the_cascade_on_the_toy_ends_below_the_goal():
     ex = make_explainer("occlusion", SquareEvidence(), metric_steps=0, cascade=True, **FINE).explain(
         evidence_image(), PROMPT, roi=whole_slice())

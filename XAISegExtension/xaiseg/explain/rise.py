@@ -392,12 +392,24 @@ class StrataSums:
     def __init__(self, shape: Tuple[int, int], strata: int = 1) -> None:
         self.shape = tuple(shape)
         self.strata = [RiseSums(shape) for _ in range(max(1, int(strata)))]
+        self.low, self.high = np.inf, -np.inf  # the scores' range over every mask
+
+    @property
+    def constant(self) -> bool:
+        """Whether every mask scored the same (or none was drawn): nothing moved the model, so the
+        map is 0 everywhere.  Its contrasts would otherwise be float rounding (about 1e-7, e.g. a
+        model re-drawn by the cascade that draws no mask on any masked image), and a rank
+        correlation would read a pattern into them."""
+        return not self.high > self.low
 
     @property
     def used(self) -> int:
         return sum(s.used for s in self.strata)
 
     def add(self, stratum: int, scores: np.ndarray, masks: np.ndarray) -> None:
+        scores = np.asarray(scores)
+        if scores.size:
+            self.low, self.high = min(self.low, float(scores.min())), max(self.high, float(scores.max()))
         self.strata[stratum].add(scores, masks)
 
     def _mean(self, parts) -> np.ndarray:
@@ -415,9 +427,13 @@ class StrataSums:
         return np.divide(total, count, out=np.zeros_like(total), where=count > 0)
 
     def map(self) -> np.ndarray:
+        if self.constant:
+            return np.zeros(self.shape, np.float64)
         return self._mean([s.whole for s in self.strata])
 
     def half_maps(self) -> Tuple[np.ndarray, np.ndarray]:
+        if self.constant:
+            return np.zeros(self.shape, np.float64), np.zeros(self.shape, np.float64)
         return self._mean([s.halves[0] for s in self.strata]), self._mean([s.halves[1] for s in self.strata])
 
     def every_half_drawn(self) -> bool:
