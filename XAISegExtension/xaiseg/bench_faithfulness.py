@@ -362,7 +362,7 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
         for part, fresh in (("cascade", lambda v: current(v, METHODS, rows=False)), ("fills", fills_current)):
             if part in result and (not fresh(previous.get(f"{part}_versions")) or part == "cascade" and any(
                     entry.get("draws", 1) != CASCADE_DRAWS for entry in result[part].values())):
-                del result[part]  # measured by another engine: left out rather than shown as current
+                del result[part]  # another engine's (or draws): left out rather than shown as current
             elif part in result:
                 result[f"{part}_versions"] = previous[f"{part}_versions"]
     sample = load_mni_atlas(structures)

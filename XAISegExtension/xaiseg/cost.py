@@ -70,9 +70,9 @@ def estimate_counts(request, segmented: int, extents: Sequence[Extent],
         from .explain.measure import curve_slices, shared_passes_of
 
         explainers = [m.explainer() for m in request.explain.methods]
+        steps = CASCADE_STEPS.get(request.segmenter.kind, 7)  # the explainers have no model to count them
         curves = [set(curve_slices(range(explained), ex.metric_slices)) for ex in explainers]  # by position
         for m, ex, sample in zip(request.explain.methods, explainers, curves):
-            steps = CASCADE_STEPS.get(request.segmenter.kind, 7)
             counts = [ex.total_cost(extent, MODEL_GRID, cascade_steps=steps, curves=i in sample)
                       for i, extent in enumerate(extents)]
             n = sum(counts) * turns

@@ -397,7 +397,7 @@ class StrataSums:
     @property
     def constant(self) -> bool:
         """Whether every mask scored the same (or none was drawn): nothing moved the model, so the
-        map is 0 everywhere.  Its contrasts would otherwise be float rounding (about 1e-7, e.g. a
+        map is 0 everywhere.  Its contrasts would otherwise be float rounding (about 1e-6, e.g. a
         model re-drawn by the cascade that draws no mask on any masked image), and a rank
         correlation would read a pattern into them."""
         return not self.high > self.low
