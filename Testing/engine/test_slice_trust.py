@@ -188,7 +188,7 @@ def test_a_map_that_survives_a_redrawn_model_is_marked(tmp_path):
                                                                                           "measured on this slice.")
     assert short_marks({"cascade_final_similarity": 0.5}) == ["survives a re-drawn model"]
     # a cascade whose last step was drawn several times says its figure is their mean
-    drawn = slice_trust({"cascade_final_similarity": 0.2, "cascade_final_draws": [0.34, -0.08, 0.34]}, "layers", 0)
+    drawn = slice_trust({"cascade_final_similarity": 0.2, "cascade_draws": 3}, "layers", 0)
     assert drawn["marks"] == [] and drawn["text"].endswith(
         "with the whole model re-drawn (cascade, mean of 3 draws) its map has Spearman 0.20 with this one.")
 

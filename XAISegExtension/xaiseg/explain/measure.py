@@ -151,8 +151,7 @@ def measure_passes(explainer, explanation, engine, progress=None, stage: Optiona
         metrics["cascade"] = steps
         if steps:
             metrics["cascade_final_similarity"] = steps[-1]["similarity"]
-            if "draws" in steps[-1]:  # the last step drawn several times: the final figure is their mean
-                metrics["cascade_final_draws"] = steps[-1]["draws"]
+            if "draws" in steps[-1]:  # the last step drawn several times (each in it): the figure is their mean
                 metrics["cascade_draws"] = len(steps[-1]["draws"])
     metrics["metric_evaluations"] = engine.evaluations - before
     return metrics
@@ -354,12 +353,12 @@ def cascading_randomisation(explainer, engine, explanation, progress, stage: str
     parts = randomisation_cascade(explainer.segmenter)
     out = []
     for i in range(len(parts)):
-        last = i == len(parts) - 1
-        draws = int(explainer.cascade_draws) if last else 1
-        sims = [round(spearman(explanation.raw, _redrawn_map(
-            explainer, engine, explanation, parts[:i + 1], progress,
-            f"{stage} cascade {i + 1}/{len(parts)}" + (f" draw {d + 1}/{draws}" if draws > 1 else ""), draw=d),
-            explanation.roi), 4) for d in range(draws)]
+        draws = int(explainer.cascade_draws) if i == len(parts) - 1 else 1
+        sims = []
+        for d in range(draws):
+            label = f"{stage} cascade {i + 1}/{len(parts)}" + (f" draw {d + 1}/{draws}" if draws > 1 else "")
+            redrawn = _redrawn_map(explainer, engine, explanation, parts[:i + 1], progress, label, draw=d)
+            sims.append(round(spearman(explanation.raw, redrawn, explanation.roi), 4))
         step = {"redrawn": parts[i], "similarity": round(float(np.mean(sims)), 4)}
         if draws > 1:
             step["draws"] = sims

@@ -52,8 +52,8 @@ MARKS = ("prompt_driven", "no_evidence", "below_trivial", "low_reliability", "su
 
 def _draws_text(row: Mapping[str, Any]) -> str:
     """", mean of N draws" where the cascade's last step was drawn N > 1 times, else nothing."""
-    draws = row.get("cascade_final_draws")
-    return f", mean of {len(draws)} draws" if isinstance(draws, list) and len(draws) > 1 else ""
+    draws = number(row.get("cascade_draws"))
+    return f", mean of {int(draws)} draws" if draws is not None and draws > 1 else ""
 
 
 #: what the sanity check re-drew (``sanity_redrawn`` in a row), as a reader reads it
