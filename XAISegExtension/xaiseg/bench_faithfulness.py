@@ -260,6 +260,12 @@ CASCADE_MASKS = 100
 #: slice, stop 41); a cascade row of another number (older rows: one) is not kept as current
 CASCADE_DRAWS = 5
 
+
+def cascade_draws(entry: Mapping[str, Any]) -> int:
+    """How many times a cascade row's last step was drawn (rows before stop 41 record none: once)."""
+    return int(entry.get("draws", 1))
+
+
 #: what a table was measured with, and what a key an older table lacks reads as (the bench's default
 #: then); tables merged into one must agree on all of it
 TABLE_SETTINGS = {"pairs": None, "masks": None, "metric_fill": "zero", "sampling": "first", "machine": None, "seed": 0,
@@ -361,7 +367,7 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
         result.update({k: v for k, v in previous.items() if k in ("maps", "cascade", "fills") and k not in parts})
         for part, fresh in (("cascade", lambda v: current(v, METHODS, rows=False)), ("fills", fills_current)):
             if part in result and (not fresh(previous.get(f"{part}_versions")) or part == "cascade" and any(
-                    entry.get("draws", 1) != CASCADE_DRAWS for entry in result[part].values())):
+                    cascade_draws(entry) != CASCADE_DRAWS for entry in result[part].values())):
                 del result[part]  # another engine's (or draws): left out rather than shown as current
             elif part in result:
                 result[f"{part}_versions"] = previous[f"{part}_versions"]
@@ -459,9 +465,9 @@ def merge_faithfulness(dirs: Sequence, outdir) -> Dict:
                                      f"{'unrecorded' if out[versions] is missing else out[versions]}; expected one "
                                      "engine's")
             for name, entry in table[part].items():
-                if part == "cascade" and entry.get("draws", 1) != CASCADE_DRAWS:  # as a re-run would not keep it
+                if part == "cascade" and cascade_draws(entry) != CASCADE_DRAWS:  # as a re-run would not keep it
                     raise InputError(f"--merge: {path} holds a cascade row of {name} whose last step was drawn "
-                                     f"{entry.get('draws', 1)} time(s); expected {CASCADE_DRAWS} (run --parts "
+                                     f"{cascade_draws(entry)} time(s); expected {CASCADE_DRAWS} (run --parts "
                                      "cascade again)")
                 if rows.setdefault(name, entry) != entry:
                     raise InputError(f"--merge: {path} holds other {part} rows of {name} than an earlier folder; "
@@ -598,7 +604,7 @@ def markdown(result: Dict) -> str:
                                                 for (m, date), names in sorted(again.items())) + "."]
     cascade = result.get("cascade") or {}
     for name, entry in cascade.items():
-        draws = entry.get("draws", 1)
+        draws = cascade_draws(entry)
         lines += ["", f"Cascading randomisation on {name}, slice {entry['slice']} (RISE at most "
                   f"{min(result.get('masks') or CASCADE_MASKS, CASCADE_MASKS)} masks; Spearman of the map with the "
                   "trained model's after re-drawing each part, cumulatively, from the output back; "
