@@ -534,3 +534,101 @@ def test_the_bench_measures_a_rise_variant_and_keeps_its_rows_apart(tmp_path, mo
     assert main(["bench", "faithfulness", "--rise", "bogus=1", "-o", str(tmp_path / "y")]) == 2
     assert "--rise bogus: expected RISE's own settings" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
+
+
+def test_the_cascade_runs_on_every_slice_the_maps_part_explains(tmp_path):
+    """``--parts cascade_slices``: the cascade, its last step drawn ``CASCADE_DRAWS`` times, on each
+    slice of the structure's pair (known answer: the toy's decoder is its only part, so the whole
+    model is re-drawn at once; re-drawn, its evidence lies elsewhere and the map's similarity stays
+    well below 1).  The summary counts slices and draws against the goal's bar."""
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    import xaiseg.bench_faithfulness as bf
+    from xaiseg.models.base import randomisation_cascade
+    from xaiseg.pipeline import SegmentConfig, Session
+    from xaiseg.progress import ensure
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_explain import toy_volume
+    from toys import SquareEvidence
+
+    session = Session(toy_volume(), SquareEvidence(), SegmentConfig())
+    truth = np.zeros(session.volume.shape, bool)
+    truth[:, 20:40, 22:42] = True
+
+    class Atlas:
+        def mask(self, name):
+            return truth
+
+    rows = bf.slice_cascade_rows(session, Atlas(), "toy", 1, ensure(None), methods=("occlusion",))
+    assert rows["slices"] == [0, 1] and rows["draws"] == bf.CASCADE_DRAWS
+    assert randomisation_cascade(session.segmenter) == ["mask_decoder"]
+    for k in rows["slices"]:
+        (step,) = rows["methods"]["occlusion"][str(k)]
+        assert step["redrawn"] == "mask_decoder" and len(step["draws"]) == bf.CASCADE_DRAWS
+        assert step["similarity"] == pytest.approx(np.mean(step["draws"]), abs=1e-4) and step["similarity"] < 0.9
+    summary = bf.slice_cascade_summary({"toy": rows})["occlusion"]
+    assert summary["slices"] == 2 and summary["draws"] == 2 * bf.CASCADE_DRAWS and summary["parts"] == ["mask_decoder"]
+    text = bf.markdown({"machine": {"platform": "test"}, "pairs": 1, "masks": 100, "seconds": 1,
+                        "cascade_slices": {"toy": rows}})
+    assert "Cascading randomisation on every slice above (occlusion;" in text and "| toy | 1 | occlusion |" in text
+
+
+def test_the_slice_cascade_summary_counts_slices_and_draws_at_the_bar():
+    """Known answer: two slices, the last step's draws given; the means per step, the slices whose
+    mean reaches 0.3, the draws that do, and the extremes."""
+    from xaiseg.bench_faithfulness import markdown, slice_cascade_summary
+
+    def steps(first, draws):
+        return [{"redrawn": "mask_decoder", "similarity": first},
+                {"redrawn": "image_encoder", "similarity": sum(draws) / len(draws), "draws": draws}]
+
+    rows = {"A": {"slices": [3, 4], "draws": 3, "methods": {"layers": {"3": steps(1.0, [0.5, 0.4, 0.3]),
+                                                                      "4": steps(0.8, [0.2, -0.1, 0.5])}}},
+            "B": {"slices": [7, 8], "draws": 3, "methods": {"layers": {"7": None, "8": steps(0.9, [0.0, 0.0, 0.0])}}}}
+    s = slice_cascade_summary(rows)["layers"]
+    assert s["slices"] == 3 and s["mean"] == pytest.approx([0.9, (0.4 + 0.2 + 0.0) / 3], abs=1e-4)
+    assert (s["slices_at_bar"], s["draws_at_bar"], s["draws"]) == (1, 4, 9)
+    assert (s["lowest"], s["highest"]) == (-0.1, 0.5)
+    text = markdown({"machine": {"platform": "test"}, "pairs": 1, "masks": 100, "seconds": 1, "cascade_slices": rows})
+    assert "| layers | 3 | 0.90 | 0.20 | 1 of 3 | 4 of 9 | -0.10 - 0.50 |" in text
+    assert "| A | 4 | layers | 0.20 | 0.20, -0.10, 0.50 |" in text and "| B | 7 |" not in text
+
+
+def test_the_slice_cascade_is_kept_only_when_current_and_merges(tmp_path, monkeypatch):
+    """A re-run of other parts keeps the ``cascade_slices`` part only when it was measured with the
+    current layer maps and as many draws; runs of other structures merge into one; an unknown part
+    is refused by name before anything is measured."""
+    import json
+
+    import xaiseg.bench_faithfulness as bf
+    from xaiseg.errors import InputError
+
+    with pytest.raises(InputError, match="faithfulness parts cascades: expected some of maps,cascade,cascade_slices"):
+        bf.bench_faithfulness(tmp_path, structures=["Left_Caudate"], parts=("maps", "cascades"))
+    monkeypatch.setattr(bf, "structure_rows", lambda *a, **k: {"slices": [1, 2], "seconds": 1.0, "methods": {},
+                                                               "versions": bf.row_versions(bf.METHODS)})
+    entry = {"slices": [81, 82], "draws": bf.CASCADE_DRAWS, "seconds": 1.0, "methods": {"layers": {}}}
+    table = {"pairs": 1, "masks": 100, "metric_fill": "inpaint", "sampling": bf.SAMPLING, "seconds": 1,
+             "machine": {"platform": "test"}, "cascade_slices": {"Left_Caudate": entry},
+             "cascade_slices_versions": {"layers": bf.MAP_VERSIONS["layers"]}}
+    for versions, draws, kept in (({"layers": bf.MAP_VERSIONS["layers"]}, bf.CASCADE_DRAWS, True),
+                                  ({"layers": bf.MAP_VERSIONS["layers"] - 1}, bf.CASCADE_DRAWS, False),
+                                  ({}, bf.CASCADE_DRAWS, False), ({"layers": bf.MAP_VERSIONS["layers"]}, 1, False)):
+        (tmp_path / "faithfulness.json").write_text(json.dumps(dict(
+            table, cascade_slices={"Left_Caudate": dict(entry, draws=draws)}, cascade_slices_versions=versions)))
+        result = bf.bench_faithfulness(tmp_path, structures=["Left_Caudate"], masks=100, parts=("maps",))
+        assert ("cascade_slices" in result) is kept
+    other = tmp_path / "other"
+    other.mkdir()
+    (tmp_path / "faithfulness.json").write_text(json.dumps(table))
+    (other / "faithfulness.json").write_text(json.dumps(dict(table, cascade_slices={"Right_Caudate": entry})))
+    merged = bf.merge_faithfulness([tmp_path, other], tmp_path / "merged")
+    assert list(merged["cascade_slices"]) == ["Left_Caudate", "Right_Caudate"] and "cascade_slices" in merged["parts"]
+    (other / "faithfulness.json").write_text(json.dumps(dict(table, cascade_slices={"Right_Caudate": dict(
+        entry, draws=1)})))
+    with pytest.raises(InputError, match="a cascade_slices row of Right_Caudate whose last step was drawn 1"):
+        bf.merge_faithfulness([tmp_path, other], tmp_path / "merged")

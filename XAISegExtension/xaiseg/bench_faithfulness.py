@@ -26,6 +26,9 @@ from .io import write_tables
 from .metrics import mean_of
 
 METHODS = ("occlusion", "rise", "layers")
+#: the bench's parts: the maps and their curves, the cascade on one slice, the cascade of the cheap
+#: methods on every slice the maps part explains, occlusion's patch fills
+PARTS = ("maps", "cascade", "cascade_slices", "fills")
 GOALS = {"beats_trivial_share": 0.8, "adjacent_spearman": 0.7, "randomised_similarity": 0.3}
 
 
@@ -98,12 +101,14 @@ def adjacent_pairs(slices: Sequence[int], pairs: Optional[int]) -> List[int]:
 
 def _explainers(masks: int, cascade: bool = False, fill: str = "auto", only: Sequence[str] = METHODS,
                 metric_fill: str = "inpaint", occlusion_mode: str = "auto", seed: int = 0,
-                rise: Optional[Mapping[str, Any]] = None):
+                rise: Optional[Mapping[str, Any]] = None, curves: bool = True):
+    """The bench's explainers of ``only``; ``curves`` False: without the curves and trivial maps (the
+    cascade alone needs neither)."""
     from .explain import make_explainer
 
     # the seed of every draw: RISE's masks, the random trivial map
-    common = dict(baselines=True, metric_steps=8, fill=fill, cascade=cascade, metric_fill=metric_fill, seed=seed,
-                  cascade_draws=CASCADE_DRAWS if cascade else 1)
+    common = dict(baselines=curves, metric_steps=8 if curves else 0, fill=fill, cascade=cascade,
+                  metric_fill=metric_fill, seed=seed, cascade_draws=CASCADE_DRAWS if cascade else 1)
     # layers too: curves and trivial maps
     per = {"occlusion": {"mode": occlusion_mode}, "rise": dict(rise or {}, n_masks=masks), "layers": {}}
     return [make_explainer(m, **dict(common, **per[m])) for m in only]
@@ -266,6 +271,50 @@ def cascade_draws(entry: Mapping[str, Any]) -> int:
     return int(entry.get("draws", 1))
 
 
+#: the methods whose cascade the ``cascade_slices`` part runs on every slice the maps part explains: the layer
+#: maps, each step an encoder pass (occlusion's and RISE's steps cost their passes each: one slice's
+#: cascade of all three took 50 minutes here, stop 41)
+SLICE_CASCADE_METHODS = ("layers",)
+
+
+def slice_cascade_rows(session, sample, name: str, pairs: Optional[int], progress, methods: Sequence[str] =
+                       SLICE_CASCADE_METHODS, seed: int = 0, masks: int = CASCADE_MASKS,
+                       rise: Optional[Mapping[str, Any]] = None) -> Dict:
+    """The cascade of ``methods``, its last step drawn :data:`CASCADE_DRAWS` times, on every slice
+    the maps part explains (:func:`pair_segmentation`), without curves.  Each draw re-draws the model
+    with the same seed on every slice, so draw d is one random model seen through all the slices."""
+    seg, slices = pair_segmentation(session, sample, name, pairs, progress)
+    t0 = time.perf_counter()
+    run = session.explain(seg, _explainers(masks, cascade=True, only=methods, seed=seed, rise=rise, curves=False),
+                          slices=slices, progress=progress)
+    doc = run.metrics()
+    return {"slices": slices, "draws": CASCADE_DRAWS, "seconds": round(time.perf_counter() - t0, 1),
+            "methods": {m: {str(k): e["slices"][str(k)].get("cascade") for k in slices}
+                        for m, e in doc["methods"].items()}}
+
+
+def slice_cascade_summary(rows: Mapping[str, Mapping[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """Per method over every slice of the ``cascade_slices`` part: each step's mean similarity, and of the last
+    step (the whole model re-drawn) the slices whose mean of draws reaches the goal's bar, the draws
+    that do, and the lowest and highest draw."""
+    bar = GOALS["randomised_similarity"]
+    out: Dict[str, Dict[str, Any]] = {}
+    for entry in rows.values():
+        for method, per in entry["methods"].items():
+            for steps in per.values():
+                if not steps:
+                    continue
+                acc = out.setdefault(method, {"parts": [s["redrawn"] for s in steps], "steps": [], "draws": []})
+                acc["steps"].append([s["similarity"] for s in steps])
+                acc["draws"].extend(steps[-1].get("draws") or [steps[-1]["similarity"]])
+    for acc in out.values():
+        steps, draws = np.asarray(acc.pop("steps"), float), acc.pop("draws")
+        acc.update(slices=len(steps), mean=[round(float(v), 4) for v in steps.mean(axis=0)],
+                   slices_at_bar=int(np.sum(steps[:, -1] >= bar)), draws=len(draws),
+                   draws_at_bar=int(sum(v >= bar for v in draws)), lowest=min(draws), highest=max(draws))
+    return out
+
+
 #: what a table was measured with, and what a key an older table lacks reads as (the bench's default
 #: then); tables merged into one must agree on all of it
 TABLE_SETTINGS = {"pairs": None, "masks": None, "metric_fill": "zero", "sampling": "first", "machine": None, "seed": 0,
@@ -302,7 +351,7 @@ def rise_masks(result: Dict) -> Dict[str, Optional[int]]:
 
 def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
                        structures: Optional[Sequence[str]] = None, pairs: Optional[int] = 1, masks: int = 300,
-                       parts: Sequence[str] = ("maps", "cascade", "fills"), metric_fill: str = "inpaint",
+                       parts: Sequence[str] = PARTS, metric_fill: str = "inpaint",
                        methods: Sequence[str] = METHODS, keep_maps: Optional[Path] = None, seed: int = 0,
                        rise: Union[None, str, Mapping[str, Any]] = None) -> Dict:
     """``methods``: what the maps part measures; a subset measures only those methods again and
@@ -320,6 +369,9 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
     from .sample_data import DEMO_STRUCTURES, load_mni_atlas
 
     structures = tuple(structures or (DEMO_STRUCTURES[:1] if quick else DEMO_STRUCTURES))
+    if not parts or set(parts) - set(PARTS):
+        raise InputError(f"faithfulness parts {','.join(sorted(set(parts) - set(PARTS))) or '(none)'}: expected some "
+                         f"of {','.join(PARTS)}")
     rise = rise_variant(rise)
     if rise and not (("maps" in parts and "rise" in methods) or "cascade" in parts):
         raise InputError(f"--rise {_variant_text(rise)} with --parts {','.join(parts)} and --methods "
@@ -364,9 +416,11 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
     # parts already measured with the same settings stay (each part records its machine); others go,
     # so the table never labels rows with settings they were not measured with
     if same:
-        result.update({k: v for k, v in previous.items() if k in ("maps", "cascade", "fills") and k not in parts})
-        for part, fresh in (("cascade", lambda v: current(v, METHODS, rows=False)), ("fills", fills_current)):
-            if part in result and (not fresh(previous.get(f"{part}_versions")) or part == "cascade" and any(
+        result.update({k: v for k, v in previous.items() if k in PARTS and k not in parts})
+        for part, fresh in (("cascade", lambda v: current(v, METHODS, rows=False)),
+                            ("cascade_slices", lambda v: bool(v) and current(v, list(v), rows=False)),
+                            ("fills", fills_current)):
+            if part in result and (not fresh(previous.get(f"{part}_versions")) or part.startswith("cascade") and any(
                     cascade_draws(entry) != CASCADE_DRAWS for entry in result[part].values())):
                 del result[part]  # another engine's (or draws): left out rather than shown as current
             elif part in result:
@@ -407,6 +461,13 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
                                                          METHODS, progress, seed, rise)}
         result["cascade_versions"] = dict(MAP_VERSIONS)
         _save(outdir, result)
+    if "cascade_slices" in parts:  # one structure at a time, saved as it comes
+        result["cascade_slices"] = {}
+        result["cascade_slices_versions"] = {m: MAP_VERSIONS[m] for m in SLICE_CASCADE_METHODS}
+        for name in structures:
+            result["cascade_slices"][name] = slice_cascade_rows(session, sample, name, pairs, progress, seed=seed,
+                                                                rise=rise)
+            _save(outdir, result)
     if "fills" in parts:
         result["fills"] = {}
         result["fills_versions"] = {"occlusion_remove": FILLS_VERSION}
@@ -452,7 +513,7 @@ def merge_faithfulness(dirs: Sequence, outdir) -> Dict:
     out.update(goals=GOALS, merged=sum(table.get("merged", 1) for _, table in tables),
                seconds=round(sum(table.get("seconds", 0) for _, table in tables), 1))
     missing = object()
-    for part in ("maps", "cascade", "fills"):
+    for part in PARTS:
         rows: Dict = {}
         for path, table in tables:
             if not table.get(part):
@@ -465,10 +526,10 @@ def merge_faithfulness(dirs: Sequence, outdir) -> Dict:
                                      f"{'unrecorded' if out[versions] is missing else out[versions]}; expected one "
                                      "engine's")
             for name, entry in table[part].items():
-                if part == "cascade" and cascade_draws(entry) != CASCADE_DRAWS:  # as a re-run would not keep it
-                    raise InputError(f"--merge: {path} holds a cascade row of {name} whose last step was drawn "
+                if part.startswith("cascade") and cascade_draws(entry) != CASCADE_DRAWS:  # as a re-run would not keep it
+                    raise InputError(f"--merge: {path} holds a {part} row of {name} whose last step was drawn "
                                      f"{cascade_draws(entry)} time(s); expected {CASCADE_DRAWS} (run --parts "
-                                     "cascade again)")
+                                     f"{part} again)")
                 if rows.setdefault(name, entry) != entry:
                     raise InputError(f"--merge: {path} holds other {part} rows of {name} than an earlier folder; "
                                      "expected each structure measured by one run")
@@ -482,8 +543,8 @@ def merge_faithfulness(dirs: Sequence, outdir) -> Dict:
         raise InputError("--merge: the structures' maps were made by different engines (map versions "
                          + "; ".join(f"{name} {v or 'unrecorded'}" for name, v in kinds.items())
                          + "); expected one engine's rows")
-    out["parts"] = [part for part in ("maps", "cascade", "fills") if out.get(part)]
-    out["structures"] = list(dict.fromkeys(name for part in ("maps", "cascade", "fills")
+    out["parts"] = [part for part in PARTS if out.get(part)]
+    out["structures"] = list(dict.fromkeys(name for part in PARTS
                                            for name in out.get(part) or {}))
     runs = list(dict.fromkeys(table["runs"] for _, table in tables if table.get("runs")))
     if runs:  # how each run's own parts were run, said once
@@ -551,6 +612,35 @@ def _reliability_lines(maps: Dict) -> List[str]:
         out += ["", f"RISE's rows of {', '.join(old)} were ended by the early stop before stop 31 (the map against "
                     "the map 50 masks earlier), and record no reliability."]
     return out
+
+
+def _slice_cascade_lines(rows: Mapping[str, Mapping[str, Any]]) -> List[str]:
+    """The ``cascade_slices`` part: each step's mean over the slices, how many slices and draws of the
+    last step reach the goal's bar, then each slice's last step."""
+    summary = slice_cascade_summary(rows)
+    if not summary:
+        return []
+    bar = GOALS["randomised_similarity"]
+    draws = max(cascade_draws(entry) for entry in rows.values())
+    parts = next(iter(summary.values()))["parts"]
+    lines = ["", f"Cascading randomisation on every slice above ({', '.join(summary)}; the mean over the slices of "
+             "each step's similarity, the last step the mean of its "
+             f"{draws} draws on each slice, the same random models on every slice; goal: below {bar} once "
+             "everything is re-drawn):", "",
+             "| method | slices | " + " | ".join(parts) + f" | slices at {bar} or more | draws at {bar} or more "
+             "| lowest - highest draw |", "|" + "---|" * (len(parts) + 5)]
+    for method, m in summary.items():
+        lines.append(f"| {method} | {m['slices']} | " + " | ".join(_f(v, 2) for v in m["mean"])
+                     + f" | {m['slices_at_bar']} of {m['slices']} | {m['draws_at_bar']} of {m['draws']} | "
+                     f"{_f(m['lowest'], 2)} - {_f(m['highest'], 2)} |")
+    lines += ["", "| structure | slice | method | whole model re-drawn (mean) | each draw |", "|---|---|---|---|---|"]
+    for name, entry in rows.items():
+        for method, per in entry["methods"].items():
+            for k, steps in per.items():
+                if steps:
+                    lines.append(f"| {name} | {k} | {method} | {_f(steps[-1]['similarity'], 2)} | "
+                                 + ", ".join(_f(v, 2) for v in steps[-1].get("draws") or []) + " |")
+    return lines
 
 
 def markdown(result: Dict) -> str:
@@ -621,6 +711,7 @@ def markdown(result: Dict) -> str:
                 if each:
                     cells.append(", ".join(_f(v, 2) for v in steps[-1].get("draws") or []))
                 lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += _slice_cascade_lines(result.get("cascade_slices") or {})
     fills = result.get("fills") or {}
     if fills:
         versions = result.get("fills_versions") or {}

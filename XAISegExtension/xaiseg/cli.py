@@ -141,11 +141,11 @@ def cmd_bench(args) -> int:
         print(f"merged {merged['merged']} runs into {Path(args.output) / 'faithfulness.md'}")
         return 0
     if args.what == "faithfulness":
-        from .bench_faithfulness import METHODS, bench_faithfulness
+        from .bench_faithfulness import METHODS, PARTS, bench_faithfulness
 
         structures = [s.strip() for s in args.structures.split(",")] if args.structures else None
         bench_faithfulness(Path(args.output), quick=args.quick, device=args.device, structures=structures,
-                           pairs=args.pairs or None, masks=args.masks, parts=parts or ("maps", "cascade", "fills"),
+                           pairs=args.pairs or None, masks=args.masks, parts=parts or PARTS,
                            metric_fill=args.metric_fill, methods=_listed(args.methods) if args.methods else METHODS,
                            keep_maps=Path(args.keep_maps) if args.keep_maps else None, seed=args.seed,
                            rise=args.rise)
@@ -231,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "in-process and on a 2-worker Dask LocalCluster; more options in python -m xaiseg.bench_audit "
                    "--help)")
     b.add_argument("--parts", help="explain: occlusion, rise, layers (default occlusion,rise); faithfulness: maps, "
-                                   "cascade, fills (default all three)")
+                                   "cascade (on one slice), cascade_slices (the layer maps' cascade on every "
+                                   "slice the maps part explains), fills (default all four)")
     b.add_argument("--structures", help="faithfulness, audit, structure: Harvard-Oxford structures, comma-separated "
                                         "(default: the six demo structures)")
     b.add_argument("--pairs", type=int, default=1, help="faithfulness: pairs of adjacent slices per structure (0: "
