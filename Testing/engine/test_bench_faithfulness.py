@@ -563,6 +563,9 @@ def test_the_cascade_runs_on_every_slice_the_maps_part_explains(tmp_path):
         def mask(self, name):
             return truth
 
+    # the cascade alone: no curves, no trivial maps
+    assert all(ex.metric_steps == 0 and not ex.baselines and ex.cascade_draws == bf.CASCADE_DRAWS
+               for ex in bf._explainers(100, cascade=True, curves=False))
     rows = bf.slice_cascade_rows(session, Atlas(), "toy", 1, ensure(None), methods=("occlusion",))
     assert rows["slices"] == [0, 1] and rows["draws"] == bf.CASCADE_DRAWS
     assert randomisation_cascade(session.segmenter) == ["mask_decoder"]
@@ -574,7 +577,7 @@ def test_the_cascade_runs_on_every_slice_the_maps_part_explains(tmp_path):
     assert summary["slices"] == 2 and summary["draws"] == 2 * bf.CASCADE_DRAWS and summary["parts"] == ["mask_decoder"]
     text = bf.markdown({"machine": {"platform": "test"}, "pairs": 1, "masks": 100, "seconds": 1,
                         "cascade_slices": {"toy": rows}})
-    assert "Cascading randomisation on every slice above (occlusion;" in text and "| toy | 1 | occlusion |" in text
+    assert "Cascading randomisation on every slice the maps part explains (occlusion on toy;" in text and "| toy | 1 | occlusion |" in text
 
 
 def test_the_slice_cascade_summary_counts_slices_and_draws_at_the_bar():
@@ -596,9 +599,14 @@ def test_the_slice_cascade_summary_counts_slices_and_draws_at_the_bar():
     text = markdown({"machine": {"platform": "test"}, "pairs": 1, "masks": 100, "seconds": 1, "cascade_slices": rows})
     assert "| layers | 3 | 0.90 | 0.20 | 1 of 3 | 4 of 9 | -0.10 - 0.50 |" in text
     assert "| A | 4 | layers | 0.20 | 0.20, -0.10, 0.50 |" in text and "| B | 7 |" not in text
+    other = {"C": {"slices": [1], "draws": 3, "methods": {"layers": {"1": steps(1.0, [0.1, 0.1, 0.1])[1:]}}}}
+    from xaiseg.errors import InputError
+
+    with pytest.raises(InputError, match="re-draw image_encoder on one slice and mask_decoder, image_encoder"):
+        slice_cascade_summary(dict(rows, **other))
 
 
-def test_the_slice_cascade_is_kept_only_when_current_and_merges(tmp_path, monkeypatch):
+def test_the_slice_cascade_is_kept_only_when_current_and_merges(tmp_path, monkeypatch, capsys):
     """A re-run of other parts keeps the ``cascade_slices`` part only when it was measured with the
     current layer maps and as many draws; runs of other structures merge into one; an unknown part
     is refused by name before anything is measured."""
@@ -609,6 +617,11 @@ def test_the_slice_cascade_is_kept_only_when_current_and_merges(tmp_path, monkey
 
     with pytest.raises(InputError, match="faithfulness parts cascades: expected some of maps,cascade,cascade_slices"):
         bf.bench_faithfulness(tmp_path, structures=["Left_Caudate"], parts=("maps", "cascades"))
+    from xaiseg.cli import main
+
+    assert main(["bench", "faithfulness", "--parts", "maps,bogus", "-o", str(tmp_path)]) == 2
+    assert "faithfulness parts bogus: expected some of maps,cascade,cascade_slices,fills" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing written
     monkeypatch.setattr(bf, "structure_rows", lambda *a, **k: {"slices": [1, 2], "seconds": 1.0, "methods": {},
                                                                "versions": bf.row_versions(bf.METHODS)})
     entry = {"slices": [81, 82], "draws": bf.CASCADE_DRAWS, "seconds": 1.0, "methods": {"layers": {}}}
@@ -621,7 +634,11 @@ def test_the_slice_cascade_is_kept_only_when_current_and_merges(tmp_path, monkey
         (tmp_path / "faithfulness.json").write_text(json.dumps(dict(
             table, cascade_slices={"Left_Caudate": dict(entry, draws=draws)}, cascade_slices_versions=versions)))
         result = bf.bench_faithfulness(tmp_path, structures=["Left_Caudate"], masks=100, parts=("maps",))
-        assert ("cascade_slices" in result) is kept
+        assert ("cascade_slices" in result) is kept and result.get("cascade_slices_versions") == (
+            versions if kept else None)
+    (tmp_path / "faithfulness.json").write_text(json.dumps(table))  # measured with other pairs: left out
+    assert "cascade_slices" not in bf.bench_faithfulness(tmp_path, structures=["Left_Caudate"], masks=100,
+                                                         parts=("maps",), pairs=2)
     other = tmp_path / "other"
     other.mkdir()
     (tmp_path / "faithfulness.json").write_text(json.dumps(table))

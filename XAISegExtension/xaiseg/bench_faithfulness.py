@@ -6,9 +6,10 @@ through the structure are explained with occlusion, RISE and the fused layer map
 against the trivial maps (blurred mask, box centre, random) on the same engine and ROI.  Reported
 per method and structure: deletion and insertion AUC, the gain over the best trivial map, the share
 of slices where the method beats all three, the adjacent-slice Spearman, the share of slices with
-evidence above the noise, and on a few slices the cascading-randomisation similarities.  The
-``fills`` part compares zero, blur and inpainted patches for occlusion; the ``orientation`` part runs the
-orientation measurement (:mod:`xaiseg.bench_orientation`) when it is available.
+evidence above the noise.  The ``cascade`` part gives the cascading-randomisation similarities of
+every method on one slice, the ``cascade_slices`` part those of the layer maps on every explained
+slice, and the ``fills`` part compares zero, blur and inpainted patches for occlusion (orientation
+is measured by :mod:`xaiseg.bench_orientation`).
 
 Every figure of a run comes from one process and one machine; the machine is recorded.
 """
@@ -33,8 +34,8 @@ GOALS = {"beats_trivial_share": 0.8, "adjacent_spearman": 0.7, "randomised_simil
 
 
 #: the stop at which each method's map last changed: rows recorded with another version are not
-#: resumed, a ``--methods`` run refuses to keep them beside fresh rows, and the cascade and fills parts
-#: are kept from an earlier run only when current, so a table never mixes maps of an older engine
+#: resumed, a ``--methods`` run refuses to keep them beside fresh rows, and the cascade, cascade_slices and
+#: fills parts are kept from an earlier run only when current, so a table never mixes maps of an older engine
 #: unknowingly (stop 24 smoothed occlusion's map; an earlier table's rows would have been resumed;
 #: stop 27 scored its structure-sized patches by restore, stop 40 both ways)
 MAP_VERSIONS = {"occlusion": 40, "rise": 28, "layers": 23}
@@ -305,6 +306,10 @@ def slice_cascade_summary(rows: Mapping[str, Mapping[str, Any]]) -> Dict[str, Di
                 if not steps:
                     continue
                 acc = out.setdefault(method, {"parts": [s["redrawn"] for s in steps], "steps": [], "draws": []})
+                if [s["redrawn"] for s in steps] != acc["parts"]:
+                    raise InputError(f"cascade_slices rows of {method} re-draw "
+                                     f"{', '.join(s['redrawn'] for s in steps)} on one slice and "
+                                     f"{', '.join(acc['parts'])} on another; expected one model's steps")
                 acc["steps"].append([s["similarity"] for s in steps])
                 acc["draws"].extend(steps[-1].get("draws") or [steps[-1]["similarity"]])
     for acc in out.values():
@@ -418,7 +423,8 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
     if same:
         result.update({k: v for k, v in previous.items() if k in PARTS and k not in parts})
         for part, fresh in (("cascade", lambda v: current(v, METHODS, rows=False)),
-                            ("cascade_slices", lambda v: bool(v) and current(v, list(v), rows=False)),
+                            ("cascade_slices", lambda v: set(v or ()) == set(SLICE_CASCADE_METHODS)
+                             and current(v, SLICE_CASCADE_METHODS, rows=False)),
                             ("fills", fills_current)):
             if part in result and (not fresh(previous.get(f"{part}_versions")) or part.startswith("cascade") and any(
                     cascade_draws(entry) != CASCADE_DRAWS for entry in result[part].values())):
@@ -466,7 +472,7 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
         result["cascade_slices_versions"] = {m: MAP_VERSIONS[m] for m in SLICE_CASCADE_METHODS}
         for name in structures:
             result["cascade_slices"][name] = slice_cascade_rows(session, sample, name, pairs, progress, seed=seed,
-                                                                rise=rise)
+                                                                masks=min(masks, CASCADE_MASKS), rise=rise)
             _save(outdir, result)
     if "fills" in parts:
         result["fills"] = {}
@@ -623,7 +629,8 @@ def _slice_cascade_lines(rows: Mapping[str, Mapping[str, Any]]) -> List[str]:
     bar = GOALS["randomised_similarity"]
     draws = max(cascade_draws(entry) for entry in rows.values())
     parts = next(iter(summary.values()))["parts"]
-    lines = ["", f"Cascading randomisation on every slice above ({', '.join(summary)}; the mean over the slices of "
+    lines = ["", f"Cascading randomisation on every slice the maps part explains ({', '.join(summary)} on "
+             f"{', '.join(rows)}; the mean over the slices of "
              "each step's similarity, the last step the mean of its "
              f"{draws} draws on each slice, the same random models on every slice; goal: below {bar} once "
              "everything is re-drawn):", "",
