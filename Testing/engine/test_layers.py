@@ -180,6 +180,9 @@ def test_litemedsam_and_sam_vit_layers_are_all_hooked_in_one_pass(litemedsam):
     assert sum(lay.kind == "block" for lay in layers) == 12 and sum(lay.kind == "stage" for lay in layers) == 4
     assert [lay.name for lay in select_layers(layers, "stages")] == ["patch_embed", "stage0", "stage1", "stage2",
                                                                      "stage3", "neck"]
+    # the default leaves out the stem: the patch embedding and the convolutional stage 0
+    assert [lay.name for lay in select_layers(layers, "deep")] == names[4:] and names[4] == "stage1.block0"
+    assert {lay.name for lay in layers if lay.stem} == {"patch_embed", "stage0.block0", "stage0.block1", "stage0"}
     image = np.zeros((120, 90), np.float32)
     image[40:80, 30:60] = 1.0
     embedding, grids = capture(litemedsam, image, layers)
@@ -215,7 +218,8 @@ def test_litemedsam_and_sam_vit_layers_are_all_hooked_in_one_pass(litemedsam):
     # stage 2 reads SAM's prompt encoder: it runs on the tiny model
     ex = LayerMaps(sam, stage=2).explain(np.random.default_rng(0).random((64, 64)).astype(np.float32),
                                          SlicePrompt((10.0, 10.0, 40.0, 40.0)))
-    assert set(ex.components) == {"patch_embed", "block0", "block1", "neck"}
+    assert set(ex.components) == {"block0", "block1", "neck"}  # the default: past the patch embedding
+    assert [lay.name for lay in select_layers(vit, "all")] == ["patch_embed", "block0", "block1", "neck"]
 
 
 def test_an_explicit_layer_list_on_any_segmenter():
@@ -225,6 +229,8 @@ def test_an_explicit_layer_list_on_any_segmenter():
 
     ex = make_explainer("layers", Own(), layers="all").explain(noise(), SlicePrompt(BOX))
     assert list(ex.components) == ["only"]
+    # a model's own layers carry no stem mark: the default takes them all
+    assert list(make_explainer("layers", Own()).explain(noise(), SlicePrompt(BOX)).components) == ["only"]
     assert json.loads(json.dumps(ex.settings))["method"] == "layers"
 
 
@@ -232,7 +238,7 @@ def test_an_explicit_layer_list_on_any_segmenter():
 
 @pytest.fixture(scope="module")
 def caudate_layers(litemedsam):
-    """Layer maps (default stage 1, in the default embedding ROI) on every third MNI152 slice through
+    """Layer maps of every layer (default stage 1, in the default embedding ROI) on every third MNI152 slice through
     the left caudate, tight atlas boxes, Harvard-Oxford > 50 % as the truth."""
     from xaiseg.pipeline import Session
     from xaiseg.sample_data import load_mni_atlas
@@ -245,7 +251,7 @@ def caudate_layers(litemedsam):
     labels[[k for k in range(labels.shape[0]) if k not in ks]] = 0
     session = Session(sample.image, litemedsam)
     seg = session.segment(LabelBoxPrompt(labels, 1, 0, "atlas"), name="left_caudate")
-    run = session.explain(seg, [make_explainer("layers")], target=truth)
+    run = session.explain(seg, [make_explainer("layers", layers="all")], target=truth)  # every layer's row
     return session, seg, run, truth, [int(k) for k in ks]
 
 
@@ -260,7 +266,7 @@ def test_the_best_layer_points_at_the_caudate_on_80_percent_of_slices(caudate_la
     best = max(hit, key=hit.get)
     assert hit[best] >= 0.8, hit  # issue 5: the best layer's pointing game on >= 80 % of slices
     # the same layer with its encoder re-drawn: the maps no longer find the caudate
-    redrawn = LayerMaps(randomized_copy(session.segmenter, seed=1, part="image_encoder"))
+    redrawn = LayerMaps(randomized_copy(session.segmenter, seed=1, part="image_encoder"), layers="all")
     runs = {r.index: r for r in seg.slices}
     lost = []
     for k in ks:

@@ -37,8 +37,9 @@ GOALS = {"beats_trivial_share": 0.8, "adjacent_spearman": 0.7, "randomised_simil
 #: resumed, a ``--methods`` run refuses to keep them beside fresh rows, and the cascade, cascade_slices and
 #: fills parts are kept from an earlier run only when current, so a table never mixes maps of an older engine
 #: unknowingly (stop 24 smoothed occlusion's map; an earlier table's rows would have been resumed;
-#: stop 27 scored its structure-sized patches by restore, stop 40 both ways)
-MAP_VERSIONS = {"occlusion": 40, "rise": 28, "layers": 23}
+#: stop 27 scored its structure-sized patches by restore, stop 40 both ways; stop 42 fused the layer
+#: maps past the encoder's stem)
+MAP_VERSIONS = {"occlusion": 40, "rise": 28, "layers": 42}
 #: the stop at which a method's early stop (where it ends a run, so which map a row holds) last
 #: changed, recorded in the maps rows as ``<method>_stop``: stop 31 stops RISE on its split-half
 #: reliability.  The cascade (at most ``CASCADE_MASKS`` masks, which no early stop cuts short) does

@@ -222,7 +222,7 @@ def layer_volumes(settings) -> int:
     if not isinstance(layers, str):
         return 0
     names = [n for n in layers.split(",") if n.strip()]
-    return MAX_LAYER_VOLUMES if layers.strip() in ("all", "blocks", "stages") else len(names)
+    return MAX_LAYER_VOLUMES if layers.strip() in ("deep", "all", "blocks", "stages") else len(names)
 
 
 def expected_bytes(request, shape: Sequence[int], axis: int, slices: Sequence[int]) -> int:

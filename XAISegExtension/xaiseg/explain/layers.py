@@ -21,7 +21,10 @@ stage 3 ("spatial")
 
 The paper gives the components, not their weights; the defaults here are ours and are settings.
 Each layer's map is upsampled to the slice and min-max normalised; the fused map is the mean of
-the selected layers' maps.  The cost is one encoder pass per slice (the similarity maps are cheap),
+the selected layers' maps.  By default (``deep``) those are the layers past the encoder's stem: the
+patch embedding and TinyViT's convolutional stage 0 keep their maps when the weights are re-drawn at
+random (Spearman 0.96 and 0.64 with the trained maps on the benchmark's slices), so they show the
+image's contrast, not what training added (docs/layers.md); ``all`` fuses them too.  The cost is one encoder pass per slice (the similarity maps are cheap),
 so it needs no perturbations at all.
 """
 from __future__ import annotations
@@ -43,7 +46,7 @@ from .registry import register
 
 STAGES = (1, 2, 3)
 LAYOUTS = ("nchw", "nhwc", "nlc")
-SELECTIONS = ("all", "blocks", "stages")
+SELECTIONS = ("deep", "all", "blocks", "stages")
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,9 @@ class EncoderLayer:
     module: Any
     layout: str
     kind: str = "block"  # "block", "stage" (a stage's output) or "io" (patch embedding, neck)
+    #: part of the encoder's stem (the patch embedding, TinyViT's convolutional stage): its map
+    #: survives re-drawn weights, so the ``deep`` selection leaves it out
+    stem: bool = False
 
 
 def encoder_layers(segmenter) -> List[EncoderLayer]:
@@ -73,18 +79,18 @@ def encoder_layers(segmenter) -> List[EncoderLayer]:
         raise ModelError(f"{getattr(segmenter, 'name', segmenter)!r} has no torch module; layer maps need one")
     enc = getattr(root, "image_encoder", None)
     if enc is not None and hasattr(enc, "layers") and hasattr(enc, "patch_embed"):  # TinyViT
-        out = [EncoderLayer("patch_embed", enc.patch_embed, "nchw", "io")]
+        out = [EncoderLayer("patch_embed", enc.patch_embed, "nchw", "io", stem=True)]
         for i, stage in enumerate(enc.layers):
             conv = not hasattr(stage.blocks[0], "attn")
             for j, block in enumerate(stage.blocks):
-                out.append(EncoderLayer(f"stage{i}.block{j}", block, "nchw" if conv else "nlc"))
+                out.append(EncoderLayer(f"stage{i}.block{j}", block, "nchw" if conv else "nlc", stem=conv))
             out.append(EncoderLayer(f"stage{i}", stage, "nlc" if getattr(stage, "downsample", None) is not None
-                                    or not conv else "nchw", "stage"))
+                                    or not conv else "nchw", "stage", stem=conv))
         if hasattr(enc, "neck"):
             out.append(EncoderLayer("neck", enc.neck, "nchw", "io"))
         return out
     if enc is not None and hasattr(enc, "blocks") and hasattr(enc, "patch_embed"):  # SAM ViT
-        out = [EncoderLayer("patch_embed", enc.patch_embed, "nhwc", "io")]
+        out = [EncoderLayer("patch_embed", enc.patch_embed, "nhwc", "io", stem=True)]
         out += [EncoderLayer(f"block{j}", b, "nhwc") for j, b in enumerate(enc.blocks)]
         if hasattr(enc, "neck"):
             out.append(EncoderLayer("neck", enc.neck, "nchw", "io"))
@@ -96,11 +102,14 @@ def encoder_layers(segmenter) -> List[EncoderLayer]:
 
 
 def select_layers(layers: Sequence[EncoderLayer], which) -> List[EncoderLayer]:
-    """``all``, ``blocks`` (blocks only), ``stages`` (stage outputs, patch embedding and neck),
-    or a list / comma-separated string of layer names."""
+    """``deep`` (every layer past the stem, :attr:`EncoderLayer.stem`), ``all``, ``blocks`` (blocks
+    only), ``stages`` (stage outputs, patch embedding and neck), or a list / comma-separated string of
+    layer names.  A selection that would leave no layer takes them all."""
     if isinstance(which, str) and which in SELECTIONS:
         if which == "all":
             return list(layers)
+        if which == "deep":
+            return [lay for lay in layers if not lay.stem] or list(layers)
         want = {"blocks": ("block",), "stages": ("stage", "io")}[which]
         chosen = [lay for lay in layers if lay.kind in want]
         return chosen or list(layers)
@@ -279,14 +288,16 @@ def layer_map(f, box, image_shape, embedding: Embedding, stage: int, weights: La
 class LayerSettings(CommonSettings):
     stage: int = setting(1, "layers (seed 002): 1 prototype similarity, 2 + prompt embedding, 3 four components with "
                             "spatial weighting", choices=STAGES, flag="--layer-stage")
-    layers: str = setting("all", "layers: all, blocks, stages, or comma-separated layer names", flag="--layers")
+    layers: str = setting("deep", "layers: deep (past the encoder's stem: the patch embedding and a convolutional "
+                                  "first stage, whose maps random weights reproduce, left out), all, blocks, stages, "
+                                  "or comma-separated layer names", flag="--layers")
     weights: LayerWeights = setting(None, "stage 2 and 3 weights", cli=False, default_factory=LayerWeights)
     metric_steps: int = setting(0, "points on the deletion/insertion curves, one encoder pass each (0: skip; "
                                    "the layer maps themselves cost one encoder pass)", minimum=0)
 
     def check(self) -> None:
         if not self.layers.strip():
-            raise InputError("layers is empty; expected all, blocks, stages or layer names")
+            raise InputError("layers is empty; expected deep, all, blocks, stages or layer names")
         w = self.weights
         if not 0.0 <= w.floor <= 1.0 or not 0.0 <= w.prompt <= 1.0:
             raise InputError(f"layer weights {w}: floor and prompt must lie in [0, 1]")
@@ -301,7 +312,8 @@ class LayerMaps(Explainer):
     its own, whatever the encoder says (docs/layers.md and the benchmark compare it with the
     weighting alone and with a re-drawn encoder), so the default shows the encoder's evidence
     unweighted.  As for every method, the maps are normalised inside the ROI and 0 outside it.
-    layers: ``all``, ``blocks``, ``stages`` or layer names; the fused map averages them; each
+    layers: ``deep`` (the default: past the encoder's stem), ``all``, ``blocks``, ``stages`` or
+    layer names; the fused map averages them; each
     layer's map is a component of the explanation, with its localisation row (against the
     target when given, else against the model's own mask).
     """
