@@ -599,6 +599,12 @@ def test_the_slice_cascade_summary_counts_slices_and_draws_at_the_bar():
     text = markdown({"machine": {"platform": "test"}, "pairs": 1, "masks": 100, "seconds": 1, "cascade_slices": rows})
     assert "| layers | 3 | 0.90 | 0.20 | 1 of 3 | 4 of 9 | -0.10 - 0.50 |" in text
     assert "| A | 4 | layers | 0.20 | 0.20, -0.10, 0.50 |" in text and "| B | 7 |" not in text
+    # the header says which fused layer map the rows hold, from their versions
+    assert "the fused layer map;" in text
+    for version, said in ((42, "the layer maps fused past the encoder's stem;"),
+                          (23, "the layer maps of all 18 layers fused;")):
+        assert said in markdown({"machine": {"platform": "test"}, "pairs": 1, "masks": 100, "seconds": 1,
+                                 "cascade_slices": rows, "cascade_slices_versions": {"layers": version}})
     other = {"C": {"slices": [1], "draws": 3, "methods": {"layers": {"1": steps(1.0, [0.1, 0.1, 0.1])[1:]}}}}
     from xaiseg.errors import InputError
 

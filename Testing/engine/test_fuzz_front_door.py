@@ -137,7 +137,7 @@ EXPLAIN_OPTIONS = {
     "--occlusion-grid": (["model", "image"], ["slice"]), "--cells": (["3", "5"], ["0", "x"]),
     "--keep-probability": (["0.5", "0.3"], ["0", "2", "x"]), "--cell-aspect": (["1", "3"], ["0.5", "11", "nan", "x"]),
     "--keep-strata": (["1", "5"], ["0", "21", "x"]), "--rise-reliability": (["0.9", "0.5"], ["0", "2", "x"]), "--shap-algorithm": (["kernel", "permutation"], ["x"]),
-    "--layer-stage": (["1", "2", "3"], ["4"]), "--layers": (["all", "blocks"], ["", "nonexistent"]),
+    "--layer-stage": (["1", "2", "3"], ["4"]), "--layers": (["deep", "all", "blocks"], ["", "nonexistent"]),
     "--narrator": (["template"], ["llava", "openai", "gpt"]), "--llava-model": (["@empty"], ["@missing"]),
     "--openai-base-url": (["http://127.0.0.1:9/v1"], ["ftp://x", "not a url"]),
     "--openai-model": (["llava"], [""]), "--openai-timeout": (["2"], ["0", "x"]),

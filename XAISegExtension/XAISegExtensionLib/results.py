@@ -2,8 +2,8 @@
 
 The mask becomes a segment (a new segmentation, or one more segment in a segmentation the user
 chose), each method's saliency a volume with its high-saliency label map, the per-layer maps one
-``vtkMRMLSequenceNode`` browsed by a ``vtkMRMLSequenceBrowserNode`` (one slider from patch_embed to
-neck), the metrics a table, the narrative and run record text nodes.  A second load of the same
+``vtkMRMLSequenceNode`` browsed by a ``vtkMRMLSequenceBrowserNode`` (one slider through the layers in
+encoder order, to the neck), the metrics a table, the narrative and run record text nodes.  A second load of the same
 run replaces the first one's nodes.
 """
 from __future__ import annotations

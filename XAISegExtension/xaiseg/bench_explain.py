@@ -230,7 +230,7 @@ def layers_part(sample, segmenter, stride: int = 3, quick: bool = False) -> Dict
                 segmenter.decode(segmenter.embed(image), p.clipped(image.shape))
                 seg_seconds += time.perf_counter() - t0
                 continue
-            run = session.explain(seg, [LayerMaps(stage=job)], slices=[k], target=truth)
+            run = session.explain(seg, [LayerMaps(stage=job, layers="all")], slices=[k], target=truth)  # every layer's row
             seconds[job] += time.perf_counter() - t0
             per_slice[job].append(run.explanations["layers"][k])
             rois[k] = run.roi[k].astype(bool)
@@ -243,7 +243,7 @@ def layers_part(sample, segmenter, stride: int = 3, quick: bool = False) -> Dict
                          "best_layer": summary["best_layer"],
                          "fused": {key: mean([e.metrics for e in exs], key) for key in keys}}
         tables[stage] = summary["layers"]
-    redrawn = LayerMaps(randomized_copy(segmenter, seed=1, part="image_encoder"))
+    redrawn = LayerMaps(randomized_copy(segmenter, seed=1, part="image_encoder"), layers="all")
     prior, random_rows = [], {}
     for k in ks:
         image, p = (session.volume_segmenter.model_slice(k),

@@ -40,6 +40,8 @@ GOALS = {"beats_trivial_share": 0.8, "adjacent_spearman": 0.7, "randomised_simil
 #: stop 27 scored its structure-sized patches by restore, stop 40 both ways; stop 42 fused the layer
 #: maps past the encoder's stem)
 MAP_VERSIONS = {"occlusion": 40, "rise": 28, "layers": 42}
+#: the layer maps' version from which they fuse the layers past the encoder's stem (all 18 before)
+LAYERS_DEEP_SINCE = 42
 #: the stop at which a method's early stop (where it ends a run, so which map a row holds) last
 #: changed, recorded in the maps rows as ``<method>_stop``: stop 31 stops RISE on its split-half
 #: reliability.  The cascade (at most ``CASCADE_MASKS`` masks, which no early stop cuts short) does
@@ -263,8 +265,8 @@ def fill_summary(fills: Dict[str, Dict]) -> Dict[str, Dict]:
 #: the cascade's RISE masks: at most this many whatever ``masks`` is
 CASCADE_MASKS = 100
 #: how many times the cascade's last step (the whole model re-drawn) is drawn, each with its own seed:
-#: one draw is one sample (the layer maps' similarity ranged from -0.08 to 0.40 over five on one
-#: slice, stop 41); a cascade row of another number (older rows: one) is not kept as current
+#: one draw is one sample (the layer maps' similarity, all 18 layers fused, ranged from -0.08 to 0.40
+#: over five on one slice, stop 41); a cascade row of another number (older rows: one) is not kept as current
 CASCADE_DRAWS = 5
 
 
@@ -651,6 +653,20 @@ def _slice_cascade_lines(rows: Mapping[str, Mapping[str, Any]]) -> List[str]:
     return lines
 
 
+def _layers_text(result: Dict) -> str:
+    """Which fused layer map the table's layer rows hold, from their map versions: the layers past the
+    encoder's stem since stop 42, all 18 before."""
+    versions = [(entry.get("versions") or {}).get("layers") for entry in (result.get("maps") or {}).values()]
+    versions += [(result.get(f"{part}_versions") or {}).get("layers") for part in ("cascade", "cascade_slices")]
+    known = [v for v in versions if isinstance(v, int)]
+    if not known:
+        return "the fused layer map"
+    if min(known) >= LAYERS_DEEP_SINCE:
+        return "the layer maps fused past the encoder's stem"
+    return "the layer maps of all 18 layers fused" if max(known) < LAYERS_DEEP_SINCE else \
+        "the fused layer map (rows of both kinds)"
+
+
 def markdown(result: Dict) -> str:
     lines = ["# Faithfulness benchmark: maps against trivial maps, through the volume, and against a re-drawn model",
              "", f"Produced by `xaiseg bench faithfulness` on {result['machine'].get('platform', '?')} "
@@ -661,7 +677,7 @@ def markdown(result: Dict) -> str:
                 + ("each at the middle of its share of the structure's slices" if result.get("sampling") == "middle"
                    else "the first pair at the structure's first slices"))
              + f"; occlusion and RISE at their structure-sized defaults (RISE at most {_masks_text(result)}), "
-             "the fused layer map; 8 metric steps, the curves removing pixels by "
+             + _layers_text(result) + "; 8 metric steps, the curves removing pixels by "
              + {"inpaint": "inpainting them from the kept pixels around them"}.get(
                  table_setting(result, "metric_fill"), f"{table_setting(result, 'metric_fill')} fill")
              + "; the trivial maps on the same engine and ROI"

@@ -1,7 +1,7 @@
 """Layer maps: gradient-free similarity maps of every encoder layer (seed 002).
 
-One forward pass of the image encoder per slice, with forward hooks on every stage and block
-(removed again in a ``finally``, also when the pass fails).  For each hooked layer the output is
+One forward pass of the image encoder per slice, with forward hooks on the selected stages and
+blocks (``layers``; removed again in a ``finally``, also when the pass fails).  For each hooked layer the output is
 read as an (h, w, C) feature grid over the slice, and each position is compared by cosine
 similarity with reference features:
 
@@ -24,8 +24,8 @@ Each layer's map is upsampled to the slice and min-max normalised; the fused map
 the selected layers' maps.  By default (``deep``) those are the layers past the encoder's stem: the
 patch embedding and TinyViT's convolutional stage 0 keep their maps when the weights are re-drawn at
 random (Spearman 0.96 and 0.64 with the trained maps on the benchmark's slices), so they show the
-image's contrast, not what training added (docs/layers.md); ``all`` fuses them too.  The cost is one encoder pass per slice (the similarity maps are cheap),
-so it needs no perturbations at all.
+image's contrast, not what training added (docs/layers.md); ``all`` fuses them too.  The cost is
+one encoder pass per slice (the similarity maps are cheap), so it needs no perturbations at all.
 """
 from __future__ import annotations
 
