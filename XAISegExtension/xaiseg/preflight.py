@@ -221,8 +221,10 @@ def layer_volumes(settings) -> int:
     layers = getattr(settings, "layers", None)
     if not isinstance(layers, str):
         return 0
+    from .explain.layers import SELECTIONS
+
     names = [n for n in layers.split(",") if n.strip()]
-    return MAX_LAYER_VOLUMES if layers.strip() in ("deep", "all", "blocks", "stages") else len(names)
+    return MAX_LAYER_VOLUMES if layers.strip() in SELECTIONS else len(names)
 
 
 def expected_bytes(request, shape: Sequence[int], axis: int, slices: Sequence[int]) -> int:

@@ -1,9 +1,9 @@
 """Layer maps: gradient-free similarity maps of every encoder layer (seed 002).
 
 One forward pass of the image encoder per slice, with forward hooks on the selected stages and
-blocks (``layers``; removed again in a ``finally``, also when the pass fails).  For each hooked layer the output is
-read as an (h, w, C) feature grid over the slice, and each position is compared by cosine
-similarity with reference features:
+blocks (``layers``; removed again in a ``finally``, also when the pass fails).  For each hooked
+layer the output is read as an (h, w, C) feature grid over the slice, and each position is compared
+by cosine similarity with reference features:
 
 stage 1 ("prototype")
     the structure prototype, the mean feature inside the prompt box;
@@ -106,13 +106,9 @@ def select_layers(layers: Sequence[EncoderLayer], which) -> List[EncoderLayer]:
     only), ``stages`` (stage outputs, patch embedding and neck), or a list / comma-separated string of
     layer names.  A selection that would leave no layer takes them all."""
     if isinstance(which, str) and which in SELECTIONS:
-        if which == "all":
-            return list(layers)
-        if which == "deep":
-            return [lay for lay in layers if not lay.stem] or list(layers)
-        want = {"blocks": ("block",), "stages": ("stage", "io")}[which]
-        chosen = [lay for lay in layers if lay.kind in want]
-        return chosen or list(layers)
+        keep = {"deep": lambda lay: not lay.stem, "all": lambda lay: True,
+                "blocks": lambda lay: lay.kind == "block", "stages": lambda lay: lay.kind in ("stage", "io")}[which]
+        return [lay for lay in layers if keep(lay)] or list(layers)
     names = [n.strip() for n in (which.split(",") if isinstance(which, str) else which) if str(n).strip()]
     known = {lay.name: lay for lay in layers}
     missing = [n for n in names if n not in known]
@@ -313,9 +309,8 @@ class LayerMaps(Explainer):
     weighting alone and with a re-drawn encoder), so the default shows the encoder's evidence
     unweighted.  As for every method, the maps are normalised inside the ROI and 0 outside it.
     layers: ``deep`` (the default: past the encoder's stem), ``all``, ``blocks``, ``stages`` or
-    layer names; the fused map averages them; each
-    layer's map is a component of the explanation, with its localisation row (against the
-    target when given, else against the model's own mask).
+    layer names; the fused map averages them; each layer's map is a component of the explanation,
+    with its localisation row (against the target when given, else against the model's own mask).
     """
 
     name = "layers"
