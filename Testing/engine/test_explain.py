@@ -358,6 +358,41 @@ def test_occlusion_patch_is_measured_on_the_model_grid():
     assert occ.pixel_sizes((64, 64)) == (16, 8)
 
 
+def test_occlusion_strips_follow_the_structures_main_axis():
+    """``aspect``: structure-sized strips that many times longer along the mask's main axis than
+    across it, of the square patch's area, on a lattice turned with the axis: each strip touches the
+    ROI, the ROI's inner pixels lie in four strips, the map still finds the evidence, the pass count
+    stays within the estimate, and a fixed grid refuses strips."""
+    from xaiseg.explain.occlusion import strips
+
+    roi = np.zeros((64, 64), bool)
+    roi[20:44, 12:52] = True
+    for angle in (0.0, 90.0, 30.0):
+        cells = strips((64, 64), roi, angle, 4.0, 16.0)
+        assert cells and all((c & roi).any() for c in cells)
+        cover = np.sum(cells, axis=0)
+        assert (cover[24:40, 16:48] == 4).all(), angle  # half a strip's steps both ways
+    rows, cols = np.nonzero(strips((64, 64), roi, 0.0, 4.0, 16.0)[0])
+    assert np.ptp(rows) + 1 == 4 and np.ptp(cols) + 1 == 16  # along the columns' axis at 0 degrees
+    rows, cols = np.nonzero(strips((64, 64), roi, 90.0, 4.0, 16.0)[0])
+    assert np.ptp(rows) + 1 == 16 and np.ptp(cols) + 1 <= 5  # along the rows' axis at 90
+
+    toy, wide = SquareEvidence(), SlicePrompt(box=(26, 40, 62, 50))  # 37 x 11: its mask lies along the rows
+    occ = make_explainer("occlusion", toy, side=11.0, aspect=4.0, mode="remove", score="logit", metric_steps=0,
+                         noise_passes=0)
+    ex = occ.explain(evidence_image(), wide, roi=np.ones((64, 64), bool))
+    assert ex.details["strip_angle"] == 0.0 and ex.details["strip_px"] == [5.5, 22.0]
+    assert toy.square_mask()[peak(ex.saliency)]
+    # the estimate sizes the patch from the ROI's shorter side over 1.5 (the box with its context): 16.5 gives 11
+    assert ex.details["patches_evaluated"] == ex.n_evaluations <= occ.cost((16.5, 64), 64)
+    again = occ.explain(evidence_image(), wide, roi=np.ones((64, 64), bool))
+    np.testing.assert_array_equal(ex.raw, again.raw)
+    # a round mask has no axis: the squares, coarse to fine
+    assert "strip_angle" not in occ.explain(evidence_image(), PROMPT, roi=np.ones((64, 64), bool)).details
+    with pytest.raises(errors.InputError, match=r"occlusion aspect \(--occlusion-aspect\) 4.0 .* --patch 16"):
+        make_explainer("occlusion", patch=16, aspect=4.0)
+
+
 @pytest.mark.parametrize("passes", [4, 6, 9, 20])
 def test_budgeted_occlusion_spends_at_most_its_passes_and_finds_the_evidence_quadrant(passes):
     toy = SquareEvidence()

@@ -84,6 +84,30 @@ def structure_side(boxes: Sequence[Optional[Tuple[int, int, int, int]]]) -> Opti
     return float(np.median(sides)) if sides else None
 
 
+#: the longest perturbations along a structure, in widths: RISE's cells (``--cell-aspect``; longer ones
+#: only cost memory, the canvas is drawn cell by cell) and occlusion's strips (``--occlusion-aspect``)
+MAX_ASPECT = 10.0
+
+
+#: a mask whose principal axes' lengths differ by less than this ratio has no main axis (a round one)
+ROUND = 1.2
+
+
+def main_axis(mask: np.ndarray) -> Optional[float]:
+    """The longer principal axis of ``mask`` in degrees from the columns' axis towards the rows', in
+    [-90, 90) (an axis, not a direction: the eigenvector's sign is arbitrary); None for fewer than
+    three pixels or a round mask (axes' lengths within :data:`ROUND` of each other)."""
+    ys, xs = np.nonzero(mask)
+    if len(ys) < 3:
+        return None
+    values, vectors = np.linalg.eigh(np.cov(np.stack([xs, ys]).astype(np.float64)))
+    if values[1] <= 0 or values[1] < ROUND ** 2 * max(values[0], 0.0):
+        return None
+    x, y = vectors[:, 1]  # the eigenvector of the larger eigenvalue
+    return float((np.degrees(np.arctan2(y, x)) + 90.0) % 180.0 - 90.0)
+
+
+
 def sized_for_structure(explainer, boxes: Sequence[Optional[Tuple[int, int, int, int]]], fixed: bool):
     """``explainer`` (occlusion, RISE) with ``side`` set to :func:`structure_side` of ``boxes`` when
     its perturbations are sized from the structure (not ``fixed`` by a setting) and its ``sizing``

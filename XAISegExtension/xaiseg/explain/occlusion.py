@@ -50,8 +50,8 @@ import numpy as np
 from ..errors import InputError
 from ..models.base import mask_rect
 from ..settings import setting
-from .base import (Attribution, CommonSettings, Explainer, PerturbationEngine, removed, side_setting,
-                   sized_for_structure, sizing_setting)
+from .base import (MAX_ASPECT, Attribution, CommonSettings, Explainer, PerturbationEngine, main_axis, removed,
+                   side_setting, sized_for_structure, sizing_setting)
 from .registry import register
 
 
@@ -106,10 +106,19 @@ class OcclusionSettings(CommonSettings):
                                 "passes per patch); auto - " + AUTO_SCORING + " for the structure-sized patches, "
                                 "remove for a fixed --patch and for --occlusion-passes", choices=MODES,
                         flag="--occlusion-mode")
+    aspect: float = setting(1.0, "structure-sized occlusion: strips this many times longer along the structure's main "
+                                 "axis on each slice than across it, of the square patch's area, on a lattice turned "
+                                 "with the structure, every strip scored and none refined (1: squares, coarse to fine; "
+                                 "a round mask keeps the squares)", minimum=1.0, maximum=MAX_ASPECT,
+                            flag="--occlusion-aspect")
     sizing: str = sizing_setting()
     side: float = side_setting()
 
     def check(self) -> None:
+        if self.aspect > 1.0 and (self.patch or self.passes):
+            fixed = f"--patch {self.patch}" if self.patch else f"--occlusion-passes {self.passes}"
+            raise InputError(f"occlusion aspect (--occlusion-aspect) {self.aspect} turns the structure-sized patches "
+                             f"into strips; expected 1 with {fixed}, whose patches are fixed")
         if self.mode not in MODES:
             raise InputError(f"occlusion mode {self.mode!r} is unknown; expected one of {', '.join(MODES)}")
         how = "remove" if self.mode == "auto" else self.mode  # auto removes with a pass budget
@@ -157,16 +166,53 @@ def _cells(rect: Cell, level: int, offset: bool) -> List[Cell]:
     return out
 
 
+def strips(shape: Tuple[int, int], roi: np.ndarray, angle: float, width: float, length: float) -> List[np.ndarray]:
+    """The strips ``width`` across and ``length`` along the direction ``angle`` (degrees from the
+    columns' axis towards the rows', as :func:`~xaiseg.explain.base.main_axis` gives it) that touch
+    ``roi``, each a boolean mask of ``shape``: a lattice turned about the slice's centre with steps of
+    half a strip along and across, so a pixel lies in about four strips, and two slices of one
+    structure whose axes agree are cut by the same lattice."""
+    h, w = shape
+    t = np.radians(angle)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    yy -= (h - 1) / 2.0
+    xx -= (w - 1) / 2.0
+    along = xx * np.cos(t) + yy * np.sin(t)
+    across = yy * np.cos(t) - xx * np.sin(t)
+    out = []
+    su, sv = length / 2.0, width / 2.0
+    for i in range(int(np.floor(along[roi].min() / su)) - 1, int(np.floor(along[roi].max() / su)) + 1):
+        band = (along >= i * su) & (along < i * su + length)
+        if not (band & roi).any():
+            continue
+        for j in range(int(np.floor(across[roi].min() / sv)) - 1, int(np.floor(across[roi].max() / sv)) + 1):
+            cell = band & (across >= j * sv) & (across < j * sv + width)
+            if (cell & roi).any():
+                out.append(cell)
+    return out
+
+
 def _square(y: int, x: int, p: int) -> Cell:
     """A grid patch (top-left corner and side) as a cell."""
     return (y, x, y + p, x + p)
 
 
+def _region(cell, shape: Tuple[int, int]) -> np.ndarray:
+    """A cell (a rectangle, or already a boolean mask such as a strip) as a boolean mask of ``shape``."""
+    if isinstance(cell, np.ndarray):
+        return cell
+    y0, x0, y1, x1 = cell
+    out = np.zeros(shape, bool)
+    out[y0:y1, x0:x1] = True
+    return out
+
+
 def _add(total: np.ndarray, count: np.ndarray, cells, drops) -> None:
     """Each cell's score added over its pixels (the map is ``total / count``)."""
-    for (y0, x0, y1, x1), d in zip(cells, drops):
-        total[y0:y1, x0:x1] += d
-        count[y0:y1, x0:x1] += 1
+    for cell, d in zip(cells, drops):
+        inside = _region(cell, total.shape)
+        total[inside] += d
+        count[inside] += 1
 
 
 def smoothed(raw: np.ndarray, covered: np.ndarray, sigma: float) -> np.ndarray:
@@ -252,9 +298,20 @@ class Occlusion(Explainer):
         coarse = max(1, counts[0] * counts[1])
         return coarse, 0 if self.patch else FINE_PER_PATCH * min(REFINE, coarse), patch
 
+    def _strip_count(self, roi_extent: Optional[Tuple[float, float]], grid: int) -> Tuple[int, float, float]:
+        """At most how many strips touch a ROI of ``roi_extent`` (on ``grid``; None: the whole grid),
+        whatever the structure's angle (the ROI's diagonal along and across), and a strip's width and
+        length there."""
+        short = min(roi_extent) / 1.5 if roi_extent is not None else None  # as _levels
+        width, length = self.strip_sizes(self.grid_sizes(short, grid)[0])
+        reach = math.hypot(*(roi_extent if roi_extent is not None else (grid, grid)))
+        return (int(math.ceil(reach / (length / 2.0))) + 2) * (int(math.ceil(reach / (width / 2.0))) + 2), width, length
+
     def cost(self, roi_extent: Optional[Tuple[float, float]] = None, grid: int = 256) -> int:
         if self.passes:
             return int(self.passes)
+        if self.aspect > 1.0 and not self.patch:
+            return self._strip_count(roi_extent, grid)[0] * self._per_patch() + self._emptied_passes()
         coarse, fine, _ = self._levels(roi_extent, grid)
         return (coarse + fine) * self._per_patch() + self._emptied_passes()
 
@@ -291,6 +348,9 @@ class Occlusion(Explainer):
             half = None if roi_extent is None else (roi_extent[0] / 2.0, roi_extent[1] / 2.0)
             cells = (self.passes - self._emptied_passes()) // self._per_patch()
             return cells * share(half) + ((cells + 1) * share(roi_extent) if both else 0.0)
+        if self.aspect > 1.0 and not self.patch:  # strips, each of a square patch's area
+            n, width, length = self._strip_count(roi_extent, grid)
+            return n * share((width, length)) + ((n + 1) * share(roi_extent) if both else 0.0)
         coarse, fine, patch = self._levels(roi_extent, grid)
         removal = coarse * share((patch, patch)) + fine * share((patch / 2.0, patch / 2.0))
         return removal + ((coarse + fine + 1) * share(roi_extent) if both else 0.0)
@@ -308,22 +368,14 @@ class Occlusion(Explainer):
         is kept, or (both) the sum of the two; ``scoring`` keeps the largest single change."""
         out = np.zeros(len(cells))
         if scoring.how in ("remove", "both"):
-            keeps = []
-            for y0, x0, y1, x1 in cells:
-                k = np.ones(shape, np.float32)
-                k[y0:y1, x0:x1] = 0.0
-                keeps.append(k)
+            keeps = [(~_region(c, shape)).astype(np.float32) for c in cells]
             # the ROI chooses the patches; each chosen patch is removed whole (seed 001), so inside the
             # ROI the drops equal full-image occlusion's at a fraction of the cost
             drops = engine.baseline - engine.scores(keeps, restrict=False, total=0)
             scoring.largest = max([scoring.largest] + list(drops))
             out += drops
         if scoring.emptied is not None:
-            images = []
-            for y0, x0, y1, x1 in cells:
-                gone = engine.roi.copy()
-                gone[y0:y1, x0:x1] = False
-                images.append(removed(engine.image, gone, RESTORE_FILL))
+            images = [removed(engine.image, engine.roi & ~_region(c, shape), RESTORE_FILL) for c in cells]
             rises = engine.score_images(images, total=0) - scoring.emptied
             scoring.largest = max([scoring.largest] + list(rises))
             out += rises
@@ -355,6 +407,34 @@ class Occlusion(Explainer):
                 for xx in range(x, x + p - q + 1, step):
                     fine.add((min(yy, shape[0] - q), min(xx, shape[1] - q), q))
         return sorted(fine)
+
+    def strip_sizes(self, patch: float) -> Tuple[float, float]:
+        """A strip's width and length for the square patch's side ``patch``: the same area,
+        ``aspect`` times longer than wide."""
+        r = math.sqrt(self.aspect)
+        return max(1.0, patch / r), patch * r
+
+    def stripped(self, engine: PerturbationEngine, box, angle: float) -> Attribution:
+        """Strips along the structure's main axis (``angle``), each scored, none refined; the map is
+        smoothed by a Gaussian of ``smooth`` times a strip's width."""
+        shape = engine.image.shape
+        p, _ = self.pixel_sizes(shape, box)
+        width, length = self.strip_sizes(p)
+        cells = strips(shape, engine.roi, angle, width, length)
+        engine.progress.stage(engine.stage, self._emptied_passes() + len(cells) * self._per_patch())
+        scoring = self._begin(engine)
+        drops = self._scores(engine, cells, shape, scoring)
+        total = np.zeros(shape, np.float64)
+        count = np.zeros(shape, np.float64)
+        _add(total, count, cells, drops)
+        engine.progress.done()
+        raw = np.divide(total, count, out=np.zeros(shape), where=count > 0)
+        if self.smooth:
+            raw = smoothed(raw, count > 0, self.smooth * width)
+        return self._result(raw, {"patches_evaluated": len(cells), "patches_full": len(cells), "patches_refined": 0,
+                                  "patch_px": p, "stride_px": max(1, int(round(width / 2.0))),
+                                  "strip_px": [round(width, 1), round(length, 1)], "strip_angle": round(angle, 1)},
+                            scoring)
 
     def budgeted(self, engine: PerturbationEngine) -> Attribution:
         """Cells of the ROI's bounding rectangle, coarse to fine, at most ``passes`` of them."""
@@ -400,6 +480,10 @@ class Occlusion(Explainer):
             return self.budgeted(engine)
         shape = engine.image.shape
         box = prompt_box(engine.prompt, engine.reference) if not self.patch else None
+        if self.aspect > 1.0 and not self.patch:
+            angle = main_axis(engine.reference)
+            if angle is not None:  # a round mask has no axis: squares
+                return self.stripped(engine, box, angle)
         every = self.patches(shape, box)
         chosen = [(y, x, p) for (y, x, p) in every if engine.roi[y:y + p, x:x + p].any()]
         fine_passes = 0 if self.patch else FINE_PER_PATCH * min(REFINE, len(chosen))

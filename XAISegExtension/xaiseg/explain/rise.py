@@ -47,8 +47,8 @@ from ..errors import InputError
 from ..metrics import pearson
 from ..models.base import mask_rect
 from ..settings import setting
-from .base import (Attribution, CommonSettings, Explainer, PerturbationEngine, side_setting, sized_for_structure,
-                   sizing_setting)
+from .base import (MAX_ASPECT, Attribution, CommonSettings, Explainer, PerturbationEngine, main_axis, side_setting,
+                   sized_for_structure, sizing_setting)
 from .registry import register
 
 
@@ -74,11 +74,6 @@ def rise_masks(rng: np.random.Generator, n: int, shape: Tuple[int, int], cells: 
     return out
 
 
-#: the longest cells ``--cell-aspect`` draws, in widths (longer ones only cost memory: the canvas is
-#: drawn cell by cell)
-MAX_ASPECT = 10.0
-
-
 def oriented_masks(rng: np.random.Generator, n: int, shape: Tuple[int, int], width: float, length: float,
                    angle: float, p: float) -> np.ndarray:
     """``n`` smooth keep maps of ``shape`` whose cells are ``width`` across and ``length`` along the
@@ -102,24 +97,6 @@ def oriented_masks(rng: np.random.Generator, n: int, shape: Tuple[int, int], wid
         canvas = np.ascontiguousarray(_cells(rng, rows, cols, cw, cl, side, side, p))
         out[i] = cv2.warpAffine(canvas, turn, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return out
-
-
-#: a mask whose principal axes' lengths differ by less than this ratio has no main axis (a round one)
-ROUND = 1.2
-
-
-def main_axis(mask: np.ndarray) -> Optional[float]:
-    """The longer principal axis of ``mask`` in degrees from the columns' axis towards the rows', in
-    [-90, 90) (an axis, not a direction: the eigenvector's sign is arbitrary); None for fewer than
-    three pixels or a round mask (axes' lengths within :data:`ROUND` of each other)."""
-    ys, xs = np.nonzero(mask)
-    if len(ys) < 3:
-        return None
-    values, vectors = np.linalg.eigh(np.cov(np.stack([xs, ys]).astype(np.float64)))
-    if values[1] <= 0 or values[1] < ROUND ** 2 * max(values[0], 0.0):
-        return None
-    x, y = vectors[:, 1]  # the eigenvector of the larger eigenvalue
-    return float((np.degrees(np.arctan2(y, x)) + 90.0) % 180.0 - 90.0)
 
 
 #: the most keep-probability strata (each needs masks of its own before the map settles)
