@@ -29,6 +29,13 @@ share one grid.  In this mode (a single slice, a volume, either sizing) each pix
 mean score of the patches around it with Gaussian weights of a quarter of the coarse patch's side
 (``smooth``), not only of the patches covering it: a flat patch left its pixels to be ranked by
 their position, and the neighbours' scores say which side of a patch lies nearer the evidence.
+With ``aspect`` A > 1 (``--occlusion-aspect``) the structure-sized patches become strips of the
+same area, A times longer along the structure's main axis on the slice (the longer principal axis
+of the model's mask) than across it, on a lattice turned with that axis about the slice's centre,
+with steps of half a strip both ways; every strip touching the ROI is scored, none refined, and the
+map is smoothed by ``smooth`` times a strip's width (a round mask keeps the squares).  Thin,
+slanted structures are about one square patch across, so a square takes in the tissue beside them;
+a strip follows them (docs/explain.md, "Occlusion strips along the structure").
 ``--patch 64 --stride 32`` gives seed 001's fixed single-level grid (never smoothed, nor are the
 budgeted cells below), measured on the model's input grid (``grid="model"``, LiteMedSAM's 256) or on
 the slice's pixels (``grid="image"``).
