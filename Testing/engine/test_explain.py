@@ -372,6 +372,7 @@ def test_occlusion_strips_follow_the_structures_main_axis():
         assert cells and all((c & roi).any() for c in cells)
         cover = np.sum(cells, axis=0)
         assert (cover[24:40, 16:48] == 4).all(), angle  # half a strip's steps both ways
+    assert strips((64, 64), np.zeros((64, 64), bool), 30.0, 4.0, 16.0) == []
     rows, cols = np.nonzero(strips((64, 64), roi, 0.0, 4.0, 16.0)[0])
     assert np.ptp(rows) + 1 == 4 and np.ptp(cols) + 1 == 16  # along the columns' axis at 0 degrees
     rows, cols = np.nonzero(strips((64, 64), roi, 90.0, 4.0, 16.0)[0])

@@ -179,6 +179,8 @@ def strips(shape: Tuple[int, int], roi: np.ndarray, angle: float, width: float, 
     ``roi``, each a boolean mask of ``shape``: a lattice turned about the slice's centre with steps of
     half a strip along and across, so a pixel lies in about four strips, and two slices of one
     structure whose axes agree are cut by the same lattice."""
+    if not roi.any():
+        return []
     h, w = shape
     t = np.radians(angle)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
