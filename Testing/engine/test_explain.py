@@ -384,7 +384,8 @@ def test_occlusion_strips_follow_the_structures_main_axis():
     ex = occ.explain(evidence_image(), wide, roi=np.ones((64, 64), bool))
     assert ex.details["strip_angle"] == 0.0 and ex.details["strip_px"] == [5.5, 22.0]
     assert toy.square_mask()[peak(ex.saliency)]
-    # the estimate sizes the patch from the ROI's shorter side over 1.5 (the box with its context): 16.5 gives 11
+    # the estimate sizes the patch from the ROI's shorter side over 1.5 (the box with its context), not from the
+    # structure's side: an extent whose shorter side is 16.5 gives this run's patch of 11
     assert ex.details["patches_evaluated"] == ex.n_evaluations <= occ.cost((16.5, 64), 64)
     again = occ.explain(evidence_image(), wide, roi=np.ones((64, 64), bool))
     np.testing.assert_array_equal(ex.raw, again.raw)
@@ -392,6 +393,8 @@ def test_occlusion_strips_follow_the_structures_main_axis():
     assert "strip_angle" not in occ.explain(evidence_image(), PROMPT, roi=np.ones((64, 64), bool)).details
     with pytest.raises(errors.InputError, match=r"occlusion aspect \(--occlusion-aspect\) 4.0 .* --patch 16"):
         make_explainer("occlusion", patch=16, aspect=4.0)
+    with pytest.raises(errors.InputError, match=r"expected 1 with --stride 4: the strips step half"):
+        make_explainer("occlusion", stride=4, aspect=4.0)
 
 
 @pytest.mark.parametrize("passes", [4, 6, 9, 20])

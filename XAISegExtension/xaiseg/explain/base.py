@@ -107,7 +107,6 @@ def main_axis(mask: np.ndarray) -> Optional[float]:
     return float((np.degrees(np.arctan2(y, x)) + 90.0) % 180.0 - 90.0)
 
 
-
 def sized_for_structure(explainer, boxes: Sequence[Optional[Tuple[int, int, int, int]]], fixed: bool):
     """``explainer`` (occlusion, RISE) with ``side`` set to :func:`structure_side` of ``boxes`` when
     its perturbations are sized from the structure (not ``fixed`` by a setting) and its ``sizing``

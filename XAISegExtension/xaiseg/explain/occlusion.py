@@ -101,7 +101,8 @@ class OcclusionSettings(CommonSettings):
     grid: str = setting("model", "what patch and stride are measured on: the model's input grid or the slice's "
                                  "pixels", choices=("model", "image"), flag="--occlusion-grid")
     smooth: float = setting(0.25, "structure-sized occlusion: each pixel takes the mean score of the patches around "
-                                  "it weighted by a Gaussian of this share of the coarse patch's side, so pixels "
+                                  "it weighted by a Gaussian of this share of the coarse patch's side (of a strip's "
+                                  "width with --occlusion-aspect), so pixels "
                                   "inside one patch are ranked by its neighbours' scores (0: the plain mean of the "
                                   "patches covering it, flat over each patch; the fixed --patch grid and the "
                                   "--occlusion-passes cells are never smoothed)", minimum=0.0,
@@ -122,10 +123,12 @@ class OcclusionSettings(CommonSettings):
     side: float = side_setting()
 
     def check(self) -> None:
-        if self.aspect > 1.0 and (self.patch or self.passes):
-            fixed = f"--patch {self.patch}" if self.patch else f"--occlusion-passes {self.passes}"
+        if self.aspect > 1.0 and (self.patch or self.passes or self.stride):
+            fixed = f"--patch {self.patch}, whose patches are fixed" if self.patch else \
+                f"--occlusion-passes {self.passes}, whose cells the budget chooses" if self.passes else \
+                f"--stride {self.stride}: the strips step half their length along and half their width across"
             raise InputError(f"occlusion aspect (--occlusion-aspect) {self.aspect} turns the structure-sized patches "
-                             f"into strips; expected 1 with {fixed}, whose patches are fixed")
+                             f"into strips; expected 1 with {fixed}")
         if self.mode not in MODES:
             raise InputError(f"occlusion mode {self.mode!r} is unknown; expected one of {', '.join(MODES)}")
         how = "remove" if self.mode == "auto" else self.mode  # auto removes with a pass budget
@@ -209,6 +212,9 @@ def _square(y: int, x: int, p: int) -> Cell:
 def _region(cell, shape: Tuple[int, int]) -> np.ndarray:
     """A cell (a rectangle, or already a boolean mask such as a strip) as a boolean mask of ``shape``."""
     if isinstance(cell, np.ndarray):
+        if cell.dtype != bool or cell.shape != tuple(shape):
+            raise ValueError(f"an occlusion cell mask must be boolean of shape {tuple(shape)}; got {cell.dtype} "
+                             f"{cell.shape}")
         return cell
     y0, x0, y1, x1 = cell
     out = np.zeros(shape, bool)
@@ -310,7 +316,8 @@ class Occlusion(Explainer):
     def _strip_count(self, roi_extent: Optional[Tuple[float, float]], grid: int) -> Tuple[int, float, float]:
         """At most how many strips touch a ROI of ``roi_extent`` (on ``grid``; None: the whole grid),
         whatever the structure's angle (the ROI's diagonal along and across), and a strip's width and
-        length there."""
+        length there.  Like the squares' estimate it sizes the patch from the ROI (the box with its
+        context), not from a structure's ``side``; a run whose patch is smaller makes more strips."""
         short = min(roi_extent) / 1.5 if roi_extent is not None else None  # as _levels
         width, length = self.strip_sizes(self.grid_sizes(short, grid)[0])
         reach = math.hypot(*(roi_extent if roi_extent is not None else (grid, grid)))
@@ -319,10 +326,11 @@ class Occlusion(Explainer):
     def cost(self, roi_extent: Optional[Tuple[float, float]] = None, grid: int = 256) -> int:
         if self.passes:
             return int(self.passes)
-        if self.aspect > 1.0 and not self.patch:
-            return self._strip_count(roi_extent, grid)[0] * self._per_patch() + self._emptied_passes()
         coarse, fine, _ = self._levels(roi_extent, grid)
-        return (coarse + fine) * self._per_patch() + self._emptied_passes()
+        squares = (coarse + fine) * self._per_patch() + self._emptied_passes()
+        if self.aspect > 1.0 and not self.patch:  # a round mask keeps the squares
+            return max(squares, self._strip_count(roi_extent, grid)[0] * self._per_patch() + self._emptied_passes())
+        return squares
 
     @property
     def scoring(self) -> str:
@@ -357,12 +365,14 @@ class Occlusion(Explainer):
             half = None if roi_extent is None else (roi_extent[0] / 2.0, roi_extent[1] / 2.0)
             cells = (self.passes - self._emptied_passes()) // self._per_patch()
             return cells * share(half) + ((cells + 1) * share(roi_extent) if both else 0.0)
-        if self.aspect > 1.0 and not self.patch:  # strips, each of a square patch's area
-            n, width, length = self._strip_count(roi_extent, grid)
-            return n * share((width, length)) + ((n + 1) * share(roi_extent) if both else 0.0)
         coarse, fine, patch = self._levels(roi_extent, grid)
         removal = coarse * share((patch, patch)) + fine * share((patch / 2.0, patch / 2.0))
-        return removal + ((coarse + fine + 1) * share(roi_extent) if both else 0.0)
+        squares = removal + ((coarse + fine + 1) * share(roi_extent) if both else 0.0)
+        if self.aspect > 1.0 and not self.patch:  # strips; a round mask keeps the squares
+            n, width, length = self._strip_count(roi_extent, grid)
+            turned = (width + length) / math.sqrt(2.0)  # a strip's bounding box at the worst angle, 45 degrees
+            return max(squares, n * share((turned, turned)) + ((n + 1) * share(roi_extent) if both else 0.0))
+        return squares
 
     def _begin(self, engine: PerturbationEngine) -> "PatchScoring":
         """One slice's scoring; when patches are put back, the inpainted ROI's score (one pass)."""
