@@ -230,6 +230,14 @@ def _add(total: np.ndarray, count: np.ndarray, cells, drops) -> None:
         count[inside] += 1
 
 
+def _mean_map(shape: Tuple[int, int], cells, drops) -> Tuple[np.ndarray, np.ndarray]:
+    """The mean score of the cells covering each pixel (0 where none does), and which pixels any covers."""
+    total = np.zeros(shape, np.float64)
+    count = np.zeros(shape, np.float64)
+    _add(total, count, cells, drops)
+    return np.divide(total, count, out=np.zeros(shape), where=count > 0), count > 0
+
+
 def smoothed(raw: np.ndarray, covered: np.ndarray, sigma: float) -> np.ndarray:
     """``raw`` (the mean score of the patches covering each pixel) averaged with Gaussian weights of
     ``sigma`` pixels over the ``covered`` pixels only (normalised convolution), 0 elsewhere: a
@@ -442,14 +450,10 @@ class Occlusion(Explainer):
         cells = strips(shape, engine.roi, angle, width, length)
         engine.progress.stage(engine.stage, self._emptied_passes() + len(cells) * self._per_patch())
         scoring = self._begin(engine)
-        drops = self._scores(engine, cells, shape, scoring)
-        total = np.zeros(shape, np.float64)
-        count = np.zeros(shape, np.float64)
-        _add(total, count, cells, drops)
+        raw, covered = _mean_map(shape, cells, self._scores(engine, cells, shape, scoring))
         engine.progress.done()
-        raw = np.divide(total, count, out=np.zeros(shape), where=count > 0)
         if self.smooth:
-            raw = smoothed(raw, count > 0, self.smooth * width)
+            raw = smoothed(raw, covered, self.smooth * width)
         return self._result(raw, {"patches_evaluated": len(cells), "patches_full": len(cells), "patches_refined": 0,
                                   "patch_px": p, "stride_px": max(1, int(round(width / 2.0))),
                                   "strip_px": [round(width, 1), round(length, 1)], "strip_angle": round(angle, 1)},
@@ -512,14 +516,11 @@ class Occlusion(Explainer):
         fine = [] if self.patch else self.refined(chosen, drops, shape)
         if fine:
             drops = np.concatenate([drops, self._scores(engine, [_square(*c) for c in fine], shape, scoring)])
-        total = np.zeros(shape, np.float64)
-        count = np.zeros(shape, np.float64)
-        _add(total, count, [_square(*c) for c in chosen + fine], drops)
+        raw, covered = _mean_map(shape, [_square(*c) for c in chosen + fine], drops)
         engine.progress.done()
-        raw = np.divide(total, count, out=np.zeros(shape), where=count > 0)
         p, s = self.pixel_sizes(shape, box)
         if self.smooth and not self.patch:
-            raw = smoothed(raw, count > 0, self.smooth * p)
+            raw = smoothed(raw, covered, self.smooth * p)
         return self._result(raw, {"patches_evaluated": len(chosen) + len(fine), "patches_full": len(every),
                                   "patches_refined": len(fine), "patch_px": p, "stride_px": s,
                                   "roi_ratio": len(chosen) / len(every)}, scoring)
