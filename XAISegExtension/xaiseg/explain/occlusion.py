@@ -321,23 +321,24 @@ class Occlusion(Explainer):
         coarse = max(1, counts[0] * counts[1])
         return coarse, 0 if self.patch else FINE_PER_PATCH * min(REFINE, coarse), patch
 
-    def _strip_count(self, roi_extent: Optional[Tuple[float, float]], grid: int) -> Tuple[int, float, float]:
+    def _strip_count(self, roi_extent: Optional[Tuple[float, float]], grid: int,
+                     patch: float) -> Tuple[int, float, float]:
         """At most how many strips touch a ROI of ``roi_extent`` (on ``grid``; None: the whole grid),
         whatever the structure's angle (the ROI's diagonal along and across), and a strip's width and
-        length there.  Like the squares' estimate it sizes the patch from the ROI (the box with its
-        context), not from a structure's ``side``; a run whose patch is smaller makes more strips."""
-        short = min(roi_extent) / 1.5 if roi_extent is not None else None  # as _levels
-        width, length = self.strip_sizes(self.grid_sizes(short, grid)[0])
+        length there, for the coarse ``patch`` that :meth:`_levels` sizes from the ROI (the box with
+        its context), not from a structure's ``side``; a run whose patch is smaller makes more strips."""
+        width, length = self.strip_sizes(patch)
         reach = math.hypot(*(roi_extent if roi_extent is not None else (grid, grid)))
         return (int(math.ceil(reach / (length / 2.0))) + 2) * (int(math.ceil(reach / (width / 2.0))) + 2), width, length
 
     def cost(self, roi_extent: Optional[Tuple[float, float]] = None, grid: int = 256) -> int:
         if self.passes:
             return int(self.passes)
-        coarse, fine, _ = self._levels(roi_extent, grid)
+        coarse, fine, patch = self._levels(roi_extent, grid)
         squares = (coarse + fine) * self._per_patch() + self._emptied_passes()
         if self.aspect > 1.0 and not self.patch:  # a round mask keeps the squares
-            return max(squares, self._strip_count(roi_extent, grid)[0] * self._per_patch() + self._emptied_passes())
+            n = self._strip_count(roi_extent, grid, patch)[0]
+            return max(squares, n * self._per_patch() + self._emptied_passes())
         return squares
 
     @property
@@ -377,7 +378,7 @@ class Occlusion(Explainer):
         removal = coarse * share((patch, patch)) + fine * share((patch / 2.0, patch / 2.0))
         squares = removal + ((coarse + fine + 1) * share(roi_extent) if both else 0.0)
         if self.aspect > 1.0 and not self.patch:  # strips; a round mask keeps the squares
-            n, width, length = self._strip_count(roi_extent, grid)
+            n, width, length = self._strip_count(roi_extent, grid, patch)
             turned = (width + length) / math.sqrt(2.0)  # a strip's bounding box at the worst angle, 45 degrees
             return max(squares, n * share((turned, turned)) + ((n + 1) * share(roi_extent) if both else 0.0))
         return squares
