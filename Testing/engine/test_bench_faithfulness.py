@@ -245,6 +245,56 @@ def test_a_rerun_resumes_only_the_current_engines_structures(tmp_path, monkeypat
                                                   parts=("maps",))
 
 
+def test_one_methods_cascade_drawn_again_keeps_the_others_steps(tmp_path, monkeypatch):
+    """``--methods occlusion --parts cascade`` draws occlusion's cascade again and keeps the other methods'
+    steps of the table's row, where they are the current engine's and drawn as often; otherwise it draws
+    every method, and a row of another central slice is refused by name."""
+    import json
+
+    import pytest
+
+    import xaiseg.bench_faithfulness as bf
+    from xaiseg.errors import InputError
+
+    drawn = []
+
+    def rows(session, sample, name, masks, methods, *args, **kwargs):
+        drawn.append(tuple(methods))
+        return {"slice": 81, "draws": bf.CASCADE_DRAWS, "methods": {m: steps(0.1) for m in methods}}
+
+    def steps(similarity):
+        return [{"redrawn": "mask_decoder", "similarity": similarity},
+                {"redrawn": "image_encoder.patch_embed", "similarity": similarity, "draws": [similarity] * 5}]
+
+    monkeypatch.setattr(bf, "cascade_rows", rows)
+    old = {m: steps(0.9) for m in bf.METHODS}
+    stale = dict(bf.MAP_VERSIONS, occlusion=bf.MAP_VERSIONS["occlusion"] - 1)
+
+    def table(versions, slice_=81, draws=bf.CASCADE_DRAWS):
+        (tmp_path / "faithfulness.json").write_text(json.dumps({
+            "pairs": 1, "masks": 100, "metric_fill": "inpaint", "sampling": bf.SAMPLING, "maps": {},
+            "cascade": {"Left_Caudate": {"slice": slice_, "draws": draws, "methods": old}},
+            "cascade_versions": versions}))
+
+    table(stale)  # occlusion's steps of an older map: occlusion drawn again, the others' kept
+    result = bf.bench_faithfulness(tmp_path, structures=["Left_Caudate"], masks=100, parts=("cascade",),
+                                   methods=["occlusion"])
+    assert drawn == [("occlusion",)] and result["cascade_versions"] == bf.MAP_VERSIONS
+    assert result["cascade"]["Left_Caudate"]["methods"] == dict(old, occlusion=steps(0.1))
+    for versions, draws in ((dict(bf.MAP_VERSIONS, rise=bf.MAP_VERSIONS["rise"] - 1), bf.CASCADE_DRAWS),
+                            (stale, 1)):  # a kept method's steps stale, or the last step drawn once: all drawn
+        drawn.clear()
+        table(versions, draws=draws)
+        result = bf.bench_faithfulness(tmp_path, structures=["Left_Caudate"], masks=100, parts=("cascade",),
+                                       methods=["occlusion"])
+        fresh = result["cascade"]["Left_Caudate"]["methods"]
+        assert drawn == [bf.METHODS] and all(v == steps(0.1) for v in fresh.values())
+    table(stale, slice_=80)
+    with pytest.raises(InputError, match="central slice 81 is not the table's 80"):
+        bf.bench_faithfulness(tmp_path, structures=["Left_Caudate"], masks=100, parts=("cascade",),
+                              methods=["occlusion"])
+
+
 def test_the_cascade_table_shows_each_draw_of_its_last_step():
     from xaiseg.bench_faithfulness import markdown
 

@@ -47,8 +47,9 @@ LAYERS_DEEP_SINCE = 42
 #: reliability.  The cascade (at most ``CASCADE_MASKS`` masks, which no early stop cuts short) does
 #: not depend on it, so its rows stay current.
 STOP_VERSIONS = {"rise": 31}
-#: the ``fills`` part measures occlusion scored by removal (``--occlusion-mode remove``), whose map
-#: last changed at stop 24; until stop 27 that was occlusion's only map, recorded as "occlusion"
+#: the ``fills`` part measures occlusion's square patches (``--occlusion-aspect 1``) scored by removal
+#: (``--occlusion-mode remove``), whose map last changed at stop 24; until stop 27 that was occlusion's
+#: only map, recorded as "occlusion"
 FILLS_VERSION = 24
 #: the stop from which occlusion's own version is no longer its removal map's
 SCORING_SPLIT = 27
@@ -104,17 +105,17 @@ def adjacent_pairs(slices: Sequence[int], pairs: Optional[int]) -> List[int]:
 
 
 def _explainers(masks: int, cascade: bool = False, fill: str = "auto", only: Sequence[str] = METHODS,
-                metric_fill: str = "inpaint", occlusion_mode: str = "auto", seed: int = 0,
+                metric_fill: str = "inpaint", occlusion: Optional[Mapping[str, Any]] = None, seed: int = 0,
                 rise: Optional[Mapping[str, Any]] = None, curves: bool = True):
-    """The bench's explainers of ``only``; ``curves`` False: without the curves and trivial maps (the
-    cascade alone needs neither)."""
+    """The bench's explainers of ``only``; ``occlusion``: occlusion's own settings (its defaults when
+    None); ``curves`` False: without the curves and trivial maps (the cascade alone needs neither)."""
     from .explain import make_explainer
 
     # the seed of every draw: RISE's masks, the random trivial map
     common = dict(baselines=curves, metric_steps=8 if curves else 0, fill=fill, cascade=cascade,
                   metric_fill=metric_fill, seed=seed, cascade_draws=CASCADE_DRAWS if cascade else 1)
     # layers too: curves and trivial maps
-    per = {"occlusion": {"mode": occlusion_mode}, "rise": dict(rise or {}, n_masks=masks), "layers": {}}
+    per = {"occlusion": dict(occlusion or {}), "rise": dict(rise or {}, n_masks=masks), "layers": {}}
     return [make_explainer(m, **dict(common, **per[m])) for m in only]
 
 
@@ -226,8 +227,10 @@ def cascade_rows(session, sample, name: str, masks: int, methods: Sequence[str],
             "methods": {m: e["slices"][str(k)].get("cascade") for m, e in run.metrics()["methods"].items()}}
 
 
-#: occlusion's patch fills the ``fills`` part compares, on every structure (scored by removal)
+#: occlusion's patch fills the ``fills`` part compares, on every structure (square patches scored by removal)
 FILLS_COMPARED = ("zero", "blur", "inpaint")
+#: occlusion's settings in the ``fills`` part (:data:`FILLS_VERSION`)
+FILLS_OCCLUSION = {"mode": "remove", "aspect": 1.0}
 
 
 def fill_rows(session, sample, name: str, progress, metric_fill: str = "inpaint", seed: int = 0) -> Dict:
@@ -240,9 +243,9 @@ def fill_rows(session, sample, name: str, progress, metric_fill: str = "inpaint"
     slices = adjacent_pairs([r.index for r in seg.slices if r.voxels > 0], 1)
     out = {}
     for fill in FILLS_COMPARED:
-        # scored by removal: restore inpaints the ROI whatever the fill
+        # square patches scored by removal: restore inpaints the ROI whatever the fill
         run = session.explain(seg, _explainers(100, fill=fill, only=("occlusion",), metric_fill=metric_fill,
-                                               occlusion_mode="remove", seed=seed), slices=slices, progress=progress)
+                                               occlusion=FILLS_OCCLUSION, seed=seed), slices=slices, progress=progress)
         s = run.metrics()["methods"]["occlusion"]["summary"]
         out[fill] = {k: s.get(k) for k in ("deletion_auc", "insertion_auc", "deletion_gain", "beats_trivial_deletion")}
     return out
@@ -364,7 +367,9 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
                        rise: Union[None, str, Mapping[str, Any]] = None) -> Dict:
     """``methods``: what the maps part measures; a subset measures only those methods again and
     replaces their rows in the tables already written with the same pairs, masks and curves (the
-    other methods' rows stay; each re-measured structure records which methods, when and where).
+    other methods' rows stay; each re-measured structure records which methods, when and where), and
+    the cascade part draws only their steps again where the table holds the other methods' current
+    cascade row.
     ``keep_maps``: a folder where the maps part keeps every slice it explains (:mod:`xaiseg.kept_maps`);
     a structure resumed from the table is not explained, so keeps nothing.  ``seed``: of every random
     draw (RISE's masks, the random trivial map); a table keeps only rows of its own seed.  ``rise``: RISE's
@@ -466,8 +471,21 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
             result["masks"] = masks
             _save(outdir, result)
     if "cascade" in parts:
-        result["cascade"] = {structures[0]: cascade_rows(session, sample, structures[0], min(masks, CASCADE_MASKS),
-                                                         METHODS, progress, seed, rise)}
+        name = structures[0]
+        # a --methods run draws those methods' cascade again and keeps the others' steps, where the
+        # table's row is theirs (the current engine's, drawn as often) on this structure
+        held = (previous.get("cascade") or {}).get(name) if same and subset else None
+        splice = held is not None and current(previous.get("cascade_versions"), kept, rows=False) and \
+            cascade_draws(held) == CASCADE_DRAWS
+        row = cascade_rows(session, sample, name, min(masks, CASCADE_MASKS), methods if splice else METHODS,
+                           progress, seed, rise)
+        if splice:
+            if row["slice"] != held["slice"]:
+                raise InputError(f"faithfulness cascade of {name}: this run's central slice {row['slice']} is not "
+                                 f"the table's {held['slice']} in {path}; expected one segmentation: run --parts "
+                                 "cascade with all methods")
+            row["methods"] = {m: row["methods"].get(m, held["methods"].get(m)) for m in METHODS}
+        result["cascade"] = {name: row}
         result["cascade_versions"] = dict(MAP_VERSIONS)
         _save(outdir, result)
     if "cascade_slices" in parts:  # one structure at a time, saved as it comes

@@ -239,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "every slice; default 1)")
     b.add_argument("--masks", type=int, default=300, help="faithfulness: most RISE masks per slice (default 300)")
     b.add_argument("--methods", help="faithfulness: the methods its maps part measures (default occlusion,rise,"
-                                     "layers); some of them measure those again and replace only their rows")
+                                     "layers); some of them measure those again and replace only their rows, "
+                                     "and the cascade part only their steps of the table's cascade row")
     b.add_argument("--metric-fill", default="inpaint", choices=METRIC_FILLS,
                    help="faithfulness: how the curves remove pixels (default inpaint; zero: the seed's zero fill)")
     b.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; on a shared machine 1 "
