@@ -362,7 +362,7 @@ def test_occlusion_strips_follow_the_structures_main_axis():
     """``aspect``: structure-sized strips that many times longer along the mask's main axis than
     across it, of the square patch's area, on a lattice turned with the axis: each strip touches the
     ROI, the ROI's inner pixels lie in four strips, the map still finds the evidence, the pass count
-    stays within the estimate, and a fixed grid refuses strips."""
+    stays within the estimate, and a fixed grid refuses strips.  The default is strips 4 x longer."""
     from xaiseg.explain.occlusion import strips
 
     roi = np.zeros((64, 64), bool)
@@ -395,6 +395,19 @@ def test_occlusion_strips_follow_the_structures_main_axis():
         make_explainer("occlusion", patch=16, aspect=4.0)
     with pytest.raises(errors.InputError, match=r"expected 1 with --stride 4: the strips step half"):
         make_explainer("occlusion", stride=4, aspect=4.0)
+    # the default (aspect 0) is strips 4 x longer for the structure-sized patches, the same map; 1 is the squares;
+    # a fixed grid, a pass budget or a stride keep the squares by default rather than refusing
+    default = make_explainer("occlusion", toy, side=11.0, mode="remove", score="logit", metric_steps=0, noise_passes=0)
+    assert default.aspect == 0.0 and default.strip_aspect == 4.0
+    np.testing.assert_array_equal(default.explain(evidence_image(), wide, roi=np.ones((64, 64), bool)).raw, ex.raw)
+    squares = make_explainer("occlusion", toy, side=11.0, aspect=1.0, mode="remove", score="logit", metric_steps=0,
+                             noise_passes=0).explain(evidence_image(), wide, roi=np.ones((64, 64), bool))
+    assert "strip_angle" not in squares.details and squares.details["patches_refined"] > 0
+    for fixed in (dict(patch=16), dict(passes=8), dict(stride=4)):
+        assert not make_explainer("occlusion", **fixed).uses_strips, fixed
+    with pytest.raises(errors.InputError, match=r"occlusion aspect \(--occlusion-aspect\) 0.5: expected 0 \(the "
+                                                r"default, 4 for the structure-sized patches\), 1 \(squares\) or more"):
+        make_explainer("occlusion", aspect=0.5)
 
 
 @pytest.mark.parametrize("passes", [4, 6, 9, 20])

@@ -38,8 +38,8 @@ GOALS = {"beats_trivial_share": 0.8, "adjacent_spearman": 0.7, "randomised_simil
 #: fills parts are kept from an earlier run only when current, so a table never mixes maps of an older engine
 #: unknowingly (stop 24 smoothed occlusion's map; an earlier table's rows would have been resumed;
 #: stop 27 scored its structure-sized patches by restore, stop 40 both ways; stop 42 fused the layer
-#: maps past the encoder's stem)
-MAP_VERSIONS = {"occlusion": 40, "rise": 28, "layers": 42}
+#: maps past the encoder's stem; stop 45 made occlusion's patches strips along the structure)
+MAP_VERSIONS = {"occlusion": 45, "rise": 28, "layers": 42}
 #: the layer maps' version from which they fuse the layers past the encoder's stem (all 18 before)
 LAYERS_DEEP_SINCE = 42
 #: the stop at which a method's early stop (where it ends a run, so which map a row holds) last

@@ -29,9 +29,10 @@ share one grid.  In this mode (a single slice, a volume, either sizing) each pix
 mean score of the patches around it with Gaussian weights of a quarter of the coarse patch's side
 (``smooth``), not only of the patches covering it: a flat patch left its pixels to be ranked by
 their position, and the neighbours' scores say which side of a patch lies nearer the evidence.
-With ``aspect`` A > 1 (``--occlusion-aspect``) the structure-sized patches become strips of the
-same area, A times longer along the structure's main axis on the slice (the longer principal axis
-of the model's mask) than across it, on a lattice turned with that axis about the slice's centre,
+By default (``aspect`` 0: :data:`DEFAULT_ASPECT`) and with ``aspect`` A > 1 (``--occlusion-aspect``;
+1 keeps the squares) the structure-sized patches become strips of the same area, A times longer
+along the structure's main axis on the slice (the longer principal axis of the model's mask) than
+across it, on a lattice turned with that axis about the slice's centre,
 with steps of half a strip both ways; every strip touching the ROI is scored, none refined, and the
 map is smoothed by ``smooth`` times a strip's width (a round mask keeps the squares).  Thin,
 slanted structures are about one square patch across, so a square takes in the tissue beside them;
@@ -80,6 +81,10 @@ FINE_PER_PATCH = 9  # a refined patch's finer patches: half its size at a quarte
 #: patches and remove otherwise (:attr:`Occlusion.scoring`)
 MODES = ("auto", "both", "restore", "remove")
 AUTO_SCORING = "both"
+#: the structure-sized patches' strips by default (``aspect`` 0): 4 times longer along the structure than
+#: across (stop 45; squares, aspect 1, until then): on the bench's 12 middle slices they beat every
+#: trivial map on 9 where the squares beat them on 6 (docs/explain.md, "Occlusion strips along the structure")
+DEFAULT_ASPECT = 4.0
 #: passes a pass budget must allow: the ROI's four quadrants, and the inpainted ROI when restoring
 LEAST_PASSES = {"remove": 4, "restore": 5, "both": 9}
 #: what the rest of the ROI becomes in mode restore, whatever ``fill`` says: emptied to zero (or a
@@ -114,15 +119,20 @@ class OcclusionSettings(CommonSettings):
                                 "passes per patch); auto - " + AUTO_SCORING + " for the structure-sized patches, "
                                 "remove for a fixed --patch and for --occlusion-passes", choices=MODES,
                         flag="--occlusion-mode")
-    aspect: float = setting(1.0, "structure-sized occlusion: strips this many times longer along the structure's main "
+    aspect: float = setting(0.0, "structure-sized occlusion: strips this many times longer along the structure's main "
                                  "axis on each slice than across it, of the square patch's area, on a lattice turned "
                                  "with the structure, every strip scored and none refined (1: squares, coarse to fine; "
-                                 "a round mask keeps the squares)", minimum=1.0, maximum=MAX_ASPECT,
+                                 "a round mask keeps the squares; 0: " + f"{DEFAULT_ASPECT:g}" + ", or squares with "
+                                 "--patch, --occlusion-passes or --stride)", minimum=0.0, maximum=MAX_ASPECT,
                             flag="--occlusion-aspect")
     sizing: str = sizing_setting()
     side: float = side_setting()
 
     def check(self) -> None:
+        if 0.0 < self.aspect < 1.0:
+            raise InputError(f"occlusion aspect (--occlusion-aspect) {self.aspect}: expected 0 (the default, "
+                             f"{DEFAULT_ASPECT:g} for the structure-sized patches), 1 (squares) or more, up to "
+                             f"{MAX_ASPECT:g}")
         if self.aspect > 1.0 and (self.patch or self.passes or self.stride):
             fixed = f"--patch {self.patch}, whose patches are fixed" if self.patch else \
                 f"--occlusion-passes {self.passes}, whose cells the budget chooses" if self.passes else \
@@ -274,6 +284,19 @@ class Occlusion(Explainer):
               "and it misses evidence that only works together with other patches")
     Settings = OcclusionSettings
 
+    @property
+    def strip_aspect(self) -> float:
+        """The strips' aspect in use: ``aspect``, or where it is 0, :data:`DEFAULT_ASPECT` for the
+        structure-sized patches and 1 (squares) with a fixed ``patch``, a pass budget or a ``stride``."""
+        if self.aspect:
+            return float(self.aspect)
+        return 1.0 if (self.patch or self.passes or self.stride) else DEFAULT_ASPECT
+
+    @property
+    def uses_strips(self) -> bool:
+        """Whether the structure-sized patches are strips (a round mask keeps the squares)."""
+        return self.strip_aspect > 1.0 and not (self.patch or self.passes)
+
     def grid_sizes(self, short_side: Optional[float], grid: int = 256) -> Tuple[float, float]:
         """Patch and stride of the first (or only) level on the grid they are measured on;
         ``short_side``: the prompt box's shorter side on that grid (for the structure-sized patch)."""
@@ -336,7 +359,7 @@ class Occlusion(Explainer):
             return int(self.passes)
         coarse, fine, patch = self._levels(roi_extent, grid)
         squares = (coarse + fine) * self._per_patch() + self._emptied_passes()
-        if self.aspect > 1.0 and not self.patch:  # a round mask keeps the squares
+        if self.uses_strips:  # a round mask keeps the squares
             n = self._strip_count(roi_extent, grid, patch)[0]
             return max(squares, n * self._per_patch() + self._emptied_passes())
         return squares
@@ -377,7 +400,7 @@ class Occlusion(Explainer):
         coarse, fine, patch = self._levels(roi_extent, grid)
         removal = coarse * share((patch, patch)) + fine * share((patch / 2.0, patch / 2.0))
         squares = removal + ((coarse + fine + 1) * share(roi_extent) if both else 0.0)
-        if self.aspect > 1.0 and not self.patch:  # strips; a round mask keeps the squares
+        if self.uses_strips:  # strips; a round mask keeps the squares
             n, width, length = self._strip_count(roi_extent, grid, patch)
             turned = (width + length) / math.sqrt(2.0)  # a strip's bounding box at the worst angle, 45 degrees
             return max(squares, n * share((turned, turned)) + ((n + 1) * share(roi_extent) if both else 0.0))
@@ -438,8 +461,8 @@ class Occlusion(Explainer):
 
     def strip_sizes(self, patch: float) -> Tuple[float, float]:
         """A strip's width and length for the square patch's side ``patch``: the same area,
-        ``aspect`` times longer than wide."""
-        r = math.sqrt(self.aspect)
+        :attr:`strip_aspect` times longer than wide."""
+        r = math.sqrt(self.strip_aspect)
         return max(1.0, patch / r), patch * r
 
     def stripped(self, engine: PerturbationEngine, box, angle: float) -> Attribution:
@@ -504,7 +527,7 @@ class Occlusion(Explainer):
             return self.budgeted(engine)
         shape = engine.image.shape
         box = prompt_box(engine.prompt, engine.reference) if not self.patch else None
-        if self.aspect > 1.0 and not self.patch:
+        if self.uses_strips:
             angle = main_axis(engine.reference)
             if angle is not None:  # a round mask has no axis: squares
                 return self.stripped(engine, box, angle)
