@@ -358,6 +358,32 @@ def test_occlusion_patch_is_measured_on_the_model_grid():
     assert occ.pixel_sizes((64, 64)) == (16, 8)
 
 
+def test_occlusion_holds_a_few_cells_images_at_once(monkeypatch):
+    """The perturbed images are built a few cells at a time (whole batches), whatever the number of
+    cells, and the map is the one scoring every cell at once gives."""
+    import xaiseg.explain.occlusion as occlusion
+
+    toy, wide = SquareEvidence(), SlicePrompt(box=(26, 40, 62, 50))
+    sizes = []
+    seen = PerturbationEngine.score_images
+
+    def counted(self, images, *args, **kwargs):
+        sizes.append(len(images))
+        return seen(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(PerturbationEngine, "score_images", counted)
+    maps = []
+    for at_once in (10 ** 6, 5):
+        monkeypatch.setattr(occlusion, "CELLS_AT_ONCE", at_once)
+        sizes.clear()
+        ex = make_explainer("occlusion", toy, side=11.0, batch_size=2, score="logit", metric_steps=0,
+                            noise_passes=0).explain(evidence_image(), wide, roi=np.ones((64, 64), bool))
+        maps.append(ex.raw)
+    cells = ex.details["patches_evaluated"]
+    assert ex.details["mode"] == "both" and cells > 6 and max(sizes) == 6 and sum(sizes) > 2 * cells
+    np.testing.assert_array_equal(maps[0], maps[1])
+
+
 def test_occlusion_strips_follow_the_structures_main_axis():
     """``aspect``: structure-sized strips that many times longer along the mask's main axis than
     across it, of the square patch's area, on a lattice turned with the axis: each strip touches the

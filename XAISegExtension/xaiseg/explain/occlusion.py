@@ -85,6 +85,9 @@ AUTO_SCORING = "both"
 #: across (stop 45; squares, aspect 1, until then): on the bench's 12 middle slices they beat every
 #: trivial map on 9 where the squares beat them on 6 (docs/explain.md, "Occlusion strips along the structure")
 DEFAULT_ASPECT = 4.0
+#: cells whose perturbed images are held at once (each a whole slice: the strips of a large slice
+#: number a few hundred)
+CELLS_AT_ONCE = 32
 #: passes a pass budget must allow: the ROI's four quadrants, and the inpainted ROI when restoring
 LEAST_PASSES = {"remove": 4, "restore": 5, "both": 9}
 #: what the rest of the ROI becomes in mode restore, whatever ``fill`` says: emptied to zero (or a
@@ -416,7 +419,17 @@ class Occlusion(Explainer):
     def _scores(self, engine: PerturbationEngine, cells, shape, scoring: "PatchScoring") -> np.ndarray:
         """Each cell's score (see the module docs): the fall of the explained score when the cell
         alone is removed (by the engine's fill), its rise over the inpainted ROI when the cell alone
-        is kept, or (both) the sum of the two; ``scoring`` keeps the largest single change."""
+        is kept, or (both) the sum of the two; ``scoring`` keeps the largest single change.  The
+        perturbed images are built :data:`CELLS_AT_ONCE` cells at a time (rounded up to whole
+        batches, so every batch the encoder sees is the same), so a slice's memory does not grow with
+        its number of cells."""
+        batch = max(1, int(engine.batch_size))
+        n = batch * int(math.ceil(CELLS_AT_ONCE / batch))
+        parts = [self._chunk_scores(engine, cells[i:i + n], shape, scoring) for i in range(0, len(cells), n)]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def _chunk_scores(self, engine: PerturbationEngine, cells, shape, scoring: "PatchScoring") -> np.ndarray:
+        """:meth:`_scores` of a few cells."""
         out = np.zeros(len(cells))
         if scoring.how in ("remove", "both"):
             keeps = [(~_region(c, shape)).astype(np.float32) for c in cells]
