@@ -152,8 +152,17 @@ def test_reused_passes_and_a_calibration_without_write_timing():
         4 * reuse_share((20.0, 20.0)) + 5 * reuse_share((40.0, 40.0)))
     removal = make_explainer("occlusion", metric_steps=2, mode="remove")
     assert removal.cost((40.0, 40.0)) == restored - 1  # no pass with the ROI removed
-    assert reuse_share((8.0, 8.0)) * (restored - 1) < removal.cost_equivalents((40.0, 40.0), 256, reuse_share) \
-        < reuse_share((40.0, 40.0)) * (restored - 1)
+    # the default strips are each priced by their bounding box at 45 degrees; squares (aspect 1) by their side,
+    # the refined ones by half of it
+    width, length = removal.strip_sizes(removal._levels((40.0, 40.0), 256)[2])
+    turned = (width + length) / 2 ** 0.5
+    assert removal.cost_equivalents((40.0, 40.0), 256, reuse_share) == pytest.approx(
+        (restored - 1) * reuse_share((turned, turned)))
+    squares = make_explainer("occlusion", metric_steps=2, mode="remove", aspect=1.0)
+    cells = squares.cost((40.0, 40.0))
+    assert 2 * cells == restored - 1  # the estimate counts twice the squares' cells as strips
+    assert reuse_share((8.0, 8.0)) * cells < squares.cost_equivalents((40.0, 40.0), 256, reuse_share) \
+        < reuse_share((40.0, 40.0)) * cells
     assert reused == pytest.approx(2 * (patches + (perturbed / 2 - attribution) * reuse_share((40.0, 40.0))))
     # a larger ROI's passes cost more each, up to a full pass
     large = estimate_counts(request({"kind": "litemedsam"}), 3, [(150.0, 150.0)] * 2, cal)

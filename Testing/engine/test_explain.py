@@ -388,7 +388,8 @@ def test_occlusion_strips_follow_the_structures_main_axis():
     """``aspect``: structure-sized strips that many times longer along the mask's main axis than
     across it, of the square patch's area, on a lattice turned with the axis: each strip touches the
     ROI, the ROI's inner pixels lie in four strips, the map still finds the evidence, the pass count
-    stays within the estimate, and a fixed grid refuses strips.  The default is strips 4 x longer."""
+    stays within the estimate for an unknown extent, and a fixed grid refuses strips.  The default is strips
+    4 x longer."""
     from xaiseg.explain.occlusion import strips
 
     roi = np.zeros((64, 64), bool)
@@ -410,9 +411,11 @@ def test_occlusion_strips_follow_the_structures_main_axis():
     ex = occ.explain(evidence_image(), wide, roi=np.ones((64, 64), bool))
     assert ex.details["strip_angle"] == 0.0 and ex.details["strip_px"] == [5.5, 22.0]
     assert toy.square_mask()[peak(ex.saliency)]
-    # the estimate sizes the patch from the ROI's shorter side over 1.5 (the box with its context), not from the
-    # structure's side: an extent whose shorter side is 16.5 gives this run's patch of 11
-    assert ex.details["patches_evaluated"] == ex.n_evaluations <= occ.cost((16.5, 64), 64)
+    # the estimate counts twice the squares' cells where the ROI's extent is known, and where it is not, as many
+    # strips as the whole grid's diagonal holds along and across, which this run's 64 x 64 ROI stays within
+    squares = make_explainer("occlusion", toy, side=11.0, aspect=1.0, mode="remove")
+    assert occ.cost((16.5, 64), 64) == 2 * squares.cost((16.5, 64), 64)
+    assert ex.details["patches_evaluated"] == ex.n_evaluations <= occ.cost(None, 64)
     again = occ.explain(evidence_image(), wide, roi=np.ones((64, 64), bool))
     np.testing.assert_array_equal(ex.raw, again.raw)
     # a round mask has no axis: the squares, coarse to fine
