@@ -655,6 +655,12 @@ def test_the_slice_cascade_summary_counts_slices_and_draws_at_the_bar():
                           (23, "the layer maps of all 18 layers fused;")):
         assert said in markdown({"machine": {"platform": "test"}, "pairs": 1, "masks": 100, "seconds": 1,
                                  "cascade_slices": rows, "cascade_slices_versions": {"layers": version}})
+    # and which occlusion patches: strips since stop 45, squares before
+    assert "; occlusion and RISE at their" in text
+    for versions, said in (([45, 45], "occlusion's strips along the structure and"), ([40], "occlusion's squares and"),
+                           ([40, 45], "occlusion (rows of strips and of squares) and")):
+        maps = {f"S{i}": {"methods": {}, "versions": {"occlusion": v}} for i, v in enumerate(versions)}
+        assert said in markdown({"machine": {"platform": "test"}, "pairs": 1, "masks": 100, "seconds": 1, "maps": maps})
     other = {"C": {"slices": [1], "draws": 3, "methods": {"layers": {"1": steps(1.0, [0.1, 0.1, 0.1])[1:]}}}}
     from xaiseg.errors import InputError
 

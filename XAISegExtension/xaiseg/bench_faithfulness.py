@@ -42,6 +42,8 @@ GOALS = {"beats_trivial_share": 0.8, "adjacent_spearman": 0.7, "randomised_simil
 MAP_VERSIONS = {"occlusion": 45, "rise": 28, "layers": 42}
 #: the layer maps' version from which they fuse the layers past the encoder's stem (all 18 before)
 LAYERS_DEEP_SINCE = 42
+#: occlusion's version from which its structure-sized patches are strips along the structure (squares before)
+OCCLUSION_STRIPS_SINCE = 45
 #: the stop at which a method's early stop (where it ends a run, so which map a row holds) last
 #: changed, recorded in the maps rows as ``<method>_stop``: stop 31 stops RISE on its split-half
 #: reliability.  The cascade (at most ``CASCADE_MASKS`` masks, which no early stop cuts short) does
@@ -671,18 +673,36 @@ def _slice_cascade_lines(rows: Mapping[str, Mapping[str, Any]]) -> List[str]:
     return lines
 
 
+def _versions_of(result: Dict, method: str) -> List[int]:
+    """The map versions of ``method`` that the table's maps rows and cascade parts record."""
+    versions = [(entry.get("versions") or {}).get(method) for entry in (result.get("maps") or {}).values()]
+    versions += [(result.get(f"{part}_versions") or {}).get(method) for part in ("cascade", "cascade_slices")]
+    return [v for v in versions if isinstance(v, int)]
+
+
+def _kind_text(known: Sequence[int], since: int, texts: Tuple[str, str, str, str]) -> str:
+    """``texts`` (unknown, all from ``since`` on, all before it, both) for the versions ``known``."""
+    if not known:
+        return texts[0]
+    if min(known) >= since:
+        return texts[1]
+    return texts[2] if max(known) < since else texts[3]
+
+
 def _layers_text(result: Dict) -> str:
     """Which fused layer map the table's layer rows hold, from their map versions: the layers past the
     encoder's stem since stop 42, all 18 before."""
-    versions = [(entry.get("versions") or {}).get("layers") for entry in (result.get("maps") or {}).values()]
-    versions += [(result.get(f"{part}_versions") or {}).get("layers") for part in ("cascade", "cascade_slices")]
-    known = [v for v in versions if isinstance(v, int)]
-    if not known:
-        return "the fused layer map"
-    if min(known) >= LAYERS_DEEP_SINCE:
-        return "the layer maps fused past the encoder's stem"
-    return "the layer maps of all 18 layers fused" if max(known) < LAYERS_DEEP_SINCE else \
-        "the fused layer map (rows of both kinds)"
+    return _kind_text(_versions_of(result, "layers"), LAYERS_DEEP_SINCE, (
+        "the fused layer map", "the layer maps fused past the encoder's stem", "the layer maps of all 18 layers fused",
+        "the fused layer map (rows of both kinds)"))
+
+
+def _occlusion_text(result: Dict) -> str:
+    """Which occlusion patches the table's occlusion rows hold, from their map versions: strips along the
+    structure since stop 45, squares before."""
+    return _kind_text(_versions_of(result, "occlusion"), OCCLUSION_STRIPS_SINCE, (
+        "occlusion", "occlusion's strips along the structure", "occlusion's squares",
+        "occlusion (rows of strips and of squares)"))
 
 
 def markdown(result: Dict) -> str:
@@ -694,7 +714,8 @@ def markdown(result: Dict) -> str:
                 f"{result.get('pairs')} pair(s) of adjacent slices per structure, "
                 + ("each at the middle of its share of the structure's slices" if result.get("sampling") == "middle"
                    else "the first pair at the structure's first slices"))
-             + f"; occlusion and RISE at their structure-sized defaults (RISE at most {_masks_text(result)}), "
+             + f"; {_occlusion_text(result)} and RISE at their structure-sized defaults (RISE at most "
+             f"{_masks_text(result)}), "
              + _layers_text(result) + "; 8 metric steps, the curves removing pixels by "
              + {"inpaint": "inpainting them from the kept pixels around them"}.get(
                  table_setting(result, "metric_fill"), f"{table_setting(result, 'metric_fill')} fill")
@@ -761,8 +782,9 @@ def markdown(result: Dict) -> str:
             f"; measured with occlusion's removal map of stop "
             f"{versions.get('occlusion_remove', versions.get('occlusion', '?'))}, not the current one of stop "
             f"{FILLS_VERSION}")
-        lines += ["", "What occlusion's patches are filled with when it scores them by removal (`--occlusion-mode "
-                  "remove`; restore inpaints the ROI whatever the fill); one adjacent pair per structure; the curves "
+        lines += ["", "What occlusion's square patches are filled with when it scores them by removal "
+                  "(`--occlusion-aspect 1 --occlusion-mode remove`; restore inpaints the ROI whatever the fill); one "
+                  "adjacent pair per structure; the curves "
                   f"remove pixels the same way for every fill{older}:", "",
                   "| structure | patch fill | deletion AUC | gain over best trivial | beats all trivial | insertion AUC |",
                   "|---|---|---|---|---|---|"]
