@@ -239,3 +239,13 @@ def test_every_bound_key_is_a_form_value(form):
     for key, _, kind in panel.BINDINGS:
         if kind == "choice":
             assert form[key] in panel.choices(key), key
+
+
+def test_float_controls_step_by_their_scale():
+    """A share (default within 1, no maximum above 1) steps by 0.05; an aspect, whose default 0 means
+    "the method's own" and whose range is 1 - 10, steps by whole units, so one click from 0 is not refused."""
+    controls = {(c.group, c.name): c for _, _, group in panel.control_groups() for c in group}
+    assert controls[("occlusion", "smooth")].step == 0.05
+    aspect = controls[("occlusion", "aspect")]
+    assert (aspect.default, aspect.minimum, aspect.maximum, aspect.step) == (0.0, 0.0, 10.0, 1.0)
+    assert controls[("rise", "cell_aspect")].step == 1.0

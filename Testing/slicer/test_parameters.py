@@ -178,6 +178,24 @@ def test_a_scene_saved_before_rise_inpainted_takes_the_new_fill_default(scene):
     assert read_parameters(node)[0].common == {"fill": "blur"}
 
 
+def test_a_scene_saved_before_the_strips_takes_the_new_occlusion_default(scene):
+    # versions 1 and 2 saved every occlusion control, so an aspect of 1 (squares) was the default of the
+    # day; occlusion should use its strips when that scene is opened again. Version 3's squares stay.
+    from xaiseg.explain import make_explainer
+
+    node = parameter_node(scene)
+    squares = {"aspect": 1.0, "smooth": 0.25}
+    write_parameters(node, dataclasses.replace(default_settings(), methods=("occlusion",),
+                                               method_settings={"occlusion": squares}))
+    assert read_parameters(node)[0].method_settings["occlusion"] == squares
+    node.SetParameter("version", "2")
+    read, _ = read_parameters(node)
+    assert read.method_settings["occlusion"] == {"smooth": 0.25}
+    assert make_explainer("occlusion", **read.method_settings["occlusion"]).uses_strips
+    node.SetParameter("method_settings", '{"occlusion": {"aspect": 3.0}}')  # not version 2's default: a choice
+    assert read_parameters(node)[0].method_settings["occlusion"] == {"aspect": 3.0}
+
+
 def test_a_damaged_parameter_is_named(scene):
     node = parameter_node(scene)
     node.SetParameter("methods", "[occlusion")

@@ -143,7 +143,10 @@ def _control(group: str, spec: Dict[str, Any]) -> Control:
     default = spec["default"]
     lo = spec["minimum"] if spec.get("minimum") is not None else -1e9
     hi = spec["maximum"] if spec.get("maximum") is not None else 1e9
-    step = 0.05 if kind == "float" and default is not None and abs(float(default)) <= 1 else 1.0
+    # fine steps for a share (default within 1, no maximum above 1), whole ones for such as an aspect (0 - 10)
+    fine = kind == "float" and default is not None and abs(float(default)) <= 1 and \
+        (spec.get("maximum") is None or spec["maximum"] <= 1)
+    step = 0.05 if fine else 1.0
     # the command line's word for it (a switch's flag may say the opposite: its name then)
     label = (spec["name"] if kind == "check" else spec.get("flag") or spec["name"]).lstrip("-")
     label = label.replace("-", " ").replace("_", " ")

@@ -21,10 +21,13 @@ from .mrml import InputError
 from .run_settings import RunSettings
 
 MODULE_NAME = "XAISegExtension"
-PARAMETERS_VERSION = "2"
+PARAMETERS_VERSION = "3"
 #: version 1 (before stop 28) saved every common control, so its ``fill`` "zero" was that version's
 #: default rather than a choice; since version 2 the default is "auto" (RISE inpaints its cells)
 FILL_DEFAULT_BEFORE = {"1": "zero"}
+#: versions before 3 (stop 45) saved every occlusion control, so an ``aspect`` of 1 (squares) was the
+#: default of the day rather than a choice; since version 3 the default is 0 (strips along the structure)
+OCCLUSION_ASPECT_BEFORE = {"1": 1.0, "2": 1.0}
 PROMPT_TYPES = ("box", "points", "segment")
 
 
@@ -124,9 +127,14 @@ def read_parameters(node) -> Tuple[RunSettings, PanelState]:
     """The settings and panel state a parameter node holds; a field it does not hold takes the
     panel's default, a node reference whose node is gone becomes "" (none)."""
     settings = _read_into(default_settings(), node)
-    old_default = FILL_DEFAULT_BEFORE.get(node.GetParameter("version") or "1")
+    version = node.GetParameter("version") or "1"
+    old_default = FILL_DEFAULT_BEFORE.get(version)
     if old_default is not None and settings.common.get("fill") == old_default:
         settings = dataclasses.replace(settings, common={k: v for k, v in settings.common.items() if k != "fill"})
+    occlusion = settings.method_settings.get("occlusion") or {}
+    if "aspect" in occlusion and occlusion["aspect"] == OCCLUSION_ASPECT_BEFORE.get(version):
+        kept = {k: v for k, v in occlusion.items() if k != "aspect"}
+        settings = dataclasses.replace(settings, method_settings=dict(settings.method_settings, occlusion=kept))
     return settings, _read_into(PanelState(), node)
 
 
