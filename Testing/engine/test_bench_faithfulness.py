@@ -267,6 +267,7 @@ def test_one_methods_cascade_drawn_again_keeps_the_others_steps(tmp_path, monkey
                 {"redrawn": "image_encoder.patch_embed", "similarity": similarity, "draws": [similarity] * 5}]
 
     monkeypatch.setattr(bf, "cascade_rows", rows)
+    monkeypatch.setattr(bf, "cascade_slice", lambda *args: (None, 81))  # the segmentation's central slice
     old = {m: steps(0.9) for m in bf.METHODS}
     stale = dict(bf.MAP_VERSIONS, occlusion=bf.MAP_VERSIONS["occlusion"] - 1)
 
@@ -281,6 +282,7 @@ def test_one_methods_cascade_drawn_again_keeps_the_others_steps(tmp_path, monkey
                                    methods=["occlusion"])
     assert drawn == [("occlusion",)] and result["cascade_versions"] == bf.MAP_VERSIONS
     assert result["cascade"]["Left_Caudate"]["methods"] == dict(old, occlusion=steps(0.1))
+    assert [r["methods"] for r in result["cascade"]["Left_Caudate"]["remeasured"]] == [["occlusion"]]
     for versions, draws in ((dict(bf.MAP_VERSIONS, rise=bf.MAP_VERSIONS["rise"] - 1), bf.CASCADE_DRAWS),
                             (stale, 1)):  # a kept method's steps stale, or the last step drawn once: all drawn
         drawn.clear()
@@ -290,9 +292,11 @@ def test_one_methods_cascade_drawn_again_keeps_the_others_steps(tmp_path, monkey
         fresh = result["cascade"]["Left_Caudate"]["methods"]
         assert drawn == [bf.METHODS] and all(v == steps(0.1) for v in fresh.values())
     table(stale, slice_=80)
+    drawn.clear()
     with pytest.raises(InputError, match="central slice 81 is not the table's 80"):
         bf.bench_faithfulness(tmp_path, structures=["Left_Caudate"], masks=100, parts=("cascade",),
                               methods=["occlusion"])
+    assert drawn == []  # refused before anything is drawn
 
 
 def test_the_cascade_table_shows_each_draw_of_its_last_step():

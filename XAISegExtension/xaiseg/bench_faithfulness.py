@@ -213,16 +213,21 @@ def structure_rows(session, sample, name: str, pairs: Optional[int], masks: int,
     return out
 
 
-def cascade_rows(session, sample, name: str, masks: int, methods: Sequence[str], progress, seed: int = 0,
-                 rise: Optional[Mapping[str, Any]] = None) -> Dict:
-    """Cascading randomisation on the structure's central slice, for ``methods``, its last step drawn
-    :data:`CASCADE_DRAWS` times."""
+def cascade_slice(session, sample, name: str, progress) -> Tuple[Any, int]:
+    """The structure's segmentation (a tight box per slice) and its central slice, where the cascade runs."""
     from .volume import LabelBoxPrompt
 
     truth = sample.mask(name)
     seg = session.segment(LabelBoxPrompt(truth.astype(np.uint8), 1), name=name, progress=progress)
     ks = [r.index for r in seg.slices if r.voxels > 0]
-    k = ks[len(ks) // 2]
+    return seg, ks[len(ks) // 2]
+
+
+def cascade_rows(session, sample, name: str, masks: int, methods: Sequence[str], progress, seed: int = 0,
+                 rise: Optional[Mapping[str, Any]] = None, at: Optional[Tuple[Any, int]] = None) -> Dict:
+    """Cascading randomisation on the structure's central slice (``at``: :func:`cascade_slice`'s answer,
+    when already known), for ``methods``, its last step drawn :data:`CASCADE_DRAWS` times."""
+    seg, k = at or cascade_slice(session, sample, name, progress)
     run = session.explain(seg, _explainers(masks, cascade=True, only=methods, seed=seed, rise=rise), slices=[k],
                           progress=progress)
     return {"slice": k, "draws": CASCADE_DRAWS,
@@ -479,14 +484,24 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
         held = (previous.get("cascade") or {}).get(name) if same and subset else None
         splice = held is not None and current(previous.get("cascade_versions"), kept, rows=False) and \
             cascade_draws(held) == CASCADE_DRAWS
-        row = cascade_rows(session, sample, name, min(masks, CASCADE_MASKS), methods if splice else METHODS,
-                           progress, seed, rise)
-        if splice:
-            if row["slice"] != held["slice"]:
-                raise InputError(f"faithfulness cascade of {name}: this run's central slice {row['slice']} is not "
+        at = None
+        if splice:  # the slice is known before anything is drawn
+            at = cascade_slice(session, sample, name, progress)
+            if at[1] != held["slice"]:
+                raise InputError(f"faithfulness cascade of {name}: this run's central slice {at[1]} is not "
                                  f"the table's {held['slice']} in {path}; expected one segmentation: run --parts "
                                  "cascade with all methods")
+        elif subset:
+            print(f"cascade of {name}: {path} holds no row of {', '.join(kept)} to keep (none, another engine's or "
+                  f"drawn another number of times), so every method's cascade is drawn")
+        t1 = time.perf_counter()
+        row = cascade_rows(session, sample, name, min(masks, CASCADE_MASKS), methods if splice else METHODS,
+                           progress, seed, rise, at=at)
+        if splice:
             row["methods"] = {m: row["methods"].get(m, held["methods"].get(m)) for m in METHODS}
+            row["remeasured"] = held.get("remeasured", []) + [
+                {"methods": list(methods), "seconds": round(time.perf_counter() - t1, 1),
+                 "machine": result["machine"], "date": time.strftime("%Y-%m-%d")}]
         result["cascade"] = {name: row}
         result["cascade_versions"] = dict(MAP_VERSIONS)
         _save(outdir, result)
