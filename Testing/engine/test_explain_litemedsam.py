@@ -52,8 +52,9 @@ def test_default_occlusion_patch_is_sized_to_the_caudate(caudate_run):
     refines the two hottest at half size, so the map can resolve a structure smaller than 64 px."""
     session, seg, truth, k = caudate_run
     # scored by removal, so that each pass changes one patch (the sizing is the same in every mode)
-    run = session.explain(seg, [make_explainer("occlusion", metric_steps=2, mode="remove")], roi=RoiConfig("box"),
-                          target=truth)
+    # (the squares, --occlusion-aspect 1: the default strips are not refined)
+    run = session.explain(seg, [make_explainer("occlusion", metric_steps=2, mode="remove", aspect=1.0)],
+                          roi=RoiConfig("box"), target=truth)
     ex = run.explanations["occlusion"][k]
     jj, ii = np.nonzero(truth[k])
     short = min(jj.max() - jj.min() + 1, ii.max() - ii.min() + 1)
@@ -81,7 +82,8 @@ def test_default_occlusion_patch_is_sized_to_the_caudate(caudate_run):
     assert np.min(np.hypot(yy - peak[0], xx - peak[1])) <= ex.details["patch_px"]
     # scored by restore, the patches are put back into the inpainted ROI: every pass changes the ROI's
     # extent, and the estimate charges each at that share
-    restored = session.explain(seg, [make_explainer("occlusion", metric_steps=0, mode="restore")], roi=RoiConfig("box"),
+    restored = session.explain(seg, [make_explainer("occlusion", metric_steps=0, mode="restore", aspect=1.0)],
+                               roi=RoiConfig("box"),
                                slices=[k]).explanations["occlusion"][k]
     assert restored.details["mode"] == "restore" and restored.details["patch_px"] == ex.details["patch_px"]
     assert 0.0 <= restored.details["emptied_score"] < 1.0  # the inpainted ROI loses part of the mask

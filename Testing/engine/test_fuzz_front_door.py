@@ -135,7 +135,8 @@ EXPLAIN_OPTIONS = {
     "--score": (["dice", "logit"], ["iou"]), "--fill": (["auto", "zero", "mean", "blur"], ["noise"]),
     "--threshold": (["0.5", "0.2"], ["0", "1", "nan", "x"]), "--batch-size": (["1", "8"], ["0", "-1"]),
     "--occlusion-grid": (["model", "image"], ["slice"]),
-    "--occlusion-aspect": (["0", "1"], ["0.5", "11", "nan", "x"]),  # --patch is given: 0 means squares, above 1 is refused
+    # --patch is given: 0 means squares, above 1 is refused
+    "--occlusion-aspect": (["0", "1"], ["0.5", "11", "nan", "x"]),
     "--cells": (["3", "5"], ["0", "x"]),
     "--keep-probability": (["0.5", "0.3"], ["0", "2", "x"]), "--cell-aspect": (["1", "3"], ["0.5", "11", "nan", "x"]),
     "--keep-strata": (["1", "5"], ["0", "21", "x"]), "--rise-reliability": (["0.9", "0.5"], ["0", "2", "x"]), "--shap-algorithm": (["kernel", "permutation"], ["x"]),

@@ -244,7 +244,7 @@ def test_occlusion_ranks_the_pixels_of_a_patch_by_its_neighbours():
 def test_the_two_patches_that_lowered_the_score_most_are_refined():
     """Refinement takes the two coarse patches with the largest drops (never one that did not lower
     the score), so a slice costs the coarse patches plus 18 passes whatever its map looks like."""
-    occ = make_explainer("occlusion", SquareEvidence(), grid="image")
+    occ = make_explainer("occlusion", SquareEvidence(), grid="image", aspect=1.0)  # the squares, coarse to fine
     coarse = [(0, 0, 20), (0, 20, 20), (20, 0, 20), (20, 20, 20), (40, 40, 20)]
     fine = occ.refined(coarse, np.array([0.1, 0.9, 0.5, 0.45, 0.0]), (64, 64))
     assert len(fine) == 18 and all(q == 10 for _, _, q in fine)

@@ -49,10 +49,12 @@ def test_cost_counts_segmentation_and_occlusion_passes(scene):
     # occlusion on the 256 grid with 64/32 patches: 7 positions per axis, all 49 without an ROI
     assert passes("occlusion", patch=64, stride=32, metric_steps=0) == 49 + 1
     assert passes("occlusion", patch=128, stride=128, metric_steps=2) == 4 + 4
-    # structure-sized, scored both ways (the default): the inpainted ROI, coarse 4 x 4 and refined about 2 x 9
-    # patches each removed and put back, and the Dice-drop pass; restore puts each back only
-    assert passes("occlusion", metric_steps=0) == 1 + 2 * (16 + 18) + 1
-    assert passes("occlusion", metric_steps=0, mode="restore") == 1 + 16 + 18 + 1
+    # structure-sized squares, scored both ways (the default): the inpainted ROI, coarse 4 x 4 and refined about
+    # 2 x 9 patches each removed and put back, and the Dice-drop pass; restore puts each back only
+    assert passes("occlusion", metric_steps=0, aspect=1.0) == 1 + 2 * (16 + 18) + 1
+    assert passes("occlusion", metric_steps=0, mode="restore", aspect=1.0) == 1 + 16 + 18 + 1
+    # the default strips: counted as twice the squares' patches
+    assert passes("occlusion", metric_steps=0) == 1 + 2 * 2 * (16 + 18) + 1
     assert passes("rise", n_masks=500, metric_steps=8) == 500 + 16
     assert passes("lime") == 300 + 16
     assert passes("shap", budget=64, sanity=True, metric_steps=0) == 128 + 1

@@ -90,8 +90,9 @@ def occlusion_rows(session, seg, k: int, steps: int) -> List[Dict]:
 
     image, prompt, embedding, mask, region = slice_setup(session, seg, k)
     # scored by removal, as MONAI's and Captum's occlusion are (and as the table was measured before
-    # stop 27): the comparison is of the same method, not of a different score
-    occ = make_explainer("occlusion", session.segmenter, metric_steps=0, mode="remove")
+    # stop 27), with square patches as theirs (not the strips, the default since stop 45): the comparison is of
+    # the same method, not of a different score or patch
+    occ = make_explainer("occlusion", session.segmenter, metric_steps=0, mode="remove", aspect=1.0)
     p, s = occ.pixel_sizes(image.shape)
     rows = []
 

@@ -580,7 +580,8 @@ class Explainer:
     # cost ----------------------------------------------------------------------------------
     def cost(self, roi_extent: Optional[Tuple[float, float]] = None, grid: int = 256) -> int:
         """Encoder passes of attribution on one slice (an upper bound where the method may stop
-        early).  roi_extent: the ROI's (rows, columns) on the model's ``grid`` when known."""
+        early; occlusion's strips: an estimate as measured).  roi_extent: the ROI's (rows, columns) on
+        the model's ``grid`` when known."""
         raise NotImplementedError
 
     def cost_equivalents(self, roi_extent: Optional[Tuple[float, float]], grid: int, share) -> float:

@@ -1,4 +1,5 @@
-"""ROI-guided occlusion sensitivity (seed 001): square patches slide over the slice; only patches
+"""ROI-guided occlusion sensitivity (seed 001): patches slide over the slice (by default strips along
+the structure, below; seed 001's squares with a fixed ``--patch``); only patches
 that overlap the ROI are evaluated, and a pixel's value is the mean score of the patches covering
 it (by default then smoothed, see below).  A patch's score (``mode``):
 
@@ -15,10 +16,10 @@ it (by default then smoothed, see below).  A patch's score (``mode``):
 * remove (seed 001; the fixed ``--patch`` grid and the ``--occlusion-passes`` cells keep it): a
   patch's score is the drop of the explained score when it alone is removed (by ``fill``).
 
-Patch size, by default, from the structure, coarse to fine: first patches as large as the prompt
-box's shorter side (within ``[MIN_PATCH, 64]`` model-grid pixels) tile the ROI; then, only inside
-the ``REFINE`` coarse patches with the highest scores, patches of half that size at a quarter's
-stride refine the map.  The map resolves the structure at a fraction of the passes a fine
+Patch size, by default, from the structure.  The squares (``aspect`` 1), coarse to fine: first
+patches as large as the prompt box's shorter side (within ``[MIN_PATCH, 64]`` model-grid pixels)
+tile the ROI; then, only inside the ``REFINE`` coarse patches with the highest scores, patches of
+half that size at a quarter's stride refine the map.  The map resolves the structure at a fraction of the passes a fine
 grid over the whole ROI would cost, and a slice costs at most its coarse patches plus
 ``9 * REFINE`` (twice that when scoring both ways, and the inpainted ROI's pass when the patches are
 put back; fewer only where a coarse patch scored nothing, so is not refined, or finer patches
@@ -88,7 +89,7 @@ DEFAULT_ASPECT = 4.0
 #: the pass estimate's strips per square cell (coarse and refined) of the same ROI: a pixel lies in
 #: about four strips of a square's area, and none is refined.  On the faithfulness bench's 20 slices the
 #: strips took 1.1 - 2.3 times the squares' passes (mean 1.9), and twice the squares' estimate (from
-#: the prompt box, as a run estimates) came to 0.72 - 1.80 times the strips' passes (mean 1.05), where
+#: the prompt box, as a run estimates) came to 0.72 - 1.79 times the strips' passes (mean 1.04), where
 #: the bound over every angle used at stop 44 came to 1.04 - 1.91 (mean 1.40)
 STRIPS_PER_SQUARE = 2.0
 #: cells whose perturbed images are held at once (each a whole slice: the strips of a large slice
@@ -105,18 +106,20 @@ RESTORE_FILL = "inpaint"
 @dataclass(frozen=True)
 class OcclusionSettings(CommonSettings):
     patch: int = setting(0, "occlusion patch, on the model grid (or the slice, see --occlusion-grid); 0: sized "
-                            "from the structure, coarse to fine (64 with --stride 32 is seed 001's fixed size)",
+                            "from the structure: strips along it by default, squares coarse to fine with "
+                            "--occlusion-aspect 1 (64 with --stride 32 is seed 001's fixed size)",
                          minimum=0, flag="--patch")
     stride: int = setting(0, "occlusion stride, on the same grid as the patch; 0: half the patch", minimum=0,
                           flag="--stride")
-    passes: int = setting(0, "most encoder passes per slice: 0 for no limit (structure-sized patches, coarse to "
-                             "fine); N >= 4 for cells of the ROI coarse to fine until N are spent (its quadrants "
-                             "first; N >= 5 with --occlusion-mode restore, 9 with both)", minimum=0, flag="--occlusion-passes")
+    passes: int = setting(0, "most encoder passes per slice: 0 for no limit (structure-sized patches: strips, or "
+                             "squares coarse to fine); N >= 4 for cells of the ROI coarse to fine until N are "
+                             "spent (its quadrants first; N >= 5 with --occlusion-mode restore, 9 with both)",
+                         minimum=0, flag="--occlusion-passes")
     grid: str = setting("model", "what patch and stride are measured on: the model's input grid or the slice's "
                                  "pixels", choices=("model", "image"), flag="--occlusion-grid")
     smooth: float = setting(0.25, "structure-sized occlusion: each pixel takes the mean score of the patches around "
                                   "it weighted by a Gaussian of this share of the coarse patch's side (of a strip's "
-                                  "width with --occlusion-aspect), so pixels "
+                                  "width for the strips, the default), so pixels "
                                   "inside one patch are ranked by its neighbours' scores (0: the plain mean of the "
                                   "patches covering it, flat over each patch; the fixed --patch grid and the "
                                   "--occlusion-passes cells are never smoothed)", minimum=0.0,
@@ -147,7 +150,7 @@ class OcclusionSettings(CommonSettings):
                 f"--occlusion-passes {self.passes}, whose cells the budget chooses" if self.passes else \
                 f"--stride {self.stride}: the strips step half their length along and half their width across"
             raise InputError(f"occlusion aspect (--occlusion-aspect) {self.aspect} turns the structure-sized patches "
-                             f"into strips; expected 1 with {fixed}")
+                             f"into strips; expected 0 or 1 (squares) with {fixed}")
         if self.mode not in MODES:
             raise InputError(f"occlusion mode {self.mode!r} is unknown; expected one of {', '.join(MODES)}")
         how = "remove" if self.mode == "auto" else self.mode  # auto removes with a pass budget
@@ -353,18 +356,12 @@ class Occlusion(Explainer):
         coarse = max(1, counts[0] * counts[1])
         return coarse, 0 if self.patch else FINE_PER_PATCH * min(REFINE, coarse), patch
 
-    def _strip_count(self, roi_extent: Optional[Tuple[float, float]], grid: int, cells: int,
-                     patch: float) -> Tuple[int, float, float]:
-        """About how many strips touch a ROI of ``roi_extent`` (on ``grid``), and a strip's width and
-        length there, for the coarse ``patch`` that :meth:`_levels` sizes from the ROI: where the extent
-        is known, :data:`STRIPS_PER_SQUARE` times the squares' ``cells`` (coarse and refined) there, as
-        measured; where it is not (None), as many as the whole grid's diagonal holds along and across,
-        whatever the structure's angle."""
+    def _strip_count(self, cells: int, patch: float) -> Tuple[int, float, float]:
+        """About how many strips touch a ROI where the squares make ``cells`` (coarse and refined), as
+        measured (:data:`STRIPS_PER_SQUARE`), and a strip's width and length for the coarse ``patch``
+        that :meth:`_levels` sizes from the ROI (unknown ROI: from the whole grid)."""
         width, length = self.strip_sizes(patch)
-        if roi_extent is not None:
-            return int(math.ceil(STRIPS_PER_SQUARE * cells)), width, length
-        reach = math.hypot(grid, grid)
-        return (int(math.ceil(reach / (length / 2.0))) + 2) * (int(math.ceil(reach / (width / 2.0))) + 2), width, length
+        return int(math.ceil(STRIPS_PER_SQUARE * cells)), width, length
 
     def cost(self, roi_extent: Optional[Tuple[float, float]] = None, grid: int = 256) -> int:
         if self.passes:
@@ -372,7 +369,7 @@ class Occlusion(Explainer):
         coarse, fine, patch = self._levels(roi_extent, grid)
         squares = (coarse + fine) * self._per_patch() + self._emptied_passes()
         if self.uses_strips:  # a round mask keeps the squares
-            n = self._strip_count(roi_extent, grid, coarse + fine, patch)[0]
+            n = self._strip_count(coarse + fine, patch)[0]
             return max(squares, n * self._per_patch() + self._emptied_passes())
         return squares
 
@@ -413,7 +410,7 @@ class Occlusion(Explainer):
         removal = coarse * share((patch, patch)) + fine * share((patch / 2.0, patch / 2.0))
         squares = removal + ((coarse + fine + 1) * share(roi_extent) if both else 0.0)
         if self.uses_strips:  # strips; a round mask keeps the squares
-            n, width, length = self._strip_count(roi_extent, grid, coarse + fine, patch)
+            n, width, length = self._strip_count(coarse + fine, patch)
             turned = (width + length) / math.sqrt(2.0)  # a strip's bounding box at the worst angle, 45 degrees
             return max(squares, n * share((turned, turned)) + ((n + 1) * share(roi_extent) if both else 0.0))
         return squares
@@ -502,7 +499,8 @@ class Occlusion(Explainer):
             raw = smoothed(raw, covered, self.smooth * width)
         return self._result(raw, {"patches_evaluated": len(cells), "patches_full": len(cells), "patches_refined": 0,
                                   "patch_px": p, "stride_px": max(1, int(round(width / 2.0))),
-                                  "strip_px": [round(width, 1), round(length, 1)], "strip_angle": round(angle, 1)},
+                                  "strip_px": [round(width, 1), round(length, 1)], "strip_angle": round(angle, 1),
+                                  "strip_aspect": self.strip_aspect},
                             scoring)
 
     def budgeted(self, engine: PerturbationEngine) -> Attribution:
