@@ -19,8 +19,8 @@ it (by default then smoothed, see below).  A patch's score (``mode``):
 Patch size, by default, from the structure.  The squares (``aspect`` 1), coarse to fine: first
 patches as large as the prompt box's shorter side (within ``[MIN_PATCH, 64]`` model-grid pixels)
 tile the ROI; then, only inside the ``REFINE`` coarse patches with the highest scores, patches of
-half that size at a quarter's stride refine the map.  The map resolves the structure at a fraction of the passes a fine
-grid over the whole ROI would cost, and a slice costs at most its coarse patches plus
+half that size at a quarter's stride refine the map.  The map resolves the structure at a fraction
+of the passes a fine grid over the whole ROI would cost, and a slice costs at most its coarse patches plus
 ``9 * REFINE`` (twice that when scoring both ways, and the inpainted ROI's pass when the patches are
 put back; fewer only where a coarse patch scored nothing, so is not refined, or finer patches
 coincide at the slice's edge), so the estimate before
