@@ -306,8 +306,9 @@ class Occlusion(Explainer):
 
     @property
     def uses_strips(self) -> bool:
-        """Whether the structure-sized patches are strips (a round mask keeps the squares)."""
-        return self.strip_aspect > 1.0 and not (self.patch or self.passes)
+        """Whether the structure-sized patches are strips (a round mask keeps the squares); a fixed
+        ``patch`` or a pass budget never is (:attr:`strip_aspect` is 1 there, and ``check`` refuses more)."""
+        return self.strip_aspect > 1.0
 
     def grid_sizes(self, short_side: Optional[float], grid: int = 256) -> Tuple[float, float]:
         """Patch and stride of the first (or only) level on the grid they are measured on;
