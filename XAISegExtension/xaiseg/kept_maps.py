@@ -7,6 +7,9 @@ map of the same slice (a ranking, a smoothing, another method's idea) through th
 on the same engine and ROI, beside the trivial maps, without running the method again: minutes
 instead of the hour a RISE run takes.  ``python -m xaiseg.kept_maps DIR`` scores the kept maps again
 and prints them beside the figures the bench recorded, as a check that the files reproduce them.
+``--method M --set NAME=VALUE`` instead runs method M again on each kept slice with its recorded
+settings, NAME changed to VALUE, and scores the new map beside the recorded one and the best trivial
+map: a setting's effect on the bench's slices in minutes per slice, without the whole bench.
 """
 from __future__ import annotations
 
@@ -149,6 +152,83 @@ def rescore(kept: KeptSlice, maps: Mapping[str, np.ndarray], segmenter, trivial:
     return out
 
 
+def changed_map(kept: KeptSlice, method: str, changes: Mapping[str, object], segmenter) -> Dict:
+    """``method`` run again on the kept slice with the settings the bench recorded for it, ``changes``
+    applied, and its map (inside the ROI, as :meth:`~xaiseg.explain.base.Explainer.explain` keeps
+    it) scored on the bench's curves beside the recorded figures: the map, its curve figures, its
+    details and passes, and the recorded deletion AUC and best trivial map's deletion AUC.  With no
+    changes the map is the kept one (the same passes on the same machine)."""
+    from .explain import make_explainer
+
+    recorded = kept.meta.get("settings", {}).get(method)
+    if recorded is None:
+        raise InputError(f"{kept.path}: no recorded settings of {method!r}; expected one of "
+                         f"{', '.join(sorted(kept.meta.get('settings', {}))) or 'the methods the bench ran'}")
+    settings = {k: v for k, v in recorded.items() if k != "method"}
+    settings.update(changes)
+    explainer = make_explainer(method, segmenter, **settings)
+    explained = explainer.explain(kept.image, kept.prompt, roi=kept.roi, measure=False)
+    figures = rescore(kept, {method: explained.raw}, segmenter, trivial=False)[method]
+    measured = kept.meta["measured"].get(method, {})
+    return {"map": explained.raw, "figures": figures, "details": explained.details,
+            "passes": explained.n_evaluations, "recorded_deletion_auc": measured.get("deletion_auc"),
+            "best_trivial_deletion_auc": measured.get("best_trivial_deletion_auc")}
+
+
+def parse_changes(pairs: Sequence[str]) -> Dict[str, str]:
+    """``NAME=VALUE`` pairs (``--set``) as a dict; the method's settings type and check the values."""
+    out: Dict[str, str] = {}
+    for pair in pairs:
+        name, eq, value = pair.partition("=")
+        if not eq or not name.strip() or not value.strip():
+            raise InputError(f"--set {pair!r}: expected NAME=VALUE, such as smooth=1.0")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def changed_rows(folder, method: str, changes: Mapping[str, object], model=None, report=None) -> List[Dict]:
+    """:func:`changed_map` on every kept slice in ``folder`` that kept ``method``'s map, and on the
+    second slice of each adjacent pair the Spearman of the two slices' maps over their common ROI,
+    recorded and new (as the bench's adjacent-slice Spearman); ``report`` is called with each row as
+    it is measured."""
+    files = _kept_or_refuse(folder)
+    if model is None:
+        from .models.litemedsam import LiteMedSAM
+
+        model = LiteMedSAM()
+    from .metrics import spearman
+
+    rows, before = [], None  # before: the previous slice's (structure, slice, roi, recorded map, new map)
+    for path in files:
+        kept = load_kept(path)
+        if method not in kept.maps:
+            continue
+        again = changed_map(kept, method, changes, model)
+        structure, k = kept.meta["structure"], int(kept.meta["slice"])
+        row = {"structure": structure, "slice": k,
+               "recorded": again["recorded_deletion_auc"], "changed": again["figures"]["deletion_auc"],
+               "insertion": again["figures"]["insertion_auc"], "best_trivial": again["best_trivial_deletion_auc"],
+               "passes": again["passes"], "spearman_recorded": None, "spearman_changed": None}
+        # adjacent slices of one structure (the bench keeps them turned alike): Spearman over their common ROI
+        if before is not None and before[:2] == (structure, k - 1) and (before[2] & kept.roi).sum() >= 2:
+            common = before[2] & kept.roi
+            row["spearman_recorded"] = spearman(before[3], kept.maps[method], common)
+            row["spearman_changed"] = spearman(before[4], again["map"], common)
+        before = (structure, k, kept.roi, kept.maps[method], again["map"])
+        rows.append(row)
+        if report is not None:
+            report(row)
+    if not rows:
+        raise InputError(f"{folder}: no kept slice holds a {method!r} map; expected a folder the bench kept "
+                         f"{method} in")
+    return rows
+
+
+def wins(rows: Sequence[Dict], key: str) -> int:
+    """How many rows' ``key`` deletion AUC is below the best trivial map's."""
+    return sum(1 for r in rows if r[key] is not None and r["best_trivial"] is not None and r[key] < r["best_trivial"])
+
+
 def _model_text(model: Dict) -> str:
     return ", ".join(f"{k} {model.get(k)}" for k in MODEL_KEYS)
 
@@ -158,14 +238,19 @@ def kept_files(folder) -> List[Path]:
     return sorted(p for p in Path(folder).glob("*.npz") if KEPT_FILE.match(p.name))
 
 
-def check(folder, model=None, progress=None) -> List[Dict]:
-    """Every kept slice's maps in ``folder`` scored again with ``model`` (LiteMedSAM when None), beside
-    the figures the bench recorded: per map its deletion AUC both ways and the best trivial map's
-    both ways."""
+def _kept_or_refuse(folder) -> List[Path]:
     files = kept_files(folder)
     if not files:
         raise InputError(f"{folder}: no kept slices (STRUCTURE_kNNN.npz); expected the folder given to "
                          "xaiseg bench faithfulness --keep-maps")
+    return files
+
+
+def check(folder, model=None, progress=None) -> List[Dict]:
+    """Every kept slice's maps in ``folder`` scored again with ``model`` (LiteMedSAM when None), beside
+    the figures the bench recorded: per map its deletion AUC both ways and the best trivial map's
+    both ways."""
+    files = _kept_or_refuse(folder)
     if model is None:
         from .models.litemedsam import LiteMedSAM
 
@@ -199,14 +284,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                             f"when one differs by more than {TOLERANCE:g}.")
     p.add_argument("folder", help="the --keep-maps folder")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--method", help="run this method again on each kept slice with its recorded settings, changed "
+                                    "by --set, and score the new map beside the recorded one")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="with --method: a setting of the method to change (its settings' names, such as smooth=1.0 "
+                        "for occlusion); repeat for several")
     args = p.parse_args(argv)
     try:
         if args.threads is not None and args.threads < 1:
             raise InputError(f"--threads {args.threads}: expected 1 or more")
+        if args.set and not args.method:
+            raise InputError(f"--set {args.set[0]}: expected --method too (the method whose setting changes)")
+        changes = parse_changes(args.set)
         if args.threads:
             import torch
 
             torch.set_num_threads(int(args.threads))
+        if args.method:
+            return _print_changed(Path(args.folder), args.method, changes)
         rows = check(Path(args.folder))
     except XAISegError as exc:
         print(f"{p.prog}: error: {exc}", file=sys.stderr)
@@ -218,6 +313,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     gap = largest_difference(rows)
     print(f"{len(rows)} maps; largest difference from the recorded figures: {'-' if gap is None else f'{gap:.2e}'}")
     return 1 if gap is not None and gap > TOLERANCE else 0
+
+
+def _print_changed(folder: Path, method: str, changes: Mapping[str, str], model=None) -> int:
+    what = ", ".join(f"{k}={v}" for k, v in changes.items()) or "the recorded settings"
+
+    def show(r: Dict) -> None:
+        recorded = "-" if r["recorded"] is None else f"{r['recorded']:.6f}"
+        trivial = "-" if r["best_trivial"] is None else f"{r['best_trivial']:.6f}"
+        print(f"{r['structure']} {r['slice']} {method}: deletion AUC recorded {recorded}, with {what} "
+              f"{r['changed']:.6f} (insertion {r['insertion']:.4f}, {r['passes']} passes); best trivial map "
+              f"{trivial}" + ("" if r["spearman_changed"] is None else
+                              f"; Spearman with slice {r['slice'] - 1} {r['spearman_recorded']:.4f} recorded, "
+                              f"{r['spearman_changed']:.4f} with {what}"), flush=True)
+
+    rows = changed_rows(folder, method, changes, model, report=show)
+    n = len(rows)
+
+    def mean(key: str) -> str:
+        vals = [r[key] for r in rows if r[key] is not None]
+        return f"{sum(vals) / len(vals):.4f}" if vals else "-"
+
+    print(f"{n} slices: beats every trivial map on {wins(rows, 'recorded')} of {n} as recorded, {wins(rows, 'changed')} "
+          f"of {n} with {what}; mean deletion AUC {mean('recorded')} recorded, {mean('changed')} with {what}, "
+          f"{mean('best_trivial')} the best trivial map; mean insertion AUC {mean('insertion')} with {what}; "
+          f"adjacent-slice Spearman {mean('spearman_recorded')} recorded, {mean('spearman_changed')} with {what}")
+    return 0
 
 
 if __name__ == "__main__":
