@@ -1,7 +1,9 @@
 """Real run directories for the narrate tests, made by the engine (built once per test process).
 
 * :func:`mni_run` - LiteMedSAM on the MNI152 template, a 2D box around the left caudate (from the
-  Harvard-Oxford atlas) on its largest axial slice, explained by occlusion inside the box ROI.
+  Harvard-Oxford atlas) on its largest axial slice, explained by occlusion inside the box ROI (its
+  squares, ``aspect=1``: about half the passes of the default strips; these tests read the report,
+  not the map).
 * :func:`dicom_run` - pydicom's CT_small.dcm (which carries a patient name, IDs and dates) read by
   the engine, segmented by the known-answer box toy and explained by occlusion.
 
@@ -45,7 +47,8 @@ def mni_run() -> Path:
     session = Session(atlas.image, LiteMedSAM())
     seg = session.segment(BoxPrompt((k, int(ys.min()), int(xs.min())), (k, int(ys.max()), int(xs.max()))),
                           name=MNI_NAME)
-    run = session.explain(seg, [make_explainer("occlusion", seed=0, metric_steps=2)], roi=RoiConfig("box"),
+    run = session.explain(seg, [make_explainer("occlusion", seed=0, aspect=1.0, metric_steps=2)],
+                          roi=RoiConfig("box"),
                           target=truth.astype(np.uint8))
     out = _scratch() / "mni"
     run.write(out)

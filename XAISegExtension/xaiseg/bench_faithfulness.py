@@ -469,9 +469,7 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
                 entry = dict(done[name])
                 entry["methods"] = {m: fresh["methods"].get(m, v) for m, v in entry["methods"].items()}
                 entry["versions"] = dict(entry.get("versions") or {}, **fresh["versions"])
-                entry["remeasured"] = entry.get("remeasured", []) + [
-                    {"methods": list(methods), "seconds": fresh["seconds"], "machine": result["machine"],
-                     "date": time.strftime("%Y-%m-%d"), "masks": masks}]
+                entry["remeasured"] = _remeasured(entry, methods, fresh["seconds"], result["machine"], masks=masks)
                 result["maps"][name] = entry
             _save(outdir, result)
         if result["masks"] != masks:  # every structure measured again: the table takes the new label
@@ -499,9 +497,7 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
                            progress, seed, rise, at=at)
         if splice:
             row["methods"] = {m: row["methods"].get(m, held["methods"].get(m)) for m in METHODS}
-            row["remeasured"] = held.get("remeasured", []) + [
-                {"methods": list(methods), "seconds": round(time.perf_counter() - t1, 1),
-                 "machine": result["machine"], "date": time.strftime("%Y-%m-%d")}]
+            row["remeasured"] = _remeasured(held, methods, round(time.perf_counter() - t1, 1), result["machine"])
         result["cascade"] = {name: row}
         result["cascade_versions"] = dict(MAP_VERSIONS)
         _save(outdir, result)
@@ -595,6 +591,13 @@ def merge_faithfulness(dirs: Sequence, outdir) -> Dict:
         out["runs"] = "; ".join(runs)
     _save(Path(outdir), out)
     return out
+
+
+def _remeasured(held: Dict, methods, seconds: float, machine, **more) -> List[Dict]:
+    """``held``'s record of the methods measured again, with this run's appended (which methods, its
+    seconds, machine and date, and ``more``)."""
+    return list(held.get("remeasured") or []) + [dict({"methods": list(methods), "seconds": seconds, "machine": machine,
+                                                       "date": time.strftime("%Y-%m-%d")}, **more)]
 
 
 def _save(outdir: Path, result: Dict) -> None:
