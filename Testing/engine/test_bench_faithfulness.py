@@ -502,12 +502,14 @@ def test_kept_maps_score_again_as_the_bench_measured_them(tmp_path, capsys, orie
     assert "--keep-maps with --parts cascade: only the maps part explains slices" in capsys.readouterr().err
 
 
-def test_a_kept_slice_explained_again_with_a_setting_changed(tmp_path, capsys):
+@pytest.mark.parametrize("orientation", ["auto", "transpose"])
+def test_a_kept_slice_explained_again_with_a_setting_changed(tmp_path, capsys, orientation):
     """``python -m xaiseg.kept_maps DIR --method M --set NAME=VALUE``: the method runs again on each
     kept slice with its recorded settings and the change.  Unchanged, the map and its deletion AUC
     are the kept ones; changed, the map differs and still peaks on the toy's evidence square (known
-    answer), scored on the same curves beside the recorded best trivial map.  Bad changes, a method
-    the bench did not keep and --set without --method are refused by name."""
+    answer), scored on the same curves beside the recorded best trivial map, also where the model
+    sees the slices turned.  Bad changes, changes of the curves, a method the bench did not keep,
+    another model, a file of an older map version and --set without --method are refused by name."""
     import sys
     from pathlib import Path
 
@@ -517,14 +519,14 @@ def test_a_kept_slice_explained_again_with_a_setting_changed(tmp_path, capsys):
     from xaiseg import kept_maps
     from xaiseg.errors import InputError
     from xaiseg.kept_maps import changed_map, changed_rows, kept_name, load_kept, parse_changes, wins
-    from xaiseg.pipeline import Session
+    from xaiseg.pipeline import SegmentConfig, Session
     from xaiseg.progress import ensure
 
     sys.path.insert(0, str(Path(__file__).parent))
     from test_explain import toy_volume
     from toys import SquareEvidence
 
-    session = Session(toy_volume(), SquareEvidence())
+    session = Session(toy_volume(), SquareEvidence(), SegmentConfig(orientation=orientation))
     truth = np.zeros(session.volume.shape, bool)
     truth[:, 20:40, 22:42] = True
 
@@ -542,11 +544,14 @@ def test_a_kept_slice_explained_again_with_a_setting_changed(tmp_path, capsys):
     assert not np.array_equal(other["map"], kept.maps["occlusion"]) and other["passes"] > 0
     peak = np.unravel_index(np.argmax(other["map"]), other["map"].shape)
     assert 8 <= peak[0] < 24 and 8 <= peak[1] < 24
+    # a fixed patch drops the structure's recorded side, as a run does
+    assert changed_map(kept, "occlusion", {"patch": "16", "stride": "8"}, session.segmenter)["details"]["patch_px"] == 16
     seen = []
     changed = changed_rows(tmp_path, "occlusion", {"smooth": "0"}, session.segmenter, report=seen.append)
     assert seen == changed and [r["slice"] for r in changed] == rows["slices"]
     assert changed[0]["changed"] == pytest.approx(other["figures"]["deletion_auc"], abs=1e-12)
-    assert wins(changed, "recorded") == sum(r["recorded"] < r["best_trivial"] for r in changed)
+    # the unsmoothed map still ranks the evidence square first, which beats every trivial map on the toy
+    assert wins(changed, "changed") == 2
     # the second slice of the pair carries the pair's Spearman: recorded, as the bench measured it, and
     # unchanged settings give the same again
     unchanged = changed_rows(tmp_path, "occlusion", {}, session.segmenter)
@@ -561,6 +566,26 @@ def test_a_kept_slice_explained_again_with_a_setting_changed(tmp_path, capsys):
         changed_map(kept, "occlusion", {"bogus": "1"}, session.segmenter)
     with pytest.raises(InputError, match="--set 'smooth': expected NAME=VALUE"):
         parse_changes(["smooth"])
+    with pytest.raises(InputError, match="--set 'smooth=2': smooth is already set to 1; expected each setting once"):
+        parse_changes(["smooth=1", "smooth=2"])
+    with pytest.raises(InputError, match="--set metric_steps: the curves are the kept file's .*8 steps"):
+        changed_map(kept, "occlusion", {"metric_steps": "4"}, session.segmenter)
+    stranger = SquareEvidence()
+    stranger.name = "another model"
+    with pytest.raises(InputError, match="measured with name square-evidence toy.*expected the same model"):
+        changed_map(kept, "occlusion", {}, stranger)
+    # a file kept with an older occlusion map: its recorded settings no longer make the kept map
+    import json as _json
+
+    with np.load(kept.path) as data:
+        arrays = {key: data[key] for key in data.files}
+    meta = _json.loads(str(arrays["meta"]))
+    meta["versions"]["occlusion"] = 27
+    arrays["meta"] = np.array(_json.dumps(meta))
+    (tmp_path / "old").mkdir()
+    np.savez(tmp_path / "old" / kept.path.name, **arrays)
+    with pytest.raises(InputError, match="its occlusion map is version 27; this engine makes version 4"):
+        changed_map(load_kept(tmp_path / "old" / kept.path.name), "occlusion", {}, session.segmenter)
     assert kept_maps._print_changed(tmp_path, "occlusion", {"smooth": "0"}, session.segmenter) == 0
     out = capsys.readouterr().out
     assert f"Spearman with slice {rows['slices'][0]}" in out and "2 slices: beats every trivial map on" in out

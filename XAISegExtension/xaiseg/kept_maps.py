@@ -129,10 +129,7 @@ def rescore(kept: KeptSlice, maps: Mapping[str, np.ndarray], segmenter, trivial:
     from .explain.measure import curve_figures, faithfulness, trivial_curves
 
     meta = kept.meta
-    model = segmenter.describe()
-    if any(model.get(k) != meta["model"].get(k) for k in MODEL_KEYS):
-        raise InputError(f"{kept.path} was measured with {_model_text(meta['model'])}; expected the same model, got "
-                         f"{_model_text(model)}")
+    _same_model(kept, segmenter)
     if "trivial" in maps:
         raise InputError("a map named 'trivial': expected another name (the trivial maps' figures come under it)")
     for name, m in maps.items():
@@ -152,27 +149,67 @@ def rescore(kept: KeptSlice, maps: Mapping[str, np.ndarray], segmenter, trivial:
     return out
 
 
+#: settings that only change the curves, checks or display, not the map: the kept file's curves are used
+CURVE_SETTINGS = ("score", "metric_steps", "metric_slices", "metric_fill", "threshold", "scaling", "noise_passes",
+                  "baselines", "sanity", "cascade", "cascade_draws")
+
+
+def _same_model(kept: KeptSlice, segmenter) -> None:
+    """Refuse ``segmenter`` unless it is the model the bench ran on ``kept`` (name, weights, input size)."""
+    model = segmenter.describe()
+    if any(model.get(k) != kept.meta["model"].get(k) for k in MODEL_KEYS):
+        raise InputError(f"{kept.path} was measured with {_model_text(kept.meta['model'])}; expected the same model, got "
+                         f"{_model_text(model)}")
+
+
 def changed_map(kept: KeptSlice, method: str, changes: Mapping[str, object], segmenter) -> Dict:
     """``method`` run again on the kept slice with the settings the bench recorded for it, ``changes``
     applied, and its map (inside the ROI, as :meth:`~xaiseg.explain.base.Explainer.explain` keeps
     it) scored on the bench's curves beside the recorded figures: the map, its curve figures, its
     details and passes, and the recorded deletion AUC and best trivial map's deletion AUC.  With no
-    changes the map is the kept one (the same passes on the same machine)."""
+    changes the map is the kept one (the same passes on the same machine), so a file kept with
+    another version of the method's map is refused, as are changes to what only the curves use."""
+    from .bench_faithfulness import MAP_VERSIONS
     from .explain import make_explainer
 
-    recorded = kept.meta.get("settings", {}).get(method)
-    if recorded is None:
+    _same_model(kept, segmenter)
+    settings_of = kept.meta.get("settings") or {}
+    recorded = settings_of.get(method)
+    if not recorded:
         raise InputError(f"{kept.path}: no recorded settings of {method!r}; expected one of "
-                         f"{', '.join(sorted(kept.meta.get('settings', {}))) or 'the methods the bench ran'}")
+                         f"{', '.join(sorted(settings_of)) or 'the methods of a file kept since settings were recorded'}")
+    version = (kept.meta.get("versions") or {}).get(method)
+    if version != MAP_VERSIONS.get(method):
+        raise InputError(f"{kept.path}: its {method} map is version {version}; this engine makes version "
+                         f"{MAP_VERSIONS.get(method)}, so its recorded settings no longer give the kept map; expected a "
+                         f"folder kept at version {MAP_VERSIONS.get(method)}")
+    curves = sorted(set(changes) & set(CURVE_SETTINGS))
+    if curves:
+        raise InputError(f"--set {', '.join(curves)}: the curves are the kept file's ({meta_text(kept.meta)}); expected "
+                         "a setting of the method's map")
     settings = {k: v for k, v in recorded.items() if k != "method"}
     settings.update(changes)
     explainer = make_explainer(method, segmenter, **settings)
+    box = (kept.meta.get("prompt") or {}).get("box")
+    if hasattr(explainer, "side") and box is not None and "side" not in changes:
+        # the recorded side is the structure's (the median of all its slices' boxes, which one kept slice
+        # cannot give again): a change to per-slice sizing or a fixed size drops it, as a run does
+        sized = bool(explainer.for_structure([tuple(int(v) for v in box)]).side)
+        if not sized:
+            explainer = explainer.replace(side=0.0)
+        elif not explainer.side:
+            raise InputError(f"{kept.path}: sized from the structure but measured per slice, so the structure's "
+                             "side is not recorded; expected --set side=PIXELS too")
     explained = explainer.explain(kept.image, kept.prompt, roi=kept.roi, measure=False)
     figures = rescore(kept, {method: explained.raw}, segmenter, trivial=False)[method]
     measured = kept.meta["measured"].get(method, {})
     return {"map": explained.raw, "figures": figures, "details": explained.details,
             "passes": explained.n_evaluations, "recorded_deletion_auc": measured.get("deletion_auc"),
             "best_trivial_deletion_auc": measured.get("best_trivial_deletion_auc")}
+
+
+def meta_text(meta: Mapping) -> str:
+    return f"score {meta.get('score')}, {meta.get('metric_steps')} steps, fill {meta.get('metric_fill')}"
 
 
 def parse_changes(pairs: Sequence[str]) -> Dict[str, str]:
@@ -182,6 +219,9 @@ def parse_changes(pairs: Sequence[str]) -> Dict[str, str]:
         name, eq, value = pair.partition("=")
         if not eq or not name.strip() or not value.strip():
             raise InputError(f"--set {pair!r}: expected NAME=VALUE, such as smooth=1.0")
+        if name.strip() in out:
+            raise InputError(f"--set {pair!r}: {name.strip()} is already set to {out[name.strip()]}; expected each "
+                             "setting once")
         out[name.strip()] = value.strip()
     return out
 
@@ -198,9 +238,10 @@ def changed_rows(folder, method: str, changes: Mapping[str, object], model=None,
         model = LiteMedSAM()
     from .metrics import spearman
 
-    rows, before = [], None  # before: the previous slice's (structure, slice, roi, recorded map, new map)
+    rows, held, before = [], set(), None  # before: the previous slice's (structure, slice, roi, recorded map, new map)
     for path in files:
         kept = load_kept(path)
+        held.update(kept.maps)
         if method not in kept.maps:
             continue
         again = changed_map(kept, method, changes, model)
@@ -219,8 +260,8 @@ def changed_rows(folder, method: str, changes: Mapping[str, object], model=None,
         if report is not None:
             report(row)
     if not rows:
-        raise InputError(f"{folder}: no kept slice holds a {method!r} map; expected a folder the bench kept "
-                         f"{method} in")
+        raise InputError(f"{folder}: no kept slice holds a {method!r} map; expected one of the maps kept there: "
+                         f"{', '.join(sorted(held)) or 'none'}")
     return rows
 
 
