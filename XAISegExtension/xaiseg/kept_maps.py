@@ -185,7 +185,7 @@ def changed_map(kept: KeptSlice, method: str, changes: Mapping[str, object], seg
                          f"folder kept at version {MAP_VERSIONS.get(method)}")
     curves = sorted(set(changes) & set(CURVE_SETTINGS))
     if curves:
-        raise InputError(f"--set {', '.join(curves)}: the curves are the kept file's ({meta_text(kept.meta)}); expected "
+        raise InputError(f"--set {', '.join(curves)}: the curves are the kept file's ({_curves_text(kept.meta)}); expected "
                          "a setting of the method's map")
     settings = {k: v for k, v in recorded.items() if k != "method"}
     settings.update(changes)
@@ -208,7 +208,8 @@ def changed_map(kept: KeptSlice, method: str, changes: Mapping[str, object], seg
             "best_trivial_deletion_auc": measured.get("best_trivial_deletion_auc")}
 
 
-def meta_text(meta: Mapping) -> str:
+def _curves_text(meta: Mapping) -> str:
+    """The kept file's curve settings, in words."""
     return f"score {meta.get('score')}, {meta.get('metric_steps')} steps, fill {meta.get('metric_fill')}"
 
 
