@@ -278,18 +278,26 @@ def display_map(raw: np.ndarray, roi: np.ndarray, scale: Optional[float]) -> np.
     return np.where(roi, np.clip(raw / scale, 0.0, 1.0), 0.0).astype(np.float32)
 
 
+def pair_spearman(before: np.ndarray, before_roi: np.ndarray, here: np.ndarray,
+                  here_roi: np.ndarray) -> Optional[float]:
+    """Spearman between two adjacent slices' maps over their common ROI (None where it holds fewer
+    than two pixels)."""
+    from .metrics import spearman
+
+    common = before_roi & here_roi
+    return spearman(before, here, common) if common.sum() >= 2 else None
+
+
 def adjacent_consistency(explanations: ExplanationSlices) -> Dict[str, Any]:
     """Spearman between the raw maps of adjacent explained slices (k, k + 1) over their common ROI:
     how much a method's map flickers through the volume (each slice's maps read once)."""
-    from .metrics import spearman
-
     pairs, before = [], None  # before: (k, raw, roi) of the previous explained slice
     for k in sorted(explanations):
         here = (k, explanations.plane(k, "raw"), explanations.plane(k, "roi"))
         if before is not None and before[0] + 1 == k:
-            common = before[2] & here[2]
-            if common.sum() >= 2:
-                pairs.append(spearman(before[1], here[1], common))
+            rho = pair_spearman(before[1], before[2], here[1], here[2])
+            if rho is not None:
+                pairs.append(rho)
         before = here
     return {"adjacent_pairs": len(pairs), "adjacent_spearman": round(float(np.mean(pairs)), 4) if pairs else None,
             "adjacent_spearman_min": round(float(np.min(pairs)), 4) if pairs else None}

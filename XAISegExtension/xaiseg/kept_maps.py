@@ -232,13 +232,10 @@ def changed_rows(folder, method: str, changes: Mapping[str, object], model=None,
     second slice of each adjacent pair the Spearman of the two slices' maps over their common ROI,
     recorded and new (as the bench's adjacent-slice Spearman); ``report`` is called with each row as
     it is measured."""
+    from .explain_volume import pair_spearman
+
     files = _kept_or_refuse(folder)
-    if model is None:
-        from .models.litemedsam import LiteMedSAM
-
-        model = LiteMedSAM()
-    from .metrics import spearman
-
+    model = _model_or_litemedsam(model)
     rows, held, before = [], set(), None  # before: the previous slice's (structure, slice, roi, recorded map, new map)
     for path in files:
         kept = load_kept(path)
@@ -252,10 +249,9 @@ def changed_rows(folder, method: str, changes: Mapping[str, object], model=None,
                "insertion": again["figures"]["insertion_auc"], "best_trivial": again["best_trivial_deletion_auc"],
                "passes": again["passes"], "spearman_recorded": None, "spearman_changed": None}
         # adjacent slices of one structure (the bench keeps them turned alike): Spearman over their common ROI
-        if before is not None and before[:2] == (structure, k - 1) and (before[2] & kept.roi).sum() >= 2:
-            common = before[2] & kept.roi
-            row["spearman_recorded"] = spearman(before[3], kept.maps[method], common)
-            row["spearman_changed"] = spearman(before[4], again["map"], common)
+        if before is not None and before[:2] == (structure, k - 1):
+            row["spearman_recorded"] = pair_spearman(before[3], before[2], kept.maps[method], kept.roi)
+            row["spearman_changed"] = pair_spearman(before[4], before[2], again["map"], kept.roi)
         before = (structure, k, kept.roi, kept.maps[method], again["map"])
         rows.append(row)
         if report is not None:
@@ -280,6 +276,15 @@ def kept_files(folder) -> List[Path]:
     return sorted(p for p in Path(folder).glob("*.npz") if KEPT_FILE.match(p.name))
 
 
+def _model_or_litemedsam(model):
+    """``model``, or LiteMedSAM (the command's model) when None."""
+    if model is None:
+        from .models.litemedsam import LiteMedSAM
+
+        model = LiteMedSAM()
+    return model
+
+
 def _kept_or_refuse(folder) -> List[Path]:
     files = kept_files(folder)
     if not files:
@@ -293,10 +298,7 @@ def check(folder, model=None, progress=None) -> List[Dict]:
     the figures the bench recorded: per map its deletion AUC both ways and the best trivial map's
     both ways."""
     files = _kept_or_refuse(folder)
-    if model is None:
-        from .models.litemedsam import LiteMedSAM
-
-        model = LiteMedSAM()
+    model = _model_or_litemedsam(model)
     rows = []
     for path in files:
         kept = load_kept(path)
