@@ -16,6 +16,25 @@ def test_adjacent_pairs_are_spread_through_the_structure():
     assert adjacent_pairs([3, 4, 5], None) == [3, 4, 5]
 
 
+def test_the_between_sampling_holds_out_the_middle_samplings_slices():
+    """``--sampling between``: the pairs halfway between the middle sampling's and the inside's ends,
+    none of whose slices the goal table's sampling explains."""
+    from xaiseg.errors import InputError
+
+    # one pair asked: those at a quarter and three quarters, the three-pair sampling without its middle
+    assert adjacent_pairs(range(10, 30), 1, "between") == [14, 15, 24, 25]
+    assert adjacent_pairs(range(10, 30), 2) == [16, 17, 22, 23]
+    assert adjacent_pairs(range(10, 30), 2, "between") == [13, 14, 19, 20, 25, 26]
+    for pairs in (1, 2, 3):
+        assert not set(adjacent_pairs(range(10, 60), pairs, "between")) & set(adjacent_pairs(range(10, 60), pairs))
+    assert adjacent_pairs([5, 6, 8, 9], 1, "between") == [8, 9]  # the middle sampling took 5, 6
+    assert adjacent_pairs([5, 6], 1, "between") == []  # no other pair: nothing held out
+    with pytest.raises(InputError, match="sampling 'ends': expected one of middle, between"):
+        adjacent_pairs(range(10, 30), 1, "ends")
+    with pytest.raises(InputError, match="expected a number of pairs"):
+        adjacent_pairs(range(10, 30), None, "between")
+
+
 def row(beats):
     return {"beats_trivial_deletion": beats}
 
@@ -40,8 +59,8 @@ def test_the_structure_bench_samples_inside_the_structure():
 
 
 def test_one_method_measured_again_needs_the_others_rows(tmp_path):
-    """``--methods occlusion`` replaces only occlusion's rows, so it refuses a folder without the
-    first run's tables (or with tables of other settings) before loading anything."""
+    """``--methods occlusion`` replaces only occlusion's rows, so it refuses a folder whose table lacks
+    a structure of the run (or holds tables of other settings) before loading anything."""
     import json
 
     import pytest
@@ -51,7 +70,11 @@ def test_one_method_measured_again_needs_the_others_rows(tmp_path):
 
     with pytest.raises(InputError, match="expected some of occlusion,rise,layers"):
         bench_faithfulness(tmp_path, methods=["gradcam"])
-    with pytest.raises(InputError, match="it holds no table; expected every structure of this run \\(Left_Caudate\\)"):
+    (tmp_path / "faithfulness.json").write_text(json.dumps({
+        "pairs": 1, "masks": 300, "metric_fill": "inpaint", "sampling": "middle", "seed": 0, "rise": {},
+        "maps": {"Right_Caudate": {"methods": {}}}}))
+    with pytest.raises(InputError, match="it holds Right_Caudate .*expected every structure of this run "
+                                         "\\(Left_Caudate\\).*or these in a folder with no table"):
         bench_faithfulness(tmp_path, structures=["Left_Caudate"], methods=["occlusion"])
     (tmp_path / "faithfulness.json").write_text(json.dumps({"pairs": 1, "masks": 300, "metric_fill": "inpaint",
                                                             "maps": {"Left_Caudate": {"methods": {}}}}))
@@ -807,3 +830,60 @@ def test_the_slice_cascade_is_kept_only_when_current_and_merges(tmp_path, monkey
         entry, draws=1)})))
     with pytest.raises(InputError, match="a cascade_slices row of Right_Caudate whose last step was drawn 1"):
         bf.merge_faithfulness([tmp_path, other], tmp_path / "merged")
+
+
+def test_some_methods_in_a_folder_with_no_table_write_a_table_of_their_own(tmp_path, monkeypatch, capsys):
+    """``--methods occlusion`` in a folder with no table measures occlusion alone (held-out slices with
+    ``--sampling between``, say); ``--methods rise`` then adds RISE's rows and occlusion's stay; the
+    sampling reaches the slices' choice and is recorded, so a middle run does not resume those rows."""
+    import json
+
+    import xaiseg.bench_faithfulness as bf
+    from xaiseg.errors import InputError
+
+    calls = []
+
+    def rows(session, sample, name, pairs, masks, progress, metric_fill="inpaint", methods=bf.METHODS, **kwargs):
+        calls.append((name, tuple(methods), kwargs["sampling"]))
+        per = {m: {"per_slice": {k: {"beats_trivial_deletion": m == "occlusion"} for k in ("14", "15")},
+                   "deletion_auc": 0.5,
+                   "best_trivial_deletion_auc": 0.6, "deletion_gain": 0.1, "beats_trivial_share": 1.0,
+                   "insertion_auc": 0.7, "adjacent_spearman": 0.8, "evidence_share": 1.0, "evaluations": 9}
+               for m in methods}
+        return {"slices": [14, 15], "seconds": 1.0, "methods": per, "versions": bf.row_versions(methods)}
+
+    monkeypatch.setattr(bf, "structure_rows", rows)
+    for bad, reason in (({"pairs": None}, "expected a number of pairs"),
+                        ({"parts": ("maps", "cascade")}, "with --parts cascade: .*expected --parts maps or "
+                                                         "cascade_slices"),
+                        ({"sampling": "ends"}, "sampling 'ends': expected one of middle, between")):
+        with pytest.raises(InputError, match=reason):
+            bf.bench_faithfulness(tmp_path, **dict({"structures": ["Left_Caudate"], "methods": ["occlusion"],
+                                                    "sampling": "between", "parts": ("maps",)}, **bad))
+    assert not list(tmp_path.iterdir()) and not calls  # refused before anything is measured or written
+    run = dict(structures=["Left_Caudate"], parts=("maps",), sampling="between")
+    first = bf.bench_faithfulness(tmp_path, methods=["occlusion"], **run)
+    assert calls == [("Left_Caudate", ("occlusion",), "between")]
+    assert list(first["maps"]["Left_Caudate"]["methods"]) == ["occlusion"] and first["sampling"] == "between"
+    text = (tmp_path / "faithfulness.md").read_text()
+    assert "halfway between the 1 pair(s) of the middle sampling" in text
+    assert "| occlusion | 2 | 1.00 | yes |" in text and "| rise |" not in text  # no goal row of an unmeasured method
+    grown = bf.bench_faithfulness(tmp_path, methods=["rise"], **run)
+    assert list(grown["maps"]["Left_Caudate"]["methods"]) == ["occlusion", "rise"]
+    assert grown["maps"]["Left_Caudate"]["versions"] == bf.row_versions(["occlusion", "rise"])
+    assert calls[-1] == ("Left_Caudate", ("rise",), "between")
+    bf.bench_faithfulness(tmp_path, methods=["occlusion"], **run)  # measured again: RISE's rows stay
+    table = json.loads((tmp_path / "faithfulness.json").read_text())
+    assert list(table["maps"]["Left_Caudate"]["methods"]) == ["occlusion", "rise"] and len(calls) == 3
+    # the goal table's sampling does not resume the held-out rows: it refuses to keep them beside its own
+    with pytest.raises(InputError, match="pairs 1 \\(between\\).*this run's pairs 1 \\(middle\\)"):
+        bf.bench_faithfulness(tmp_path, structures=["Left_Caudate"], parts=("maps",), methods=["occlusion"])
+    assert len(calls) == 3
+    # the command line: only the faithfulness bench samples pairs, and every slice cannot be held out
+    from xaiseg.cli import main
+
+    assert main(["bench", "explain", "--sampling", "between", "-o", str(tmp_path / "x")]) == 2
+    assert "--sampling: only the faithfulness bench samples pairs, not explain" in capsys.readouterr().err
+    assert main(["bench", "faithfulness", "--sampling", "between", "--pairs", "0", "-o", str(tmp_path / "y")]) == 2
+    assert "sampling between takes pairs between the middle sampling's" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists() and len(calls) == 3

@@ -84,25 +84,46 @@ def current(versions: Optional[Dict[str, int]], methods: Sequence[str] = METHODS
 #: samples (stop 23; before, one pair was the structure's first two slices, where it is a speck);
 #: recorded with the results, which are not resumed across samplings
 SAMPLING = "middle"
+#: the samplings a run may ask for (``--sampling``): ``middle`` (:data:`SAMPLING`, the goal table's), or
+#: ``between``, the pairs halfway between the middle sampling's pairs and the inside's ends, which it
+#: never explains: slices held out from every figure a setting was chosen on (stop 47)
+SAMPLINGS = (SAMPLING, "between")
 
 
-def adjacent_pairs(slices: Sequence[int], pairs: Optional[int]) -> List[int]:
-    """``pairs`` pairs (k, k+1) spread through the inside of ``slices`` (all slices when ``pairs`` is
-    None): their first slices as :func:`xaiseg.bench_structure.sample_slices` takes them (a single
-    pair is the middle one), or, where that inside holds fewer distinct pairs than asked, at the
-    quantiles (i + 1/2) / n of all the pairs there are."""
+def _pair_starts(ks: Sequence[int], pairs: int) -> List[int]:
+    """The first slices of :func:`adjacent_pairs`' pairs in the sorted slices ``ks``."""
     from .bench_structure import sample_slices
 
-    ks = sorted(slices)
-    if pairs is None:
-        return ks
-    starts = [k for k in ks if k + 1 in set(ks)]
-    if not starts:
-        return ks[:1]
+    known = set(ks)
+    starts = [k for k in ks if k + 1 in known]
     n = min(pairs, len(starts))
     chosen = sample_slices(starts, n)
     if len(chosen) < n:
         chosen = [starts[int((i + 0.5) * len(starts) / n)] for i in range(n)]
+    return chosen
+
+
+def adjacent_pairs(slices: Sequence[int], pairs: Optional[int], sampling: str = SAMPLING) -> List[int]:
+    """``pairs`` pairs (k, k+1) spread through the inside of ``slices`` (all slices when ``pairs`` is
+    None): their first slices as :func:`xaiseg.bench_structure.sample_slices` takes them (a single
+    pair is the middle one), or, where that inside holds fewer distinct pairs than asked, at the
+    quantiles (i + 1/2) / n of all the pairs there are.  ``sampling`` 'between': the pairs of the
+    ``2 * pairs + 1`` so taken that share no slice with the middle sampling of ``pairs`` (one pair asked:
+    those at a quarter and three quarters of the inside); empty where the structure holds no such pair."""
+    if sampling not in SAMPLINGS:
+        raise InputError(f"faithfulness sampling {sampling!r}: expected one of {', '.join(SAMPLINGS)}")
+    ks = sorted(slices)
+    if pairs is None:
+        if sampling != SAMPLING:
+            raise InputError(f"faithfulness sampling {sampling} takes pairs between the middle sampling's; expected "
+                             "a number of pairs (--pairs N, N >= 1), not every slice")
+        return ks
+    if sampling != SAMPLING:
+        middle = set(adjacent_pairs(ks, pairs))
+        return sorted({k for s in _pair_starts(ks, 2 * pairs + 1) if not {s, s + 1} & middle for k in (s, s + 1)})
+    chosen = _pair_starts(ks, pairs)
+    if not chosen:
+        return ks[:1]
     return sorted({k for s in chosen for k in (s, s + 1)})
 
 
@@ -160,7 +181,7 @@ def _variant_text(rise: Mapping[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(rise.items())) or "its defaults"
 
 
-def pair_segmentation(session, sample, name: str, pairs: Optional[int], progress):
+def pair_segmentation(session, sample, name: str, pairs: Optional[int], progress, sampling: str = SAMPLING):
     """The structure's sampled slices (:func:`adjacent_pairs` of the atlas's slices), each
     segmented from a tight atlas box, and those of them where the model drew a mask."""
     from .volume import LabelBoxPrompt, plane_index
@@ -168,7 +189,11 @@ def pair_segmentation(session, sample, name: str, pairs: Optional[int], progress
     truth = sample.mask(name)
     axis = session.axis
     atlas_slices = [int(k) for k in np.nonzero(truth.any(axis=tuple(a for a in range(3) if a != axis)))[0]]
-    slices = adjacent_pairs(atlas_slices, pairs)
+    slices = adjacent_pairs(atlas_slices, pairs, sampling)
+    if not slices:
+        raise InputError(f"faithfulness sampling {sampling} of {name}: its {len(atlas_slices)} slices hold no pair "
+                         f"of adjacent slices outside the middle sampling's {pairs} pair(s); expected a larger "
+                         "structure, or fewer --pairs")
     boxes = np.zeros(truth.shape, np.uint8)  # only the explained slices are segmented (tight atlas boxes)
     for k in slices:
         boxes[plane_index(axis, k)] = truth[plane_index(axis, k)]
@@ -178,11 +203,12 @@ def pair_segmentation(session, sample, name: str, pairs: Optional[int], progress
 
 def structure_rows(session, sample, name: str, pairs: Optional[int], masks: int, progress,
                    metric_fill: str = "inpaint", methods: Sequence[str] = METHODS, keep: Optional[Path] = None,
-                   seed: int = 0, rise: Optional[Mapping[str, Any]] = None) -> Dict:
-    """Explain one structure's sampled slices with ``methods``; the per-method figures and per-slice
-    rows.  ``keep``: a folder where each explained slice's maps are kept (:mod:`xaiseg.kept_maps`)."""
+                   seed: int = 0, rise: Optional[Mapping[str, Any]] = None, sampling: str = SAMPLING) -> Dict:
+    """Explain one structure's sampled slices (``pairs`` and ``sampling``, :func:`adjacent_pairs`) with
+    ``methods``; the per-method figures and per-slice rows.  ``keep``: a folder where each explained slice's
+    maps are kept (:mod:`xaiseg.kept_maps`)."""
     truth = sample.mask(name)
-    seg, slices = pair_segmentation(session, sample, name, pairs, progress)
+    seg, slices = pair_segmentation(session, sample, name, pairs, progress, sampling)
     t0 = time.perf_counter()
     explainers = _explainers(masks, metric_fill=metric_fill, only=methods, seed=seed, rise=rise)
     run = session.explain(seg, explainers, slices=slices, target=truth, progress=progress)
@@ -293,11 +319,11 @@ SLICE_CASCADE_METHODS = ("layers",)
 
 def slice_cascade_rows(session, sample, name: str, pairs: Optional[int], progress, methods: Sequence[str] =
                        SLICE_CASCADE_METHODS, seed: int = 0, masks: int = CASCADE_MASKS,
-                       rise: Optional[Mapping[str, Any]] = None) -> Dict:
+                       rise: Optional[Mapping[str, Any]] = None, sampling: str = SAMPLING) -> Dict:
     """The cascade of ``methods``, its last step drawn :data:`CASCADE_DRAWS` times, on every slice
     the maps part explains (:func:`pair_segmentation`), without curves.  Each draw re-draws the model
     with the same seed on every slice, so draw d is one random model seen through all the slices."""
-    seg, slices = pair_segmentation(session, sample, name, pairs, progress)
+    seg, slices = pair_segmentation(session, sample, name, pairs, progress, sampling)
     t0 = time.perf_counter()
     run = session.explain(seg, _explainers(masks, cascade=True, only=methods, seed=seed, rise=rise, curves=False),
                           slices=slices, progress=progress)
@@ -367,11 +393,18 @@ def rise_masks(result: Dict) -> Dict[str, Optional[int]]:
     return out
 
 
+def _held(entry: Mapping[str, Any], methods: Sequence[str]) -> List[str]:
+    """Those of ``methods`` whose rows a table's maps ``entry`` holds: the methods its versions record (a
+    table begun with a ``--methods`` subset records those alone), all of them where it records none."""
+    versions = entry.get("versions")
+    return [m for m in methods if m in versions] if versions else list(methods)
+
+
 def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
                        structures: Optional[Sequence[str]] = None, pairs: Optional[int] = 1, masks: int = 300,
                        parts: Sequence[str] = PARTS, metric_fill: str = "inpaint",
                        methods: Sequence[str] = METHODS, keep_maps: Optional[Path] = None, seed: int = 0,
-                       rise: Union[None, str, Mapping[str, Any]] = None) -> Dict:
+                       rise: Union[None, str, Mapping[str, Any]] = None, sampling: str = SAMPLING) -> Dict:
     """``methods``: what the maps part measures; a subset measures only those methods again and
     replaces their rows in the tables already written with the same pairs, masks and curves (the
     other methods' rows stay; each re-measured structure records which methods, when and where), and
@@ -381,7 +414,9 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
     a structure resumed from the table is not explained, so keeps nothing.  ``seed``: of every random
     draw (RISE's masks, the random trivial map); a table keeps only rows of its own seed.  ``rise``: RISE's
     own settings (:func:`rise_variant`; its defaults when None), to measure a variant of it with the
-    bench itself; a table keeps only rows of its own."""
+    bench itself; a table keeps only rows of its own.  ``sampling``: which pairs (:func:`adjacent_pairs`;
+    'between' holds out every slice of the goal table's middle sampling); a table keeps only rows of its
+    own.  In a folder with no table yet, a ``methods`` subset writes a table of those methods alone."""
     from .bench_explain import machine
     from .models.litemedsam import LiteMedSAM
     from .pipeline import SegmentConfig, Session
@@ -393,6 +428,16 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
         raise InputError(f"faithfulness parts {','.join(sorted(set(parts) - set(PARTS))) or '(none)'}: expected some "
                          f"of {','.join(PARTS)}")
     rise = rise_variant(rise)
+    if sampling not in SAMPLINGS:
+        raise InputError(f"faithfulness sampling {sampling!r}: expected one of {', '.join(SAMPLINGS)}")
+    if sampling != SAMPLING and pairs is None:
+        raise InputError(f"faithfulness sampling {sampling} takes pairs between the middle sampling's; expected "
+                         "a number of pairs (--pairs N, N >= 1), not every slice (--pairs 0)")
+    central = sorted(set(parts) & {"cascade", "fills"})
+    if sampling != SAMPLING and central:
+        raise InputError(f"faithfulness sampling {sampling} with --parts {','.join(central)}: those parts measure "
+                         "the structure's middle slices whatever the sampling; expected --parts maps or "
+                         "cascade_slices with it")
     if rise and not (("maps" in parts and "rise" in methods) or "cascade" in parts):
         raise InputError(f"--rise {_variant_text(rise)} with --parts {','.join(parts)} and --methods "
                          f"{','.join(methods)}: this run measures no RISE map; expected the maps part with rise "
@@ -404,10 +449,10 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
     path = Path(outdir) / "faithfulness.json"
     previous = json.loads(path.read_text()) if path.is_file() else {}
     same = previous.get("pairs") == pairs and _same_masks(previous, masks, structures, methods, parts) and \
-        table_setting(previous, "metric_fill") == metric_fill and table_setting(previous, "sampling") == SAMPLING and \
+        table_setting(previous, "metric_fill") == metric_fill and table_setting(previous, "sampling") == sampling and \
         table_setting(previous, "seed") == seed and table_setting(previous, "rise") == rise
     done = (previous.get("maps") or {}) if same else {}  # structures measured with the same settings
-    if "maps" in parts and subset and not all(name in done for name in structures):
+    if "maps" in parts and subset and previous and not all(name in done for name in structures):
         held = (f"it holds {', '.join(previous.get('maps') or {}) or 'none'} measured with pairs "
                 f"{previous.get('pairs')} ({table_setting(previous, 'sampling')}), masks {previous.get('masks')}, "
                 f"curves {table_setting(previous, 'metric_fill')}, seed {table_setting(previous, 'seed')} and RISE "
@@ -415,12 +460,13 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
             if previous else "it holds no table"
         raise InputError(f"faithfulness methods {','.join(methods)} replace rows of {path}; {held}; expected every "
                          f"structure of this run ({', '.join(structures)}) there with this run's pairs {pairs} "
-                         f"({SAMPLING}), masks {masks}, curves {metric_fill}, seed {seed} and RISE {_variant_text(rise)} "
+                         f"({sampling}), masks {masks}, curves {metric_fill}, seed {seed} and RISE {_variant_text(rise)} "
                          "(other masks only when RISE is "
                          f"measured again on every structure there, the cascade's {CASCADE_MASKS} unchanged): "
-                         "run all methods")
+                         "run all methods, or these in a folder with no table")
     kept = [m for m in METHODS if m not in methods]  # the rows a --methods run keeps
-    stale = [name for name in structures if name in done and not current(done[name].get("versions"), kept)]
+    stale = [name for name in structures if name in done and not current(done[name].get("versions"),
+                                                                           _held(done[name], kept))]
     if "maps" in parts and subset and stale:
         raise InputError(f"faithfulness methods {','.join(methods)} would keep rows of {','.join(kept)} in {path} "
                          f"made by another engine ({', '.join(stale)}: map versions "
@@ -431,7 +477,7 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
         done = {name: entry for name, entry in done.items()
                 if current(entry.get("versions")) and measured[name] == masks}
     result: Dict = {"machine": machine(device), "structures": list(structures), "pairs": pairs, "masks": masks,
-                    "metric_fill": metric_fill, "sampling": SAMPLING, "seed": seed, "rise": rise, "goals": GOALS,
+                    "metric_fill": metric_fill, "sampling": sampling, "seed": seed, "rise": rise, "goals": GOALS,
                     "parts": list(parts)}
     # parts already measured with the same settings stay (each part records its machine); others go,
     # so the table never labels rows with settings they were not measured with
@@ -462,12 +508,18 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
                     print(f"{name}: resumed from {path}, so no maps kept for it in {keep_maps}")
                 result["maps"][name] = done.get(name) or structure_rows(session, sample, name, pairs, masks,
                                                                         progress, metric_fill, keep=keep_maps,
-                                                                        seed=seed, rise=rise)
+                                                                        seed=seed, rise=rise, sampling=sampling)
             else:
                 fresh = structure_rows(session, sample, name, pairs, masks, progress, metric_fill, methods,
-                                       keep=keep_maps, seed=seed, rise=rise)
+                                       keep=keep_maps, seed=seed, rise=rise, sampling=sampling)
+                if name not in done:  # a folder with no table: a table of these methods alone
+                    result["maps"][name] = fresh
+                    _save(outdir, result)
+                    continue
                 entry = dict(done[name])
-                entry["methods"] = {m: fresh["methods"].get(m, v) for m, v in entry["methods"].items()}
+                # the table's methods and this run's, in the bench's order (a table begun with a subset grows)
+                entry["methods"] = {m: fresh["methods"].get(m, entry["methods"].get(m)) for m in METHODS
+                                    if m in fresh["methods"] or m in entry["methods"]}
                 entry["versions"] = dict(entry.get("versions") or {}, **fresh["versions"])
                 entry["remeasured"] = _remeasured(entry, methods, fresh["seconds"], result["machine"], masks=masks)
                 result["maps"][name] = entry
@@ -506,7 +558,8 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
         result["cascade_slices_versions"] = {m: MAP_VERSIONS[m] for m in SLICE_CASCADE_METHODS}
         for name in structures:
             result["cascade_slices"][name] = slice_cascade_rows(session, sample, name, pairs, progress, seed=seed,
-                                                                masks=min(masks, CASCADE_MASKS), rise=rise)
+                                                                masks=min(masks, CASCADE_MASKS), rise=rise,
+                                                                sampling=sampling)
             _save(outdir, result)
     if "fills" in parts:
         result["fills"] = {}
@@ -729,6 +782,9 @@ def markdown(result: Dict) -> str:
              f"({result['machine'].get('device', 'cpu')}). LiteMedSAM on MNI152, a tight box per axial slice from "
              "the Harvard-Oxford atlas; "
              + ("every slice with a mask" if result.get("pairs") is None else
+                f"up to {result['pairs'] + 1} pairs of adjacent slices per structure, halfway between the "
+                f"{result['pairs']} pair(s) of the middle sampling and the ends of the structure's inside, so no "
+                "slice of the goal table's sampling (`--sampling between`)" if result.get("sampling") == "between" else
                 f"{result.get('pairs')} pair(s) of adjacent slices per structure, "
                 + ("each at the middle of its share of the structure's slices" if result.get("sampling") == "middle"
                    else "the first pair at the structure's first slices"))
@@ -758,6 +814,8 @@ def markdown(result: Dict) -> str:
                   f"{GOALS['adjacent_spearman']}):", "", "| method | slices | beats all trivial | goal met | "
                   "adjacent Spearman | goal met |", "|---|---|---|---|---|---|"]
         for method, g in goal_summary(maps).items():
+            if not g["slices"]:  # a table of some methods alone (--methods in a folder with no table)
+                continue
             b, r = g["beats_trivial_share"], g["adjacent_spearman"]
             lines.append(f"| {method} | {g['slices']} | {_f(b, 2)} | "
                          f"{'yes' if b is not None and b >= GOALS['beats_trivial_share'] else 'no'} | {_f(r, 2)} | "

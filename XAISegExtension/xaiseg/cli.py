@@ -119,7 +119,8 @@ def cmd_bench(args) -> int:
         torch.set_num_threads(int(args.threads))
     parts = _listed(args.parts)
     for flag, given, does in (("--merge", args.merge, "merges runs"), ("--seed", args.seed, "takes a seed"),
-                              ("--rise", args.rise, "takes RISE's settings"), ("--keep-maps", args.keep_maps, "keeps maps")):
+                              ("--rise", args.rise, "takes RISE's settings"), ("--keep-maps", args.keep_maps, "keeps maps"),
+                              ("--sampling", args.sampling != "middle", "samples pairs")):
         if given and args.what != "faithfulness":
             raise InputError(f"{flag}: only the faithfulness bench {does}, not {args.what}")
     if args.keep_maps and parts and "maps" not in parts:
@@ -131,9 +132,9 @@ def cmd_bench(args) -> int:
         with staged(Path(args.keep_maps)):
             pass
     if args.merge and (args.structures or args.methods or args.parts or args.quick or args.keep_maps or args.seed
-                       or args.rise):
+                       or args.rise or args.sampling != "middle"):
         raise InputError("--merge measures nothing: expected no --structures, --methods, --parts, --quick, "
-                         "--keep-maps, --seed or --rise with it")
+                         "--keep-maps, --seed, --rise or --sampling with it")
     if args.merge:  # the faithfulness bench's, checked above
         from .bench_faithfulness import merge_faithfulness
 
@@ -148,7 +149,7 @@ def cmd_bench(args) -> int:
                            pairs=args.pairs or None, masks=args.masks, parts=parts or PARTS,
                            metric_fill=args.metric_fill, methods=_listed(args.methods) if args.methods else METHODS,
                            keep_maps=Path(args.keep_maps) if args.keep_maps else None, seed=args.seed,
-                           rise=args.rise)
+                           rise=args.rise, sampling=args.sampling)
         return 0
     if args.what == "audit":
         from .bench_audit import bench_audit
@@ -237,10 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(default: the six demo structures)")
     b.add_argument("--pairs", type=int, default=1, help="faithfulness: pairs of adjacent slices per structure (0: "
                                                         "every slice; default 1)")
+    b.add_argument("--sampling", default="middle", choices=("middle", "between"),
+                   help="faithfulness: which pairs: middle (default; each at the middle of its share of the "
+                        "structure, the goal table's) or between (the --pairs + 1 pairs halfway between those and "
+                        "the structure's ends: slices held out from the goal table, to check a setting chosen on it)")
     b.add_argument("--masks", type=int, default=300, help="faithfulness: most RISE masks per slice (default 300)")
     b.add_argument("--methods", help="faithfulness: the methods its maps part measures (default occlusion,rise,"
                                      "layers); some of them measure those again and replace only their rows, "
-                                     "and the cascade part only their steps of the table's cascade row")
+                                     "and the cascade part only their steps of the table's cascade row (in a "
+                                     "folder with no table: a table of those methods alone)")
     b.add_argument("--metric-fill", default="inpaint", choices=METRIC_FILLS,
                    help="faithfulness: how the curves remove pixels (default inpaint; zero: the seed's zero fill)")
     b.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; on a shared machine 1 "
