@@ -29,6 +29,14 @@ def test_the_between_sampling_holds_out_the_middle_samplings_slices():
         assert not set(adjacent_pairs(range(10, 60), pairs, "between")) & set(adjacent_pairs(range(10, 60), pairs))
     assert adjacent_pairs([5, 6, 8, 9], 1, "between") == [8, 9]  # the middle sampling took 5, 6
     assert adjacent_pairs([5, 6], 1, "between") == []  # no other pair: nothing held out
+    # a small structure: the free pair nearest each place, so both sides keep a pair where they can
+    assert adjacent_pairs(range(10, 16), 1) == [12, 13] and adjacent_pairs(range(10, 16), 1, "between") == [10, 11, 14, 15]
+    assert adjacent_pairs(range(10, 21), 2, "between") == [11, 12, 18, 19]  # 11 slices: one pair each side
+    for n in range(2, 40):
+        for pairs in (1, 2, 3):
+            held = adjacent_pairs(range(n), pairs, "between")
+            assert not set(held) & set(adjacent_pairs(range(n), pairs)) and len(held) <= 2 * (pairs + 1)
+            assert all(b == a + 1 for a, b in zip(held[::2], held[1::2])) and len(held) % 2 == 0  # whole pairs
     with pytest.raises(InputError, match="sampling 'ends': expected one of middle, between"):
         adjacent_pairs(range(10, 30), 1, "ends")
     with pytest.raises(InputError, match="expected a number of pairs"):
@@ -846,7 +854,7 @@ def test_some_methods_in_a_folder_with_no_table_write_a_table_of_their_own(tmp_p
     def rows(session, sample, name, pairs, masks, progress, metric_fill="inpaint", methods=bf.METHODS, **kwargs):
         calls.append((name, tuple(methods), kwargs["sampling"]))
         per = {m: {"per_slice": {k: {"beats_trivial_deletion": m == "occlusion"} for k in ("14", "15")},
-                   "deletion_auc": 0.5,
+                   "deletion_auc": 0.1 * len(calls),  # which call made a row
                    "best_trivial_deletion_auc": 0.6, "deletion_gain": 0.1, "beats_trivial_share": 1.0,
                    "insertion_auc": 0.7, "adjacent_spearman": 0.8, "evidence_share": 1.0, "evaluations": 9}
                for m in methods}
@@ -868,13 +876,18 @@ def test_some_methods_in_a_folder_with_no_table_write_a_table_of_their_own(tmp_p
     text = (tmp_path / "faithfulness.md").read_text()
     assert "halfway between the 1 pair(s) of the middle sampling" in text
     assert "| occlusion | 2 | 1.00 | yes |" in text and "| rise |" not in text  # no goal row of an unmeasured method
+    assert "This table holds occlusion alone" in text
     grown = bf.bench_faithfulness(tmp_path, methods=["rise"], **run)
     assert list(grown["maps"]["Left_Caudate"]["methods"]) == ["occlusion", "rise"]
     assert grown["maps"]["Left_Caudate"]["versions"] == bf.row_versions(["occlusion", "rise"])
     assert calls[-1] == ("Left_Caudate", ("rise",), "between")
+    assert "remeasured" not in grown["maps"]["Left_Caudate"]  # RISE was added, not measured again
     bf.bench_faithfulness(tmp_path, methods=["occlusion"], **run)  # measured again: RISE's rows stay
     table = json.loads((tmp_path / "faithfulness.json").read_text())
     assert list(table["maps"]["Left_Caudate"]["methods"]) == ["occlusion", "rise"] and len(calls) == 3
+    aucs = {m: v["deletion_auc"] for m, v in table["maps"]["Left_Caudate"]["methods"].items()}
+    assert aucs == {"occlusion": pytest.approx(0.3), "rise": pytest.approx(0.2)}  # the third call's, the second's
+    assert [r["methods"] for r in table["maps"]["Left_Caudate"]["remeasured"]] == [["occlusion"]]
     # the goal table's sampling does not resume the held-out rows: it refuses to keep them beside its own
     with pytest.raises(InputError, match="pairs 1 \\(between\\).*this run's pairs 1 \\(middle\\)"):
         bf.bench_faithfulness(tmp_path, structures=["Left_Caudate"], parts=("maps",), methods=["occlusion"])

@@ -107,9 +107,11 @@ def adjacent_pairs(slices: Sequence[int], pairs: Optional[int], sampling: str = 
     """``pairs`` pairs (k, k+1) spread through the inside of ``slices`` (all slices when ``pairs`` is
     None): their first slices as :func:`xaiseg.bench_structure.sample_slices` takes them (a single
     pair is the middle one), or, where that inside holds fewer distinct pairs than asked, at the
-    quantiles (i + 1/2) / n of all the pairs there are.  ``sampling`` 'between': the pairs of the
-    ``2 * pairs + 1`` so taken that share no slice with the middle sampling of ``pairs`` (one pair asked:
-    those at a quarter and three quarters of the inside); empty where the structure holds no such pair."""
+    quantiles (i + 1/2) / n of all the pairs there are.  ``sampling`` 'between': up to ``pairs + 1``
+    pairs sharing no slice with the middle sampling of ``pairs``, each the one nearest to a place halfway
+    between its pairs and the inside's ends (the ``2 * pairs + 1`` sampling's places that the middle one
+    does not take; one pair asked: a quarter and three quarters of the inside); fewer where the structure
+    holds fewer such pairs, none where it holds none."""
     if sampling not in SAMPLINGS:
         raise InputError(f"faithfulness sampling {sampling!r}: expected one of {', '.join(SAMPLINGS)}")
     ks = sorted(slices)
@@ -119,8 +121,21 @@ def adjacent_pairs(slices: Sequence[int], pairs: Optional[int], sampling: str = 
                              "a number of pairs (--pairs N, N >= 1), not every slice")
         return ks
     if sampling != SAMPLING:
-        middle = set(adjacent_pairs(ks, pairs))
-        return sorted({k for s in _pair_starts(ks, 2 * pairs + 1) if not {s, s + 1} & middle for k in (s, s + 1)})
+        taken = set(adjacent_pairs(ks, pairs))
+        known = set(ks)
+        starts = [k for k in ks if k + 1 in known]
+        out: List[int] = []
+        for j in range(0, 2 * pairs + 1, 2):  # the places the middle sampling does not take
+            if not starts:
+                break
+            place = starts[int(round((j + 1) * (len(starts) - 1) / (2 * pairs + 2)))]
+            free = [s for s in starts if not {s, s + 1} & taken]
+            if not free:
+                break
+            s = min(free, key=lambda k: (abs(k - place), k))
+            out += [s, s + 1]
+            taken.update((s, s + 1))
+        return sorted(out)
     chosen = _pair_starts(ks, pairs)
     if not chosen:
         return ks[:1]
@@ -394,10 +409,13 @@ def rise_masks(result: Dict) -> Dict[str, Optional[int]]:
 
 
 def _held(entry: Mapping[str, Any], methods: Sequence[str]) -> List[str]:
-    """Those of ``methods`` whose rows a table's maps ``entry`` holds: the methods its versions record (a
-    table begun with a ``--methods`` subset records those alone), all of them where it records none."""
+    """Those of ``methods`` whose rows a table's maps ``entry`` holds: the methods it has rows of or its
+    versions record (a table begun with a ``--methods`` subset holds those alone), all of them where it
+    records no versions."""
     versions = entry.get("versions")
-    return [m for m in methods if m in versions] if versions else list(methods)
+    if not versions:
+        return list(methods)
+    return [m for m in methods if m in versions or m in (entry.get("methods") or {})]
 
 
 def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
@@ -521,7 +539,9 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
                 entry["methods"] = {m: fresh["methods"].get(m, entry["methods"].get(m)) for m in METHODS
                                     if m in fresh["methods"] or m in entry["methods"]}
                 entry["versions"] = dict(entry.get("versions") or {}, **fresh["versions"])
-                entry["remeasured"] = _remeasured(entry, methods, fresh["seconds"], result["machine"], masks=masks)
+                again = [m for m in methods if m in done[name]["methods"]]  # not those added to the table now
+                if again:
+                    entry["remeasured"] = _remeasured(entry, again, fresh["seconds"], result["machine"], masks=masks)
                 result["maps"][name] = entry
             _save(outdir, result)
         if result["masks"] != masks:  # every structure measured again: the table takes the new label
@@ -799,6 +819,10 @@ def markdown(result: Dict) -> str:
                 else "")
              + ".", ""]
     maps = result.get("maps") or {}
+    held = [m for m in METHODS if any(m in entry["methods"] for entry in maps.values())]
+    if maps and len(held) < len(METHODS):
+        lines += [f"This table holds {', '.join(held)} alone (`--methods` in a folder with no table); what the "
+                  "sentence above says of the other methods does not apply.", ""]
     if maps:
         lines += ["| structure | method | slices | deletion AUC | best trivial | gain | beats all trivial | "
                   "insertion AUC | adjacent Spearman | evidence | passes/slice |", "|" + "---|" * 11]

@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "every slice; default 1)")
     b.add_argument("--sampling", default="middle", choices=("middle", "between"),
                    help="faithfulness: which pairs: middle (default; each at the middle of its share of the "
-                        "structure, the goal table's) or between (the --pairs + 1 pairs halfway between those and "
+                        "structure, the goal table's) or between (up to --pairs + 1 pairs halfway between those and "
                         "the structure's ends: slices held out from the goal table, to check a setting chosen on it)")
     b.add_argument("--masks", type=int, default=300, help="faithfulness: most RISE masks per slice (default 300)")
     b.add_argument("--methods", help="faithfulness: the methods its maps part measures (default occlusion,rise,"
