@@ -90,17 +90,13 @@ SAMPLING = "middle"
 SAMPLINGS = (SAMPLING, "between")
 
 
-def _pair_starts(ks: Sequence[int], pairs: int) -> List[int]:
-    """The first slices of :func:`adjacent_pairs`' pairs in the sorted slices ``ks``."""
-    from .bench_structure import sample_slices
-
-    known = set(ks)
-    starts = [k for k in ks if k + 1 in known]
-    n = min(pairs, len(starts))
-    chosen = sample_slices(starts, n)
-    if len(chosen) < n:
-        chosen = [starts[int((i + 0.5) * len(starts) / n)] for i in range(n)]
-    return chosen
+def check_sampling(sampling: str, pairs: Optional[int]) -> None:
+    """Refuse an unknown ``sampling``, or 'between' with every slice (``pairs`` None) asked."""
+    if sampling not in SAMPLINGS:
+        raise InputError(f"faithfulness sampling {sampling!r}: expected one of {', '.join(SAMPLINGS)}")
+    if sampling != SAMPLING and pairs is None:
+        raise InputError(f"faithfulness sampling {sampling} takes pairs between the middle sampling's; expected "
+                         "a number of pairs (--pairs N, N >= 1), not every slice (--pairs 0)")
 
 
 def adjacent_pairs(slices: Sequence[int], pairs: Optional[int], sampling: str = SAMPLING) -> List[int]:
@@ -112,18 +108,16 @@ def adjacent_pairs(slices: Sequence[int], pairs: Optional[int], sampling: str = 
     between its pairs and the inside's ends (the ``2 * pairs + 1`` sampling's places that the middle one
     does not take; one pair asked: a quarter and three quarters of the inside); fewer where the structure
     holds fewer such pairs, none where it holds none."""
-    if sampling not in SAMPLINGS:
-        raise InputError(f"faithfulness sampling {sampling!r}: expected one of {', '.join(SAMPLINGS)}")
+    from .bench_structure import sample_slices
+
+    check_sampling(sampling, pairs)
     ks = sorted(slices)
     if pairs is None:
-        if sampling != SAMPLING:
-            raise InputError(f"faithfulness sampling {sampling} takes pairs between the middle sampling's; expected "
-                             "a number of pairs (--pairs N, N >= 1), not every slice")
         return ks
+    known = set(ks)
+    starts = [k for k in ks if k + 1 in known]
     if sampling != SAMPLING:
         taken = set(adjacent_pairs(ks, pairs))
-        known = set(ks)
-        starts = [k for k in ks if k + 1 in known]
         out: List[int] = []
         for j in range(0, 2 * pairs + 1, 2):  # the places the middle sampling does not take
             if not starts:
@@ -136,9 +130,12 @@ def adjacent_pairs(slices: Sequence[int], pairs: Optional[int], sampling: str = 
             out += [s, s + 1]
             taken.update((s, s + 1))
         return sorted(out)
-    chosen = _pair_starts(ks, pairs)
-    if not chosen:
+    if not starts:
         return ks[:1]
+    n = min(pairs, len(starts))
+    chosen = sample_slices(starts, n)
+    if len(chosen) < n:
+        chosen = [starts[int((i + 0.5) * len(starts) / n)] for i in range(n)]
     return sorted({k for s in chosen for k in (s, s + 1)})
 
 
@@ -446,11 +443,7 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
         raise InputError(f"faithfulness parts {','.join(sorted(set(parts) - set(PARTS))) or '(none)'}: expected some "
                          f"of {','.join(PARTS)}")
     rise = rise_variant(rise)
-    if sampling not in SAMPLINGS:
-        raise InputError(f"faithfulness sampling {sampling!r}: expected one of {', '.join(SAMPLINGS)}")
-    if sampling != SAMPLING and pairs is None:
-        raise InputError(f"faithfulness sampling {sampling} takes pairs between the middle sampling's; expected "
-                         "a number of pairs (--pairs N, N >= 1), not every slice (--pairs 0)")
+    check_sampling(sampling, pairs)
     central = sorted(set(parts) & {"cascade", "fills"})
     if sampling != SAMPLING and central:
         raise InputError(f"faithfulness sampling {sampling} with --parts {','.join(central)}: those parts measure "
