@@ -120,12 +120,10 @@ def adjacent_pairs(slices: Sequence[int], pairs: Optional[int], sampling: str = 
         taken = set(adjacent_pairs(ks, pairs))
         out: List[int] = []
         for j in range(0, 2 * pairs + 1, 2):  # the places the middle sampling does not take
-            if not starts:
-                break
-            place = starts[int(round((j + 1) * (len(starts) - 1) / (2 * pairs + 2)))]
             free = [s for s in starts if not {s, s + 1} & taken]
             if not free:
                 break
+            place = starts[int(round((j + 1) * (len(starts) - 1) / (2 * pairs + 2)))]
             s = min(free, key=lambda k: (abs(k - place), k))
             out += [s, s + 1]
             taken.update((s, s + 1))
@@ -467,8 +465,7 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
         held = (f"it holds {', '.join(previous.get('maps') or {}) or 'none'} measured with pairs "
                 f"{previous.get('pairs')} ({table_setting(previous, 'sampling')}), masks {previous.get('masks')}, "
                 f"curves {table_setting(previous, 'metric_fill')}, seed {table_setting(previous, 'seed')} and RISE "
-                f"{_variant_text(table_setting(previous, 'rise'))}") \
-            if previous else "it holds no table"
+                f"{_variant_text(table_setting(previous, 'rise'))}")  # a folder with no table is not refused
         raise InputError(f"faithfulness methods {','.join(methods)} replace rows of {path}; {held}; expected every "
                          f"structure of this run ({', '.join(structures)}) there with this run's pairs {pairs} "
                          f"({sampling}), masks {masks}, curves {metric_fill}, seed {seed} and RISE {_variant_text(rise)} "

@@ -15,6 +15,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from .bench_faithfulness import SAMPLING, SAMPLINGS
 from .cli_options import add_explain_options, add_segment_options, request_from_args
 from .explain.base import METRIC_FILLS
 from .errors import Cancelled, InputError, XAISegError
@@ -120,7 +121,7 @@ def cmd_bench(args) -> int:
     parts = _listed(args.parts)
     for flag, given, does in (("--merge", args.merge, "merges runs"), ("--seed", args.seed, "takes a seed"),
                               ("--rise", args.rise, "takes RISE's settings"), ("--keep-maps", args.keep_maps, "keeps maps"),
-                              ("--sampling", args.sampling != "middle", "samples pairs")):
+                              ("--sampling", args.sampling != SAMPLING, "samples pairs")):
         if given and args.what != "faithfulness":
             raise InputError(f"{flag}: only the faithfulness bench {does}, not {args.what}")
     if args.keep_maps and parts and "maps" not in parts:
@@ -132,7 +133,7 @@ def cmd_bench(args) -> int:
         with staged(Path(args.keep_maps)):
             pass
     if args.merge and (args.structures or args.methods or args.parts or args.quick or args.keep_maps or args.seed
-                       or args.rise or args.sampling != "middle"):
+                       or args.rise or args.sampling != SAMPLING):
         raise InputError("--merge measures nothing: expected no --structures, --methods, --parts, --quick, "
                          "--keep-maps, --seed, --rise or --sampling with it")
     if args.merge:  # the faithfulness bench's, checked above
@@ -238,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(default: the six demo structures)")
     b.add_argument("--pairs", type=int, default=1, help="faithfulness: pairs of adjacent slices per structure (0: "
                                                         "every slice; default 1)")
-    b.add_argument("--sampling", default="middle", choices=("middle", "between"),
+    b.add_argument("--sampling", default=SAMPLING, choices=SAMPLINGS,
                    help="faithfulness: which pairs: middle (default; each at the middle of its share of the "
                         "structure, the goal table's) or between (up to --pairs + 1 pairs halfway between those and "
                         "the structure's ends: slices held out from the goal table, to check a setting chosen on it)")
