@@ -415,6 +415,11 @@ def test_runs_of_some_structures_each_merge_into_one_table(tmp_path):
     older = table(["Left_Caudate"], 0.3, 1.0)
     older["maps"]["Left_Caudate"]["versions"] = dict(bf.row_versions(bf.METHODS), rise=bf.MAP_VERSIONS["rise"] - 1)
     refused.append((folder("older", older), "different engines .*Left_Caudate"))
+    alone = table(["Left_Caudate"], 0.3, 1.0)  # a held-out run of occlusion alone beside a full table
+    alone["maps"]["Left_Caudate"]["methods"] = {"occlusion": alone["maps"]["Left_Caudate"]["methods"]["occlusion"]}
+    alone["maps"]["Left_Caudate"]["versions"] = bf.row_versions(["occlusion"])
+    refused.append((folder("alone", alone), r"hold different methods \(Left_Amygdala layers, occlusion, rise; "
+                                            r"Left_Caudate occlusion\); expected every run to measure the same"))
     unversioned = table(["Left_Caudate"], 0.3, 1.0, cascade={"Left_Caudate": {}})  # an older table's cascade
     refused.append((folder("once", dict(unversioned, cascade_versions=dict(bf.MAP_VERSIONS))),
                     "cascade row of Left_Caudate whose last step was drawn 1 time"))
@@ -869,6 +874,13 @@ def test_some_methods_in_a_folder_with_no_table_write_a_table_of_their_own(tmp_p
             bf.bench_faithfulness(tmp_path, **dict({"structures": ["Left_Caudate"], "methods": ["occlusion"],
                                                     "sampling": "between", "parts": ("maps",)}, **bad))
     assert not list(tmp_path.iterdir()) and not calls  # refused before anything is measured or written
+    # a structure with no pair outside the middle sampling's is refused before the first is measured
+    with pytest.raises(InputError, match=r"sampling between of Left_Putamen: its \d+ slices hold no pair of adjacent "
+                                         r"slices outside the middle sampling's 16 pair\(s\); expected a larger "
+                                         r"structure, or fewer --pairs"):
+        bf.bench_faithfulness(tmp_path, structures=["Left_Caudate", "Left_Putamen"], methods=["occlusion"],
+                              sampling="between", parts=("maps",), pairs=16)
+    assert not list(tmp_path.iterdir()) and not calls
     run = dict(structures=["Left_Caudate"], parts=("maps",), sampling="between")
     first = bf.bench_faithfulness(tmp_path, methods=["occlusion"], **run)
     assert calls == [("Left_Caudate", ("occlusion",), "between")]

@@ -191,6 +191,18 @@ def _variant_text(rise: Mapping[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(rise.items())) or "its defaults"
 
 
+def sampled_slices(truth: np.ndarray, axis: int, name: str, pairs: Optional[int], sampling: str = SAMPLING) -> List[int]:
+    """The slices of structure ``name`` (its atlas mask ``truth``, slices along ``axis``) that
+    :func:`adjacent_pairs` samples; refused where the 'between' sampling finds no free pair."""
+    atlas_slices = [int(k) for k in np.nonzero(truth.any(axis=tuple(a for a in range(3) if a != axis)))[0]]
+    slices = adjacent_pairs(atlas_slices, pairs, sampling)
+    if not slices:
+        raise InputError(f"faithfulness sampling {sampling} of {name}: its {len(atlas_slices)} slices hold no pair "
+                         f"of adjacent slices outside the middle sampling's {pairs} pair(s); expected a larger "
+                         "structure, or fewer --pairs")
+    return slices
+
+
 def pair_segmentation(session, sample, name: str, pairs: Optional[int], progress, sampling: str = SAMPLING):
     """The structure's sampled slices (:func:`adjacent_pairs` of the atlas's slices), each
     segmented from a tight atlas box, and those of them where the model drew a mask."""
@@ -198,12 +210,7 @@ def pair_segmentation(session, sample, name: str, pairs: Optional[int], progress
 
     truth = sample.mask(name)
     axis = session.axis
-    atlas_slices = [int(k) for k in np.nonzero(truth.any(axis=tuple(a for a in range(3) if a != axis)))[0]]
-    slices = adjacent_pairs(atlas_slices, pairs, sampling)
-    if not slices:
-        raise InputError(f"faithfulness sampling {sampling} of {name}: its {len(atlas_slices)} slices hold no pair "
-                         f"of adjacent slices outside the middle sampling's {pairs} pair(s); expected a larger "
-                         "structure, or fewer --pairs")
+    slices = sampled_slices(truth, axis, name, pairs, sampling)
     boxes = np.zeros(truth.shape, np.uint8)  # only the explained slices are segmented (tight atlas boxes)
     for k in slices:
         boxes[plane_index(axis, k)] = truth[plane_index(axis, k)]
@@ -510,6 +517,9 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
             # RISE measured again with other masks: the table keeps its label until every structure is,
             # so a run stopped part way is not resumed as if measured with the new masks
             result["masks"] = previous.get("masks")
+        for name in structures:  # a structure the sampling cannot take is refused before any is measured
+            if subset or name not in done:
+                sampled_slices(sample.mask(name), session.axis, name, pairs, sampling)
         for name in structures:
             if not subset:
                 if name in done and keep_maps is not None:
@@ -642,6 +652,11 @@ def merge_faithfulness(dirs: Sequence, outdir) -> Dict:
             del out[f"{part}_versions"]
     maps = out.get("maps") or {}
     kinds = {name: entry.get("versions") for name, entry in maps.items()}
+    held = {name: sorted(entry.get("methods") or {}) for name, entry in maps.items()}
+    if len({tuple(v) for v in held.values()}) > 1:  # one run measured other methods than another
+        raise InputError("--merge: the structures' maps hold different methods ("
+                         + "; ".join(f"{name} {', '.join(v) or 'none recorded'}" for name, v in held.items())
+                         + "); expected every run to measure the same methods (--methods)")
     if len({json.dumps(v, sort_keys=True) for v in kinds.values()}) > 1:
         raise InputError("--merge: the structures' maps were made by different engines (map versions "
                          + "; ".join(f"{name} {v or 'unrecorded'}" for name, v in kinds.items())
