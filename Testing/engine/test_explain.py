@@ -439,6 +439,51 @@ def test_occlusion_strips_follow_the_structures_main_axis():
         make_explainer("occlusion", aspect=0.5)
 
 
+def test_occlusion_shifts_score_several_lattices_of_strips():
+    """``shifts`` N: N lattices of strips, each moved a further 1/N of a step along and across; every
+    pixel takes the mean of all strips covering it, so the map steps N times finer across the slice,
+    still peaks on the evidence, costs N times the strips' passes, and refuses squares."""
+    from xaiseg.explain.occlusion import strips
+
+    roi = np.zeros((64, 64), bool)
+    roi[20:44, 12:52] = True
+    one = strips((64, 64), roi, 30.0, 4.0, 16.0)
+    half = strips((64, 64), roi, 30.0, 4.0, 16.0, 0.5)
+    assert not any(any((a == b).all() for b in one) for a in half)  # every strip moved
+    cover = np.sum(one + half, axis=0)
+    assert (cover[24:40, 16:48] == 8).all()  # four strips of each lattice over the inner pixels
+    # a whole step is the same lattice again
+    assert sorted(c.tobytes() for c in strips((64, 64), roi, 30.0, 4.0, 16.0, 1.0)) == sorted(c.tobytes() for c in one)
+
+    toy, wide = SquareEvidence(), SlicePrompt(box=(26, 40, 62, 50))
+    maps = {}
+    for n in (1, 2, 4):
+        occ = make_explainer("occlusion", toy, side=11.0, shifts=n, mode="remove", smooth=0.0, score="logit",
+                             metric_steps=0, noise_passes=0)
+        ex = occ.explain(evidence_image(), wide, roi=np.ones((64, 64), bool))
+        assert toy.square_mask()[peak(ex.saliency)], n
+        assert ex.details["strip_shifts"] == n
+        maps[n] = ex
+    single = maps[1].details["patches_evaluated"]
+    for n in (2, 4):
+        assert abs(maps[n].details["patches_evaluated"] - n * single) <= 0.1 * n * single  # about N lattices' strips
+        assert maps[n].n_evaluations == maps[n].details["patches_evaluated"]
+        # finer steps: more distinct values over the slice than one lattice's
+        assert len(np.unique(maps[n].raw)) > len(np.unique(maps[1].raw)), n
+        assert make_explainer("occlusion", toy, side=11.0, shifts=n).cost((16.5, 64), 64) == \
+            n * make_explainer("occlusion", toy, side=11.0).cost((16.5, 64), 64) - (n - 1)  # one emptied pass
+    again = make_explainer("occlusion", toy, side=11.0, shifts=2, mode="remove", smooth=0.0, score="logit",
+                           metric_steps=0, noise_passes=0).explain(evidence_image(), wide, roi=np.ones((64, 64), bool))
+    np.testing.assert_array_equal(again.raw, maps[2].raw)
+    for fixed, flag in ((dict(patch=16), "--patch 16"), (dict(passes=8), "--occlusion-passes 8"),
+                        (dict(stride=4), "--stride 4"), (dict(aspect=1.0), "--occlusion-aspect 1")):
+        with pytest.raises(errors.InputError, match=r"occlusion shifts \(--occlusion-shifts\) 2 move the strips' "
+                                                    r"lattice; expected 1 with " + flag):
+            make_explainer("occlusion", shifts=2, **fixed)
+    with pytest.raises(errors.InputError, match="shifts"):
+        make_explainer("occlusion", shifts=5)
+
+
 @pytest.mark.parametrize("passes", [4, 6, 9, 20])
 def test_budgeted_occlusion_spends_at_most_its_passes_and_finds_the_evidence_quadrant(passes):
     toy = SquareEvidence()

@@ -92,6 +92,9 @@ DEFAULT_ASPECT = 4.0
 #: the prompt box, as a run estimates) came to 0.72 - 1.79 times the strips' passes (mean 1.04), where
 #: the bound over every angle used at stop 44 came to 1.04 - 1.91 (mean 1.40)
 STRIPS_PER_SQUARE = 2.0
+#: the most lattices of strips (``shifts``): four shifted a quarter step apart already cut the ROI at
+#: every eighth of a strip's length
+MAX_SHIFTS = 4
 #: cells whose perturbed images are held at once (each a whole slice: the strips of a large slice
 #: number a few hundred)
 CELLS_AT_ONCE = 32
@@ -137,6 +140,10 @@ class OcclusionSettings(CommonSettings):
                                  "a round mask keeps the squares; 0: " + f"{DEFAULT_ASPECT:g}" + ", or squares with "
                                  "--patch, --occlusion-passes or --stride)", minimum=0.0, maximum=MAX_ASPECT,
                             flag="--occlusion-aspect")
+    shifts: int = setting(1, "strips: lattices of strips scored, each moved a further 1/N of a step (half a strip) "
+                             "along and across, and every pixel given the mean score of all strips covering it, so "
+                             "the map depends less on where one lattice happens to fall (N times the passes)",
+                          minimum=1, maximum=MAX_SHIFTS, flag="--occlusion-shifts")
     sizing: str = sizing_setting()
     side: float = side_setting()
 
@@ -151,6 +158,11 @@ class OcclusionSettings(CommonSettings):
                 f"--stride {self.stride}: the strips step half their length along and half their width across"
             raise InputError(f"occlusion aspect (--occlusion-aspect) {self.aspect} turns the structure-sized patches "
                              f"into strips; expected 0 or 1 (squares) with {fixed}")
+        if self.shifts > 1 and (self.patch or self.passes or self.stride or self.aspect == 1.0):
+            fixed = f"--patch {self.patch}" if self.patch else f"--occlusion-passes {self.passes}" if self.passes else \
+                f"--stride {self.stride}" if self.stride else "--occlusion-aspect 1"
+            raise InputError(f"occlusion shifts (--occlusion-shifts) {self.shifts} move the strips' lattice; expected 1 "
+                             f"with {fixed}, which makes squares")
         if self.mode not in MODES:
             raise InputError(f"occlusion mode {self.mode!r} is unknown; expected one of {', '.join(MODES)}")
         how = "remove" if self.mode == "auto" else self.mode  # auto removes with a pass budget
@@ -198,12 +210,14 @@ def _cells(rect: Cell, level: int, offset: bool) -> List[Cell]:
     return out
 
 
-def strips(shape: Tuple[int, int], roi: np.ndarray, angle: float, width: float, length: float) -> List[np.ndarray]:
+def strips(shape: Tuple[int, int], roi: np.ndarray, angle: float, width: float, length: float,
+           shift: float = 0.0) -> List[np.ndarray]:
     """The strips ``width`` across and ``length`` along the direction ``angle`` (degrees from the
     columns' axis towards the rows', as :func:`~xaiseg.explain.base.main_axis` gives it) that touch
     ``roi``, each a boolean mask of ``shape``: a lattice turned about the slice's centre with steps of
     half a strip along and across, so a pixel lies in about four strips, and two slices of one
-    structure whose axes agree are cut by the same lattice."""
+    structure whose axes agree are cut by the same lattice; ``shift`` moves the lattice that share of
+    a step along and across (0 to 1)."""
     if not roi.any():
         return []
     h, w = shape
@@ -211,10 +225,10 @@ def strips(shape: Tuple[int, int], roi: np.ndarray, angle: float, width: float, 
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     yy -= (h - 1) / 2.0
     xx -= (w - 1) / 2.0
-    along = xx * np.cos(t) + yy * np.sin(t)
-    across = yy * np.cos(t) - xx * np.sin(t)
-    out = []
     su, sv = length / 2.0, width / 2.0
+    along = xx * np.cos(t) + yy * np.sin(t) - shift * su
+    across = yy * np.cos(t) - xx * np.sin(t) - shift * sv
+    out = []
     for i in range(int(np.floor(along[roi].min() / su)) - 1, int(np.floor(along[roi].max() / su)) + 1):
         band = (along >= i * su) & (along < i * su + length)
         if not (band & roi).any():
@@ -370,7 +384,7 @@ class Occlusion(Explainer):
         coarse, fine, patch = self._levels(roi_extent, grid)
         squares = (coarse + fine) * self._per_patch() + self._emptied_passes()
         if self.uses_strips:  # a round mask keeps the squares
-            n = self._strip_count(coarse + fine, patch)[0]
+            n = self._strip_count(coarse + fine, patch)[0] * self.shifts
             return max(squares, n * self._per_patch() + self._emptied_passes())
         return squares
 
@@ -412,6 +426,7 @@ class Occlusion(Explainer):
         squares = removal + ((coarse + fine + 1) * share(roi_extent) if both else 0.0)
         if self.uses_strips:  # strips; a round mask keeps the squares
             n, width, length = self._strip_count(coarse + fine, patch)
+            n *= self.shifts
             turned = (width + length) / math.sqrt(2.0)  # a strip's bounding box at the worst angle, 45 degrees
             return max(squares, n * share((turned, turned)) + ((n + 1) * share(roi_extent) if both else 0.0))
         return squares
@@ -491,7 +506,7 @@ class Occlusion(Explainer):
         shape = engine.image.shape
         p, _ = self.pixel_sizes(shape, box)
         width, length = self.strip_sizes(p)
-        cells = strips(shape, engine.roi, angle, width, length)
+        cells = [c for k in range(self.shifts) for c in strips(shape, engine.roi, angle, width, length, k / self.shifts)]
         engine.progress.stage(engine.stage, self._emptied_passes() + len(cells) * self._per_patch())
         scoring = self._begin(engine)
         raw, covered = _mean_map(shape, cells, self._scores(engine, cells, shape, scoring))
@@ -501,7 +516,7 @@ class Occlusion(Explainer):
         return self._result(raw, {"patches_evaluated": len(cells), "patches_full": len(cells), "patches_refined": 0,
                                   "patch_px": p, "stride_px": max(1, int(round(width / 2.0))),
                                   "strip_px": [round(width, 1), round(length, 1)], "strip_angle": round(angle, 1),
-                                  "strip_aspect": self.strip_aspect},
+                                  "strip_aspect": self.strip_aspect, "strip_shifts": self.shifts},
                             scoring)
 
     def budgeted(self, engine: PerturbationEngine) -> Attribution:
