@@ -889,6 +889,9 @@ def test_some_methods_in_a_folder_with_no_table_write_a_table_of_their_own(tmp_p
     assert "halfway between the 1 pair(s) of the middle sampling" in text
     assert "| occlusion | 2 | 1.00 | yes |" in text and "| rise |" not in text  # no goal row of an unmeasured method
     assert "This table holds occlusion alone" in text
+    assert "occlusion's strips along the structure at its structure-sized default alone; 8 metric steps" in text
+    said = text.split("\n\n")[1]  # the sentence on how the table was made: nothing of the methods it does not hold
+    assert said.startswith("Produced by") and "RISE" not in said and "layer map" not in said
     grown = bf.bench_faithfulness(tmp_path, methods=["rise"], **run)
     assert list(grown["maps"]["Left_Caudate"]["methods"]) == ["occlusion", "rise"]
     assert grown["maps"]["Left_Caudate"]["versions"] == bf.row_versions(["occlusion", "rise"])

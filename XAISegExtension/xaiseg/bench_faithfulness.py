@@ -801,7 +801,20 @@ def _occlusion_text(result: Dict) -> str:
         "occlusion (rows of strips and of squares)"))
 
 
+def _methods_text(result: Dict, held: Sequence[str]) -> str:
+    """The methods of the table's maps (``held``; every method where it holds them all or no maps)."""
+    if len(held) == len(METHODS):
+        return (f"{_occlusion_text(result)} and RISE at their structure-sized defaults (RISE at most "
+                f"{_masks_text(result)}), {_layers_text(result)}")
+    words = {"occlusion": f"{_occlusion_text(result)} at its structure-sized default",
+             "rise": f"RISE at its structure-sized default (at most {_masks_text(result)})",
+             "layers": _layers_text(result)}
+    return " and ".join(words[m] for m in held) + " alone"
+
+
 def markdown(result: Dict) -> str:
+    maps = result.get("maps") or {}
+    held = [m for m in METHODS if any(m in entry["methods"] for entry in maps.values())] or list(METHODS)
     lines = ["# Faithfulness benchmark: maps against trivial maps, through the volume, and against a re-drawn model",
              "", f"Produced by `xaiseg bench faithfulness` on {result['machine'].get('platform', '?')} "
              f"({result['machine'].get('device', 'cpu')}). LiteMedSAM on MNI152, a tight box per axial slice from "
@@ -813,9 +826,7 @@ def markdown(result: Dict) -> str:
                 f"{result.get('pairs')} pair(s) of adjacent slices per structure, "
                 + ("each at the middle of its share of the structure's slices" if result.get("sampling") == "middle"
                    else "the first pair at the structure's first slices"))
-             + f"; {_occlusion_text(result)} and RISE at their structure-sized defaults (RISE at most "
-             f"{_masks_text(result)}), "
-             + _layers_text(result) + "; 8 metric steps, the curves removing pixels by "
+             + f"; {_methods_text(result, held)}; 8 metric steps, the curves removing pixels by "
              + {"inpaint": "inpainting them from the kept pixels around them"}.get(
                  table_setting(result, "metric_fill"), f"{table_setting(result, 'metric_fill')} fill")
              + "; the trivial maps on the same engine and ROI"
@@ -823,11 +834,8 @@ def markdown(result: Dict) -> str:
              + (f"; RISE with {_variant_text(table_setting(result, 'rise'))} (`--rise`)" if table_setting(result, "rise")
                 else "")
              + ".", ""]
-    maps = result.get("maps") or {}
-    held = [m for m in METHODS if any(m in entry["methods"] for entry in maps.values())]
-    if maps and len(held) < len(METHODS):
-        lines += [f"This table holds {', '.join(held)} alone (`--methods` in a folder with no table); what the "
-                  "sentence above says of the other methods does not apply.", ""]
+    if len(held) < len(METHODS):
+        lines += [f"This table holds {', '.join(held)} alone (`--methods` in a folder with no table).", ""]
     if maps:
         lines += ["| structure | method | slices | deletion AUC | best trivial | gain | beats all trivial | "
                   "insertion AUC | adjacent Spearman | evidence | passes/slice |", "|" + "---|" * 11]
