@@ -418,7 +418,7 @@ def test_runs_of_some_structures_each_merge_into_one_table(tmp_path):
     alone = table(["Left_Caudate"], 0.3, 1.0)  # a held-out run of occlusion alone beside a full table
     alone["maps"]["Left_Caudate"]["methods"] = {"occlusion": alone["maps"]["Left_Caudate"]["methods"]["occlusion"]}
     alone["maps"]["Left_Caudate"]["versions"] = bf.row_versions(["occlusion"])
-    refused.append((folder("alone", alone), r"hold different methods \(Left_Amygdala layers, occlusion, rise; "
+    refused.append((folder("alone", alone), r"hold different methods \(Left_Amygdala occlusion, rise, layers; "
                                             r"Left_Caudate occlusion\); expected every run to measure the same"))
     unversioned = table(["Left_Caudate"], 0.3, 1.0, cascade={"Left_Caudate": {}})  # an older table's cascade
     refused.append((folder("once", dict(unversioned, cascade_versions=dict(bf.MAP_VERSIONS))),
@@ -880,7 +880,12 @@ def test_some_methods_in_a_folder_with_no_table_write_a_table_of_their_own(tmp_p
                                          r"structure, or fewer --pairs"):
         bf.bench_faithfulness(tmp_path, structures=["Left_Caudate", "Left_Putamen"], methods=["occlusion"],
                               sampling="between", parts=("maps",), pairs=16)
-    assert not list(tmp_path.iterdir()) and not calls
+    cascades = []
+    monkeypatch.setattr(bf, "slice_cascade_rows", lambda *a, **k: cascades.append(a[2]) or {})
+    with pytest.raises(InputError, match=r"sampling between of Left_Putamen: its \d+ slices hold no pair"):
+        bf.bench_faithfulness(tmp_path, structures=["Left_Caudate", "Left_Putamen"], sampling="between",
+                              parts=("cascade_slices",), pairs=16)
+    assert not list(tmp_path.iterdir()) and not calls and not cascades
     run = dict(structures=["Left_Caudate"], parts=("maps",), sampling="between")
     first = bf.bench_faithfulness(tmp_path, methods=["occlusion"], **run)
     assert calls == [("Left_Caudate", ("occlusion",), "between")]

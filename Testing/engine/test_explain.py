@@ -450,6 +450,12 @@ def test_occlusion_shifts_score_several_lattices_of_strips():
     one = strips((64, 64), roi, 30.0, 4.0, 16.0)
     half = strips((64, 64), roi, 30.0, 4.0, 16.0, 0.5)
     assert not any(any((a == b).all() for b in one) for a in half)  # every strip moved
+    # at 0 degrees the strips run along the columns: half a step is a quarter strip along, a quarter width across
+    starts = {(np.nonzero(c)[0].min(), np.nonzero(c)[1].min()) for c in strips((64, 64), roi, 0.0, 4.0, 16.0)
+              if c[:, 0].sum() == 0 and c[0].sum() == 0}
+    moved = {(np.nonzero(c)[0].min(), np.nonzero(c)[1].min()) for c in strips((64, 64), roi, 0.0, 4.0, 16.0, 0.5)
+             if c[:, 0].sum() == 0 and c[0].sum() == 0}
+    assert {(y + 1, x + 4) for y, x in starts} & moved and not starts & moved
     cover = np.sum(one + half, axis=0)
     assert (cover[24:40, 16:48] == 8).all()  # four strips of each lattice over the inner pixels
     # a whole step is the same lattice again
@@ -470,18 +476,30 @@ def test_occlusion_shifts_score_several_lattices_of_strips():
         assert maps[n].n_evaluations == maps[n].details["patches_evaluated"]
         # finer steps: more distinct values over the slice than one lattice's
         assert len(np.unique(maps[n].raw)) > len(np.unique(maps[1].raw)), n
-        assert make_explainer("occlusion", toy, side=11.0, shifts=n).cost((16.5, 64), 64) == \
-            n * make_explainer("occlusion", toy, side=11.0).cost((16.5, 64), 64) - (n - 1)  # one emptied pass
+        for mode, emptied in (("both", 1), ("restore", 1), ("remove", 0)):  # the estimate: N times the strips
+            shifted, base = (make_explainer("occlusion", toy, side=11.0, shifts=k, mode=mode) for k in (n, 1))
+            assert shifted.cost((16.5, 64), 64) - emptied == n * (base.cost((16.5, 64), 64) - emptied), mode
+            share = lambda extent: 1.0 if extent is None else extent[0] * extent[1] / 64.0 ** 2
+            assert shifted.cost_equivalents((16.5, 64), 64, share) > \
+                (n - 0.5) * base.cost_equivalents((16.5, 64), 64, share), mode
+        assert maps[n].details["stride_px"] == max(1, round(maps[1].details["strip_px"][0] / (2 * n)))
     again = make_explainer("occlusion", toy, side=11.0, shifts=2, mode="remove", smooth=0.0, score="logit",
                            metric_steps=0, noise_passes=0).explain(evidence_image(), wide, roi=np.ones((64, 64), bool))
     np.testing.assert_array_equal(again.raw, maps[2].raw)
     for fixed, flag in ((dict(patch=16), "--patch 16"), (dict(passes=8), "--occlusion-passes 8"),
                         (dict(stride=4), "--stride 4"), (dict(aspect=1.0), "--occlusion-aspect 1")):
         with pytest.raises(errors.InputError, match=r"occlusion shifts \(--occlusion-shifts\) 2 move the strips' "
-                                                    r"lattice; expected 1 with " + flag):
+                                                    r"lattice; expected 1 with " + flag + r".*which use no strips"):
             make_explainer("occlusion", shifts=2, **fixed)
-    with pytest.raises(errors.InputError, match="shifts"):
+    with pytest.raises(errors.InputError, match="shifts.* 5.*at most 4"):
         make_explainer("occlusion", shifts=5)
+    # a round mask has no axis: the squares, which the shifts leave as they are
+    round_map = make_explainer("occlusion", toy, side=11.0, shifts=2, mode="remove", score="logit", metric_steps=0,
+                               noise_passes=0).explain(evidence_image(), PROMPT, roi=np.ones((64, 64), bool))
+    squares = make_explainer("occlusion", toy, side=11.0, mode="remove", score="logit", metric_steps=0,
+                             noise_passes=0).explain(evidence_image(), PROMPT, roi=np.ones((64, 64), bool))
+    assert "strip_shifts" not in round_map.details
+    np.testing.assert_array_equal(round_map.raw, squares.raw)
 
 
 @pytest.mark.parametrize("passes", [4, 6, 9, 20])

@@ -509,6 +509,9 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
                 result[f"{part}_versions"] = previous[f"{part}_versions"]
     sample = load_mni_atlas(structures)
     session = Session(sample.image, LiteMedSAM(device=device), SegmentConfig())
+    for name in structures:  # a structure the sampling cannot take is refused before any is measured
+        if "cascade_slices" in parts or "maps" in parts and (subset or name not in done):
+            sampled_slices(sample.mask(name), session.axis, name, pairs, sampling)
     progress = TqdmProgress()
     t0 = time.perf_counter()
     if "maps" in parts:  # one structure at a time, saved as it comes; a re-run resumes after the last
@@ -517,9 +520,6 @@ def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
             # RISE measured again with other masks: the table keeps its label until every structure is,
             # so a run stopped part way is not resumed as if measured with the new masks
             result["masks"] = previous.get("masks")
-        for name in structures:  # a structure the sampling cannot take is refused before any is measured
-            if subset or name not in done:
-                sampled_slices(sample.mask(name), session.axis, name, pairs, sampling)
         for name in structures:
             if not subset:
                 if name in done and keep_maps is not None:
@@ -652,7 +652,7 @@ def merge_faithfulness(dirs: Sequence, outdir) -> Dict:
             del out[f"{part}_versions"]
     maps = out.get("maps") or {}
     kinds = {name: entry.get("versions") for name, entry in maps.items()}
-    held = {name: sorted(entry.get("methods") or {}) for name, entry in maps.items()}
+    held = {name: [m for m in METHODS if m in (entry.get("methods") or {})] for name, entry in maps.items()}
     if len({tuple(v) for v in held.values()}) > 1:  # one run measured other methods than another
         raise InputError("--merge: the structures' maps hold different methods ("
                          + "; ".join(f"{name} {', '.join(v) or 'none recorded'}" for name, v in held.items())

@@ -37,7 +37,10 @@ across it, on a lattice turned with that axis about the slice's centre,
 with steps of half a strip both ways; every strip touching the ROI is scored, none refined, and the
 map is smoothed by ``smooth`` times a strip's width (a round mask keeps the squares).  Thin,
 slanted structures are about one square patch across, so a square takes in the tissue beside them;
-a strip follows them (docs/explain.md, "Occlusion strips along the structure").
+a strip follows them (docs/explain.md, "Occlusion strips along the structure").  ``shifts`` N
+(``--occlusion-shifts``) scores N such lattices, each moved a further 1/N of a step along and across,
+and each pixel takes the mean of all strips covering it, at N times the passes: where one lattice
+happens to fall moves a slice's figures (docs/explain.md, "Strips on shifted lattices").
 ``--patch 64 --stride 32`` gives seed 001's fixed single-level grid (never smoothed, nor are the
 budgeted cells below), measured on the model's input grid (``grid="model"``, LiteMedSAM's 256) or on
 the slice's pixels (``grid="image"``).
@@ -152,17 +155,13 @@ class OcclusionSettings(CommonSettings):
             raise InputError(f"occlusion aspect (--occlusion-aspect) {self.aspect}: expected 0 (the default, "
                              f"{DEFAULT_ASPECT:g} for the structure-sized patches), 1 (squares) or more, up to "
                              f"{MAX_ASPECT:g}")
-        if self.aspect > 1.0 and (self.patch or self.passes or self.stride):
-            fixed = f"--patch {self.patch}, whose patches are fixed" if self.patch else \
-                f"--occlusion-passes {self.passes}, whose cells the budget chooses" if self.passes else \
-                f"--stride {self.stride}: the strips step half their length along and half their width across"
+        fixed = self._no_strips()
+        if self.aspect > 1.0 and fixed:
             raise InputError(f"occlusion aspect (--occlusion-aspect) {self.aspect} turns the structure-sized patches "
                              f"into strips; expected 0 or 1 (squares) with {fixed}")
-        if self.shifts > 1 and (self.patch or self.passes or self.stride or self.aspect == 1.0):
-            fixed = f"--patch {self.patch}" if self.patch else f"--occlusion-passes {self.passes}" if self.passes else \
-                f"--stride {self.stride}" if self.stride else "--occlusion-aspect 1"
+        if self.shifts > 1 and (fixed or self.aspect == 1.0):
             raise InputError(f"occlusion shifts (--occlusion-shifts) {self.shifts} move the strips' lattice; expected 1 "
-                             f"with {fixed}, which makes squares")
+                             f"with {fixed or '--occlusion-aspect 1, the squares'}, which use no strips")
         if self.mode not in MODES:
             raise InputError(f"occlusion mode {self.mode!r} is unknown; expected one of {', '.join(MODES)}")
         how = "remove" if self.mode == "auto" else self.mode  # auto removes with a pass budget
@@ -175,6 +174,16 @@ class OcclusionSettings(CommonSettings):
         if self.passes and (self.patch or self.stride):
             raise InputError(f"occlusion passes {self.passes} choose the patches themselves; expected no --patch "
                              f"(got {self.patch}) or --stride (got {self.stride}) with them")
+
+    def _no_strips(self) -> str:
+        """The setting that rules out strips, in words ('' where none does)."""
+        if self.patch:
+            return f"--patch {self.patch}, whose patches are fixed"
+        if self.passes:
+            return f"--occlusion-passes {self.passes}, whose cells the budget chooses"
+        if self.stride:
+            return f"--stride {self.stride}: the strips step half their length along and half their width across"
+        return ""
 
 
 Cell = Tuple[int, int, int, int]  # y0, x0, y1, x1 (end exclusive)
@@ -373,10 +382,10 @@ class Occlusion(Explainer):
 
     def _strip_count(self, cells: int, patch: float) -> Tuple[int, float, float]:
         """About how many strips touch a ROI where the squares make ``cells`` (coarse and refined), as
-        measured (:data:`STRIPS_PER_SQUARE`), and a strip's width and length for the coarse ``patch``
-        that :meth:`_levels` sizes from the ROI (unknown ROI: from the whole grid)."""
+        measured (:data:`STRIPS_PER_SQUARE`), in all ``shifts`` lattices, and a strip's width and length
+        for the coarse ``patch`` that :meth:`_levels` sizes from the ROI (unknown ROI: from the whole grid)."""
         width, length = self.strip_sizes(patch)
-        return int(math.ceil(STRIPS_PER_SQUARE * cells)), width, length
+        return int(math.ceil(STRIPS_PER_SQUARE * cells)) * self.shifts, width, length
 
     def cost(self, roi_extent: Optional[Tuple[float, float]] = None, grid: int = 256) -> int:
         if self.passes:
@@ -384,7 +393,7 @@ class Occlusion(Explainer):
         coarse, fine, patch = self._levels(roi_extent, grid)
         squares = (coarse + fine) * self._per_patch() + self._emptied_passes()
         if self.uses_strips:  # a round mask keeps the squares
-            n = self._strip_count(coarse + fine, patch)[0] * self.shifts
+            n = self._strip_count(coarse + fine, patch)[0]
             return max(squares, n * self._per_patch() + self._emptied_passes())
         return squares
 
@@ -426,7 +435,6 @@ class Occlusion(Explainer):
         squares = removal + ((coarse + fine + 1) * share(roi_extent) if both else 0.0)
         if self.uses_strips:  # strips; a round mask keeps the squares
             n, width, length = self._strip_count(coarse + fine, patch)
-            n *= self.shifts
             turned = (width + length) / math.sqrt(2.0)  # a strip's bounding box at the worst angle, 45 degrees
             return max(squares, n * share((turned, turned)) + ((n + 1) * share(roi_extent) if both else 0.0))
         return squares
@@ -501,20 +509,31 @@ class Occlusion(Explainer):
         return max(1.0, patch / r), patch * r
 
     def stripped(self, engine: PerturbationEngine, box, angle: float) -> Attribution:
-        """Strips along the structure's main axis (``angle``), each scored, none refined; the map is
-        smoothed by a Gaussian of ``smooth`` times a strip's width."""
+        """Strips along the structure's main axis (``angle``), each scored, none refined, in ``shifts``
+        lattices (one at a time, so only one lattice's masks are held); each pixel takes the mean score
+        of all strips covering it, smoothed by a Gaussian of ``smooth`` times a strip's width."""
         shape = engine.image.shape
         p, _ = self.pixel_sizes(shape, box)
         width, length = self.strip_sizes(p)
-        cells = [c for k in range(self.shifts) for c in strips(shape, engine.roi, angle, width, length, k / self.shifts)]
-        engine.progress.stage(engine.stage, self._emptied_passes() + len(cells) * self._per_patch())
+
+        def lattice(k: int) -> List[np.ndarray]:
+            return strips(shape, engine.roi, angle, width, length, k / self.shifts)
+
+        first = lattice(0)  # the others are built twice, to count them first for the progress
+        n = len(first) + sum(len(lattice(k)) for k in range(1, self.shifts))
+        engine.progress.stage(engine.stage, self._emptied_passes() + n * self._per_patch())
         scoring = self._begin(engine)
-        raw, covered = _mean_map(shape, cells, self._scores(engine, cells, shape, scoring))
+        total, count = np.zeros(shape, np.float64), np.zeros(shape, np.float64)
+        for k in range(self.shifts):
+            cells, first = (first if k == 0 else lattice(k)), []
+            _add(total, count, cells, self._scores(engine, cells, shape, scoring))
         engine.progress.done()
+        raw = np.divide(total, count, out=np.zeros(shape), where=count > 0)
         if self.smooth:
-            raw = smoothed(raw, covered, self.smooth * width)
-        return self._result(raw, {"patches_evaluated": len(cells), "patches_full": len(cells), "patches_refined": 0,
-                                  "patch_px": p, "stride_px": max(1, int(round(width / 2.0))),
+            raw = smoothed(raw, count > 0, self.smooth * width)
+        # stride_px: the step across, half a strip's width in each lattice, which the shifts divide
+        return self._result(raw, {"patches_evaluated": n, "patches_full": n, "patches_refined": 0,
+                                  "patch_px": p, "stride_px": max(1, int(round(width / (2.0 * self.shifts)))),
                                   "strip_px": [round(width, 1), round(length, 1)], "strip_angle": round(angle, 1),
                                   "strip_aspect": self.strip_aspect, "strip_shifts": self.shifts},
                             scoring)
