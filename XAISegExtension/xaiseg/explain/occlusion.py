@@ -143,9 +143,9 @@ class OcclusionSettings(CommonSettings):
                                  "a round mask keeps the squares; 0: " + f"{DEFAULT_ASPECT:g}" + ", or squares with "
                                  "--patch, --occlusion-passes or --stride)", minimum=0.0, maximum=MAX_ASPECT,
                             flag="--occlusion-aspect")
-    shifts: int = setting(1, "strips: lattices of strips scored, each moved a further 1/N of a step (half a strip) "
-                             "along and across, and every pixel given the mean score of all strips covering it, so "
-                             "the map depends less on where one lattice happens to fall (N times the passes)",
+    shifts: int = setting(1, "strips: lattices of strips scored, each moved a further 1/N of a step (a step is half "
+                             "a strip) along and across, and every pixel given the mean score of all strips covering "
+                             "it, so the map depends less on where one lattice happens to fall (N times the passes)",
                           minimum=1, maximum=MAX_SHIFTS, flag="--occlusion-shifts")
     sizing: str = sizing_setting()
     side: float = side_setting()
