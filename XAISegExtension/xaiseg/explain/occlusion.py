@@ -275,12 +275,17 @@ def _add(total: np.ndarray, count: np.ndarray, cells, drops) -> None:
         count[inside] += 1
 
 
+def _mean(total: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """The map of :func:`_add`'s sums: each pixel's mean score (0 where no cell covers it)."""
+    return np.divide(total, count, out=np.zeros(total.shape), where=count > 0)
+
+
 def _mean_map(shape: Tuple[int, int], cells, drops) -> Tuple[np.ndarray, np.ndarray]:
     """The mean score of the cells covering each pixel (0 where none does), and which pixels any covers."""
     total = np.zeros(shape, np.float64)
     count = np.zeros(shape, np.float64)
     _add(total, count, cells, drops)
-    return np.divide(total, count, out=np.zeros(shape), where=count > 0), count > 0
+    return _mean(total, count), count > 0
 
 
 def smoothed(raw: np.ndarray, covered: np.ndarray, sigma: float) -> np.ndarray:
@@ -528,7 +533,7 @@ class Occlusion(Explainer):
             cells, first = (first if k == 0 else lattice(k)), []
             _add(total, count, cells, self._scores(engine, cells, shape, scoring))
         engine.progress.done()
-        raw = np.divide(total, count, out=np.zeros(shape), where=count > 0)
+        raw = _mean(total, count)
         if self.smooth:
             raw = smoothed(raw, count > 0, self.smooth * width)
         # stride_px: the step across, half a strip's width in each lattice, which the shifts divide
@@ -559,7 +564,7 @@ class Occlusion(Explainer):
             fresh = list(dict.fromkeys(c for c in candidates if c not in seen and roi[c[0]:c[2], c[1]:c[3]].any()))
             if not fresh:
                 continue
-            current = np.divide(total, count, out=np.zeros(shape), where=count > 0)
+            current = _mean(total, count)
             # the hottest first (the map so far, over the cell's ROI pixels); the first round takes all
             heat = [float(current[c[0]:c[2], c[1]:c[3]][roi[c[0]:c[2], c[1]:c[3]]].mean()) for c in fresh]
             order = np.argsort(-np.asarray(heat), kind="stable")
@@ -568,7 +573,7 @@ class Occlusion(Explainer):
             rounds += 1
             done.extend(take)
         engine.progress.done()
-        raw = np.divide(total, count, out=np.zeros(shape), where=count > 0)
+        raw = _mean(total, count)
         sizes = sorted({(c[2] - c[0], c[3] - c[1]) for c in done})
         # patch_px / stride_px: the longest side of the largest cell and the shortest of the smallest
         return self._result(raw, {"patches_evaluated": len(done), "patches_full": len(done), "patches_refined": 0,
