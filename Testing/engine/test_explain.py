@@ -502,6 +502,39 @@ def test_occlusion_shifts_score_several_lattices_of_strips():
     np.testing.assert_array_equal(round_map.raw, squares.raw)
 
 
+def test_occlusion_removal_roi_takes_away_only_the_rois_pixels():
+    """``removal`` roi: a removed strip takes away only its pixels inside the ROI (those the curves
+    remove), so a ROI beside the evidence, whose strips reach into it, scores nothing, where whole
+    strips credit the ROI with the evidence outside it; over the whole slice the two are the same."""
+    toy, wide = SquareEvidence(), SlicePrompt(box=(26, 40, 62, 50))  # a wide box: strips along the rows
+
+    def run(roi, removal, **kw):
+        settings = dict(side=11.0, mode="remove", smooth=0.0, score="logit", metric_steps=0, noise_passes=0)
+        settings.update(kw)
+        occ = make_explainer("occlusion", toy, removal=removal, **settings)
+        return occ.explain(evidence_image(), wide, roi=roi)
+
+    beside = np.zeros((64, 64), bool)
+    beside[8:24, 24:44] = True  # right of the evidence square (columns 8 - 23), not overlapping it
+    whole, inside = run(beside, "whole"), run(beside, "roi")
+    assert whole.raw[beside].max() > 1.0  # whole strips reach into the square
+    assert np.abs(inside.raw).max() == 0.0  # nothing inside this ROI moves the mask
+    assert inside.n_evaluations == whole.n_evaluations
+    everywhere = np.ones((64, 64), bool)
+    np.testing.assert_array_equal(run(everywhere, "roi").raw, run(everywhere, "whole").raw)
+    half = np.zeros((64, 64), bool)
+    half[:, :16] = True  # the square's left half inside
+    for removal in ("roi", "whole"):
+        ex = run(half, removal, mode="both")
+        assert (toy.square_mask() & half)[peak(ex.saliency)], removal
+    np.testing.assert_array_equal(run(half, "roi", mode="both").raw, run(half, "roi", mode="both").raw)
+    with pytest.raises(errors.InputError, match=r"occlusion removal \(--occlusion-removal\) roi .*expected whole with "
+                                                r"--occlusion-mode restore, which removes no patch"):
+        make_explainer("occlusion", removal="roi", mode="restore")
+    with pytest.raises(errors.InputError, match="removal.*'inside'.*whole, roi"):
+        make_explainer("occlusion", removal="inside")
+
+
 @pytest.mark.parametrize("passes", [4, 6, 9, 20])
 def test_budgeted_occlusion_spends_at_most_its_passes_and_finds_the_evidence_quadrant(passes):
     toy = SquareEvidence()

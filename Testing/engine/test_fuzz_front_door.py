@@ -138,6 +138,7 @@ EXPLAIN_OPTIONS = {
     # --patch is given: 0 means squares, above 1 is refused
     "--occlusion-aspect": (["0", "1"], ["0.5", "11", "nan", "x"]),
     "--occlusion-shifts": (["1"], ["0", "5", "x", "2"]),  # 2 is refused with --patch
+    "--occlusion-removal": (["whole", "roi"], ["inside"]),
     "--cells": (["3", "5"], ["0", "x"]),
     "--keep-probability": (["0.5", "0.3"], ["0", "2", "x"]), "--cell-aspect": (["1", "3"], ["0.5", "11", "nan", "x"]),
     "--keep-strata": (["1", "5"], ["0", "21", "x"]), "--rise-reliability": (["0.9", "0.5"], ["0", "2", "x"]), "--shap-algorithm": (["kernel", "permutation"], ["x"]),

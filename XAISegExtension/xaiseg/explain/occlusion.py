@@ -85,6 +85,8 @@ FINE_PER_PATCH = 9  # a refined patch's finer patches: half its size at a quarte
 #: patches and remove otherwise (:attr:`Occlusion.scoring`)
 MODES = ("auto", "both", "restore", "remove")
 AUTO_SCORING = "both"
+#: what a removed patch takes away: all of it (seed 001), or only its pixels inside the ROI
+REMOVALS = ("whole", "roi")
 #: the structure-sized patches' strips by default (``aspect`` 0): 4 times longer along the structure than
 #: across (stop 45; squares, aspect 1, until then): on the bench's 12 middle slices they beat every
 #: trivial map on 9 where the squares beat them on 6 (docs/explain.md, "Occlusion strips along the structure")
@@ -147,6 +149,10 @@ class OcclusionSettings(CommonSettings):
                              "a strip) along and across, and every pixel given the mean score of all strips covering "
                              "it, so the map depends less on where one lattice happens to fall (N times the passes)",
                           minimum=1, maximum=MAX_SHIFTS, flag="--occlusion-shifts")
+    removal: str = setting("whole", "what a removed patch takes away (--occlusion-mode remove and both): whole - the "
+                                    "whole patch, outside the ROI too (seed 001); roi - only its pixels inside the "
+                                    "ROI, the pixels the curves remove (a patch put back is put back inside the ROI "
+                                    "either way)", choices=REMOVALS, flag="--occlusion-removal")
     sizing: str = sizing_setting()
     side: float = side_setting()
 
@@ -164,6 +170,11 @@ class OcclusionSettings(CommonSettings):
                              f"with {fixed or '--occlusion-aspect 1, the squares'}, which use no strips")
         if self.mode not in MODES:
             raise InputError(f"occlusion mode {self.mode!r} is unknown; expected one of {', '.join(MODES)}")
+        if self.removal not in REMOVALS:
+            raise InputError(f"occlusion removal {self.removal!r} is unknown; expected one of {', '.join(REMOVALS)}")
+        if self.removal != "whole" and self.mode == "restore":
+            raise InputError(f"occlusion removal (--occlusion-removal) {self.removal} says what a removed patch takes "
+                             "away; expected whole with --occlusion-mode restore, which removes no patch")
         how = "remove" if self.mode == "auto" else self.mode  # auto removes with a pass budget
         if self.passes and self.passes < LEAST_PASSES[how]:
             first = {"remove": "the ROI's four quadrants come first",
@@ -468,9 +479,10 @@ class Occlusion(Explainer):
         out = np.zeros(len(cells))
         if scoring.how in ("remove", "both"):
             keeps = [(~_region(c, shape)).astype(np.float32) for c in cells]
-            # the ROI chooses the patches; each chosen patch is removed whole (seed 001), so inside the
-            # ROI the drops equal full-image occlusion's at a fraction of the cost
-            drops = engine.baseline - engine.scores(keeps, restrict=False, total=0)
+            # the ROI chooses the patches; by default each chosen patch is removed whole (seed 001), so
+            # inside the ROI the drops equal full-image occlusion's at a fraction of the cost; with removal
+            # "roi" only its pixels inside the ROI, those the curves can remove
+            drops = engine.baseline - engine.scores(keeps, restrict=self.removal == "roi", total=0)
             scoring.largest = max([scoring.largest] + list(drops))
             out += drops
         if scoring.emptied is not None:
