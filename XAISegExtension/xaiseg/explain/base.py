@@ -457,7 +457,7 @@ class PerturbationEngine:
         unless ``total`` is 0, which continues the current stage (for methods that evaluate in
         several rounds).  ``restrict=False`` applies keep maps outside the ROI too (occlusion: the
         ROI chooses which patches are evaluated, each patch is removed whole, as in seed 001, when
-        it scores patches by removal).
+        it scores patches by removal, unless its ``removal`` is roi).
         """
         keeps = list(keeps)
         return self.score_images(keeps, total, perturb="roi" if restrict else "all")

@@ -14,7 +14,9 @@ it (by default then smoothed, see below).  A patch's score (``mode``):
   is gone, so removing one patch at a time shows little; what one patch restores on its own says
   which part the mask needs (stop 27, docs/explain.md, "Occlusion scored by restore").
 * remove (seed 001; the fixed ``--patch`` grid and the ``--occlusion-passes`` cells keep it): a
-  patch's score is the drop of the explained score when it alone is removed (by ``fill``).
+  patch's score is the drop of the explained score when it alone is removed (by ``fill``): the
+  whole patch, outside the ROI too (``removal`` whole, seed 001), or only its pixels inside the ROI
+  (``removal`` roi, those the curves remove; stop 49, "Strips removed inside the ROI only").
 
 Patch size, by default, from the structure.  The squares (``aspect`` 1), coarse to fine: first
 patches as large as the prompt box's shorter side (within ``[MIN_PATCH, 64]`` model-grid pixels)
@@ -149,7 +151,8 @@ class OcclusionSettings(CommonSettings):
                              "a strip) along and across, and every pixel given the mean score of all strips covering "
                              "it, so the map depends less on where one lattice happens to fall (N times the passes)",
                           minimum=1, maximum=MAX_SHIFTS, flag="--occlusion-shifts")
-    removal: str = setting("whole", "what a removed patch takes away (--occlusion-mode remove and both): whole - the "
+    removal: str = setting("whole", "what a removed patch takes away (--occlusion-mode remove and both, and auto, which picks one of "
+                                    "them): whole - the "
                                     "whole patch, outside the ROI too (seed 001); roi - only its pixels inside the "
                                     "ROI, the pixels the curves remove (a patch put back is put back inside the ROI "
                                     "either way)", choices=REMOVALS, flag="--occlusion-removal")
