@@ -151,11 +151,11 @@ class OcclusionSettings(CommonSettings):
                              "a strip) along and across, and every pixel given the mean score of all strips covering "
                              "it, so the map depends less on where one lattice happens to fall (N times the passes)",
                           minimum=1, maximum=MAX_SHIFTS, flag="--occlusion-shifts")
-    removal: str = setting("whole", "what a removed patch takes away (--occlusion-mode remove and both, and auto, which picks one of "
-                                    "them): whole - the "
-                                    "whole patch, outside the ROI too (seed 001); roi - only its pixels inside the "
-                                    "ROI, the pixels the curves remove (a patch put back is put back inside the ROI "
-                                    "either way)", choices=REMOVALS, flag="--occlusion-removal")
+    removal: str = setting("whole", "what a removed patch takes away (--occlusion-mode remove and both, and auto, "
+                                    "which picks one of them): whole - the whole patch, outside the ROI too (seed "
+                                    "001); roi - only its pixels inside the ROI, the pixels the curves remove (a "
+                                    "patch put back is put back inside the ROI either way)", choices=REMOVALS,
+                           flag="--occlusion-removal")
     sizing: str = sizing_setting()
     side: float = side_setting()
 
