@@ -64,6 +64,7 @@ class XAISegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer = None
         self.pipProcess = None
         self._afterInstall = None
+        self._pipConstraints = None
         self._watchingRun = False
         self._parameterNode = None
         self._updatingGUI = False
@@ -150,6 +151,7 @@ class XAISegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.waitStopped(3.0)
         if self.pipProcess is not None:
             self.pipProcess.kill()
+            dependencies.remove_constraints(self._pipConstraints)
         if self.timer is not None:
             self.timer.stop()
         self.removeObservers()
@@ -309,6 +311,7 @@ class XAISegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def runPip(self, specs, then):
         """pip in a QProcess: the panel stays responsive and the log shows pip's output."""
         constraints = dependencies.write_constraints()
+        self._pipConstraints = constraints  # deleted when pip finishes
         command = dependencies.pip_command(specs, constraints)
         self.onLog(" ".join(command))
         self.pipProcess = qt.QProcess()
@@ -330,6 +333,8 @@ class XAISegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onPipFinished(self, code):
         self.pipProcess = None
+        dependencies.remove_constraints(self._pipConstraints)
+        self._pipConstraints = None
         self.ui.progressBar.maximum = 1
         then, self._afterInstall = self._afterInstall, None
         if code != 0:

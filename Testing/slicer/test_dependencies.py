@@ -15,11 +15,16 @@ from XAISegExtensionLib import dependencies
 
 
 class Recorder:
+    """Records what pip would be handed, and the constraints file's text while pip would run."""
+
     def __init__(self):
         self.calls = []
+        self.constraints = []
 
     def __call__(self, requirements):
         self.calls.append(list(requirements) if isinstance(requirements, list) else requirements)
+        if isinstance(requirements, list) and "-c" in requirements:
+            self.constraints.append(Path(requirements[requirements.index("-c") + 1]).read_text())
 
 
 def test_fallback_pins_installed_numpy_simpleitk_and_torch(monkeypatch, tmp_path):
@@ -27,13 +32,16 @@ def test_fallback_pins_installed_numpy_simpleitk_and_torch(monkeypatch, tmp_path
     recorder = Recorder()
     monkeypatch.setattr(slicer.util, "pip_install", recorder)
     reqs = [r for r in dependencies.CORE if r.module in ("timm", "tqdm")]  # installed here, so nothing is missing after
-    constraints = dependencies.install(reqs)
+    held = dependencies.install(reqs)
     assert len(recorder.calls) == 1
     args = recorder.calls[0]
     assert isinstance(args, list), "a list keeps each argument whole (paths with spaces)"
-    assert args[:-2] == ["timm", "tqdm>=4.60"] and args[-2] == "-c" and Path(args[-1]) == constraints
+    assert args[:-2] == ["timm", "tqdm>=4.60"] and args[-2] == "-c"
+    assert not Path(args[-1]).exists() and not Path(args[-1]).parent.exists(), \
+        "the constraints file and its temporary folder are deleted once pip is done"
+    assert recorder.constraints[0].splitlines()[1:] == held, "install returns the pins pip was handed"
     pins = {}
-    for line in Path(args[-1]).read_text().splitlines():
+    for line in recorder.constraints[0].splitlines():
         if line and not line.startswith("#"):
             req = PipRequirement(line)
             pins[req.name] = req
@@ -56,6 +64,17 @@ def test_the_panel_runs_the_same_pip_command(tmp_path):
     assert constraints.read_text().splitlines()[1:] == ["numpy==1.26.4"]
     command = dependencies.pip_command(["timm"], constraints, python="/opt/Slicer/bin/PythonSlicer")
     assert command == ["/opt/Slicer/bin/PythonSlicer", "-m", "pip", "install", "timm", "-c", str(constraints)]
+    dependencies.remove_constraints(constraints)  # what the panel does when pip finishes
+    assert not constraints.exists() and tmp_path.exists(), "a folder the caller gave is left in place"
+    own = dependencies.write_constraints(versions={"numpy": "1.26.4"})
+    (own.parent / "other").write_text("not XAISeg's")
+    dependencies.remove_constraints(own)
+    assert not own.exists() and (own.parent / "other").exists(), "a folder holding something else is kept"
+    (own.parent / "other").unlink()
+    own = dependencies.write_constraints(versions={})
+    dependencies.remove_constraints(own)
+    assert not own.parent.exists(), "the folder write_constraints made is deleted with its file"
+    dependencies.remove_constraints(None)  # nothing was written: nothing to do
 
 
 def test_torch_comes_through_pytorchutils_with_the_version_requirement(monkeypatch):

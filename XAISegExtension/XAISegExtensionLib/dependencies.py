@@ -131,33 +131,52 @@ def packaging_module():
     return module if hasattr(module, "pip_ensure") else None
 
 
+def remove_constraints(constraints: Optional[Path]) -> None:
+    """Delete a constraints file :func:`write_constraints` made in a folder of its own, and that
+    folder (once pip has read it; nothing of an install is left in the temporary folder)."""
+    if constraints is None:
+        return
+    folder = Path(constraints).parent
+    Path(constraints).unlink(missing_ok=True)
+    if folder.name.startswith("xaiseg-pip-"):
+        try:
+            folder.rmdir()
+        except OSError:  # something else was put there: leave it
+            pass
+
+
 def install(reqs: Sequence[Requirement], log: Optional[Callable[[str], None]] = None,
-            pip_install: Optional[Callable] = None) -> Optional[Path]:
-    """Install ``reqs`` into Slicer's Python (torch through PyTorchUtils); returns the constraints
-    file used.  ``pip_install`` replaces ``slicer.util.pip_install`` in the fallback (the panel
-    passes a runner that shows progress)."""
+            pip_install: Optional[Callable] = None) -> List[str]:
+    """Install ``reqs`` into Slicer's Python (torch through PyTorchUtils); returns the pins the
+    constraints file held (empty when pip was not needed; the file is deleted once pip is done).
+    ``pip_install`` replaces ``slicer.util.pip_install`` in the fallback (the panel passes a
+    runner that shows progress)."""
     import importlib
 
     log = log or (lambda text: None)
     if any(r.module == "torch" for r in reqs):
         install_torch(log)
     rest = [r for r in reqs if r.module != "torch"]
-    constraints = None
+    pins: List[str] = []
     if rest:
         specs = [r.spec for r in rest]
         constraints = write_constraints()
-        log("installing " + ", ".join(specs) + f" (held: {constraints.read_text().splitlines()[1:]})")
-        packaging = packaging_module() if pip_install is None else None
-        if packaging is not None:
-            packaging.pip_ensure(specs, constraints=str(constraints), prompt_install=False, requester="XAISeg")
-        else:
-            if pip_install is None:
-                import slicer
+        try:
+            pins = constraints.read_text().splitlines()[1:]
+            log("installing " + ", ".join(specs) + f" (held: {pins})")
+            packaging = packaging_module() if pip_install is None else None
+            if packaging is not None:
+                packaging.pip_ensure(specs, constraints=str(constraints), prompt_install=False, requester="XAISeg")
+            else:
+                if pip_install is None:
+                    import slicer
 
-                pip_install = slicer.util.pip_install
-            pip_install(pip_arguments(specs, constraints))
+                    pip_install = slicer.util.pip_install
+                pip_install(pip_arguments(specs, constraints))
+        finally:
+            remove_constraints(constraints)
     importlib.invalidate_caches()
     still = [r.spec for r in reqs if not r.installed()]
     if still:
         raise RuntimeError(f"these packages are still missing after installing: {', '.join(still)}")
-    return constraints
+    return pins
