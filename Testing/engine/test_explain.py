@@ -539,6 +539,24 @@ def test_occlusion_removal_roi_takes_away_only_the_rois_pixels():
         make_explainer("occlusion", removal="inside")
 
 
+def test_settings_built_directly_check_every_fields_choices_and_bounds():
+    """build() checks the command line's and a record's values; a settings object made directly
+    (as code and tests do) gets the same checks from the field's own choices and bounds."""
+    from xaiseg.explain.occlusion import OcclusionSettings
+    from xaiseg.explain.rise import RiseSettings
+
+    with pytest.raises(errors.InputError, match=r"OcclusionSettings.removal 'inside' is unknown; expected one of "
+                                                r"whole, roi"):
+        OcclusionSettings(removal="inside")
+    with pytest.raises(errors.InputError, match=r"OcclusionSettings.mode 'add' is unknown; expected one of auto"):
+        OcclusionSettings(mode="add")
+    with pytest.raises(errors.InputError, match=r"RiseSettings.metric_fill 'black' is unknown"):
+        RiseSettings(metric_fill="black")
+    with pytest.raises(errors.InputError, match=r"RiseSettings.batch_size -1 is too small; expected at least 0"):
+        RiseSettings(batch_size=-1)
+    assert OcclusionSettings(removal="roi").removal == "roi"  # a good value passes
+
+
 @pytest.mark.parametrize("passes", [4, 6, 9, 20])
 def test_budgeted_occlusion_spends_at_most_its_passes_and_finds_the_evidence_quadrant(passes):
     toy = SquareEvidence()

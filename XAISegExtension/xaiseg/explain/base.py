@@ -47,7 +47,7 @@ from ..metrics import normalise01
 from ..models.base import PromptableSegmenter, SlicePrompt, check_slice
 from ..progress import Progress, ensure
 from ..requirements import Requirement
-from ..settings import as_dict, build, setting
+from ..settings import as_dict, build, check_field, setting
 
 SCORES = ("dice", "logit")
 FILLS = ("zero", "mean", "blur", "inpaint")
@@ -161,6 +161,9 @@ class CommonSettings:
                                     "draw's is kept beside it (one more attribution per draw)", minimum=1)
 
     def __post_init__(self) -> None:
+        # every field's choices and bounds, also for settings built directly rather than by build()
+        for f in dataclasses.fields(self):
+            check_field(f, getattr(self, f.name), f"{type(self).__name__}.{f.name}")
         if self.metric_steps == 1:
             raise InputError(f"metric steps {self.metric_steps} must be 0 (off) or at least 2")
         if not 0.0 < float(self.threshold) < 1.0:

@@ -171,10 +171,6 @@ class OcclusionSettings(CommonSettings):
         if self.shifts > 1 and (fixed or self.aspect == 1.0):
             raise InputError(f"occlusion shifts (--occlusion-shifts) {self.shifts} move the strips' lattice; expected 1 "
                              f"with {fixed or '--occlusion-aspect 1, the squares'}, which use no strips")
-        if self.mode not in MODES:
-            raise InputError(f"occlusion mode {self.mode!r} is unknown; expected one of {', '.join(MODES)}")
-        if self.removal not in REMOVALS:
-            raise InputError(f"occlusion removal {self.removal!r} is unknown; expected one of {', '.join(REMOVALS)}")
         if self.removal != "whole" and self.mode == "restore":
             raise InputError(f"occlusion removal (--occlusion-removal) {self.removal} says what a removed patch takes "
                              "away; expected whole with --occlusion-mode restore, which removes no patch")
