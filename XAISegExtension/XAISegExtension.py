@@ -313,11 +313,12 @@ class XAISegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         constraints = dependencies.write_constraints()
         self._pipConstraints = constraints  # deleted when pip finishes
         command = dependencies.pip_command(specs, constraints)
-        self.onLog(" ".join(command))
+        self.onLog(" ".join(command) + f" (held: {constraints.read_text().splitlines()[1:]})")
         self.pipProcess = qt.QProcess()
         self.pipProcess.setProcessChannelMode(qt.QProcess.MergedChannels)
         self.pipProcess.connect("readyReadStandardOutput()", self.onPipOutput)
         self.pipProcess.connect("finished(int,QProcess::ExitStatus)", lambda code, status: self.onPipFinished(code))
+        self.pipProcess.connect("errorOccurred(QProcess::ProcessError)", self.onPipError)
         self._afterInstall = then
         self.ui.progressBar.maximum = 0  # busy
         self.ui.statusLabel.text = _("Installing {specs}...").format(specs=", ".join(specs))
@@ -330,6 +331,12 @@ class XAISegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if line.strip():
                 self.onLog(line.rstrip())
                 self.ui.statusLabel.text = line.strip()[:120]
+
+    def onPipError(self, error):
+        """pip could not be started (no ``finished`` follows): end as a failed install."""
+        if error == qt.QProcess.FailedToStart and self.pipProcess is not None:
+            self.onLog(_("pip could not be started: {command}").format(command=self.pipProcess.program()))
+            self.onPipFinished(-1)
 
     def onPipFinished(self, code):
         self.pipProcess = None

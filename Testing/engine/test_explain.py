@@ -554,6 +554,8 @@ def test_settings_built_directly_check_every_fields_choices_and_bounds():
         RiseSettings(metric_fill="black")
     with pytest.raises(errors.InputError, match=r"RiseSettings.batch_size -1 is too small; expected at least 0"):
         RiseSettings(batch_size=-1)
+    with pytest.raises(errors.InputError, match=r"OcclusionSettings.shifts 5 is too large; expected at most 4"):
+        OcclusionSettings(shifts=5)
     assert OcclusionSettings(removal="roi").removal == "roi"  # a good value passes
 
 

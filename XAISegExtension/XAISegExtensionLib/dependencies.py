@@ -132,17 +132,19 @@ def packaging_module():
 
 
 def remove_constraints(constraints: Optional[Path]) -> None:
-    """Delete a constraints file :func:`write_constraints` made in a folder of its own, and that
-    folder (once pip has read it; nothing of an install is left in the temporary folder)."""
+    """Delete a constraints file once pip has read it, and the temporary folder
+    :func:`write_constraints` made for it (a folder named ``xaiseg-pip-...``) when nothing else is
+    in it, so nothing of an install is left in the temporary folder.  Never raises: a file that
+    cannot be deleted (still open on Windows) is left, and pip's own outcome is what counts."""
     if constraints is None:
         return
     folder = Path(constraints).parent
-    Path(constraints).unlink(missing_ok=True)
-    if folder.name.startswith("xaiseg-pip-"):
-        try:
+    try:
+        Path(constraints).unlink(missing_ok=True)
+        if folder.name.startswith("xaiseg-pip-"):
             folder.rmdir()
-        except OSError:  # something else was put there: leave it
-            pass
+    except OSError:  # still open, or something else was put in the folder: leave it
+        pass
 
 
 def install(reqs: Sequence[Requirement], log: Optional[Callable[[str], None]] = None,
