@@ -151,6 +151,7 @@ class XAISegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.waitStopped(3.0)
         if self.pipProcess is not None:
             self.pipProcess.kill()
+            self.pipProcess.waitForFinished(2000)  # pip lets go of the constraints file before it is deleted
             dependencies.remove_constraints(self._pipConstraints)
         if self.timer is not None:
             self.timer.stop()
