@@ -71,6 +71,7 @@ def test_the_panel_runs_the_same_pip_command(tmp_path):
     dependencies.remove_constraints(own)
     assert not own.exists() and (own.parent / "other").exists(), "a folder holding something else is kept"
     (own.parent / "other").unlink()
+    own.parent.rmdir()  # this test's own leftover
     own = dependencies.write_constraints(versions={})
     dependencies.remove_constraints(own)
     assert not own.parent.exists(), "the folder write_constraints made is deleted with its file"
