@@ -314,7 +314,7 @@ class XAISegExtensionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         constraints = dependencies.write_constraints()
         self._pipConstraints = constraints  # deleted when pip finishes
         command = dependencies.pip_command(specs, constraints)
-        self.onLog(" ".join(command) + f" (held: {constraints.read_text().splitlines()[1:]})")
+        self.onLog(" ".join(command) + f" (held: {dependencies.held_pins(constraints)})")
         self.pipProcess = qt.QProcess()
         self.pipProcess.setProcessChannelMode(qt.QProcess.MergedChannels)
         self.pipProcess.connect("readyReadStandardOutput()", self.onPipOutput)

@@ -19,6 +19,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 TORCH_VERSION_REQUIREMENT = ">=2.0"
 PINNED = ("numpy", "SimpleITK", "torch")  # distributions held at their installed versions
+PIP_FOLDER_PREFIX = "xaiseg-pip-"  # the temporary folder write_constraints makes (remove_constraints deletes it)
 
 from xaiseg import requirements as engine
 from xaiseg.requirements import Requirement
@@ -85,12 +86,18 @@ def installed_versions(names: Sequence[str] = PINNED) -> Dict[str, str]:
 def write_constraints(folder=None, versions: Optional[Dict[str, str]] = None) -> Path:
     """A pip constraints file pinning the installed numpy, SimpleITK and torch (those installed)."""
     versions = installed_versions() if versions is None else versions
-    folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="xaiseg-pip-"))
+    folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix=PIP_FOLDER_PREFIX))
     path = folder / "constraints.txt"
     lines = ["# written by XAISeg: keep these at their installed versions"]
     lines += [f"{name}=={version}" for name, version in sorted(versions.items())]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def held_pins(constraints: Path) -> List[str]:
+    """The pins a constraints file holds (its lines but the comment), for the log."""
+    return [line for line in Path(constraints).read_text(encoding="utf-8").splitlines()
+            if line and not line.startswith("#")]
 
 
 def pip_arguments(specs: Sequence[str], constraints: Path) -> List[str]:
@@ -141,7 +148,7 @@ def remove_constraints(constraints: Optional[Path]) -> None:
     folder = Path(constraints).parent
     try:
         Path(constraints).unlink(missing_ok=True)
-        if folder.name.startswith("xaiseg-pip-"):
+        if folder.name.startswith(PIP_FOLDER_PREFIX):
             folder.rmdir()
     except OSError:  # still open, or something else was put in the folder: leave it
         pass
@@ -164,7 +171,7 @@ def install(reqs: Sequence[Requirement], log: Optional[Callable[[str], None]] = 
         specs = [r.spec for r in rest]
         constraints = write_constraints()
         try:
-            pins = constraints.read_text().splitlines()[1:]
+            pins = held_pins(constraints)
             log("installing " + ", ".join(specs) + f" (held: {pins})")
             packaging = packaging_module() if pip_install is None else None
             if packaging is not None:
