@@ -132,3 +132,30 @@ def test_run_settings_name_the_bad_value():
     with pytest.raises(InputError, match="SHA-256"):
         RunSettings(segmenter="medsam", url="https://example.org/medsam_vit_b.pth").check()
     assert RunSettings(methods=("occlusion", "rise")).method_label() == "occlusion+rise"
+
+
+def test_a_segmentation_made_without_the_applications_converter_rules_still_shows_in_3d(scene):
+    """Slicer's Segmentations module registers the converter's rules when it starts; MRML without the
+    application has none, and a segmentation node made then never builds a closed surface.  The
+    library registers them before it makes one (Show 3D failed when its test ran first in a process)."""
+    import slicer
+
+    from XAISegExtensionLib import mrml, segment_output
+
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    saved = list(factory.GetConverterRules())
+    for rule in saved:
+        factory.UnregisterConverterRule(rule)
+    try:
+        a = np.zeros((12, 32, 32), np.float32)
+        a[3:9, 8:24, 10:20] = 1
+        volume = slicer.util.addVolumeFromArray(a, np.diag([-1.0, -1.0, 2.0, 1.0]), name="cuboid")
+        seg = mrml.add_segmentation(scene, a > 0, volume, "cuboid segmentation", "cuboid")
+        assert sorted(r.GetClassName() for r in factory.GetConverterRules()) == sorted(mrml.CONVERSION_RULES)
+        assert segment_output.show_3d(seg, True) > 100
+        assert mrml.conversion_rules() == 0  # rules there: none added
+    finally:
+        for rule in list(factory.GetConverterRules()):
+            factory.UnregisterConverterRule(rule)
+        for rule in saved:
+            factory.RegisterConverterRule(rule)

@@ -324,11 +324,34 @@ def add_volume(scene, array: np.ndarray, reference_node, name: str, labelmap: bo
     return node
 
 
+#: the segmentation converter's rules Slicer's Segmentations module registers when it starts
+CONVERSION_RULES = ("vtkBinaryLabelmapToClosedSurfaceConversionRule", "vtkClosedSurfaceToBinaryLabelmapConversionRule",
+                    "vtkClosedSurfaceToFractionalLabelmapConversionRule",
+                    "vtkFractionalLabelmapToClosedSurfaceConversionRule")
+
+
+def conversion_rules() -> int:
+    """Register the segmentation converter's rules where none are (MRML without the application, as
+    in the tests, until a Segmentations logic gets a scene); a segmentation node keeps the rules there
+    were when it was made, and without them Show 3D builds no surface.  Returns the rules added (none
+    in Slicer)."""
+    import slicer
+
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    if factory.GetConverterRules():
+        return 0
+    rules = [getattr(slicer, name)() for name in CONVERSION_RULES if hasattr(slicer, name)]
+    for rule in rules:
+        factory.RegisterConverterRule(rule)
+    return len(rules)
+
+
 def add_segmentation(scene, mask: np.ndarray, reference_node, name: str, segment_name: str,
                      color=(0.95, 0.85, 0.2)):
     """A segmentation node holding ``mask`` (on ``reference_node``'s grid) as one segment."""
     import slicer
 
+    conversion_rules()
     label = add_volume(scene, mask.astype(np.uint8), reference_node, name + " (import)", labelmap=True)
     try:
         seg = slicer.vtkMRMLSegmentationNode()
