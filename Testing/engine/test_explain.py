@@ -557,6 +557,13 @@ def test_settings_built_directly_check_every_fields_choices_and_bounds():
     with pytest.raises(errors.InputError, match=r"OcclusionSettings.shifts 5 is too large; expected at most 4"):
         OcclusionSettings(shifts=5)
     assert OcclusionSettings(removal="roi").removal == "roi"  # a good value passes
+    # a bound needs a number: not NaN (no comparison fails on it), not a truth value, not text
+    with pytest.raises(errors.InputError, match=r"OcclusionSettings.side nan must be a number; expected at least 0.0"):
+        OcclusionSettings(side=float("nan"))
+    with pytest.raises(errors.InputError, match=r"OcclusionSettings.shifts True must be a number, not a truth value"):
+        OcclusionSettings(shifts=True)
+    with pytest.raises(errors.InputError, match=r"RiseSettings.batch_size '8' must be a number; expected at least 0"):
+        RiseSettings(batch_size="8")
 
 
 @pytest.mark.parametrize("passes", [4, 6, 9, 20])
