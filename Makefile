@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.xaiseg-installed
+# test processes (pytest-xdist, each file in one of them; Testing/conftest.py): one per core, at most
+# 4; `make test JOBS=1` runs the files one after the other in one worker
+JOBS   ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 
 .PHONY: setup demo test bench clean
 
@@ -27,7 +30,7 @@ demo: $(STAMP)
 	$(VENV)/bin/xaiseg demo -o demo_output
 
 test: $(STAMP)
-	$(PY) -m pytest Testing -q
+	$(PY) -m pytest Testing -q -n $(JOBS)
 
 bench: $(STAMP)
 	$(VENV)/bin/xaiseg bench segmentation -o docs/benchmarks

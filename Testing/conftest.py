@@ -1,14 +1,75 @@
-"""Make the engine importable without installing it, and keep torch to two threads."""
+"""Make the engine importable without installing it, keep torch to the cores this process may use,
+and, when `make test` runs the suite in several processes (pytest-xdist), run each file in one
+process, the slowest first, and give each process its own temporary folder."""
 import importlib.util
+import os
 import sys
+import tempfile
 from pathlib import Path
+
 
 if importlib.util.find_spec("xaiseg") is None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "XAISegExtension"))
+
+#: pytest-xdist's worker name (gw0, gw1, ...) and the number of workers; none when run in one process
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+if WORKER:
+    # the tests that check no temporary folder was left look at the whole temporary folder: another
+    # process's run must not show up there
+    _own = Path(tempfile.gettempdir()) / "pytest-xaiseg-{}-{}".format(WORKER, os.getpid())
+    _own.mkdir(parents=True, exist_ok=True)
+    os.environ["TMPDIR"] = str(_own)  # for the workers and launchers the tests start
+    tempfile.tempdir = str(_own)
 
 try:
     import torch
 except ImportError:  # pragma: no cover - torch is a hard dependency of the engine
     torch = None
 else:
-    torch.set_num_threads(2)
+    # two threads in one process (as before the suite ran in several); one each with two workers on two cores
+    torch.set_num_threads(max(1, min(2, (os.cpu_count() or 2) // WORKERS)))
+
+
+#: test files that share one session fixture costing a minute or more (the Slicer logic's run on
+#: MNI152, ``mni_run``): one worker runs them all, so the fixture is built once
+SHARED = {"test_logic_mni.py": "mni_run", "test_reading_mni.py": "mni_run", "test_screenshots_mni.py": "mni_run"}
+#: the units that took a minute or more in one worker of two (a full run's --durations), slowest first:
+#: they start first, so that no worker is left with a long file while the other idles
+SLOW_FIRST = ("test_litemedsam_accuracy.py", "test_layers.py", "mni_run", "test_explain_litemedsam.py",
+              "test_trust.py", "test_narrate_findings.py", "test_reuse.py", "test_cancel.py", "test_selftest.py",
+              "test_bench_faithfulness.py", "test_quiet.py")
+
+try:
+    from xdist.scheduler import LoadScopeScheduling
+except ImportError:  # run in one process
+    LoadScopeScheduling = None
+
+if LoadScopeScheduling is not None:
+    class FileUnits(LoadScopeScheduling):
+        """pytest-xdist's scheduling with each test file as one unit of work (its module fixtures are
+        built once), the files of :data:`SHARED` as one unit, and the units of :data:`SLOW_FIRST`
+        handed out first."""
+
+        def _split_scope(self, nodeid):
+            path = nodeid.split("::", 1)[0]
+            return SHARED.get(path.rsplit("/", 1)[-1], path)
+
+        def _assign_work_unit(self, node):
+            def rank(unit):
+                name = unit.rsplit("/", 1)[-1]
+                return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
+
+            self.workqueue = type(self.workqueue)(sorted(self.workqueue.items(), key=lambda kv: rank(kv[0])))
+            super()._assign_work_unit(node)
+
+    def pytest_xdist_make_scheduler(config, log):
+        return FileUnits(config, log)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove this worker's own temporary folder (what a test left there, each test checks itself)."""
+    if WORKER:
+        import shutil
+
+        shutil.rmtree(str(_own), ignore_errors=True)
