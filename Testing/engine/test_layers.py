@@ -251,7 +251,8 @@ def caudate_layers(litemedsam):
     labels[[k for k in range(labels.shape[0]) if k not in ks]] = 0
     session = Session(sample.image, litemedsam)
     seg = session.segment(LabelBoxPrompt(labels, 1, 0, "atlas"), name="left_caudate")
-    run = session.explain(seg, [make_explainer("layers", layers="all")], target=truth)  # every layer's row
+    # every layer's row; no faithfulness curves (no test here reads them: 15 encoder passes a slice)
+    run = session.explain(seg, [make_explainer("layers", layers="all", metric_steps=0)], target=truth)
     return session, seg, run, truth, [int(k) for k in ks]
 
 
@@ -283,12 +284,16 @@ def test_cli_layers_writes_each_layer_and_the_table(caudate_layers, tmp_path, li
 
     session, seg, run, truth, ks = caudate_layers
     vol = session.volume
+    k = ks[4]
     src = write_volume(vol, vol.array, tmp_path / "mni.nii.gz")
     lab = write_volume(vol, truth.astype(np.uint8), tmp_path / "caudate.nii.gz")
+    # the box from slice k's label only: the command segments the one slice it explains
+    one = np.zeros(truth.shape, np.uint8)
+    one[k] = truth[k]
+    box = write_volume(vol, one, tmp_path / "caudate_k.nii.gz")
     monkeypatch.setattr("xaiseg.models.load_segmenter", lambda kind, **kw: litemedsam)
     out = tmp_path / "out"
-    k = ks[4]
-    rc = main(["explain", str(src), "--box-from", str(lab), "--label", "1", "--method", "layers", "--layers", "stages",
+    rc = main(["explain", str(src), "--box-from", str(box), "--label", "1", "--method", "layers", "--layers", "stages",
                "--layer-stage", "2", "--slices", str(k), "--ground-truth", str(lab), "--name", "lc", "-q",
                "-o", str(out)])
     assert rc == 0
