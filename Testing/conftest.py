@@ -31,13 +31,16 @@ else:
     torch.set_num_threads(max(1, min(2, (os.cpu_count() or 2) // WORKERS)))
 
 
-#: test files that share one session fixture costing a minute or more (the Slicer logic's run on
-#: MNI152, ``mni_run``): one worker runs them all, so the fixture is built once
-SHARED = {"test_logic_mni.py": "mni_run", "test_reading_mni.py": "mni_run", "test_screenshots_mni.py": "mni_run"}
+#: test files that share a fixture costing a minute or more: one worker runs them all, so it is built
+#: once - the Slicer logic's run on MNI152 (``mni_run`` in Testing/slicer/conftest.py) and the engine's
+#: run that the report's tests read (``mni_run`` in Testing/engine/test_narrate_runs.py, cached per process)
+SHARED = {"test_logic_mni.py": "mni_run", "test_reading_mni.py": "mni_run", "test_screenshots_mni.py": "mni_run",
+          "test_narrate_runs.py": "narrate", "test_narrate_findings.py": "narrate", "test_narrate_html.py": "narrate",
+          "test_narrate_http.py": "narrate", "test_narrate_llava.py": "narrate"}
 #: the units that took a minute or more in one worker of two (a full run's --durations), slowest first:
 #: they start first, so that no worker is left with a long file while the other idles
 SLOW_FIRST = ("test_litemedsam_accuracy.py", "test_layers.py", "mni_run", "test_explain_litemedsam.py",
-              "test_trust.py", "test_narrate_findings.py", "test_reuse.py", "test_cancel.py", "test_selftest.py",
+              "test_trust.py", "narrate", "test_reuse.py", "test_cancel.py", "test_selftest.py",
               "test_bench_faithfulness.py", "test_quiet.py")
 
 try:
