@@ -158,8 +158,7 @@ def test_the_cascades_last_step_is_drawn_with_its_own_seeds(litemedsam):
     seg = session.segment(LabelBoxPrompt(labels, 1), name="caudate")
 
     def cascade(draws, **kw):
-        # no faithfulness curves: the cascade's similarities do not need them
-        ex = make_explainer("layers", cascade=True, cascade_draws=draws, metric_steps=0, **kw)
+        ex = make_explainer("layers", cascade=True, cascade_draws=draws, **kw)
         return session.explain(seg, [ex], slices=[k]).metrics()["methods"]["layers"]["slices"][str(k)]
 
     once, thrice = cascade(1), cascade(3)
