@@ -251,8 +251,7 @@ def caudate_layers(litemedsam):
     labels[[k for k in range(labels.shape[0]) if k not in ks]] = 0
     session = Session(sample.image, litemedsam)
     seg = session.segment(LabelBoxPrompt(labels, 1, 0, "atlas"), name="left_caudate")
-    # every layer's row; no faithfulness curves (no test here reads them: 15 encoder passes a slice)
-    run = session.explain(seg, [make_explainer("layers", layers="all", metric_steps=0)], target=truth)
+    run = session.explain(seg, [make_explainer("layers", layers="all")], target=truth)  # every layer's row
     return session, seg, run, truth, [int(k) for k in ks]
 
 
@@ -287,9 +286,10 @@ def test_cli_layers_writes_each_layer_and_the_table(caudate_layers, tmp_path, li
     k = ks[4]
     src = write_volume(vol, vol.array, tmp_path / "mni.nii.gz")
     lab = write_volume(vol, truth.astype(np.uint8), tmp_path / "caudate.nii.gz")
-    # the box from slice k's label only: the command segments the one slice it explains
+    # the boxes from slices k and k + 1 only (not every caudate slice): one slice explained, one
+    # segmented and not explained, whose layer maps must stay empty
     one = np.zeros(truth.shape, np.uint8)
-    one[k] = truth[k]
+    one[k:k + 2] = truth[k:k + 2]
     box = write_volume(vol, one, tmp_path / "caudate_k.nii.gz")
     monkeypatch.setattr("xaiseg.models.load_segmenter", lambda kind, **kw: litemedsam)
     out = tmp_path / "out"
