@@ -7,6 +7,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 
 if importlib.util.find_spec("xaiseg") is None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "XAISegExtension"))
@@ -66,7 +68,11 @@ if LoadScopeScheduling is not None:
             self.workqueue = type(self.workqueue)(sorted(self.workqueue.items(), key=lambda kv: rank(kv[0])))
             super()._assign_work_unit(node)
 
+    @pytest.hookimpl(optionalhook=True)  # xdist installed but not loaded (-p no:xdist): no such hook
     def pytest_xdist_make_scheduler(config, log):
+        # `-n` alone means --dist load; another --dist given (each, worksteal, ...) keeps xdist's own
+        if config.getvalue("dist") not in ("load", "loadfile", "loadscope"):
+            return None
         return FileUnits(config, log)
 
 
