@@ -558,8 +558,10 @@ def test_settings_built_directly_check_every_fields_choices_and_bounds():
         OcclusionSettings(shifts=5)
     assert OcclusionSettings(removal="roi").removal == "roi"  # a good value passes
     # a bound needs a number: not NaN (no comparison fails on it), not a truth value, not text
-    with pytest.raises(errors.InputError, match=r"OcclusionSettings.side nan must be a number; expected at least 0.0"):
+    with pytest.raises(errors.InputError, match=r"OcclusionSettings.side nan must be a finite number"):
         OcclusionSettings(side=float("nan"))
+    with pytest.raises(errors.InputError, match=r"OcclusionSettings.smooth inf must be a finite number"):
+        OcclusionSettings(smooth=float("inf"))  # no maximum to fail
     with pytest.raises(errors.InputError, match=r"OcclusionSettings.shifts True must be a number, not a truth value"):
         OcclusionSettings(shifts=True)
     with pytest.raises(errors.InputError, match=r"RiseSettings.batch_size '8' must be a number; expected at least 0"):

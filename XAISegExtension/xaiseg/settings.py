@@ -9,6 +9,7 @@ Slicer panel report a bad value the same way.  The defaults live in the field, n
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 import typing
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Type, TypeVar
@@ -128,13 +129,15 @@ def check_field(f: dataclasses.Field, value: Any, what: str) -> None:
     choices = meta.get("choices")
     if choices and value not in choices:
         raise InputError(f"{what} {value!r} is unknown; expected one of {', '.join(map(str, choices))}")
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and not math.isfinite(value):
+        raise InputError(f"{what} {value!r} must be a finite number")  # NaN passes every bound, inf every minimum
     lo, hi = meta.get("minimum"), meta.get("maximum")
     if lo is None and hi is None:
         return
     if isinstance(value, bool):  # True == 1: a flag where a count was meant
         raise InputError(f"{what} {value!r} must be a number, not a truth value")
     expected = f"at least {lo}" if hi is None else (f"at most {hi}" if lo is None else f"{lo} to {hi}")
-    if not isinstance(value, numbers.Real) or value != value:  # text, or NaN (which no bound fails)
+    if not isinstance(value, numbers.Real):  # text
         raise InputError(f"{what} {value!r} must be a number; expected {expected}")
     if lo is not None and value < lo:
         raise InputError(f"{what} {value!r} is too small; expected at least {lo}")
