@@ -32,6 +32,7 @@ def big(tmp_path_factory):
 
 def _interrupt(child: Child, stage: str, signum: int):
     child.wait_for(re.compile(stage))
+    assert child.proc.poll() is None, "the child ended before the signal could be sent (read its stage too late)"
     child.proc.send_signal(signum)
     return child.finish()
 
@@ -49,10 +50,11 @@ def test_interrupted_segmentation_leaves_the_previous_outputs(big, tmp_path, cap
     assert code == 0, lines
     before = tree(out)
     assert sorted(before) == ["big_mask.nrrd", "big_run.json"]
-    # 10 ms per slice: the 2000 slices take 20 s or more, so the signal lands inside the stage (the
+    # 50 ms per slice: the 2000 slices take 100 s or more, so the signal lands inside the stage (the
     # plain ramp segments them in under a second; at 2 ms per slice a loaded runner once read the
-    # first progress line after the 6 s stage had ended).  The child stops at the signal, so the
-    # margin costs nothing when the test passes
+    # first progress line after the 6 s stage had ended; at 10 ms, with the suite in two processes,
+    # the child once segmented all 2000 slices in 28 s and ended with status 0, most likely before the
+    # signal was sent).  The child stops at the signal, so the margin costs nothing when the test passes
     slow = [a.replace("toys:ramp", "toys:slow_ramp") for a in TOY_ARGS]
     child = Child("xaiseg.cli", ["segment", str(big), *BOX, *slow, "-o", str(out)])
     code, _, err = _interrupt(child, r"segment big: +\d+%", signum)

@@ -2,7 +2,7 @@
 
 * :class:`Ramp` / :func:`ramp` - a torch module whose single logit channel is ``10 * (x - 0.5)``,
   so the mask is exactly "normalised intensity above 0.5".  Used through
-  ``--model torch --factory toys:ramp``; :func:`slow_ramp` the same, 10 ms per image.
+  ``--model torch --factory toys:ramp``; :func:`slow_ramp` the same, 50 ms per image.
 * :func:`crash` - a factory that ends its process at once (``os._exit``): a case that takes its
   worker down (``--factory toys:crash``).
 * :class:`BoxToy` - a :class:`PromptableSegmenter` that answers +1 inside the prompt box (or
@@ -38,7 +38,7 @@ class SlowRamp(Ramp):
     """:class:`Ramp` that takes ``seconds`` per image it is given (a stage long enough for a signal
     to land inside it, however fast the machine)."""
 
-    def __init__(self, seconds: float = 0.01) -> None:
+    def __init__(self, seconds: float = 0.05) -> None:
         super().__init__()
         self.seconds = seconds
 
@@ -49,7 +49,7 @@ class SlowRamp(Ramp):
         return super().forward(x)
 
 
-def slow_ramp(seconds: float = 0.01) -> nn.Module:
+def slow_ramp(seconds: float = 0.05) -> nn.Module:
     """Factory for ``--factory toys:slow_ramp``."""
     return SlowRamp(seconds)
 
