@@ -557,7 +557,8 @@ def test_settings_built_directly_check_every_fields_choices_and_bounds():
     with pytest.raises(errors.InputError, match=r"OcclusionSettings.shifts 5 is too large; expected at most 4"):
         OcclusionSettings(shifts=5)
     assert OcclusionSettings(removal="roi").removal == "roi"  # a good value passes
-    # a bound needs a number: not NaN (no comparison fails on it), not a truth value, not text
+    # a finite number in every numeric field (NaN fails no bound, inf no minimum); a bounded field takes
+    # neither a truth value (True == 1) nor text
     with pytest.raises(errors.InputError, match=r"OcclusionSettings.side nan must be a finite number"):
         OcclusionSettings(side=float("nan"))
     with pytest.raises(errors.InputError, match=r"OcclusionSettings.smooth inf must be a finite number"):
