@@ -105,8 +105,7 @@ def coerce(value: Any, tp: Any, what: str) -> Any:
             number = float(value)
         except (TypeError, ValueError):
             raise InputError(f"{what} {value!r} must be a number") from None
-        if number != number or number in (float("inf"), float("-inf")):
-            raise InputError(f"{what} {value!r} must be a finite number")
+        _finite(number, value, what)
         return number
     if tp is str:
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
@@ -115,6 +114,13 @@ def coerce(value: Any, tp: Any, what: str) -> Any:
             raise InputError(f"{what} {value!r} must be text")
         return str(value)
     return value
+
+
+def _finite(number: float, value: Any, what: str) -> None:
+    """:class:`InputError` naming ``what`` and the given ``value`` unless ``number`` (the value as a
+    float) is finite."""
+    if not math.isfinite(number):
+        raise InputError(f"{what} {value!r} must be a finite number")
 
 
 def _type_name(tp: Any) -> str:
@@ -129,8 +135,8 @@ def check_field(f: dataclasses.Field, value: Any, what: str) -> None:
     choices = meta.get("choices")
     if choices and value not in choices:
         raise InputError(f"{what} {value!r} is unknown; expected one of {', '.join(map(str, choices))}")
-    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and not math.isfinite(value):
-        raise InputError(f"{what} {value!r} must be a finite number")  # NaN passes every bound, inf every minimum
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        _finite(value, value, what)  # NaN passes every bound, inf every minimum
     lo, hi = meta.get("minimum"), meta.get("maximum")
     if lo is None and hi is None:
         return
