@@ -76,9 +76,29 @@ if LoadScopeScheduling is not None:
         return FileUnits(config, log)
 
 
-def pytest_sessionfinish(session, exitstatus):
-    """Remove this worker's own temporary folder (what a test left there, each test checks itself)."""
-    if WORKER:
-        import shutil
+def _ended(pid: int) -> bool:
+    """Whether no process ``pid`` runs now (POSIX; elsewhere every process counts as running)."""
+    if os.name != "posix":
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's process
+        return False
+    return False
 
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove this worker's own temporary folder (what a test left there, each test checks itself);
+    in the controlling process, the folders of workers that ended without removing theirs (a worker
+    that crashed), where their process no longer runs."""
+    import shutil
+
+    if WORKER:
         shutil.rmtree(str(_own), ignore_errors=True)
+        return
+    for folder in Path(tempfile.gettempdir()).glob("pytest-xaiseg-gw*-*"):
+        pid = folder.name.rsplit("-", 1)[-1]
+        if folder.is_dir() and pid.isdigit() and _ended(int(pid)):
+            shutil.rmtree(str(folder), ignore_errors=True)
