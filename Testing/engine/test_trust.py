@@ -364,6 +364,36 @@ def test_both_scores_each_patch_by_its_fall_and_its_rise():
         make_explainer("occlusion", mode="both", passes=8)
 
 
+def test_max_scores_each_patch_by_the_larger_of_its_fall_and_its_rise():
+    """``mode="max"``: a patch's score is the larger of the Dice lost when it alone is removed and the
+    Dice it brings back when it alone is kept in the inpainted ROI (evidence the mask needs, or evidence
+    that draws it on its own), at both's passes; on patches that do not overlap, each pixel's score is
+    its patch's, so the map is the larger of the removal and restore maps pixel by pixel.  Two ROIs:
+    one holding the toy's square (a patch put back brings the mask back, removed it may leave a part
+    that still draws it: restore is the larger), one holding a quarter of it (the ROI inpainted leaves
+    the mask, so nothing put back raises it, while a whole patch removed over the square loses it:
+    removal is the larger)."""
+    toy = SquareEvidence()
+    settings = dict(grid="image", patch=12, stride=12, metric_steps=0, smooth=0.0)
+    larger = {}
+    for side in (34, 16):
+        roi = np.zeros((64, 64), bool)
+        roi[:side, :side] = True
+        maps = {mode: make_explainer("occlusion", toy, mode=mode, **settings).explain(evidence_image(), PROMPT, roi=roi)
+                for mode in ("remove", "restore", "max")}
+        top, removal, restore = maps["max"], maps["remove"].raw, maps["restore"].raw
+        np.testing.assert_allclose(top.raw, np.maximum(removal, restore), atol=1e-6)
+        larger[side] = (bool((removal > restore + 1e-6).any()), bool((restore > removal + 1e-6).any()))
+        assert top.n_evaluations == 2 * maps["remove"].n_evaluations + 1
+        assert top.details["mode"] == "max" and top.metrics["signal"] == pytest.approx(1.0)
+        assert top.raw[toy.square_mask() & roi].mean() > top.raw[roi & ~toy.square_mask()].mean()
+    assert larger == {34: (False, True), 16: (True, False)}
+    assert make_explainer("occlusion", mode="max", **settings).cost((34.0, 34.0), 64) == \
+        make_explainer("occlusion", mode="both", **settings).cost((34.0, 34.0), 64)
+    with pytest.raises(InputError, match="at least 9 with --occlusion-mode max"):
+        make_explainer("occlusion", mode="max", passes=8)
+
+
 def coarse_in_roi(occ, roi):
     """The coarse structure-sized patches of the toy's 64 x 64 slice that touch ``roi``: those occlusion scores."""
     return [(y, x, p) for y, x, p in occ.patches((64, 64), PROMPT.box) if roi[y:y + p, x:x + p].any()]

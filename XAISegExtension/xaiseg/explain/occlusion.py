@@ -83,9 +83,11 @@ MIN_PATCH = 8  # model-grid pixels: the smallest coarse structure-sized patch
 REFINE = 2  # coarse patches refined: those with the highest scores (if positive at all)
 FINE_PER_PATCH = 9  # a refined patch's finer patches: half its size at a quarter's stride, 3 x 3
 #: a patch's score: the rise when it alone is kept (restore), the fall when it alone is removed
-#: (remove), the sum of the two (both), or (auto) :data:`AUTO_SCORING` for the structure-sized
-#: patches and remove otherwise (:attr:`Occlusion.scoring`)
-MODES = ("auto", "both", "restore", "remove")
+#: (remove), the sum of the two (both), the larger of the two (max), or (auto) :data:`AUTO_SCORING`
+#: for the structure-sized patches and remove otherwise (:attr:`Occlusion.scoring`)
+MODES = ("auto", "both", "max", "restore", "remove")
+#: the modes that remove each patch and put it back, two passes per patch
+TWO_WAYS = ("both", "max")
 AUTO_SCORING = "both"
 #: what a removed patch takes away: all of it (seed 001), or only its pixels inside the ROI
 REMOVALS = ("whole", "roi")
@@ -106,7 +108,7 @@ MAX_SHIFTS = 4
 #: number a few hundred)
 CELLS_AT_ONCE = 32
 #: passes a pass budget must allow: the ROI's four quadrants, and the inpainted ROI when restoring
-LEAST_PASSES = {"remove": 4, "restore": 5, "both": 9}
+LEAST_PASSES = {"remove": 4, "restore": 5, "both": 9, "max": 9}
 #: what the rest of the ROI becomes in mode restore, whatever ``fill`` says: emptied to zero (or a
 #: flat grey) the ROI leaves each patch put back floating in a blank hole, an image unlike any the
 #: model was trained on; inpainted from around the ROI, it is the slice without the structure
@@ -123,7 +125,7 @@ class OcclusionSettings(CommonSettings):
                           flag="--stride")
     passes: int = setting(0, "most encoder passes per slice: 0 for no limit (structure-sized patches: strips, or "
                              "squares coarse to fine); N >= 4 for cells of the ROI coarse to fine until N are "
-                             "spent (its quadrants first; N >= 5 with --occlusion-mode restore, 9 with both)",
+                             "spent (its quadrants first; N >= 5 with --occlusion-mode restore, 9 with both or max)",
                          minimum=0, flag="--occlusion-passes")
     grid: str = setting("model", "what patch and stride are measured on: the model's input grid or the slice's "
                                  "pixels", choices=("model", "image"), flag="--occlusion-grid")
@@ -138,7 +140,7 @@ class OcclusionSettings(CommonSettings):
                                 "rest of the ROI is inpainted from around the ROI (--fill is not used there; one "
                                 "pass more per slice, the whole ROI inpainted); remove - the fall of the score when "
                                 "the patch alone is removed by --fill (seed 001); both - the sum of the two (two "
-                                "passes per patch); auto - " + AUTO_SCORING + " for the structure-sized patches, "
+                                "passes per patch); max - the larger of the two (two passes per patch); auto - " + AUTO_SCORING + " for the structure-sized patches, "
                                 "remove for a fixed --patch and for --occlusion-passes", choices=MODES,
                         flag="--occlusion-mode")
     aspect: float = setting(0.0, "structure-sized occlusion: strips this many times longer along the structure's main "
@@ -151,7 +153,7 @@ class OcclusionSettings(CommonSettings):
                              "a strip) along and across, and every pixel given the mean score of all strips covering "
                              "it, so the map depends less on where one lattice happens to fall (N times the passes)",
                           minimum=1, maximum=MAX_SHIFTS, flag="--occlusion-shifts")
-    removal: str = setting("whole", "what a removed patch takes away (--occlusion-mode remove and both, and auto, "
+    removal: str = setting("whole", "what a removed patch takes away (--occlusion-mode remove, both and max, and auto, "
                                     "which picks one of them): whole - the whole patch, outside the ROI too (seed "
                                     "001); roi - only its pixels inside the ROI, the pixels the curves remove (a "
                                     "patch put back is put back inside the ROI either way)", choices=REMOVALS,
@@ -178,7 +180,8 @@ class OcclusionSettings(CommonSettings):
         if self.passes and self.passes < LEAST_PASSES[how]:
             first = {"remove": "the ROI's four quadrants come first",
                      "restore": "the ROI removed, then its four quadrants put back",
-                     "both": "the ROI removed, then its four quadrants removed and put back"}[how]
+                     "both": "the ROI removed, then its four quadrants removed and put back"}[
+                         "both" if how in TWO_WAYS else how]
             raise InputError(f"occlusion passes {self.passes} must be 0 (no limit) or at least {LEAST_PASSES[how]} "
                              f"with --occlusion-mode {self.mode} ({first})")
         if self.passes and (self.patch or self.stride):
@@ -428,8 +431,8 @@ class Occlusion(Explainer):
         return self.scoring != "remove"
 
     def _per_patch(self) -> int:
-        """Passes per patch: one, or two when scoring by both."""
-        return 2 if self.scoring == "both" else 1
+        """Passes per patch: one, or two when scoring both ways (both, max)."""
+        return 2 if self.scoring in TWO_WAYS else 1
 
     def _emptied_passes(self) -> int:
         """Passes before the patches: the ROI removed, when the patches are put back."""
@@ -440,7 +443,7 @@ class Occlusion(Explainer):
         restore pass removes the ROI but one patch, so it changes the ROI's whole extent."""
         if self.scoring == "restore":
             return self.cost(roi_extent, grid) * share(roi_extent)
-        both = self.scoring == "both"  # each patch removed and put back, and the inpainted ROI once
+        both = self.scoring in TWO_WAYS  # each patch removed and put back, and the inpainted ROI once
         if self.passes:  # cells of the ROI's rectangle, its quadrants first (their size at most)
             half = None if roi_extent is None else (roi_extent[0] / 2.0, roi_extent[1] / 2.0)
             cells = (self.passes - self._emptied_passes()) // self._per_patch()
@@ -475,21 +478,21 @@ class Occlusion(Explainer):
 
     def _chunk_scores(self, engine: PerturbationEngine, cells, shape, scoring: "PatchScoring") -> np.ndarray:
         """:meth:`_scores` of a few cells."""
-        out = np.zeros(len(cells))
-        if scoring.how in ("remove", "both"):
+        parts = []
+        if scoring.how != "restore":
             keeps = [(~_region(c, shape)).astype(np.float32) for c in cells]
             # the ROI chooses the patches; by default each chosen patch is removed whole (seed 001), so
             # inside the ROI the drops equal full-image occlusion's at a fraction of the cost; with removal
             # "roi" only its pixels inside the ROI, those the curves can remove
             drops = engine.baseline - engine.scores(keeps, restrict=self.removal == "roi", total=0)
             scoring.largest = max([scoring.largest] + list(drops))
-            out += drops
+            parts.append(drops)
         if scoring.emptied is not None:
             images = [removed(engine.image, engine.roi & ~_region(c, shape), RESTORE_FILL) for c in cells]
             rises = engine.score_images(images, total=0) - scoring.emptied
             scoring.largest = max([scoring.largest] + list(rises))
-            out += rises
-        return out
+            parts.append(rises)
+        return np.max(parts, axis=0) if scoring.how == "max" else np.sum(parts, axis=0)
 
     @staticmethod
     def _result(raw: np.ndarray, details: Dict, scoring: "PatchScoring") -> Attribution:
