@@ -8,6 +8,10 @@ it (by default then smoothed, see below).  A patch's score (``mode``):
   faithfulness bench's middle slices (7 of 12 against 6), but on structures no issue names it found
   no change above the model's noise on 7 of 8 slices, so those maps were not painted, and the maps
   of neighbouring slices hardly agreed (docs/explain.md, "Occlusion scored both ways").
+* max: the larger of the two scores below, at both's passes: evidence the mask needs or evidence
+  that draws it on its own.  It won 10 of the goal table's 12 middle slices but 14 of 28 held-out
+  slices where both won 20 (stop 52, docs/explain.md, "A strip scored by the larger of its two
+  halves"), so it is an option.
 * restore: the whole ROI is inpainted from the pixels around it (the slice without the structure,
   one pass), then each patch alone is put back; its score is the rise of the explained score over
   the inpainted ROI (the Dice it brings back).  LiteMedSAM keeps a mask until most of the structure
@@ -48,7 +52,7 @@ budgeted cells below), measured on the model's input grid (``grid="model"``, Lit
 the slice's pixels (``grid="image"``).
 
 With a pass budget (``passes``, ``--occlusion-passes N``, N >= 4; N >= 5 when restoring, whose
-inpainted ROI is one of the N, and 9 with ``both``, two passes per cell) the patches are cells of the
+inpainted ROI is one of the N, and 9 with ``both`` or ``max``, two passes per cell) the patches are cells of the
 ROI's bounding rectangle instead, coarse to fine until the budget is spent: its four quadrants
 first, then the cells half a cell off that grid (the centre, the edge middles), then the quadrants
 of those cells, and so on; each round takes the cells whose area the map so far rates hottest.
@@ -140,8 +144,9 @@ class OcclusionSettings(CommonSettings):
                                 "rest of the ROI is inpainted from around the ROI (--fill is not used there; one "
                                 "pass more per slice, the whole ROI inpainted); remove - the fall of the score when "
                                 "the patch alone is removed by --fill (seed 001); both - the sum of the two (two "
-                                "passes per patch); max - the larger of the two (two passes per patch); auto - " + AUTO_SCORING + " for the structure-sized patches, "
-                                "remove for a fixed --patch and for --occlusion-passes", choices=MODES,
+                                "passes per patch); max - the larger of the two (two passes per patch); auto - "
+                                + AUTO_SCORING + " for the structure-sized patches, remove for a fixed --patch and "
+                                "for --occlusion-passes", choices=MODES,
                         flag="--occlusion-mode")
     aspect: float = setting(0.0, "structure-sized occlusion: strips this many times longer along the structure's main "
                                  "axis on each slice than across it, of the square patch's area, on a lattice turned "
@@ -204,7 +209,7 @@ Cell = Tuple[int, int, int, int]  # y0, x0, y1, x1 (end exclusive)
 
 @dataclass
 class PatchScoring:
-    """One slice's patch scoring: ``how`` (remove, restore or both), the inpainted ROI's score when
+    """One slice's patch scoring: ``how`` (remove, restore, both or max), the inpainted ROI's score when
     patches are put back (``emptied``), and the largest single fall or rise a patch's pass caused."""
 
     how: str
@@ -417,7 +422,7 @@ class Occlusion(Explainer):
 
     @property
     def scoring(self) -> str:
-        """``mode`` resolved: 'restore', 'remove' or 'both' (auto: :data:`AUTO_SCORING` for the
+        """``mode`` resolved: 'restore', 'remove', 'both' or 'max' (auto: :data:`AUTO_SCORING` for the
         structure-sized patches; remove, as measured before restore existed, for a fixed ``patch`` and with
         ``passes``)."""
         if self.mode != "auto":
@@ -467,7 +472,7 @@ class Occlusion(Explainer):
     def _scores(self, engine: PerturbationEngine, cells, shape, scoring: "PatchScoring") -> np.ndarray:
         """Each cell's score (see the module docs): the fall of the explained score when the cell
         alone is removed (by the engine's fill), its rise over the inpainted ROI when the cell alone
-        is kept, or (both) the sum of the two; ``scoring`` keeps the largest single change.  The
+        is kept, or the sum (both) or the larger (max) of the two; ``scoring`` keeps the largest single change.  The
         perturbed images are built :data:`CELLS_AT_ONCE` cells at a time (rounded up to whole
         batches, so every batch the encoder sees is the same), so a slice's memory does not grow with
         its number of cells."""
