@@ -84,15 +84,15 @@ def _ended(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    except OSError:  # another user's process
+    except (OSError, OverflowError, ValueError):  # another user's process; a number no process can have
         return False
     return False
 
 
 def pytest_sessionfinish(session, exitstatus):
     """Remove this worker's own temporary folder (what a test left there, each test checks itself);
-    in the controlling process, the folders of workers that ended without removing theirs (a worker
-    that crashed), where their process no longer runs."""
+    in the controlling process (or a run in one process), this user's folders of workers that ended
+    without removing theirs (a worker that crashed), where their process no longer runs."""
     import shutil
 
     if WORKER:
@@ -100,5 +100,9 @@ def pytest_sessionfinish(session, exitstatus):
         return
     for folder in Path(tempfile.gettempdir()).glob("pytest-xaiseg-gw*-*"):
         pid = folder.name.rsplit("-", 1)[-1]
-        if folder.is_dir() and pid.isdigit() and _ended(int(pid)):
+        try:
+            mine = not folder.is_symlink() and folder.is_dir() and folder.stat().st_uid == os.getuid()
+        except OSError:  # removed meanwhile (another run's end)
+            continue
+        if mine and pid.isdigit() and _ended(int(pid)):
             shutil.rmtree(str(folder), ignore_errors=True)
