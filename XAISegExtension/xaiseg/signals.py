@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 from typing import Callable, Dict, Iterator, List, Optional
@@ -66,11 +67,18 @@ def _deliver(signum: int, handler) -> None:
     handler(signum, None)
 
 
+#: seconds after a swallowed stop (below) before the signal is sent again
+RESEND_S = 0.01
+
+
 class Interrupted:
-    """Which signal stopped the run (None until one came)."""
+    """Which signal stopped the run (None until one came), and whether the :class:`KeyboardInterrupt`
+    it raised was swallowed (it came while Python ran a weak reference's callback or a ``__del__``,
+    where an exception can only be printed, not raised: the import system's module locks use one)."""
 
     def __init__(self) -> None:
         self.signum: Optional[int] = None
+        self.swallowed = False
 
     @property
     def name(self) -> str:
@@ -80,22 +88,45 @@ class Interrupted:
 @contextmanager
 def interrupt_on_signals() -> Iterator[Interrupted]:
     """SIGINT and SIGTERM raise :class:`KeyboardInterrupt` (once) inside the block; the previous
-    handlers come back on the way out."""
+    handlers come back on the way out.
+
+    A signal that lands while Python runs a weak reference's callback or a ``__del__`` raises there,
+    where Python prints the exception ("Exception ignored in ...") and goes on: the run would finish
+    as if no signal had come.  Such a swallowed stop is not printed; the signal is sent again
+    :data:`RESEND_S` seconds later (from a timer thread, so the main thread is back in ordinary code)
+    and raises then."""
     seen = Interrupted()
     if not _main_thread():
         yield seen
         return
 
     def stop(signum, frame):  # noqa: ARG001 - signal API
-        if seen.signum is not None:
+        if seen.signum is not None and not seen.swallowed:
             return  # already stopping: let the clean-up finish
-        seen.signum = signum
+        seen.signum, seen.swallowed = signum, False
         raise KeyboardInterrupt(signal_name(signum))
 
+    timers: List[threading.Timer] = []
+    previous_hook = sys.unraisablehook
+
+    def swallowed(unraisable) -> None:
+        if seen.signum is None or not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            previous_hook(unraisable)
+            return
+        seen.swallowed = True
+        timer = threading.Timer(RESEND_S, signal.raise_signal, (seen.signum,))
+        timer.daemon = True
+        timers.append(timer)
+        timer.start()
+
     previous: Dict[int, object] = {s: signal.signal(s, stop) for s in SIGNALS}
+    sys.unraisablehook = swallowed
     try:
         yield seen
     finally:
+        for timer in timers:
+            timer.cancel()
+        sys.unraisablehook = previous_hook
         for s, handler in previous.items():
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
