@@ -16,10 +16,13 @@ if importlib.util.find_spec("xaiseg") is None:
 #: pytest-xdist's worker name (gw0, gw1, ...) and the number of workers; none when run in one process
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+#: each worker's own temporary folder: this, its name and its process id (the controller finds a
+#: crashed worker's folder by it)
+OWN_PREFIX = "pytest-xaiseg-"
 if WORKER:
     # the tests that check no temporary folder was left look at the whole temporary folder: another
     # process's run must not show up there
-    _own = Path(tempfile.gettempdir()) / "pytest-xaiseg-{}-{}".format(WORKER, os.getpid())
+    _own = Path(tempfile.gettempdir()) / "{}{}-{}".format(OWN_PREFIX, WORKER, os.getpid())
     _own.mkdir(parents=True, exist_ok=True)
     os.environ["TMPDIR"] = str(_own)  # for the workers and launchers the tests start
     tempfile.tempdir = str(_own)
@@ -98,7 +101,7 @@ def pytest_sessionfinish(session, exitstatus):
     if WORKER:
         shutil.rmtree(str(_own), ignore_errors=True)
         return
-    for folder in Path(tempfile.gettempdir()).glob("pytest-xaiseg-gw*-*"):
+    for folder in Path(tempfile.gettempdir()).glob(OWN_PREFIX + "gw*-*"):
         pid = folder.name.rsplit("-", 1)[-1]
         try:
             mine = not folder.is_symlink() and folder.is_dir() and folder.stat().st_uid == os.getuid()
