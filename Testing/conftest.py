@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import worker_folders  # beside this file (pytest puts its folder on the path)
 
 if importlib.util.find_spec("xaiseg") is None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "XAISegExtension"))
@@ -16,14 +17,12 @@ if importlib.util.find_spec("xaiseg") is None:
 #: pytest-xdist's worker name (gw0, gw1, ...) and the number of workers; none when run in one process
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
-#: each worker's own temporary folder: this, its name and its process id (the controller finds a
-#: crashed worker's folder by it)
-OWN_PREFIX = "pytest-xaiseg-"
 if WORKER:
-    # the tests that check no temporary folder was left look at the whole temporary folder: another
-    # process's run must not show up there
-    _own = Path(tempfile.gettempdir()) / "{}{}-{}".format(OWN_PREFIX, WORKER, os.getpid())
-    _own.mkdir(parents=True, exist_ok=True)
+    # each worker its own temporary folder, locked while it runs (worker_folders): the tests that check
+    # no temporary folder was left look at the whole temporary folder, where another process's run must
+    # not show up
+    _own = worker_folders.folder_for(Path(tempfile.gettempdir()), WORKER, os.getpid())
+    _own_lock = worker_folders.take(_own)
     os.environ["TMPDIR"] = str(_own)  # for the workers and launchers the tests start
     tempfile.tempdir = str(_own)
 
@@ -79,33 +78,11 @@ if LoadScopeScheduling is not None:
         return FileUnits(config, log)
 
 
-def _ended(pid: int) -> bool:
-    """Whether no process ``pid`` runs now (POSIX; elsewhere every process counts as running)."""
-    if os.name != "posix":
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except (OSError, OverflowError, ValueError):  # another user's process; a number no process can have
-        return False
-    return False
-
-
 def pytest_sessionfinish(session, exitstatus):
     """Remove this worker's own temporary folder (what a test left there, each test checks itself);
     in the controlling process (or a run in one process), this user's folders of workers that ended
-    without removing theirs (a worker that crashed), where their process no longer runs."""
-    import shutil
-
+    without removing theirs (a worker that crashed)."""
     if WORKER:
-        shutil.rmtree(str(_own), ignore_errors=True)
+        worker_folders.release(_own, _own_lock)
         return
-    for folder in Path(tempfile.gettempdir()).glob(OWN_PREFIX + "gw*-*"):
-        pid = folder.name.rsplit("-", 1)[-1]
-        try:
-            mine = not folder.is_symlink() and folder.is_dir() and folder.stat().st_uid == os.getuid()
-        except OSError:  # removed meanwhile (another run's end)
-            continue
-        if mine and pid.isdigit() and _ended(int(pid)):
-            shutil.rmtree(str(folder), ignore_errors=True)
+    worker_folders.sweep(Path(tempfile.gettempdir()))

@@ -1,0 +1,104 @@
+"""The test workers' own temporary folders (``make test`` runs the suite in several processes): each
+worker holds a lock on a file beside its folder while it runs, and the controlling process removes
+the folders whose worker ended without removing its own (a worker that crashed).
+
+A held lock says the worker runs even where a process id cannot: two containers sharing a temporary
+folder but not their process ids.  A folder without a lock file (made before locks, or where file
+locks are not available) falls back on its name's process id."""
+import os
+import shutil
+from pathlib import Path
+from typing import IO, List, Optional
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: the process id alone says whether a worker runs
+    fcntl = None  # type: ignore[assignment]
+
+#: the start of every worker folder's name: PREFIX, the worker's name (gw0, gw1, ...), "-", its process id
+PREFIX = "pytest-xaiseg-"
+LOCK_SUFFIX = ".lock"
+
+
+def folder_for(tmp: Path, worker: str, pid: int) -> Path:
+    """The folder of worker ``worker`` with process id ``pid`` in the temporary folder ``tmp``."""
+    return Path(tmp) / "{}{}-{}".format(PREFIX, worker, pid)
+
+
+def _lock_path(folder: Path) -> Path:
+    return Path(str(folder) + LOCK_SUFFIX)
+
+
+def take(folder: Path) -> Optional[IO[str]]:
+    """Lock ``folder``'s lock file, then make the folder (so a folder that exists has its lock held
+    while its worker runs); the open lock file is returned, to keep until :func:`release`."""
+    lock = None
+    if fcntl is not None:
+        lock = open(str(_lock_path(folder)), "a")
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+    folder.mkdir(parents=True, exist_ok=True)
+    return lock
+
+
+def release(folder: Path, lock: Optional[IO[str]]) -> None:
+    """Remove ``folder`` (what a test left there, each test checks itself), then its lock file."""
+    shutil.rmtree(str(folder), ignore_errors=True)
+    if lock is not None:
+        _unlink(_lock_path(folder))
+        lock.close()
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:  # removed meanwhile (another run's end)
+        pass
+
+
+def _ended(pid: int) -> bool:
+    """Whether no process ``pid`` runs now (POSIX; elsewhere every process counts as running)."""
+    if os.name != "posix":
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError, ValueError):  # another user's process; a number no process can have
+        return False
+    return False
+
+
+def _mine(path: Path) -> bool:
+    """Whether ``path`` is this user's and not a link."""
+    try:
+        return not path.is_symlink() and path.stat().st_uid == os.getuid()
+    except OSError:  # removed meanwhile
+        return False
+
+
+def sweep(tmp: Path) -> List[Path]:
+    """Remove this user's worker folders in ``tmp`` (and their lock files) whose worker no longer runs:
+    its lock file can be locked, or, with no lock file, no process has the id in its name.  Lock files
+    left without a folder go too.  Returns the folders removed."""
+    removed = []
+    names = {p.name[:-len(LOCK_SUFFIX)] if p.name.endswith(LOCK_SUFFIX) else p.name
+             for p in Path(tmp).glob(PREFIX + "gw*-*")}
+    for name in sorted(names):
+        folder, lock_path = Path(tmp) / name, _lock_path(Path(tmp) / name)
+        pid = name.rsplit("-", 1)[-1]
+        has_folder = folder.is_dir() and _mine(folder)
+        if fcntl is not None and lock_path.exists() and _mine(lock_path):
+            try:
+                with open(str(lock_path), "a") as lock:
+                    fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    # its worker ended: remove while holding the lock, the folder before its lock file
+                    if has_folder:
+                        shutil.rmtree(str(folder), ignore_errors=True)
+                        removed.append(folder)
+                    _unlink(lock_path)
+            except OSError:  # held (BlockingIOError): the worker runs; or the file went meanwhile
+                continue
+        elif has_folder and not lock_path.exists() and pid.isdigit() and _ended(int(pid)):
+            shutil.rmtree(str(folder), ignore_errors=True)
+            removed.append(folder)
+    return removed
