@@ -7,16 +7,16 @@ it (by default then smoothed, see below).  A patch's score (``mode``):
   scores below, two passes per patch and one for the inpainted ROI.  Restore alone won more of the
   faithfulness bench's middle slices (7 of 12 against 6), but on structures no issue names it found
   no change above the model's noise on 7 of 8 slices, so those maps were not painted, and the maps
-  of neighbouring slices hardly agreed (docs/explain.md, "Occlusion scored both ways").
+  of neighbouring slices hardly agreed (docs/explain_measurements.md, "Occlusion scored both ways").
 * max: the larger of the two scores below, at both's passes: evidence the mask needs or evidence
   that draws it on its own.  It won 10 of the goal table's 12 middle slices but 14 of 28 held-out
-  slices where both won 20 (stop 52, docs/explain.md, "A strip scored by the larger of its two
-  halves"), so it is an option.
+  slices where both won 20 (stop 52, docs/explain_measurements.md, "A strip scored by the larger of
+  its two halves"), so it is an option.
 * restore: the whole ROI is inpainted from the pixels around it (the slice without the structure,
   one pass), then each patch alone is put back; its score is the rise of the explained score over
   the inpainted ROI (the Dice it brings back).  LiteMedSAM keeps a mask until most of the structure
   is gone, so removing one patch at a time shows little; what one patch restores on its own says
-  which part the mask needs (stop 27, docs/explain.md, "Occlusion scored by restore").
+  which part the mask needs (stop 27, docs/explain_measurements.md, "Occlusion scored by restore").
 * remove (seed 001; the fixed ``--patch`` grid and the ``--occlusion-passes`` cells keep it): a
   patch's score is the drop of the explained score when it alone is removed (by ``fill``): the
   whole patch, outside the ROI too (``removal`` whole, seed 001), or only its pixels inside the ROI
@@ -43,10 +43,10 @@ across it, on a lattice turned with that axis about the slice's centre,
 with steps of half a strip both ways; every strip touching the ROI is scored, none refined, and the
 map is smoothed by ``smooth`` times a strip's width (a round mask keeps the squares).  Thin,
 slanted structures are about one square patch across, so a square takes in the tissue beside them;
-a strip follows them (docs/explain.md, "Occlusion strips along the structure").  ``shifts`` N
+a strip follows them (docs/explain_measurements.md, "Occlusion strips along the structure").  ``shifts`` N
 (``--occlusion-shifts``) scores N such lattices, each moved a further 1/N of a step along and across,
 and each pixel takes the mean of all strips covering it, at N times the passes: where one lattice
-happens to fall moves a slice's figures (docs/explain.md, "Strips on shifted lattices").
+happens to fall moves a slice's figures (docs/explain_measurements.md, "Strips on shifted lattices").
 ``--patch 64 --stride 32`` gives seed 001's fixed single-level grid (never smoothed, nor are the
 budgeted cells below), measured on the model's input grid (``grid="model"``, LiteMedSAM's 256) or on
 the slice's pixels (``grid="image"``).
@@ -97,7 +97,8 @@ AUTO_SCORING = "both"
 REMOVALS = ("whole", "roi")
 #: the structure-sized patches' strips by default (``aspect`` 0): 4 times longer along the structure than
 #: across (stop 45; squares, aspect 1, until then): on the bench's 12 middle slices they beat every
-#: trivial map on 9 where the squares beat them on 6 (docs/explain.md, "Occlusion strips along the structure")
+#: trivial map on 9 where the squares beat them on 6 (docs/explain_measurements.md, "Occlusion strips along
+#: the structure")
 DEFAULT_ASPECT = 4.0
 #: the pass estimate's strips per square cell (coarse and refined) of the same ROI: a pixel lies in
 #: about four strips of a square's area, and none is refined.  On the faithfulness bench's 20 slices the
