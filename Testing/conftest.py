@@ -21,8 +21,7 @@ if WORKER:
     # each worker its own temporary folder, locked while it runs (worker_folders): the tests that check
     # no temporary folder was left look at the whole temporary folder, where another process's run must
     # not show up
-    _own = worker_folders.folder_for(Path(tempfile.gettempdir()), WORKER, os.getpid())
-    _own_lock = worker_folders.take(_own)
+    _own, _own_lock = worker_folders.take(Path(tempfile.gettempdir()), WORKER, os.getpid())
     os.environ["TMPDIR"] = str(_own)  # for the workers and launchers the tests start
     tempfile.tempdir = str(_own)
 

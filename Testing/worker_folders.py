@@ -8,7 +8,7 @@ locks are not available) falls back on its name's process id."""
 import os
 import shutil
 from pathlib import Path
-from typing import IO, List, Optional
+from typing import IO, List, Optional, Tuple
 
 try:
     import fcntl
@@ -20,24 +20,62 @@ PREFIX = "pytest-xaiseg-"
 LOCK_SUFFIX = ".lock"
 
 
-def folder_for(tmp: Path, worker: str, pid: int) -> Path:
-    """The folder of worker ``worker`` with process id ``pid`` in the temporary folder ``tmp``."""
-    return Path(tmp) / "{}{}-{}".format(PREFIX, worker, pid)
+def folder_for(tmp: Path, worker: str, pid: int, token: str = "") -> Path:
+    """The folder of worker ``worker`` with process id ``pid`` in the temporary folder ``tmp``; ``token``
+    (random letters) keeps apart two workers of one name and process id (two containers sharing the
+    temporary folder, each numbering its own processes)."""
+    return Path(tmp) / "{}{}-{}{}".format(PREFIX, worker, pid, "-" + token if token else "")
+
+
+def _pid_of(name: str) -> str:
+    """The process id in a worker folder's name (text; not a number where the name is not a worker's)."""
+    parts = name[len(PREFIX):].split("-")
+    return parts[1] if len(parts) > 1 else ""
 
 
 def _lock_path(folder: Path) -> Path:
     return Path(str(folder) + LOCK_SUFFIX)
 
 
-def take(folder: Path) -> Optional[IO[str]]:
-    """Lock ``folder``'s lock file, then make the folder (so a folder that exists has its lock held
-    while its worker runs); the open lock file is returned, to keep until :func:`release`."""
-    lock = None
-    if fcntl is not None:
-        lock = open(str(_lock_path(folder)), "a")
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-    folder.mkdir(parents=True, exist_ok=True)
-    return lock
+def take(tmp: Path, worker: str, pid: int) -> Tuple[Path, Optional[IO[str]]]:
+    """A folder of its own for worker ``worker`` (process id ``pid``) in ``tmp``: its lock file is
+    locked first, then the folder made, so a folder that exists has its lock held while its worker
+    runs.  Returns the folder and the open lock file, to keep until :func:`release` (None where file
+    locks are not available: the folder's process id then says whether its worker runs)."""
+    while True:
+        folder = folder_for(tmp, worker, pid, os.urandom(4).hex())
+        lock = _locked(_lock_path(folder))
+        if lock is not False:
+            break
+    folder.mkdir(parents=True)
+    return folder, lock
+
+
+def _locked(path: Path):
+    """``path`` created, or opened, and locked: the open file; False where another process holds it
+    (the caller draws another name); None where this file system has no file locks."""
+    if fcntl is None:
+        return None
+    while True:
+        lock = open(str(path), "a")
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            return False
+        except OSError:  # no locks here (some network file systems): fall back on the process id
+            lock.close()
+            _unlink(path)
+            return None
+        # a sweep may have taken the file for a crashed worker's (no folder yet) and removed it
+        # between the open and the lock: then the lock is on a file no one else sees; open it again
+        try:
+            held, now = os.fstat(lock.fileno()), os.stat(str(path))
+        except OSError:
+            held = now = None
+        if held is not None and (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+            return lock
+        lock.close()
 
 
 def release(folder: Path, lock: Optional[IO[str]]) -> None:
@@ -85,7 +123,7 @@ def sweep(tmp: Path) -> List[Path]:
              for p in Path(tmp).glob(PREFIX + "gw*-*")}
     for name in sorted(names):
         folder, lock_path = Path(tmp) / name, _lock_path(Path(tmp) / name)
-        pid = name.rsplit("-", 1)[-1]
+        pid = _pid_of(name)
         has_folder = folder.is_dir() and _mine(folder)
         if fcntl is not None and lock_path.exists() and _mine(lock_path):
             try:
