@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-import worker_folders  # beside this file (pytest puts its folder on the path)
-
 if importlib.util.find_spec("xaiseg") is None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "XAISegExtension"))
+
+import worker_folders  # noqa: E402 - beside this file (pytest puts its folder on the path); uses xaiseg.lock
 
 #: pytest-xdist's worker name (gw0, gw1, ...) and the number of workers; none when run in one process
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")

@@ -8,12 +8,12 @@ locks are not available) falls back on its name's process id."""
 import os
 import shutil
 from pathlib import Path
-from typing import IO, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX: the process id alone says whether a worker runs
-    fcntl = None  # type: ignore[assignment]
+# the engine's output-folder lock: an OS file lock taken without waiting, on the file that is on disk
+# (xaiseg.lock; its errors say "output folder", which no caller here shows)
+from xaiseg import lock as _file_lock
+from xaiseg.errors import OutputBusyError
 
 #: the start of every worker folder's name: PREFIX, the worker's name (gw0, gw1, ...), "-", its process id
 PREFIX = "pytest-xaiseg-"
@@ -37,53 +37,33 @@ def _lock_path(folder: Path) -> Path:
     return Path(str(folder) + LOCK_SUFFIX)
 
 
-def take(tmp: Path, worker: str, pid: int) -> Tuple[Path, Optional[IO[str]]]:
+def take(tmp: Path, worker: str, pid: int) -> Tuple[Path, Optional[int]]:
     """A folder of its own for worker ``worker`` (process id ``pid``) in ``tmp``: its lock file is
     locked first, then the folder made, so a folder that exists has its lock held while its worker
-    runs.  Returns the folder and the open lock file, to keep until :func:`release` (None where file
-    locks are not available: the folder's process id then says whether its worker runs)."""
+    runs.  Returns the folder and the file descriptor holding the lock, to keep until :func:`release`
+    (None where file locks are not available: the folder's process id then says whether its worker
+    runs)."""
     while True:
         folder = folder_for(tmp, worker, pid, os.urandom(4).hex())
-        lock = _locked(_lock_path(folder))
-        if lock is not False:
-            break
+        try:
+            # a sweep that took the new lock file for a crashed worker's (no folder yet) and removed it
+            # before this lock is noticed there: the file on disk is locked again
+            fd = _file_lock._os_lock(Path(tmp), _lock_path(folder))
+        except OutputBusyError:  # another process holds this name: draw another
+            continue
+        break
+    if fd is None:  # no locks on this file system (some network ones): fall back on the process id
+        _unlink(_lock_path(folder))
     folder.mkdir(parents=True)
-    return folder, lock
+    return folder, fd
 
 
-def _locked(path: Path):
-    """``path`` created, or opened, and locked: the open file; False where another process holds it
-    (the caller draws another name); None where this file system has no file locks."""
-    if fcntl is None:
-        return None
-    while True:
-        lock = open(str(path), "a")
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            return False
-        except OSError:  # no locks here (some network file systems): fall back on the process id
-            lock.close()
-            _unlink(path)
-            return None
-        # a sweep may have taken the file for a crashed worker's (no folder yet) and removed it
-        # between the open and the lock: then the lock is on a file no one else sees; open it again
-        try:
-            held, now = os.fstat(lock.fileno()), os.stat(str(path))
-        except OSError:
-            held = now = None
-        if held is not None and (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
-            return lock
-        lock.close()
-
-
-def release(folder: Path, lock: Optional[IO[str]]) -> None:
+def release(folder: Path, fd: Optional[int]) -> None:
     """Remove ``folder`` (what a test left there, each test checks itself), then its lock file."""
     shutil.rmtree(str(folder), ignore_errors=True)
-    if lock is not None:
+    if fd is not None:
         _unlink(_lock_path(folder))
-        lock.close()
+        os.close(fd)
 
 
 def _unlink(path: Path) -> None:
@@ -125,17 +105,22 @@ def sweep(tmp: Path) -> List[Path]:
         folder, lock_path = Path(tmp) / name, _lock_path(Path(tmp) / name)
         pid = _pid_of(name)
         has_folder = folder.is_dir() and _mine(folder)
-        if fcntl is not None and lock_path.exists() and _mine(lock_path):
+        if lock_path.exists() and _mine(lock_path):
             try:
-                with open(str(lock_path), "a") as lock:
-                    fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fd = os.open(str(lock_path), os.O_RDWR)
+            except OSError:  # removed meanwhile (its worker's end)
+                continue
+            try:
+                if _file_lock._try_os_lock(fd):
                     # its worker ended: remove while holding the lock, the folder before its lock file
                     if has_folder:
                         shutil.rmtree(str(folder), ignore_errors=True)
                         removed.append(folder)
                     _unlink(lock_path)
-            except OSError:  # held (BlockingIOError): the worker runs; or the file went meanwhile
-                continue
+            except OSError:  # no locks on this file system: a lock file is then never left (take)
+                pass
+            finally:
+                os.close(fd)
         elif has_folder and not lock_path.exists() and pid.isdigit() and _ended(int(pid)):
             shutil.rmtree(str(folder), ignore_errors=True)
             removed.append(folder)

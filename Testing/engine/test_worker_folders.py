@@ -9,13 +9,15 @@ from pathlib import Path
 import pytest
 
 import worker_folders
+import xaiseg
 
-pytestmark = pytest.mark.skipif(worker_folders.fcntl is None, reason="file locks need POSIX")
+fcntl = worker_folders._file_lock.fcntl  # the module the engine's lock takes its locks with
+pytestmark = pytest.mark.skipif(fcntl is None, reason="these file locks need POSIX")
 
 HOLDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    sys.path.insert(0, sys.argv[1])
+    sys.path[:0] = sys.argv[1].split("|")
     import worker_folders
     folder, lock = worker_folders.take(Path(sys.argv[2]), "gw0", int(sys.argv[3]))
     print(folder, flush=True)
@@ -26,8 +28,10 @@ HOLDER = textwrap.dedent("""
 def test_a_running_workers_folder_is_kept_whatever_its_process_id_and_an_ended_ones_goes(tmp_path):
     # a worker whose folder is named for a process id that no process here has (as a worker of another
     # container sharing the temporary folder but not the process ids would be): its held lock keeps it
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(Path(worker_folders.__file__).parent),
-                             str(tmp_path), "4194999"], stdout=subprocess.PIPE, text=True)
+    # the child imports worker_folders and the engine (its lock) from where this process does
+    paths = "|".join([str(Path(worker_folders.__file__).parent), str(Path(xaiseg.__file__).parents[1])])
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, paths, str(tmp_path), "4194999"],
+                            stdout=subprocess.PIPE, text=True)
     try:
         folder = Path(proc.stdout.readline().strip())
         assert folder.parent == tmp_path and folder.name.startswith("pytest-xaiseg-gw0-4194999-")
@@ -82,7 +86,7 @@ def test_two_workers_of_one_name_and_process_id_get_folders_of_their_own(tmp_pat
 def test_a_sweep_between_a_workers_open_and_lock_does_not_leave_it_without_a_lock_file(tmp_path, monkeypatch):
     # the sweep sees the new lock file with no folder yet (as a crashed worker's), locks and removes it
     # just before the worker locks the file it opened
-    real, swept = worker_folders.fcntl.flock, []
+    real, swept = fcntl.flock, []
 
     def flock(fd, operation):
         if not swept:  # the worker's first lock: the sweep (whose own locks pass straight through) runs first
@@ -90,7 +94,7 @@ def test_a_sweep_between_a_workers_open_and_lock_does_not_leave_it_without_a_loc
             swept[0] = worker_folders.sweep(tmp_path)
         return real(fd, operation)
 
-    monkeypatch.setattr(worker_folders.fcntl, "flock", flock)
+    monkeypatch.setattr(fcntl, "flock", flock)
     folder, lock = worker_folders.take(tmp_path, "gw0", 4194999)
     monkeypatch.undo()
     assert swept == [[]]  # the sweep ran there (it removed the lock file, no folder)
