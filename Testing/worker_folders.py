@@ -14,6 +14,7 @@ from typing import List, Optional, Tuple
 # (xaiseg.lock; its errors say "output folder", which no caller here shows)
 from xaiseg import lock as _file_lock
 from xaiseg.errors import OutputBusyError
+from xaiseg.processes import process_ended
 
 #: the start of every worker folder's name: PREFIX, the worker's name (gw0, gw1, ...), "-", its process id
 PREFIX = "pytest-xaiseg-"
@@ -73,19 +74,6 @@ def _unlink(path: Path) -> None:
         pass
 
 
-def _ended(pid: int) -> bool:
-    """Whether no process ``pid`` runs now (POSIX; elsewhere every process counts as running)."""
-    if os.name != "posix":
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except (OSError, OverflowError, ValueError):  # another user's process; a number no process can have
-        return False
-    return False
-
-
 def _mine(path: Path) -> bool:
     """Whether ``path`` is this user's and not a link."""
     try:
@@ -121,7 +109,7 @@ def sweep(tmp: Path) -> List[Path]:
                 pass
             finally:
                 os.close(fd)
-        elif has_folder and not lock_path.exists() and pid.isdigit() and _ended(int(pid)):
+        elif has_folder and not lock_path.exists() and pid.isdigit() and process_ended(int(pid)):
             shutil.rmtree(str(folder), ignore_errors=True)
             removed.append(folder)
     return removed

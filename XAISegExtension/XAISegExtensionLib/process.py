@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from xaiseg.processes import process_ended
+
 ENGINE_ROOT = Path(__file__).resolve().parents[1]  # the folder that holds xaiseg/
 
 
@@ -79,21 +81,9 @@ def group_alive(pgid: int) -> bool:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists and is not a zombie."""
-    stat = Path("/proc") / str(pid) / "stat"
-    if Path("/proc/self/stat").is_file():
-        try:
-            text = stat.read_text()
-        except OSError:
-            return False
-        return text[text.rindex(")") + 2:].split()[0] not in ("Z", "X")
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # pragma: no cover
-        return True
-    return True
+    """Whether process ``pid`` may still run: not known to have ended (a zombie has; see
+    :func:`xaiseg.processes.process_ended`)."""
+    return not process_ended(pid)
 
 
 class WorkerProcess:

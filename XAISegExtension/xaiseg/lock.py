@@ -16,6 +16,7 @@ from typing import Iterator, Optional, Union
 
 from .diskspace import missing_folders, remove_empty
 from .errors import OutputBusyError, OutputError
+from .processes import process_ended
 from .signals import deferred_signals
 
 try:  # POSIX
@@ -112,25 +113,13 @@ def _os_lock(outdir: Path, path: Path) -> Optional[int]:
         os.close(fd)
 
 
-def _alive(pid: Optional[int]) -> bool:
-    if pid is None or pid <= 0:
-        return True  # unknown owner: assume it still runs
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
 def _excl_lock(outdir: Path, path: Path) -> None:
     """Fallback: create the lock file exclusively; a lock left by a dead process is taken over."""
     for _ in range(2):
         try:
             fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
-            if _alive(_read_pid(path)):
+            if not process_ended(_read_pid(path)):  # an unknown owner is taken to be running
                 raise _busy(outdir, path) from None
             try:
                 os.unlink(str(path))  # stale: its run died without removing it

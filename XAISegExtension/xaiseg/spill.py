@@ -21,6 +21,7 @@ from collections import OrderedDict
 from typing import Callable, Dict, Hashable, Optional
 
 from .diskspace import PathLike, free_bytes
+from .processes import POSIX, process_ended
 from .weights import default_cache_dir
 
 PREFIX = "run-"  # a run's folder: run-<host>-<process id>-<random>
@@ -37,17 +38,16 @@ def _prefix() -> str:
 def remove_stale(parent: Path) -> None:
     """Remove the folders in ``parent`` left by this machine's runs whose process no longer exists
     (POSIX only: elsewhere a folder stays until it is deleted by hand)."""
-    if os.name != "posix" or not parent.is_dir():
+    if not POSIX or not parent.is_dir():
         return
     mine = _prefix()
     for folder in parent.glob(f"{mine}*"):
         try:
             pid = int(folder.name[len(mine):].split("-")[0])
-            os.kill(pid, 0)  # signal 0: only asks whether the process exists
-        except ProcessLookupError:
-            shutil.rmtree(folder, ignore_errors=True)
-        except (ValueError, OSError):
+        except ValueError:
             continue
+        if process_ended(pid):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 class SpillFolder:

@@ -1,0 +1,39 @@
+"""Whether the process that left something behind (a lock file, a folder named for it) has ended.
+
+Only the system's word that no such process runs counts as ended.  Whatever it cannot say - another
+user's process, a number no process can have, a system where signal 0 does not ask - counts as still
+running, so that nothing a live run holds is taken over or removed.  On Windows ``os.kill`` ends the
+process instead of asking about it, so it is never called there.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: where signal 0 asks whether a process exists (elsewhere no process is ever known to have ended)
+POSIX = os.name == "posix"
+
+
+def process_ended(pid: object) -> bool:
+    """Whether process ``pid`` is known to have ended: no process of that number exists, or (where
+    ``/proc`` shows it) it is a zombie, ended and waiting for its parent.  False when unknown: not
+    POSIX, not a positive whole number (0 and negatives name process groups), a number too large to be a
+    process id, or a process this user may not signal."""
+    if not POSIX or isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError):
+        return False
+    return _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``/proc`` (where there is one) shows ``pid`` as ended but not yet reaped."""
+    try:
+        text = (Path("/proc") / str(pid) / "stat").read_text()
+        return text[text.rindex(")") + 2:].split()[0] in ("Z", "X")
+    except (OSError, ValueError, IndexError):
+        return False
