@@ -630,6 +630,80 @@ def test_a_kept_slice_explained_again_with_a_setting_changed(tmp_path, capsys, o
     assert "--set smooth=1: expected --method too" in capsys.readouterr().err
 
 
+def test_a_method_the_bench_did_not_keep_runs_fresh_on_the_kept_slices(tmp_path, capsys):
+    """``python -m xaiseg.kept_maps DIR --method rise --fresh`` on a folder that kept only occlusion:
+    RISE runs with the bench's settings, its seed, curves and the structure's side from the files,
+    and gives exactly the map, deletion AUC and adjacent-slice Spearman the bench gives when it runs
+    RISE itself, scored against the same trivial maps; with nothing recorded, the recorded figures
+    are '-'.  A method the bench does not measure and --fresh without --method are refused."""
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    import xaiseg.bench_faithfulness as bf
+    from xaiseg import kept_maps
+    from xaiseg.errors import InputError
+    from xaiseg.kept_maps import changed_map, changed_rows, kept_name, load_kept
+    from xaiseg.pipeline import Session
+    from xaiseg.progress import ensure
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_explain import toy_volume
+    from toys import SquareEvidence
+
+    # a mask that gives way to a slightly dimmed square, so that RISE's inpainted cells move it and its
+    # map depends on the masks drawn (their seed, number and cell size)
+    session = Session(toy_volume(), SquareEvidence(level=0.88))
+    truth = np.zeros(session.volume.shape, bool)
+    truth[:, 20:40, 22:42] = True
+
+    class Atlas:
+        def mask(self, name):
+            return truth
+
+    both = bf.structure_rows(session, Atlas(), "toy", 1, 60, ensure(None), "zero", ("occlusion", "rise"),
+                             keep=tmp_path / "both")
+    bf.structure_rows(session, Atlas(), "toy", 1, 60, ensure(None), "zero", ("occlusion",), keep=tmp_path / "occ")
+    assert all("rise" not in load_kept(f).maps for f in kept_maps.kept_files(tmp_path / "occ"))
+    fresh = changed_rows(tmp_path / "occ", "rise", {"n_masks": "60"}, session.segmenter, fresh=True)
+    assert [r["slice"] for r in fresh] == both["slices"]
+    informative = 0
+    for r in fresh:
+        kept = load_kept(tmp_path / "both" / kept_name("toy", r["slice"]))
+        measured = both["methods"]["rise"]["per_slice"][str(r["slice"])]
+        assert r["changed"] == pytest.approx(measured["deletion_auc"], abs=1e-12)
+        assert r["best_trivial"] == pytest.approx(measured["best_trivial_deletion_auc"], abs=1e-12)
+        assert r["recorded"] is None and r["spearman_recorded"] is None
+        again = changed_map(load_kept(tmp_path / "occ" / kept_name("toy", r["slice"])), "rise", {"n_masks": "60"},
+                            session.segmenter, fresh=True)
+        assert np.array_equal(again["map"], kept.maps["rise"])
+        # known answer: where the map carries anything, it is highest on the evidence square inside the ROI
+        square = np.zeros(kept.roi.shape, bool)
+        square[8:24, 8:24] = True
+        roi = kept.roi.astype(bool)
+        if again["map"].any():
+            informative += 1
+            assert again["map"][roi & square].mean() > 2 * again["map"][roi & ~square].mean()
+    assert informative >= 1
+    assert fresh[1]["spearman_changed"] == pytest.approx(both["methods"]["rise"]["adjacent_spearman"], abs=1e-4)
+    # where the folder kept RISE's map, its recorded figures stand beside the fresh ones
+    beside = changed_rows(tmp_path / "both", "rise", {"n_masks": "60"}, session.segmenter, fresh=True)
+    assert [r["recorded"] for r in beside] == [r["changed"] for r in beside]
+    assert beside[1]["spearman_recorded"] == pytest.approx(beside[1]["spearman_changed"], abs=1e-12)
+    kept = load_kept(kept_maps.kept_files(tmp_path / "occ")[0])
+    with pytest.raises(InputError, match="--method lime: the bench does not measure it; expected one of"):
+        changed_map(kept, "lime", {}, session.segmenter, fresh=True)
+    with pytest.raises(InputError, match="no recorded settings of 'rise'.*or --fresh"):
+        changed_map(kept, "rise", {}, session.segmenter)
+    assert kept_maps._print_changed(tmp_path / "occ", "rise", {"n_masks": "60"}, session.segmenter, fresh=True) == 0
+    out = capsys.readouterr().out
+    assert "deletion AUC recorded -, with the bench's settings and n_masks=60" in out
+    assert "beats every trivial map on 0 of the 0 recorded" in out
+    assert kept_maps.main([str(tmp_path / "occ"), "--fresh"]) == 2
+    assert "--fresh: expected --method too" in capsys.readouterr().err
+
+
 def _recorded_rows(folder, monkeypatch, setting):
     """The bench's structures measured from here on, as (name, the ``setting`` it was given), with
     ``folder`` holding a table of Left_Caudate written before that setting existed."""

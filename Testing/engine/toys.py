@@ -141,15 +141,17 @@ class SquareEvidence(PromptableSegmenter):
     elsewhere on the slice (the evidence) stays bright.
 
     The decoder is a torch weight map (1 on the square, 0 elsewhere) in ``module.mask_decoder``;
-    logits inside the box are ``gain * (weighted mean of the image - 0.5)``, -5 outside.  Removing
+    logits inside the box are ``gain * (weighted mean of the image - level)``, -5 outside.  Removing
     the square is the only perturbation that changes the mask, so every faithful saliency map
-    peaks in the square; re-drawing the weights (sanity check) moves the evidence elsewhere.
+    peaks in the square; re-drawing the weights (sanity check) moves the evidence elsewhere.  A
+    ``level`` near the square's brightness (0.9 in :func:`evidence_image`) makes the mask give way to a
+    small dimming of the square, such as inpainting a cell at its edge.
     """
 
     name = "square-evidence toy"
     weights_sha256 = "none (known-answer toy)"
 
-    def __init__(self, shape=(64, 64), square=(8, 8, 24, 24), gain: float = 20.0) -> None:
+    def __init__(self, shape=(64, 64), square=(8, 8, 24, 24), gain: float = 20.0, level: float = 0.5) -> None:
         h, w = shape
         y0, x0, y1, x1 = square
         weight = torch.zeros(h, w)
@@ -159,6 +161,7 @@ class SquareEvidence(PromptableSegmenter):
         self.module.mask_decoder.weight = nn.Parameter(weight)
         self.square = square
         self.gain = gain
+        self.level = level
         self.embed_calls = 0
 
     def embed(self, image: np.ndarray) -> Embedding:
@@ -171,7 +174,7 @@ class SquareEvidence(PromptableSegmenter):
         evidence = float((w * embedding.features).sum() / max(np.abs(w).sum(), 1e-12))
         out = np.full(embedding.image_shape, -5.0, dtype=np.float32)
         x0, y0, x1, y1 = (int(round(v)) for v in prompt.box)
-        out[y0:y1 + 1, x0:x1 + 1] = self.gain * (evidence - 0.5)
+        out[y0:y1 + 1, x0:x1 + 1] = self.gain * (evidence - self.level)
         return out
 
     def square_mask(self) -> np.ndarray:

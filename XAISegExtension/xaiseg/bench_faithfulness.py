@@ -137,6 +137,10 @@ def adjacent_pairs(slices: Sequence[int], pairs: Optional[int], sampling: str = 
     return sorted({k for s in chosen for k in (s, s + 1)})
 
 
+#: the most RISE masks a slice of the bench draws unless told otherwise (``--masks``)
+DEFAULT_MASKS = 300
+
+
 def _explainers(masks: int, cascade: bool = False, fill: str = "auto", only: Sequence[str] = METHODS,
                 metric_fill: str = "inpaint", occlusion: Optional[Mapping[str, Any]] = None, seed: int = 0,
                 rise: Optional[Mapping[str, Any]] = None, curves: bool = True):
@@ -421,7 +425,7 @@ def _held(entry: Mapping[str, Any], methods: Sequence[str]) -> List[str]:
 
 
 def bench_faithfulness(outdir: Path, quick: bool = False, device: str = "cpu",
-                       structures: Optional[Sequence[str]] = None, pairs: Optional[int] = 1, masks: int = 300,
+                       structures: Optional[Sequence[str]] = None, pairs: Optional[int] = 1, masks: int = DEFAULT_MASKS,
                        parts: Sequence[str] = PARTS, metric_fill: str = "inpaint",
                        methods: Sequence[str] = METHODS, keep_maps: Optional[Path] = None, seed: int = 0,
                        rise: Union[None, str, Mapping[str, Any]] = None, sampling: str = SAMPLING) -> Dict:

@@ -15,7 +15,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from .bench_faithfulness import SAMPLING, SAMPLINGS
+from .bench_faithfulness import DEFAULT_MASKS, SAMPLING, SAMPLINGS
 from .cli_options import add_explain_options, add_segment_options, request_from_args
 from .explain.base import METRIC_FILLS
 from .errors import Cancelled, InputError, XAISegError
@@ -243,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="faithfulness: which pairs: middle (default; each at the middle of its share of the "
                         "structure, the goal table's) or between (up to --pairs + 1 pairs halfway between those and "
                         "the structure's ends: slices held out from the goal table, to check a setting chosen on it)")
-    b.add_argument("--masks", type=int, default=300, help="faithfulness: most RISE masks per slice (default 300)")
+    b.add_argument("--masks", type=int, default=DEFAULT_MASKS,
+                   help=f"faithfulness: most RISE masks per slice (default {DEFAULT_MASKS})")
     b.add_argument("--methods", help="faithfulness: the methods its maps part measures (default occlusion,rise,"
                                      "layers); some of them measure those again and replace only their rows, "
                                      "and the cascade part only their steps of the table's cascade row (in a "

@@ -10,6 +10,9 @@ and prints them beside the figures the bench recorded, as a check that the files
 ``--method M --set NAME=VALUE`` instead runs method M again on each kept slice with its recorded
 settings, NAME changed to VALUE, and scores the new map beside the recorded one and the best trivial
 map: a setting's effect on the bench's slices in minutes per slice, without the whole bench.
+``--method M --fresh`` runs M with the bench's default settings (``--set`` changes them) on every kept
+slice, also where the folder kept no map of M: a method the bench did not run there, measured on the
+same curves against the same trivial maps.
 """
 from __future__ import annotations
 
@@ -162,32 +165,61 @@ def _same_model(kept: KeptSlice, segmenter) -> None:
                          f"{_model_text(model)}")
 
 
-def changed_map(kept: KeptSlice, method: str, changes: Mapping[str, object], segmenter) -> Dict:
+def _current(kept: KeptSlice, method: str) -> bool:
+    """Whether ``kept`` holds a map of ``method`` made by this engine's version of it."""
+    from .bench_faithfulness import MAP_VERSIONS
+
+    return method in kept.maps and (kept.meta.get("versions") or {}).get(method) == MAP_VERSIONS.get(method)
+
+
+def _structure_side(kept: KeptSlice) -> Optional[float]:
+    """The structure's side (the median shorter side of its explained slices' boxes) as a sized
+    method recorded it on ``kept``; every sized method of a run records the same (None: none did)."""
+    sides = [s.get("side") for s in (kept.meta.get("settings") or {}).values() if s.get("side")]
+    return float(sides[0]) if sides else None
+
+
+def changed_map(kept: KeptSlice, method: str, changes: Mapping[str, object], segmenter, fresh: bool = False) -> Dict:
     """``method`` run again on the kept slice with the settings the bench recorded for it, ``changes``
     applied, and its map (inside the ROI, as :meth:`~xaiseg.explain.base.Explainer.explain` keeps
     it) scored on the bench's curves beside the recorded figures: the map, its curve figures, its
     details and passes, and the recorded deletion AUC and best trivial map's deletion AUC.  With no
     changes the map is the kept one (the same passes on the same machine), so a file kept with
-    another version of the method's map is refused, as are changes to what only the curves use."""
-    from .bench_faithfulness import MAP_VERSIONS
+    another version of the method's map is refused, as are changes to what only the curves use.
+    ``fresh``: with the bench's default settings of ``method`` instead (at the kept run's seed and
+    curves, sized from the structure's recorded side), whether or not the file kept its map; the
+    recorded deletion AUC is then given only where the file kept a map of this engine's version."""
+    from .bench_faithfulness import DEFAULT_MASKS, MAP_VERSIONS, _explainers
     from .explain import make_explainer
 
     _same_model(kept, segmenter)
-    settings_of = kept.meta.get("settings") or {}
-    recorded = settings_of.get(method)
-    if not recorded:
-        raise InputError(f"{kept.path}: no recorded settings of {method!r}; expected one of "
-                         f"{', '.join(sorted(settings_of)) or 'the methods of a file kept since settings were recorded'}")
-    version = (kept.meta.get("versions") or {}).get(method)
-    if version != MAP_VERSIONS.get(method):
-        raise InputError(f"{kept.path}: its {method} map is version {version}; this engine makes version "
-                         f"{MAP_VERSIONS.get(method)}, so its recorded settings no longer give the kept map; expected a "
-                         f"folder kept at version {MAP_VERSIONS.get(method)}")
+    meta = kept.meta
+    settings_of = meta.get("settings") or {}
     curves = sorted(set(changes) & set(CURVE_SETTINGS))
     if curves:
-        raise InputError(f"--set {', '.join(curves)}: the curves are the kept file's ({_curves_text(kept.meta)}); expected "
+        raise InputError(f"--set {', '.join(curves)}: the curves are the kept file's ({_curves_text(meta)}); expected "
                          "a setting of the method's map")
-    settings = {k: v for k, v in recorded.items() if k != "method"}
+    if fresh:
+        if method not in MAP_VERSIONS:
+            raise InputError(f"--method {method}: the bench does not measure it; expected one of "
+                             f"{', '.join(sorted(MAP_VERSIONS))}")
+        bench = _explainers(DEFAULT_MASKS, only=(method,), seed=meta["seed"], metric_fill=meta["metric_fill"])[0]
+        settings = {k: v for k, v in bench.settings().items() if k != "method"}
+        side = _structure_side(kept)
+        if "side" in settings and side and "side" not in changes:
+            settings["side"] = side
+    else:
+        recorded = settings_of.get(method)
+        if not recorded:
+            raise InputError(f"{kept.path}: no recorded settings of {method!r}; expected one of "
+                             f"{', '.join(sorted(settings_of)) or 'the methods of a file kept since settings were recorded'}"
+                             " (or --fresh, to run it with the bench's settings)")
+        version = (meta.get("versions") or {}).get(method)
+        if version != MAP_VERSIONS.get(method):
+            raise InputError(f"{kept.path}: its {method} map is version {version}; this engine makes version "
+                             f"{MAP_VERSIONS.get(method)}, so its recorded settings no longer give the kept map; expected "
+                             f"a folder kept at version {MAP_VERSIONS.get(method)} (or --fresh)")
+        settings = {k: v for k, v in recorded.items() if k != "method"}
     settings.update(changes)
     explainer = make_explainer(method, segmenter, **settings)
     box = (kept.meta.get("prompt") or {}).get("box")
@@ -202,10 +234,13 @@ def changed_map(kept: KeptSlice, method: str, changes: Mapping[str, object], seg
                              "side is not recorded; expected --set side=PIXELS too")
     explained = explainer.explain(kept.image, kept.prompt, roi=kept.roi, measure=False)
     figures = rescore(kept, {method: explained.raw}, segmenter, trivial=False)[method]
-    measured = kept.meta["measured"].get(method, {})
+    measured = meta["measured"].get(method, {}) if _current(kept, method) else {}
+    # the trivial maps are the slice's, not the method's: any method's record of them serves
+    trivial = [m.get("best_trivial_deletion_auc") for m in meta["measured"].values()
+               if m.get("best_trivial_deletion_auc") is not None]
     return {"map": explained.raw, "figures": figures, "details": explained.details,
             "passes": explained.n_evaluations, "recorded_deletion_auc": measured.get("deletion_auc"),
-            "best_trivial_deletion_auc": measured.get("best_trivial_deletion_auc")}
+            "best_trivial_deletion_auc": measured.get("best_trivial_deletion_auc", trivial[0] if trivial else None)}
 
 
 def _curves_text(meta: Mapping) -> str:
@@ -227,11 +262,12 @@ def parse_changes(pairs: Sequence[str]) -> Dict[str, str]:
     return out
 
 
-def changed_rows(folder, method: str, changes: Mapping[str, object], model=None, report=None) -> List[Dict]:
-    """:func:`changed_map` on every kept slice in ``folder`` that kept ``method``'s map, and on the
-    second slice of each adjacent pair the Spearman of the two slices' maps over their common ROI,
-    recorded and new (as the bench's adjacent-slice Spearman); ``report`` is called with each row as
-    it is measured."""
+def changed_rows(folder, method: str, changes: Mapping[str, object], model=None, report=None,
+                 fresh: bool = False) -> List[Dict]:
+    """:func:`changed_map` on every kept slice in ``folder`` that kept ``method``'s map (``fresh``: on
+    every kept slice), and on the second slice of each adjacent pair the Spearman of the two slices'
+    maps over their common ROI, recorded (where both kept a current map) and new (as the bench's
+    adjacent-slice Spearman); ``report`` is called with each row as it is measured."""
     from .explain_volume import pair_spearman
 
     files = _kept_or_refuse(folder)
@@ -240,9 +276,10 @@ def changed_rows(folder, method: str, changes: Mapping[str, object], model=None,
     for path in files:
         kept = load_kept(path)
         held.update(kept.maps)
-        if method not in kept.maps:
+        if method not in kept.maps and not fresh:
             continue
-        again = changed_map(kept, method, changes, model)
+        again = changed_map(kept, method, changes, model, fresh=fresh)
+        recorded_map = kept.maps[method] if _current(kept, method) else None
         structure, k = kept.meta["structure"], int(kept.meta["slice"])
         row = {"structure": structure, "slice": k,
                "recorded": again["recorded_deletion_auc"], "changed": again["figures"]["deletion_auc"],
@@ -250,9 +287,10 @@ def changed_rows(folder, method: str, changes: Mapping[str, object], model=None,
                "passes": again["passes"], "spearman_recorded": None, "spearman_changed": None}
         # adjacent slices of one structure (the bench keeps them turned alike): Spearman over their common ROI
         if before is not None and before[:2] == (structure, k - 1):
-            row["spearman_recorded"] = pair_spearman(before[3], before[2], kept.maps[method], kept.roi)
+            if before[3] is not None and recorded_map is not None:
+                row["spearman_recorded"] = pair_spearman(before[3], before[2], recorded_map, kept.roi)
             row["spearman_changed"] = pair_spearman(before[4], before[2], again["map"], kept.roi)
-        before = (structure, k, kept.roi, kept.maps[method], again["map"])
+        before = (structure, k, kept.roi, recorded_map, again["map"])
         rows.append(row)
         if report is not None:
             report(row)
@@ -333,56 +371,67 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="with --method: a setting of the method to change (its settings' names, such as smooth=1.0 "
                         "for occlusion); repeat for several")
+    p.add_argument("--fresh", action="store_true",
+                   help="with --method: start from the bench's default settings of the method (its seed and "
+                        "curves from the kept files) instead of the recorded ones, on every kept slice, also where "
+                        "the folder kept no map of it (such as --method rise on a folder that kept occlusion)")
     args = p.parse_args(argv)
     try:
         if args.threads is not None and args.threads < 1:
             raise InputError(f"--threads {args.threads}: expected 1 or more")
         if args.set and not args.method:
             raise InputError(f"--set {args.set[0]}: expected --method too (the method whose setting changes)")
+        if args.fresh and not args.method:
+            raise InputError("--fresh: expected --method too (the method to run with the bench's settings)")
         changes = parse_changes(args.set)
         if args.threads:
             import torch
 
             torch.set_num_threads(int(args.threads))
         if args.method:
-            return _print_changed(Path(args.folder), args.method, changes)
+            return _print_changed(Path(args.folder), args.method, changes, fresh=args.fresh)
         rows = check(Path(args.folder))
     except XAISegError as exc:
         print(f"{p.prog}: error: {exc}", file=sys.stderr)
         return 2
     for r in rows:
-        recorded = "-" if r["measured"] is None else f"{r['measured']:.6f}"
-        print(f"{r['structure']} {r['slice']} {r['method']}: deletion AUC recorded {recorded}, scored again "
-              f"{r['rescored']:.6f}; best trivial map {r['best_trivial']:.6f}")
+        print(f"{r['structure']} {r['slice']} {r['method']}: deletion AUC recorded {_number(r['measured'], 6)}, "
+              f"scored again {r['rescored']:.6f}; best trivial map {r['best_trivial']:.6f}")
     gap = largest_difference(rows)
     print(f"{len(rows)} maps; largest difference from the recorded figures: {'-' if gap is None else f'{gap:.2e}'}")
     return 1 if gap is not None and gap > TOLERANCE else 0
 
 
-def _print_changed(folder: Path, method: str, changes: Mapping[str, str], model=None) -> int:
-    what = ", ".join(f"{k}={v}" for k, v in changes.items()) or "the recorded settings"
+def _print_changed(folder: Path, method: str, changes: Mapping[str, str], model=None, fresh: bool = False) -> int:
+    what = ", ".join(f"{k}={v}" for k, v in changes.items())
+    what = ("the bench's settings" + (f" and {what}" if what else "")) if fresh else (what or "the recorded settings")
 
     def show(r: Dict) -> None:
-        recorded = "-" if r["recorded"] is None else f"{r['recorded']:.6f}"
-        trivial = "-" if r["best_trivial"] is None else f"{r['best_trivial']:.6f}"
-        print(f"{r['structure']} {r['slice']} {method}: deletion AUC recorded {recorded}, with {what} "
-              f"{r['changed']:.6f} (insertion {r['insertion']:.4f}, {r['passes']} passes); best trivial map "
-              f"{trivial}" + ("" if r["spearman_changed"] is None else
-                              f"; Spearman with slice {r['slice'] - 1} {r['spearman_recorded']:.4f} recorded, "
-                              f"{r['spearman_changed']:.4f} with {what}"), flush=True)
+        spearman = "" if r["spearman_changed"] is None else (
+            f"; Spearman with slice {r['slice'] - 1} {_number(r['spearman_recorded'], 4)} recorded, "
+            f"{r['spearman_changed']:.4f} with {what}")
+        print(f"{r['structure']} {r['slice']} {method}: deletion AUC recorded {_number(r['recorded'], 6)}, with "
+              f"{what} {r['changed']:.6f} (insertion {r['insertion']:.4f}, {r['passes']} passes); best trivial map "
+              f"{_number(r['best_trivial'], 6)}{spearman}", flush=True)
 
-    rows = changed_rows(folder, method, changes, model, report=show)
-    n = len(rows)
+    rows = changed_rows(folder, method, changes, model, report=show, fresh=fresh)
+    n, recorded = len(rows), sum(1 for r in rows if r["recorded"] is not None)
 
     def mean(key: str) -> str:
         vals = [r[key] for r in rows if r[key] is not None]
         return f"{sum(vals) / len(vals):.4f}" if vals else "-"
 
-    print(f"{n} slices: beats every trivial map on {wins(rows, 'recorded')} of {n} as recorded, {wins(rows, 'changed')} "
-          f"of {n} with {what}; mean deletion AUC {mean('recorded')} recorded, {mean('changed')} with {what}, "
-          f"{mean('best_trivial')} the best trivial map; mean insertion AUC {mean('insertion')} with {what}; "
-          f"adjacent-slice Spearman {mean('spearman_recorded')} recorded, {mean('spearman_changed')} with {what}")
+    print(f"{n} slices: beats every trivial map on {wins(rows, 'recorded')} of the {recorded} recorded, "
+          f"{wins(rows, 'changed')} of {n} with {what}; mean deletion AUC {mean('recorded')} recorded, "
+          f"{mean('changed')} with {what}, {mean('best_trivial')} the best trivial map; mean insertion AUC "
+          f"{mean('insertion')} with {what}; adjacent-slice Spearman {mean('spearman_recorded')} recorded, "
+          f"{mean('spearman_changed')} with {what}")
     return 0
+
+
+def _number(value: Optional[float], digits: int) -> str:
+    """``value`` to ``digits`` decimals, or '-' when there is none."""
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 if __name__ == "__main__":
