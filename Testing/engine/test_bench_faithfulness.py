@@ -655,16 +655,24 @@ def test_a_method_the_bench_did_not_keep_runs_fresh_on_the_kept_slices(tmp_path,
     # a mask that gives way to a slightly dimmed square, so that RISE's inpainted cells move it and its
     # map depends on the masks drawn (their seed, number and cell size)
     session = Session(toy_volume(), SquareEvidence(level=0.88))
+    # boxes of other sizes on each slice, so the structure's side (the median of the explained slices')
+    # is no slice's own; and a seed other than the default, so both must come from the kept files
     truth = np.zeros(session.volume.shape, bool)
-    truth[:, 20:40, 22:42] = True
+    truth[0, 20:40, 22:42] = True
+    truth[1, 21:37, 22:44] = True
+    truth[2, 19:41, 21:39] = True
 
     class Atlas:
         def mask(self, name):
             return truth
 
     both = bf.structure_rows(session, Atlas(), "toy", 1, 60, ensure(None), "zero", ("occlusion", "rise"),
-                             keep=tmp_path / "both")
-    bf.structure_rows(session, Atlas(), "toy", 1, 60, ensure(None), "zero", ("occlusion",), keep=tmp_path / "occ")
+                             keep=tmp_path / "both", seed=3)
+    bf.structure_rows(session, Atlas(), "toy", 1, 60, ensure(None), "zero", ("occlusion",), keep=tmp_path / "occ",
+                      seed=3)
+    sides = {load_kept(f).meta["settings"]["occlusion"]["side"] for f in kept_maps.kept_files(tmp_path / "occ")}
+    boxes = [load_kept(f).meta["prompt"]["box"] for f in kept_maps.kept_files(tmp_path / "occ")]
+    assert len(sides) == 1 and sides.pop() not in {min(b[2] - b[0] + 1, b[3] - b[1] + 1) for b in boxes}
     assert all("rise" not in load_kept(f).maps for f in kept_maps.kept_files(tmp_path / "occ"))
     fresh = changed_rows(tmp_path / "occ", "rise", {"n_masks": "60"}, session.segmenter, fresh=True)
     assert [r["slice"] for r in fresh] == both["slices"]
@@ -691,6 +699,9 @@ def test_a_method_the_bench_did_not_keep_runs_fresh_on_the_kept_slices(tmp_path,
     beside = changed_rows(tmp_path / "both", "rise", {"n_masks": "60"}, session.segmenter, fresh=True)
     assert [r["recorded"] for r in beside] == [r["changed"] for r in beside]
     assert beside[1]["spearman_recorded"] == pytest.approx(beside[1]["spearman_changed"], abs=1e-12)
+    # but not where it kept one made with other settings (60 masks there, the bench's 300 here)
+    other = changed_rows(tmp_path / "both", "rise", {}, session.segmenter, fresh=True)
+    assert all(r["recorded"] is None and r["spearman_recorded"] is None for r in other)
     kept = load_kept(kept_maps.kept_files(tmp_path / "occ")[0])
     with pytest.raises(InputError, match="--method lime: the bench does not measure it; expected one of"):
         changed_map(kept, "lime", {}, session.segmenter, fresh=True)

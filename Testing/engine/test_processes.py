@@ -42,11 +42,23 @@ def test_a_zombie_has_ended():
         child.wait()
 
 
-@pytest.mark.parametrize("pid", [None, 0, -1, -os.getpid(), True, HUGE, "123", 1.5])
-def test_what_is_not_a_process_id_is_never_taken_for_an_ended_process(pid):
-    """0 and negative numbers name process groups, a number too large for the system raises
-    OverflowError inside os.kill: none may read as 'ended' nor raise."""
-    assert process_ended(pid) is False
+@pytest.mark.parametrize("pid", [None, 0, -1, -os.getpid(), True, "123", 1.5])
+def test_what_is_not_a_process_id_is_never_asked_about(pid, monkeypatch):
+    """0 and negative numbers name process groups (True is 1, init): none is signalled, and none reads
+    as 'ended' even where the system would say no such process (group) exists."""
+    calls = []
+
+    def kill(*args):
+        calls.append(args)
+        raise ProcessLookupError
+
+    monkeypatch.setattr(processes.os, "kill", kill)
+    assert process_ended(pid) is False and calls == []
+
+
+def test_a_number_too_large_for_os_kill_is_not_ended():
+    """os.kill raises OverflowError for a number beyond a C int: unknown, so not ended, and no error."""
+    assert process_ended(HUGE) is False
 
 
 def test_off_posix_no_process_is_ended_and_none_is_signalled(monkeypatch):
@@ -60,17 +72,48 @@ def test_off_posix_no_process_is_ended_and_none_is_signalled(monkeypatch):
 @posix
 def test_a_lock_file_naming_a_number_too_large_for_a_process_keeps_the_folder(tmp_path):
     """The no-OS-locks fallback: a lock file whose owner cannot be asked about is taken to be held
-    (it used to raise OverflowError out of the lock); one of a reaped process is taken over."""
+    (it used to raise OverflowError out of the lock), and the refusal names the file to remove if its
+    run died; one of a reaped process is taken over."""
     outdir = tmp_path / "out"
     outdir.mkdir()
     (outdir / LOCK_NAME).write_text(f"{HUGE}\n")
-    with pytest.raises(OutputBusyError, match=f"pid {HUGE}"):
+    with pytest.raises(OutputBusyError, match=f"pid {HUGE}") as info:
         with output_lock(outdir, use_os_lock=False):
             pass
+    # the user is told which file to remove when the run that left it has died
+    assert str(info.value).endswith(f"if no such run is going, its lock file {outdir / LOCK_NAME} was left by one "
+                                    "that died: remove it")
     assert (outdir / LOCK_NAME).read_text() == f"{HUGE}\n"
     (outdir / LOCK_NAME).write_text(f"{reaped_pid()}\n")
     with output_lock(outdir, use_os_lock=False) as lock:
         assert int(lock.read_text().split()[0]) == os.getpid()
+
+
+@pytest.mark.parametrize("text", ["", "not a pid\n", "0\n"])
+def test_a_lock_file_without_its_owners_pid_is_held(tmp_path, text):
+    """Between creating the lock file and writing its pid a run's lock is empty: a lock file whose
+    owner cannot be read (or is no process id) keeps the folder."""
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    (outdir / LOCK_NAME).write_text(text)
+    with pytest.raises(OutputBusyError, match="is in use by another xaiseg run"):
+        with output_lock(outdir, use_os_lock=False):
+            pass
+    assert (outdir / LOCK_NAME).read_text() == text
+
+
+@pytest.mark.skipif(not os.path.isfile("/proc/self/stat"), reason="zombies are seen through /proc")
+def test_the_lock_of_a_zombie_is_taken_over(tmp_path):
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+        (outdir / LOCK_NAME).write_text(f"{child.pid}\n")
+        with output_lock(outdir, use_os_lock=False) as lock:
+            assert int(lock.read_text().split()[0]) == os.getpid()
+    finally:
+        child.wait()
 
 
 @posix

@@ -172,11 +172,23 @@ def _current(kept: KeptSlice, method: str) -> bool:
     return method in kept.maps and (kept.meta.get("versions") or {}).get(method) == MAP_VERSIONS.get(method)
 
 
-def _structure_side(kept: KeptSlice) -> Optional[float]:
-    """The structure's side (the median shorter side of its explained slices' boxes) as a sized
-    method recorded it on ``kept``; every sized method of a run records the same (None: none did)."""
-    sides = [s.get("side") for s in (kept.meta.get("settings") or {}).values() if s.get("side")]
-    return float(sides[0]) if sides else None
+def _structure_side(kept: KeptSlice, method: str) -> Optional[float]:
+    """The structure's side (the median shorter side of its explained slices' boxes) as ``method``
+    recorded it on ``kept``, or else as the other structure-sized methods did (every one of a run
+    records the same; refused where they disagree); None where none did."""
+    settings = {m: s for m, s in (kept.meta.get("settings") or {}).items() if isinstance(s, dict) and s.get("side")}
+    if method in settings:
+        return float(settings[method]["side"])
+    sides = {float(s["side"]) for s in settings.values()}
+    if len(sides) > 1:
+        recorded = ", ".join(f"{m} {s['side']}" for m, s in sorted(settings.items()))
+        raise InputError(f"{kept.path}: its methods recorded different structure sides ({recorded}); expected one, "
+                         "or --set side=PIXELS")
+    return sides.pop() if sides else None
+
+
+def _without(settings: Mapping, *names: str) -> Dict:
+    return {k: v for k, v in settings.items() if k not in names}
 
 
 def changed_map(kept: KeptSlice, method: str, changes: Mapping[str, object], segmenter, fresh: bool = False) -> Dict:
@@ -205,7 +217,7 @@ def changed_map(kept: KeptSlice, method: str, changes: Mapping[str, object], seg
                              f"{', '.join(sorted(MAP_VERSIONS))}")
         bench = _explainers(DEFAULT_MASKS, only=(method,), seed=meta["seed"], metric_fill=meta["metric_fill"])[0]
         settings = {k: v for k, v in bench.settings().items() if k != "method"}
-        side = _structure_side(kept)
+        side = _structure_side(kept, method)
         if "side" in settings and side and "side" not in changes:
             settings["side"] = side
     else:
@@ -229,18 +241,28 @@ def changed_map(kept: KeptSlice, method: str, changes: Mapping[str, object], seg
         sized = bool(explainer.for_structure([tuple(int(v) for v in box)]).side)
         if not sized:
             explainer = explainer.replace(side=0.0)
+        elif not explainer.side and fresh:
+            raise InputError(f"{kept.path}: no method kept there recorded the structure's side, which {method} is "
+                             "sized from; expected --set side=PIXELS too (or sizing=slice)")
         elif not explainer.side:
             raise InputError(f"{kept.path}: sized from the structure but measured per slice, so the structure's "
                              "side is not recorded; expected --set side=PIXELS too")
     explained = explainer.explain(kept.image, kept.prompt, roi=kept.roi, measure=False)
     figures = rescore(kept, {method: explained.raw}, segmenter, trivial=False)[method]
-    measured = meta["measured"].get(method, {}) if _current(kept, method) else {}
-    # the trivial maps are the slice's, not the method's: any method's record of them serves
-    trivial = [m.get("best_trivial_deletion_auc") for m in meta["measured"].values()
-               if m.get("best_trivial_deletion_auc") is not None]
+    # fresh: the recorded figures stand beside the new ones only where the file kept a current map of the
+    # method made with these settings (the structure's side aside), not one of another --masks or variant
+    comparable = _current(kept, method) and (
+        not fresh or _without(settings_of.get(method) or {}, "method", "side") ==
+        _without(explainer.settings(), "method", "side"))
+    measured = (meta["measured"].get(method) or {}) if comparable else {}
+    # the trivial maps are the slice's, not the method's: the method's own record of them, or any other's
+    records = [meta["measured"].get(method)] + list(meta["measured"].values())
+    trivial = [m["best_trivial_deletion_auc"] for m in records
+               if isinstance(m, dict) and m.get("best_trivial_deletion_auc") is not None]
     return {"map": explained.raw, "figures": figures, "details": explained.details,
             "passes": explained.n_evaluations, "recorded_deletion_auc": measured.get("deletion_auc"),
-            "best_trivial_deletion_auc": measured.get("best_trivial_deletion_auc", trivial[0] if trivial else None)}
+            "recorded_map": kept.maps[method] if comparable else None,
+            "best_trivial_deletion_auc": trivial[0] if trivial else None}
 
 
 def _curves_text(meta: Mapping) -> str:
@@ -279,7 +301,7 @@ def changed_rows(folder, method: str, changes: Mapping[str, object], model=None,
         if method not in kept.maps and not fresh:
             continue
         again = changed_map(kept, method, changes, model, fresh=fresh)
-        recorded_map = kept.maps[method] if _current(kept, method) else None
+        recorded_map = again["recorded_map"]
         structure, k = kept.meta["structure"], int(kept.meta["slice"])
         row = {"structure": structure, "slice": k,
                "recorded": again["recorded_deletion_auc"], "changed": again["figures"]["deletion_auc"],
@@ -422,8 +444,8 @@ def _print_changed(folder: Path, method: str, changes: Mapping[str, str], model=
         return f"{sum(vals) / len(vals):.4f}" if vals else "-"
 
     print(f"{n} slices: beats every trivial map on {wins(rows, 'recorded')} of the {recorded} recorded, "
-          f"{wins(rows, 'changed')} of {n} with {what}; mean deletion AUC {mean('recorded')} recorded, "
-          f"{mean('changed')} with {what}, {mean('best_trivial')} the best trivial map; mean insertion AUC "
+          f"{wins(rows, 'changed')} of {n} with {what}; mean deletion AUC {mean('recorded')} recorded (of "
+          f"{recorded}), {mean('changed')} with {what}, {mean('best_trivial')} the best trivial map; mean insertion AUC "
           f"{mean('insertion')} with {what}; adjacent-slice Spearman {mean('spearman_recorded')} recorded, "
           f"{mean('spearman_changed')} with {what}")
     return 0

@@ -46,11 +46,15 @@ def _read_pid(path: Path) -> Optional[int]:
         return None
 
 
-def _busy(outdir: Path, path: Path) -> OutputBusyError:
+def _busy(outdir: Path, path: Path, unchecked: bool = False) -> OutputBusyError:
+    """``unchecked``: the lock is a file whose owner this system cannot be asked about (the fallback
+    without OS locks, off POSIX, or a pid that cannot be one), so it may be left by a run that died."""
     pid = _read_pid(path)
     who = f"pid {pid}" if pid is not None else "pid unknown"
+    stale = (f"; if no such run is going, its lock file {path} was left by one that died: remove it"
+             if unchecked else "")
     return OutputBusyError(f"output folder {outdir} is in use by another xaiseg run ({who}); expected one run per "
-                           "output folder at a time - wait for it to finish or choose another folder")
+                           f"output folder at a time - wait for it to finish or choose another folder{stale}")
 
 
 def _write_pid(fd: int) -> None:
@@ -120,7 +124,7 @@ def _excl_lock(outdir: Path, path: Path) -> None:
             fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             if not process_ended(_read_pid(path)):  # an unknown owner is taken to be running
-                raise _busy(outdir, path) from None
+                raise _busy(outdir, path, unchecked=True) from None
             try:
                 os.unlink(str(path))  # stale: its run died without removing it
             except FileNotFoundError:

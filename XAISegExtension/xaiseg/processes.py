@@ -1,9 +1,9 @@
 """Whether the process that left something behind (a lock file, a folder named for it) has ended.
 
 Only the system's word that no such process runs counts as ended.  Whatever it cannot say - another
-user's process, a number no process can have, a system where signal 0 does not ask - counts as still
-running, so that nothing a live run holds is taken over or removed.  On Windows ``os.kill`` ends the
-process instead of asking about it, so it is never called there.
+user's process, a number os.kill cannot take, a system where signal 0 does not ask - counts as still
+running, so that nothing a live run holds is taken over or removed.  On Windows signal 0 is
+``CTRL_C_EVENT`` (and any other number ends the process), so ``os.kill`` is never called there.
 """
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ POSIX = os.name == "posix"
 def process_ended(pid: object) -> bool:
     """Whether process ``pid`` is known to have ended: no process of that number exists, or (where
     ``/proc`` shows it) it is a zombie, ended and waiting for its parent.  False when unknown: not
-    POSIX, not a positive whole number (0 and negatives name process groups), a number too large to be a
-    process id, or a process this user may not signal."""
+    POSIX, not a positive whole number (0 and negatives name process groups), a number beyond what
+    os.kill takes (a C int), or a process this user may not signal.  A number within that but above
+    the system's largest process id has no process, so it counts as ended."""
     if not POSIX or isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
         return False
     try:
