@@ -710,6 +710,7 @@ def test_a_method_the_bench_did_not_keep_runs_fresh_on_the_kept_slices(tmp_path,
     assert kept_maps._print_changed(tmp_path / "occ", "rise", {"n_masks": "60"}, session.segmenter, fresh=True) == 0
     out = capsys.readouterr().out
     assert "deletion AUC recorded -, with the bench's settings and n_masks=60" in out
+    assert f"60 passes, split-half reliability {fresh[0]['reliability']:.2f}); best trivial map" in out
     assert "beats every trivial map on 0 of the 0 recorded" in out
     assert kept_maps.main([str(tmp_path / "occ"), "--fresh"]) == 2
     assert "--fresh: expected --method too" in capsys.readouterr().err

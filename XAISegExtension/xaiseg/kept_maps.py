@@ -306,7 +306,8 @@ def changed_rows(folder, method: str, changes: Mapping[str, object], model=None,
         row = {"structure": structure, "slice": k,
                "recorded": again["recorded_deletion_auc"], "changed": again["figures"]["deletion_auc"],
                "insertion": again["figures"]["insertion_auc"], "best_trivial": again["best_trivial_deletion_auc"],
-               "passes": again["passes"], "spearman_recorded": None, "spearman_changed": None}
+               "passes": again["passes"], "spearman_recorded": None, "spearman_changed": None,
+               "reliability": (again["details"] or {}).get("reliability")}
         # adjacent slices of one structure (the bench keeps them turned alike): Spearman over their common ROI
         if before is not None and before[:2] == (structure, k - 1):
             if before[3] is not None and recorded_map is not None:
@@ -432,9 +433,11 @@ def _print_changed(folder: Path, method: str, changes: Mapping[str, str], model=
         spearman = "" if r["spearman_changed"] is None else (
             f"; Spearman with slice {r['slice'] - 1} {_number(r['spearman_recorded'], 4)} recorded, "
             f"{r['spearman_changed']:.4f} with {what}")
+        # RISE's split-half reliability when it stopped (its early stop's bar is 0.9)
+        reliability = "" if r.get("reliability") is None else f", split-half reliability {r['reliability']:.2f}"
         print(f"{r['structure']} {r['slice']} {method}: deletion AUC recorded {_number(r['recorded'], 6)}, with "
-              f"{what} {r['changed']:.6f} (insertion {r['insertion']:.4f}, {r['passes']} passes); best trivial map "
-              f"{_number(r['best_trivial'], 6)}{spearman}", flush=True)
+              f"{what} {r['changed']:.6f} (insertion {r['insertion']:.4f}, {r['passes']} passes{reliability}); "
+              f"best trivial map {_number(r['best_trivial'], 6)}{spearman}", flush=True)
 
     rows = changed_rows(folder, method, changes, model, report=show, fresh=fresh)
     n, recorded = len(rows), sum(1 for r in rows if r["recorded"] is not None)
