@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from xaiseg.processes import process_ended
+from xaiseg.processes import ENDED_STATES, proc_stat, process_ended
 
 ENGINE_ROOT = Path(__file__).resolve().parents[1]  # the folder that holds xaiseg/
 
@@ -61,14 +61,8 @@ def group_alive(pgid: int) -> bool:
     proc_dir = Path("/proc")
     if proc_dir.is_dir() and (proc_dir / "self" / "stat").is_file():  # Linux: read the process table
         for entry in proc_dir.iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2:].split()  # state, ppid, pgrp, ...
-            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            fields = proc_stat(entry.name) if entry.name.isdigit() else None  # state, ppid, pgrp, ...
+            if fields is not None and int(fields[2]) == pgid and fields[0] not in ENDED_STATES:
                 return True
         return False
     try:

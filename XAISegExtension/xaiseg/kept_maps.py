@@ -216,7 +216,7 @@ def changed_map(kept: KeptSlice, method: str, changes: Mapping[str, object], seg
             raise InputError(f"--method {method}: the bench does not measure it; expected one of "
                              f"{', '.join(sorted(MAP_VERSIONS))}")
         bench = _explainers(DEFAULT_MASKS, only=(method,), seed=meta["seed"], metric_fill=meta["metric_fill"])[0]
-        settings = {k: v for k, v in bench.settings().items() if k != "method"}
+        settings = _without(bench.settings(), "method")
         side = _structure_side(kept, method)
         if "side" in settings and side and "side" not in changes:
             settings["side"] = side
@@ -231,7 +231,7 @@ def changed_map(kept: KeptSlice, method: str, changes: Mapping[str, object], seg
             raise InputError(f"{kept.path}: its {method} map is version {version}; this engine makes version "
                              f"{MAP_VERSIONS.get(method)}, so its recorded settings no longer give the kept map; expected "
                              f"a folder kept at version {MAP_VERSIONS.get(method)} (or --fresh)")
-        settings = {k: v for k, v in recorded.items() if k != "method"}
+        settings = _without(recorded, "method")
     settings.update(changes)
     explainer = make_explainer(method, segmenter, **settings)
     box = (kept.meta.get("prompt") or {}).get("box")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import List, Optional, Union
 
 #: where signal 0 asks whether a process exists (elsewhere no process is ever known to have ended)
 POSIX = os.name == "posix"
@@ -31,10 +32,22 @@ def process_ended(pid: object) -> bool:
     return _zombie(pid)
 
 
-def _zombie(pid: int) -> bool:
-    """Whether ``/proc`` (where there is one) shows ``pid`` as ended but not yet reaped."""
+#: the states ``/proc/PID/stat`` gives a process that has ended but is not yet reaped
+ENDED_STATES = ("Z", "X")
+
+
+def proc_stat(pid: Union[int, str]) -> Optional[List[str]]:
+    """The fields of ``/proc/PID/stat`` after the command's name (state, ppid, pgrp, ...); None where
+    there is no such file (no /proc, no such process) or it cannot be read."""
     try:
         text = (Path("/proc") / str(pid) / "stat").read_text()
-        return text[text.rindex(")") + 2:].split()[0] in ("Z", "X")
-    except (OSError, ValueError, IndexError):
-        return False
+        fields = text[text.rindex(")") + 2:].split()
+    except (OSError, ValueError):
+        return None
+    return fields if len(fields) >= 3 else None
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``/proc`` (where there is one) shows ``pid`` as ended but not yet reaped."""
+    fields = proc_stat(pid)
+    return fields is not None and fields[0] in ENDED_STATES
